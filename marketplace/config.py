@@ -1,0 +1,324 @@
+"""The deployment configuration: one YAML file, validated on load, naming the file and key at fault."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+CONFIG_ENV_VAR = "MARKETPLACE_CONFIG"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "marketplace.yaml"
+
+# Workspace names become partition keys, path components and Unity Catalog schema names.
+WORKSPACE_NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
+TEMPLATE_FIELDS = frozenset({"workspace", "model"})
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with the file and key at fault."""
+
+    def __init__(self, path: Path | str, key: str, message: str):
+        self.path = str(path)
+        self.key = key
+        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _check_tracking_uri(value: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(
+            f"{value!r} is not a tracking server URI: expected http://host:port or https://host"
+        )
+    try:
+        parsed.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port") from exc
+    return value.rstrip("/")
+
+
+TrackingUri = Annotated[str, Field(min_length=1)]
+
+
+class ProductionSelector(_Strict):
+    """How a workspace marks its production version: a registry stage or an alias."""
+
+    stage: str | None = None
+    alias: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ProductionSelector:
+        if (self.stage is None) == (self.alias is None):
+            raise ValueError("set exactly one of 'stage' (e.g. Production) or 'alias' (e.g. champion)")
+        if self.stage is not None and self.stage.lower() not in ("production", "staging"):
+            raise ValueError(f"stage {self.stage!r} is not a selectable stage (Production or Staging)")
+        if self.alias is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", self.alias):
+            raise ValueError(f"alias {self.alias!r} may contain only letters, digits, '_' and '-'")
+        return self
+
+    def describe(self) -> str:
+        return f"stage {self.stage}" if self.stage else f"alias @{self.alias}"
+
+
+class WorkspaceConfig(_Strict):
+    name: str
+    tracking_uri: TrackingUri
+    registry_uri: str | None = None
+    production: ProductionSelector
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not WORKSPACE_NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a valid workspace name: use 1 to 64 lower-case letters, "
+                "digits, '_' and '-'"
+            )
+        return value
+
+    @field_validator("tracking_uri", "registry_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        return None if value is None else _check_tracking_uri(value)
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern:
+                raise ValueError("an empty glob pattern matches nothing; remove it")
+        return value
+
+    @property
+    def effective_registry_uri(self) -> str:
+        return self.registry_uri or self.tracking_uri
+
+
+class MarketplaceRegistryConfig(_Strict):
+    tracking_uri: TrackingUri
+    registry_uri: str | None = None
+    name_template: str = "{workspace}.{model}"
+    alias: str = "production"
+    experiment_prefix: str = "/Shared/marketplace"
+
+    @field_validator("tracking_uri", "registry_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        return None if value is None else _check_tracking_uri(value)
+
+    @field_validator("name_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid template: {exc}") from exc
+        unknown = fields - TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"{value!r} uses unknown placeholder(s) {sorted(unknown)}; "
+                "only {workspace} and {model} are available"
+            )
+        if "model" not in fields:
+            raise ValueError(f"{value!r} must contain {{model}}, or every model gets the same name")
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", value):
+            raise ValueError(f"alias {value!r} may contain only letters, digits, '_' and '-'")
+        if re.fullmatch(r"(?i)latest|v\d+", value):
+            raise ValueError(f"alias {value!r} is reserved by MLflow")
+        return value
+
+    @property
+    def effective_registry_uri(self) -> str:
+        return self.registry_uri or self.tracking_uri
+
+
+class ExternalStorageConfig(_Strict):
+    uri: str = Field(min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
+            raise ValueError(
+                f"{value!r}: scheme {parsed.scheme!r} is not supported; use a local folder "
+                "(relative to the configuration file, or absolute) or a file:// URI"
+            )
+        return value
+
+
+class ClientConfig(_Strict):
+    """How long an MLflow call may take: seconds, not the library's minutes."""
+
+    timeout_seconds: int = Field(default=15, ge=1, le=600)
+    max_retries: int = Field(default=2, ge=0, le=10)
+
+
+class MarketplaceConfig(_Strict):
+    external_storage: ExternalStorageConfig
+    marketplace: MarketplaceRegistryConfig
+    workspaces: list[WorkspaceConfig] = Field(min_length=1)
+    start_date: dt.date = dt.date(2026, 1, 1)
+    source_marker: bool = True
+    client: ClientConfig = Field(default_factory=ClientConfig)
+
+    _path: Path = PrivateAttr(default=DEFAULT_CONFIG_PATH)
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _date(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from exc
+        if isinstance(value, dt.datetime):
+            raise ValueError(f"{value!r} is a timestamp; give a date (YYYY-MM-DD)")
+        return value
+
+    @field_validator("start_date")
+    @classmethod
+    def _not_future(cls, value: dt.date) -> dt.date:
+        today = dt.datetime.now(dt.timezone.utc).date()
+        if value > today:
+            raise ValueError(f"{value} is in the future (today is {today} UTC)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_workspaces(self) -> MarketplaceConfig:
+        seen: set[str] = set()
+        for index, workspace in enumerate(self.workspaces):
+            if workspace.name in seen:
+                raise _KeyedError(f"workspaces[{index}].name", f"duplicate workspace name {workspace.name!r}")
+            seen.add(workspace.name)
+        if len(self.workspaces) > 1 and "{workspace}" not in self.marketplace.name_template:
+            raise _KeyedError(
+                "marketplace.name_template",
+                f"{self.marketplace.name_template!r} has no {{workspace}}: with several workspaces, "
+                "models of the same name would collide in the marketplace",
+            )
+        return self
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def storage_root(self) -> str:
+        """External storage as an absolute local path (relative URIs resolve against the file)."""
+        uri = self.external_storage.uri
+        if uri.startswith("file://"):
+            uri = urlparse(uri).path
+        root = Path(os.path.expanduser(uri))
+        if not root.is_absolute():
+            root = self._path.parent / root
+        return str(root.resolve())
+
+    def workspace(self, name: str) -> WorkspaceConfig:
+        for workspace in self.workspaces:
+            if workspace.name == name:
+                return workspace
+        raise KeyError(f"workspace {name!r} is not configured in {self._path}")
+
+
+class _KeyedError(ValueError):
+    """A model-level validation failure that knows the exact key it is about."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+def _format_location(raw: Any, loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+                if isinstance(node, dict) and isinstance(node.get("name"), str):
+                    label = f"[{item}] ({node['name']})"
+            else:
+                node = None
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def parse_config(raw: Any, path: Path | str) -> MarketplaceConfig:
+    """Validate an already-parsed YAML document; errors name `path` and the key."""
+    path = Path(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", "the file must hold a mapping with external_storage, marketplace and workspaces")
+    try:
+        config = MarketplaceConfig.model_validate(raw)
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors():
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, _KeyedError):
+                key, message = cause.key, str(cause)
+            else:
+                key = _format_location(raw, tuple(error["loc"]))
+                message = error["msg"].removeprefix("Value error, ")
+                if error["type"] == "missing":
+                    message = "required key is missing"
+                elif error["type"] == "extra_forbidden":
+                    message = "unknown key (check its spelling)"
+            messages.append((key, message))
+        first_key = messages[0][0]
+        detail = "; ".join(f"{key}: {message}" for key, message in messages)
+        error = ConfigError(path, first_key, messages[0][1])
+        error.args = (f"{path}: {detail}",)
+        raise error from None
+    config._path = path.resolve()
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> MarketplaceConfig:
+    """Load the file named by `path`, else by $MARKETPLACE_CONFIG, else the embedded default."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", f"configuration file not found (set {CONFIG_ENV_VAR} to a readable file)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"cannot read the configuration file: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, "", f"not valid YAML{where}: {problem}") from None
+    return parse_config(raw, path)

@@ -1,0 +1,215 @@
+"""The embedded default: local MLflow servers, demo models, a sync of today's partitions, a summary.
+
+Used by `make demo`, `make dev` and `make stop`:
+    python -m marketplace.demo up | seed | sync | summary | stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+from marketplace.config import MarketplaceConfig, load_config
+from marketplace.local_servers import LocalServer, start, stop
+
+STATE_DIR_ENV = "MARKETPLACE_STATE_DIR"
+
+
+def state_dir(config: MarketplaceConfig) -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV) or config.path.parent / ".marketplace").resolve()
+
+
+def local_servers(config: MarketplaceConfig) -> list[LocalServer]:
+    """A local server for every configured registry on this machine's loopback."""
+    servers = []
+    for name, uri in [("marketplace", config.marketplace.tracking_uri)] + [
+        (w.name, w.tracking_uri) for w in config.workspaces
+    ]:
+        parsed = urlparse(uri)
+        if parsed.hostname in ("127.0.0.1", "localhost") and parsed.port:
+            servers.append(LocalServer(name, state_dir(config) / "servers" / name, parsed.port))
+    return servers
+
+
+def up(config: MarketplaceConfig) -> None:
+    for server in local_servers(config):
+        started = start(server)
+        print(f"  {server.name:<12} {server.uri}  {'started' if started else 'already running'}  (log: {server.log_path})")
+
+
+def down(config: MarketplaceConfig) -> None:
+    for server in local_servers(config):
+        print(f"  {server.name:<12} {'stopped' if stop(server) else 'was not running'}")
+
+
+def _train(dataset: str, seed: int):
+    from sklearn import datasets
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    if dataset == "iris":
+        x, y = datasets.load_iris(return_X_y=True, as_frame=True)
+        model = LogisticRegression(max_iter=500, C=1.0 / seed)
+    elif dataset == "wine":
+        x, y = datasets.load_wine(return_X_y=True, as_frame=True)
+        model = LogisticRegression(max_iter=5000, C=0.5 / seed)
+    else:
+        x, y = datasets.load_diabetes(return_X_y=True, as_frame=True)
+        model = LinearRegression()
+    return model.fit(x, y), x.head(5)
+
+
+# workspace -> [(model, dataset, [what to do with each version])]; a version is promoted by the
+# workspace's own production setting ("prod"), archived ("archived") or left alone ("none").
+DEMO_MODELS = {
+    "dev01": [
+        ("iris_classifier", "iris", ["archived", "prod"]),
+        ("churn_model", "iris", ["none"]),
+    ],
+    "dev02": [("diabetes_regressor", "diabetes", ["prod"])],
+    "dev03": [
+        ("wine_classifier", "wine", ["prod"]),
+        ("scratch_experiment", "wine", ["prod"]),
+    ],
+}
+
+
+def seed_workspace(tracking_uri: str, production, models) -> list[str]:
+    """Register the demo models in one workspace; existing models are left as they are."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from marketplace.registry import process_tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    created = []
+    for model_name, dataset, plan in models:
+        if client.search_registered_models(filter_string=f"name='{model_name}'"):
+            continue
+        with process_tracking_uri(tracking_uri):
+            mlflow.set_experiment(f"/demo/{model_name}")
+            for index, action in enumerate(plan, start=1):
+                fitted, example = _train(dataset, index)
+                with mlflow.start_run(run_name=f"{model_name}-v{index}"):
+                    mlflow.log_param("dataset", dataset)
+                    info = mlflow.sklearn.log_model(
+                        fitted, name="model", input_example=example, registered_model_name=model_name
+                    )
+                version = info.registered_model_version
+                client.update_model_version(model_name, version, description=f"Demo {dataset} model, version {index}.")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    if action == "archived":
+                        client.transition_model_version_stage(model_name, version, "Archived")
+                    elif action == "prod" and production.stage:
+                        client.transition_model_version_stage(model_name, version, production.stage)
+                    elif action == "prod":
+                        client.set_registered_model_alias(model_name, production.alias, version)
+        created.append(model_name)
+    return created
+
+
+def seed(config: MarketplaceConfig) -> None:
+    for workspace in config.workspaces:
+        models = DEMO_MODELS.get(workspace.name)
+        if models is None:
+            continue
+        created = seed_workspace(workspace.tracking_uri, workspace.production, models)
+        print(f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}")
+
+
+def sync(config: MarketplaceConfig) -> int:
+    """Run marketplace_sync_job for today's partition of every workspace on the persistent instance."""
+    import dagster as dg
+
+    from marketplace.definitions import build_definitions
+    from marketplace.partitions import partition_key
+
+    defs = build_definitions(config)
+    job = defs.resolve_job_def("marketplace_sync_job")
+    today = dt.datetime.now(dt.timezone.utc).date()
+    failures = 0
+    with dg.DagsterInstance.get() as instance:
+        for workspace in config.workspaces:
+            key = partition_key(today, workspace.name)
+            result = job.execute_in_process(
+                instance=instance, partition_key=key, raise_on_error=False, tags={"marketplace/launched_by": "make demo"}
+            )
+            counts = _counts(result)
+            status = "ok" if result.success else "FAILED"
+            print(f"  {key}: {status}  exported {counts['exported']}, imported {counts['imported']}  (run {result.run_id[:8]})")
+            failures += not result.success
+    return failures
+
+
+def _counts(result) -> dict[str, int]:
+    counts = {"exported": 0, "imported": 0}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        for name in counts:
+            if name in materialization.metadata:
+                counts[name] = materialization.metadata[name].value
+    return counts
+
+
+def summary(config: MarketplaceConfig) -> None:
+    from mlflow import MlflowClient
+
+    from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
+    from marketplace.summary import EXPORT_SUMMARY, IMPORT_SUMMARY, read_rows
+
+    client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)
+    alias = config.marketplace.alias
+    print(f"\nThe marketplace ({config.marketplace.tracking_uri}):")
+    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
+        versions = client.search_model_versions(f"name='{model.name}'")
+        try:
+            aliased = client.get_model_version_by_alias(model.name, alias)
+            tags = aliased.tags
+            where = f"@{alias} -> v{aliased.version}"
+        except Exception:  # noqa: BLE001 - a model without the alias is still listed
+            tags, where = {}, f"no @{alias}"
+        source = f"{tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
+        print(f"  {model.name:<32} {len(versions)} version(s), {where:<18} from {source}")
+        print(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
+    print("\nSummary tables (Delta):")
+    for table in (EXPORT_SUMMARY, IMPORT_SUMMARY):
+        uri = str(Path(config.storage_root) / table)
+        print(f"  {table:<15} {len(read_rows(uri))} row(s) at {uri}")
+    print("\nUIs:")
+    print(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
+    for workspace in config.workspaces:
+        print(f"  {workspace.name} MLflow:      {workspace.tracking_uri}")
+    print("  Dagster:            make dev, then http://127.0.0.1:3000")
+    print("  Stop the servers:   make stop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m marketplace.demo", description=__doc__)
+    parser.add_argument("command", choices=["up", "seed", "sync", "summary", "stop", "all"])
+    args = parser.parse_args(argv)
+    config = load_config()
+    steps = ["up", "seed", "sync", "summary"] if args.command == "all" else [args.command]
+    failures = 0
+    for step in steps:
+        print({"up": "MLflow servers:", "seed": "Demo models:", "sync": "Syncing today's partitions:",
+               "summary": "", "stop": "MLflow servers:"}[step])
+        if step == "up":
+            up(config)
+        elif step == "seed":
+            seed(config)
+        elif step == "sync":
+            failures += sync(config)
+        elif step == "summary":
+            summary(config)
+        else:
+            down(config)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Exporting one model version with mlflow-export-import into external storage, atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow_export_import.model.export_model import export_model
+
+from marketplace.manifest import (
+    Manifest,
+    ManifestError,
+    build_manifest,
+    read_manifest,
+    verify_export,
+    write_manifest,
+)
+from marketplace.registry import ProductionVersion, process_tracking_uri
+
+EXPORTS_DIR = "exports"
+STAGING_PREFIX = ".staging-"
+MAX_COMPONENT_BYTES = 180
+
+
+class ExportError(RuntimeError):
+    """An export that failed or produced something we cannot trust."""
+
+
+def path_component(name: str) -> str:
+    """A model name as one safe, reversible-enough folder name (stable hash when too long)."""
+    component = quote(name, safe="-_")
+    if component in (".", ".."):
+        component = component.replace(".", "%2E")
+    if len(component.encode()) > MAX_COMPONENT_BYTES:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        component = f"{component[:MAX_COMPONENT_BYTES - 17].rstrip('%')}-{digest}"
+    return component
+
+
+def export_dir(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
+    return Path(storage_root) / EXPORTS_DIR / workspace / path_component(model_name) / str(version)
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """A verified export: what it is, where, and its manifest's checksum."""
+
+    path: Path
+    manifest: Manifest
+    checksum: str
+
+
+def existing_export(path: Path) -> ExportRecord | None:
+    """The export at `path` if its manifest is there and sizes match; None if absent or debris."""
+    try:
+        manifest = verify_export(path, full=False)
+    except ManifestError:
+        return None
+    _, checksum = read_manifest(path)
+    return ExportRecord(path=path, manifest=manifest, checksum=checksum)
+
+
+def _listing(client: MlflowClient, artifact_uri: str) -> dict[str, int]:
+    """Every file under an artifact URI with its size, listed recursively."""
+    sizes: dict[str, int] = {}
+    pending = [""]
+    repo = mlflow.store.artifact.artifact_repository_registry.get_artifact_repository(artifact_uri)
+    while pending:
+        prefix = pending.pop()
+        for info in repo.list_artifacts(prefix or None):
+            if info.is_dir:
+                pending.append(info.path)
+            else:
+                sizes[info.path] = info.file_size or 0
+    return sizes
+
+
+def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVersion) -> None:
+    """mlflow-export-import can report success with files missing: check what it wrote."""
+    model_json = staging / "model.json"
+    if not model_json.exists():
+        raise ExportError("mlflow-export-import wrote no model.json")
+    exported = json.loads(model_json.read_text())["mlflow"]["registered_model"]
+    versions = [str(v["version"]) for v in exported.get("versions", [])]
+    if versions != [str(version.version)]:
+        failed = json.loads(model_json.read_text()).get("info", {}).get("failed_versions")
+        raise ExportError(f"version {version.version} missing from the export (exported {versions}; failures: {failed})")
+    run_dir = staging / version.run_id
+    if not (run_dir / "run.json").exists():
+        raise ExportError(f"the run {version.run_id} was not exported")
+    if version.source.startswith("models:/"):
+        model_id = version.source.split("models:/", 1)[1].split("/")[0]
+        model_dir = staging / model_id
+        if not (model_dir / "logged_model.json").exists():
+            raise ExportError(f"the logged model {model_id} was not exported")
+        logged = client.get_logged_model(model_id)
+        expected = _listing(client, logged.artifact_location)
+        if not expected:
+            raise ExportError(f"the logged model {model_id} has no artifacts in the source workspace")
+        for relative, size in expected.items():
+            local = model_dir / "artifacts" / relative
+            if not local.is_file() or local.stat().st_size != size:
+                raise ExportError(f"the logged model file {relative} is missing or truncated in the export")
+
+
+def export_version(
+    client: MlflowClient,
+    tracking_uri: str,
+    *,
+    storage_root: str | Path,
+    workspace: str,
+    version: ProductionVersion,
+    export_date: dt.date,
+) -> ExportRecord:
+    """Export one production version, verify it, write its manifest last and move it into place.
+
+    mlflow-export-import writes straight into its output folder, so it writes into a staging
+    folder beside the destination; the rename into place is the commit point.
+    """
+    destination = export_dir(storage_root, workspace, version.model_name, version.version)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
+    try:
+        with process_tracking_uri(tracking_uri):
+            ok, _ = export_model(
+                model_name=version.model_name,
+                output_dir=str(staging),
+                versions=[str(version.version)],
+                mlflow_client=client,
+            )
+            if not ok:
+                raise ExportError("mlflow-export-import reported a failure (see the run's logs)")
+            _verify_contents(staging, client, version)
+        manifest = build_manifest(
+            staging,
+            workspace=workspace,
+            model_name=version.model_name,
+            version=version.version,
+            run_id=version.run_id,
+            source=version.source,
+            export_date=export_date.isoformat(),
+            exported_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        )
+        write_manifest(staging, manifest)
+        if destination.exists():
+            if existing_export(destination) is not None:
+                # Another run finished the same export first: keep theirs.
+                shutil.rmtree(staging, ignore_errors=True)
+                return existing_export(destination)  # type: ignore[return-value]
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record = existing_export(destination)
+    if record is None:
+        raise ExportError(f"{destination}: the export does not verify after it was moved into place")
+    return record
+

@@ -1,0 +1,150 @@
+"""Importing a verified export into the marketplace registry, once per source version."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow_export_import.model.import_model import ModelImporter
+
+from marketplace.registry import filter_literal, process_tracking_uri
+
+TAG_SOURCE_WORKSPACE = "marketplace.source_workspace"
+TAG_SOURCE_MODEL = "marketplace.source_model"
+TAG_SOURCE_VERSION = "marketplace.source_version"
+TAG_CHECKSUM = "marketplace.checksum"
+TAG_SOURCE_RUN_ID = "marketplace.source_run_id"
+TAG_IMPORT_DATE = "marketplace.import_date"
+
+
+class ImportError_(RuntimeError):
+    """An import that failed or would break the marketplace's invariants."""
+
+
+class NameCollision(ImportError_):
+    """Two source models map to one marketplace name."""
+
+
+@dataclass(frozen=True)
+class SourceKey:
+    workspace: str
+    model_name: str
+    version: int
+
+    def tags(self) -> dict[str, str]:
+        return {
+            TAG_SOURCE_WORKSPACE: self.workspace,
+            TAG_SOURCE_MODEL: self.model_name,
+            TAG_SOURCE_VERSION: str(self.version),
+        }
+
+    def describe(self) -> str:
+        return f"{self.workspace}/{self.model_name} v{self.version}"
+
+
+def render_name(template: str, workspace: str, model: str) -> str:
+    return template.format(workspace=workspace, model=model)
+
+
+def _source_key(tags: dict[str, str]) -> SourceKey | None:
+    try:
+        return SourceKey(tags[TAG_SOURCE_WORKSPACE], tags[TAG_SOURCE_MODEL], int(tags[TAG_SOURCE_VERSION]))
+    except (KeyError, ValueError):
+        return None
+
+
+def marketplace_versions(client: MlflowClient, name: str) -> dict[SourceKey, ModelVersion]:
+    """The marketplace versions of `name` by the source version they came from.
+
+    Search results can drop tags, so each version is read with get_model_version.
+    """
+    found: dict[SourceKey, ModelVersion] = {}
+    token = None
+    while True:
+        try:
+            page = client.search_model_versions(
+                filter_string=f"name={filter_literal(name)}", max_results=1000, page_token=token
+            )
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return found
+            raise
+        for summary in page:
+            version = client.get_model_version(name, summary.version)
+            key = _source_key(version.tags or {})
+            if key is not None and key not in found:
+                found[key] = version
+            elif key is not None and int(version.version) < int(found[key].version):
+                found[key] = version  # keep the first if a retry ever made two
+        token = page.token
+        if not token:
+            return found
+
+
+def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str) -> None:
+    """Refuse to import into a marketplace model that belongs to another source model."""
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return
+        raise
+    tags = registered.tags or {}
+    owner = (tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL))
+    if owner != (None, None) and owner != (workspace, model):
+        raise NameCollision(
+            f"marketplace model {name!r} already holds {owner[0]}/{owner[1]}; "
+            f"{workspace}/{model} maps to the same name: change marketplace.name_template"
+        )
+
+
+def import_export(
+    client: MlflowClient,
+    tracking_uri: str,
+    *,
+    export_path: Path,
+    marketplace_name: str,
+    experiment_name: str,
+    source: SourceKey,
+    checksum: str,
+    import_date: dt.date,
+) -> ModelVersion:
+    """Import one verified export as a new version of `marketplace_name`, tagged with its source.
+
+    The caller checks first that no version of the same source exists; the tags are set when
+    the version is created, so a version never exists without them.
+    """
+    exported = json.loads((export_path / "model.json").read_text())["mlflow"]["registered_model"]
+    (source_version,) = exported["versions"]
+    version_dict = copy.deepcopy(source_version)
+    # Aliases and stages in the marketplace are registration's job, not the source's.
+    version_dict["aliases"] = []
+    version_dict["current_stage"] = "None"
+    original = version_dict.get("description") or ""
+    version_dict["description"] = (
+        f"Imported from workspace '{source.workspace}', model '{source.model_name}', version {source.version}."
+        + (f"\n\nSource description: {original}" if original else "")
+    )
+    version_dict["tags"] = {
+        **(version_dict.get("tags") or {}),
+        **source.tags(),
+        TAG_CHECKSUM: checksum,
+        TAG_SOURCE_RUN_ID: source_version.get("run_id", ""),
+        TAG_IMPORT_DATE: import_date.isoformat(),
+    }
+    with process_tracking_uri(tracking_uri):
+        importer = ModelImporter(mlflow_client=client, import_source_tags=True)
+        importer._import_model(marketplace_name, str(export_path))
+        run_id = importer._import_run(str(export_path), experiment_name, version_dict)
+        if not run_id:
+            raise ImportError_(f"{source.describe()}: the export at {export_path} has no run folder")
+        version = importer.import_version(marketplace_name, version_dict, run_id)
+    if version is None:
+        raise ImportError_(f"{source.describe()}: mlflow-export-import created no version")
+    return version

@@ -1,0 +1,120 @@
+"""SHA-256 manifests: an export exists only once its manifest, written last, verifies."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+CHUNK = 1024 * 1024
+
+
+class ManifestError(RuntimeError):
+    """An export whose files do not match its manifest, or that has none."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _walk(root: Path) -> dict[str, Path]:
+    files = {}
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            path = Path(dirpath) / filename
+            relative = path.relative_to(root).as_posix()
+            if relative != MANIFEST_NAME:
+                files[relative] = path
+    return files
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Every file of one export with its hash and size, and what the export is of."""
+
+    workspace: str
+    model_name: str
+    version: int
+    run_id: str
+    source: str
+    export_date: str
+    exported_at: str
+    files: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(entry["size"] for entry in self.files.values())
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, indent=1, sort_keys=True, ensure_ascii=False).encode()
+
+
+def build_manifest(root: Path, **identity) -> Manifest:
+    files = {
+        relative: {"sha256": file_sha256(path), "size": path.stat().st_size}
+        for relative, path in sorted(_walk(root).items())
+    }
+    return Manifest(files=files, **identity)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> str:
+    """Write the manifest (fsynced, via a temporary name) and return its checksum."""
+    data = manifest.to_json()
+    tmp = root / f".{MANIFEST_NAME}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, root / MANIFEST_NAME)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(root: Path) -> tuple[Manifest, str]:
+    """The manifest of the export at `root` and its checksum; ManifestError if absent or unreadable."""
+    path = root / MANIFEST_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{root}: no {MANIFEST_NAME}; the export is incomplete") from None
+    try:
+        manifest = Manifest(**json.loads(data))
+    except (ValueError, TypeError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest: {exc}") from None
+    return manifest, hashlib.sha256(data).hexdigest()
+
+
+def verify_export(root: Path, *, expected_checksum: str | None = None, full: bool = True) -> Manifest:
+    """Check every file of the export against its manifest; raise ManifestError saying what differs.
+
+    `full=False` compares names and sizes only (cheap, for skipping); imports always hash.
+    """
+    manifest, checksum = read_manifest(root)
+    if expected_checksum is not None and checksum != expected_checksum:
+        raise ManifestError(
+            f"{root}: manifest checksum {checksum[:12]}… differs from the recorded {expected_checksum[:12]}…"
+            " (the manifest was edited or replaced)"
+        )
+    on_disk = _walk(root)
+    missing = sorted(set(manifest.files) - set(on_disk))
+    added = sorted(set(on_disk) - set(manifest.files))
+    changed = []
+    for relative in sorted(set(manifest.files) & set(on_disk)):
+        expected = manifest.files[relative]
+        path = on_disk[relative]
+        if path.stat().st_size != expected["size"] or (full and file_sha256(path) != expected["sha256"]):
+            changed.append(relative)
+    if missing or added or changed:
+        problems = [
+            f"{label}: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}"
+            for label, names in (("missing", missing), ("added", added), ("changed", changed))
+            if names
+        ]
+        raise ManifestError(f"{root}: export does not match its manifest ({'; '.join(problems)})")
+    return manifest

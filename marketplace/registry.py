@@ -1,0 +1,234 @@
+"""Talking to MLflow registries: clients with sane timeouts, production selection, the seed's marker."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fnmatch
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from urllib.parse import quote, urlparse, urlunparse
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+MARKER_PREFIX = "Exported Already On "
+EXPORTED_ON_TAG = "marketplace.exported_on"
+PAGE_SIZE = 1000
+
+_process_uri_lock = threading.RLock()
+
+
+class RegistryUnavailable(RuntimeError):
+    """A registry could not be reached or answered with an error."""
+
+
+def configure_http(timeout_seconds: int, max_retries: int) -> None:
+    """Bound every MLflow REST call of this process (the defaults add up to minutes)."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_seconds)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def make_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+
+
+def redact_uri(uri: str) -> str:
+    """A URI safe to show: user info (which can hold a token) removed."""
+    parsed = urlparse(uri)
+    if parsed.username or parsed.password:
+        host = parsed.hostname or ""
+        netloc = f"{host}:{parsed.port}" if parsed.port else host
+        return urlunparse(parsed._replace(netloc=netloc))
+    return uri
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str) -> Iterator[None]:
+    """Point the process-wide tracking URI at `uri` for the block, then restore it.
+
+    mlflow-export-import reads the process-wide URI in places (logged-model artifact
+    listing, UC version creation); a lock keeps two threads from swapping it under each other.
+    """
+    with _process_uri_lock:
+        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+        previous = mlflow.get_tracking_uri() if previous_env is None and mlflow.is_tracking_uri_set() else None
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            if previous_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+            mlflow.set_tracking_uri(previous)
+
+
+def filter_literal(value: str) -> str:
+    """Quote a value for an MLflow search filter."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"model name {value!r} contains both quote characters and cannot be searched")
+
+
+@dataclass(frozen=True)
+class ProductionVersion:
+    """One workspace model's production version, as read from its registry."""
+
+    model_name: str
+    version: int
+    run_id: str
+    source: str
+    created_at: dt.datetime
+    selected_by: str
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ProductionVersion:
+        return cls(**{**data, "created_at": dt.datetime.fromisoformat(data["created_at"])})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a registry scan found: the versions to sync and why other models were left out."""
+
+    versions: list[ProductionVersion]
+    skipped: dict[str, str]
+    models_seen: int
+
+
+def _ms_to_datetime(ms: int | None) -> dt.datetime:
+    return dt.datetime.fromtimestamp((ms or 0) / 1000, tz=dt.timezone.utc)
+
+
+def is_curated(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    matches = lambda patterns: any(fnmatch.fnmatchcase(name, p) for p in patterns)  # noqa: E731
+    return matches(include) and not matches(exclude)
+
+
+def list_model_names(client: MlflowClient) -> list[str]:
+    names: list[str] = []
+    token = None
+    while True:
+        page = client.search_registered_models(max_results=PAGE_SIZE, page_token=token)
+        names.extend(model.name for model in page)
+        token = page.token
+        if not token:
+            return names
+
+
+def _versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
+    versions: list[ModelVersion] = []
+    token = None
+    while True:
+        page = client.search_model_versions(
+            filter_string=f"name={filter_literal(name)}", max_results=PAGE_SIZE, page_token=token
+        )
+        versions.extend(page)
+        token = page.token
+        if not token:
+            return versions
+
+
+def newest_production_version(
+    client: MlflowClient,
+    name: str,
+    *,
+    stage: str | None,
+    alias: str | None,
+    registered_by: dt.datetime | None = None,
+) -> ModelVersion | None:
+    """The newest version of `name` in `stage` (or holding `alias`), registered by `registered_by`."""
+    if alias is not None:
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        candidates = [version]
+    else:
+        assert stage is not None
+        candidates = [
+            v for v in _versions_of(client, name) if (v.current_stage or "").lower() == stage.lower()
+        ]
+    if registered_by is not None:
+        candidates = [v for v in candidates if _ms_to_datetime(v.creation_timestamp) <= registered_by]
+    candidates = [v for v in candidates if (v.status or "READY") == "READY"]
+    return max(candidates, key=lambda v: int(v.version), default=None)
+
+
+def select_production_versions(
+    client: MlflowClient,
+    *,
+    stage: str | None,
+    alias: str | None,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    registered_by: dt.datetime | None = None,
+) -> Selection:
+    """For each curated registered model, its newest production version; models with none skipped."""
+    names = list_model_names(client)
+    selector = f"stage {stage}" if stage else f"alias @{alias}"
+    versions: list[ProductionVersion] = []
+    skipped: dict[str, str] = {}
+    for name in sorted(names):
+        if not is_curated(name, include, exclude):
+            skipped[name] = "not curated (include/exclude)"
+            continue
+        version = newest_production_version(
+            client, name, stage=stage, alias=alias, registered_by=registered_by
+        )
+        if version is None:
+            skipped[name] = f"no version in {selector}" + (
+                f" registered by {registered_by:%Y-%m-%d}" if registered_by else ""
+            )
+            continue
+        versions.append(
+            ProductionVersion(
+                model_name=name,
+                version=int(version.version),
+                run_id=version.run_id or "",
+                source=version.source or "",
+                created_at=_ms_to_datetime(version.creation_timestamp),
+                selected_by=selector,
+            )
+        )
+    return Selection(versions=versions, skipped=skipped, models_seen=len(names))
+
+
+def marker_description(day: dt.date, old_description: str | None) -> str:
+    """The seed's exact marker wording."""
+    return f"{MARKER_PREFIX}{day.isoformat()}, old description: {old_description or ''}"
+
+
+def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -> bool:
+    """Write the seed's description marker and our tag on a source version; False if already marked."""
+    current = client.get_model_version(name, str(version))
+    changed = False
+    if not (current.description or "").startswith(MARKER_PREFIX):
+        client.update_model_version(name, str(version), description=marker_description(day, current.description))
+        changed = True
+    if EXPORTED_ON_TAG not in (current.tags or {}):
+        client.set_model_version_tag(name, str(version), EXPORTED_ON_TAG, day.isoformat())
+        changed = True
+    return changed
+
+
+def model_version_url(tracking_uri: str, name: str, version: int | str) -> str:
+    base = redact_uri(tracking_uri).rstrip("/")
+    return f"{base}/#/models/{quote(name, safe='')}/versions/{version}"

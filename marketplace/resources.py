@@ -1,0 +1,147 @@
+"""Dagster resources: the workspace registries, the marketplace registry and external storage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import dagster as dg
+from dagster_deltalake import LocalConfig
+from mlflow import MlflowClient
+from pydantic import Field
+
+from marketplace import summary
+from marketplace.config import MarketplaceConfig
+from marketplace.registry import configure_http, make_client
+
+
+class WorkspaceRegistry(dg.Config):
+    """One source workspace's registry and how it marks production."""
+
+    name: str
+    tracking_uri: str
+    registry_uri: str | None = None
+    production_stage: str | None = None
+    production_alias: str | None = None
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+
+
+class WorkspaceRegistriesResource(dg.ConfigurableResource):
+    """Clients for every configured workspace's MLflow registry."""
+
+    workspaces: list[WorkspaceRegistry]
+    source_marker: bool = True
+    timeout_seconds: int = 15
+    max_retries: int = 2
+
+    def get(self, name: str) -> WorkspaceRegistry:
+        for workspace in self.workspaces:
+            if workspace.name == name:
+                return workspace
+        raise dg.Failure(f"workspace {name!r} is not configured; configured: {[w.name for w in self.workspaces]}")
+
+    def client(self, name: str) -> MlflowClient:
+        configure_http(self.timeout_seconds, self.max_retries)
+        workspace = self.get(name)
+        return make_client(workspace.tracking_uri, workspace.registry_uri)
+
+
+class MarketplaceRegistryResource(dg.ConfigurableResource):
+    """The central marketplace registry and how models are named and promoted there."""
+
+    tracking_uri: str
+    registry_uri: str | None = None
+    name_template: str = "{workspace}.{model}"
+    alias: str = "production"
+    experiment_prefix: str = "/Shared/marketplace"
+    timeout_seconds: int = 15
+    max_retries: int = 2
+
+    def client(self) -> MlflowClient:
+        configure_http(self.timeout_seconds, self.max_retries)
+        return make_client(self.tracking_uri, self.registry_uri)
+
+    @property
+    def is_unity_catalog(self) -> bool:
+        return (self.registry_uri or "").startswith("databricks-uc")
+
+    def model_name(self, workspace: str, model: str) -> str:
+        return self.name_template.format(workspace=workspace, model=model)
+
+    def experiment_name(self, marketplace_name: str) -> str:
+        return f"{self.experiment_prefix.rstrip('/')}/{marketplace_name}"
+
+
+class ExternalStorageResource(dg.ConfigurableResource):
+    """Where exports, production-model snapshots and the summary Delta tables live."""
+
+    root: str
+    storage_options: LocalConfig = Field(default_factory=LocalConfig)
+
+    def table_uri(self, name: str) -> str:
+        return str(Path(self.root) / name)
+
+    def delta_options(self) -> dict[str, str]:
+        return self.storage_options.str_dict()
+
+    def merge_rows(self, table: str, rows: list[Mapping]) -> int:
+        return summary.merge_rows(self.table_uri(table), table, rows, self.delta_options())
+
+    def read_rows(self, table: str, workspace: str | None = None) -> list[dict]:
+        return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace)
+
+    def snapshot_path(self, workspace: str, day: dt.date) -> Path:
+        return Path(self.root) / "production_models" / workspace / f"{day.isoformat()}.json"
+
+    def write_snapshot(self, workspace: str, day: dt.date, payload: dict) -> Path:
+        path = self.snapshot_path(workspace, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
+        os.replace(tmp, path)
+        return path
+
+    def read_snapshot(self, workspace: str, day: dt.date) -> dict:
+        path = self.snapshot_path(workspace, day)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise dg.Failure(
+                f"no production-model snapshot for {workspace} on {day} at {path}: "
+                "materialize the production_models asset for this partition first"
+            ) from None
+
+
+def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResource]:
+    client = {"timeout_seconds": config.client.timeout_seconds, "max_retries": config.client.max_retries}
+    return {
+        "workspaces": WorkspaceRegistriesResource(
+            workspaces=[
+                WorkspaceRegistry(
+                    name=w.name,
+                    tracking_uri=w.tracking_uri,
+                    registry_uri=w.registry_uri,
+                    production_stage=w.production.stage,
+                    production_alias=w.production.alias,
+                    include=list(w.include),
+                    exclude=list(w.exclude),
+                )
+                for w in config.workspaces
+            ],
+            source_marker=config.source_marker,
+            **client,
+        ),
+        "marketplace": MarketplaceRegistryResource(
+            tracking_uri=config.marketplace.tracking_uri,
+            registry_uri=config.marketplace.registry_uri,
+            name_template=config.marketplace.name_template,
+            alias=config.marketplace.alias,
+            experiment_prefix=config.marketplace.experiment_prefix,
+            **client,
+        ),
+        "external_storage": ExternalStorageResource(root=config.storage_root),
+    }

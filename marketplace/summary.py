@@ -1,0 +1,122 @@
+"""The export and import summary Delta tables, written as MERGEs so that no row is ever lost."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+EXPORT_SUMMARY = "export_summary"
+IMPORT_SUMMARY = "import_summary"
+KEY_COLUMNS = ("workspace", "model_name", "version")
+
+_UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    EXPORT_SUMMARY: pa.schema(
+        [
+            pa.field("workspace", pa.string(), nullable=False),
+            pa.field("model_name", pa.string(), nullable=False),
+            pa.field("version", pa.int64(), nullable=False),
+            pa.field("run_id", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("export_date", pa.date32(), nullable=False),
+            pa.field("exported_at", _UTC_TIMESTAMP, nullable=False),
+            pa.field("export_path", pa.string(), nullable=False),
+            pa.field("checksum", pa.string(), nullable=False),
+            pa.field("size_bytes", pa.int64(), nullable=False),
+            pa.field("file_count", pa.int64()),
+        ]
+    ),
+    IMPORT_SUMMARY: pa.schema(
+        [
+            pa.field("workspace", pa.string(), nullable=False),
+            pa.field("model_name", pa.string(), nullable=False),
+            pa.field("version", pa.int64(), nullable=False),
+            pa.field("marketplace_model", pa.string(), nullable=False),
+            pa.field("marketplace_version", pa.int64(), nullable=False),
+            pa.field("import_date", pa.date32(), nullable=False),
+            pa.field("imported_at", _UTC_TIMESTAMP, nullable=False),
+            pa.field("checksum", pa.string(), nullable=False),
+            pa.field("run_id", pa.string()),
+        ]
+    ),
+}
+
+MAX_COMMIT_ATTEMPTS = 12
+
+
+def _retrying(action, *, what: str):
+    """Run a Delta commit, retrying conflicts with concurrent writers (bounded, jittered)."""
+    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        try:
+            return action()
+        except (CommitFailedError, DeltaError) as exc:
+            transient = isinstance(exc, CommitFailedError) or "conflict" in str(exc).lower() or "already exists" in str(exc).lower()
+            if not transient or attempt == MAX_COMMIT_ATTEMPTS:
+                raise RuntimeError(f"{what}: commit failed after {attempt} attempt(s): {exc}") from exc
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def ensure_table(uri: str, name: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable:
+    """Open the table, creating it with its schema if it does not exist yet (safe under races)."""
+    options = dict(storage_options or {})
+
+    def open_or_create() -> DeltaTable:
+        try:
+            return DeltaTable(uri, storage_options=options)
+        except TableNotFoundError:
+            return DeltaTable.create(uri, SCHEMAS[name], mode="ignore", name=name, storage_options=options)
+
+    return _retrying(open_or_create, what=f"creating {uri}")
+
+
+def _dedupe(rows: Sequence[Mapping]) -> list[Mapping]:
+    unique: dict[tuple, Mapping] = {}
+    for row in rows:
+        unique.setdefault(tuple(row[column] for column in KEY_COLUMNS), row)
+    return list(unique.values())
+
+
+def merge_rows(
+    uri: str, name: str, rows: Sequence[Mapping], storage_options: Mapping[str, str] | None = None
+) -> int:
+    """Insert the rows whose (workspace, model_name, version) is not in the table yet.
+
+    Existing rows are never rewritten or deleted, so a re-run with nothing new changes nothing
+    and one partition's write never touches another's rows. Returns the number inserted.
+    """
+    rows = _dedupe(rows)
+    if not rows:
+        ensure_table(uri, name, storage_options)
+        return 0
+    source = pa.Table.from_pylist(list(rows), schema=SCHEMAS[name])
+    predicate = " AND ".join(f"t.{column} = s.{column}" for column in KEY_COLUMNS)
+
+    def merge() -> int:
+        table = ensure_table(uri, name, storage_options)
+        metrics = (
+            table.merge(source, predicate=predicate, source_alias="s", target_alias="t")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return int(metrics.get("num_target_rows_inserted", 0))
+
+    return _retrying(merge, what=f"merging into {uri}")
+
+
+def read_rows(
+    uri: str, storage_options: Mapping[str, str] | None = None, *, workspace: str | None = None
+) -> list[dict]:
+    """Every row of the table (optionally of one workspace); empty if the table does not exist."""
+    try:
+        table = DeltaTable(uri, storage_options=dict(storage_options or {}))
+    except TableNotFoundError:
+        return []
+    data = table.to_pyarrow_table(filters=[("workspace", "=", workspace)] if workspace else None)
+    return data.to_pylist()
