@@ -15,7 +15,7 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     partitions_def = build_marketplace_partitions_def(config)
     return dg.Definitions(
         assets=build_sync_assets(partitions_def),
-        jobs=[build_marketplace_sync_job(partitions_def)],
+        jobs=[build_marketplace_sync_job()],
         resources=build_resources(config),
         # Steps of one partition run one after another; separate step processes would only
         # add seconds of start-up each. Runs stay separate processes, one per partition.

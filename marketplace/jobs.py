@@ -7,10 +7,9 @@ import dagster as dg
 from marketplace.assets import GROUP
 
 
-def build_marketplace_sync_job(partitions_def: dg.PartitionsDefinition) -> dg.UnresolvedAssetJobDefinition:
+def build_marketplace_sync_job() -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         "marketplace_sync_job",
         selection=dg.AssetSelection.groups(GROUP),
-        partitions_def=partitions_def,
         description="Export, record, import and register one workspace's production models for one day.",
     )

@@ -1,0 +1,39 @@
+# The commands users type. State (servers, external storage, DAGSTER_HOME) lives in .marketplace/.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE := $(abspath .marketplace)
+export DAGSTER_HOME := $(STATE)/dagster_home
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo dev test stop
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+## make demo: local MLflow servers, demo models, today's partitions synced, a summary printed.
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m marketplace.demo all
+
+## make dev: the Dagster UI (http://127.0.0.1:3000) on the same demo and instance.
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m marketplace.demo up
+	$(PY) -m marketplace.demo seed
+	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## make test: the whole test suite (starts its own MLflow servers on free ports).
+test: install
+	$(PY) -m pytest
+
+## make stop: stop the demo's MLflow servers.
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m marketplace.demo stop; else echo "nothing to stop"; fi

@@ -1,0 +1,190 @@
+"""Fixtures: real MLflow servers shared by the session, and per-test configurations.
+
+Servers are shared (each costs about 550 MB and several seconds); tests stay apart by giving
+every model a unique name and scoping each workspace with an `include` pattern.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from marketplace import local_servers
+from marketplace.config import MarketplaceConfig, load_config
+from marketplace.definitions import build_definitions
+from marketplace.assets import build_sync_assets
+from marketplace.partitions import build_marketplace_partitions_def, partition_key
+from marketplace.resources import build_resources
+from marketplace.registry import process_tracking_uri
+
+TODAY = dt.datetime.now(dt.timezone.utc).date()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory) -> dict[str, local_servers.LocalServer]:
+    root = tmp_path_factory.mktemp("mlflow-servers")
+    wanted = {
+        name: local_servers.LocalServer(name, root / name, local_servers.free_port())
+        for name in ("marketplace", "ws_a", "ws_b")
+    }
+    with ThreadPoolExecutor(len(wanted)) as pool:
+        list(pool.map(local_servers.start, wanted.values()))
+    yield wanted
+    for server in wanted.values():
+        local_servers.stop(server)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_state(monkeypatch):
+    """No test leaks the process-wide tracking URI (or an active run) into another."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(None)
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short unique prefix for this test's model names."""
+    return "t" + uuid.uuid4().hex[:8]
+
+
+def _fit(kind: str, seed: int):
+    from sklearn import datasets
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    if kind == "iris":
+        x, y = datasets.load_iris(return_X_y=True, as_frame=True)
+        return LogisticRegression(max_iter=500, C=1.0 / seed).fit(x, y), x.head(5)
+    x, y = datasets.load_diabetes(return_X_y=True, as_frame=True)
+    return LinearRegression().fit(x.iloc[: 200 + seed], y.iloc[: 200 + seed]), x.head(5)
+
+
+def register_version(
+    tracking_uri: str,
+    model_name: str,
+    *,
+    stage: str | None = None,
+    alias: str | None = None,
+    kind: str = "iris",
+    description: str | None = None,
+) -> str:
+    """Log a small scikit-learn model, register it as a new version, promote it; returns the version."""
+    client = MlflowClient(tracking_uri)
+    with process_tracking_uri(tracking_uri):
+        mlflow.set_experiment(f"/tests/{model_name}")
+        count = len(client.search_model_versions(f"name='{model_name}'")) if client.search_registered_models(
+            filter_string=f"name='{model_name}'") else 0
+        model, example = _fit(kind, count + 1)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(model, name="model", input_example=example, registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    if description is not None:
+        client.update_model_version(model_name, version, description=description)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if stage:
+            client.transition_model_version_stage(model_name, version, stage)
+    if alias:
+        client.set_registered_model_alias(model_name, alias, version)
+    return version
+
+
+@dataclass
+class Deployment:
+    """One test's configuration file, its loaded config and a Dagster instance to run on."""
+
+    path: Path
+    config: MarketplaceConfig
+    instance: dg.DagsterInstance
+
+    @property
+    def defs(self) -> dg.Definitions:
+        return build_definitions(self.config)
+
+    def sync(self, workspace: str, day: dt.date = TODAY, *, selection=None, raise_on_error: bool = False):
+        """Run the whole chain (or `selection`) for one partition; returns the execution result."""
+        defs = self.defs
+        key = partition_key(day, workspace)
+        if selection is None:
+            job = defs.resolve_job_def("marketplace_sync_job")
+            return job.execute_in_process(partition_key=key, instance=self.instance, raise_on_error=raise_on_error)
+        return dg.materialize(
+            build_sync_assets(build_marketplace_partitions_def(self.config)),
+            selection=selection,
+            partition_key=key,
+            resources=build_resources(self.config),
+            instance=self.instance,
+            raise_on_error=raise_on_error,
+        )
+
+
+@pytest.fixture
+def deploy(tmp_path, servers):
+    """Write a configuration for this test (workspaces scoped to its models) and load it."""
+    instances = []
+
+    def make(workspaces: list[dict], **overrides) -> Deployment:
+        raw = {
+            "start_date": (TODAY - dt.timedelta(days=10)).isoformat(),
+            "external_storage": {"uri": "external"},
+            "marketplace": {"tracking_uri": servers["marketplace"].uri},
+            "workspaces": workspaces,
+            "client": {"timeout_seconds": 5, "max_retries": 0},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        path = tmp_path / f"marketplace-{len(instances)}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        instance = dg.DagsterInstance.ephemeral()
+        instances.append(instance)
+        return Deployment(path=path, config=load_config(path), instance=instance)
+
+    yield make
+    for instance in instances:
+        instance.dispose()
+
+
+def materializations(result, asset_key: dg.AssetKey) -> dict:
+    """The metadata values of the asset's materialization in `result`."""
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key == asset_key:
+            return {k: v.value for k, v in materialization.metadata.items()}
+    raise AssertionError(f"{asset_key.to_user_string()} was not materialized")
+
+
+def step_failure_message(result) -> str:
+    """All step failure descriptions of a failed run, joined."""
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.event_specific_data.error
+            messages.append(error.message if error else "")
+    return "\n".join(messages)
+
+
+@pytest.fixture(autouse=True)
+def _no_config_env(monkeypatch):
+    monkeypatch.delenv("MARKETPLACE_CONFIG", raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # The pipeline sets MLflow's HTTP bounds process-wide; monkeypatch puts them back after.
+    for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER"):
+        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", os.environ.get(f"MLFLOW_HTTP_REQUEST_{name}", ""))
+        monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}")

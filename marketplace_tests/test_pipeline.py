@@ -1,0 +1,196 @@
+"""The six assets end to end against real MLflow servers and real Delta tables."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from deltalake import DeltaTable
+from mlflow import MlflowClient
+
+from marketplace import assets
+from marketplace.exports import export_dir
+from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
+from marketplace.local_servers import free_port
+from marketplace.manifest import MANIFEST_NAME
+from marketplace.registry import MARKER_PREFIX, process_tracking_uri
+
+from .conftest import TODAY, materializations, register_version, step_failure_message
+
+
+@pytest.fixture
+def two_workspaces(servers, deploy, uid):
+    """ws_a selects by stage, ws_b by alias; each holds this test's models only."""
+    a, b = servers["ws_a"].uri, servers["ws_b"].uri
+    register_version(a, f"{uid}_iris", stage="Archived", description="first try")
+    register_version(a, f"{uid}_iris", stage="Production", description="the good one")
+    register_version(a, f"{uid}_draft")  # no production version
+    register_version(b, f"{uid}_diabetes", alias="champion", kind="diabetes")
+    deployment = deploy(
+        [
+            {"name": f"a{uid}", "tracking_uri": a, "production": {"stage": "Production"}, "include": [f"{uid}_*"]},
+            {"name": f"b{uid}", "tracking_uri": b, "production": {"alias": "champion"}, "include": [f"{uid}_*"]},
+        ]
+    )
+    return deployment, f"a{uid}", f"b{uid}"
+
+
+def _table(deployment, name: str) -> list[dict]:
+    return DeltaTable(str(Path(deployment.config.storage_root) / name)).to_pyarrow_table().to_pylist()
+
+
+def test_sync_exports_imports_and_registers_the_newest_production_version(two_workspaces, servers, uid):
+    deployment, ws_a, ws_b = two_workspaces
+    result = deployment.sync(ws_a)
+    assert result.success, step_failure_message(result)
+
+    seen = materializations(result, assets.PRODUCTION_MODELS)
+    assert (seen["models_seen"], seen["production_versions"]) == (2, 1)
+    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert materializations(result, assets.IMPORTS)["imported"] == 1
+
+    source = MlflowClient(servers["ws_a"].uri)
+    marked = source.get_model_version(f"{uid}_iris", "2")
+    assert marked.description == f"{MARKER_PREFIX}{TODAY.isoformat()}, old description: the good one"
+    assert marked.tags["marketplace.exported_on"] == TODAY.isoformat()
+    assert source.get_model_version(f"{uid}_iris", "1").description == "first try"
+
+    market = MlflowClient(servers["marketplace"].uri)
+    name = f"{ws_a}.{uid}_iris"
+    versions = market.search_model_versions(f"name='{name}'")
+    assert len(versions) == 1
+    production = market.get_model_version_by_alias(name, "production")
+    assert production.current_stage == "Production"
+    assert production.tags[TAG_SOURCE_WORKSPACE] == ws_a
+    assert production.tags[TAG_SOURCE_MODEL] == f"{uid}_iris"
+    assert production.tags[TAG_SOURCE_VERSION] == "2"
+    registered = market.get_registered_model(name)
+    assert registered.tags[TAG_SOURCE_WORKSPACE] == ws_a
+    assert ws_a in registered.description and f"{uid}_iris" in registered.description
+    assert market.search_registered_models(filter_string=f"name='{ws_a}.{uid}_draft'") == []
+
+    exports = _table(deployment, "export_summary")
+    assert [(r["workspace"], r["model_name"], r["version"]) for r in exports] == [(ws_a, f"{uid}_iris", 2)]
+    assert exports[0]["export_date"] == TODAY and exports[0]["size_bytes"] > 0
+    assert exports[0]["checksum"] == production.tags[TAG_CHECKSUM]
+    imports = _table(deployment, "import_summary")
+    assert [(r["marketplace_model"], r["marketplace_version"]) for r in imports] == [(name, int(production.version))]
+
+
+def test_marketplace_model_predicts_the_same_as_its_source(two_workspaces, servers, uid):
+    deployment, _, ws_b = two_workspaces
+    result = deployment.sync(ws_b)
+    assert result.success, step_failure_message(result)
+    check = result.get_asset_check_evaluations()
+    assert [c.passed for c in check if c.check_name == assets.IMPORT_LOADS_CHECK] == [True]
+
+    from sklearn import datasets
+
+    features = datasets.load_diabetes(return_X_y=True, as_frame=True)[0].tail(20)
+    with process_tracking_uri(servers["ws_b"].uri):
+        source = mlflow.pyfunc.load_model(f"models:/{uid}_diabetes@champion")
+    with process_tracking_uri(servers["marketplace"].uri):
+        copy = mlflow.pyfunc.load_model(f"models:/{ws_b}.{uid}_diabetes@production")
+    np.testing.assert_array_equal(copy.predict(features), source.predict(features))
+
+
+def test_second_run_changes_nothing(two_workspaces, servers, uid):
+    deployment, ws_a, _ = two_workspaces
+    assert deployment.sync(ws_a).success
+    path = export_dir(deployment.config.storage_root, ws_a, f"{uid}_iris", 2)
+    manifest_mtime = (path / MANIFEST_NAME).stat().st_mtime_ns
+    source = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_iris", "2")
+
+    again = deployment.sync(ws_a)
+    assert again.success, step_failure_message(again)
+    assert materializations(again, assets.EXPORTS)["exported"] == 0
+    assert materializations(again, assets.EXPORTS)["already_exported"] == 1
+    assert materializations(again, assets.IMPORTS)["imported"] == 0
+    assert materializations(again, assets.EXPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(again, assets.IMPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(again, assets.REGISTRATION)["registry_changes"] == 0
+    assert (path / MANIFEST_NAME).stat().st_mtime_ns == manifest_mtime
+    after = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_iris", "2")
+    assert after.description == source.description  # the marker is written once
+    assert len(MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='{ws_a}.{uid}_iris'")) == 1
+    assert len(_table(deployment, "export_summary")) == 1
+    assert len(_table(deployment, "import_summary")) == 1
+
+
+def test_new_production_version_is_imported_and_takes_the_alias(two_workspaces, servers, uid):
+    deployment, ws_a, _ = two_workspaces
+    assert deployment.sync(ws_a).success
+    register_version(servers["ws_a"].uri, f"{uid}_iris", stage="Production")  # v3
+
+    result = deployment.sync(ws_a)
+    assert result.success, step_failure_message(result)
+    market = MlflowClient(servers["marketplace"].uri)
+    name = f"{ws_a}.{uid}_iris"
+    assert len(market.search_model_versions(f"name='{name}'")) == 2
+    production = market.get_model_version_by_alias(name, "production")
+    assert production.tags[TAG_SOURCE_VERSION] == "3"
+    assert production.current_stage == "Production"
+    rows = _table(deployment, "export_summary")
+    assert sorted(r["version"] for r in rows) == [2, 3]
+
+
+def test_corrupted_export_is_refused_at_import(two_workspaces, servers, uid):
+    deployment, ws_a, _ = two_workspaces
+    upto_summary = [assets.PRODUCTION_MODELS, assets.EXPORTS, assets.EXPORT_SUMMARY]
+    assert deployment.sync(ws_a, selection=upto_summary).success
+    path = export_dir(deployment.config.storage_root, ws_a, f"{uid}_iris", 2)
+    target = next(p for p in path.rglob("*") if p.is_file() and p.name.startswith("model.") and p.suffix != ".json")
+    target.write_bytes(target.read_bytes()[::-1])  # same size, different bytes
+
+    result = deployment.sync(ws_a)
+    assert not result.success
+    message = step_failure_message(result)
+    assert "does not match its manifest" in message and target.name in message and ws_a in message
+    market = MlflowClient(servers["marketplace"].uri)
+    assert market.search_registered_models(filter_string=f"name='{ws_a}.{uid}_iris'") == []
+
+
+def test_debris_of_an_interrupted_export_is_replaced(two_workspaces, uid):
+    deployment, ws_a, _ = two_workspaces
+    debris = export_dir(deployment.config.storage_root, ws_a, f"{uid}_iris", 2)
+    (debris / "half").mkdir(parents=True)
+    (debris / "half" / "run.json").write_text("{truncated")
+    result = deployment.sync(ws_a)
+    assert result.success, step_failure_message(result)
+    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert not (debris / "half").exists() and (debris / MANIFEST_NAME).exists()
+
+
+def test_unreachable_workspace_fails_fast_naming_it_and_others_succeed(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_ok", stage="Production")
+    dead = f"http://127.0.0.1:{free_port()}"
+    deployment = deploy(
+        [
+            {"name": "down", "tracking_uri": dead, "production": {"stage": "Production"}},
+            {"name": f"a{uid}", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+             "include": [f"{uid}_*"]},
+        ]
+    )
+    started = time.monotonic()
+    result = deployment.sync("down")
+    elapsed = time.monotonic() - started
+    assert not result.success
+    message = step_failure_message(result)
+    assert "workspace down" in message and dead in message
+    assert elapsed < 60, f"an unreachable workspace took {elapsed:.0f} s to fail"
+    assert deployment.sync(f"a{uid}").success
+
+
+def test_name_owned_by_another_source_is_refused(two_workspaces, servers, uid):
+    deployment, ws_a, _ = two_workspaces
+    market = MlflowClient(servers["marketplace"].uri)
+    market.create_registered_model(
+        f"{ws_a}.{uid}_iris", tags={TAG_SOURCE_WORKSPACE: "elsewhere", TAG_SOURCE_MODEL: "other"}
+    )
+    result = deployment.sync(ws_a)
+    assert not result.success
+    assert "maps to the same name" in step_failure_message(result)
+    assert market.search_model_versions(f"name='{ws_a}.{uid}_iris'") == []
