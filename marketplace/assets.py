@@ -6,9 +6,10 @@ and a crash between two steps loses nothing.
 """
 
 
+import contextlib
 import datetime as dt
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -84,13 +85,14 @@ def _fail_if_errors(what: str, workspace: str, uri: str, errors: dict[str, str],
         )
 
 
-def _guard_registry(workspace: str, uri: str, action: Callable):
-    """Run a registry call; an unreachable or failing registry fails the partition, naming both."""
+@contextlib.contextmanager
+def _registry_errors(who: str, uri: str) -> Iterator[None]:
+    """An unreachable or failing registry fails the partition, naming it and its URI."""
     try:
-        return action()
+        yield
     except REGISTRY_ERRORS as exc:
         raise dg.Failure(
-            description=f"workspace {workspace}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {exc}"
+            description=f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -122,18 +124,15 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
         day, name = _partition(context)
         workspace = workspaces.get(name)
         client = workspaces.client(name)
-        selection = _guard_registry(
-            name,
-            workspace.tracking_uri,
-            lambda: select_production_versions(
+        with _registry_errors(f"workspace {name}", workspace.tracking_uri):
+            selection = select_production_versions(
                 client,
                 stage=workspace.production_stage,
                 alias=workspace.production_alias,
                 include=workspace.include,
                 exclude=workspace.exclude,
                 registered_by=_end_of(day),
-            ),
-        )
+            )
         path = external_storage.write_snapshot(
             name,
             day,
@@ -296,7 +295,8 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
             mp_name = marketplace.model_name(name, version.model_name)
             source = SourceKey(name, version.model_name, version.version)
             try:
-                existing = _guard_registry("marketplace", marketplace.tracking_uri, lambda: marketplace_versions(client, mp_name))
+                with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
+                    existing = marketplace_versions(client, mp_name)
                 if source in existing:
                     already += 1
                     newest.append((mp_name, int(existing[source].version), Path(row["export_path"])))
@@ -356,7 +356,8 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
         rows, missing = [], []
         for version in _snapshot_versions(external_storage, day, name):
             mp_name = marketplace.model_name(name, version.model_name)
-            found = marketplace_versions(client, mp_name).get(SourceKey(name, version.model_name, version.version))
+            with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
+                found = marketplace_versions(client, mp_name).get(SourceKey(name, version.model_name, version.version))
             if found is None:
                 missing.append(f"{version.model_name} v{version.version}")
                 continue
@@ -404,11 +405,12 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
         rows, changed = [], 0
         for version in _snapshot_versions(external_storage, day, name):
             mp_name = marketplace.model_name(name, version.model_name)
-            imported = marketplace_versions(client, mp_name)
-            if not imported:
-                continue
-            key, newest = max(imported.items(), key=lambda item: item[0].version)
-            changed += _register(client, marketplace, mp_name, key, newest, source_uri)
+            with _registry_errors(f"the marketplace (registering {mp_name})", marketplace.tracking_uri):
+                imported = marketplace_versions(client, mp_name)
+                if not imported:
+                    continue
+                key, newest = max(imported.items(), key=lambda item: item[0].version)
+                changed += _register(client, marketplace, mp_name, key, newest, source_uri)
             rows.append(
                 [
                     f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version)})",

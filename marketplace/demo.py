@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,9 +38,11 @@ def local_servers(config: MarketplaceConfig) -> list[LocalServer]:
 
 
 def up(config: MarketplaceConfig) -> None:
-    for server in local_servers(config):
-        started = start(server)
-        print(f"  {server.name:<12} {server.uri}  {'started' if started else 'already running'}  (log: {server.log_path})")
+    servers = local_servers(config)
+    with ThreadPoolExecutor(max(1, len(servers))) as pool:
+        started = list(pool.map(start, servers))
+    for server, process in zip(servers, started):
+        print(f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  (log: {server.log_path})")
 
 
 def down(config: MarketplaceConfig) -> None:
@@ -129,6 +132,8 @@ def sync(config: MarketplaceConfig) -> int:
     from marketplace.definitions import build_definitions
     from marketplace.partitions import partition_key
 
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir(config) / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
     defs = build_definitions(config)
     job = defs.resolve_job_def("marketplace_sync_job")
     today = dt.datetime.now(dt.timezone.utc).date()
@@ -141,7 +146,15 @@ def sync(config: MarketplaceConfig) -> int:
             )
             counts = _counts(result)
             status = "ok" if result.success else "FAILED"
-            print(f"  {key}: {status}  exported {counts['exported']}, imported {counts['imported']}  (run {result.run_id[:8]})")
+            news = (
+                f"exported {counts['exported']}, imported {counts['imported']}"
+                if counts["exported"] or counts["imported"]
+                else "nothing new"
+            )
+            print(f"  {key}: {status}  {news}  (run {result.run_id[:8]})")
+            for event in result.all_events:
+                if event.is_step_failure and event.event_specific_data.error:
+                    print(f"      {event.step_key}: {event.event_specific_data.error.message.strip()}")
             failures += not result.success
     return failures
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -118,5 +119,9 @@ def read_rows(
         table = DeltaTable(uri, storage_options=dict(storage_options or {}))
     except TableNotFoundError:
         return []
-    data = table.to_pyarrow_table(filters=[("workspace", "=", workspace)] if workspace else None)
+    # Filter after reading, not as a scan filter: MERGE writes string columns as Parquet
+    # string_view, and pyarrow cannot compare those with the table's string type in a scan.
+    data = table.to_pyarrow_table()
+    if workspace:
+        data = data.filter(pc.field("workspace") == workspace)
     return data.to_pylist()

@@ -1,0 +1,96 @@
+"""The code location as Dagster and the CLI load it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from marketplace import assets
+from marketplace.config import ConfigError, load_config
+from marketplace.definitions import build_definitions, defs
+from marketplace.imports import TAG_SOURCE_VERSION
+
+from .conftest import TODAY, register_version
+
+ROOT = Path(__file__).resolve().parent.parent
+DAGSTER = Path(sys.executable).parent / "dagster"
+
+
+def test_project_defines_the_chain_the_job_and_the_partitions():
+    definitions = build_definitions(load_config(ROOT / "marketplace.yaml"))
+    graph = definitions.resolve_asset_graph()
+    chain = [
+        assets.PRODUCTION_MODELS,
+        assets.EXPORTS,
+        assets.EXPORT_SUMMARY,
+        assets.IMPORTS,
+        assets.IMPORT_SUMMARY,
+        assets.REGISTRATION,
+    ]
+    assert set(graph.get_all_asset_keys()) == set(chain)
+    for upstream, downstream in zip(chain, chain[1:]):
+        assert graph.get(downstream).parent_keys == {upstream}
+    assert chain[2].path[-1] == "export_summary" and chain[4].path[-1] == "import_summary"
+
+    job = definitions.resolve_job_def("marketplace_sync_job")
+    partitions = job.partitions_def
+    assert isinstance(partitions, dg.MultiPartitionsDefinition)
+    assert {d.name for d in partitions.partitions_defs} == {"date", "workspace"}
+    keys = partitions.get_partition_keys()
+    assert f"{TODAY.isoformat()}|dev01" in keys and "2026-11-01|dev03" in keys
+    check_keys = {key.name for key in graph.asset_check_keys}
+    assert assets.IMPORT_LOADS_CHECK in check_keys
+
+
+def test_configuration_is_read_when_definitions_load_not_at_import(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    env = {**os.environ, "MARKETPLACE_CONFIG": str(missing)}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import marketplace.definitions"], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert imported.returncode == 0, imported.stderr
+
+
+def test_lazy_definitions_report_a_bad_configuration(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workspaces: []\n")
+    monkeypatch.setenv("MARKETPLACE_CONFIG", str(bad))
+    with pytest.raises(ConfigError) as error:
+        defs()
+    assert str(bad) in str(error.value)
+
+
+def test_dagster_validates_the_workspace_file():
+    result = subprocess.run(
+        [str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "MARKETPLACE_CONFIG"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    deployment = deploy(
+        [{"name": "cli", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]}],
+        marketplace={"name_template": "cli-{workspace}.{model}"},
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
+    command = [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
+               "--partition", f"{TODAY.isoformat()}|cli"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    version = MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"cli-cli.{uid}_m", "production")
+    assert version.tags[TAG_SOURCE_VERSION] == "1"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.fetch_materializations(assets.REGISTRATION, limit=5).records
+        assert [r.partition_key for r in records] == [f"{TODAY.isoformat()}|cli"]

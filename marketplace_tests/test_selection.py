@@ -1,0 +1,79 @@
+"""The seed's selection rules against a real registry: which version is production, and the marker."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mlflow import MlflowClient
+
+from marketplace.registry import (
+    MARKER_PREFIX,
+    mark_exported,
+    marker_description,
+    select_production_versions,
+)
+
+from .conftest import register_version
+
+
+def _select(uri: str, uid: str, **kwargs):
+    return select_production_versions(MlflowClient(uri), include=[f"{uid}_*"], **kwargs)
+
+
+def test_stage_selects_the_newest_production_version_only(servers, uid):
+    uri = servers["ws_a"].uri
+    register_version(uri, f"{uid}_m", stage="Production")
+    register_version(uri, f"{uid}_m", stage="Production")
+    register_version(uri, f"{uid}_m", stage="Staging")
+    register_version(uri, f"{uid}_none")
+
+    selection = _select(uri, uid, stage="Production", alias=None)
+    assert [(v.model_name, v.version) for v in selection.versions] == [(f"{uid}_m", 2)]
+    assert selection.skipped == {f"{uid}_none": "no version in stage Production"}
+    assert selection.versions[0].source.startswith("models:/")
+
+
+def test_alias_selects_the_aliased_version_even_if_older(servers, uid):
+    uri = servers["ws_b"].uri
+    register_version(uri, f"{uid}_m", alias="champion")
+    register_version(uri, f"{uid}_m", stage="Production")  # a stage does not count in alias mode
+    selection = _select(uri, uid, stage=None, alias="champion")
+    assert [(v.model_name, v.version) for v in selection.versions] == [(f"{uid}_m", 1)]
+    assert selection.versions[0].selected_by == "alias @champion"
+
+
+def test_include_and_exclude_curate_models(servers, uid):
+    uri = servers["ws_a"].uri
+    for name in ("keep", "scratch_x"):
+        register_version(uri, f"{uid}_{name}", stage="Production")
+    selection = select_production_versions(
+        MlflowClient(uri), stage="Production", alias=None, include=[f"{uid}_*"], exclude=["*_scratch_*"]
+    )
+    assert [v.model_name for v in selection.versions] == [f"{uid}_keep"]
+    assert selection.skipped[f"{uid}_scratch_x"] == "not curated (include/exclude)"
+
+
+def test_registered_by_leaves_out_versions_registered_later(servers, uid):
+    uri = servers["ws_a"].uri
+    register_version(uri, f"{uid}_m", stage="Production")
+    yesterday = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    selection = _select(uri, uid, stage="Production", alias=None, registered_by=yesterday)
+    assert selection.versions == []
+    assert "registered by" in selection.skipped[f"{uid}_m"]
+
+
+def test_marker_uses_the_seeds_exact_words_once(servers, uid):
+    uri = servers["ws_a"].uri
+    register_version(uri, f"{uid}_m", stage="Production", description="churn v1")
+    client = MlflowClient(uri)
+    day = dt.date(2026, 11, 25)
+    assert mark_exported(client, f"{uid}_m", 1, day) is True
+    version = client.get_model_version(f"{uid}_m", "1")
+    assert version.description == "Exported Already On 2026-11-25, old description: churn v1"
+    assert version.tags["marketplace.exported_on"] == "2026-11-25"
+    assert mark_exported(client, f"{uid}_m", 1, dt.date(2026, 11, 26)) is False
+    assert client.get_model_version(f"{uid}_m", "1").description.startswith(MARKER_PREFIX + "2026-11-25")
+
+
+def test_marker_of_an_empty_description():
+    assert marker_description(dt.date(2026, 1, 2), None) == "Exported Already On 2026-01-02, old description: "
