@@ -8,7 +8,7 @@ import re
 import string
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import yaml
 from pydantic import (
@@ -169,6 +169,12 @@ class ExternalStorageConfig(_Strict):
                 f"{value!r}: scheme {parsed.scheme!r} is not supported; use a local folder "
                 "(relative to the configuration file, or absolute) or a file:// URI"
             )
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            # file://data/x would silently mean the folder /x on host "data".
+            raise ValueError(
+                f"{value!r}: a file URI must be absolute (file:///path); "
+                "give a relative folder without file://"
+            )
         return value
 
 
@@ -232,8 +238,9 @@ class MarketplaceConfig(_Strict):
     def storage_root(self) -> str:
         """External storage as an absolute local path (relative URIs resolve against the file)."""
         uri = self.external_storage.uri
-        if uri.startswith("file://"):
-            uri = urlparse(uri).path
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            uri = unquote(parsed.path)  # file:///tmp/my%20dir is the folder "my dir"
         root = Path(os.path.expanduser(uri))
         if not root.is_absolute():
             root = self._path.parent / root
@@ -262,8 +269,9 @@ def _format_location(raw: Any, loc: tuple[Any, ...]) -> str:
             label = f"[{item}]"
             if isinstance(node, list) and 0 <= item < len(node):
                 node = node[item]
-                if isinstance(node, dict) and isinstance(node.get("name"), str):
-                    label = f"[{item}] ({node['name']})"
+                name = node.get("name") if isinstance(node, dict) else None
+                if isinstance(name, str) and name.strip():
+                    label = f"[{item}] ({name.strip()})"
             else:
                 node = None
             parts.append(label)

@@ -85,9 +85,24 @@ def read_manifest(root: Path) -> tuple[Manifest, str]:
         raise ManifestError(f"{root}: no {MANIFEST_NAME}; the export is incomplete") from None
     try:
         manifest = Manifest(**json.loads(data))
+        _check_files(manifest.files)
     except (ValueError, TypeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest: {exc}") from None
     return manifest, hashlib.sha256(data).hexdigest()
+
+
+def _check_files(files: object) -> None:
+    """Every entry names a file with its sha256 and size, so verification can compare them."""
+    if not isinstance(files, dict):
+        raise ValueError("'files' is not a mapping of file names")
+    for relative, entry in files.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not isinstance(entry.get("size"), int)
+            or isinstance(entry.get("size"), bool)
+        ):
+            raise ValueError(f"entry {relative!r} has no sha256 and size")
 
 
 def verify_export(root: Path, *, expected_checksum: str | None = None, full: bool = True) -> Manifest:

@@ -302,6 +302,44 @@ def test_concurrent_writers_into_an_existing_table_lose_no_row(tmp_path):
     assert keys(stored) == _expected_keys() + Counter({("seed", "model", 1): 1})
 
 
+def _ensure_worker(uri: str, index: int, barrier, results) -> None:
+    """One process racing the others to create the same table."""
+    try:
+        barrier.wait(timeout=START_TIMEOUT)
+        table = ensure_table(uri, IMPORT_SUMMARY)
+        results.put((index, "ok", table.version()))
+    except BaseException:
+        results.put((index, "error", traceback.format_exc()))
+
+
+def test_concurrent_ensure_table_on_a_new_path_all_succeed(tmp_path):
+    uri = str(tmp_path / "racing" / IMPORT_SUMMARY)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(PROCESSES)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_ensure_worker, args=(uri, index, barrier, results), daemon=True)
+        for index in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+
+    errors = [detail for _, status, detail in outcomes if status != "ok"]
+    assert not errors, "\n\n".join(errors)
+    data = DeltaTable(uri).to_pyarrow_table()
+    assert data.num_rows == 0
+    assert data.schema.names == SCHEMAS[IMPORT_SUMMARY].names
+    # The table is usable afterwards.
+    assert merge_rows(uri, IMPORT_SUMMARY, [import_row("dev01", "churn", 1)]) == 1
+
+
 # --- read_rows -------------------------------------------------------------------------------
 
 
