@@ -131,7 +131,7 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
                 alias=workspace.production_alias,
                 include=workspace.include,
                 exclude=workspace.exclude,
-                registered_by=_end_of(day),
+                registered_by=_end_of(day) if day < _utc_now().date() else None,
             )
         path = external_storage.write_snapshot(
             name,

@@ -48,7 +48,9 @@ def test_sync_exports_imports_and_registers_the_newest_production_version(two_wo
     assert result.success, step_failure_message(result)
 
     seen = materializations(result, assets.PRODUCTION_MODELS)
-    assert (seen["models_seen"], seen["production_versions"]) == (2, 1)
+    assert seen["production_versions"] == 1
+    assert seen["models_seen"] >= 2  # the server is shared with other tests
+    assert seen["skipped"][f"{uid}_draft"] == "no version in stage Production"
     assert materializations(result, assets.EXPORTS)["exported"] == 1
     assert materializations(result, assets.IMPORTS)["imported"] == 1
 

@@ -29,7 +29,8 @@ def test_stage_selects_the_newest_production_version_only(servers, uid):
 
     selection = _select(uri, uid, stage="Production", alias=None)
     assert [(v.model_name, v.version) for v in selection.versions] == [(f"{uid}_m", 2)]
-    assert selection.skipped == {f"{uid}_none": "no version in stage Production"}
+    mine = {name: why for name, why in selection.skipped.items() if name.startswith(uid)}
+    assert mine == {f"{uid}_none": "no version in stage Production"}
     assert selection.versions[0].source.startswith("models:/")
 
 
