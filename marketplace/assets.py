@@ -9,7 +9,7 @@ and a crash between two steps loses nothing.
 import contextlib
 import datetime as dt
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -56,6 +56,16 @@ REGISTRATION = dg.AssetKey(["marketplace", "registered_models"])
 
 IMPORT_LOADS_CHECK = "newest_import_loads_and_predicts"
 
+# Eager, but over every date (AutomationCondition.eager() only looks at the latest one) and
+# never past a failed blocking check.
+SYNC_DOWNSTREAM = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("eager over every date")
+
 REGISTRY_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 
 
@@ -67,8 +77,9 @@ def _end_of(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
 
 
-def _partition(context: dg.AssetExecutionContext) -> tuple[dt.date, str]:
-    return split_partition_key(context.partition_key)
+def _partitions(context: dg.AssetExecutionContext) -> list[tuple[dt.date, str]]:
+    """Every (day, workspace) of the run: one, or a whole date's worth in a single-run backfill."""
+    return [split_partition_key(key) for key in context.partition_keys]
 
 
 def _snapshot_versions(external_storage: ExternalStorageResource, day: dt.date, workspace: str) -> list[ProductionVersion]:
@@ -76,13 +87,53 @@ def _snapshot_versions(external_storage: ExternalStorageResource, day: dt.date, 
     return [ProductionVersion.from_dict(v) for v in snapshot["versions"]]
 
 
-def _fail_if_errors(what: str, workspace: str, uri: str, errors: dict[str, str], metadata: dict) -> None:
-    if errors:
-        listing = "; ".join(f"{model}: {error}" for model, error in sorted(errors.items()))
-        raise dg.Failure(
-            description=f"workspace {workspace} ({redact_uri(uri)}): {len(errors)} model(s) failed to {what}: {listing}",
-            metadata={**metadata, "failures": dg.MetadataValue.json(errors)},
-        )
+class _Report:
+    """What one asset did over the run's partitions: counts, table rows and failures.
+
+    A failing partition or model does not stop the others; the step fails at the end,
+    naming each failure, after everything that could be done was done.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, what: str, columns: list[str]):
+        self.context = context
+        self.what = what
+        self.columns = columns
+        self.counts: dict[str, int] = {}
+        self.rows: list[list] = []
+        self.failures: dict[str, str] = {}
+        self.partitions = _partitions(context)
+        self.metadata: dict = {}
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + int(amount)
+
+    def fail(self, where: str, error: str) -> None:
+        self.context.log.error(f"{where}: {error}")
+        self.failures[where] = error
+
+    def run(self, body: Callable[[dt.date, str], None]) -> None:
+        for day, workspace in self.partitions:
+            try:
+                body(day, workspace)
+            except dg.Failure as exc:
+                self.fail(f"{day.isoformat()}|{workspace}", exc.description or str(exc))
+
+    def result(self, **extra) -> dg.MaterializeResult:
+        metadata = {
+            **({"workspace": self.partitions[0][1]} if len(self.partitions) == 1 else {"partitions": len(self.partitions)}),
+            **self.counts,
+            **self.metadata,
+            **extra,
+        }
+        if self.columns:
+            metadata[self.what] = _markdown_table(["partition", *self.columns], self.rows)
+        if self.failures:
+            listing = "; ".join(f"{where}: {error}" for where, error in self.failures.items())
+            raise dg.Failure(
+                description=f"{len(self.failures)} failure(s) in {self.what}: {listing}",
+                metadata={**metadata, "failures": dg.MetadataValue.json(self.failures)},
+            )
+        return dg.MaterializeResult(metadata=metadata)
 
 
 @contextlib.contextmanager
@@ -112,7 +163,19 @@ def _table_schema(table: str) -> dg.TableSchema:
 
 
 def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    common = {"partitions_def": partitions_def, "group_name": GROUP}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # backfill_policy: chosen knowingly
+        return _build_sync_assets(partitions_def)
+
+
+def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    common = {
+        "partitions_def": partitions_def,
+        "group_name": GROUP,
+        # A backfill runs one run per date with all of its workspaces; the assets loop over them.
+        "backfill_policy": dg.BackfillPolicy.single_run(),
+    }
+    downstream = {**common, "automation_condition": SYNC_DOWNSTREAM}
 
     @dg.asset(key=PRODUCTION_MODELS, kinds={"mlflow"}, **common)
     def production_models(
@@ -121,159 +184,133 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
         external_storage: ExternalStorageResource,
     ) -> dg.MaterializeResult:
         """The workspace's production models: each registered model's newest production version."""
-        day, name = _partition(context)
-        workspace = workspaces.get(name)
-        client = workspaces.client(name)
-        with _registry_errors(f"workspace {name}", workspace.tracking_uri):
-            selection = select_production_versions(
-                client,
-                stage=workspace.production_stage,
-                alias=workspace.production_alias,
-                include=workspace.include,
-                exclude=workspace.exclude,
-                registered_by=_end_of(day) if day < _utc_now().date() else None,
-            )
-        path = external_storage.write_snapshot(
-            name,
-            day,
-            {
-                "workspace": name,
-                "date": day.isoformat(),
-                "taken_at": _utc_now().isoformat(),
-                "models_seen": selection.models_seen,
-                "versions": [v.to_dict() for v in selection.versions],
-                "skipped": selection.skipped,
-            },
-        )
-        context.log.info(
-            f"{name}: {len(selection.versions)} production version(s) among {selection.models_seen} model(s)"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "workspace": name,
-                "tracking_uri": dg.MetadataValue.url(redact_uri(workspace.tracking_uri)),
-                "models_seen": selection.models_seen,
-                "production_versions": len(selection.versions),
-                "models_skipped": len(selection.skipped),
-                "snapshot": dg.MetadataValue.path(str(path)),
-                "models": _markdown_table(
-                    ["model", "version", "selected by", "registered"],
-                    [
-                        [
-                            f"[{v.model_name}]({model_version_url(workspace.tracking_uri, v.model_name, v.version)})",
-                            v.version,
-                            v.selected_by,
-                            f"{v.created_at:%Y-%m-%d %H:%M}",
-                        ]
-                        for v in selection.versions
-                    ],
-                ),
-                "skipped": dg.MetadataValue.json(selection.skipped),
-            }
-        )
+        report = _Report(context, "models", ["model", "version", "selected by", "registered"])
+        skipped: dict[str, dict[str, str]] = {}
 
-    @dg.asset(key=EXPORTS, deps=[PRODUCTION_MODELS], kinds={"mlflow"}, **common)
+        def scan(day: dt.date, name: str) -> None:
+            workspace = workspaces.get(name)
+            with _registry_errors(f"workspace {name}", workspace.tracking_uri):
+                selection = select_production_versions(
+                    workspaces.client(name),
+                    stage=workspace.production_stage,
+                    alias=workspace.production_alias,
+                    include=workspace.include,
+                    exclude=workspace.exclude,
+                    registered_by=_end_of(day) if day < _utc_now().date() else None,
+                )
+            external_storage.write_snapshot(
+                name,
+                day,
+                {
+                    "workspace": name,
+                    "date": day.isoformat(),
+                    "taken_at": _utc_now().isoformat(),
+                    "models_seen": selection.models_seen,
+                    "versions": [v.to_dict() for v in selection.versions],
+                    "skipped": selection.skipped,
+                },
+            )
+            context.log.info(f"{name} on {day}: {len(selection.versions)} production version(s) among {selection.models_seen} model(s)")
+            report.count("models_seen", selection.models_seen)
+            report.count("production_versions", len(selection.versions))
+            report.count("models_skipped", len(selection.skipped))
+            skipped.update({f"{day}|{name}": selection.skipped} if len(report.partitions) > 1 else {"": selection.skipped})
+            report.rows += [
+                [
+                    f"{day}|{name}",
+                    f"[{v.model_name}]({model_version_url(workspace.tracking_uri, v.model_name, v.version)})",
+                    v.version,
+                    v.selected_by,
+                    f"{v.created_at:%Y-%m-%d %H:%M}",
+                ]
+                for v in selection.versions
+            ]
+
+        report.run(scan)
+        return report.result(skipped=dg.MetadataValue.json(skipped.get("", skipped)))
+
+    @dg.asset(key=EXPORTS, deps=[PRODUCTION_MODELS], kinds={"mlflow"}, **downstream)
     def exports(
         context: dg.AssetExecutionContext,
         workspaces: WorkspaceRegistriesResource,
         external_storage: ExternalStorageResource,
     ) -> dg.MaterializeResult:
         """Export folders in external storage: each production version, once, with its manifest."""
-        day, name = _partition(context)
-        workspace = workspaces.get(name)
-        client = workspaces.client(name)
-        exported: list[ExportRecord] = []
-        already = 0
-        marked = 0
-        errors: dict[str, str] = {}
-        for version in _snapshot_versions(external_storage, day, name):
-            label = f"{version.model_name} v{version.version}"
-            record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
-            try:
-                if record is None:
-                    context.log.info(f"{name}: exporting {label}")
-                    record = export_version(
-                        client,
-                        workspace.tracking_uri,
-                        storage_root=external_storage.root,
-                        workspace=name,
-                        version=version,
-                        export_date=day,
-                    )
-                    exported.append(record)
-                else:
-                    already += 1
-                if workspaces.source_marker:
-                    ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
-                    marked += mark_exported(client, version.model_name, version.version, ran_on)
-            except (ExportError, *REGISTRY_ERRORS) as exc:
-                context.log.error(f"{name}: {label} failed to export: {exc}")
-                errors[label] = f"{type(exc).__name__}: {exc}"
-        metadata = {
-            "workspace": name,
-            "exported": len(exported),
-            "already_exported": already,
-            "failed": len(errors),
-            "markers_written": marked,
-            "bytes_exported": sum(r.manifest.size_bytes for r in exported),
-            "exports": _markdown_table(
-                ["model", "version", "files", "bytes", "path"],
-                [
-                    [r.manifest.model_name, r.manifest.version, len(r.manifest.files), r.manifest.size_bytes, str(r.path)]
-                    for r in exported
-                ],
-            ),
-        }
-        _fail_if_errors("export", name, workspace.tracking_uri, errors, metadata)
-        return dg.MaterializeResult(metadata=metadata)
+        report = _Report(context, "exports", ["model", "version", "files", "bytes", "path"])
+        for counter in ("exported", "already_exported", "failed", "markers_written", "bytes_exported"):
+            report.count(counter, 0)
 
-    @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **common)
+        def export(day: dt.date, name: str) -> None:
+            workspace = workspaces.get(name)
+            client = workspaces.client(name)
+            for version in _snapshot_versions(external_storage, day, name):
+                label = f"{version.model_name} v{version.version}"
+                record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
+                try:
+                    if record is None:
+                        context.log.info(f"{name}: exporting {label}")
+                        record = export_version(
+                            client,
+                            workspace.tracking_uri,
+                            storage_root=external_storage.root,
+                            workspace=name,
+                            version=version,
+                            export_date=day,
+                        )
+                        report.count("exported")
+                        report.count("bytes_exported", record.manifest.size_bytes)
+                        report.rows.append(
+                            [f"{day}|{name}", version.model_name, version.version, len(record.manifest.files),
+                             record.manifest.size_bytes, str(record.path)]
+                        )
+                    else:
+                        report.count("already_exported")
+                    if workspaces.source_marker:
+                        ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
+                        report.count("markers_written", mark_exported(client, version.model_name, version.version, ran_on))
+                except (ExportError, *REGISTRY_ERRORS) as exc:
+                    report.count("failed")
+                    report.fail(
+                        f"workspace {name} ({redact_uri(workspace.tracking_uri)}) {label}",
+                        f"export failed: {type(exc).__name__}: {exc}",
+                    )
+
+        report.run(export)
+        return report.result()
+
+    @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **downstream)
     def export_summary(
         context: dg.AssetExecutionContext, external_storage: ExternalStorageResource
     ) -> dg.MaterializeResult:
         """The export summary Delta table: one row per exported version."""
-        day, name = _partition(context)
+        report = _Report(context, "rows", [])
         rows = []
-        for version in _snapshot_versions(external_storage, day, name):
-            record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
-            if record is None:
-                continue
-            manifest = record.manifest
-            rows.append(
-                {
-                    "workspace": name,
-                    "model_name": manifest.model_name,
-                    "version": manifest.version,
-                    "run_id": manifest.run_id,
-                    "source": manifest.source,
-                    "export_date": dt.date.fromisoformat(manifest.export_date),
-                    "exported_at": dt.datetime.fromisoformat(manifest.exported_at),
-                    "export_path": str(record.path),
-                    "checksum": record.checksum,
-                    "size_bytes": manifest.size_bytes,
-                    "file_count": len(manifest.files),
-                }
-            )
-        inserted = external_storage.merge_rows(summary.EXPORT_SUMMARY, rows)
-        total = len(external_storage.read_rows(summary.EXPORT_SUMMARY, workspace=name))
-        return dg.MaterializeResult(
-            metadata={
-                "workspace": name,
-                "rows_inserted": inserted,
-                "rows_for_partition": len(rows),
-                "dagster/row_count": total,
-                "table_uri": dg.MetadataValue.path(external_storage.table_uri(summary.EXPORT_SUMMARY)),
-                "dagster/column_schema": _table_schema(summary.EXPORT_SUMMARY),
-            }
-        )
+
+        def collect(day: dt.date, name: str) -> None:
+            for version in _snapshot_versions(external_storage, day, name):
+                record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
+                if record is not None:
+                    rows.append(export_row(name, record))
+
+        report.run(collect)
+        # One MERGE for every partition of the run: one commit, not one per workspace.
+        report.count("rows_inserted", external_storage.merge_rows(summary.EXPORT_SUMMARY, rows))
+        report.count("rows_for_partitions", len(rows))
+        return report.result(**_table_metadata(external_storage, summary.EXPORT_SUMMARY))
 
     @dg.asset(
         key=IMPORTS,
         deps=[EXPORT_SUMMARY],
         kinds={"mlflow"},
-        check_specs=[dg.AssetCheckSpec(IMPORT_LOADS_CHECK, asset=IMPORTS, blocking=True,
-                                       description="Each imported model loads with mlflow.pyfunc and predicts as its export does.")],
-        **common,
+        check_specs=[
+            dg.AssetCheckSpec(
+                IMPORT_LOADS_CHECK,
+                asset=IMPORTS,
+                blocking=True,
+                description="Each imported model loads with mlflow.pyfunc and predicts as its export does.",
+            )
+        ],
+        **downstream,
     )
     def imports(
         context: dg.AssetExecutionContext,
@@ -281,117 +318,86 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
         marketplace: MarketplaceRegistryResource,
     ):
         """Marketplace model versions: each verified export imported once, tagged with its source."""
-        day, name = _partition(context)
+        report = _Report(context, "imports", ["source", "marketplace model", "version"])
+        for counter in ("imported", "already_imported", "failed"):
+            report.count(counter, 0)
         client = marketplace.client()
-        recorded = {(r["model_name"], r["version"]): r for r in external_storage.read_rows(summary.EXPORT_SUMMARY, workspace=name)}
-        imported, already, errors = [], 0, {}
         newest: list[tuple[str, int, Path]] = []
-        for version in _snapshot_versions(external_storage, day, name):
-            label = f"{version.model_name} v{version.version}"
-            row = recorded.get((version.model_name, version.version))
-            if row is None:
-                errors[label] = "not in the export summary (export it first)"
-                continue
-            mp_name = marketplace.model_name(name, version.model_name)
-            source = SourceKey(name, version.model_name, version.version)
-            try:
-                with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
-                    existing = marketplace_versions(client, mp_name)
-                if source in existing:
-                    already += 1
-                    newest.append((mp_name, int(existing[source].version), Path(row["export_path"])))
-                    continue
-                check_name_owner(client, mp_name, name, version.model_name)
-                verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
-                context.log.info(f"{name}: importing {label} as {mp_name}")
-                try:
-                    created = import_export(
-                        client,
-                        marketplace.tracking_uri,
-                        export_path=Path(row["export_path"]),
-                        marketplace_name=mp_name,
-                        experiment_name=marketplace.experiment_name(mp_name),
-                        source=source,
-                        checksum=row["checksum"],
-                        import_date=day,
-                    )
-                except Exception:
-                    # The version may exist although the call failed (a retried POST): look again.
-                    created = marketplace_versions(client, mp_name).get(source)
-                    if created is None:
-                        raise
-                imported.append((label, mp_name, int(created.version)))
-                newest.append((mp_name, int(created.version), Path(row["export_path"])))
-            except (ManifestError, NameCollision) as exc:
-                errors[label] = str(exc)
-            except dg.Failure:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
-                errors[label] = f"{type(exc).__name__}: {exc}"
-        for label, error in errors.items():
-            context.log.error(f"{name}: {label} not imported: {error}")
-        metadata = {
-            "workspace": name,
-            "imported": len(imported),
-            "already_imported": already,
-            "failed": len(errors),
-            "imports": _markdown_table(
-                ["source", "marketplace model", "version"],
-                [[label, f"[{mp}]({model_version_url(marketplace.tracking_uri, mp, v)})", v] for label, mp, v in imported],
-            ),
+        recorded = {
+            (r["workspace"], r["model_name"], r["version"]): r
+            for r in external_storage.read_rows(summary.EXPORT_SUMMARY)
         }
-        _fail_if_errors("import", name, marketplace.tracking_uri, errors, metadata)
-        yield dg.MaterializeResult(metadata=metadata)
+
+        def import_partition(day: dt.date, name: str) -> None:
+            for version in _snapshot_versions(external_storage, day, name):
+                label = f"{name}/{version.model_name} v{version.version}"
+                row = recorded.get((name, version.model_name, version.version))
+                if row is None:
+                    report.count("failed")
+                    report.fail(label, "not in the export summary (export it first)")
+                    continue
+                mp_name = marketplace.model_name(name, version.model_name)
+                source = SourceKey(name, version.model_name, version.version)
+                try:
+                    with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
+                        existing = marketplace_versions(client, mp_name)
+                    if source in existing:
+                        report.count("already_imported")
+                        newest.append((mp_name, int(existing[source].version), Path(row["export_path"])))
+                        continue
+                    check_name_owner(client, mp_name, name, version.model_name)
+                    verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
+                    context.log.info(f"importing {label} as {mp_name}")
+                    created = _import_once(client, marketplace, row, mp_name, source, day)
+                    report.count("imported")
+                    report.rows.append(
+                        [f"{day}|{name}", label,
+                         f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, created.version)})",
+                         created.version]
+                    )
+                    newest.append((mp_name, int(created.version), Path(row["export_path"])))
+                except dg.Failure:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
+                    report.count("failed")
+                    detail = str(exc) if isinstance(exc, ManifestError | NameCollision) else f"{type(exc).__name__}: {exc}"
+                    report.fail(label, f"not imported: {detail}")
+
+        report.run(import_partition)
+        yield report.result()
         yield _load_check(marketplace.tracking_uri, newest)
 
-    @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **common)
+    @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **downstream)
     def import_summary(
         context: dg.AssetExecutionContext,
         external_storage: ExternalStorageResource,
         marketplace: MarketplaceRegistryResource,
     ) -> dg.MaterializeResult:
         """The import summary Delta table: one row per imported version."""
-        day, name = _partition(context)
+        report = _Report(context, "rows", [])
         client = marketplace.client()
         rows, missing = [], []
-        for version in _snapshot_versions(external_storage, day, name):
-            mp_name = marketplace.model_name(name, version.model_name)
-            with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
-                found = marketplace_versions(client, mp_name).get(SourceKey(name, version.model_name, version.version))
-            if found is None:
-                missing.append(f"{version.model_name} v{version.version}")
-                continue
-            tags = found.tags or {}
-            rows.append(
-                {
-                    "workspace": name,
-                    "model_name": version.model_name,
-                    "version": version.version,
-                    "marketplace_model": mp_name,
-                    "marketplace_version": int(found.version),
-                    "import_date": dt.date.fromisoformat(tags.get(TAG_IMPORT_DATE, day.isoformat())),
-                    "imported_at": dt.datetime.fromtimestamp(found.creation_timestamp / 1000, tz=dt.timezone.utc),
-                    "checksum": tags.get(TAG_CHECKSUM, ""),
-                    "run_id": found.run_id,
-                }
-            )
-        inserted = external_storage.merge_rows(summary.IMPORT_SUMMARY, rows)
-        total = len(external_storage.read_rows(summary.IMPORT_SUMMARY, workspace=name))
+
+        def collect(day: dt.date, name: str) -> None:
+            for version in _snapshot_versions(external_storage, day, name):
+                mp_name = marketplace.model_name(name, version.model_name)
+                with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
+                    found = marketplace_versions(client, mp_name).get(SourceKey(name, version.model_name, version.version))
+                if found is None:
+                    missing.append(f"{name}/{version.model_name} v{version.version}")
+                else:
+                    rows.append(import_row(name, version.model_name, version.version, mp_name, found, day))
+
+        report.run(collect)
+        report.count("rows_inserted", external_storage.merge_rows(summary.IMPORT_SUMMARY, rows))
+        report.count("rows_for_partitions", len(rows))
         if missing:
-            context.log.warning(f"{name}: not in the marketplace yet: {', '.join(missing)}")
-        return dg.MaterializeResult(
-            metadata={
-                "workspace": name,
-                "rows_inserted": inserted,
-                "rows_for_partition": len(rows),
-                "not_imported": dg.MetadataValue.json(missing),
-                "dagster/row_count": total,
-                "table_uri": dg.MetadataValue.path(external_storage.table_uri(summary.IMPORT_SUMMARY)),
-                "dagster/column_schema": _table_schema(summary.IMPORT_SUMMARY),
-            }
+            context.log.warning(f"not in the marketplace yet: {', '.join(missing)}")
+        return report.result(
+            not_imported=dg.MetadataValue.json(missing), **_table_metadata(external_storage, summary.IMPORT_SUMMARY)
         )
 
-    @dg.asset(key=REGISTRATION, deps=[IMPORT_SUMMARY], kinds={"mlflow"}, **common)
+    @dg.asset(key=REGISTRATION, deps=[IMPORT_SUMMARY], kinds={"mlflow"}, **downstream)
     def registered_models(
         context: dg.AssetExecutionContext,
         external_storage: ExternalStorageResource,
@@ -399,37 +405,98 @@ def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Assets
         marketplace: MarketplaceRegistryResource,
     ) -> dg.MaterializeResult:
         """Marketplace registered models: alias, stage, tags and provenance on each model's newest import."""
-        day, name = _partition(context)
-        source_uri = redact_uri(workspaces.get(name).tracking_uri)
+        report = _Report(context, "models", ["marketplace model", "version", "alias", "source"])
+        report.count("models_registered", 0)
+        report.count("registry_changes", 0)
         client = marketplace.client()
-        rows, changed = [], 0
-        for version in _snapshot_versions(external_storage, day, name):
-            mp_name = marketplace.model_name(name, version.model_name)
-            with _registry_errors(f"the marketplace (registering {mp_name})", marketplace.tracking_uri):
-                imported = marketplace_versions(client, mp_name)
-                if not imported:
-                    continue
-                key, newest = max(imported.items(), key=lambda item: item[0].version)
-                changed += _register(client, marketplace, mp_name, key, newest, source_uri)
-            rows.append(
-                [
-                    f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version)})",
-                    newest.version,
-                    f"@{marketplace.alias}",
-                    f"{name}/{key.model_name} v{key.version}",
-                ]
-            )
-        return dg.MaterializeResult(
-            metadata={
-                "workspace": name,
-                "models_registered": len(rows),
-                "registry_changes": changed,
-                "alias": marketplace.alias,
-                "models": _markdown_table(["marketplace model", "version", "alias", "source"], rows),
-            }
-        )
+
+        def register(day: dt.date, name: str) -> None:
+            source_uri = redact_uri(workspaces.get(name).tracking_uri)
+            for version in _snapshot_versions(external_storage, day, name):
+                mp_name = marketplace.model_name(name, version.model_name)
+                with _registry_errors(f"the marketplace (registering {mp_name})", marketplace.tracking_uri):
+                    imported = marketplace_versions(client, mp_name)
+                    if not imported:
+                        continue
+                    # The newest source version wins, whichever date is being synced: a backfill of
+                    # an old date never takes the alias back to an older version.
+                    key, newest = max(imported.items(), key=lambda item: item[0].version)
+                    report.count("registry_changes", _register(client, marketplace, mp_name, key, newest, source_uri))
+                report.count("models_registered")
+                report.rows.append(
+                    [
+                        f"{day}|{name}",
+                        f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version)})",
+                        newest.version,
+                        f"@{marketplace.alias}",
+                        f"{name}/{key.model_name} v{key.version}",
+                    ]
+                )
+
+        report.run(register)
+        return report.result(alias=marketplace.alias)
 
     return [production_models, exports, export_summary, imports, import_summary, registered_models]
+
+
+def export_row(workspace: str, record: ExportRecord) -> dict:
+    manifest = record.manifest
+    return {
+        "workspace": workspace,
+        "model_name": manifest.model_name,
+        "version": manifest.version,
+        "run_id": manifest.run_id,
+        "source": manifest.source,
+        "export_date": dt.date.fromisoformat(manifest.export_date),
+        "exported_at": dt.datetime.fromisoformat(manifest.exported_at),
+        "export_path": str(record.path),
+        "checksum": record.checksum,
+        "size_bytes": manifest.size_bytes,
+        "file_count": len(manifest.files),
+    }
+
+
+def import_row(workspace: str, model: str, version: int, mp_name: str, found, day: dt.date) -> dict:
+    tags = found.tags or {}
+    return {
+        "workspace": workspace,
+        "model_name": model,
+        "version": version,
+        "marketplace_model": mp_name,
+        "marketplace_version": int(found.version),
+        "import_date": dt.date.fromisoformat(tags.get(TAG_IMPORT_DATE, day.isoformat())),
+        "imported_at": dt.datetime.fromtimestamp(found.creation_timestamp / 1000, tz=dt.timezone.utc),
+        "checksum": tags.get(TAG_CHECKSUM, ""),
+        "run_id": found.run_id,
+    }
+
+
+def _table_metadata(external_storage: ExternalStorageResource, table: str) -> dict:
+    return {
+        "dagster/row_count": len(external_storage.read_rows(table)),
+        "table_uri": dg.MetadataValue.path(external_storage.table_uri(table)),
+        "dagster/column_schema": _table_schema(table),
+    }
+
+
+def _import_once(client, marketplace: MarketplaceRegistryResource, row: dict, mp_name: str, source: SourceKey, day: dt.date):
+    try:
+        return import_export(
+            client,
+            marketplace.tracking_uri,
+            export_path=Path(row["export_path"]),
+            marketplace_name=mp_name,
+            experiment_name=marketplace.experiment_name(mp_name),
+            source=source,
+            checksum=row["checksum"],
+            import_date=day,
+        )
+    except Exception:
+        # The version may exist although the call failed (a retried POST): look again.
+        created = marketplace_versions(client, mp_name).get(source)
+        if created is None:
+            raise
+        return created
 
 
 def _load_check(tracking_uri: str, newest: list[tuple[str, int, Path]]) -> dg.AssetCheckResult:

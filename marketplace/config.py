@@ -7,7 +7,7 @@ import os
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -185,6 +185,70 @@ class ClientConfig(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
 
 
+Status = Literal["running", "stopped"]
+
+
+def _check_cron(value: str) -> str:
+    from croniter import croniter
+
+    if not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression (e.g. '0 2 * * *')")
+    return value
+
+
+class SensorConfig(_Strict):
+    """production_version_sensor: polls every workspace for production versions not yet synced."""
+
+    minimum_interval_seconds: int = Field(default=60, ge=10, le=86400)
+    default_status: Status = "stopped"
+    max_workers: int = Field(default=16, ge=1, le=128)
+    request_timeout_seconds: int = Field(default=5, ge=1, le=60)
+    retry_backoff_seconds: int = Field(default=300, ge=0, le=86400)
+
+
+class ScheduleConfig(_Strict):
+    """daily_marketplace_schedule: today's partition of every workspace, the safety net."""
+
+    cron: str = "0 2 * * *"
+    default_status: Status = "running"
+
+    _cron = field_validator("cron")(classmethod(lambda cls, v: _check_cron(v)))
+
+
+class FreshnessConfig(_Strict):
+    """Each workspace's partition for a day must be synced by `deadline` (UTC) that day."""
+
+    deadline: dt.time = dt.time(6, 0)
+    check_cron: str = "0 * * * *"
+    default_status: Status = "running"
+
+    _cron = field_validator("check_cron")(classmethod(lambda cls, v: _check_cron(v)))
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> Any:
+        if isinstance(value, int):  # YAML reads 06:00 unquoted as a sexagesimal number
+            return dt.time(value // 60 % 24, value % 60)
+        return value
+
+
+class AutomationConfig(_Strict):
+    """The automation sensor that carries an upstream materialization down the chain."""
+
+    default_status: Status = "running"
+
+
+class HousekeepingConfig(_Strict):
+    """marketplace_maintenance_job: compact and vacuum the tables, remove old export debris."""
+
+    cron: str = "0 4 * * 0"
+    default_status: Status = "running"
+    debris_retention_hours: float = Field(default=24, ge=0)
+    vacuum_retention_hours: int = Field(default=168, ge=0)
+
+    _cron = field_validator("cron")(classmethod(lambda cls, v: _check_cron(v)))
+
+
 class MarketplaceConfig(_Strict):
     external_storage: ExternalStorageConfig
     marketplace: MarketplaceRegistryConfig
@@ -192,6 +256,11 @@ class MarketplaceConfig(_Strict):
     start_date: dt.date = dt.date(2026, 1, 1)
     source_marker: bool = True
     client: ClientConfig = Field(default_factory=ClientConfig)
+    sensor: SensorConfig = Field(default_factory=SensorConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    freshness: FreshnessConfig = Field(default_factory=FreshnessConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
 
     _path: Path = PrivateAttr(default=DEFAULT_CONFIG_PATH)
 
