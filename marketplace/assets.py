@@ -176,6 +176,9 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         "backfill_policy": dg.BackfillPolicy.single_run(),
     }
     downstream = {**common, "automation_condition": SYNC_DOWNSTREAM}
+    # Dagster's policy sees the newest materialization of any partition; per-workspace
+    # freshness is the todays_partitions_synced_by_deadline check.
+    daily = {**downstream, "freshness_policy": dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26))}
 
     @dg.asset(key=PRODUCTION_MODELS, kinds={"mlflow"}, **common)
     def production_models(
@@ -278,7 +281,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         report.run(export)
         return report.result()
 
-    @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **downstream)
+    @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **daily)
     def export_summary(
         context: dg.AssetExecutionContext, external_storage: ExternalStorageResource
     ) -> dg.MaterializeResult:
@@ -367,7 +370,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         yield report.result()
         yield _load_check(marketplace.tracking_uri, newest)
 
-    @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **downstream)
+    @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
         context: dg.AssetExecutionContext,
         external_storage: ExternalStorageResource,
@@ -397,7 +400,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             not_imported=dg.MetadataValue.json(missing), **_table_metadata(external_storage, summary.IMPORT_SUMMARY)
         )
 
-    @dg.asset(key=REGISTRATION, deps=[IMPORT_SUMMARY], kinds={"mlflow"}, **downstream)
+    @dg.asset(key=REGISTRATION, deps=[IMPORT_SUMMARY], kinds={"mlflow"}, **daily)
     def registered_models(
         context: dg.AssetExecutionContext,
         external_storage: ExternalStorageResource,

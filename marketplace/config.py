@@ -232,6 +232,15 @@ class FreshnessConfig(_Strict):
         return value
 
 
+class ChecksConfig(_Strict):
+    """marketplace_checks_job: every table-wide check, including a full hash of every export."""
+
+    cron: str = "0 5 * * *"
+    default_status: Status = "running"
+
+    _cron = field_validator("cron")(classmethod(lambda cls, v: _check_cron(v)))
+
+
 class AutomationConfig(_Strict):
     """The automation sensor that carries an upstream materialization down the chain."""
 
@@ -259,6 +268,7 @@ class MarketplaceConfig(_Strict):
     sensor: SensorConfig = Field(default_factory=SensorConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     freshness: FreshnessConfig = Field(default_factory=FreshnessConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
 

@@ -4,18 +4,59 @@ from __future__ import annotations
 
 import dagster as dg
 
-from marketplace.assets import build_sync_assets
+from marketplace.assets import GROUP, build_sync_assets
+from marketplace.checks import EXPORTS_MATCH_MANIFESTS, PARTITIONS_FRESH, build_checks
 from marketplace.config import MarketplaceConfig, load_config
-from marketplace.jobs import build_marketplace_sync_job
+from marketplace.jobs import build_checks_job, build_maintenance_job, build_marketplace_sync_job
 from marketplace.partitions import build_marketplace_partitions_def
 from marketplace.resources import build_resources
+from marketplace.schedules import build_cron_schedule, build_daily_marketplace_schedule
+from marketplace.sensors import build_production_version_sensor
 
 
 def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     partitions_def = build_marketplace_partitions_def(config)
+    checks = build_checks(config)
+    # Hashing every export and the per-workspace freshness audit run on their own schedules.
+    sync_job = build_marketplace_sync_job([checks[EXPORTS_MATCH_MANIFESTS], checks[PARTITIONS_FRESH]])
+    audit_job = build_checks_job(
+        "marketplace_checks_job",
+        [c for name, c in checks.items() if name != PARTITIONS_FRESH],
+        "Every table-wide check: unique rows, manifests, reconciliation, aliases.",
+    )
+    freshness_job = build_checks_job(
+        "marketplace_freshness_job", [checks[PARTITIONS_FRESH]], "Is each workspace's partition synced by its deadline?"
+    )
+    housekeeping = config.housekeeping
+    maintenance_job = build_maintenance_job(housekeeping.debris_retention_hours, housekeeping.vacuum_retention_hours)
     return dg.Definitions(
         assets=build_sync_assets(partitions_def),
-        jobs=[build_marketplace_sync_job()],
+        asset_checks=list(checks.values()),
+        jobs=[sync_job, audit_job, freshness_job, maintenance_job],
+        sensors=[
+            build_production_version_sensor(config, sync_job),
+            dg.AutomationConditionSensorDefinition(
+                "marketplace_automation_sensor",
+                target=dg.AssetSelection.groups(GROUP),
+                default_status=dg.DefaultSensorStatus(config.automation.default_status.upper()),
+                description="Carries a materialization of an upstream asset down the chain, for any date.",
+            ),
+        ],
+        schedules=[
+            build_daily_marketplace_schedule(config, sync_job),
+            build_cron_schedule(
+                "marketplace_freshness_schedule", freshness_job, config.freshness.check_cron,
+                config.freshness.default_status, "Checks that each workspace's partition is synced by its deadline.",
+            ),
+            build_cron_schedule(
+                "marketplace_checks_schedule", audit_job, config.checks.cron, config.checks.default_status,
+                "Runs every table-wide check, including a full hash of every export.",
+            ),
+            build_cron_schedule(
+                "marketplace_maintenance_schedule", maintenance_job, housekeeping.cron, housekeeping.default_status,
+                "Compacts and vacuums the summary tables and removes old export debris.",
+            ),
+        ],
         resources=build_resources(config),
         # Steps of one partition run one after another; separate step processes would only
         # add seconds of start-up each. Runs stay separate processes, one per partition.

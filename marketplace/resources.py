@@ -91,8 +91,8 @@ class ExternalStorageResource(dg.ConfigurableResource):
     def merge_rows(self, table: str, rows: list[Mapping]) -> int:
         return summary.merge_rows(self.table_uri(table), table, rows, self.delta_options())
 
-    def read_rows(self, table: str, workspace: str | None = None) -> list[dict]:
-        return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace)
+    def read_rows(self, table: str, workspace: str | None = None, columns: list[str] | None = None) -> list[dict]:
+        return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns)
 
     def snapshot_path(self, workspace: str, day: dt.date) -> Path:
         return Path(self.root) / "production_models" / workspace / f"{day.isoformat()}.json"

@@ -112,16 +112,20 @@ def merge_rows(
 
 
 def read_rows(
-    uri: str, storage_options: Mapping[str, str] | None = None, *, workspace: str | None = None
+    uri: str,
+    storage_options: Mapping[str, str] | None = None,
+    *,
+    workspace: str | None = None,
+    columns: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Every row of the table (optionally of one workspace); empty if the table does not exist."""
+    """Every row of the table (optionally of one workspace, only some columns); [] if no table."""
     try:
         table = DeltaTable(uri, storage_options=dict(storage_options or {}))
     except TableNotFoundError:
         return []
     # Filter after reading, not as a scan filter: MERGE writes string columns as Parquet
     # string_view, and pyarrow cannot compare those with the table's string type in a scan.
-    data = table.to_pyarrow_table()
+    data = table.to_pyarrow_table(columns=list(columns) if columns else None)
     if workspace:
         data = data.filter(pc.field("workspace") == workspace)
     return data.to_pylist()

@@ -1,0 +1,190 @@
+"""Asset checks over the whole marketplace: tables, manifests, reconciliation, alias, freshness.
+
+Each returns the counts it looked at. They run without a partition, so they can be executed
+alone from the UI; the load check, which needs the partition's imports, lives in assets.py.
+"""
+
+
+import datetime as dt
+import json
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+from mlflow.exceptions import MlflowException
+
+from marketplace import summary
+from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, REGISTRATION
+from marketplace.config import MarketplaceConfig
+from marketplace.manifest import ManifestError, verify_export
+from marketplace.partitions import partition_key
+from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
+
+EXPORT_SUMMARY_UNIQUE = "export_summary_has_unique_keys"
+IMPORT_SUMMARY_UNIQUE = "import_summary_has_unique_keys"
+EXPORTS_MATCH_MANIFESTS = "exports_match_manifests"
+PRODUCTION_VERSIONS_SYNCED = "production_versions_synced"
+ALIAS_ON_NEWEST = "alias_points_at_newest_import"
+PARTITIONS_FRESH = "todays_partitions_synced_by_deadline"
+
+RECONCILE_DAYS = 30
+LISTED = 20
+
+
+def _listing(items: list[str]) -> str:
+    return ", ".join(items[:LISTED]) + (f" and {len(items) - LISTED} more" if len(items) > LISTED else "")
+
+
+def _unique_keys_check(asset: dg.AssetKey, table: str, name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=name, description=f"{table} has one row per (workspace, model_name, version).")
+    def check(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
+        rows = external_storage.read_rows(table, columns=list(summary.KEY_COLUMNS))
+        counts = Counter((r["workspace"], r["model_name"], r["version"]) for r in rows)
+        duplicates = [f"{w}/{m} v{v} ({n} rows)" for (w, m, v), n in sorted(counts.items()) if n > 1]
+        return dg.AssetCheckResult(
+            passed=not duplicates,
+            description=(f"duplicate rows in {table}: {_listing(duplicates)}" if duplicates else f"{len(rows)} rows, all unique"),
+            metadata={"rows": len(rows), "keys": len(counts), "duplicated_keys": len(duplicates)},
+        )
+
+    return check
+
+
+@dg.asset_check(asset=EXPORTS, name=EXPORTS_MATCH_MANIFESTS,
+                description="Every exported version's files match its SHA-256 manifest and recorded checksum.")
+def exports_match_manifests(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
+    rows = external_storage.read_rows(summary.EXPORT_SUMMARY)
+    problems = {}
+    for row in rows:
+        try:
+            verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
+        except ManifestError as exc:
+            problems[f"{row['workspace']}/{row['model_name']} v{row['version']}"] = str(exc)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description=("; ".join(f"{k}: {v}" for k, v in list(problems.items())[:LISTED])
+                     if problems else f"{len(rows)} export(s) verified"),
+        metadata={"exports_checked": len(rows), "exports_failing": len(problems),
+                  "bytes_verified": sum(r["size_bytes"] for r in rows)},
+    )
+
+
+@dg.asset_check(
+    asset=IMPORT_SUMMARY,
+    name=PRODUCTION_VERSIONS_SYNCED,
+    description="Every production version seen in the last 30 days' partitions is exported, and every "
+    "exported version is imported or superseded by a newer import of the same model.",
+)
+def production_versions_synced(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
+    exported = {(r["workspace"], r["model_name"], r["version"]) for r in external_storage.read_rows(summary.EXPORT_SUMMARY)}
+    imported = {(r["workspace"], r["model_name"], r["version"]) for r in external_storage.read_rows(summary.IMPORT_SUMMARY)}
+    newest_import: dict[tuple[str, str], int] = {}
+    for workspace, model, version in imported:
+        newest_import[(workspace, model)] = max(version, newest_import.get((workspace, model), 0))
+    seen: set[tuple[str, str, int]] = set()
+    since = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=RECONCILE_DAYS)
+    for snapshot in Path(external_storage.root, "production_models").glob("*/*.json"):
+        try:
+            day = dt.date.fromisoformat(snapshot.stem)
+        except ValueError:
+            continue
+        if day >= since:
+            data = json.loads(snapshot.read_text())
+            seen |= {(data["workspace"], v["model_name"], v["version"]) for v in data["versions"]}
+    not_exported = sorted(f"{w}/{m} v{v}" for w, m, v in seen - exported)
+    not_imported = sorted(
+        f"{w}/{m} v{v}" for w, m, v in exported - imported if newest_import.get((w, m), 0) < v
+    )
+    problems = ([f"not exported: {_listing(not_exported)}"] if not_exported else []) + (
+        [f"exported but not imported: {_listing(not_imported)}"] if not_imported else []
+    )
+    return dg.AssetCheckResult(
+        passed=not problems,
+        description="; ".join(problems) or "every production version seen is exported and imported",
+        metadata={
+            "production_versions_seen": len(seen),
+            "exported": len(exported),
+            "imported": len(imported),
+            "missing_exports": len(not_exported),
+            "missing_imports": len(not_imported),
+        },
+    )
+
+
+@dg.asset_check(asset=REGISTRATION, name=ALIAS_ON_NEWEST, blocking=False,
+                description="The marketplace alias of each model points at its newest imported version.")
+def alias_points_at_newest_import(
+    external_storage: ExternalStorageResource, marketplace: MarketplaceRegistryResource
+) -> dg.AssetCheckResult:
+    newest: dict[str, dict] = {}
+    for row in external_storage.read_rows(summary.IMPORT_SUMMARY):
+        current = newest.get(row["marketplace_model"])
+        if current is None or row["version"] > current["version"]:
+            newest[row["marketplace_model"]] = row
+    client = marketplace.client()
+    wrong = []
+    for name, row in sorted(newest.items()):
+        try:
+            aliased = client.get_model_version_by_alias(name, marketplace.alias).version
+        except MlflowException:
+            aliased = None
+        if str(aliased) != str(row["marketplace_version"]):
+            wrong.append(
+                f"{name}@{marketplace.alias} is {'missing' if aliased is None else 'v' + str(aliased)}, "
+                f"newest import is v{row['marketplace_version']} (source v{row['version']})"
+            )
+    return dg.AssetCheckResult(
+        passed=not wrong,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(wrong[:LISTED]) or f"{len(newest)} model(s) point at their newest import",
+        metadata={"models_checked": len(newest), "models_wrong": len(wrong)},
+    )
+
+
+def build_freshness_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
+    """Per workspace, unlike Dagster's FreshnessPolicy, which one fresh partition satisfies."""
+    deadline = config.freshness.deadline
+    workspaces = [w.name for w in config.workspaces]
+
+    @dg.asset_check(
+        asset=REGISTRATION,
+        name=PARTITIONS_FRESH,
+        description=f"Each workspace's partition for a day is registered by {deadline:%H:%M} UTC that day "
+        "(before the deadline, the previous day's must be).",
+    )
+    def todays_partitions_synced_by_deadline(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        now = dt.datetime.now(dt.timezone.utc)
+        day = now.date() if now.time() >= deadline else now.date() - dt.timedelta(days=1)
+        if day < config.start_date:
+            return dg.AssetCheckResult(passed=True, description=f"no partition due yet (start {config.start_date})",
+                                       metadata={"workspaces_checked": 0})
+        stale = []
+        for workspace in workspaces:
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=REGISTRATION, asset_partitions=[str(partition_key(day, workspace))]),
+                limit=1,
+            ).records
+            if not records:
+                stale.append(workspace)
+        return dg.AssetCheckResult(
+            passed=not stale,
+            description=(
+                f"not synced for {day} (due {deadline:%H:%M} UTC): {_listing(stale)}; materialize those partitions "
+                "or look at their failed runs"
+                if stale else f"all {len(workspaces)} workspace(s) synced for {day}"
+            ),
+            metadata={"day": day.isoformat(), "workspaces_checked": len(workspaces), "workspaces_stale": len(stale)},
+        )
+
+    return todays_partitions_synced_by_deadline
+
+
+def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinition]:
+    return {
+        EXPORT_SUMMARY_UNIQUE: _unique_keys_check(EXPORT_SUMMARY, summary.EXPORT_SUMMARY, EXPORT_SUMMARY_UNIQUE),
+        IMPORT_SUMMARY_UNIQUE: _unique_keys_check(IMPORT_SUMMARY, summary.IMPORT_SUMMARY, IMPORT_SUMMARY_UNIQUE),
+        EXPORTS_MATCH_MANIFESTS: exports_match_manifests,
+        PRODUCTION_VERSIONS_SYNCED: production_versions_synced,
+        ALIAS_ON_NEWEST: alias_points_at_newest_import,
+        PARTITIONS_FRESH: build_freshness_check(config),
+    }

@@ -1,0 +1,80 @@
+"""Housekeeping of external storage: compact and vacuum the tables, remove old export debris."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from marketplace.exports import EXPORTS_DIR, STAGING_PREFIX
+from marketplace.manifest import MANIFEST_NAME
+
+# delta-rs refuses a vacuum shorter than the table's retention (7 days) unless told it is meant.
+DEFAULT_DELTA_RETENTION_HOURS = 168
+
+
+@dataclass
+class TableMaintenance:
+    table: str
+    exists: bool
+    files_compacted: int = 0
+    files_vacuumed: int = 0
+
+
+@dataclass
+class DebrisReport:
+    removed: list[str] = field(default_factory=list)
+    kept_young: int = 0
+
+
+def maintain_table(uri: str, name: str, retention_hours: int, storage_options: dict | None = None) -> TableMaintenance:
+    try:
+        table = DeltaTable(uri, storage_options=storage_options or {})
+    except TableNotFoundError:
+        return TableMaintenance(name, exists=False)
+    compacted = table.optimize.compact()
+    vacuumed = table.vacuum(
+        retention_hours=retention_hours,
+        dry_run=False,
+        enforce_retention_duration=retention_hours >= DEFAULT_DELTA_RETENTION_HOURS,
+    )
+    return TableMaintenance(
+        name, exists=True, files_compacted=int(compacted.get("numFilesRemoved", 0)), files_vacuumed=len(vacuumed)
+    )
+
+
+def _is_debris(path: Path) -> bool:
+    if path.name.startswith(STAGING_PREFIX):
+        return True
+    return path.name.isdigit() and not (path / MANIFEST_NAME).exists()
+
+
+def remove_debris(storage_root: str | Path, retention_hours: float) -> DebrisReport:
+    """Delete staging folders and manifest-less exports last touched more than `retention_hours` ago.
+
+    Young debris may belong to an export in progress, so it stays.
+    """
+    report = DebrisReport()
+    cutoff = time.time() - retention_hours * 3600
+    exports = Path(storage_root) / EXPORTS_DIR
+    for model_dir in exports.glob("*/*"):
+        if not model_dir.is_dir():
+            continue
+        for entry in model_dir.iterdir():
+            if not entry.is_dir() or not _is_debris(entry):
+                continue
+            newest = max([entry.stat().st_mtime] + [p.stat().st_mtime for p in entry.rglob("*")])
+            if newest > cutoff:
+                report.kept_young += 1
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            report.removed.append(str(entry.relative_to(storage_root)))
+    for leftover in (Path(storage_root) / "production_models").glob("*/*.tmp-*"):
+        if leftover.stat().st_mtime <= cutoff:
+            leftover.unlink(missing_ok=True)
+            report.removed.append(str(leftover.relative_to(storage_root)))
+    return report

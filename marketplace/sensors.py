@@ -1,0 +1,137 @@
+"""production_version_sensor: a run for each workspace with production versions not yet synced."""
+
+
+import datetime as dt
+import hashlib
+import json
+import time
+
+import dagster as dg
+
+from marketplace import summary
+from marketplace.config import MarketplaceConfig
+from marketplace.partitions import partition_key
+from marketplace.polling import WorkspaceTarget, poll_workspaces
+from marketplace.registry import configure_http
+
+# Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
+TICK_BUDGET_SECONDS = 40
+PENDING_TAG = "marketplace/pending_versions"
+FINISHED_BAD = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+# A requested run that never showed up (e.g. its launch was refused) is asked for again after this.
+LOST_REQUEST_SECONDS = 900
+
+
+def _targets(config: MarketplaceConfig) -> list[WorkspaceTarget]:
+    return [
+        WorkspaceTarget(
+            name=w.name,
+            tracking_uri=w.tracking_uri,
+            registry_uri=w.registry_uri,
+            stage=w.production.stage,
+            alias=w.production.alias,
+            include=tuple(w.include),
+            exclude=tuple(w.exclude),
+        )
+        for w in config.workspaces
+    ]
+
+
+def _synced(config: MarketplaceConfig) -> set[tuple[str, str, int]]:
+    """(workspace, model, version) already in the marketplace, from the import summary table."""
+    rows = summary.read_rows(
+        f"{config.storage_root}/{summary.IMPORT_SUMMARY}", columns=["workspace", "model_name", "version"]
+    )
+    return {(r["workspace"], r["model_name"], int(r["version"])) for r in rows}
+
+
+def _run_key(workspace: str, day: dt.date, pending: list[str], attempt: int) -> str:
+    digest = hashlib.sha256("\n".join(pending).encode()).hexdigest()[:12]
+    return f"{workspace}:{day.isoformat()}:{digest}:{attempt}"
+
+
+def _latest_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return runs[0] if runs else None
+
+
+def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.SensorDefinition:
+    settings = config.sensor
+
+    @dg.sensor(
+        name="production_version_sensor",
+        job=job,
+        minimum_interval_seconds=settings.minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus(settings.default_status.upper()),
+        description="Requests marketplace_sync_job for (today, workspace) when a workspace has "
+        "production versions that are not in the marketplace yet.",
+    )
+    def production_version_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        started = time.monotonic()
+        configure_http(settings.request_timeout_seconds, 0)
+        today = dt.datetime.now(dt.timezone.utc).date()
+        cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
+        polled = poll_workspaces(
+            _targets(config), max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
+        )
+        synced = _synced(config)
+        now = time.time()
+        requests, notes, unreachable = [], [], {}
+        for workspace in config.workspaces:
+            result = polled[workspace.name]
+            if result.error:
+                unreachable[workspace.name] = result.error
+                context.log.warning(f"workspace {workspace.name} unreachable: {result.error}")
+                continue  # keep its cursor entry: an outage is not progress
+            pending = sorted(
+                f"{model}@{version}"
+                for model, version in result.production.items()
+                if (workspace.name, model, version) not in synced
+            )
+            if not pending:
+                cursor.pop(workspace.name, None)
+                continue
+            entry = cursor.get(workspace.name)
+            if entry and entry["pending"] == pending and entry["day"] == today.isoformat():
+                run = _latest_run(context.instance, entry["run_key"])
+                if run is None and now - entry["requested_at"] < LOST_REQUEST_SECONDS:
+                    notes.append(f"{workspace.name}: run {entry['run_key']} already requested")
+                    continue
+                if run is not None and run.status not in FINISHED_BAD and run.status != dg.DagsterRunStatus.SUCCESS:
+                    notes.append(f"{workspace.name}: run {run.run_id[:8]} is {run.status.value.lower()}")
+                    continue
+                # Failed, canceled, lost, or succeeded without syncing everything: try again, with backoff.
+                retry_at = entry.get("retry_at")
+                if retry_at is None:
+                    backoff = min(settings.retry_backoff_seconds * 2 ** entry["attempt"], 6 * 3600)
+                    entry["retry_at"] = retry_at = now + backoff
+                if now < retry_at:
+                    notes.append(f"{workspace.name}: last run did not sync; retrying after {dt.datetime.fromtimestamp(retry_at, dt.timezone.utc):%H:%M:%S} UTC")
+                    continue
+                attempt = entry["attempt"] + 1
+            else:
+                attempt = 0
+            run_key = _run_key(workspace.name, today, pending, attempt)
+            cursor[workspace.name] = {
+                "pending": pending, "day": today.isoformat(), "attempt": attempt, "run_key": run_key, "requested_at": now,
+            }
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key,
+                    partition_key=partition_key(today, workspace.name),
+                    tags={PENDING_TAG: ", ".join(pending)[:1000], "marketplace/attempt": str(attempt)},
+                )
+            )
+        elapsed = time.monotonic() - started
+        context.log.info(
+            f"polled {len(polled)} workspace(s) in {elapsed:.1f} s; {len(requests)} run(s) requested; "
+            f"{len(unreachable)} unreachable"
+        )
+        new_cursor = json.dumps(cursor, sort_keys=True)
+        if requests:
+            return dg.SensorResult(run_requests=requests, cursor=new_cursor)
+        reasons = notes + [f"{name} unreachable ({error})" for name, error in unreachable.items()]
+        why = "; ".join(reasons) if reasons else f"all {len(polled)} workspace(s) in sync"
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"nothing new: {why}"), cursor=new_cursor)
+
+    return production_version_sensor
