@@ -248,35 +248,40 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             client = workspaces.client(name)
             for version in _snapshot_versions(external_storage, day, name):
                 label = f"{version.model_name} v{version.version}"
-                record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
                 try:
-                    if record is None:
-                        context.log.info(f"{name}: exporting {label}")
-                        record = export_version(
-                            client,
-                            workspace.tracking_uri,
-                            storage_root=external_storage.root,
-                            workspace=name,
-                            version=version,
-                            export_date=day,
-                        )
-                        report.count("exported")
-                        report.count("bytes_exported", record.manifest.size_bytes)
-                        report.rows.append(
-                            [f"{day}|{name}", version.model_name, version.version, len(record.manifest.files),
-                             record.manifest.size_bytes, str(record.path)]
-                        )
-                    else:
-                        report.count("already_exported")
-                    if workspaces.source_marker:
-                        ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
-                        report.count("markers_written", mark_exported(client, version.model_name, version.version, ran_on))
+                    with external_storage.lock("export", name, version.model_name, str(version.version)):
+                        export_one(day, name, workspace, client, version, label)
                 except (ExportError, *REGISTRY_ERRORS) as exc:
                     report.count("failed")
                     report.fail(
                         f"workspace {name} ({redact_uri(workspace.tracking_uri)}) {label}",
                         f"export failed: {type(exc).__name__}: {exc}",
                     )
+
+        def export_one(day, name, workspace, client, version, label) -> None:
+            record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
+            if record is None:
+                context.log.info(f"{name}: exporting {label}")
+                record = export_version(
+                    client,
+                    workspace.tracking_uri,
+                    storage_root=external_storage.root,
+                    workspace=name,
+                    version=version,
+                    export_date=day,
+                )
+                report.count("exported")
+                report.count("bytes_exported", record.manifest.size_bytes)
+                report.rows.append(
+                    [f"{day}|{name}", version.model_name, version.version, len(record.manifest.files),
+                     record.manifest.size_bytes, str(record.path)]
+                )
+            else:
+                report.count("already_exported")
+            # Marked only once the export verifies; a re-run writes a marker a crash left out.
+            if workspaces.source_marker:
+                ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
+                report.count("markers_written", mark_exported(client, version.model_name, version.version, ran_on))
 
         report.run(export)
         return report.result()
@@ -342,16 +347,19 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 mp_name = marketplace.model_name(name, version.model_name)
                 source = SourceKey(name, version.model_name, version.version)
                 try:
-                    with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
-                        existing = marketplace_versions(client, mp_name)
-                    if source in existing:
-                        report.count("already_imported")
-                        newest.append((mp_name, int(existing[source].version), Path(row["export_path"])))
-                        continue
-                    check_name_owner(client, mp_name, name, version.model_name)
-                    verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
-                    context.log.info(f"importing {label} as {mp_name}")
-                    created = _import_once(client, marketplace, row, mp_name, source, day)
+                    # One importer per marketplace model at a time, across processes: the check
+                    # for an existing version and the import must not interleave.
+                    with external_storage.lock("import", mp_name):
+                        with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
+                            existing = marketplace_versions(client, mp_name)
+                        if source in existing:
+                            report.count("already_imported")
+                            newest.append((mp_name, int(existing[source].version), Path(row["export_path"])))
+                            continue
+                        check_name_owner(client, mp_name, name, version.model_name)
+                        verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
+                        context.log.info(f"importing {label} as {mp_name}")
+                        created = _import_once(client, marketplace, row, mp_name, source, day)
                     report.count("imported")
                     report.rows.append(
                         [f"{day}|{name}", label,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock
 from dagster_deltalake import LocalConfig
 from mlflow import MlflowClient
 from pydantic import Field
@@ -93,6 +95,17 @@ class ExternalStorageResource(dg.ConfigurableResource):
 
     def read_rows(self, table: str, workspace: str | None = None, columns: list[str] | None = None) -> list[dict]:
         return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns)
+
+    def lock(self, *parts: str, timeout_seconds: float = 900) -> FileLock:
+        """A lock shared by every process that uses this storage, for one piece of work.
+
+        Dagster's run queue does not cover the CLI or concurrent backfill runs of two dates
+        that share a version, so exports and imports of one version serialize here.
+        """
+        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+        path = Path(self.root) / ".locks" / f"{digest}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path), timeout=timeout_seconds)
 
     def snapshot_path(self, workspace: str, day: dt.date) -> Path:
         return Path(self.root) / "production_models" / workspace / f"{day.isoformat()}.json"

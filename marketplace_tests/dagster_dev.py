@@ -1,0 +1,102 @@
+"""A real `dagster dev` (webserver and daemon) for tests that drive the GraphQL API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from marketplace.local_servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DAGSTER = Path(sys.executable).parent / "dagster"
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numPartitions runs { runId status } }
+    ... on PythonError { message }
+  }
+}"""
+
+DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+class DagsterDev:
+    """`dagster dev -m marketplace.definitions` on a free port with its own DAGSTER_HOME."""
+
+    def __init__(self, config_path: Path, home: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/graphql"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        self.log = home / "dagster_dev.log"
+        env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(DAGSTER), "dev", "-m", "marketplace.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def query(self, query: str, variables: dict | None = None) -> dict:
+        response = requests.post(self.url, json={"query": query, "variables": variables or {}}, timeout=60)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def wait_until_loaded(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                data = self.query("{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")
+                if data["repositoriesOrError"].get("nodes"):
+                    return
+            except (requests.RequestException, AssertionError, KeyError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"dagster dev did not load in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def backfill(self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 600) -> dict:
+        """Launch an asset backfill and wait for it to finish; returns its status and runs."""
+        launched = self.query(
+            LAUNCH_BACKFILL,
+            {"params": {"partitionNames": partitions, "assetSelection": [{"path": k} for k in asset_keys]}},
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.query(BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+            runs_done = all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in status["runs"])
+            if status["status"] in DONE and runs_done:
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"backfill {launched['backfillId']} did not finish:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,101 @@
+"""Backfills launched through the webserver's GraphQL API, run by the real daemon."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from mlflow import MlflowClient
+
+from marketplace import assets
+from marketplace.imports import TAG_SOURCE_VERSION
+
+from .conftest import TODAY, register_version
+from .dagster_dev import DagsterDev
+
+CHAIN = [
+    assets.PRODUCTION_MODELS,
+    assets.EXPORTS,
+    assets.EXPORT_SUMMARY,
+    assets.IMPORTS,
+    assets.IMPORT_SUMMARY,
+    assets.REGISTRATION,
+]
+
+
+def _backdate(server, model: str, version: str, when: dt.datetime) -> None:
+    """Give a version a past registration time, as if it had been registered then."""
+    with sqlite3.connect(server.root / "mlflow.db") as db:
+        db.execute(
+            "UPDATE model_versions SET creation_time = ? WHERE name = ? AND version = ?",
+            (int(when.timestamp() * 1000), model, int(version)),
+        )
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    started = []
+
+    def start(config_path: Path) -> DagsterDev:
+        dev = DagsterDev(config_path, tmp_path / "dagster_home")
+        started.append(dev)
+        dev.wait_until_loaded()
+        return dev
+
+    yield start
+    for dev in started:
+        dev.stop()
+
+
+def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_back(
+    servers, deploy, uid, dagster_dev
+):
+    a, b = f"a{uid}", f"b{uid}"
+    old = register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    _backdate(servers["ws_a"], f"{uid}_m", old, dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")  # v2, registered today
+    register_version(servers["ws_b"].uri, f"{uid}_n", alias="champion", kind="diabetes")
+    stopped = {"default_status": "stopped"}
+    deployment = deploy(
+        [
+            {"name": a, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]},
+            {"name": b, "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"}, "include": [f"{uid}_*"]},
+        ],
+        automation=stopped, schedule=stopped, freshness=stopped, checks=stopped, housekeeping=stopped,
+    )
+    days = [TODAY - dt.timedelta(days=2), TODAY - dt.timedelta(days=1), TODAY]
+    partitions = [f"{day.isoformat()}|{w}" for day in days for w in (a, b)]
+    dev = dagster_dev(deployment.path)
+
+    first = dev.backfill(partitions, [k.path for k in CHAIN])
+    assert first["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), first
+    assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
+    assert len(first["runs"]) <= len(days)  # one run per date, not one per partition
+
+    root = Path(deployment.config.storage_root)
+    exports = DeltaTable(str(root / "export_summary")).to_pyarrow_table().to_pylist()
+    # A past date syncs the versions that are production now and were registered by its end.
+    assert sorted((r["workspace"], r["version"]) for r in exports) == sorted([(a, 1), (a, 2), (b, 1)])
+    dates = {(r["workspace"], r["version"]): r["export_date"] for r in exports}
+    # v1 was production by the end of both past dates; whichever run got there first exported it.
+    assert dates[(a, 1)] in days[:2] and dates[(a, 2)] == TODAY and dates[(b, 1)] == TODAY
+    market = MlflowClient(servers["marketplace"].uri)
+    name = f"{a}.{uid}_m"
+    assert len(market.search_model_versions(f"name='{name}'")) == 2
+    assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
+
+    # Again: nothing changes, and a past date never takes the alias back to v1.
+    second = dev.backfill(partitions, [k.path for k in CHAIN])
+    assert {r["status"] for r in second["runs"]} == {"SUCCESS"}
+    assert len(DeltaTable(str(root / "export_summary")).to_pyarrow_table()) == 3
+    assert len(DeltaTable(str(root / "import_summary")).to_pyarrow_table()) == 3
+    assert len(market.search_model_versions(f"name='{name}'")) == 2
+    assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
+
+    # Only the past date, after the later one: the alias stays on the newest version.
+    third = dev.backfill([f"{days[0].isoformat()}|{a}"], [k.path for k in CHAIN])
+    assert {r["status"] for r in third["runs"]} == {"SUCCESS"}
+    assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
