@@ -14,7 +14,7 @@ from marketplace import assets
 from marketplace.imports import TAG_SOURCE_VERSION
 
 from .conftest import TODAY, register_version
-from .dagster_dev import DagsterDev
+from marketplace.local_dagster import DagsterDev
 
 CHAIN = [
     assets.PRODUCTION_MODELS,

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets
+from marketplace import assets, checks
 from marketplace.config import ConfigError, load_config
 from marketplace.definitions import build_definitions, defs
 from marketplace.imports import TAG_SOURCE_VERSION
@@ -45,7 +45,46 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     keys = partitions.get_partition_keys()
     assert f"{TODAY.isoformat()}|dev01" in keys and "2026-11-01|dev03" in keys
     check_keys = {key.name for key in graph.asset_check_keys}
-    assert assets.IMPORT_LOADS_CHECK in check_keys
+    assert check_keys == {
+        assets.IMPORT_LOADS_CHECK,
+        checks.EXPORT_SUMMARY_UNIQUE,
+        checks.IMPORT_SUMMARY_UNIQUE,
+        checks.EXPORTS_MATCH_MANIFESTS,
+        checks.PRODUCTION_VERSIONS_SYNCED,
+        checks.ALIAS_ON_NEWEST,
+        checks.PARTITIONS_FRESH,
+    }
+    assert {j.name for j in definitions.resolve_all_job_defs()} >= {
+        "marketplace_sync_job", "marketplace_checks_job", "marketplace_freshness_job", "marketplace_maintenance_job",
+    }
+    sync_checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
+    assert checks.EXPORTS_MATCH_MANIFESTS not in sync_checks and assets.IMPORT_LOADS_CHECK in sync_checks
+
+    sensor = definitions.resolve_sensor_def("production_version_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # the embedded default turns it on
+    assert sensor.minimum_interval_seconds == 30
+    assert definitions.resolve_sensor_def("marketplace_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    schedule = definitions.resolve_schedule_def("daily_marketplace_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")
+    for name in ("marketplace_freshness_schedule", "marketplace_checks_schedule", "marketplace_maintenance_schedule"):
+        definitions.resolve_schedule_def(name)
+    for key in chain:
+        assert graph.get(key).backfill_policy == dg.BackfillPolicy.single_run()
+    for key in chain[1:]:
+        assert graph.get(key).automation_condition is not None
+    for key in (assets.EXPORT_SUMMARY, assets.IMPORT_SUMMARY, assets.REGISTRATION):
+        assert graph.get(key).freshness_policy is not None
+
+
+def test_sensor_is_stopped_unless_configured(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "external_storage: {uri: x}\nmarketplace: {tracking_uri: 'http://127.0.0.1:1'}\n"
+        "workspaces: [{name: w, tracking_uri: 'http://127.0.0.1:2', production: {stage: Production}}]\n"
+    )
+    sensor = build_definitions(load_config(path)).resolve_sensor_def("production_version_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert sensor.minimum_interval_seconds == 60
 
 
 def test_configuration_is_read_when_definitions_load_not_at_import(tmp_path):

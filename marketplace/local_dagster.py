@@ -1,4 +1,4 @@
-"""A real `dagster dev` (webserver and daemon) for tests that drive the GraphQL API."""
+"""A real `dagster dev` (webserver and daemon) driven through its GraphQL API, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import requests
 
 from marketplace.local_servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 DAGSTER = Path(sys.executable).parent / "dagster"
 
 LAUNCH_BACKFILL = """
@@ -42,46 +41,51 @@ DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELE
 class DagsterDev:
     """`dagster dev -m marketplace.definitions` on a free port with its own DAGSTER_HOME."""
 
-    def __init__(self, config_path: Path, home: Path):
+    def __init__(self, config_path: Path, home: Path, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/graphql"
         home.mkdir(parents=True, exist_ok=True)
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        if not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         self.log = home / "dagster_dev.log"
         env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+        cwd = cwd or Path(config_path).resolve().parent
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [str(DAGSTER), "dev", "-m", "marketplace.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
     def query(self, query: str, variables: dict | None = None) -> dict:
         response = requests.post(self.url, json={"query": query, "variables": variables or {}}, timeout=60)
         response.raise_for_status()
         body = response.json()
-        assert "errors" not in body, body["errors"]
+        if "errors" in body:
+            raise RuntimeError(f"GraphQL errors: {body['errors']}")
         return body["data"]
 
     def wait_until_loaded(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dagster dev exited:\n{self.log.read_text()[-3000:]}")
             try:
                 data = self.query("{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")
                 if data["repositoriesOrError"].get("nodes"):
                     return
-            except (requests.RequestException, AssertionError, KeyError):
+            except (requests.RequestException, RuntimeError, KeyError):
                 pass
             time.sleep(1)
         raise TimeoutError(f"dagster dev did not load in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
-    def backfill(self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 600) -> dict:
+    def backfill(self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 1800) -> dict:
         """Launch an asset backfill and wait for it to finish; returns its status and runs."""
         launched = self.query(
             LAUNCH_BACKFILL,
             {"params": {"partitionNames": partitions, "assetSelection": [{"path": k} for k in asset_keys]}},
         )["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        if launched["__typename"] != "LaunchBackfillSuccess":
+            raise RuntimeError(f"backfill not launched: {launched}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.query(BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]

@@ -1,0 +1,79 @@
+"""Materializing an upstream asset carries the chain down, for any date, never past a failed gate."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+
+from marketplace import assets
+
+from .conftest import TODAY, register_version, step_failure_message
+
+
+def _requested(result, key: dg.AssetKey) -> set[str]:
+    for evaluation in result.results:
+        if evaluation.key == key:
+            return {str(k) for k in evaluation.true_subset.expensively_compute_partition_keys()}
+    return set()
+
+
+def test_past_date_upstream_materialization_requests_the_next_step_once(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    ws = f"a{uid}"
+    deployment = deploy(
+        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
+    )
+    defs = deployment.defs
+    yesterday = TODAY - dt.timedelta(days=1)
+    key = f"{yesterday.isoformat()}|{ws}"
+
+    first = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance)
+    assert _requested(first, assets.EXPORTS) == set()  # nothing upstream yet
+
+    assert deployment.sync(ws, yesterday, selection=[assets.PRODUCTION_MODELS]).success
+    second = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=first.cursor)
+    # A past date (eager() would look at the latest only), and the chain down to the blocking
+    # load check in the same tick; what follows waits for that check to pass.
+    for downstream in (assets.EXPORTS, assets.EXPORT_SUMMARY, assets.IMPORTS):
+        assert _requested(second, downstream) == {key}, downstream
+    assert _requested(second, assets.IMPORT_SUMMARY) == set()
+
+    ran = deployment.sync(ws, yesterday, selection=[assets.EXPORTS, assets.EXPORT_SUMMARY, assets.IMPORTS])
+    assert ran.success, step_failure_message(ran)
+    third = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=second.cursor)
+    assert _requested(third, assets.EXPORTS) == set()  # requested once
+    assert _requested(third, assets.IMPORT_SUMMARY) == {key}
+    assert _requested(third, assets.REGISTRATION) == {key}
+
+
+def test_failed_blocking_check_stops_the_chain(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    ws = f"a{uid}"
+    deployment = deploy(
+        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
+    )
+    defs = deployment.defs
+    key = f"{TODAY.isoformat()}|{ws}"
+    start = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance)
+    upto_imports = [assets.PRODUCTION_MODELS, assets.EXPORTS, assets.EXPORT_SUMMARY, assets.IMPORTS]
+    result = deployment.sync(ws, selection=upto_imports)
+    assert result.success, step_failure_message(result)
+    passed = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=start.cursor)
+    assert key in _requested(passed, assets.IMPORT_SUMMARY)  # the check passed: the chain goes on
+
+    # The same partition's imports materialized again, its blocking load check now failing.
+    deployment.instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=assets.IMPORTS, partition=key)
+    )
+    deployment.instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=assets.IMPORTS,
+            check_name=assets.IMPORT_LOADS_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            partition=key,
+        )
+    )
+    failed = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=passed.cursor)
+    assert key not in _requested(failed, assets.IMPORT_SUMMARY)
