@@ -43,7 +43,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     assert isinstance(partitions, dg.MultiPartitionsDefinition)
     assert {d.name for d in partitions.partitions_defs} == {"date", "workspace"}
     keys = partitions.get_partition_keys()
-    assert f"{TODAY.isoformat()}|dev01" in keys and "2026-11-01|dev03" in keys
+    assert f"{TODAY.isoformat()}|dev01" in keys and "2026-10-01|dev03" in keys
     check_keys = {key.name for key in graph.asset_check_keys}
     assert check_keys == {
         assets.IMPORT_LOADS_CHECK,
