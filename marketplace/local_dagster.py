@@ -96,11 +96,13 @@ class DagsterDev:
         raise TimeoutError(f"backfill {launched['backfillId']} did not finish:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then kill."""
+        for sig, wait_seconds in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=wait_seconds)
+                return
             except ProcessLookupError:
-                pass
+                return
+            except subprocess.TimeoutExpired:
+                continue
