@@ -72,8 +72,8 @@ def exports_match_manifests(external_storage: ExternalStorageResource) -> dg.Ass
 @dg.asset_check(
     asset=IMPORT_SUMMARY,
     name=PRODUCTION_VERSIONS_SYNCED,
-    description="Every production version seen in the last 30 days' partitions is exported, and every "
-    "exported version is imported or superseded by a newer import of the same model.",
+    description="Every production version seen in the last 30 days' partitions is exported (or superseded "
+    "by a newer export), and every exported version is imported or superseded by a newer import.",
 )
 def production_versions_synced(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
     exported = {(r["workspace"], r["model_name"], r["version"]) for r in external_storage.read_rows(summary.EXPORT_SUMMARY)}
@@ -91,7 +91,13 @@ def production_versions_synced(external_storage: ExternalStorageResource) -> dg.
         if day >= since:
             data = json.loads(snapshot.read_text())
             seen |= {(data["workspace"], v["model_name"], v["version"]) for v in data["versions"]}
-    not_exported = sorted(f"{w}/{m} v{v}" for w, m, v in seen - exported)
+    newest_export: dict[tuple[str, str], int] = {}
+    for workspace, model, version in exported:
+        newest_export[(workspace, model)] = max(version, newest_export.get((workspace, model), 0))
+    # A version replaced by a newer exported one before it was exported itself is superseded, not lost.
+    not_exported = sorted(
+        f"{w}/{m} v{v}" for w, m, v in seen - exported if newest_export.get((w, m), 0) < v
+    )
     not_imported = sorted(
         f"{w}/{m} v{v}" for w, m, v in exported - imported if newest_import.get((w, m), 0) < v
     )

@@ -53,6 +53,18 @@ def _is_debris(path: Path) -> bool:
     return path.name.isdigit() and not (path / MANIFEST_NAME).exists()
 
 
+def _newest_mtime(path: Path) -> float | None:
+    """The newest mtime of `path` and everything under it; None if it changed while being read.
+
+    lstat, so a link is judged by itself; a file that vanishes mid-scan (an export renaming its
+    staging folder into place) means the folder is in use.
+    """
+    try:
+        return max([path.lstat().st_mtime] + [p.lstat().st_mtime for p in path.rglob("*")])
+    except FileNotFoundError:
+        return None
+
+
 def remove_debris(storage_root: str | Path, retention_hours: float) -> DebrisReport:
     """Delete staging folders and manifest-less exports last touched more than `retention_hours` ago.
 
@@ -67,14 +79,18 @@ def remove_debris(storage_root: str | Path, retention_hours: float) -> DebrisRep
         for entry in model_dir.iterdir():
             if not entry.is_dir() or not _is_debris(entry):
                 continue
-            newest = max([entry.stat().st_mtime] + [p.stat().st_mtime for p in entry.rglob("*")])
-            if newest > cutoff:
+            newest = _newest_mtime(entry)
+            if newest is None or newest > cutoff:
                 report.kept_young += 1
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             report.removed.append(str(entry.relative_to(storage_root)))
     for leftover in (Path(storage_root) / "production_models").glob("*/*.tmp-*"):
-        if leftover.stat().st_mtime <= cutoff:
+        try:
+            old = leftover.lstat().st_mtime <= cutoff
+        except FileNotFoundError:  # the snapshot being written was just renamed into place
+            continue
+        if old:
             leftover.unlink(missing_ok=True)
             report.removed.append(str(leftover.relative_to(storage_root)))
     return report
