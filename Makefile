@@ -6,7 +6,7 @@ STATE := $(abspath .marketplace)
 export DAGSTER_HOME := $(STATE)/dagster_home
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo dev test stop
+.PHONY: install demo dev test stop bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ test: install
 ## make stop: stop the demo's MLflow servers.
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m marketplace.demo stop; else echo "nothing to stop"; fi
+
+## make bench: the benchmark suite (its own servers); writes benchmarks/results.json and BENCHMARKS.md.
+bench: install
+	$(PY) -m benchmarks.run

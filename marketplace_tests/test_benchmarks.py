@@ -1,0 +1,30 @@
+"""The benchmark suite, run tiny, so that it cannot rot (it never writes the committed report)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
+    committed = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["sync_ratio"] > 0
+    assert [r["versions"] for r in results["sync_vs_bare"]] == [4]
+    assert [r["workspaces"] for r in results["nothing_new"]] == [2, 3]
+    assert results["backfill"]["partitions"] == 6 and results["backfill"]["runs"] >= 1
+    assert len(results["targets"]) == 6 and all(isinstance(t["met"], bool) for t in results["targets"])
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "sync_ratio" in report and "export_models(" in report
+    assert (tmp_path / "sync_time.png").stat().st_size > 0
+    after = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
+    assert after == committed
