@@ -12,11 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, IMPORTS, PRODUCTION_MODELS, REGISTRATION
+from marketplace.assets import CHAIN
 from marketplace.config import load_config
 from marketplace.local_dagster import DagsterDev
 
-CHAIN = [PRODUCTION_MODELS, EXPORTS, EXPORT_SUMMARY, IMPORTS, IMPORT_SUMMARY, REGISTRATION]
 
 
 def main(days: int) -> None:

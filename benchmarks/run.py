@@ -27,7 +27,7 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 
-from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, IMPORTS, PRODUCTION_MODELS, REGISTRATION
+from marketplace.assets import CHAIN
 from marketplace.config import load_config
 from marketplace.definitions import build_definitions
 from marketplace.local_dagster import DagsterDev
@@ -36,7 +36,6 @@ from marketplace.registry import process_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 DAGSTER = Path(sys.executable).parent / "dagster"
-CHAIN = [PRODUCTION_MODELS, EXPORTS, EXPORT_SUMMARY, IMPORTS, IMPORT_SUMMARY, REGISTRATION]
 TODAY = dt.datetime.now(dt.timezone.utc).date()
 
 BARE_CALLS = """\

@@ -53,6 +53,7 @@ EXPORT_SUMMARY = dg.AssetKey(["external_storage", "export_summary"])
 IMPORTS = dg.AssetKey(["marketplace", "imports"])
 IMPORT_SUMMARY = dg.AssetKey(["external_storage", "import_summary"])
 REGISTRATION = dg.AssetKey(["marketplace", "registered_models"])
+CHAIN = [PRODUCTION_MODELS, EXPORTS, EXPORT_SUMMARY, IMPORTS, IMPORT_SUMMARY, REGISTRATION]
 
 IMPORT_LOADS_CHECK = "newest_import_loads_and_predicts"
 
@@ -102,7 +103,6 @@ class _Report:
         self.rows: list[list] = []
         self.failures: dict[str, str] = {}
         self.partitions = _partitions(context)
-        self.metadata: dict = {}
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + int(amount)
@@ -122,7 +122,6 @@ class _Report:
         metadata = {
             **({"workspace": self.partitions[0][1]} if len(self.partitions) == 1 else {"partitions": len(self.partitions)}),
             **self.counts,
-            **self.metadata,
             **extra,
         }
         if self.columns:

@@ -16,14 +16,6 @@ from marketplace.imports import TAG_SOURCE_VERSION
 from .conftest import TODAY, register_version
 from marketplace.local_dagster import DagsterDev
 
-CHAIN = [
-    assets.PRODUCTION_MODELS,
-    assets.EXPORTS,
-    assets.EXPORT_SUMMARY,
-    assets.IMPORTS,
-    assets.IMPORT_SUMMARY,
-    assets.REGISTRATION,
-]
 
 
 def _backdate(server, model: str, version: str, when: dt.datetime) -> None:
@@ -70,7 +62,7 @@ def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_
     partitions = [f"{day.isoformat()}|{w}" for day in days for w in (a, b)]
     dev = dagster_dev(deployment.path)
 
-    first = dev.backfill(partitions, [k.path for k in CHAIN])
+    first = dev.backfill(partitions, [k.path for k in assets.CHAIN])
     assert first["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), first
     assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
     assert len(first["runs"]) <= len(days)  # one run per date, not one per partition
@@ -88,7 +80,7 @@ def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
 
     # Again: nothing changes, and a past date never takes the alias back to v1.
-    second = dev.backfill(partitions, [k.path for k in CHAIN])
+    second = dev.backfill(partitions, [k.path for k in assets.CHAIN])
     assert {r["status"] for r in second["runs"]} == {"SUCCESS"}
     assert len(DeltaTable(str(root / "export_summary")).to_pyarrow_table()) == 3
     assert len(DeltaTable(str(root / "import_summary")).to_pyarrow_table()) == 3
@@ -96,6 +88,6 @@ def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
 
     # Only the past date, after the later one: the alias stays on the newest version.
-    third = dev.backfill([f"{days[0].isoformat()}|{a}"], [k.path for k in CHAIN])
+    third = dev.backfill([f"{days[0].isoformat()}|{a}"], [k.path for k in assets.CHAIN])
     assert {r["status"] for r in third["runs"]} == {"SUCCESS"}
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"

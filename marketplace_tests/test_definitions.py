@@ -25,14 +25,7 @@ DAGSTER = Path(sys.executable).parent / "dagster"
 def test_project_defines_the_chain_the_job_and_the_partitions():
     definitions = build_definitions(load_config(ROOT / "marketplace.yaml"))
     graph = definitions.resolve_asset_graph()
-    chain = [
-        assets.PRODUCTION_MODELS,
-        assets.EXPORTS,
-        assets.EXPORT_SUMMARY,
-        assets.IMPORTS,
-        assets.IMPORT_SUMMARY,
-        assets.REGISTRATION,
-    ]
+    chain = assets.CHAIN
     assert set(graph.get_all_asset_keys()) == set(chain)
     for upstream, downstream in zip(chain, chain[1:]):
         assert graph.get(downstream).parent_keys == {upstream}
