@@ -31,7 +31,7 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## make test: the whole test suite (starts its own MLflow servers on free ports).
-test: install
+test: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m pytest
 
 ## make stop: stop the demo's MLflow servers.
@@ -39,5 +39,5 @@ stop:
 	@if [ -x $(PY) ]; then $(PY) -m marketplace.demo stop; else echo "nothing to stop"; fi
 
 ## make bench: the benchmark suite (its own servers); writes benchmarks/results.json and BENCHMARKS.md.
-bench: install
+bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m benchmarks.run

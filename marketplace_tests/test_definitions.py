@@ -98,11 +98,13 @@ def test_lazy_definitions_report_a_bad_configuration(monkeypatch, tmp_path):
     assert str(bad) in str(error.value)
 
 
-def test_dagster_validates_the_workspace_file():
+def test_dagster_validates_the_workspace_file(tmp_path):
+    # Its own DAGSTER_HOME: a fresh checkout has none until `make demo` creates it.
+    env = {k: v for k, v in os.environ.items() if k != "MARKETPLACE_CONFIG"}
+    env["DAGSTER_HOME"] = str(tmp_path)
     result = subprocess.run(
         [str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if k != "MARKETPLACE_CONFIG"},
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
