@@ -10,10 +10,13 @@ import contextlib
 import datetime as dt
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import requests
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from marketplace import summary
@@ -29,9 +32,10 @@ from marketplace.imports import (
     check_name_owner,
     import_export,
     marketplace_versions,
+    marketplace_versions_of,
 )
-from marketplace.loading import load_and_predict
-from marketplace.manifest import ManifestError, verify_export
+from marketplace.loading import TAG_VERIFIED, LoadResult, artifact_fingerprint, load_and_predict
+from marketplace.manifest import ManifestError, read_manifest, verify_export
 from marketplace.partitions import split_partition_key
 from marketplace.registry import (
     ProductionVersion,
@@ -322,6 +326,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     def imports(
         context: dg.AssetExecutionContext,
         external_storage: ExternalStorageResource,
+        workspaces: WorkspaceRegistriesResource,
         marketplace: MarketplaceRegistryResource,
     ):
         """Marketplace model versions: each verified export imported once, tagged with its source."""
@@ -329,14 +334,16 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         for counter in ("imported", "already_imported", "failed"):
             report.count(counter, 0)
         client = marketplace.client()
-        newest: list[tuple[str, int, Path]] = []
+        newest: list[Checked] = []
         recorded = {
             (r["workspace"], r["model_name"], r["version"]): r
             for r in external_storage.read_rows(summary.EXPORT_SUMMARY)
         }
 
         def import_partition(day: dt.date, name: str) -> None:
-            for version in _snapshot_versions(external_storage, day, name):
+            versions = _snapshot_versions(external_storage, day, name)
+            known = _known_versions(client, marketplace, name, versions)
+            for version in versions:
                 label = f"{name}/{version.model_name} v{version.version}"
                 row = recorded.get((name, version.model_name, version.version))
                 if row is None:
@@ -345,27 +352,32 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     continue
                 mp_name = marketplace.model_name(name, version.model_name)
                 source = SourceKey(name, version.model_name, version.version)
+                if source in known.get(mp_name, {}):
+                    report.count("already_imported")
+                    newest.append(Checked(mp_name, known[mp_name][source], Path(row["export_path"]), new=False))
+                    continue
                 try:
                     # One importer per marketplace model at a time, across processes: the check
                     # for an existing version and the import must not interleave.
                     with external_storage.lock("import", mp_name):
                         with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
                             existing = marketplace_versions(client, mp_name)
-                        if source in existing:
+                        if source in existing:  # imported by a concurrent run since the search above
                             report.count("already_imported")
-                            newest.append((mp_name, int(existing[source].version), Path(row["export_path"])))
+                            newest.append(Checked(mp_name, existing[source], Path(row["export_path"]), new=False))
                             continue
                         check_name_owner(client, mp_name, name, version.model_name)
                         verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
                         context.log.info(f"importing {label} as {mp_name}")
-                        created = _import_once(client, marketplace, row, mp_name, source, day)
+                        created = _import_once(client, marketplace, row, mp_name, source, day,
+                                               redact_uri(workspaces.get(name).tracking_uri))
                     report.count("imported")
                     report.rows.append(
                         [f"{day}|{name}", label,
                          f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, created.version)})",
                          created.version]
                     )
-                    newest.append((mp_name, int(created.version), Path(row["export_path"])))
+                    newest.append(Checked(mp_name, created, Path(row["export_path"]), new=True))
                 except dg.Failure:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
@@ -375,7 +387,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         report.run(import_partition)
         yield report.result()
-        yield _load_check(marketplace.tracking_uri, newest)
+        yield _load_check(client, marketplace.tracking_uri, newest)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
@@ -389,10 +401,11 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         rows, missing = [], []
 
         def collect(day: dt.date, name: str) -> None:
-            for version in _snapshot_versions(external_storage, day, name):
+            versions = _snapshot_versions(external_storage, day, name)
+            known = _known_versions(client, marketplace, name, versions)
+            for version in versions:
                 mp_name = marketplace.model_name(name, version.model_name)
-                with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
-                    found = marketplace_versions(client, mp_name).get(SourceKey(name, version.model_name, version.version))
+                found = known.get(mp_name, {}).get(SourceKey(name, version.model_name, version.version))
                 if found is None:
                     missing.append(f"{name}/{version.model_name} v{version.version}")
                 else:
@@ -422,16 +435,25 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         def register(day: dt.date, name: str) -> None:
             source_uri = redact_uri(workspaces.get(name).tracking_uri)
-            for version in _snapshot_versions(external_storage, day, name):
+            versions = _snapshot_versions(external_storage, day, name)
+            known = _known_versions(client, marketplace, name, versions)
+
+            def register_one(version: ProductionVersion):
                 mp_name = marketplace.model_name(name, version.model_name)
+                imported = known.get(mp_name, {})
+                if not imported:
+                    return None
+                # The newest source version wins, whichever date is being synced: a backfill of
+                # an old date never takes the alias back to an older version.
+                key, newest = max(imported.items(), key=lambda item: item[0].version)
                 with _registry_errors(f"the marketplace (registering {mp_name})", marketplace.tracking_uri):
-                    imported = marketplace_versions(client, mp_name)
-                    if not imported:
-                        continue
-                    # The newest source version wins, whichever date is being synced: a backfill of
-                    # an old date never takes the alias back to an older version.
-                    key, newest = max(imported.items(), key=lambda item: item[0].version)
-                    report.count("registry_changes", _register(client, marketplace, mp_name, key, newest, source_uri))
+                    return mp_name, key, newest, _register(client, marketplace, mp_name, key, newest, source_uri)
+
+            # Models are independent: their registry calls overlap (each one waits on a round trip).
+            with ThreadPoolExecutor(marketplace.max_workers, thread_name_prefix="register") as pool:
+                registered = [r for r in pool.map(register_one, versions) if r is not None]
+            for mp_name, key, newest, changes in registered:
+                report.count("registry_changes", changes)
                 report.count("models_registered")
                 report.rows.append(
                     [
@@ -489,7 +511,11 @@ def _table_metadata(external_storage: ExternalStorageResource, table: str) -> di
     }
 
 
-def _import_once(client, marketplace: MarketplaceRegistryResource, row: dict, mp_name: str, source: SourceKey, day: dt.date):
+def _import_once(
+    client, marketplace: MarketplaceRegistryResource, row: dict, mp_name: str, source: SourceKey, day: dt.date,
+    source_uri: str,
+):
+    model_tags, model_description = _provenance(marketplace, source, source_uri)
     try:
         return import_export(
             client,
@@ -500,6 +526,8 @@ def _import_once(client, marketplace: MarketplaceRegistryResource, row: dict, mp
             source=source,
             checksum=row["checksum"],
             import_date=day,
+            model_tags=model_tags,
+            model_description=model_description,
         )
     except Exception:
         # The version may exist although the call failed (a retried POST): look again.
@@ -509,11 +537,48 @@ def _import_once(client, marketplace: MarketplaceRegistryResource, row: dict, mp
         return created
 
 
-def _load_check(tracking_uri: str, newest: list[tuple[str, int, Path]]) -> dg.AssetCheckResult:
-    results = {}
-    for mp_name, version, export_path in newest:
-        reference = next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
-        results[f"{mp_name} v{version}"] = load_and_predict(tracking_uri, f"models:/{mp_name}/{version}", reference)
+def _known_versions(
+    client, marketplace: MarketplaceRegistryResource, workspace: str, versions: list[ProductionVersion]
+) -> dict[str, dict[SourceKey, ModelVersion]]:
+    """The marketplace versions of a partition's models, read in a few searches."""
+    with _registry_errors(f"the marketplace (syncing workspace {workspace})", marketplace.tracking_uri):
+        return marketplace_versions_of(client, [marketplace.model_name(workspace, v.model_name) for v in versions])
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A partition's newest marketplace version, for the load check."""
+
+    name: str
+    version: ModelVersion
+    export_path: Path
+    new: bool  # imported by this run
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version.version}"
+
+
+def _load_check(client, tracking_uri: str, checked: list[Checked]) -> dg.AssetCheckResult:
+    """Load and predict each version imported now, or whose files changed since it last passed."""
+    results: dict[str, LoadResult] = {}
+    unchanged = 0
+    for item in checked:
+        recorded = (item.version.tags or {}).get(TAG_VERIFIED)
+        if recorded and not item.new and _fingerprint_or_none(tracking_uri, item.uri) == recorded:
+            results[f"{item.name} v{item.version.version}"] = LoadResult(
+                True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted"
+            )
+            unchanged += 1
+            continue
+        reference, hashes = _reference(item.export_path)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes)
+        results[f"{item.name} v{item.version.version}"] = result
+        if result.loaded and result.matches_export is not False:
+            fingerprint = _fingerprint_or_none(tracking_uri, item.uri)
+            if fingerprint and fingerprint != recorded:
+                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
+                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
     failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
     return dg.AssetCheckResult(
@@ -523,11 +588,48 @@ def _load_check(tracking_uri: str, newest: list[tuple[str, int, Path]]) -> dg.As
         description=("; ".join(failed.values()) if failed else f"{len(results)} model(s) load and predict"),
         metadata={
             "models_checked": len(results),
+            "models_loaded": len(results) - unchanged,
+            "models_unchanged_since_verified": unchanged,
             "models_failed": len(failed),
             "models_without_input_example": len(unpredicted),
             "details": dg.MetadataValue.json({k: r.detail for k, r in results.items()}),
         },
     )
+
+
+def _fingerprint_or_none(tracking_uri: str, model_uri: str) -> str | None:
+    try:
+        return artifact_fingerprint(tracking_uri, model_uri)
+    except Exception:  # noqa: BLE001 - unreadable listing: load it and report what fails
+        return None
+
+
+def _reference(export_path: Path) -> tuple[Path | None, dict[str, str] | None]:
+    """The export's copy of the model's artifacts, and their hashes from its manifest."""
+    reference = next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
+    if reference is None:
+        return None, None
+    try:
+        manifest, _ = read_manifest(export_path)
+    except ManifestError:
+        return reference, None
+    prefix = reference.relative_to(export_path).as_posix() + "/"
+    return reference, {k.removeprefix(prefix): v["sha256"] for k, v in manifest.files.items() if k.startswith(prefix)}
+
+
+def _provenance(marketplace: MarketplaceRegistryResource, key: SourceKey, source_uri: str) -> tuple[dict, str]:
+    """A marketplace model's tags and description while `key` is its newest source version."""
+    tags = {
+        TAG_SOURCE_WORKSPACE: key.workspace,
+        TAG_SOURCE_MODEL: key.model_name,
+        "marketplace.source_tracking_uri": source_uri,
+        "marketplace.latest_source_version": str(key.version),
+    }
+    description = (
+        f"Marketplace copy of model '{key.model_name}' from workspace '{key.workspace}' ({source_uri}). "
+        f"@{marketplace.alias} is source version {key.version}. Imported and kept in sync by the model marketplace."
+    )
+    return tags, description
 
 
 def _register(client, marketplace: MarketplaceRegistryResource, mp_name: str, key: SourceKey, newest, source_uri: str) -> int:
@@ -543,20 +645,11 @@ def _register(client, marketplace: MarketplaceRegistryResource, mp_name: str, ke
             warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
             client.transition_model_version_stage(mp_name, newest.version, "Production", archive_existing_versions=True)
         changes += 1
-    model_tags = {
-        TAG_SOURCE_WORKSPACE: key.workspace,
-        TAG_SOURCE_MODEL: key.model_name,
-        "marketplace.source_tracking_uri": source_uri,
-        "marketplace.latest_source_version": str(key.version),
-    }
+    model_tags, description = _provenance(marketplace, key, source_uri)
     for tag, value in model_tags.items():
         if (current.tags or {}).get(tag) != value:
             client.set_registered_model_tag(mp_name, tag, value)
             changes += 1
-    description = (
-        f"Marketplace copy of model '{key.model_name}' from workspace '{key.workspace}' ({source_uri}). "
-        f"@{marketplace.alias} is source version {key.version}. Imported and kept in sync by the model marketplace."
-    )
     if current.description != description:
         client.update_registered_model(mp_name, description=description)
         changes += 1

@@ -183,6 +183,8 @@ class ClientConfig(_Strict):
 
     timeout_seconds: int = Field(default=15, ge=1, le=600)
     max_retries: int = Field(default=2, ge=0, le=10)
+    # Marketplace registration calls in flight at once, per run.
+    max_workers: int = Field(default=4, ge=1, le=32)
 
 
 Status = Literal["running", "stopped"]

@@ -6,11 +6,13 @@ import copy
 import datetime as dt
 import json
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow_export_import.common import model_utils, utils
 from mlflow_export_import.model.import_model import ModelImporter
 
 from marketplace.registry import filter_literal, process_tracking_uri
@@ -60,31 +62,52 @@ def _source_key(tags: dict[str, str]) -> SourceKey | None:
 
 
 def marketplace_versions(client: MlflowClient, name: str) -> dict[SourceKey, ModelVersion]:
-    """The marketplace versions of `name` by the source version they came from.
+    """The marketplace versions of `name` by the source version they came from."""
+    return marketplace_versions_of(client, [name], chunk=1).get(name, {})
 
-    Search results can drop tags, so each version is read with get_model_version.
+
+def marketplace_versions_of(
+    client: MlflowClient, names: Iterable[str], *, chunk: int = 50
+) -> dict[str, dict[SourceKey, ModelVersion]]:
+    """`marketplace_versions` of many models in a few paged `name IN (...)` searches.
+
+    A registry that refuses the IN filter (or a name no filter can quote) is searched name by name.
     """
-    found: dict[SourceKey, ModelVersion] = {}
+    unique = sorted(set(names))
+    found: dict[str, dict[SourceKey, ModelVersion]] = {}
+    for start in range(0, len(unique), chunk):
+        group = unique[start : start + chunk]
+        try:
+            if len(group) == 1:
+                _search(client, f"name={filter_literal(group[0])}", found)
+            else:
+                _search(client, f"name IN ({', '.join(filter_literal(n) for n in group)})", found)
+        except (MlflowException, ValueError) as exc:
+            if len(group) == 1:
+                if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                    continue
+                raise
+            for name in group:
+                found.update(marketplace_versions_of(client, [name], chunk=1))
+    return found
+
+
+def _search(client: MlflowClient, filter_string: str, found: dict[str, dict[SourceKey, ModelVersion]]) -> None:
     token = None
     while True:
-        try:
-            page = client.search_model_versions(
-                filter_string=f"name={filter_literal(name)}", max_results=1000, page_token=token
-            )
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return found
-            raise
-        for summary in page:
-            version = client.get_model_version(name, summary.version)
+        page = client.search_model_versions(filter_string=filter_string, max_results=1000, page_token=token)
+        for result in page:
+            # Some registries (Databricks) leave tags out of search results: read those versions.
+            version = result if _source_key(result.tags or {}) else client.get_model_version(result.name, result.version)
             key = _source_key(version.tags or {})
-            if key is not None and key not in found:
-                found[key] = version
-            elif key is not None and int(version.version) < int(found[key].version):
-                found[key] = version  # keep the first if a retry ever made two
+            if key is None:
+                continue
+            versions = found.setdefault(version.name, {})
+            if key not in versions or int(version.version) < int(versions[key].version):
+                versions[key] = version  # keep the first if a retry ever made two
         token = page.token
         if not token:
-            return found
+            return
 
 
 def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str) -> None:
@@ -114,13 +137,24 @@ def import_export(
     source: SourceKey,
     checksum: str,
     import_date: dt.date,
+    model_tags: dict[str, str] | None = None,
+    model_description: str | None = None,
 ) -> ModelVersion:
     """Import one verified export as a new version of `marketplace_name`, tagged with its source.
 
     The caller checks first that no version of the same source exists; the tags are set when
-    the version is created, so a version never exists without them.
+    the version is created, so a version never exists without them. A new registered model is
+    created with `model_tags` and `model_description` (registration then has less to change).
     """
     exported = json.loads((export_path / "model.json").read_text())["mlflow"]["registered_model"]
+    model_dict = {
+        **exported,
+        "tags": [
+            {"key": k, "value": v}
+            for k, v in {**utils.mk_tags_dict(exported.get("tags")), **(model_tags or {})}.items()
+        ],
+        "description": model_description if model_description is not None else exported.get("description"),
+    }
     (source_version,) = exported["versions"]
     version_dict = copy.deepcopy(source_version)
     # Aliases and stages in the marketplace are registration's job, not the source's.
@@ -140,7 +174,7 @@ def import_export(
     }
     with process_tracking_uri(tracking_uri):
         importer = ModelImporter(mlflow_client=client, import_source_tags=True)
-        importer._import_model(marketplace_name, str(export_path))
+        model_utils.create_model(client, marketplace_name, model_dict, True)  # what _import_model does, minus permissions
         run_id = importer._import_run(str(export_path), experiment_name, version_dict)
         if not run_id:
             raise ImportError_(f"{source.describe()}: the export at {export_path} has no run folder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import Model
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from marketplace.manifest import file_sha256
 from marketplace.registry import process_tracking_uri
+
+# Set on a marketplace version once it loaded and predicted: a fingerprint of its artifact
+# listing, so that later runs re-load it only when its files changed.
+TAG_VERIFIED = "marketplace.verified_artifacts"
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,40 @@ def _same(a, b) -> bool:
         return repr(a) == repr(b)
 
 
-def load_and_predict(tracking_uri: str, model_uri: str, reference_dir: Path | None) -> LoadResult:
-    """Load `model_uri` with mlflow.pyfunc, predict its input example, compare with the export's copy."""
+def artifact_fingerprint(tracking_uri: str, model_uri: str) -> str:
+    """SHA-256 of the model's artifact listing (every file's path and size), read without downloading."""
+    with process_tracking_uri(tracking_uri):
+        repo = get_artifact_repository(model_uri)
+        lines, pending = [], [None]
+        while pending:
+            for entry in repo.list_artifacts(pending.pop()):
+                if entry.is_dir:
+                    pending.append(entry.path)
+                else:
+                    lines.append(f"{entry.path}\t{entry.file_size}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def _identical_to_export(local: Path, reference_dir: Path, reference_hashes: dict[str, str]) -> bool:
+    """The downloaded copy holds the export's bytes (MLmodel aside, whose paths an import rewrites)."""
+    downloaded = {p.relative_to(local).as_posix(): p for p in local.rglob("*") if p.is_file()}
+    if set(downloaded) != set(reference_hashes):
+        return False
+    if Model.load(str(local)).flavors != Model.load(str(reference_dir)).flavors:
+        return False
+    return all(
+        name == "MLmodel" or file_sha256(path) == reference_hashes[name] for name, path in downloaded.items()
+    )
+
+
+def load_and_predict(
+    tracking_uri: str, model_uri: str, reference_dir: Path | None, reference_hashes: dict[str, str] | None = None
+) -> LoadResult:
+    """Load `model_uri` with mlflow.pyfunc, predict its input example, compare with the export's copy.
+
+    `reference_hashes` (the export manifest's SHA-256 of each file under `reference_dir`) spares
+    loading the export too when the marketplace copy holds the same bytes.
+    """
     with process_tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
@@ -48,6 +87,8 @@ def load_and_predict(tracking_uri: str, model_uri: str, reference_dir: Path | No
             return LoadResult(True, False, None, f"{model_uri} loads but fails to predict: {type(exc).__name__}: {exc}")
         if reference_dir is None or not (reference_dir / "MLmodel").exists():
             return LoadResult(True, True, None, f"{model_uri} loads and predicts")
+        if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes):
+            return LoadResult(True, True, True, f"{model_uri} loads and predicts; its files are the export's")
         expected = mlflow.pyfunc.load_model(str(reference_dir)).predict(example)
         if not _same(prediction, expected):
             return LoadResult(True, True, False, f"{model_uri} predicts differently from its export")

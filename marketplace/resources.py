@@ -62,6 +62,7 @@ class MarketplaceRegistryResource(dg.ConfigurableResource):
     experiment_prefix: str = "/Shared/marketplace"
     timeout_seconds: int = 15
     max_retries: int = 2
+    max_workers: int = 4
 
     def client(self) -> MlflowClient:
         configure_http(self.timeout_seconds, self.max_retries)
@@ -154,6 +155,7 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
             name_template=config.marketplace.name_template,
             alias=config.marketplace.alias,
             experiment_prefix=config.marketplace.experiment_prefix,
+            max_workers=config.client.max_workers,
             **client,
         ),
         "external_storage": ExternalStorageResource(root=config.storage_root),
