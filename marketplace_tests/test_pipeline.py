@@ -196,3 +196,50 @@ def test_name_owned_by_another_source_is_refused(two_workspaces, servers, uid):
     assert not result.success
     assert "maps to the same name" in step_failure_message(result)
     assert market.search_model_versions(f"name='{ws_a}.{uid}_iris'") == []
+
+
+def test_bulk_read_of_marketplace_versions_matches_reading_each_model(servers, uid):
+    from marketplace.imports import SourceKey, marketplace_versions, marketplace_versions_of
+
+    market = MlflowClient(servers["marketplace"].uri)
+    seed = market.get_model_version(f"{uid}_seed", register_version(servers["marketplace"].uri, f"{uid}_seed"))
+    names = [f"{uid}.plain", f"{uid}.o'quote", f'{uid}.d"quote', f"{uid}.space name", f"{uid}.ünï"]
+    for i, name in enumerate(names):
+        market.create_registered_model(name)
+        for version in (1, 2):
+            market.create_model_version(name, seed.source, tags=SourceKey("ws", f"m{i}", version).tags(),
+                                        model_id=seed.source.removeprefix("models:/"))
+        market.create_model_version(name, seed.source, model_id=seed.source.removeprefix("models:/"))  # no source tags: not an import
+    absent = f"{uid}.never_registered"
+
+    one_by_one = {name: marketplace_versions(market, name) for name in [*names, absent]}
+    for chunk in (2, 50):  # several IN searches, and one
+        bulk = marketplace_versions_of(market, [*names, absent, names[0]], chunk=chunk)
+        assert {n: {k: v.version for k, v in found.items()} for n, found in bulk.items()} == {
+            n: {k: v.version for k, v in found.items()} for n, found in one_by_one.items() if found
+        }
+    assert {k.version: v.version for k, v in one_by_one[names[1]].items()} == {1: "1", 2: "2"}
+    assert one_by_one[absent] == {}
+
+
+def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_prov", stage="Production")
+    deployment = deploy(
+        [{"name": "prov", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]}]
+    )
+    result = deployment.sync("prov", selection=assets.CHAIN[:4])  # up to the import, no registration
+    assert result.success, step_failure_message(result)
+    created = MlflowClient(servers["marketplace"].uri).get_registered_model(f"prov.{uid}_prov")
+    assert created.tags[TAG_SOURCE_WORKSPACE] == "prov" and created.tags[TAG_SOURCE_MODEL] == f"{uid}_prov"
+    assert created.tags["marketplace.latest_source_version"] == "1"
+    assert created.description.startswith(f"Marketplace copy of model '{uid}_prov' from workspace 'prov'")
+    # Registration then only promotes it: the alias and the stage.
+    result = deployment.sync("prov")
+    assert result.success, step_failure_message(result)
+    registration = materializations(result, assets.REGISTRATION)
+    assert registration["registry_changes"] == 2
+    # Each step reports its registry traffic: the Delta-only step makes none.
+    assert registration["registry_requests"] >= 3 and registration["registry_seconds"] > 0
+    assert materializations(result, assets.IMPORT_SUMMARY)["registry_requests"] >= 1
+    assert materializations(result, assets.EXPORT_SUMMARY)["registry_requests"] == 0
