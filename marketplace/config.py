@@ -163,6 +163,8 @@ class ExternalStorageConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
+        if any(ord(c) < 32 for c in value):
+            raise ValueError(f"{value!r}: control characters are not allowed in a path")
         parsed = urlparse(value)
         if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
             raise ValueError(
@@ -191,10 +193,14 @@ Status = Literal["running", "stopped"]
 
 
 def _check_cron(value: str) -> str:
-    from croniter import croniter
+    # Dagster's own rule (5 fields, not a day February never has), so that a file that loads
+    # also gives schedules Dagster accepts.
+    from dagster._utils.schedules import is_valid_cron_string
 
-    if not croniter.is_valid(value):
-        raise ValueError(f"{value!r} is not a cron expression (e.g. '0 2 * * *')")
+    if not is_valid_cron_string(value):
+        raise ValueError(
+            f"{value!r} is not a cron expression Dagster can schedule (5 fields, e.g. '0 2 * * *')"
+        )
     return value
 
 

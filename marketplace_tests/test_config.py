@@ -541,3 +541,22 @@ def test_workspace_lookup_of_an_unknown_name_raises_key_error(tmp_path):
     config = load_config(write_yaml(tmp_path, minimal()))
     with pytest.raises(KeyError, match="dev99"):
         config.workspace("dev99")
+
+
+# Found by the fuzzing in test_config_fuzz.py: crons croniter accepts but Dagster cannot schedule.
+@pytest.mark.parametrize("section, key", [("schedule", "cron"), ("checks", "cron"), ("housekeeping", "cron"),
+                                          ("freshness", "check_cron")])
+@pytest.mark.parametrize("cron", ["0 2 * * * *", "0 2 30 2 *", "not a cron", "61 * * * *"])
+def test_cron_dagster_cannot_schedule_is_refused(tmp_path, section, key, cron):
+    data = minimal()
+    data[section] = {key: cron}
+    error, path = load_error(tmp_path, data)
+    assert error.key == f"{section}.{key}"
+    assert str(path) in str(error) and "5 fields" in str(error)
+
+
+def test_control_character_in_external_storage_is_refused(tmp_path):
+    data = minimal()
+    data["external_storage"]["uri"] = "external\x00/x"
+    error, _ = load_error(tmp_path, data)
+    assert error.key == "external_storage.uri" and "control characters" in str(error)
