@@ -20,7 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from marketplace import summary
-from marketplace.exports import ExportError, ExportRecord, existing_export, export_dir, export_version
+from marketplace.exports import ExportError, ExportRecord, export_version
 from marketplace.imports import (
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
@@ -35,7 +35,7 @@ from marketplace.imports import (
     marketplace_versions_of,
 )
 from marketplace.loading import TAG_VERIFIED, LoadResult, artifact_fingerprint, load_and_predict
-from marketplace.manifest import ManifestError, read_manifest, verify_export
+from marketplace.manifest import MANIFEST_NAME, ManifestError, read_manifest, verify_export
 from marketplace.partitions import split_partition_key
 from marketplace.registry import (
     ProductionVersion,
@@ -254,7 +254,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     ) -> dg.MaterializeResult:
         """Export folders in external storage: each production version, once, with its manifest."""
         report = _Report(context, "exports", ["model", "version", "files", "bytes", "path"])
-        for counter in ("exported", "already_exported", "failed", "markers_written", "bytes_exported"):
+        for counter in ("exported", "already_exported", "exports_replaced", "failed", "markers_written", "bytes_exported"):
             report.count(counter, 0)
 
         def export(day: dt.date, name: str) -> None:
@@ -273,8 +273,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     )
 
         def export_one(day, name, workspace, client, version, label) -> None:
-            record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
+            record = external_storage.existing_export(name, version.model_name, version.version)
             if record is None:
+                path = external_storage.export_path(name, version.model_name, version.version)
+                if (path / MANIFEST_NAME).exists():
+                    report.count("exports_replaced")
+                    context.log.warning(f"{name}: {label}: replacing {path}: {_export_problem(external_storage, name, version)}")
                 context.log.info(f"{name}: exporting {label}")
                 record = export_version(
                     client,
@@ -283,6 +287,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     workspace=name,
                     version=version,
                     export_date=day,
+                    signing_key=external_storage.signing_key,
                 )
                 report.count("exported")
                 report.count("bytes_exported", record.manifest.size_bytes)
@@ -310,7 +315,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         def collect(day: dt.date, name: str) -> None:
             for version in _snapshot_versions(external_storage, day, name):
-                record = existing_export(export_dir(external_storage.root, name, version.model_name, version.version))
+                record = external_storage.existing_export(name, version.model_name, version.version)
                 if record is not None:
                     rows.append(export_row(name, record))
 
@@ -378,7 +383,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                             newest.append(Checked(mp_name, existing[source], Path(row["export_path"]), new=False))
                             continue
                         check_name_owner(client, mp_name, name, version.model_name)
-                        verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
+                        verify_export(
+                            Path(row["export_path"]),
+                            expected_checksum=row["checksum"],
+                            identity=(name, version.model_name, version.version),
+                            signing_key=external_storage.signing_key,
+                        )
                         context.log.info(f"importing {label} as {mp_name}")
                         created = _import_once(client, marketplace, row, mp_name, source, day,
                                                redact_uri(workspaces.get(name).tracking_uri))
@@ -546,6 +556,18 @@ def _import_once(
         if created is None:
             raise
         return created
+
+
+def _export_problem(external_storage: ExternalStorageResource, workspace: str, version: ProductionVersion) -> str:
+    try:
+        verify_export(
+            external_storage.export_path(workspace, version.model_name, version.version),
+            full=False,
+            identity=(workspace, version.model_name, version.version),
+        )
+    except ManifestError as exc:
+        return str(exc)
+    return "it did not verify"
 
 
 def _known_versions(

@@ -58,7 +58,12 @@ def exports_match_manifests(external_storage: ExternalStorageResource) -> dg.Ass
     problems = {}
     for row in rows:
         try:
-            verify_export(Path(row["export_path"]), expected_checksum=row["checksum"])
+            verify_export(
+                Path(row["export_path"]),
+                expected_checksum=row["checksum"],
+                identity=(row["workspace"], row["model_name"], row["version"]),
+                signing_key=external_storage.signing_key,
+            )
         except ManifestError as exc:
             problems[f"{row['workspace']}/{row['model_name']} v{row['version']}"] = str(exc)
     return dg.AssetCheckResult(

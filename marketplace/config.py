@@ -159,6 +159,8 @@ class MarketplaceRegistryConfig(_Strict):
 
 class ExternalStorageConfig(_Strict):
     uri: str = Field(min_length=1)
+    # The environment variable holding the manifest signing key (never the key itself).
+    signing_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
     @field_validator("uri")
     @classmethod

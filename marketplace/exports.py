@@ -58,10 +58,13 @@ class ExportRecord:
     checksum: str
 
 
-def existing_export(path: Path) -> ExportRecord | None:
-    """The export at `path` if its manifest is there and sizes match; None if absent or debris."""
+def existing_export(
+    path: Path, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
+) -> ExportRecord | None:
+    """The export at `path` if its manifest is there, sizes match and (given) it is of `identity`
+    and signed with `signing_key`; None if absent, debris, or not what belongs there."""
     try:
-        manifest = verify_export(path, full=False)
+        manifest = verify_export(path, full=False, identity=identity, signing_key=signing_key)
     except ManifestError:
         return None
     _, checksum = read_manifest(path)
@@ -119,6 +122,7 @@ def export_version(
     workspace: str,
     version: ProductionVersion,
     export_date: dt.date,
+    signing_key: str | None = None,
 ) -> ExportRecord:
     """Export one production version, verify it, write its manifest last and move it into place.
 
@@ -149,18 +153,20 @@ def export_version(
             export_date=export_date.isoformat(),
             exported_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         )
-        write_manifest(staging, manifest)
+        write_manifest(staging, manifest.signed(signing_key) if signing_key else manifest)
+        identity = (workspace, version.model_name, version.version)
         if destination.exists():
-            if existing_export(destination) is not None:
+            theirs = existing_export(destination, identity=identity, signing_key=signing_key)
+            if theirs is not None:
                 # Another run finished the same export first: keep theirs.
                 shutil.rmtree(staging, ignore_errors=True)
-                return existing_export(destination)  # type: ignore[return-value]
-            shutil.rmtree(destination)
+                return theirs
+            shutil.rmtree(destination)  # debris, or a folder that does not belong there
         staging.rename(destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    record = existing_export(destination)
+    record = existing_export(destination, identity=identity, signing_key=signing_key)
     if record is None:
         raise ExportError(f"{destination}: the export does not verify after it was moved into place")
     return record

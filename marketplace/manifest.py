@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass, field
@@ -47,13 +49,36 @@ class Manifest:
     export_date: str
     exported_at: str
     files: dict[str, dict] = field(default_factory=dict)
+    # HMAC-SHA256 over everything above (files, and the workspace, model and version they are
+    # of), where a signing key is configured; empty otherwise.
+    signature: str = ""
 
     @property
     def size_bytes(self) -> int:
         return sum(entry["size"] for entry in self.files.values())
 
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return (self.workspace, self.model_name, self.version)
+
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, indent=1, sort_keys=True, ensure_ascii=False).encode()
+
+    def _signed_payload(self) -> bytes:
+        unsigned = {k: v for k, v in self.__dict__.items() if k != "signature"}
+        return json.dumps(unsigned, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def signed(self, key: str) -> Manifest:
+        digest = hmac.new(key.encode(), self._signed_payload(), hashlib.sha256).hexdigest()
+        return dataclasses.replace(self, signature=digest)
+
+    def signature_problem(self, key: str) -> str | None:
+        """Why the signature does not hold under `key`, or None if it does."""
+        if not self.signature:
+            return "it is not signed, and a signing key is configured"
+        if not hmac.compare_digest(self.signed(key).signature, self.signature):
+            return "its signature does not verify (the manifest was changed, or signed with another key)"
+        return None
 
 
 def build_manifest(root: Path, **identity) -> Manifest:
@@ -86,6 +111,8 @@ def read_manifest(root: Path) -> tuple[Manifest, str]:
     try:
         manifest = Manifest(**json.loads(data))
         _check_files(manifest.files)
+        if not isinstance(manifest.signature, str):
+            raise ValueError("'signature' is not a string")
     except (ValueError, TypeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest: {exc}") from None
     return manifest, hashlib.sha256(data).hexdigest()
@@ -105,12 +132,30 @@ def _check_files(files: object) -> None:
             raise ValueError(f"entry {relative!r} has no sha256 and size")
 
 
-def verify_export(root: Path, *, expected_checksum: str | None = None, full: bool = True) -> Manifest:
+def verify_export(
+    root: Path,
+    *,
+    expected_checksum: str | None = None,
+    full: bool = True,
+    identity: tuple[str, str, int] | None = None,
+    signing_key: str | None = None,
+) -> Manifest:
     """Check every file of the export against its manifest; raise ManifestError saying what differs.
 
     `full=False` compares names and sizes only (cheap, for skipping); imports always hash.
+    `identity` (workspace, model, version) is what the export must be of: a folder copied to
+    another model's place is refused. With `signing_key`, the manifest's signature must hold.
     """
     manifest, checksum = read_manifest(root)
+    if identity is not None and manifest.identity != tuple(identity):
+        raise ManifestError(
+            f"{root}: the manifest is of {manifest.workspace}/{manifest.model_name} v{manifest.version}, "
+            f"not {identity[0]}/{identity[1]} v{identity[2]} (an export copied to another model's place)"
+        )
+    if signing_key:
+        problem = manifest.signature_problem(signing_key)
+        if problem:
+            raise ManifestError(f"{root}: {problem}")
     if expected_checksum is not None and checksum != expected_checksum:
         raise ManifestError(
             f"{root}: manifest checksum {checksum[:12]}… differs from the recorded {expected_checksum[:12]}…"

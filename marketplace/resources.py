@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from pydantic import Field
 
 from marketplace import summary
+from marketplace.exports import ExportRecord, existing_export, export_dir
 from marketplace.config import MarketplaceConfig
 from marketplace.registry import configure_http, make_client
 
@@ -84,6 +85,16 @@ class ExternalStorageResource(dg.ConfigurableResource):
 
     root: str
     storage_options: LocalConfig = Field(default_factory=LocalConfig)
+    # Signs every manifest and refuses imports of unsigned or mis-signed ones (from an env var).
+    signing_key: str | None = None
+
+    def export_path(self, workspace: str, model: str, version: int) -> Path:
+        return export_dir(self.root, workspace, model, version)
+
+    def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
+        """The export of exactly this version, if complete (sizes checked; imports hash it and
+        check its signature, and refuse it saying why)."""
+        return existing_export(self.export_path(workspace, model, version), identity=(workspace, model, version))
 
     def table_uri(self, name: str) -> str:
         return str(Path(self.root) / name)
@@ -158,5 +169,8 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
             max_workers=config.client.max_workers,
             **client,
         ),
-        "external_storage": ExternalStorageResource(root=config.storage_root),
+        "external_storage": ExternalStorageResource(
+            root=config.storage_root,
+            signing_key=dg.EnvVar(key) if (key := config.external_storage.signing_key_env) else None,
+        ),
     }

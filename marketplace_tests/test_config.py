@@ -560,3 +560,11 @@ def test_control_character_in_external_storage_is_refused(tmp_path):
     data["external_storage"]["uri"] = "external\x00/x"
     error, _ = load_error(tmp_path, data)
     assert error.key == "external_storage.uri" and "control characters" in str(error)
+
+
+@pytest.mark.parametrize("name", ["1KEY", "MY-KEY", "has space", "", "K" * 129])
+def test_signing_key_env_must_name_an_environment_variable(tmp_path, name):
+    data = minimal()
+    data["external_storage"]["signing_key_env"] = name
+    error, _ = load_error(tmp_path, data)
+    assert error.key == "external_storage.signing_key_env"
