@@ -16,7 +16,8 @@ from mlflow.exceptions import MlflowException
 from marketplace import summary
 from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, REGISTRATION
 from marketplace.config import MarketplaceConfig
-from marketplace.manifest import ManifestError, verify_export
+from marketplace.exports import EXPORTS_DIR
+from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
 from marketplace.partitions import partition_key
 from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
 from marketplace.telemetry import registry_time
@@ -27,6 +28,7 @@ EXPORTS_MATCH_MANIFESTS = "exports_match_manifests"
 PRODUCTION_VERSIONS_SYNCED = "production_versions_synced"
 ALIAS_ON_NEWEST = "alias_points_at_newest_import"
 PARTITIONS_FRESH = "todays_partitions_synced_by_deadline"
+NO_STRAY_EXPORTS = "no_stray_exports"
 
 RECONCILE_DAYS = 30
 LISTED = 20
@@ -205,4 +207,41 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
         PRODUCTION_VERSIONS_SYNCED: production_versions_synced,
         ALIAS_ON_NEWEST: alias_points_at_newest_import,
         PARTITIONS_FRESH: build_freshness_check(config),
+        NO_STRAY_EXPORTS: build_stray_exports_check(config),
     }
+
+
+def build_stray_exports_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
+    """Export folders the marketplace did not write: never imported (imports go by the export
+    summary and each manifest's identity), and reported here."""
+    configured = {w.name for w in config.workspaces}
+
+    @dg.asset_check(
+        asset=EXPORTS,
+        name=NO_STRAY_EXPORTS,
+        blocking=False,
+        description="Every export folder in external storage belongs to a configured workspace and is "
+        "in the export summary; others are ignored by imports and listed here.",
+    )
+    def no_stray_exports(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
+        recorded = {str(Path(r["export_path"])) for r in external_storage.read_rows(
+            summary.EXPORT_SUMMARY, columns=["export_path"])}
+        base = Path(external_storage.root) / EXPORTS_DIR
+        folders = [m.parent for m in base.glob(f"*/*/*/{MANIFEST_NAME}")
+                   if not any(part.startswith(".") for part in m.relative_to(base).parts)]
+        stray = []
+        for folder in sorted(folders):
+            workspace = folder.relative_to(base).parts[0]
+            if workspace not in configured:
+                stray.append(f"{folder.relative_to(base)} (workspace {workspace!r} is not configured)")
+            elif str(folder) not in recorded:
+                stray.append(f"{folder.relative_to(base)} (not in the export summary: no partition exported it)")
+        return dg.AssetCheckResult(
+            passed=not stray,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(f"ignored export folders: {_listing(stray)}" if stray
+                         else f"{len(folders)} export folder(s), all recorded"),
+            metadata={"export_folders": len(folders), "stray_folders": len(stray)},
+        )
+
+    return no_stray_exports

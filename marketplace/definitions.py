@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from marketplace.assets import GROUP, build_sync_assets
-from marketplace.checks import EXPORTS_MATCH_MANIFESTS, PARTITIONS_FRESH, build_checks
+from marketplace.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, build_checks
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace.jobs import build_checks_job, build_maintenance_job, build_marketplace_sync_job
 from marketplace.partitions import build_marketplace_partitions_def
@@ -17,8 +17,10 @@ from marketplace.sensors import build_production_version_sensor
 def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     partitions_def = build_marketplace_partitions_def(config)
     checks = build_checks(config)
-    # Hashing every export and the per-workspace freshness audit run on their own schedules.
-    sync_job = build_marketplace_sync_job([checks[EXPORTS_MATCH_MANIFESTS], checks[PARTITIONS_FRESH]])
+    # Hashing or listing every export, and the per-workspace freshness audit, run on their own schedules.
+    sync_job = build_marketplace_sync_job(
+        [checks[EXPORTS_MATCH_MANIFESTS], checks[NO_STRAY_EXPORTS], checks[PARTITIONS_FRESH]]
+    )
     audit_job = build_checks_job(
         "marketplace_checks_job",
         [c for name, c in checks.items() if name != PARTITIONS_FRESH],

@@ -59,7 +59,7 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     found = run_checks(deployment)
     assert set(found) == {
         checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE, checks.EXPORTS_MATCH_MANIFESTS,
-        checks.PRODUCTION_VERSIONS_SYNCED, checks.ALIAS_ON_NEWEST,
+        checks.PRODUCTION_VERSIONS_SYNCED, checks.ALIAS_ON_NEWEST, checks.NO_STRAY_EXPORTS,
     }
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
     for name in (checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE):
@@ -266,3 +266,24 @@ def test_load_check_reloads_only_new_or_changed_copies(synced, servers):
     assert (meta(reloaded)["models_loaded"], meta(reloaded)["models_unchanged_since_verified"]) == (1, 0)
     assert "predicts the same as its export" in meta(reloaded)["details"][f"{name} v1"]
     assert market.get_model_version(name, "1").tags[loading.TAG_VERIFIED] != verified
+
+
+def test_export_folders_the_marketplace_did_not_write_are_ignored_and_reported(synced, servers):
+    deployment, ws, model = synced
+    ours = export_dir(deployment.config.storage_root, ws, model, 1)
+    ghost = export_dir(deployment.config.storage_root, "ghost", model, 1)  # not a configured workspace
+    unrecorded = export_dir(deployment.config.storage_root, ws, model, 7)  # a version no partition exported
+    for folder in (ghost, unrecorded):
+        shutil.copytree(ours, folder)
+
+    result = deployment.sync(ws)
+    assert result.success, step_failure_message(result)
+    market = MlflowClient(servers["marketplace"].uri)
+    assert [v.version for v in market.search_model_versions(f"name='{ws}.{model}'")] == ["1"]
+    assert market.search_registered_models(filter_string=f"name='ghost.{model}'") == []
+
+    stray = run_checks(deployment)[checks.NO_STRAY_EXPORTS]
+    assert not stray.passed and stray.severity == dg.AssetCheckSeverity.WARN
+    assert meta(stray) == {"export_folders": 3, "stray_folders": 2}
+    assert "workspace 'ghost' is not configured" in stray.description
+    assert f"{ws}/{model}/7 (not in the export summary" in stray.description

@@ -46,6 +46,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         checks.PRODUCTION_VERSIONS_SYNCED,
         checks.ALIAS_ON_NEWEST,
         checks.PARTITIONS_FRESH,
+        checks.NO_STRAY_EXPORTS,
     }
     assert {j.name for j in definitions.resolve_all_job_defs()} >= {
         "marketplace_sync_job", "marketplace_checks_job", "marketplace_freshness_job", "marketplace_maintenance_job",
