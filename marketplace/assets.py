@@ -7,6 +7,7 @@ and a crash between two steps loses nothing.
 
 
 import contextlib
+import dataclasses
 import datetime as dt
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from marketplace.registry import (
     ProductionVersion,
     mark_exported,
     model_version_url,
+    redact_text,
     redact_uri,
     select_production_versions,
 )
@@ -114,6 +116,7 @@ class _Report:
         self.counts[name] = self.counts.get(name, 0) + int(amount)
 
     def fail(self, where: str, error: str) -> None:
+        error = redact_text(error)
         self.context.log.error(f"{where}: {error}")
         self.failures[where] = error
 
@@ -157,8 +160,8 @@ def _registry_errors(who: str, uri: str) -> Iterator[None]:
         yield
     except REGISTRY_ERRORS as exc:
         raise dg.Failure(
-            description=f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+            description=f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
+        ) from None
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> dg.MetadataValue:
@@ -627,6 +630,7 @@ def _load_each(client, tracking_uri: str, checked: list[Checked], results: dict[
             continue
         reference, hashes = _reference(item.export_path)
         result = load_and_predict(tracking_uri, item.uri, reference, hashes)
+        result = dataclasses.replace(result, detail=redact_text(result.detail))
         results[f"{item.name} v{item.version.version}"] = result
         if result.loaded and result.matches_export is not False:
             fingerprint = _fingerprint_or_none(tracking_uri, item.uri)

@@ -23,7 +23,7 @@ from marketplace.manifest import (
     verify_export,
     write_manifest,
 )
-from marketplace.registry import ProductionVersion, process_tracking_uri
+from marketplace.registry import ProductionVersion, process_tracking_uri, redact_text
 
 EXPORTS_DIR = "exports"
 STAGING_PREFIX = ".staging-"
@@ -114,6 +114,16 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
                 raise ExportError(f"the logged model file {relative} is missing or truncated in the export")
 
 
+def _scrub_credentials(staging: Path) -> None:
+    """mlflow-export-import records the tracking URI, credentials included, in its JSON files."""
+    for path in [staging / "model.json", *staging.glob("*/run.json"), *staging.glob("*/logged_model.json")]:
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            scrubbed = redact_text(text)
+            if scrubbed != text:
+                path.write_text(scrubbed, encoding="utf-8")
+
+
 def export_version(
     client: MlflowClient,
     tracking_uri: str,
@@ -143,6 +153,7 @@ def export_version(
             if not ok:
                 raise ExportError("mlflow-export-import reported a failure (see the run's logs)")
             _verify_contents(staging, client, version)
+        _scrub_credentials(staging)
         manifest = build_manifest(
             staging,
             workspace=workspace,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from marketplace.registry import PAGE_SIZE, is_curated, redact_uri
+from marketplace.registry import PAGE_SIZE, is_curated, redact_text, redact_uri
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _poll_one(target: WorkspaceTarget) -> PollResult:
             if not token:
                 break
     except Exception as exc:  # noqa: BLE001 - any failure marks this workspace unreachable, not the tick
-        result.error = f"{redact_uri(target.tracking_uri)}: {type(exc).__name__}: {str(exc)[:300]}"
+        result.error = f"{redact_uri(target.tracking_uri)}: {type(exc).__name__}: {redact_text(str(exc))[:300]}"
     result.seconds = time.monotonic() - started
     return result
 

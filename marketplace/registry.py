@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import fnmatch
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -48,6 +49,17 @@ def redact_uri(uri: str) -> str:
         netloc = f"{host}:{parsed.port}" if parsed.port else host
         return urlunparse(parsed._replace(netloc=netloc))
     return uri
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+
+
+def redact_text(text: str) -> str:
+    """`text` (an error message, say) with the user info of every URL in it removed.
+
+    MLflow's exceptions quote the request URL, credentials and all.
+    """
+    return _URL_USERINFO.sub(r"\g<scheme>", text)
 
 
 @contextlib.contextmanager
