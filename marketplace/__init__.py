@@ -7,5 +7,3 @@ from pathlib import Path
 os.environ.setdefault(
     "MLFLOW_EXPORT_IMPORT_LOG_CONFIG_FILE", str(Path(__file__).with_name("export_import_logging.yaml"))
 )
-# Progress bars of artifact downloads only fill the run's captured logs.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -1,0 +1,43 @@
+"""Faults caused for real: server errors from a workspace's registry, retried or failed clearly."""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+
+from marketplace import assets
+
+from .conftest import materializations, register_version, step_failure_message
+from .faults import FlakyProxy
+
+
+def test_transient_server_errors_are_retried_and_the_sync_completes(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    with FlakyProxy(servers["ws_a"].uri, fail_first=2, status=503) as proxy:
+        deployment = deploy(
+            [{"name": "flaky", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
+              "include": [f"{uid}_*"]}],
+            client={"timeout_seconds": 5, "max_retries": 3},
+        )
+        result = deployment.sync("flaky")
+    assert result.success, step_failure_message(result)
+    assert proxy.failed == 2 and proxy.forwarded > 0  # the faults were served, then retried past
+    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert MlflowClient(servers["marketplace"].uri).get_model_version(f"flaky.{uid}_m", "1")
+
+
+def test_persistent_server_errors_fail_the_partition_clearly_within_bounds(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    with FlakyProxy(servers["ws_a"].uri, fail_first=None, status=500) as proxy:
+        deployment = deploy(
+            [{"name": "broken", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
+              "include": [f"{uid}_*"]}],
+            client={"timeout_seconds": 5, "max_retries": 1},
+        )
+        result = deployment.sync("broken")
+    assert not result.success
+    message = step_failure_message(result)
+    assert "broken" in message and proxy.uri in message and "500" in message
+    # client.max_retries=1: the first request and one retry, not the library's default seven.
+    assert proxy.failed == 2
+    assert MlflowClient(servers["marketplace"].uri).search_registered_models(
+        filter_string=f"name='broken.{uid}_m'") == []
