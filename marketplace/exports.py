@@ -139,6 +139,12 @@ def export_version(
     mlflow-export-import writes straight into its output folder, so it writes into a staging
     folder beside the destination; the rename into place is the commit point.
     """
+    if "'" in version.model_name:
+        # Its searches are f"name='{model_name}'": such a name fails inside it, after partial work.
+        raise ExportError(
+            "mlflow-export-import cannot export a model whose name contains a single quote "
+            "(it quotes names with ' in its registry searches); rename the model to sync it"
+        )
     destination = export_dir(storage_root, workspace, version.model_name, version.version)
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 from collections.abc import Iterable
@@ -50,8 +51,21 @@ class SourceKey:
         return f"{self.workspace}/{self.model_name} v{self.version}"
 
 
+# MLflow limits experiment names to 500 characters (model names have no limit in MLflow, but
+# registries and databases do); longer names keep their start and end in a stable hash.
+MAX_NAME_LENGTH = 500
+
+
+def shorten(name: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """`name`, or its first characters and a hash of the whole when longer than `limit`: stable,
+    and two long names that differ anywhere never collide."""
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
 def render_name(template: str, workspace: str, model: str) -> str:
-    return template.format(workspace=workspace, model=model)
+    return shorten(template.format(workspace=workspace, model=model))
 
 
 def _source_key(tags: dict[str, str]) -> SourceKey | None:

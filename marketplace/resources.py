@@ -17,6 +17,7 @@ from pydantic import Field
 
 from marketplace import summary
 from marketplace.exports import ExportRecord, existing_export, export_dir
+from marketplace.imports import render_name, shorten
 from marketplace.config import MarketplaceConfig
 from marketplace.registry import configure_http, make_client
 
@@ -74,10 +75,10 @@ class MarketplaceRegistryResource(dg.ConfigurableResource):
         return (self.registry_uri or "").startswith("databricks-uc")
 
     def model_name(self, workspace: str, model: str) -> str:
-        return self.name_template.format(workspace=workspace, model=model)
+        return render_name(self.name_template, workspace, model)
 
     def experiment_name(self, marketplace_name: str) -> str:
-        return f"{self.experiment_prefix.rstrip('/')}/{marketplace_name}"
+        return shorten(f"{self.experiment_prefix.rstrip('/')}/{marketplace_name}")
 
 
 class ExternalStorageResource(dg.ConfigurableResource):

@@ -26,7 +26,7 @@ from marketplace.definitions import build_definitions
 from marketplace.assets import build_sync_assets
 from marketplace.partitions import build_marketplace_partitions_def, partition_key
 from marketplace.resources import build_resources
-from marketplace.registry import process_tracking_uri
+from marketplace.registry import filter_literal, process_tracking_uri
 
 TODAY = dt.datetime.now(dt.timezone.utc).date()
 
@@ -85,9 +85,11 @@ def register_version(
     """Log a small scikit-learn model, register it as a new version, promote it; returns the version."""
     client = MlflowClient(tracking_uri)
     with process_tracking_uri(tracking_uri):
-        mlflow.set_experiment(f"/tests/{model_name}")
-        count = len(client.search_model_versions(f"name='{model_name}'")) if client.search_registered_models(
-            filter_string=f"name='{model_name}'") else 0
+        # Experiment names are limited to 500 characters; model names are not.
+        mlflow.set_experiment(f"/tests/{model_name}" if len(model_name) < 400 else f"/tests/{uuid.uuid4().hex}")
+        literal = filter_literal(model_name)
+        count = len(client.search_model_versions(f"name={literal}")) if client.search_registered_models(
+            filter_string=f"name={literal}") else 0
         model, example = _fit(kind, count + 1)
         with mlflow.start_run():
             info = mlflow.sklearn.log_model(model, name="model", input_example=example, registered_model_name=model_name)

@@ -1,0 +1,58 @@
+"""Model names as real registries allow them, synced end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from marketplace import assets
+from marketplace.exports import export_dir
+from marketplace.imports import MAX_NAME_LENGTH, TAG_SOURCE_MODEL
+from marketplace.manifest import MANIFEST_NAME
+
+from .conftest import materializations, register_version, step_failure_message
+
+ODD = ["with space", "ünïcode-模型", "back\\slash", " leading space", 'double"quote', "per%cent", "L" * 1000]
+
+
+@pytest.mark.parametrize("odd", ODD, ids=["space", "unicode", "backslash", "leading", "dquote", "percent", "long"])
+def test_odd_model_name_is_exported_imported_and_traceable(servers, deploy, uid, odd):
+    name = f"{uid}_{odd}"
+    register_version(servers["ws_a"].uri, name, stage="Production")
+    deployment = deploy(
+        [{"name": "odd", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]}]
+    )
+    result = deployment.sync("odd")
+    assert result.success, step_failure_message(result)
+    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    market = MlflowClient(servers["marketplace"].uri)
+    (model,) = [m for m in market.search_registered_models(max_results=1000)
+                if (m.tags or {}).get(TAG_SOURCE_MODEL) == name]
+    assert model.aliases.get("production") == "1"
+    storage = deployment.config.storage_root
+    assert all(len(part.encode()) <= 255 for p in Path(storage).rglob("*") for part in p.parts)
+    assert all(p.resolve().is_relative_to(Path(storage).resolve()) for p in Path(storage).rglob("*"))
+    assert len(model.name) <= MAX_NAME_LENGTH
+    if len(f"odd.{name}") > MAX_NAME_LENGTH:  # shortened with a stable hash, still traceable by its tags
+        assert model.name.startswith(f"odd.{name}"[:100]) and model.name != f"odd.{name}"[:MAX_NAME_LENGTH]
+    again = deployment.sync("odd")
+    assert again.success and materializations(again, assets.IMPORTS)["already_imported"] == 1
+
+
+def test_name_the_export_library_cannot_handle_fails_clearly_after_the_rest_is_exported(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_it's", stage="Production")
+    register_version(servers["ws_a"].uri, f"{uid}_fine", stage="Production")
+    deployment = deploy(
+        [{"name": "quotes", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]}]
+    )
+    result = deployment.sync("quotes", selection=assets.CHAIN[:4])
+    assert not result.success
+    message = step_failure_message(result)
+    assert f"{uid}_it's v1" in message and "contains a single quote" in message
+    # The partition's other models were exported (the step fails at its end, listing failures).
+    assert (export_dir(deployment.config.storage_root, "quotes", f"{uid}_fine", 1) / MANIFEST_NAME).exists()
+    assert not export_dir(deployment.config.storage_root, "quotes", f"{uid}_it's", 1).exists()
