@@ -36,7 +36,7 @@ from marketplace.imports import (
     marketplace_versions_of,
 )
 from marketplace.loading import TAG_VERIFIED, LoadResult, artifact_fingerprint, load_and_predict
-from marketplace.manifest import MANIFEST_NAME, ManifestError, read_manifest, verify_export
+from marketplace.manifest import ManifestError, read_manifest, verify_export
 from marketplace.partitions import split_partition_key
 from marketplace.registry import (
     ProductionVersion,
@@ -127,14 +127,13 @@ class _Report:
                     body(day, workspace)
                 except dg.Failure as exc:
                     self.fail(f"{day.isoformat()}|{workspace}", exc.description or str(exc))
-        self.registry.requests += spent.requests
-        self.registry.seconds += spent.seconds
+        self.registry.add(spent)
 
     def result(self, **extra) -> dg.MaterializeResult:
         metadata = {
             **({"workspace": self.partitions[0][1]} if len(self.partitions) == 1 else {"partitions": len(self.partitions)}),
             **self.counts,
-            **_registry_metadata(self.registry),
+            **self.registry.metadata(),
             **extra,
         }
         if self.columns:
@@ -148,17 +147,13 @@ class _Report:
         return dg.MaterializeResult(metadata=metadata)
 
 
-def _registry_metadata(spent: RegistryTime) -> dict:
-    """The step's HTTP requests to the registries and the time spent waiting on them."""
-    return {"registry_requests": spent.requests, "registry_seconds": round(spent.seconds, 3)}
-
-
 @contextlib.contextmanager
 def _registry_errors(who: str, uri: str) -> Iterator[None]:
     """An unreachable or failing registry fails the partition, naming it and its URI."""
     try:
         yield
     except REGISTRY_ERRORS as exc:
+        # Not chained: the cause's text quotes the request URL, credentials included.
         raise dg.Failure(
             description=f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
         ) from None
@@ -276,12 +271,11 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     )
 
         def export_one(day, name, workspace, client, version, label) -> None:
-            record = external_storage.existing_export(name, version.model_name, version.version)
+            record, problem = external_storage.inspect_export(name, version.model_name, version.version)
             if record is None:
-                path = external_storage.export_path(name, version.model_name, version.version)
-                if (path / MANIFEST_NAME).exists():
+                if problem:
                     report.count("exports_replaced")
-                    context.log.warning(f"{name}: {label}: replacing {path}: {_export_problem(external_storage, name, version)}")
+                    context.log.warning(f"{name}: {label}: replacing the export folder: {problem}")
                 context.log.info(f"{name}: exporting {label}")
                 record = export_version(
                     client,
@@ -561,18 +555,6 @@ def _import_once(
         return created
 
 
-def _export_problem(external_storage: ExternalStorageResource, workspace: str, version: ProductionVersion) -> str:
-    try:
-        verify_export(
-            external_storage.export_path(workspace, version.model_name, version.version),
-            full=False,
-            identity=(workspace, version.model_name, version.version),
-        )
-    except ManifestError as exc:
-        return str(exc)
-    return "it did not verify"
-
-
 def _known_versions(
     client, marketplace: MarketplaceRegistryResource, workspace: str, versions: list[ProductionVersion]
 ) -> dict[str, dict[SourceKey, ModelVersion]]:
@@ -615,7 +597,7 @@ def _load_check(client, tracking_uri: str, checked: list[Checked]) -> dg.AssetCh
             "models_failed": len(failed),
             "models_without_input_example": len(unpredicted),
             "details": dg.MetadataValue.json({k: r.detail for k, r in results.items()}),
-            **_registry_metadata(spent),
+            **spent.metadata(),
         },
     )
 

@@ -155,8 +155,7 @@ def alias_points_at_newest_import(
         metadata={
             "models_checked": len(newest),
             "models_wrong": len(wrong),
-            "registry_requests": spent.requests,
-            "registry_seconds": round(spent.seconds, 3),
+            **spent.metadata(),
         },
     )
 

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow_export_import.model.export_model import export_model
 
 from marketplace.manifest import (
+    MANIFEST_NAME,
     Manifest,
     ManifestError,
     build_manifest,
@@ -58,17 +59,26 @@ class ExportRecord:
     checksum: str
 
 
+def inspect_export(
+    path: Path, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
+) -> tuple[ExportRecord | None, str | None]:
+    """The export at `path` if its manifest is there, sizes match and (given) it is of `identity`
+    and signed with `signing_key`; else None and why a manifest there does not count (no reason
+    when there is no manifest: nothing, or debris of an interrupted export)."""
+    if not (path / MANIFEST_NAME).exists():
+        return None, None
+    try:
+        manifest = verify_export(path, full=False, identity=identity, signing_key=signing_key)
+    except ManifestError as exc:
+        return None, str(exc)
+    _, checksum = read_manifest(path)
+    return ExportRecord(path=path, manifest=manifest, checksum=checksum), None
+
+
 def existing_export(
     path: Path, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
 ) -> ExportRecord | None:
-    """The export at `path` if its manifest is there, sizes match and (given) it is of `identity`
-    and signed with `signing_key`; None if absent, debris, or not what belongs there."""
-    try:
-        manifest = verify_export(path, full=False, identity=identity, signing_key=signing_key)
-    except ManifestError:
-        return None
-    _, checksum = read_manifest(path)
-    return ExportRecord(path=path, manifest=manifest, checksum=checksum)
+    return inspect_export(path, identity=identity, signing_key=signing_key)[0]
 
 
 def _listing(client: MlflowClient, artifact_uri: str) -> dict[str, int]:

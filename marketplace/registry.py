@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import quote
 
 import mlflow
 from mlflow import MlflowClient
@@ -43,12 +43,7 @@ def make_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowCli
 
 def redact_uri(uri: str) -> str:
     """A URI safe to show: user info (which can hold a token) removed."""
-    parsed = urlparse(uri)
-    if parsed.username or parsed.password:
-        host = parsed.hostname or ""
-        netloc = f"{host}:{parsed.port}" if parsed.port else host
-        return urlunparse(parsed._replace(netloc=netloc))
-    return uri
+    return redact_text(uri)
 
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")

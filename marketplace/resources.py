@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from pydantic import Field
 
 from marketplace import summary
-from marketplace.exports import ExportRecord, existing_export, export_dir
-from marketplace.imports import render_name, shorten
 from marketplace.config import MarketplaceConfig
+from marketplace.exports import ExportRecord, export_dir, inspect_export
+from marketplace.imports import render_name, shorten
 from marketplace.registry import configure_http, make_client
 
 
@@ -92,10 +92,13 @@ class ExternalStorageResource(dg.ConfigurableResource):
     def export_path(self, workspace: str, model: str, version: int) -> Path:
         return export_dir(self.root, workspace, model, version)
 
-    def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
+    def inspect_export(self, workspace: str, model: str, version: int) -> tuple[ExportRecord | None, str | None]:
         """The export of exactly this version, if complete (sizes checked; imports hash it and
-        check its signature, and refuse it saying why)."""
-        return existing_export(self.export_path(workspace, model, version), identity=(workspace, model, version))
+        check its signature, and refuse it saying why), else None and why a manifest there does not count."""
+        return inspect_export(self.export_path(workspace, model, version), identity=(workspace, model, version))
+
+    def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
+        return self.inspect_export(workspace, model, version)[0]
 
     def table_uri(self, name: str) -> str:
         return str(Path(self.root) / name)

@@ -24,6 +24,14 @@ class RegistryTime:
     requests: int = 0
     seconds: float = 0.0
 
+    def add(self, other: RegistryTime) -> None:
+        self.requests += other.requests
+        self.seconds += other.seconds
+
+    def metadata(self) -> dict:
+        """As step or check metadata."""
+        return {"registry_requests": self.requests, "registry_seconds": round(self.seconds, 3)}
+
 
 def _timed_send(self, request, **kwargs):
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from marketplace import assets
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME, read_manifest
 
-from .conftest import register_version, step_failure_message
+from .conftest import materializations, register_version, step_failure_message
 
 KEY_ENV = "MARKETPLACE_TEST_SIGNING_KEY"
 
@@ -86,3 +86,24 @@ def test_missing_signing_key_variable_fails_naming_it(signed, monkeypatch):
     with pytest.raises(dg.DagsterInvalidConfigError, match=KEY_ENV) as error:
         signed.sync("signed")
     assert "s3cret" not in str(error.value)
+
+
+def test_export_copied_into_another_versions_place_is_replaced_not_counted(servers, deploy, uid):
+    for model in ("a", "b"):
+        register_version(servers["ws_a"].uri, f"{uid}_{model}", stage="Production")
+    deployment = deploy(
+        [{"name": "signed", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]}]
+    )
+    result = deployment.sync("signed", selection=assets.CHAIN[:2])
+    assert result.success, step_failure_message(result)
+    planted = _export(deployment, uid, "b")
+    shutil.rmtree(planted)
+    shutil.copytree(_export(deployment, uid, "a"), planted)  # a's export, manifest and all, in b's place
+
+    result = deployment.sync("signed", selection=assets.CHAIN[:2])
+    assert result.success, step_failure_message(result)
+    exported = materializations(result, assets.EXPORTS)
+    assert (exported["exports_replaced"], exported["exported"], exported["already_exported"]) == (1, 1, 1)
+    manifest, _ = read_manifest(planted)
+    assert manifest.identity == ("signed", f"{uid}_b", 1)
