@@ -21,7 +21,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from marketplace import summary
-from marketplace.exports import ExportError, ExportRecord, export_version
+from marketplace.exports import ExportError, ExportRecord, SourceProblem, export_version
 from marketplace.imports import (
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
@@ -29,11 +29,13 @@ from marketplace.imports import (
     TAG_SOURCE_RUN_ID,
     TAG_SOURCE_WORKSPACE,
     NameCollision,
+    ImportError_,
     SourceKey,
     check_name_owner,
     import_export,
     marketplace_versions,
     marketplace_versions_of,
+    settle_duplicates,
 )
 from marketplace.loading import TAG_VERIFIED, LoadResult, artifact_fingerprint, load_and_predict
 from marketplace.manifest import ManifestError, read_manifest, verify_export
@@ -252,8 +254,10 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     ) -> dg.MaterializeResult:
         """Export folders in external storage: each production version, once, with its manifest."""
         report = _Report(context, "exports", ["model", "version", "files", "bytes", "path"])
-        for counter in ("exported", "already_exported", "exports_replaced", "failed", "markers_written", "bytes_exported"):
+        for counter in ("exported", "already_exported", "exports_replaced", "skipped", "failed", "markers_written",
+                        "bytes_exported"):
             report.count(counter, 0)
+        skipped: dict[str, str] = {}
 
         def export(day: dt.date, name: str) -> None:
             workspace = workspaces.get(name)
@@ -263,6 +267,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 try:
                     with external_storage.lock("export", name, version.model_name, str(version.version)):
                         export_one(day, name, workspace, client, version, label)
+                except SourceProblem as exc:
+                    # The version itself is at fault: skip it, say why, and sync the others.
+                    report.count("skipped")
+                    skipped[f"{name}/{label}"] = redact_text(str(exc))
+                    context.log.warning(f"{name}: skipped {label}: {redact_text(str(exc))}")
+                    external_storage.record_skip(name, version.model_name, version.version, redact_text(str(exc)), day)
                 except (ExportError, *REGISTRY_ERRORS) as exc:
                     report.count("failed")
                     report.fail(
@@ -294,13 +304,14 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 )
             else:
                 report.count("already_exported")
+            external_storage.clear_skip(name, version.model_name, version.version)
             # Marked only once the export verifies; a re-run writes a marker a crash left out.
             if workspaces.source_marker:
                 ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
                 report.count("markers_written", mark_exported(client, version.model_name, version.version, ran_on))
 
         report.run(export)
-        return report.result()
+        return report.result(skipped_versions=dg.MetadataValue.json(skipped))
 
     @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **daily)
     def export_summary(
@@ -344,8 +355,9 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     ):
         """Marketplace model versions: each verified export imported once, tagged with its source."""
         report = _Report(context, "imports", ["source", "marketplace model", "version"])
-        for counter in ("imported", "already_imported", "failed"):
+        for counter in ("imported", "already_imported", "skipped", "failed"):
             report.count(counter, 0)
+        skipped: dict[str, str] = {}
         client = marketplace.client()
         newest: list[Checked] = []
         recorded = {
@@ -360,8 +372,13 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 label = f"{name}/{version.model_name} v{version.version}"
                 row = recorded.get((name, version.model_name, version.version))
                 if row is None:
-                    report.count("failed")
-                    report.fail(label, "not in the export summary (export it first)")
+                    reason = external_storage.skip_reason(name, version.model_name, version.version)
+                    if reason is not None:
+                        report.count("skipped")
+                        skipped[label] = f"not exported: {reason}"
+                    else:
+                        report.count("failed")
+                        report.fail(label, "not in the export summary (export it first)")
                     continue
                 mp_name = marketplace.model_name(name, version.model_name)
                 source = SourceKey(name, version.model_name, version.version)
@@ -404,7 +421,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     report.fail(label, f"not imported: {detail}")
 
         report.run(import_partition)
-        yield report.result()
+        yield report.result(skipped_versions=dg.MetadataValue.json(skipped))
         yield _load_check(client, marketplace.tracking_uri, newest)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
@@ -535,7 +552,7 @@ def _import_once(
 ):
     model_tags, model_description = _provenance(marketplace, source, source_uri)
     try:
-        return import_export(
+        import_export(
             client,
             marketplace.tracking_uri,
             export_path=Path(row["export_path"]),
@@ -548,11 +565,16 @@ def _import_once(
             model_description=model_description,
         )
     except Exception:
-        # The version may exist although the call failed (a retried POST): look again.
-        created = marketplace_versions(client, mp_name).get(source)
+        # The version may exist although the call failed (its answer was lost): look again.
+        created = settle_duplicates(client, mp_name, source)
         if created is None:
             raise
         return created
+    # A retried create may have made two copies of the version: keep the first.
+    created = settle_duplicates(client, mp_name, source)
+    if created is None:
+        raise ImportError_(f"{source.describe()}: imported, but no version of {mp_name!r} carries its source tags")
+    return created
 
 
 def _known_versions(

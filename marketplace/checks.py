@@ -104,7 +104,9 @@ def production_versions_synced(external_storage: ExternalStorageResource) -> dg.
         newest_export[(workspace, model)] = max(version, newest_export.get((workspace, model), 0))
     # A version replaced by a newer exported one before it was exported itself is superseded, not lost.
     not_exported = sorted(
-        f"{w}/{m} v{v}" for w, m, v in seen - exported if newest_export.get((w, m), 0) < v
+        f"{w}/{m} v{v}" + (f" (skipped: {reason})" if (reason := external_storage.skip_reason(w, m, v)) else "")
+        for w, m, v in seen - exported
+        if newest_export.get((w, m), 0) < v
     )
     not_imported = sorted(
         f"{w}/{m} v{v}" for w, m, v in exported - imported if newest_import.get((w, m), 0) < v

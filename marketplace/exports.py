@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow_export_import.model.export_model import export_model
 
 from marketplace.manifest import (
@@ -35,6 +36,14 @@ class ExportError(RuntimeError):
     """An export that failed or produced something we cannot trust."""
 
 
+class SourceProblem(ExportError):
+    """The source version itself cannot be exported (no run, run deleted, files missing): it is
+    skipped, with this reason recorded, until it changes; the rest of its partition syncs."""
+
+
+SKIP_SUFFIX = ".skipped.json"
+
+
 def path_component(name: str) -> str:
     """A model name as one safe, reversible-enough folder name (stable hash when too long)."""
     component = quote(name, safe="-_")
@@ -48,6 +57,25 @@ def path_component(name: str) -> str:
 
 def export_dir(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
     return Path(storage_root) / EXPORTS_DIR / workspace / path_component(model_name) / str(version)
+
+
+def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
+    """Beside the version's export folder: why the version was skipped, while it is."""
+    return export_dir(storage_root, workspace, model_name, version).with_name(f"{version}{SKIP_SUFFIX}")
+
+
+def record_skip(path: Path, reason: str, day: dt.date) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps({"reason": reason, "date": day.isoformat()}, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def skip_reason(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text())["reason"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,29 @@ def _listing(client: MlflowClient, artifact_uri: str) -> dict[str, int]:
     return sizes
 
 
+def _check_source(client: MlflowClient, version: ProductionVersion) -> None:
+    """Refuse, before any work, a version mlflow-export-import cannot export faithfully."""
+    if "'" in version.model_name:
+        # Its searches are f"name='{model_name}'": such a name fails inside it, after partial work.
+        raise SourceProblem(
+            "mlflow-export-import cannot export a model whose name contains a single quote "
+            "(it quotes names with ' in its registry searches); rename the model to sync it"
+        )
+    if not version.run_id:
+        raise SourceProblem(
+            "the version has no run (mlflow-export-import exports a version with its run); "
+            "register it from a run to sync it"
+        )
+    try:
+        run = client.get_run(version.run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise SourceProblem(f"its run {version.run_id} no longer exists in the workspace") from None
+        raise
+    if run.info.lifecycle_stage == "deleted":
+        raise SourceProblem(f"its run {version.run_id} was deleted in the workspace; restore the run to sync it")
+
+
 def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVersion) -> None:
     """mlflow-export-import can report success with files missing: check what it wrote."""
     model_json = staging / "model.json"
@@ -117,7 +168,7 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
         logged = client.get_logged_model(model_id)
         expected = _listing(client, logged.artifact_location)
         if not expected:
-            raise ExportError(f"the logged model {model_id} has no artifacts in the source workspace")
+            raise SourceProblem(f"the files of its logged model {model_id} are missing in the source workspace")
         for relative, size in expected.items():
             local = model_dir / "artifacts" / relative
             if not local.is_file() or local.stat().st_size != size:
@@ -149,14 +200,12 @@ def export_version(
     mlflow-export-import writes straight into its output folder, so it writes into a staging
     folder beside the destination; the rename into place is the commit point.
     """
-    if "'" in version.model_name:
-        # Its searches are f"name='{model_name}'": such a name fails inside it, after partial work.
-        raise ExportError(
-            "mlflow-export-import cannot export a model whose name contains a single quote "
-            "(it quotes names with ' in its registry searches); rename the model to sync it"
-        )
+    _check_source(client, version)
     destination = export_dir(storage_root, workspace, version.model_name, version.version)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    # Callers hold this version's export lock: another staging folder of it is a dead run's debris.
+    for debris in destination.parent.glob(f"{STAGING_PREFIX}{version.version}-*"):
+        shutil.rmtree(debris, ignore_errors=True)
     staging = destination.parent / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
     try:
         with process_tracking_uri(tracking_uri):

@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -107,6 +107,14 @@ def marketplace_versions_of(
 
 
 def _search(client: MlflowClient, filter_string: str, found: dict[str, dict[SourceKey, ModelVersion]]) -> None:
+    for key, version in _tagged_versions(client, filter_string):
+        versions = found.setdefault(version.name, {})
+        if key not in versions or int(version.version) < int(versions[key].version):
+            versions[key] = version  # the first; settle_duplicates removes any later copy
+
+
+def _tagged_versions(client: MlflowClient, filter_string: str) -> Iterator[tuple[SourceKey, ModelVersion]]:
+    """Every version matching `filter_string` that carries our source tags, with its source."""
     token = None
     while True:
         page = client.search_model_versions(filter_string=filter_string, max_results=1000, page_token=token)
@@ -114,14 +122,27 @@ def _search(client: MlflowClient, filter_string: str, found: dict[str, dict[Sour
             # Some registries (Databricks) leave tags out of search results: read those versions.
             version = result if _source_key(result.tags or {}) else client.get_model_version(result.name, result.version)
             key = _source_key(version.tags or {})
-            if key is None:
-                continue
-            versions = found.setdefault(version.name, {})
-            if key not in versions or int(version.version) < int(versions[key].version):
-                versions[key] = version  # keep the first if a retry ever made two
+            if key is not None:
+                yield key, version
         token = page.token
         if not token:
             return
+
+
+def settle_duplicates(client: MlflowClient, name: str, source: SourceKey) -> ModelVersion | None:
+    """The one marketplace version of `source` in `name`, or None.
+
+    The registry client retries a POST whose answer was lost (allowed_methods=None), and
+    create_model_version is not idempotent: a retry can create a second copy. The first copy
+    is kept; later ones, which nothing points at yet, are deleted.
+    """
+    copies = sorted(
+        (v for key, v in _tagged_versions(client, f"name={filter_literal(name)}") if key == source),
+        key=lambda v: int(v.version),
+    )
+    for extra in copies[1:]:
+        client.delete_model_version(name, extra.version)
+    return copies[0] if copies else None
 
 
 def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str) -> None:

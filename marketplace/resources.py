@@ -17,7 +17,14 @@ from pydantic import Field
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
-from marketplace.exports import ExportRecord, export_dir, inspect_export
+from marketplace.exports import (
+    ExportRecord,
+    export_dir,
+    inspect_export,
+    record_skip,
+    skip_reason,
+    skip_record_path,
+)
 from marketplace.imports import render_name, shorten
 from marketplace.registry import configure_http, make_client
 
@@ -99,6 +106,16 @@ class ExternalStorageResource(dg.ConfigurableResource):
 
     def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
         return self.inspect_export(workspace, model, version)[0]
+
+    def skip_reason(self, workspace: str, model: str, version: int) -> str | None:
+        """Why the version's last export was skipped, while no export of it exists."""
+        return skip_reason(skip_record_path(self.root, workspace, model, version))
+
+    def record_skip(self, workspace: str, model: str, version: int, reason: str, day: dt.date) -> None:
+        record_skip(skip_record_path(self.root, workspace, model, version), reason, day)
+
+    def clear_skip(self, workspace: str, model: str, version: int) -> None:
+        skip_record_path(self.root, workspace, model, version).unlink(missing_ok=True)
 
     def table_uri(self, name: str) -> str:
         return str(Path(self.root) / name)

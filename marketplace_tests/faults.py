@@ -1,8 +1,13 @@
-"""Real faults for the tests: an HTTP proxy in front of a tracking server that fails on demand."""
+"""Real faults for the tests: an HTTP proxy in front of a tracking server that misbehaves on demand.
+
+It can answer errors (`fail_first`), hold one request until the test lets it go (a deterministic
+point to kill a process or a server at), and lose the answer to a request the server did process.
+"""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
@@ -10,20 +15,45 @@ import requests
 from marketplace.local_servers import free_port
 
 
-class FlakyProxy:
-    """Forwards to `upstream`, but answers `status` to the first `fail_first` API requests
-    (or to every one, with fail_first=None)."""
+@dataclass
+class Hold:
+    """The first request whose method is `method` and whose path contains `path` waits at the proxy.
 
-    def __init__(self, upstream: str, *, fail_first: int | None, status: int = 503):
+    `after_upstream`: the server has processed it before it waits (its answer is then sent, or
+    with `lose_answer`, the connection closes without one). `reached` is set when it waits;
+    setting `release` lets it go on.
+    """
+
+    method: str
+    path: str
+    after_upstream: bool = False
+    lose_answer: bool = False
+    taken: bool = False
+    reached: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, method: str, path: str) -> bool:
+        return not self.taken and method == self.method and self.path in path
+
+
+class FaultProxy:
+    """Forwards to `upstream`; answers `status` to the first `fail_first` API requests (every one
+    with fail_first=None, none with 0), and applies `holds`. A request the upstream cannot take
+    (the server is down) loses its connection, as it would without the proxy."""
+
+    def __init__(self, upstream: str, *, fail_first: int | None = 0, status: int = 503, holds: list[Hold] = ()):
         self.upstream = upstream.rstrip("/")
         self.fail_first = fail_first
         self.status = status
+        self.holds = list(holds)
         self.failed = 0
         self.forwarded = 0
+        self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def _should_fail(self) -> bool:
@@ -34,29 +64,64 @@ class FlakyProxy:
             self.forwarded += 1
             return False
 
+    def _hold_for(self, method: str, path: str) -> Hold | None:
+        with self._lock:
+            self.requests.append((method, path))
+            for hold in self.holds:
+                if hold.matches(method, path):
+                    hold.taken = True
+                    return hold
+        return None
+
+    def release_all(self) -> None:
+        for hold in self.holds:
+            hold.release.set()
+
     def _handler(self):
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hold = proxy._hold_for(self.command, self.path)
                 if proxy._should_fail():
-                    payload = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"}'
-                    self.send_response(proxy.status)
-                    self.send_header("Content-Type", "application/json")
+                    self._answer(proxy.status, {"Content-Type": "application/json"},
+                                 b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"}')
+                    return
+                if hold is not None and not hold.after_upstream:
+                    self._wait(hold)
+                answer = self._forward(body)
+                if hold is not None and hold.after_upstream:
+                    self._wait(hold)
+                if answer is None or (hold is not None and hold.lose_answer):
+                    self.close_connection = True  # no answer: the client sees the connection drop
+                    return
+                headers = {k: v for k, v in answer.headers.items()
+                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
+                self._answer(answer.status_code, headers, answer.content)
+
+            def _wait(self, hold: Hold) -> None:
+                hold.reached.set()
+                hold.release.wait(timeout=600)
+
+            def _forward(self, body: bytes) -> requests.Response | None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                try:
+                    return requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers,
+                                            timeout=60)
+                except requests.ConnectionError:
+                    return None
+
+            def _answer(self, status: int, headers: dict, payload: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers, timeout=60)
-                self.send_response(answer.status_code)
-                for key, value in answer.headers.items():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                self.wfile.write(answer.content)
+                except OSError:
+                    self.close_connection = True  # the client went away (killed) while it waited
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _relay
 
@@ -65,10 +130,11 @@ class FlakyProxy:
 
         return Handler
 
-    def __enter__(self) -> FlakyProxy:
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release_all()
         self._server.shutdown()
         self._server.server_close()

@@ -7,12 +7,12 @@ from mlflow import MlflowClient
 from marketplace import assets
 
 from .conftest import materializations, register_version, step_failure_message
-from .faults import FlakyProxy
+from .faults import FaultProxy
 
 
 def test_transient_server_errors_are_retried_and_the_sync_completes(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    with FlakyProxy(servers["ws_a"].uri, fail_first=2, status=503) as proxy:
+    with FaultProxy(servers["ws_a"].uri, fail_first=2, status=503) as proxy:
         deployment = deploy(
             [{"name": "flaky", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
               "include": [f"{uid}_*"]}],
@@ -27,7 +27,7 @@ def test_transient_server_errors_are_retried_and_the_sync_completes(servers, dep
 
 def test_persistent_server_errors_fail_the_partition_clearly_within_bounds(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    with FlakyProxy(servers["ws_a"].uri, fail_first=None, status=500) as proxy:
+    with FaultProxy(servers["ws_a"].uri, fail_first=None, status=500) as proxy:
         deployment = deploy(
             [{"name": "broken", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
               "include": [f"{uid}_*"]}],
