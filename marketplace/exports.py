@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import shutil
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -175,6 +179,27 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
                 raise ExportError(f"the logged model file {relative} is missing or truncated in the export")
 
 
+@contextlib.contextmanager
+def _library_errors() -> Iterator[list[str]]:
+    """The errors mlflow-export-import logs on this thread: it returns only ok=False, and the
+    reason (say, `No space left on device`) is in its log."""
+    errors: list[str] = []
+    thread = threading.get_ident()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread == thread:
+                errors.append(redact_text(record.getMessage()))
+
+    handler = Collect(level=logging.ERROR)
+    library = logging.getLogger("mlflow_export_import")
+    library.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        library.removeHandler(handler)
+
+
 def _scrub_credentials(staging: Path) -> None:
     """mlflow-export-import records the tracking URI, credentials included, in its JSON files."""
     for path in [staging / "model.json", *staging.glob("*/run.json"), *staging.glob("*/logged_model.json")]:
@@ -208,7 +233,7 @@ def export_version(
         shutil.rmtree(debris, ignore_errors=True)
     staging = destination.parent / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
     try:
-        with process_tracking_uri(tracking_uri):
+        with process_tracking_uri(tracking_uri), _library_errors() as errors:
             ok, _ = export_model(
                 model_name=version.model_name,
                 output_dir=str(staging),
@@ -216,7 +241,7 @@ def export_version(
                 mlflow_client=client,
             )
             if not ok:
-                raise ExportError("mlflow-export-import reported a failure (see the run's logs)")
+                raise ExportError(f"mlflow-export-import failed: {'; '.join(errors) or 'see the run logs'}")
             _verify_contents(staging, client, version)
         _scrub_credentials(staging)
         manifest = build_manifest(

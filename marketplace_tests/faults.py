@@ -28,6 +28,7 @@ class Hold:
     path: str
     after_upstream: bool = False
     lose_answer: bool = False
+    abandoned: bool = False  # set with `release` once the client is gone: the request goes no further
     taken: bool = False
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -90,6 +91,9 @@ class FaultProxy:
                     return
                 if hold is not None and not hold.after_upstream:
                     self._wait(hold)
+                    if hold.abandoned:
+                        self.close_connection = True
+                        return
                 answer = self._forward(body)
                 if hold is not None and hold.after_upstream:
                     self._wait(hold)

@@ -1,13 +1,15 @@
-"""Faults caused for real: server errors from a workspace's registry, retried or failed clearly."""
+"""Faults caused for real: server errors and timeouts from a workspace's registry, retried or failed clearly."""
 
 from __future__ import annotations
+
+import threading
 
 from mlflow import MlflowClient
 
 from marketplace import assets
 
 from .conftest import materializations, register_version, step_failure_message
-from .faults import FaultProxy
+from .faults import FaultProxy, Hold
 
 
 def test_transient_server_errors_are_retried_and_the_sync_completes(servers, deploy, uid):
@@ -41,3 +43,29 @@ def test_persistent_server_errors_fail_the_partition_clearly_within_bounds(serve
     assert proxy.failed == 2
     assert MlflowClient(servers["marketplace"].uri).search_registered_models(
         filter_string=f"name='broken.{uid}_m'") == []
+
+
+def test_a_request_that_times_out_is_retried_and_the_sync_completes(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    hold = Hold("GET", "/registered-models/search")  # no answer until the client has given up on it
+    with FaultProxy(servers["ws_a"].uri, holds=[hold]) as proxy:
+        deployment = deploy(
+            [{"name": "slow", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
+              "include": [f"{uid}_*"]}],
+            client={"timeout_seconds": 2, "max_retries": 2},
+        )
+
+        def release_after_the_retry() -> None:
+            hold.reached.wait(300)
+            while sum(1 for m, p in proxy.requests if "/registered-models/search" in p) < 2:
+                threading.Event().wait(0.1)
+            hold.abandoned = True
+            hold.release.set()
+
+        releaser = threading.Thread(target=release_after_the_retry, daemon=True)
+        releaser.start()
+        result = deployment.sync("slow")
+        releaser.join(timeout=5)
+    assert hold.reached.is_set() and hold.abandoned  # the request did time out, and was retried
+    assert result.success, step_failure_message(result)
+    assert MlflowClient(servers["marketplace"].uri).get_model_version(f"slow.{uid}_m", "1")

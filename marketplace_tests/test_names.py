@@ -10,7 +10,6 @@ from mlflow import MlflowClient
 from marketplace import assets
 from marketplace.exports import export_dir
 from marketplace.imports import MAX_NAME_LENGTH, TAG_SOURCE_MODEL
-from marketplace.manifest import MANIFEST_NAME
 
 from .conftest import materializations, register_version, step_failure_message
 

@@ -243,3 +243,45 @@ def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, u
     assert registration["registry_requests"] >= 3 and registration["registry_seconds"] > 0
     assert materializations(result, assets.IMPORT_SUMMARY)["registry_requests"] >= 1
     assert materializations(result, assets.EXPORT_SUMMARY)["registry_requests"] == 0
+
+
+def test_every_kind_of_tampering_is_refused_at_import_saying_what_differs(servers, deploy, uid):
+    kinds = ("changed", "added", "removed", "manifest_deleted", "manifest_edited")
+    for kind in kinds:
+        register_version(servers["ws_a"].uri, f"{uid}_{kind}", stage="Production")
+    deployment = deploy([{"name": "tamper", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+                          "include": [f"{uid}_*"]}])
+    assert deployment.sync("tamper", selection=assets.CHAIN[:3]).success
+    folder = {kind: export_dir(deployment.config.storage_root, "tamper", f"{uid}_{kind}", 1) for kind in kinds}
+    pickled = {kind: next(p for p in folder[kind].rglob("model.*") if p.suffix != ".json") for kind in kinds}
+    pickled["changed"].write_bytes(pickled["changed"].read_bytes()[::-1])
+    (pickled["added"].parent / "planted.py").write_text("import os\n")
+    pickled["removed"].unlink()
+    (folder["manifest_deleted"] / MANIFEST_NAME).unlink()
+    # An edit that keeps the manifest consistent with the files: only its recorded checksum tells.
+    manifest = folder["manifest_edited"] / MANIFEST_NAME
+    manifest.write_text(manifest.read_text().replace('"exported_at": "', '"exported_at": "1'))
+
+    result = deployment.sync("tamper", selection=[assets.IMPORTS])
+
+    assert not result.success
+    failures = _failures(result)
+    says = {
+        "changed": f"(changed: {pickled['changed'].relative_to(folder['changed']).as_posix()})",
+        "added": "(added: " + (pickled["added"].parent / "planted.py").relative_to(folder["added"]).as_posix(),
+        "removed": f"(missing: {pickled['removed'].relative_to(folder['removed']).as_posix()})",
+        "manifest_deleted": "no manifest.json",
+        "manifest_edited": "checksum",
+    }
+    for kind in kinds:
+        assert says[kind] in failures[f"tamper/{uid}_{kind} v1"], (kind, failures)
+    market = MlflowClient(servers["marketplace"].uri)
+    for kind in kinds:
+        assert market.search_registered_models(filter_string=f"name='tamper.{uid}_{kind}'") == []
+
+
+def _failures(result) -> dict:
+    for event in result.all_events:
+        if event.is_step_failure:
+            return event.event_specific_data.user_failure_data.metadata["failures"].value
+    return {}
