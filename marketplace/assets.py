@@ -422,7 +422,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         report.run(import_partition)
         yield report.result(skipped_versions=dg.MetadataValue.json(skipped))
-        yield _load_check(client, marketplace.tracking_uri, newest)
+        yield _load_check(client, (marketplace.tracking_uri, marketplace.registry_uri), newest)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
@@ -495,7 +495,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                         f"{day}|{name}",
                         f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version)})",
                         newest.version,
-                        f"@{marketplace.alias}",
+                        f"@{marketplace.alias}" if marketplace.has_aliases else "stage Production",
                         f"{name}/{key.model_name} v{key.version}",
                     ]
                 )
@@ -599,11 +599,11 @@ class Checked:
         return f"models:/{self.name}/{self.version.version}"
 
 
-def _load_check(client, tracking_uri: str, checked: list[Checked]) -> dg.AssetCheckResult:
+def _load_check(client, uris: tuple[str, str | None], checked: list[Checked]) -> dg.AssetCheckResult:
     """Load and predict each version imported now, or whose files changed since it last passed."""
     results: dict[str, LoadResult] = {}
     with registry_time() as spent:
-        _load_each(client, tracking_uri, checked, results)
+        _load_each(client, uris, checked, results)
     unchanged = sum(1 for r in results.values() if r.unchanged)
     failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
@@ -624,28 +624,29 @@ def _load_check(client, tracking_uri: str, checked: list[Checked]) -> dg.AssetCh
     )
 
 
-def _load_each(client, tracking_uri: str, checked: list[Checked], results: dict[str, LoadResult]) -> None:
+def _load_each(client, uris: tuple[str, str | None], checked: list[Checked], results: dict[str, LoadResult]) -> None:
+    tracking_uri, registry_uri = uris
     for item in checked:
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
-        if recorded and not item.new and _fingerprint_or_none(tracking_uri, item.uri) == recorded:
+        if recorded and not item.new and _fingerprint_or_none(uris, item.uri) == recorded:
             results[f"{item.name} v{item.version.version}"] = LoadResult(
                 True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted", unchanged=True
             )
             continue
         reference, hashes = _reference(item.export_path)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri)
         result = dataclasses.replace(result, detail=redact_text(result.detail))
         results[f"{item.name} v{item.version.version}"] = result
         if result.loaded and result.matches_export is not False:
-            fingerprint = _fingerprint_or_none(tracking_uri, item.uri)
+            fingerprint = _fingerprint_or_none(uris, item.uri)
             if fingerprint and fingerprint != recorded:
                 with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
                     client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
 
 
-def _fingerprint_or_none(tracking_uri: str, model_uri: str) -> str | None:
+def _fingerprint_or_none(uris: tuple[str, str | None], model_uri: str) -> str | None:
     try:
-        return artifact_fingerprint(tracking_uri, model_uri)
+        return artifact_fingerprint(uris[0], model_uri, uris[1])
     except Exception:  # noqa: BLE001 - unreadable listing: load it and report what fails
         return None
 
@@ -673,7 +674,8 @@ def _provenance(marketplace: MarketplaceRegistryResource, key: SourceKey, source
     }
     description = (
         f"Marketplace copy of model '{key.model_name}' from workspace '{key.workspace}' ({source_uri}). "
-        f"@{marketplace.alias} is source version {key.version}. Imported and kept in sync by the model marketplace."
+        f"{'@' + marketplace.alias if marketplace.has_aliases else 'The Production version'} is source version "
+        f"{key.version}. Imported and kept in sync by the model marketplace."
     )
     return tags, description
 
@@ -683,7 +685,7 @@ def _register(client, marketplace: MarketplaceRegistryResource, mp_name: str, ke
     changes = 0
     current = client.get_registered_model(mp_name)
     aliases = getattr(current, "aliases", {}) or {}
-    if str(aliases.get(marketplace.alias)) != str(newest.version):
+    if marketplace.has_aliases and str(aliases.get(marketplace.alias)) != str(newest.version):
         client.set_registered_model_alias(mp_name, marketplace.alias, newest.version)
         changes += 1
     if not marketplace.is_unity_catalog and newest.current_stage != "Production":

@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import dagster as dg
-from mlflow.exceptions import MlflowException
 
 from marketplace import summary
 from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, REGISTRATION
@@ -141,13 +140,11 @@ def alias_points_at_newest_import(
     wrong = []
     with registry_time() as spent:
         for name, row in sorted(newest.items()):
-            try:
-                aliased = client.get_model_version_by_alias(name, marketplace.alias).version
-            except MlflowException:
-                aliased = None
+            aliased = marketplace.production_version(client, name)
             if str(aliased) != str(row["marketplace_version"]):
+                marked = f"@{marketplace.alias}" if marketplace.has_aliases else " in stage Production"
                 wrong.append(
-                    f"{name}@{marketplace.alias} is {'missing' if aliased is None else 'v' + str(aliased)}, "
+                    f"{name}{marked} is {'missing' if aliased is None else 'v' + str(aliased)}, "
                     f"newest import is v{row['marketplace_version']} (source v{row['version']})"
                 )
     return dg.AssetCheckResult(

@@ -78,10 +78,66 @@ class ProductionSelector(_Strict):
         return f"stage {self.stage}" if self.stage else f"alias @{self.alias}"
 
 
+DATABRICKS_AUTH = ("oauth-m2m", "azure-client-secret", "pat")
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class DatabricksConnection(_Strict):
+    """A Databricks workspace reached as a service principal (or with a token). Secrets are never
+    in the file: `secret_env` names the environment variable that holds the client secret
+    (oauth-m2m, azure-client-secret) or the personal access token (pat)."""
+
+    host: str
+    auth: Literal["oauth-m2m", "azure-client-secret", "pat"]
+    client_id: str | None = None
+    azure_client_id: str | None = None
+    azure_tenant_id: str | None = None
+    secret_env: str = Field(pattern=ENV_NAME)
+    # The registry is Unity Catalog (databricks-uc) rather than the workspace registry.
+    unity_catalog: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname or parsed.path.strip("/"):
+            raise ValueError(f"{value!r} is not a workspace URL (https://<workspace host>)")
+        if parsed.username or parsed.password:
+            raise ValueError("the host must not carry credentials; name them with secret_env")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _fields_of_auth(self) -> DatabricksConnection:
+        needed = {"oauth-m2m": ["client_id"], "azure-client-secret": ["azure_client_id", "azure_tenant_id"], "pat": []}
+        for key in needed[self.auth]:
+            if not getattr(self, key):
+                raise ValueError(f"auth {self.auth!r} needs {key}")
+        stray = [k for k in ("client_id", "azure_client_id", "azure_tenant_id")
+                 if getattr(self, k) and k not in needed[self.auth]]
+        if stray:
+            raise ValueError(f"{', '.join(stray)}: not used with auth {self.auth!r}")
+        return self
+
+
+def _connect_databricks(owner: Any, profile: str, key: str | None = None) -> None:
+    """With a `databricks` block, the URIs name the profile the run writes for it."""
+    if owner.databricks is None:
+        if owner.tracking_uri is None:
+            message = "required key is missing (or give a databricks block for a Databricks workspace)"
+            raise _KeyedError(f"{key}.tracking_uri", message) if key else ValueError(f"tracking_uri: {message}")
+        return
+    if owner.tracking_uri is not None or owner.registry_uri is not None:
+        raise ValueError("set either tracking_uri/registry_uri or databricks, not both")
+    registry = "databricks-uc" if owner.databricks.unity_catalog else "databricks"
+    object.__setattr__(owner, "tracking_uri", f"databricks://{profile}")
+    object.__setattr__(owner, "registry_uri", f"{registry}://{profile}")
+
+
 class WorkspaceConfig(_Strict):
     name: str
-    tracking_uri: TrackingUri
+    tracking_uri: TrackingUri | None = None
     registry_uri: str | None = None
+    databricks: DatabricksConnection | None = None
     production: ProductionSelector
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
@@ -109,14 +165,33 @@ class WorkspaceConfig(_Strict):
                 raise ValueError("an empty glob pattern matches nothing; remove it")
         return value
 
+    @model_validator(mode="after")
+    def _databricks(self) -> WorkspaceConfig:
+        _connect_databricks(self, databricks_profile(self.name))
+        if self.databricks and self.databricks.unity_catalog and self.production.stage:
+            raise ValueError("Unity Catalog has no stages: select production versions by alias")
+        if self.databricks and not self.databricks.unity_catalog and self.production.alias:
+            raise ValueError(
+                "MLflow refuses aliases on the Databricks workspace registry: select production versions "
+                "by stage, or set databricks.unity_catalog: true for a Unity Catalog registry"
+            )
+        return self
+
     @property
     def effective_registry_uri(self) -> str:
         return self.registry_uri or self.tracking_uri
 
 
+def databricks_profile(owner: str | None) -> str:
+    """The profile name of a workspace (or of the marketplace) in the run's Databricks config file."""
+    # No ':' (MLflow reads databricks://scope:prefix as a secret scope); workspace names have none.
+    return "marketplace-registry" if owner is None else f"marketplace-ws-{owner}"
+
+
 class MarketplaceRegistryConfig(_Strict):
-    tracking_uri: TrackingUri
+    tracking_uri: TrackingUri | None = None
     registry_uri: str | None = None
+    databricks: DatabricksConnection | None = None
     name_template: str = "{workspace}.{model}"
     alias: str = "production"
     experiment_prefix: str = "/Shared/marketplace"
@@ -151,6 +226,27 @@ class MarketplaceRegistryConfig(_Strict):
         if re.fullmatch(r"(?i)latest|v\d+", value):
             raise ValueError(f"alias {value!r} is reserved by MLflow")
         return value
+
+    @model_validator(mode="after")
+    def _databricks(self) -> MarketplaceRegistryConfig:
+        _connect_databricks(self, databricks_profile(None), "marketplace")
+        if self.is_unity_catalog:
+            sample = self.name_template.format(workspace="workspace", model="model")
+            parts = sample.split(".")
+            if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z0-9_-]{1,255}", p) for p in parts):
+                raise _KeyedError(
+                    "marketplace.name_template",
+                    f"{self.name_template!r} gives {sample!r}: a Unity Catalog model name is three levels, "
+                    "catalog.schema.model (for example 'marketplace.{workspace}.{model}'), each of letters, "
+                    "digits, '_' and '-'",
+                )
+            if "{model}" not in self.name_template.rsplit(".", 1)[-1]:
+                raise _KeyedError("marketplace.name_template", "{model} belongs in the last (model) level")
+        return self
+
+    @property
+    def is_unity_catalog(self) -> bool:
+        return (self.registry_uri or "").startswith("databricks-uc")
 
     @property
     def effective_registry_uri(self) -> str:

@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -64,7 +65,24 @@ def shorten(name: str, limit: int = MAX_NAME_LENGTH) -> str:
     return f"{name[: limit - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
-def render_name(template: str, workspace: str, model: str) -> str:
+# Unity Catalog object names: no '.', space, '/' or control characters, at most 255 characters,
+# stored in lower case. Kept to letters, digits, '_' and '-' here.
+UC_NAME_LIMIT = 255
+
+
+def uc_component(name: str) -> str:
+    """`name` as one Unity Catalog name level: unchanged if already valid, else cleaned and
+    suffixed with a stable hash of the original (so two names never clean into one)."""
+    cleaned = re.sub(r"[^a-z0-9_-]", "_", name.lower())
+    if cleaned != name:
+        cleaned = f"{cleaned[:UC_NAME_LIMIT - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return cleaned
+
+
+def render_name(template: str, workspace: str, model: str, *, unity_catalog: bool = False) -> str:
+    if unity_catalog:
+        # The configuration checked that the template gives catalog.schema.model.
+        return template.format(workspace=uc_component(workspace), model=uc_component(model))
     return shorten(template.format(workspace=workspace, model=model))
 
 
@@ -119,14 +137,22 @@ def _tagged_versions(client: MlflowClient, filter_string: str) -> Iterator[tuple
     while True:
         page = client.search_model_versions(filter_string=filter_string, max_results=1000, page_token=token)
         for result in page:
-            # Some registries (Databricks) leave tags out of search results: read those versions.
-            version = result if _source_key(result.tags or {}) else client.get_model_version(result.name, result.version)
+            # Some registries leave tags out of search results (Unity Catalog raises on reading
+            # them): read those versions.
+            version = result if _source_key(_tags(result)) else client.get_model_version(result.name, result.version)
             key = _source_key(version.tags or {})
             if key is not None:
                 yield key, version
         token = page.token
         if not token:
             return
+
+
+def _tags(result) -> dict[str, str]:
+    try:
+        return result.tags or {}
+    except Exception:  # noqa: BLE001 - UC search results raise: "do not have tags"
+        return {}
 
 
 def settle_duplicates(client: MlflowClient, name: str, source: SourceKey) -> ModelVersion | None:

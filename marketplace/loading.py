@@ -42,9 +42,9 @@ def _same(a, b) -> bool:
         return repr(a) == repr(b)
 
 
-def artifact_fingerprint(tracking_uri: str, model_uri: str) -> str:
+def artifact_fingerprint(tracking_uri: str, model_uri: str, registry_uri: str | None = None) -> str:
     """SHA-256 of the model's artifact listing (every file's path and size), read without downloading."""
-    with process_tracking_uri(tracking_uri):
+    with process_tracking_uri(tracking_uri, registry_uri):
         repo = get_artifact_repository(model_uri)
         lines, pending = [], [None]
         while pending:
@@ -86,14 +86,18 @@ def _loadable(path: Path) -> Iterator[str]:
 
 
 def load_and_predict(
-    tracking_uri: str, model_uri: str, reference_dir: Path | None, reference_hashes: dict[str, str] | None = None
+    tracking_uri: str,
+    model_uri: str,
+    reference_dir: Path | None,
+    reference_hashes: dict[str, str] | None = None,
+    registry_uri: str | None = None,
 ) -> LoadResult:
     """Load `model_uri` with mlflow.pyfunc, predict its input example, compare with the export's copy.
 
     `reference_hashes` (the export manifest's SHA-256 of each file under `reference_dir`) spares
     loading the export too when the marketplace copy holds the same bytes.
     """
-    with process_tracking_uri(tracking_uri), tempfile.TemporaryDirectory() as tmp:
+    with process_tracking_uri(tracking_uri, registry_uri), tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
             model = mlflow.pyfunc.load_model(local)

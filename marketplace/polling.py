@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from marketplace.databricks import Connection, ensure_profile
 from marketplace.registry import PAGE_SIZE, is_curated, redact_text, redact_uri
 
 
@@ -22,6 +23,7 @@ class WorkspaceTarget:
     alias: str | None
     include: Sequence[str] = ("*",)
     exclude: Sequence[str] = ()
+    databricks: Connection | None = None
 
 
 @dataclass
@@ -37,8 +39,9 @@ def _poll_one(target: WorkspaceTarget) -> PollResult:
     """One paged registered-model search; per-model alias look-ups only where search shows none."""
     started = time.monotonic()
     result = PollResult(target.name)
-    client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.registry_uri or target.tracking_uri)
     try:
+        ensure_profile(target.databricks)
+        client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.registry_uri or target.tracking_uri)
         token = None
         while True:
             page = client.search_registered_models(max_results=PAGE_SIZE, page_token=token)

@@ -58,25 +58,38 @@ def redact_text(text: str) -> str:
 
 
 @contextlib.contextmanager
-def process_tracking_uri(uri: str) -> Iterator[None]:
-    """Point the process-wide tracking URI at `uri` for the block, then restore it.
+def process_tracking_uri(uri: str, registry_uri: str | None = None) -> Iterator[None]:
+    """Point the process-wide tracking (and registry) URI at `uri` for the block, then restore them.
 
     mlflow-export-import reads the process-wide URI in places (logged-model artifact
-    listing, UC version creation); a lock keeps two threads from swapping it under each other.
+    listing, UC version creation), and `models:/` URIs resolve against the process-wide registry;
+    a lock keeps two threads from swapping them under each other.
     """
+    wanted = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": registry_uri or uri}
     with _process_uri_lock:
-        previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-        previous = mlflow.get_tracking_uri() if previous_env is None and mlflow.is_tracking_uri_set() else None
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+        previous_env = {name: os.environ.get(name) for name in wanted}
+        previous = mlflow.get_tracking_uri() if previous_env["MLFLOW_TRACKING_URI"] is None and mlflow.is_tracking_uri_set() else None
+        previous_registry = mlflow_registry_uri_set()
+        os.environ.update(wanted)
         mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(wanted["MLFLOW_REGISTRY_URI"])
         try:
             yield
         finally:
-            if previous_env is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = previous_env
+            for name, value in previous_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             mlflow.set_tracking_uri(previous)
+            mlflow.set_registry_uri(previous_registry)
+
+
+def mlflow_registry_uri_set() -> str | None:
+    """The registry URI set with mlflow.set_registry_uri, if any (None: it follows the tracking URI)."""
+    from mlflow.tracking import _model_registry
+
+    return _model_registry.utils._registry_uri
 
 
 def filter_literal(value: str) -> str:

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,10 +14,12 @@ import dagster as dg
 from filelock import FileLock
 from dagster_deltalake import LocalConfig
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
+from marketplace.databricks import Connection, DatabricksCredentialError, databricks_connection, ensure_profile
 from marketplace.exports import (
     ExportRecord,
     export_dir,
@@ -39,6 +42,15 @@ class WorkspaceRegistry(dg.Config):
     production_alias: str | None = None
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
+    databricks: Connection | None = None
+
+
+def _connected(connection: Connection | None) -> None:
+    """Write the Databricks profile a client needs; a missing secret fails the step, naming it."""
+    try:
+        ensure_profile(connection)
+    except DatabricksCredentialError as exc:
+        raise dg.Failure(description=str(exc)) from None
 
 
 class WorkspaceRegistriesResource(dg.ConfigurableResource):
@@ -58,6 +70,7 @@ class WorkspaceRegistriesResource(dg.ConfigurableResource):
     def client(self, name: str) -> MlflowClient:
         configure_http(self.timeout_seconds, self.max_retries)
         workspace = self.get(name)
+        _connected(workspace.databricks)
         return make_client(workspace.tracking_uri, workspace.registry_uri)
 
 
@@ -72,17 +85,36 @@ class MarketplaceRegistryResource(dg.ConfigurableResource):
     timeout_seconds: int = 15
     max_retries: int = 2
     max_workers: int = 4
+    databricks: Connection | None = None
 
     def client(self) -> MlflowClient:
         configure_http(self.timeout_seconds, self.max_retries)
+        _connected(self.databricks)
         return make_client(self.tracking_uri, self.registry_uri)
 
     @property
     def is_unity_catalog(self) -> bool:
         return (self.registry_uri or "").startswith("databricks-uc")
 
+    @property
+    def has_aliases(self) -> bool:
+        """MLflow refuses aliases on the Databricks workspace registry (stages only there)."""
+        return not (self.registry_uri or self.tracking_uri).startswith("databricks://")
+
+    def production_version(self, client: MlflowClient, name: str) -> str | None:
+        """The version marked production: by `alias`, or on the Databricks workspace registry by stage."""
+        try:
+            if self.has_aliases:
+                return client.get_model_version_by_alias(name, self.alias).version
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                latest = client.get_latest_versions(name, stages=["Production"])
+            return latest[0].version if latest else None
+        except MlflowException:
+            return None
+
     def model_name(self, workspace: str, model: str) -> str:
-        return render_name(self.name_template, workspace, model)
+        return render_name(self.name_template, workspace, model, unity_catalog=self.is_unity_catalog)
 
     def experiment_name(self, marketplace_name: str) -> str:
         return shorten(f"{self.experiment_prefix.rstrip('/')}/{marketplace_name}")
@@ -175,6 +207,7 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
                     production_alias=w.production.alias,
                     include=list(w.include),
                     exclude=list(w.exclude),
+                    databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
                 )
                 for w in config.workspaces
             ],
@@ -188,6 +221,8 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
             alias=config.marketplace.alias,
             experiment_prefix=config.marketplace.experiment_prefix,
             max_workers=config.client.max_workers,
+            databricks=databricks_connection("the marketplace", config.marketplace.tracking_uri,
+                                             config.marketplace.databricks),
             **client,
         ),
         "external_storage": ExternalStorageResource(

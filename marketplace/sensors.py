@@ -10,6 +10,7 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
+from marketplace.databricks import databricks_connection
 from marketplace.partitions import partition_key
 from marketplace.polling import WorkspaceTarget, poll_workspaces
 from marketplace.registry import configure_http
@@ -32,6 +33,7 @@ def _targets(config: MarketplaceConfig) -> list[WorkspaceTarget]:
             alias=w.production.alias,
             include=tuple(w.include),
             exclude=tuple(w.exclude),
+            databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
         )
         for w in config.workspaces
     ]

@@ -1,0 +1,132 @@
+"""Databricks credentials for MLflow: one private config file with a profile per workspace.
+
+MLflow reads Databricks credentials only from the process environment or a `.databrickscfg`
+profile (`databricks://<profile>`), so several workspaces with their own service principals need
+a profile each. The file is written when a client is first needed (so definitions load without
+secrets), into a private folder, mode 0600, and never logged; secrets come from the environment
+variables the configuration names.
+"""
+
+from __future__ import annotations
+
+import atexit
+import configparser
+import io
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+import dagster as dg
+
+CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
+# Set in the environment, these win over every profile's values (the SDK loads the environment
+# first), so one workspace's token would be sent to all of them.
+OVERRIDING_ENV = (
+    "DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET",
+    "DATABRICKS_AUTH_TYPE", "DATABRICKS_CONFIG_PROFILE", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID",
+)  # fmt: skip
+SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret": "azure_client_secret"}
+
+log = logging.getLogger(__name__)
+
+
+class DatabricksCredentialError(RuntimeError):
+    """A configured Databricks workspace whose credentials cannot be found."""
+
+
+class Connection(dg.Config):
+    """What a resource needs to reach one Databricks workspace (no secret: only its variable)."""
+
+    owner: str  # "workspace dev01" or "the marketplace": for messages
+    profile: str
+    host: str
+    auth: str
+    client_id: str | None = None
+    azure_client_id: str | None = None
+    azure_tenant_id: str | None = None
+    secret_env: str
+
+
+def profile_section(connection: Connection) -> dict[str, str]:
+    """The profile's keys, the secret read from its environment variable now."""
+    secret = os.environ.get(connection.secret_env)
+    if not secret:
+        raise DatabricksCredentialError(
+            f"{connection.owner}: the environment variable {connection.secret_env} "
+            f"(databricks.secret_env, holding its {SECRET_KEY[connection.auth].replace('_', ' ')}) is not set"
+        )
+    section = {"host": connection.host, "auth_type": connection.auth, SECRET_KEY[connection.auth]: secret}
+    for key in ("client_id", "azure_client_id", "azure_tenant_id"):
+        if value := getattr(connection, key):
+            section[key] = value
+    return section
+
+
+class _Profiles:
+    """The process's config file: every profile registered so far, rewritten when one is added."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sections: dict[str, dict[str, str]] = {}
+        self._folder: Path | None = None
+
+    def ensure(self, connection: Connection) -> Path:
+        section = profile_section(connection)
+        with self._lock:
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="marketplace-databricks-"))  # 0700
+                atexit.register(shutil.rmtree, self._folder, True)
+            path = self._folder / "databrickscfg"
+            if self._sections.get(connection.profile) != section:
+                self._sections[connection.profile] = section
+                self._write(path)
+            self._activate(path)
+            return path
+
+    def _write(self, path: Path) -> None:
+        parser = configparser.ConfigParser(interpolation=None)
+        for name, section in sorted(self._sections.items()):
+            parser[name] = section
+        text = io.StringIO()
+        parser.write(text)
+        tmp = path.with_name(f".{path.name}.tmp")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text.getvalue())
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _activate(path: Path) -> None:
+        os.environ[CONFIG_FILE_ENV] = str(path)
+        cleared = [name for name in OVERRIDING_ENV if os.environ.pop(name, None) is not None]
+        if cleared:
+            log.warning("cleared %s from this process: set, they would override every workspace's profile",
+                        ", ".join(cleared))
+
+
+_profiles = _Profiles()
+
+
+def ensure_profile(connection: Connection | None) -> None:
+    """Make `databricks://<profile>` URIs of `connection` work in this process (no-op for None)."""
+    if connection is not None:
+        _profiles.ensure(connection)
+
+
+def databricks_connection(owner: str, tracking_uri: str, settings) -> Connection | None:
+    """The resource form of a configuration's `databricks` block (None without one)."""
+    if settings is None:
+        return None
+    return Connection(
+        owner=owner,
+        profile=tracking_uri.removeprefix("databricks://"),
+        host=settings.host,
+        auth=settings.auth,
+        client_id=settings.client_id,
+        azure_client_id=settings.azure_client_id,
+        azure_tenant_id=settings.azure_tenant_id,
+        secret_env=settings.secret_env,
+    )

@@ -1,0 +1,160 @@
+"""Databricks workspaces and a Databricks marketplace, by configuration alone.
+
+No Databricks workspace is reachable here: these run against `DatabricksStandIn`, which checks
+each workspace's credentials as Databricks' front door does and forwards to a real MLflow server.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from marketplace import assets, databricks
+from marketplace.config import ConfigError, parse_config
+from marketplace.imports import TAG_SOURCE_MODEL
+
+from .conftest import materializations, register_version, step_failure_message
+from .databricks_standin import DatabricksStandIn
+
+
+@pytest.fixture(autouse=True)
+def _own_profiles(monkeypatch):
+    """Each test writes its own profile file; the process environment is put back after."""
+    monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
+    monkeypatch.delenv(databricks.CONFIG_FILE_ENV, raising=False)
+    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "unset-by-the-test")
+    monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
+
+
+def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(servers, deploy, uid, monkeypatch):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    monkeypatch.setenv("DEV01_TOKEN", "dapi-dev01-secret")
+    monkeypatch.setenv("MARKET_SP_SECRET", "sp-market-secret")
+    monkeypatch.setenv("DATABRICKS_TOKEN", "a-global-token-that-would-win")  # cleared by the run
+    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret") as source, \
+            DatabricksStandIn(servers["marketplace"].uri, auth="oauth-m2m", client_id="market-sp",
+                              client_secret="sp-market-secret") as market:
+        deployment = deploy(
+            [{"name": "dev01", "databricks": {"host": source.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
+              "production": {"stage": "Production"}, "include": [f"{uid}_*"]}],
+            marketplace={"tracking_uri": None, "databricks": {"host": market.host, "auth": "oauth-m2m", "client_id": "market-sp",
+                                        "secret_env": "MARKET_SP_SECRET"}},
+        )
+        result = deployment.sync("dev01")
+    assert result.success, step_failure_message(result)
+    assert source.api_calls > 0 and market.api_calls > 0
+    # mlflow-export-import probes once per process whether it talks to Databricks, with a client
+    # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (see README).
+    assert set(source.refused + market.refused) <= {"/api/2.0/clusters/list-node-types"}
+    # The Databricks workspace registry has stages only (MLflow refuses aliases there).
+    (version,) = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
+    assert version.current_stage == "Production" and version.tags[TAG_SOURCE_MODEL] == f"{uid}_m"
+    assert version.aliases == []
+    assert "DATABRICKS_TOKEN" not in os.environ
+
+
+BASE = {"external_storage": {"uri": "x"}, "workspaces": [
+    {"name": "dev01", "tracking_uri": "http://127.0.0.1:5001", "production": {"stage": "Production"}}]}
+
+
+def _config(marketplace: dict, workspaces: list | None = None):
+    return parse_config({**BASE, "marketplace": marketplace, **({"workspaces": workspaces} if workspaces else {})},
+                        "marketplace.yaml")
+
+
+def _dbx(**extra) -> dict:
+    return {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "TOKEN_VAR", **extra}
+
+
+def test_databricks_blocks_become_profile_uris():
+    config = _config(
+        {"databricks": _dbx(auth="oauth-m2m", client_id="sp", unity_catalog=True),
+         "name_template": "marketplace.{workspace}.{model}"},
+        [{"name": "dev01", "databricks": _dbx(unity_catalog=True), "production": {"alias": "champion"}},
+         {"name": "dev02", "databricks": _dbx(auth="azure-client-secret", azure_client_id="a", azure_tenant_id="t"),
+          "production": {"stage": "Production"}}],
+    )
+    assert (config.marketplace.tracking_uri, config.marketplace.registry_uri) == (
+        "databricks://marketplace-registry", "databricks-uc://marketplace-registry")
+    assert config.workspaces[0].registry_uri == "databricks-uc://marketplace-ws-dev01"
+    assert config.workspaces[1].tracking_uri == config.workspaces[1].registry_uri == "databricks://marketplace-ws-dev02"
+
+
+@pytest.mark.parametrize(
+    "marketplace, workspaces, key, says",
+    [
+        ({"databricks": _dbx(unity_catalog=True)}, None, "marketplace.name_template", "three levels"),
+        ({"databricks": _dbx(unity_catalog=True), "name_template": "cat.{model}.{workspace}"}, None,
+         "marketplace.name_template", "last (model) level"),
+        ({"databricks": _dbx(unity_catalog=True), "name_template": "my cat.{workspace}.{model}"}, None,
+         "marketplace.name_template", "three levels"),
+        ({"databricks": _dbx(auth="oauth-m2m")}, None, "marketplace", "needs client_id"),
+        ({"databricks": _dbx(auth="azure-client-secret", azure_client_id="a")}, None, "marketplace",
+         "needs azure_tenant_id"),
+        ({"databricks": _dbx(client_id="x")}, None, "marketplace", "not used with auth 'pat'"),
+        ({"databricks": _dbx(secret_env="not a name")}, None, "marketplace.databricks.secret_env", "pattern"),
+        ({"databricks": _dbx(host="adb-1.azuredatabricks.net")}, None, "marketplace.databricks.host",
+         "workspace URL"),
+        ({"databricks": _dbx(host="https://user:pw@adb-1.azuredatabricks.net")}, None,
+         "marketplace.databricks.host", "must not carry credentials"),
+        ({"tracking_uri": "http://x:1", "databricks": _dbx()}, None, "marketplace", "not both"),
+        ({"name_template": "{workspace}.{model}"}, None, "marketplace.tracking_uri", "or give a databricks block"),
+        ({"tracking_uri": "http://x:1"},
+         [{"name": "dev01", "databricks": _dbx(unity_catalog=True), "production": {"stage": "Production"}}],
+         "workspaces[0] (dev01)", "no stages"),
+        ({"tracking_uri": "http://x:1"},
+         [{"name": "dev01", "databricks": _dbx(), "production": {"alias": "champion"}}],
+         "workspaces[0] (dev01)", "refuses aliases"),
+    ],
+)
+def test_wrong_databricks_settings_name_the_key(marketplace, workspaces, key, says):
+    with pytest.raises(ConfigError) as raised:
+        _config(marketplace, workspaces)
+    assert raised.value.key.startswith(key) and says in str(raised.value), str(raised.value)
+
+
+def _connection(monkeypatch, tmp_path, **extra) -> databricks.Connection:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    fields = {"owner": "workspace dev01", "profile": "marketplace-ws-dev01", "host": "https://adb-1.net",
+              "auth": "oauth-m2m", "client_id": "sp", "secret_env": "DEV01_SECRET", **extra}
+    return databricks.Connection(**fields)
+
+
+def test_profile_file_is_private_and_holds_each_workspace_credentials(monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    connection = _connection(monkeypatch, tmp_path)
+    monkeypatch.setenv("DEV01_SECRET", "s3cr3t-dev01")
+    monkeypatch.setenv("DATABRICKS_HOST", "https://somewhere-else")
+    monkeypatch.setenv("DEV02_TOKEN", "dapi-dev02")
+    databricks.ensure_profile(connection)
+    databricks.ensure_profile(connection.model_copy(update={"owner": "workspace dev02", "profile": "marketplace-ws-dev02",
+                                                            "auth": "pat", "client_id": None, "secret_env": "DEV02_TOKEN"}))
+    path = Path(os.environ[databricks.CONFIG_FILE_ENV])
+    assert path.is_relative_to(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    text = path.read_text()
+    assert "[marketplace-ws-dev01]" in text and "auth_type = oauth-m2m" in text
+    assert "client_secret = s3cr3t-dev01" in text and "client_id = sp" in text
+    assert "[marketplace-ws-dev02]" in text and "token = dapi-dev02" in text
+    assert "DATABRICKS_HOST" not in os.environ  # it would override every profile's host
+
+
+def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(monkeypatch, tmp_path, deploy):
+    monkeypatch.delenv("DEV01_SECRET", raising=False)
+    with pytest.raises(databricks.DatabricksCredentialError) as raised:
+        databricks.ensure_profile(_connection(monkeypatch, tmp_path))
+    assert str(raised.value).startswith("workspace dev01: the environment variable DEV01_SECRET")
+
+    deployment = deploy([{"name": "dev01", "databricks": {"host": "https://adb-1.net", "auth": "pat",
+                                                          "secret_env": "DEV01_SECRET"},
+                          "production": {"stage": "Production"}}])
+    result = deployment.sync("dev01")
+    assert not result.success
+    assert "workspace dev01: the environment variable DEV01_SECRET" in step_failure_message(result)
