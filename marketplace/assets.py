@@ -161,6 +161,11 @@ def _registry_errors(who: str, uri: str) -> Iterator[None]:
         ) from None
 
 
+def _ui_host(registry) -> str | None:
+    """A Databricks registry's web address (its URIs name a credentials profile, not a host)."""
+    return registry.databricks.host if registry.databricks else None
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> dg.MetadataValue:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -235,7 +240,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             report.rows += [
                 [
                     f"{day}|{name}",
-                    f"[{v.model_name}]({model_version_url(workspace.tracking_uri, v.model_name, v.version)})",
+                    f"[{v.model_name}]({model_version_url(workspace.tracking_uri, v.model_name, v.version, _ui_host(workspace))})",
                     v.version,
                     v.selected_by,
                     f"{v.created_at:%Y-%m-%d %H:%M}",
@@ -266,13 +271,15 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 label = f"{version.model_name} v{version.version}"
                 try:
                     with external_storage.lock("export", name, version.model_name, str(version.version)):
-                        export_one(day, name, workspace, client, version, label)
-                except SourceProblem as exc:
-                    # The version itself is at fault: skip it, say why, and sync the others.
-                    report.count("skipped")
-                    skipped[f"{name}/{label}"] = redact_text(str(exc))
-                    context.log.warning(f"{name}: skipped {label}: {redact_text(str(exc))}")
-                    external_storage.record_skip(name, version.model_name, version.version, redact_text(str(exc)), day)
+                        try:
+                            export_one(day, name, workspace, client, version, label)
+                        except SourceProblem as exc:
+                            # The version itself is at fault: skip it, say why, and sync the others.
+                            reason = redact_text(str(exc))
+                            report.count("skipped")
+                            skipped[f"{name}/{label}"] = reason
+                            context.log.warning(f"{name}: skipped {label}: {reason}")
+                            external_storage.record_skip(name, version.model_name, version.version, reason, day)
                 except (ExportError, *REGISTRY_ERRORS) as exc:
                     report.count("failed")
                     report.fail(
@@ -287,6 +294,8 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     report.count("exports_replaced")
                     context.log.warning(f"{name}: {label}: replacing the export folder: {problem}")
                 context.log.info(f"{name}: exporting {label}")
+                if removed := external_storage.remove_staging(name, version.model_name, version.version):
+                    context.log.info(f"{name}: {label}: removed {removed} staging folder(s) a dead run left")
                 record = export_version(
                     client,
                     workspace.tracking_uri,
@@ -295,6 +304,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     version=version,
                     export_date=day,
                     signing_key=external_storage.signing_key,
+                    registry_uri=workspace.registry_uri,
                 )
                 report.count("exported")
                 report.count("bytes_exported", record.manifest.size_bytes)
@@ -409,7 +419,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     report.count("imported")
                     report.rows.append(
                         [f"{day}|{name}", label,
-                         f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, created.version)})",
+                         f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, created.version, _ui_host(marketplace))})",
                          created.version]
                     )
                     newest.append(Checked(mp_name, created, Path(row["export_path"]), new=True))
@@ -422,7 +432,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         report.run(import_partition)
         yield report.result(skipped_versions=dg.MetadataValue.json(skipped))
-        yield _load_check(client, (marketplace.tracking_uri, marketplace.registry_uri), newest)
+        yield _load_check(client, marketplace.tracking_uri, marketplace.registry_uri, newest)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
@@ -493,7 +503,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 report.rows.append(
                     [
                         f"{day}|{name}",
-                        f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version)})",
+                        f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version, _ui_host(marketplace))})",
                         newest.version,
                         f"@{marketplace.alias}" if marketplace.has_aliases else "stage Production",
                         f"{name}/{key.model_name} v{key.version}",
@@ -552,7 +562,7 @@ def _import_once(
 ):
     model_tags, model_description = _provenance(marketplace, source, source_uri)
     try:
-        import_export(
+        returned = import_export(
             client,
             marketplace.tracking_uri,
             export_path=Path(row["export_path"]),
@@ -563,6 +573,7 @@ def _import_once(
             import_date=day,
             model_tags=model_tags,
             model_description=model_description,
+            registry_uri=marketplace.registry_uri,
         )
     except Exception:
         # The version may exist although the call failed (its answer was lost): look again.
@@ -571,7 +582,7 @@ def _import_once(
             raise
         return created
     # A retried create may have made two copies of the version: keep the first.
-    created = settle_duplicates(client, mp_name, source)
+    created = settle_duplicates(client, mp_name, source, returned)
     if created is None:
         raise ImportError_(f"{source.describe()}: imported, but no version of {mp_name!r} carries its source tags")
     return created
@@ -599,11 +610,11 @@ class Checked:
         return f"models:/{self.name}/{self.version.version}"
 
 
-def _load_check(client, uris: tuple[str, str | None], checked: list[Checked]) -> dg.AssetCheckResult:
+def _load_check(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked]) -> dg.AssetCheckResult:
     """Load and predict each version imported now, or whose files changed since it last passed."""
     results: dict[str, LoadResult] = {}
     with registry_time() as spent:
-        _load_each(client, uris, checked, results)
+        _load_each(client, tracking_uri, registry_uri, checked, results)
     unchanged = sum(1 for r in results.values() if r.unchanged)
     failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
@@ -624,11 +635,12 @@ def _load_check(client, uris: tuple[str, str | None], checked: list[Checked]) ->
     )
 
 
-def _load_each(client, uris: tuple[str, str | None], checked: list[Checked], results: dict[str, LoadResult]) -> None:
-    tracking_uri, registry_uri = uris
+def _load_each(
+    client, tracking_uri: str, registry_uri: str | None, checked: list[Checked], results: dict[str, LoadResult]
+) -> None:
     for item in checked:
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
-        if recorded and not item.new and _fingerprint_or_none(uris, item.uri) == recorded:
+        if recorded and not item.new and _fingerprint_or_none(tracking_uri, registry_uri, item.uri) == recorded:
             results[f"{item.name} v{item.version.version}"] = LoadResult(
                 True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted", unchanged=True
             )
@@ -638,15 +650,15 @@ def _load_each(client, uris: tuple[str, str | None], checked: list[Checked], res
         result = dataclasses.replace(result, detail=redact_text(result.detail))
         results[f"{item.name} v{item.version.version}"] = result
         if result.loaded and result.matches_export is not False:
-            fingerprint = _fingerprint_or_none(uris, item.uri)
+            fingerprint = _fingerprint_or_none(tracking_uri, registry_uri, item.uri)
             if fingerprint and fingerprint != recorded:
                 with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
                     client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
 
 
-def _fingerprint_or_none(uris: tuple[str, str | None], model_uri: str) -> str | None:
+def _fingerprint_or_none(tracking_uri: str, registry_uri: str | None, model_uri: str) -> str | None:
     try:
-        return artifact_fingerprint(uris[0], model_uri, uris[1])
+        return artifact_fingerprint(tracking_uri, model_uri, registry_uri)
     except Exception:  # noqa: BLE001 - unreadable listing: load it and report what fails
         return None
 

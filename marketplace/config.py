@@ -78,8 +78,11 @@ class ProductionSelector(_Strict):
         return f"stage {self.stage}" if self.stage else f"alias @{self.alias}"
 
 
-DATABRICKS_AUTH = ("oauth-m2m", "azure-client-secret", "pat")
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Variables the Databricks SDK reads itself, over any profile: the run clears them, so a secret
+# cannot live in one of them.
+SDK_ENV = ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET",
+           "DATABRICKS_AUTH_TYPE", "DATABRICKS_CONFIG_PROFILE", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID")
 
 
 class DatabricksConnection(_Strict):
@@ -104,7 +107,19 @@ class DatabricksConnection(_Strict):
             raise ValueError(f"{value!r} is not a workspace URL (https://<workspace host>)")
         if parsed.username or parsed.password:
             raise ValueError("the host must not carry credentials; name them with secret_env")
+        if parsed.scheme == "http" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(f"{value!r}: credentials would travel in clear text; use https://")
         return value.rstrip("/")
+
+    @field_validator("secret_env")
+    @classmethod
+    def _own_variable(cls, value: str) -> str:
+        if value in SDK_ENV:
+            raise ValueError(
+                f"{value} is read by the Databricks SDK for every workspace (and cleared by the run); "
+                "hold each workspace's secret in a variable of its own, e.g. DEV01_SP_SECRET"
+            )
+        return value
 
     @model_validator(mode="after")
     def _fields_of_auth(self) -> DatabricksConnection:

@@ -18,16 +18,16 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
+
+from marketplace.config import SDK_ENV
 
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
 # Set in the environment, these win over every profile's values (the SDK loads the environment
 # first), so one workspace's token would be sent to all of them.
-OVERRIDING_ENV = (
-    "DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET",
-    "DATABRICKS_AUTH_TYPE", "DATABRICKS_CONFIG_PROFILE", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID",
-)  # fmt: skip
+OVERRIDING_ENV = SDK_ENV
 SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret": "azure_client_secret"}
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Connection(dg.Config):
     owner: str  # "workspace dev01" or "the marketplace": for messages
     profile: str
     host: str
-    auth: str
+    auth: Literal["oauth-m2m", "azure-client-secret", "pat"]
     client_id: str | None = None
     azure_client_id: str | None = None
     azure_tenant_id: str | None = None
@@ -72,6 +72,7 @@ class _Profiles:
         self._lock = threading.Lock()
         self._sections: dict[str, dict[str, str]] = {}
         self._folder: Path | None = None
+        self._active: Path | None = None
 
     def ensure(self, connection: Connection) -> Path:
         section = profile_section(connection)
@@ -83,8 +84,17 @@ class _Profiles:
             if self._sections.get(connection.profile) != section:
                 self._sections[connection.profile] = section
                 self._write(path)
-            self._activate(path)
+            if self._active != path or os.environ.get(CONFIG_FILE_ENV) != str(path):
+                self._activate(path)
+                self._active = path
             return path
+
+    def remove(self) -> None:
+        """Delete the file now (atexit does too, but not for a process that leaves with os._exit)."""
+        with self._lock:
+            if self._folder is not None:
+                shutil.rmtree(self._folder, ignore_errors=True)
+                self._folder, self._active, self._sections = None, None, {}
 
     def _write(self, path: Path) -> None:
         parser = configparser.ConfigParser(interpolation=None)
@@ -108,6 +118,10 @@ class _Profiles:
 
 
 _profiles = _Profiles()
+
+
+def remove_profiles() -> None:
+    _profiles.remove()
 
 
 def ensure_profile(connection: Connection | None) -> None:

@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
+    from marketplace.databricks import remove_profiles
+
+    remove_profiles()  # os._exit skips atexit
     sys.stdout.flush()
     sys.stderr.flush()
     # All work is done and closed by now. Seen once in a fresh clone: a native library's thread

@@ -63,6 +63,15 @@ def export_dir(storage_root: str | Path, workspace: str, model_name: str, versio
     return Path(storage_root) / EXPORTS_DIR / workspace / path_component(model_name) / str(version)
 
 
+def remove_staging(storage_root: str | Path, workspace: str, model_name: str, version: int) -> int:
+    """Remove the version's staging folders. Only for a caller holding the version's export lock:
+    then no export of it is in progress, and any staging folder is a dead run's debris."""
+    found = list(export_dir(storage_root, workspace, model_name, version).parent.glob(f"{STAGING_PREFIX}{version}-*"))
+    for debris in found:
+        shutil.rmtree(debris, ignore_errors=True)
+    return len(found)
+
+
 def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
     """Beside the version's export folder: why the version was skipped, while it is."""
     return export_dir(storage_root, workspace, model_name, version).with_name(f"{version}{SKIP_SUFFIX}")
@@ -219,6 +228,7 @@ def export_version(
     version: ProductionVersion,
     export_date: dt.date,
     signing_key: str | None = None,
+    registry_uri: str | None = None,
 ) -> ExportRecord:
     """Export one production version, verify it, write its manifest last and move it into place.
 
@@ -228,12 +238,9 @@ def export_version(
     _check_source(client, version)
     destination = export_dir(storage_root, workspace, version.model_name, version.version)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    # Callers hold this version's export lock: another staging folder of it is a dead run's debris.
-    for debris in destination.parent.glob(f"{STAGING_PREFIX}{version.version}-*"):
-        shutil.rmtree(debris, ignore_errors=True)
     staging = destination.parent / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
     try:
-        with process_tracking_uri(tracking_uri), _library_errors() as errors:
+        with process_tracking_uri(tracking_uri, registry_uri), _library_errors() as errors:
             ok, _ = export_model(
                 model_name=version.model_name,
                 output_dir=str(staging),

@@ -10,7 +10,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from marketplace.exports import EXPORTS_DIR, STAGING_PREFIX
+from marketplace.exports import EXPORTS_DIR, SKIP_SUFFIX, STAGING_PREFIX
 from marketplace.manifest import MANIFEST_NAME
 
 # delta-rs refuses a vacuum shorter than the table's retention (7 days) unless told it is meant.
@@ -85,7 +85,9 @@ def remove_debris(storage_root: str | Path, retention_hours: float) -> DebrisRep
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             report.removed.append(str(entry.relative_to(storage_root)))
-    for leftover in (Path(storage_root) / "production_models").glob("*/*.tmp-*"):
+    leftovers = [*(Path(storage_root) / "production_models").glob("*/*.tmp-*"),
+                 *exports.glob(f"*/*/*{SKIP_SUFFIX}.tmp-*")]  # interrupted snapshot and skip-record writes
+    for leftover in leftovers:
         try:
             old = leftover.lstat().st_mtime <= cutoff
         except FileNotFoundError:  # the snapshot being written was just renamed into place

@@ -74,7 +74,7 @@ def uc_component(name: str) -> str:
     """`name` as one Unity Catalog name level: unchanged if already valid, else cleaned and
     suffixed with a stable hash of the original (so two names never clean into one)."""
     cleaned = re.sub(r"[^a-z0-9_-]", "_", name.lower())
-    if cleaned != name:
+    if cleaned != name or len(cleaned) > UC_NAME_LIMIT:
         cleaned = f"{cleaned[:UC_NAME_LIMIT - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
     return cleaned
 
@@ -155,17 +155,20 @@ def _tags(result) -> dict[str, str]:
         return {}
 
 
-def settle_duplicates(client: MlflowClient, name: str, source: SourceKey) -> ModelVersion | None:
+def settle_duplicates(
+    client: MlflowClient, name: str, source: SourceKey, created: ModelVersion | None = None
+) -> ModelVersion | None:
     """The one marketplace version of `source` in `name`, or None.
 
     The registry client retries a POST whose answer was lost (allowed_methods=None), and
     create_model_version is not idempotent: a retry can create a second copy. The first copy
-    is kept; later ones, which nothing points at yet, are deleted.
+    is kept; later ones, which nothing points at yet, are deleted. `created` is the version the
+    import call returned, if it returned.
     """
-    copies = sorted(
-        (v for key, v in _tagged_versions(client, f"name={filter_literal(name)}") if key == source),
-        key=lambda v: int(v.version),
-    )
+    found = {v.version: v for key, v in _tagged_versions(client, f"name={filter_literal(name)}") if key == source}
+    if created is not None:
+        found.setdefault(created.version, created)  # a search that lags behind still has this one
+    copies = sorted(found.values(), key=lambda v: int(v.version))
     for extra in copies[1:]:
         client.delete_model_version(name, extra.version)
     return copies[0] if copies else None
@@ -200,6 +203,7 @@ def import_export(
     import_date: dt.date,
     model_tags: dict[str, str] | None = None,
     model_description: str | None = None,
+    registry_uri: str | None = None,
 ) -> ModelVersion:
     """Import one verified export as a new version of `marketplace_name`, tagged with its source.
 
@@ -233,7 +237,7 @@ def import_export(
         TAG_SOURCE_RUN_ID: source_version.get("run_id", ""),
         TAG_IMPORT_DATE: import_date.isoformat(),
     }
-    with process_tracking_uri(tracking_uri):
+    with process_tracking_uri(tracking_uri, registry_uri):
         importer = ModelImporter(mlflow_client=client, import_source_tags=True)
         model_utils.create_model(client, marketplace_name, model_dict, True)  # what _import_model does, minus permissions
         run_id = importer._import_run(str(export_path), experiment_name, version_dict)

@@ -35,6 +35,13 @@ class PollResult:
     calls: int = 0
 
 
+def _aliases(model) -> dict:
+    try:
+        return model.aliases or {}
+    except Exception:  # noqa: BLE001 - Unity Catalog search results raise on reading aliases
+        return {}
+
+
 def _poll_one(target: WorkspaceTarget) -> PollResult:
     """One paged registered-model search; per-model alias look-ups only where search shows none."""
     started = time.monotonic()
@@ -58,8 +65,9 @@ def _poll_one(target: WorkspaceTarget) -> PollResult:
                     if in_stage:
                         result.production[model.name] = max(in_stage)
                 else:
-                    version = (model.aliases or {}).get(target.alias)
-                    if version is None and not model.aliases:
+                    aliases = _aliases(model)
+                    version = aliases.get(target.alias)
+                    if version is None and not aliases:
                         # Some registries leave aliases out of search results: ask.
                         result.calls += 1
                         try:

@@ -59,37 +59,32 @@ def redact_text(text: str) -> str:
 
 @contextlib.contextmanager
 def process_tracking_uri(uri: str, registry_uri: str | None = None) -> Iterator[None]:
-    """Point the process-wide tracking (and registry) URI at `uri` for the block, then restore them.
+    """Point the process-wide tracking and registry URIs at `uri` (and `registry_uri`, by
+    default the same) for the block, then put back exactly what was there.
 
     mlflow-export-import reads the process-wide URI in places (logged-model artifact
-    listing, UC version creation), and `models:/` URIs resolve against the process-wide registry;
-    a lock keeps two threads from swapping them under each other.
+    listing, UC version creation), and `models:/` URIs resolve against the process-wide
+    registry (for databricks://, MLflow would pick Unity Catalog); a lock keeps two threads
+    from swapping them under each other.
     """
-    wanted = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": registry_uri or uri}
+    from mlflow.tracking import _model_registry, _tracking_service
+
     with _process_uri_lock:
-        previous_env = {name: os.environ.get(name) for name in wanted}
-        previous = mlflow.get_tracking_uri() if previous_env["MLFLOW_TRACKING_URI"] is None and mlflow.is_tracking_uri_set() else None
-        previous_registry = mlflow_registry_uri_set()
-        os.environ.update(wanted)
+        # MLflow's own module state (set_*_uri(None) also clears the variable), then the variables.
+        saved = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri)
+        saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(wanted["MLFLOW_REGISTRY_URI"])
+        mlflow.set_registry_uri(registry_uri or uri)
         try:
             yield
         finally:
-            for name, value in previous_env.items():
+            mlflow.set_tracking_uri(saved[0])
+            mlflow.set_registry_uri(saved[1])
+            for name, value in saved_env.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-            mlflow.set_tracking_uri(previous)
-            mlflow.set_registry_uri(previous_registry)
-
-
-def mlflow_registry_uri_set() -> str | None:
-    """The registry URI set with mlflow.set_registry_uri, if any (None: it follows the tracking URI)."""
-    from mlflow.tracking import _model_registry
-
-    return _model_registry.utils._registry_uri
 
 
 def filter_literal(value: str) -> str:
@@ -249,6 +244,9 @@ def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -
     return changed
 
 
-def model_version_url(tracking_uri: str, name: str, version: int | str) -> str:
-    base = redact_uri(tracking_uri).rstrip("/")
+def model_version_url(tracking_uri: str, name: str, version: int | str, host: str | None = None) -> str:
+    """The version's page in the MLflow UI (`host` for a databricks:// URI, which is a profile)."""
+    base = (host or redact_uri(tracking_uri)).rstrip("/")
+    if not base.startswith("http"):
+        return f"models:/{name}/{version}"
     return f"{base}/#/models/{quote(name, safe='')}/versions/{version}"

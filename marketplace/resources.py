@@ -25,6 +25,7 @@ from marketplace.exports import (
     export_dir,
     inspect_export,
     record_skip,
+    remove_staging,
     skip_reason,
     skip_record_path,
 )
@@ -145,6 +146,10 @@ class ExternalStorageResource(dg.ConfigurableResource):
 
     def record_skip(self, workspace: str, model: str, version: int, reason: str, day: dt.date) -> None:
         record_skip(skip_record_path(self.root, workspace, model, version), reason, day)
+
+    def remove_staging(self, workspace: str, model: str, version: int) -> int:
+        """Only under the version's export lock (see exports.remove_staging)."""
+        return remove_staging(self.root, workspace, model, version)
 
     def clear_skip(self, workspace: str, model: str, version: int) -> None:
         skip_record_path(self.root, workspace, model, version).unlink(missing_ok=True)

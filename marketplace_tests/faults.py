@@ -84,11 +84,11 @@ class FaultProxy:
         class Handler(BaseHTTPRequestHandler):
             def _relay(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hold = proxy._hold_for(self.command, self.path)
                 if proxy._should_fail():
                     self._answer(proxy.status, {"Content-Type": "application/json"},
                                  b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"}')
                     return
+                hold = proxy._hold_for(self.command, self.path)
                 if hold is not None and not hold.after_upstream:
                     self._wait(hold)
                     if hold.abandoned:
@@ -113,7 +113,7 @@ class FaultProxy:
                 try:
                     return requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers,
                                             timeout=60)
-                except requests.ConnectionError:
+                except requests.RequestException:  # the server is down or does not answer
                     return None
 
             def _answer(self, status: int, headers: dict, payload: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -10,7 +11,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from marketplace import assets
-from marketplace.exports import export_dir
+from marketplace.exports import export_dir, skip_record_path
 from marketplace.registry import process_tracking_uri
 
 from .conftest import materializations, register_version, step_failure_message
@@ -71,6 +72,9 @@ def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest
     synced = checks["production_versions_synced"]
     assert not synced.passed and "was deleted" in synced.description and "has no run" in synced.description
 
+    recorded = skip_record_path(deployment.config.storage_root, "bad", f"{uid}_deleted_run", 1)
+    assert "was deleted" in json.loads(recorded.read_text())["reason"]
+
     # Once the source is mended (the run restored), the next run exports it and clears the reason.
     client.restore_run(client.get_model_version(f"{uid}_deleted_run", "1").run_id)
     again = deployment.sync("bad")
@@ -79,3 +83,4 @@ def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest
     assert (exports["exported"], exports["already_exported"], exports["skipped"]) == (1, 1, 2)
     assert f"bad/{uid}_deleted_run v1" not in exports["skipped_versions"]
     assert market.get_model_version_by_alias(f"bad.{uid}_deleted_run", "production").version == "1"
+    assert not recorded.exists()

@@ -32,17 +32,18 @@ def test_concurrent_partition_runs_keep_every_row(servers, deploy, uid, tmp_path
     # Dagster creates its SQLite storage on first use, and racing first uses collide: create it once.
     dg.DagsterInstance.from_config(str(home)).dispose()
     env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
-    processes = [
-        subprocess.Popen(
-            [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
-             "--partition", f"{TODAY.isoformat()}|{w}"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for w in WORKSPACES
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
+    logs = [tmp_path / f"{w}.log" for w in WORKSPACES]
+    processes = []
+    for w, log in zip(WORKSPACES, logs):
+        with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
+            processes.append(subprocess.Popen(
+                [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
+                 "--partition", f"{TODAY.isoformat()}|{w}"],
+                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            ))
+    for process, log in zip(processes, logs):
+        process.wait(timeout=600)
+        assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
 
     root = Path(deployment.config.storage_root)
     for table in ("export_summary", "import_summary"):

@@ -8,14 +8,18 @@ for a sleep.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import dagster as dg
+import filelock
 import mlflow
 import pytest
 from deltalake import DeltaTable
@@ -26,6 +30,7 @@ from marketplace.exports import STAGING_PREFIX, export_dir
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.registry import EXPORTED_ON_TAG, process_tracking_uri
+from marketplace.resources import build_resources
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .faults import FaultProxy, Hold
@@ -44,16 +49,25 @@ def _home(tmp_path: Path) -> Path:
     return home
 
 
-def _launch(config: Path, home: Path, workspace: str) -> subprocess.Popen:
-    """marketplace_sync_job for (today, workspace) in a CLI process of its own, as a run worker runs it."""
+def _launch(config: Path, home: Path, workspace: str, log: Path) -> subprocess.Popen:
+    """marketplace_sync_job for (today, workspace) in a CLI process of its own, as a run worker
+    runs it; its output goes to `log` (a pipe nobody reads could fill and stall it)."""
     partition = f"{TODAY.isoformat()}|{workspace}"
     tags = {"dagster/partition": partition, "dagster/partition/date": TODAY.isoformat(),
             "dagster/partition/workspace": workspace}
-    return subprocess.Popen(
-        [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", SYNC_JOB, "--tags", json.dumps(tags)],
-        cwd=ROOT, env={**os.environ, "MARKETPLACE_CONFIG": str(config), "DAGSTER_HOME": str(home)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", SYNC_JOB, "--tags",
+             json.dumps(tags)],
+            cwd=ROOT, env={**os.environ, "MARKETPLACE_CONFIG": str(config), "DAGSTER_HOME": str(home)},
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    process.log = log
+    return process
+
+
+def _tail(process: subprocess.Popen) -> str:
+    return process.log.read_text(errors="replace")[-3000:]
 
 
 def _kill_when_held(process: subprocess.Popen, hold: Hold, timeout: float = 300) -> None:
@@ -63,7 +77,8 @@ def _kill_when_held(process: subprocess.Popen, hold: Hold, timeout: float = 300)
         waited += 1.0
         if process.poll() is not None or waited > timeout:
             process.kill()
-            raise AssertionError(f"the run never reached the hold point:\n{process.communicate()[0][-3000:]}")
+            process.wait()
+            raise AssertionError(f"the run never reached the hold point:\n{_tail(process)}")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
@@ -101,7 +116,7 @@ def test_run_killed_mid_export_counts_nothing_and_the_rerun_completes(servers, d
                               "include": [f"{uid}_*"]}])
         root = Path(deployment.config.storage_root)
         model_dir = export_dir(root, "killed", f"{uid}_m", 1).parent
-        process = _launch(deployment.path, _home(tmp_path), "killed")
+        process = _launch(deployment.path, _home(tmp_path), "killed", tmp_path / "killed.log")
         _kill_when_held(process, hold)
 
         staged = list(model_dir.glob(f"{STAGING_PREFIX}*"))
@@ -135,7 +150,7 @@ def test_run_killed_mid_import_leaves_no_untagged_or_duplicate_version(servers, 
             marketplace={"tracking_uri": proxy.uri},
         )
         root = Path(deployment.config.storage_root)
-        process = _launch(deployment.path, _home(tmp_path), "killed")
+        process = _launch(deployment.path, _home(tmp_path), "killed", tmp_path / "killed.log")
         _kill_when_held(process, hold)
 
         client = MlflowClient(market.uri)
@@ -229,25 +244,48 @@ def test_workspace_server_down_then_dying_mid_run_then_back(servers, deploy, uid
     assert _rows(root, "import_summary") == [("dying", f"{uid}_m", 1)]
 
 
+def _step_started(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
+    return any(e.step_key == step_key for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START))
+
+
 def test_same_partition_from_two_cli_processes_syncs_once(servers, deploy, uid, tmp_path):
     ws = servers["ws_a"]
     register_version(ws.uri, f"{uid}_m", stage="Production")
-    hold = Hold("GET", GET_LOGGED_MODEL)  # the first process waits mid-export, holding its lock
+    hold = Hold("GET", GET_LOGGED_MODEL)  # the first process waits mid-export, holding the version's lock
     with FaultProxy(ws.uri, holds=[hold]) as proxy:
         deployment = deploy([{"name": "twice", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
                               "include": [f"{uid}_*"]}])
+        storage = build_resources(deployment.config)["external_storage"]
         home = _home(tmp_path)
-        first = _launch(deployment.path, home, "twice")
-        assert hold.reached.wait(300), first.communicate()[0][-3000:] if first.poll() is not None else "no hold"
-        searches = sum(1 for _, path in proxy.requests if "search" in path)
-        second = _launch(deployment.path, home, "twice")
-        # Let the first go on once the second is selecting versions: both are now in the chain.
-        while sum(1 for _, path in proxy.requests if "search" in path) == searches and second.poll() is None:
-            threading.Event().wait(0.2)
-        hold.release.set()
-        outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
-    for process, output in zip((first, second), outputs):
-        assert process.returncode == 0, output[-3000:]
+        instance = dg.DagsterInstance.from_config(str(home))
+        try:
+            first = _launch(deployment.path, home, "twice", tmp_path / "first.log")
+            assert hold.reached.wait(300), _tail(first)
+            (first_run,) = [r.run_id for r in instance.get_runs()]
+            second = _launch(deployment.path, home, "twice", tmp_path / "second.log")
+            # Go on once the second run is in its exports step: it is then waiting on the lock.
+            deadline = time.monotonic() + 300
+            second_run = None
+            while second_run is None or not _step_started(instance, second_run, "external_storage__exports"):
+                assert second.poll() is None and time.monotonic() < deadline, _tail(second)
+                second_run = next((r.run_id for r in instance.get_runs() if r.run_id != first_run), None)
+                time.sleep(0.2)
+            with pytest.raises(filelock.Timeout):  # the first holds the version's export lock
+                storage.lock("export", "twice", f"{uid}_m", "1", timeout_seconds=0).acquire()
+            hold.release.set()
+            for process in (first, second):
+                process.wait(timeout=600)
+                assert process.returncode == 0, _tail(process)
+            exports = {r.run_id: r.asset_materialization.metadata
+                       for r in instance.fetch_materializations(assets.EXPORTS, limit=10).records}
+            imports = {r.run_id: r.asset_materialization.metadata
+                       for r in instance.fetch_materializations(assets.IMPORTS, limit=10).records}
+        finally:
+            instance.dispose()
+    counts = lambda meta, *names: tuple(meta[run][n].value for run in (first_run, second_run) for n in names)  # noqa: E731
+    # The second waited for the first's export, then found it done; the same for the import.
+    assert counts(exports, "exported", "already_exported") == (1, 0, 0, 1)
+    assert counts(imports, "imported", "already_imported") == (1, 0, 0, 1)
     root = Path(deployment.config.storage_root)
     model_dir = export_dir(root, "twice", f"{uid}_m", 1).parent
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
@@ -264,7 +302,7 @@ def _mount_small_filesystem(path: Path, size: str) -> bool:
     return done.returncode == 0
 
 
-def test_external_storage_out_of_space_mid_export(servers, deploy, uid, monkeypatch):
+def test_external_storage_out_of_space_mid_export(servers, deploy, uid, record_property):
     ws = servers["ws_a"]
     client = MlflowClient(ws.uri)
     version = register_version(ws.uri, f"{uid}_big", stage="Production")
@@ -276,20 +314,23 @@ def test_external_storage_out_of_space_mid_export(servers, deploy, uid, monkeypa
     root = Path(deployment.config.storage_root)
     exports = root / "exports"
     mounted = _mount_small_filesystem(exports, "1m")
-    if not mounted:  # no mounting here: fail the writes the way a full disk does
-        import errno
-        import shutil
+    record_property("out_of_space_by", "a 1 MB tmpfs" if mounted else "ENOSPC raised at the file copy")
+    with pytest.MonkeyPatch.context() as patch:
+        if not mounted:  # no mounting here: fail the writes the way a full disk does
+            real_copy = shutil.copy2
 
-        real_copy = shutil.copy2
+            def full_disk(src, dst, *args, **kwargs):
+                if str(exports) in str(dst) and os.path.getsize(src) > 1_000_000:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+                return real_copy(src, dst, *args, **kwargs)
 
-        def full_disk(src, dst, *args, **kwargs):
-            if str(exports) in str(dst) and os.path.getsize(src) > 1_000_000:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
-            return real_copy(src, dst, *args, **kwargs)
-
-        monkeypatch.setattr(shutil, "copy2", full_disk)
+            patch.setattr(shutil, "copy2", full_disk)
+        try:
+            result = deployment.sync("full")
+        finally:
+            if mounted:  # more room for the re-run
+                subprocess.run(["mount", "-o", "remount,size=64m", str(exports)], check=True)
     try:
-        result = deployment.sync("full")
         assert not result.success
         message = step_failure_message(result)
         assert f"{uid}_big v1: export failed" in message and "No space left on device" in message
@@ -298,10 +339,6 @@ def test_external_storage_out_of_space_mid_export(servers, deploy, uid, monkeypa
         assert EXPORTED_ON_TAG not in client.get_model_version(f"{uid}_big", "1").tags
         assert _rows(root, "export_summary") == []
 
-        if mounted:
-            subprocess.run(["mount", "-o", "remount,size=64m", str(exports)], check=True)
-        else:
-            monkeypatch.undo()
         again = deployment.sync("full")
         assert again.success, step_failure_message(again)
         assert materializations(again, assets.EXPORTS)["exported"] == 1

@@ -13,12 +13,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from marketplace import assets, databricks
+from marketplace import databricks, polling
 from marketplace.config import ConfigError, parse_config
-from marketplace.imports import TAG_SOURCE_MODEL
+from marketplace.imports import TAG_SOURCE_MODEL, UC_NAME_LIMIT, _tags, render_name
 
-from .conftest import materializations, register_version, step_failure_message
+from .conftest import register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
 
 
@@ -26,8 +27,7 @@ from .databricks_standin import DatabricksStandIn
 def _own_profiles(monkeypatch):
     """Each test writes its own profile file; the process environment is put back after."""
     monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
-    monkeypatch.delenv(databricks.CONFIG_FILE_ENV, raising=False)
-    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "unset-by-the-test")
+    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
     monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
 
 
@@ -56,6 +56,9 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
     assert version.current_stage == "Production" and version.tags[TAG_SOURCE_MODEL] == f"{uid}_m"
     assert version.aliases == []
     assert "DATABRICKS_TOKEN" not in os.environ
+    # Neither secret shows in any event, log line or metadata value of the run.
+    events = "\n".join(dg.serialize_value(event) for event in result.all_events)
+    assert "dapi-dev01-secret" not in events and "sp-market-secret" not in events
 
 
 BASE = {"external_storage": {"uri": "x"}, "workspaces": [
@@ -102,6 +105,10 @@ def test_databricks_blocks_become_profile_uris():
          "workspace URL"),
         ({"databricks": _dbx(host="https://user:pw@adb-1.azuredatabricks.net")}, None,
          "marketplace.databricks.host", "must not carry credentials"),
+        ({"databricks": _dbx(host="http://adb-1.azuredatabricks.net")}, None, "marketplace.databricks.host",
+         "clear text"),
+        ({"databricks": _dbx(secret_env="DATABRICKS_TOKEN")}, None, "marketplace.databricks.secret_env",
+         "a variable of its own"),
         ({"tracking_uri": "http://x:1", "databricks": _dbx()}, None, "marketplace", "not both"),
         ({"name_template": "{workspace}.{model}"}, None, "marketplace.tracking_uri", "or give a databricks block"),
         ({"tracking_uri": "http://x:1"},
@@ -158,3 +165,34 @@ def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(m
     result = deployment.sync("dev01")
     assert not result.success
     assert "workspace dev01: the environment variable DEV01_SECRET" in step_failure_message(result)
+
+
+def test_unity_catalog_names_are_valid_distinct_and_traceable():
+    template = "marketplace.{workspace}.{model}"
+    assert render_name(template, "dev01", "churn_model", unity_catalog=True) == "marketplace.dev01.churn_model"
+    odd = [render_name(template, "dev01", name, unity_catalog=True)
+           for name in ("Churn Model", "churn model", "churn.model", "Ünïcode", "L" * 300)]
+    for name in odd:
+        catalog, schema, model = name.split(".")
+        assert len(model) <= UC_NAME_LIMIT and model == model.lower()
+        assert all(c.isalnum() and c.isascii() or c in "_-" for c in model), name
+    assert len(set(odd)) == len(odd)  # cleaned names never meet: each keeps a hash of its original
+    assert render_name(template, "dev01", "churn model", unity_catalog=True).startswith("marketplace.dev01.churn_model_")
+
+
+class _UnityCatalogSearchResult:
+    """What MLflow's Unity Catalog store returns from searches: reading tags or aliases raises."""
+
+    name, version = "m", "1"
+
+    @property
+    def tags(self):
+        raise Exception("UC Model Versions gathered through search_model_versions do not have tags")
+
+    aliases = tags
+
+
+def test_unity_catalog_search_results_without_tags_or_aliases_are_read_again():
+    assert _tags(_UnityCatalogSearchResult()) == {}
+    assert polling._aliases(_UnityCatalogSearchResult()) == {}
+    assert _tags(ModelVersion("m", "1", 0, tags=[ModelVersionTag("k", "v")])) == {"k": "v"}
