@@ -32,6 +32,7 @@ from marketplace.config import load_config
 from marketplace.definitions import build_definitions
 from marketplace.local_dagster import DagsterDev
 from marketplace.local_servers import LocalServer, free_port, start, stop
+from marketplace.partitions import partition_tags, split_partition_key
 from marketplace.registry import process_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,12 +145,6 @@ def _home(folder: Path) -> Path:
 SYNC_JOB = "marketplace_sync_job"
 
 
-def partition_tags(partition: str) -> dict[str, str]:
-    """The tags the sensor's and schedule's run requests give a run of one (date, workspace)."""
-    day, workspace = partition.split("|")
-    return {"dagster/partition": partition, "dagster/partition/date": day, "dagster/partition/workspace": workspace}
-
-
 def materialize_partitions(config_path: Path, home: Path, partitions: list[str], parallel: int) -> tuple[float, list[dict]]:
     """One `dagster job execute` process of marketplace_sync_job per partition (the job the
     sensor and schedule request, in a process of its own as the run launcher starts it),
@@ -160,7 +155,7 @@ def materialize_partitions(config_path: Path, home: Path, partitions: list[str],
         started = time.perf_counter()
         done = subprocess.run(
             [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", SYNC_JOB,
-             "--tags", json.dumps(partition_tags(partition))],
+             "--tags", json.dumps(partition_tags(*split_partition_key(partition)))],
             env=env, cwd=config_path.parent, capture_output=True, text=True,
         )
         if done.returncode != 0:

@@ -25,9 +25,6 @@ import dagster as dg
 from marketplace.config import SDK_ENV
 
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
-# Set in the environment, these win over every profile's values (the SDK loads the environment
-# first), so one workspace's token would be sent to all of them.
-OVERRIDING_ENV = SDK_ENV
 SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret": "azure_client_secret"}
 
 log = logging.getLogger(__name__)
@@ -111,7 +108,8 @@ class _Profiles:
     @staticmethod
     def _activate(path: Path) -> None:
         os.environ[CONFIG_FILE_ENV] = str(path)
-        cleared = [name for name in OVERRIDING_ENV if os.environ.pop(name, None) is not None]
+        # Set, these win over every profile's values (the SDK loads the environment first).
+        cleared = [name for name in SDK_ENV if os.environ.pop(name, None) is not None]
         if cleared:
             log.warning("cleared %s from this process: set, they would override every workspace's profile",
                         ", ".join(cleared))

@@ -77,11 +77,17 @@ def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, 
     return export_dir(storage_root, workspace, model_name, version).with_name(f"{version}{SKIP_SUFFIX}")
 
 
-def record_skip(path: Path, reason: str, day: dt.date) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` through a unique `<name>.tmp-*` file renamed into place: readers see the old
+    file or the new one, never half of one (housekeeping sweeps temp files a crash left)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps({"reason": reason, "date": day.isoformat()}, ensure_ascii=False))
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def record_skip(path: Path, reason: str, day: dt.date) -> None:
+    write_atomically(path, json.dumps({"reason": reason, "date": day.isoformat()}, ensure_ascii=False))
 
 
 def skip_reason(path: Path) -> str | None:

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_export_import.common import model_utils, utils
 from mlflow_export_import.model.import_model import ModelImporter
 
-from marketplace.registry import filter_literal, process_tracking_uri
+from marketplace.registry import filter_literal, process_tracking_uri, searched
 
 TAG_SOURCE_WORKSPACE = "marketplace.source_workspace"
 TAG_SOURCE_MODEL = "marketplace.source_model"
@@ -139,20 +139,13 @@ def _tagged_versions(client: MlflowClient, filter_string: str) -> Iterator[tuple
         for result in page:
             # Some registries leave tags out of search results (Unity Catalog raises on reading
             # them): read those versions.
-            version = result if _source_key(_tags(result)) else client.get_model_version(result.name, result.version)
+            version = result if _source_key(searched(result, "tags")) else client.get_model_version(result.name, result.version)
             key = _source_key(version.tags or {})
             if key is not None:
                 yield key, version
         token = page.token
         if not token:
             return
-
-
-def _tags(result) -> dict[str, str]:
-    try:
-        return result.tags or {}
-    except Exception:  # noqa: BLE001 - UC search results raise: "do not have tags"
-        return {}
 
 
 def settle_duplicates(

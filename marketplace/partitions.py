@@ -36,3 +36,14 @@ def split_partition_key(key: str | dg.MultiPartitionKey) -> tuple[dt.date, str]:
         day, workspace = key.split("|", 1)
         dims = {DATE_DIMENSION: day, WORKSPACE_DIMENSION: workspace}
     return dt.date.fromisoformat(dims[DATE_DIMENSION]), dims[WORKSPACE_DIMENSION]
+
+
+def partition_tags(day: dt.date, workspace: str) -> dict[str, str]:
+    """The tags a run of one (date, workspace) carries when the sensor or schedule requests it
+    (for `dagster job execute --tags`, which takes tags, not a partition key)."""
+    key = partition_key(day, workspace)
+    return {
+        "dagster/partition": str(key),
+        f"dagster/partition/{DATE_DIMENSION}": day.isoformat(),
+        f"dagster/partition/{WORKSPACE_DIMENSION}": workspace,
+    }

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from marketplace.databricks import Connection, ensure_profile
-from marketplace.registry import PAGE_SIZE, is_curated, redact_text, redact_uri
+from marketplace.registry import PAGE_SIZE, is_curated, redact_text, redact_uri, searched
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,6 @@ class PollResult:
     error: str | None = None
     seconds: float = 0.0
     calls: int = 0
-
-
-def _aliases(model) -> dict:
-    try:
-        return model.aliases or {}
-    except Exception:  # noqa: BLE001 - Unity Catalog search results raise on reading aliases
-        return {}
 
 
 def _poll_one(target: WorkspaceTarget) -> PollResult:
@@ -65,7 +58,7 @@ def _poll_one(target: WorkspaceTarget) -> PollResult:
                     if in_stage:
                         result.production[model.name] = max(in_stage)
                 else:
-                    aliases = _aliases(model)
+                    aliases = searched(model, "aliases")
                     version = aliases.get(target.alias)
                     if version is None and not aliases:
                         # Some registries leave aliases out of search results: ask.

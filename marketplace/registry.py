@@ -87,6 +87,15 @@ def process_tracking_uri(uri: str, registry_uri: str | None = None) -> Iterator[
                     os.environ[name] = value
 
 
+def searched(result, field: str) -> dict:
+    """A search result's `tags` or `aliases`, or {} where the registry leaves them out (Unity
+    Catalog's search results raise on reading either): the caller then reads the object itself."""
+    try:
+        return getattr(result, field) or {}
+    except Exception:  # noqa: BLE001 - "gathered through search ... do not have tags"
+        return {}
+
+
 def filter_literal(value: str) -> str:
     """Quote a value for an MLflow search filter."""
     if "'" not in value:

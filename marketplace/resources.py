@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from marketplace.exports import (
     remove_staging,
     skip_reason,
     skip_record_path,
+    write_atomically,
 )
 from marketplace.imports import render_name, shorten
 from marketplace.registry import configure_http, make_client
@@ -182,10 +182,7 @@ class ExternalStorageResource(dg.ConfigurableResource):
 
     def write_snapshot(self, workspace: str, day: dt.date, payload: dict) -> Path:
         path = self.snapshot_path(workspace, day)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(payload, indent=1, ensure_ascii=False))
         return path
 
     def read_snapshot(self, workspace: str, day: dt.date) -> dict:

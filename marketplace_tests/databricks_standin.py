@@ -10,23 +10,19 @@ registry behaviour (Unity Catalog, permissions), which only a real workspace sho
 from __future__ import annotations
 
 import base64
-import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import requests
 
-from marketplace.local_servers import free_port
-
+from .faults import LoopbackServer, RelayHandler
 
 ARTIFACT_ENDPOINTS = ("/api/2.0/mlflow/model-versions/list-artifacts",
                       "/api/2.0/mlflow/model-versions/get-signed-download-uri")
 
 
-class DatabricksStandIn:
+class DatabricksStandIn(LoopbackServer):
     """`auth` is "pat" (expects `token`) or "oauth-m2m" (expects `client_id` and `client_secret`)."""
 
     def __init__(self, upstream: str, *, auth: str, token: str = "", client_id: str = "", client_secret: str = ""):
@@ -37,11 +33,8 @@ class DatabricksStandIn:
         self.api_calls = 0
         self.refused: list[str] = []
         self.signed: dict[str, Path] = {}
-        self.port = free_port()
-        self.host = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
+        self.host = self.uri
 
     def _token_ok(self, header: str | None) -> bool:
         if not header or not header.startswith("Bearer "):
@@ -83,58 +76,30 @@ class DatabricksStandIn:
     def _handler(self):
         standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
-                body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                for key, value in (headers or {"Content-Type": "application/json"}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _serve(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        class Handler(RelayHandler):
+            def serve(self) -> None:
+                body = self.body()
                 path = self.path.split("?")[0]
                 if path == "/oidc/.well-known/oauth-authorization-server":
-                    return self._send(200, {"authorization_endpoint": f"{standin.host}/oidc/v1/authorize",
-                                            "token_endpoint": f"{standin.host}/oidc/v1/token"})
+                    return self.answer(200, {"authorization_endpoint": f"{standin.host}/oidc/v1/authorize",
+                                             "token_endpoint": f"{standin.host}/oidc/v1/token"})
                 if path == "/oidc/v1/token":
                     token = standin._issue(self.headers, body)
                     if token is None:
                         standin.refused.append(path)
-                        return self._send(401, {"error": "invalid_client"})
-                    return self._send(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+                        return self.answer(401, {"error": "invalid_client"})
+                    return self.answer(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600})
                 if path.startswith("/signed/"):  # a pre-signed download URL: no bearer token, as in the cloud
                     local = standin.signed.get(path.removeprefix("/signed/"))
                     if local is None:
-                        return self._send(403, {"error": "expired"})
-                    return self._send(200, local.read_bytes(), {"Content-Type": "application/octet-stream"})
+                        return self.answer(403, {"error": "expired"})
+                    return self.answer(200, local.read_bytes(), {"Content-Type": "application/octet-stream"})
                 if not standin._token_ok(self.headers.get("Authorization")):
                     standin.refused.append(path)
-                    return self._send(401, {"error_code": "UNAUTHENTICATED", "message": "invalid credentials"})
+                    return self.answer(401, {"error_code": "UNAUTHENTICATED", "message": "invalid credentials"})
                 standin.api_calls += 1
                 if path in ARTIFACT_ENDPOINTS:
-                    return self._send(200, standin._model_version_artifacts(path, parse_qs(self.path.partition("?")[2])))
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "content-length", "authorization")}
-                answer = requests.request(self.command, standin.upstream + self.path, data=body, headers=headers,
-                                          timeout=60)
-                kept = {k: v for k, v in answer.headers.items()
-                        if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
-                self._send(answer.status_code, answer.content, kept)
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
-
-            def log_message(self, *args) -> None:
-                pass
+                    return self.answer(200, standin._model_version_artifacts(path, parse_qs(self.path.partition("?")[2])))
+                self.relay(self.forward(standin.upstream, body, drop=("authorization",)))
 
         return Handler
-
-    def __enter__(self) -> DatabricksStandIn:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -6,6 +6,7 @@ point to kill a process or a server at), and lose the answer to a request the se
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,75 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import requests
 
 from marketplace.local_servers import free_port
+
+# Headers of the upstream's answer that describe its own transfer, not the payload relayed.
+TRANSFER_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding")
+
+
+class RelayHandler(BaseHTTPRequestHandler):
+    """What the tests' HTTP servers share: read a request, forward it upstream, answer."""
+
+    def serve(self) -> None:
+        raise NotImplementedError
+
+    def _dispatch(self) -> None:
+        self.serve()
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _dispatch
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def forward(self, upstream: str, body: bytes, *, drop: tuple[str, ...] = ()) -> requests.Response | None:
+        """The upstream's answer to this request (without the headers in `drop`); None when the
+        server is down or does not answer."""
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", *drop)}
+        try:
+            return requests.request(self.command, upstream + self.path, data=body, headers=headers, timeout=60)
+        except requests.RequestException:
+            return None
+
+    def answer(self, status: int, payload: dict | bytes, headers: dict | None = None) -> None:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            for key, value in (headers or {"Content-Type": "application/json"}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the client went away (killed) while it waited
+
+    def relay(self, response: requests.Response | None) -> None:
+        """Pass the upstream's answer on; with none, drop the connection as a dead server would."""
+        if response is None:
+            self.close_connection = True
+            return
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in TRANSFER_HEADERS}
+        self.answer(response.status_code, response.content, headers)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a free loopback port, serving `handler` while in its `with` block."""
+
+    def __init__(self, handler: type[RelayHandler]):
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @dataclass
@@ -37,7 +107,7 @@ class Hold:
         return not self.taken and method == self.method and self.path in path
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """Forwards to `upstream`; answers `status` to the first `fail_first` API requests (every one
     with fail_first=None, none with 0), and applies `holds`. A request the upstream cannot take
     (the server is down) loses its connection, as it would without the proxy."""
@@ -51,11 +121,7 @@ class FaultProxy:
         self.forwarded = 0
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     def _should_fail(self) -> bool:
         with self._lock:
@@ -81,12 +147,11 @@ class FaultProxy:
     def _handler(self):
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _relay(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        class Handler(RelayHandler):
+            def serve(self) -> None:
+                body = self.body()
                 if proxy._should_fail():
-                    self._answer(proxy.status, {"Content-Type": "application/json"},
-                                 b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"}')
+                    self.answer(proxy.status, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"})
                     return
                 hold = proxy._hold_for(self.command, self.path)
                 if hold is not None and not hold.after_upstream:
@@ -94,51 +159,20 @@ class FaultProxy:
                     if hold.abandoned:
                         self.close_connection = True
                         return
-                answer = self._forward(body)
+                answer = self.forward(proxy.upstream, body)
                 if hold is not None and hold.after_upstream:
                     self._wait(hold)
-                if answer is None or (hold is not None and hold.lose_answer):
+                if hold is not None and hold.lose_answer:
                     self.close_connection = True  # no answer: the client sees the connection drop
                     return
-                headers = {k: v for k, v in answer.headers.items()
-                           if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
-                self._answer(answer.status_code, headers, answer.content)
+                self.relay(answer)
 
             def _wait(self, hold: Hold) -> None:
                 hold.reached.set()
                 hold.release.wait(timeout=600)
 
-            def _forward(self, body: bytes) -> requests.Response | None:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                try:
-                    return requests.request(self.command, proxy.upstream + self.path, data=body, headers=headers,
-                                            timeout=60)
-                except requests.RequestException:  # the server is down or does not answer
-                    return None
-
-            def _answer(self, status: int, headers: dict, payload: bytes) -> None:
-                try:
-                    self.send_response(status)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    self.close_connection = True  # the client went away (killed) while it waited
-
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _relay
-
-            def log_message(self, *args) -> None:
-                pass
-
         return Handler
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release_all()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc)

@@ -29,6 +29,7 @@ from marketplace import assets, local_servers
 from marketplace.exports import STAGING_PREFIX, export_dir
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
 from marketplace.manifest import MANIFEST_NAME
+from marketplace.partitions import partition_tags
 from marketplace.registry import EXPORTED_ON_TAG, process_tracking_uri
 from marketplace.resources import build_resources
 
@@ -52,13 +53,10 @@ def _home(tmp_path: Path) -> Path:
 def _launch(config: Path, home: Path, workspace: str, log: Path) -> subprocess.Popen:
     """marketplace_sync_job for (today, workspace) in a CLI process of its own, as a run worker
     runs it; its output goes to `log` (a pipe nobody reads could fill and stall it)."""
-    partition = f"{TODAY.isoformat()}|{workspace}"
-    tags = {"dagster/partition": partition, "dagster/partition/date": TODAY.isoformat(),
-            "dagster/partition/workspace": workspace}
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", SYNC_JOB, "--tags",
-             json.dumps(tags)],
+             json.dumps(partition_tags(TODAY, workspace))],
             cwd=ROOT, env={**os.environ, "MARKETPLACE_CONFIG": str(config), "DAGSTER_HOME": str(home)},
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )

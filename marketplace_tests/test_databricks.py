@@ -15,9 +15,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from marketplace import databricks, polling
+from marketplace import databricks
 from marketplace.config import ConfigError, parse_config
-from marketplace.imports import TAG_SOURCE_MODEL, UC_NAME_LIMIT, _tags, render_name
+from marketplace.imports import TAG_SOURCE_MODEL, UC_NAME_LIMIT, render_name
+from marketplace.registry import searched
 
 from .conftest import register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
@@ -193,6 +194,6 @@ class _UnityCatalogSearchResult:
 
 
 def test_unity_catalog_search_results_without_tags_or_aliases_are_read_again():
-    assert _tags(_UnityCatalogSearchResult()) == {}
-    assert polling._aliases(_UnityCatalogSearchResult()) == {}
-    assert _tags(ModelVersion("m", "1", 0, tags=[ModelVersionTag("k", "v")])) == {"k": "v"}
+    assert searched(_UnityCatalogSearchResult(), "tags") == {}
+    assert searched(_UnityCatalogSearchResult(), "aliases") == {}
+    assert searched(ModelVersion("m", "1", 0, tags=[ModelVersionTag("k", "v")]), "tags") == {"k": "v"}
