@@ -21,7 +21,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from marketplace import summary
-from marketplace.exports import ExportError, ExportRecord, SourceProblem, export_version
+from marketplace.engines import run_exports
+from marketplace.exports import ExportRecord, LocalCopies
 from marketplace.imports import (
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
@@ -38,7 +39,8 @@ from marketplace.imports import (
     settle_duplicates,
 )
 from marketplace.loading import TAG_VERIFIED, LoadResult, artifact_fingerprint, load_and_predict
-from marketplace.manifest import ManifestError, read_manifest, verify_export
+from marketplace.manifest import ManifestError, read_manifest
+from marketplace.storage import StorageError
 from marketplace.partitions import split_partition_key
 from marketplace.registry import (
     ProductionVersion,
@@ -266,62 +268,27 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         def export(day: dt.date, name: str) -> None:
             workspace = workspaces.get(name)
-            client = workspaces.client(name)
-            for version in _snapshot_versions(external_storage, day, name):
-                label = f"{version.model_name} v{version.version}"
-                try:
-                    with external_storage.lock("export", name, version.model_name, str(version.version)):
-                        try:
-                            export_one(day, name, workspace, client, version, label)
-                        except SourceProblem as exc:
-                            # The version itself is at fault: skip it, say why, and sync the others.
-                            reason = redact_text(str(exc))
-                            report.count("skipped")
-                            skipped[f"{name}/{label}"] = reason
-                            context.log.warning(f"{name}: skipped {label}: {reason}")
-                            external_storage.record_skip(name, version.model_name, version.version, reason, day)
-                except (ExportError, *REGISTRY_ERRORS) as exc:
+            versions = _snapshot_versions(external_storage, day, name)
+            for outcome in run_exports(context, workspaces, name, external_storage, versions, day):
+                report.count("exports_replaced", bool(outcome.replaced))
+                report.count("markers_written", outcome.marker_written)
+                if outcome.status == "skipped":
+                    report.count("skipped")
+                    skipped[f"{name}/{outcome.label}"] = outcome.detail
+                elif outcome.status == "failed":
                     report.count("failed")
-                    report.fail(
-                        f"workspace {name} ({redact_uri(workspace.tracking_uri)}) {label}",
-                        f"export failed: {type(exc).__name__}: {exc}",
-                    )
-
-        def export_one(day, name, workspace, client, version, label) -> None:
-            record, problem = external_storage.inspect_export(name, version.model_name, version.version)
-            if record is None:
-                if problem:
-                    report.count("exports_replaced")
-                    context.log.warning(f"{name}: {label}: replacing the export folder: {problem}")
-                context.log.info(f"{name}: exporting {label}")
-                if removed := external_storage.remove_staging(name, version.model_name, version.version):
-                    context.log.info(f"{name}: {label}: removed {removed} staging folder(s) a dead run left")
-                record = export_version(
-                    client,
-                    workspace.tracking_uri,
-                    storage_root=external_storage.root,
-                    workspace=name,
-                    version=version,
-                    export_date=day,
-                    signing_key=external_storage.signing_key,
-                    registry_uri=workspace.registry_uri,
-                )
-                report.count("exported")
-                report.count("bytes_exported", record.manifest.size_bytes)
-                report.rows.append(
-                    [f"{day}|{name}", version.model_name, version.version, len(record.manifest.files),
-                     record.manifest.size_bytes, str(record.path)]
-                )
-            else:
-                report.count("already_exported")
-            external_storage.clear_skip(name, version.model_name, version.version)
-            # Marked only once the export verifies; a re-run writes a marker a crash left out.
-            if workspaces.source_marker:
-                ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
-                report.count("markers_written", mark_exported(client, version.model_name, version.version, ran_on))
+                    report.fail(f"workspace {name} ({redact_uri(workspace.tracking_uri)}) {outcome.label}",
+                                outcome.detail)
+                else:
+                    report.count(outcome.status)
+                if outcome.status == "exported":
+                    report.count("bytes_exported", outcome.size_bytes)
+                    report.rows.append([f"{day}|{name}", outcome.model_name, outcome.version, outcome.files,
+                                        outcome.size_bytes, outcome.location])
 
         report.run(export)
-        return report.result(skipped_versions=dg.MetadataValue.json(skipped))
+        return report.result(engines=sorted({workspaces.get(n).export.engine for _, n in report.partitions}),
+                             skipped_versions=dg.MetadataValue.json(skipped))
 
     @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **daily)
     def export_summary(
@@ -394,7 +361,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 source = SourceKey(name, version.model_name, version.version)
                 if source in known.get(mp_name, {}):
                     report.count("already_imported")
-                    newest.append(Checked(mp_name, known[mp_name][source], Path(row["export_path"]), new=False))
+                    newest.append(Checked(mp_name, known[mp_name][source], row["export_path"], new=False))
                     continue
                 try:
                     # One importer per marketplace model at a time, across processes: the check
@@ -404,17 +371,17 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                             existing = marketplace_versions(client, mp_name)
                         if source in existing:  # imported by a concurrent run since the search above
                             report.count("already_imported")
-                            newest.append(Checked(mp_name, existing[source], Path(row["export_path"]), new=False))
+                            newest.append(Checked(mp_name, existing[source], row["export_path"], new=False))
                             continue
                         check_name_owner(client, mp_name, name, version.model_name)
-                        verify_export(
-                            Path(row["export_path"]),
+                        local = copies.verified(
+                            row["export_path"],
                             expected_checksum=row["checksum"],
                             identity=(name, version.model_name, version.version),
                             signing_key=external_storage.signing_key,
                         )
                         context.log.info(f"importing {label} as {mp_name}")
-                        created = _import_once(client, marketplace, row, mp_name, source, day,
+                        created = _import_once(client, marketplace, row, local, mp_name, source, day,
                                                redact_uri(workspaces.get(name).tracking_uri))
                     report.count("imported")
                     report.rows.append(
@@ -422,7 +389,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                          f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, created.version, _ui_host(marketplace))})",
                          created.version]
                     )
-                    newest.append(Checked(mp_name, created, Path(row["export_path"]), new=True))
+                    newest.append(Checked(mp_name, created, row["export_path"], new=True))
                 except dg.Failure:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
@@ -430,9 +397,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     detail = str(exc) if isinstance(exc, ManifestError | NameCollision) else f"{type(exc).__name__}: {exc}"
                     report.fail(label, f"not imported: {detail}")
 
-        report.run(import_partition)
-        yield report.result(skipped_versions=dg.MetadataValue.json(skipped))
-        yield _load_check(client, marketplace.tracking_uri, marketplace.registry_uri, newest)
+        # Exports in an object store are downloaded to verify and import them, kept for the load check.
+        with contextlib.ExitStack() as stack:
+            copies = LocalCopies(external_storage.storage, stack)
+            report.run(import_partition)
+            yield report.result(skipped_versions=dg.MetadataValue.json(skipped))
+            yield _load_check(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
@@ -526,7 +496,7 @@ def export_row(workspace: str, record: ExportRecord) -> dict:
         "source": manifest.source,
         "export_date": dt.date.fromisoformat(manifest.export_date),
         "exported_at": dt.datetime.fromisoformat(manifest.exported_at),
-        "export_path": str(record.path),
+        "export_path": record.location,
         "checksum": record.checksum,
         "size_bytes": manifest.size_bytes,
         "file_count": len(manifest.files),
@@ -557,15 +527,15 @@ def _table_metadata(external_storage: ExternalStorageResource, table: str) -> di
 
 
 def _import_once(
-    client, marketplace: MarketplaceRegistryResource, row: dict, mp_name: str, source: SourceKey, day: dt.date,
-    source_uri: str,
+    client, marketplace: MarketplaceRegistryResource, row: dict, local: Path, mp_name: str, source: SourceKey,
+    day: dt.date, source_uri: str,
 ):
     model_tags, model_description = _provenance(marketplace, source, source_uri)
     try:
         returned = import_export(
             client,
             marketplace.tracking_uri,
-            export_path=Path(row["export_path"]),
+            export_path=local,
             marketplace_name=mp_name,
             experiment_name=marketplace.experiment_name(mp_name),
             source=source,
@@ -602,7 +572,7 @@ class Checked:
 
     name: str
     version: ModelVersion
-    export_path: Path
+    export_location: str
     new: bool  # imported by this run
 
     @property
@@ -610,11 +580,12 @@ class Checked:
         return f"models:/{self.name}/{self.version.version}"
 
 
-def _load_check(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked]) -> dg.AssetCheckResult:
+def _load_check(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
+                copies: LocalCopies) -> dg.AssetCheckResult:
     """Load and predict each version imported now, or whose files changed since it last passed."""
     results: dict[str, LoadResult] = {}
     with registry_time() as spent:
-        _load_each(client, tracking_uri, registry_uri, checked, results)
+        _load_each(client, tracking_uri, registry_uri, checked, results, copies)
     unchanged = sum(1 for r in results.values() if r.unchanged)
     failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
@@ -636,7 +607,8 @@ def _load_check(client, tracking_uri: str, registry_uri: str | None, checked: li
 
 
 def _load_each(
-    client, tracking_uri: str, registry_uri: str | None, checked: list[Checked], results: dict[str, LoadResult]
+    client, tracking_uri: str, registry_uri: str | None, checked: list[Checked], results: dict[str, LoadResult],
+    copies: LocalCopies,
 ) -> None:
     for item in checked:
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
@@ -645,7 +617,7 @@ def _load_each(
                 True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted", unchanged=True
             )
             continue
-        reference, hashes = _reference(item.export_path)
+        reference, hashes = _reference(item.export_location, copies)
         result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri)
         result = dataclasses.replace(result, detail=redact_text(result.detail))
         results[f"{item.name} v{item.version.version}"] = result
@@ -663,8 +635,12 @@ def _fingerprint_or_none(tracking_uri: str, registry_uri: str | None, model_uri:
         return None
 
 
-def _reference(export_path: Path) -> tuple[Path | None, dict[str, str] | None]:
+def _reference(location: str, copies: LocalCopies) -> tuple[Path | None, dict[str, str] | None]:
     """The export's copy of the model's artifacts, and their hashes from its manifest."""
+    try:
+        export_path = copies(location)
+    except (ManifestError, *REGISTRY_ERRORS, StorageError):
+        return None, None  # not readable: the model is loaded and predicts without the comparison
     reference = next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
     if reference is None:
         return None, None

@@ -6,9 +6,7 @@ alone from the UI; the load check, which needs the partition's imports, lives in
 
 
 import datetime as dt
-import json
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 
@@ -60,7 +58,7 @@ def exports_match_manifests(external_storage: ExternalStorageResource) -> dg.Ass
     for row in rows:
         try:
             verify_export(
-                Path(row["export_path"]),
+                external_storage.tree_at(row["export_path"]),
                 expected_checksum=row["checksum"],
                 identity=(row["workspace"], row["model_name"], row["version"]),
                 signing_key=external_storage.signing_key,
@@ -90,14 +88,8 @@ def production_versions_synced(external_storage: ExternalStorageResource) -> dg.
         newest_import[(workspace, model)] = max(version, newest_import.get((workspace, model), 0))
     seen: set[tuple[str, str, int]] = set()
     since = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=RECONCILE_DAYS)
-    for snapshot in Path(external_storage.root, "production_models").glob("*/*.json"):
-        try:
-            day = dt.date.fromisoformat(snapshot.stem)
-        except ValueError:
-            continue
-        if day >= since:
-            data = json.loads(snapshot.read_text())
-            seen |= {(data["workspace"], v["model_name"], v["version"]) for v in data["versions"]}
+    for data in external_storage.snapshots(since):
+        seen |= {(data["workspace"], v["model_name"], v["version"]) for v in data["versions"]}
     newest_export: dict[tuple[str, str], int] = {}
     for workspace, model, version in exported:
         newest_export[(workspace, model)] = max(version, newest_export.get((workspace, model), 0))
@@ -222,18 +214,19 @@ def build_stray_exports_check(config: MarketplaceConfig) -> dg.AssetChecksDefini
         "in the export summary; others are ignored by imports and listed here.",
     )
     def no_stray_exports(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
-        recorded = {str(Path(r["export_path"])) for r in external_storage.read_rows(
+        storage = external_storage.storage
+        recorded = {storage.key_of(r["export_path"]) for r in external_storage.read_rows(
             summary.EXPORT_SUMMARY, columns=["export_path"])}
-        base = Path(external_storage.root) / EXPORTS_DIR
-        folders = [m.parent for m in base.glob(f"*/*/*/{MANIFEST_NAME}")
-                   if not any(part.startswith(".") for part in m.relative_to(base).parts)]
+        folders = [relative.rsplit("/", 1)[0] for relative in storage.list(EXPORTS_DIR)
+                   if relative.count("/") == 3 and relative.endswith(f"/{MANIFEST_NAME}")
+                   and not any(part.startswith(".") for part in relative.split("/"))]
         stray = []
         for folder in sorted(folders):
-            workspace = folder.relative_to(base).parts[0]
+            workspace = folder.split("/")[0]
             if workspace not in configured:
-                stray.append(f"{folder.relative_to(base)} (workspace {workspace!r} is not configured)")
-            elif str(folder) not in recorded:
-                stray.append(f"{folder.relative_to(base)} (not in the export summary: no partition exported it)")
+                stray.append(f"{folder} (workspace {workspace!r} is not configured)")
+            elif f"{EXPORTS_DIR}/{folder}" not in recorded:
+                stray.append(f"{folder} (not in the export summary: no partition exported it)")
         return dg.AssetCheckResult(
             passed=not stray,
             severity=dg.AssetCheckSeverity.WARN,

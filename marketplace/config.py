@@ -148,6 +148,71 @@ def _connect_databricks(owner: Any, profile: str, key: str | None = None) -> Non
     object.__setattr__(owner, "registry_uri", f"{registry}://{profile}")
 
 
+SECRET_REFERENCE = re.compile(r"^\{\{secrets/[^/{}\s]+/[^/{}\s]+\}\}$")
+VOLUME_PATH = re.compile(r"^/Volumes/[^/\s]+/[^/\s]+/[^/\s]+(/[^\s]*)?$")
+
+
+class ExportEngineConfig(_Strict):
+    """Where a workspace's exports run: in the Dagster process (the default), in a process of
+    their own through Dagster Pipes, or inside the workspace as a Databricks job through Pipes."""
+
+    engine: Literal["in_process", "subprocess", "databricks"] = "in_process"
+    # databricks: the job runs this package's wheel (`make wheel`) from a volume or workspace path.
+    wheel: str | None = None
+    libraries: list[str] = Field(default_factory=list)  # further pip requirements of the job
+    new_cluster: dict[str, Any] | None = None  # a Databricks cluster spec (spark_version, node_type_id, ...)
+    existing_cluster_id: str | None = None
+    serverless: bool = False
+    environment_version: str = "3"  # of a serverless job's environment
+    # Pipes context and messages travel through this Unity Catalog volume (else DBFS).
+    volume_path: str | None = None
+    # The job's environment variables: each a Databricks secret reference {{secrets/<scope>/<key>}}.
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: int = Field(default=4 * 3600, ge=60, le=48 * 3600)
+    poll_interval_seconds: float = Field(default=10, ge=0.1, le=300)
+
+    @field_validator("env")
+    @classmethod
+    def _secret_references(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, reference in value.items():
+            if not re.fullmatch(ENV_NAME, name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if not SECRET_REFERENCE.fullmatch(reference):
+                raise ValueError(f"{name}: give a Databricks secret reference, {{{{secrets/<scope>/<key>}}}}, "
+                                 "never a value (the job's settings travel in the job's parameters)")
+        return value
+
+    @field_validator("volume_path")
+    @classmethod
+    def _volume(cls, value: str | None) -> str | None:
+        if value is not None and not VOLUME_PATH.fullmatch(value.rstrip("/")):
+            raise ValueError(f"{value!r} is not a Unity Catalog volume path (/Volumes/<catalog>/<schema>/<volume>)")
+        return None if value is None else value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _databricks_settings(self) -> ExportEngineConfig:
+        job_keys = ("wheel", "new_cluster", "existing_cluster_id", "volume_path")
+        if self.engine != "databricks":
+            stray = [k for k in job_keys if getattr(self, k)] + (["serverless"] if self.serverless else []) + (
+                ["env"] if self.env else []) + (["libraries"] if self.libraries else [])
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: only for engine: databricks")
+            return self
+        if not self.wheel:
+            raise ValueError("engine databricks needs wheel: where the job finds this package's wheel "
+                             "(for example /Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl)")
+        computes = [k for k, on in (("new_cluster", self.new_cluster), ("existing_cluster_id", self.existing_cluster_id),
+                                    ("serverless", self.serverless)) if on]
+        if len(computes) != 1:
+            raise ValueError("engine databricks needs exactly one of new_cluster, existing_cluster_id or serverless: true"
+                             + (f" (got {', '.join(computes)})" if computes else ""))
+        if self.serverless and not self.volume_path:
+            raise ValueError("a serverless job talks to Dagster through a Unity Catalog volume: set volume_path")
+        if self.new_cluster is not None and not {"spark_version"} <= set(self.new_cluster):
+            raise ValueError("new_cluster needs at least spark_version (and node_type_id or instance_pool_id)")
+        return self
+
+
 class WorkspaceConfig(_Strict):
     name: str
     tracking_uri: TrackingUri | None = None
@@ -156,6 +221,7 @@ class WorkspaceConfig(_Strict):
     production: ProductionSelector
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
+    export: ExportEngineConfig = Field(default_factory=ExportEngineConfig)
 
     @field_validator("name")
     @classmethod
@@ -190,6 +256,9 @@ class WorkspaceConfig(_Strict):
                 "MLflow refuses aliases on the Databricks workspace registry: select production versions "
                 "by stage, or set databricks.unity_catalog: true for a Unity Catalog registry"
             )
+        if self.export.engine == "databricks" and self.databricks is None:
+            raise ValueError("export.engine: a Databricks job runs in a Databricks workspace: give the workspace "
+                             "a databricks block")
         return self
 
     @property
@@ -268,10 +337,122 @@ class MarketplaceRegistryConfig(_Strict):
         return self.registry_uri or self.tracking_uri
 
 
+EnvName = Annotated[str, Field(pattern=ENV_NAME)]
+# Option names that hold credentials: only ever read from the environment.
+SECRET_OPTION = re.compile(r"(?i)secret|password|token|sas|(^|_)(access_)?key($|_id$)|credential")
+# delta-rs 1.x commits with conditional puts; these belonged to its old S3 locking and do nothing now.
+OBSOLETE_OPTIONS = re.compile(r"(?i)^(aws_)?(s3_locking_provider|dynamo\w*|s3_allow_unsafe_rename|allow_unsafe_rename)$")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+AZURE_CONTAINER = re.compile(r"^(\$root|[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9])$")
+AZURE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
+AZURE_HOST = re.compile(r"^(?P<account>[^.]+)\.(dfs|blob)\.core\.windows\.net$")
+
+
+def _endpoint(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{value!r} is not an endpoint URL (https://host[:port])")
+    if parsed.username or parsed.password:
+        raise ValueError("the endpoint must not carry credentials; name their environment variables")
+    return value.rstrip("/")
+
+
+class S3StorageConfig(_Strict):
+    """An S3 bucket (or an S3-compatible store). Without key variables, credentials come from the
+    AWS default chain: AWS_* variables, web identity, the instance or task role."""
+
+    region: str | None = None
+    endpoint: str | None = None  # an S3-compatible service (MinIO, R2, an emulator)
+    allow_http: bool = False
+    access_key_id_env: EnvName | None = None
+    secret_access_key_env: EnvName | None = None
+    session_token_env: EnvName | None = None
+
+    _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _endpoint(v)))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> S3StorageConfig:
+        if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
+            raise ValueError("set access_key_id_env and secret_access_key_env together (or neither, for the "
+                             "AWS default credential chain)")
+        if self.session_token_env and not self.access_key_id_env:
+            raise ValueError("session_token_env goes with access_key_id_env and secret_access_key_env")
+        if self.endpoint and self.endpoint.startswith("http://") and not self.allow_http:
+            raise ValueError(f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant")
+        return self
+
+    def options(self) -> tuple[dict[str, str], dict[str, str]]:
+        plain = {"aws_region": self.region, "aws_endpoint": self.endpoint,
+                 "aws_allow_http": "true" if self.allow_http else None}
+        secret = {"aws_access_key_id": self.access_key_id_env, "aws_secret_access_key": self.secret_access_key_env,
+                  "aws_session_token": self.session_token_env}
+        return _present(plain), _present(secret)
+
+
+class AzureStorageConfig(_Strict):
+    """An ADLS Gen2 / Blob storage container. Without a key, SAS token or client secret, credentials
+    come from AZURE_* variables, workload identity or the managed identity."""
+
+    account_name: str | None = None
+    account_key_env: EnvName | None = None
+    sas_token_env: EnvName | None = None
+    client_id: str | None = None
+    tenant_id: str | None = None
+    client_secret_env: EnvName | None = None
+    use_azure_cli: bool = False
+    endpoint: str | None = None  # e.g. Azurite: http://127.0.0.1:10000/devstoreaccount1
+    use_emulator: bool = False  # Azurite at $AZURITE_BLOB_STORAGE_URL (default http://127.0.0.1:10000)
+    allow_http: bool = False
+
+    _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _endpoint(v)))
+
+    @field_validator("account_name")
+    @classmethod
+    def _account(cls, value: str | None) -> str | None:
+        if value is not None and not AZURE_ACCOUNT.fullmatch(value):
+            raise ValueError(f"{value!r} is not a storage account name (3-24 lower-case letters and digits)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AzureStorageConfig:
+        methods = [k for k in ("account_key_env", "sas_token_env", "client_secret_env") if getattr(self, k)]
+        if len(methods) > 1:
+            raise ValueError(f"{' and '.join(methods)}: choose one way to authenticate")
+        if (self.client_secret_env is not None) != (self.client_id is not None and self.tenant_id is not None):
+            raise ValueError("a service principal needs client_id, tenant_id and client_secret_env together")
+        if self.endpoint and self.endpoint.startswith("http://") and not self.allow_http:
+            raise ValueError(f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant")
+        if self.use_emulator and self.endpoint:
+            raise ValueError("use_emulator reads its URL from AZURITE_BLOB_STORAGE_URL; give endpoint or use_emulator")
+        return self
+
+    def options(self) -> tuple[dict[str, str], dict[str, str]]:
+        flag = lambda on: "true" if on else None  # noqa: E731
+        plain = {"azure_storage_account_name": self.account_name, "azure_storage_client_id": self.client_id,
+                 "azure_storage_tenant_id": self.tenant_id, "azure_use_azure_cli": flag(self.use_azure_cli),
+                 "azure_storage_endpoint": self.endpoint, "azure_storage_use_emulator": flag(self.use_emulator),
+                 "azure_allow_http": flag(self.allow_http)}
+        secret = {"azure_storage_account_key": self.account_key_env, "azure_storage_sas_key": self.sas_token_env,
+                  "azure_storage_client_secret": self.client_secret_env}
+        return _present(plain), _present(secret)
+
+
+def _present(options: dict[str, str | None]) -> dict[str, str]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
 class ExternalStorageConfig(_Strict):
     uri: str = Field(min_length=1)
     # The environment variable holding the manifest signing key (never the key itself).
-    signing_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    signing_key_env: str | None = Field(default=None, pattern=ENV_NAME)
+    s3: S3StorageConfig | None = None
+    azure: AzureStorageConfig | None = None
+    # Further object_store options (the same names for delta-rs and the export files), merged last.
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    # Further options whose values are read from these environment variables when a run starts.
+    storage_options_env: dict[str, EnvName] = Field(default_factory=dict)
 
     @field_validator("uri")
     @classmethod
@@ -279,18 +460,104 @@ class ExternalStorageConfig(_Strict):
         if any(ord(c) < 32 for c in value):
             raise ValueError(f"{value!r}: control characters are not allowed in a path")
         parsed = urlparse(value)
-        if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
+        scheme = parsed.scheme.lower()
+        if scheme in ("s3",):
+            if not S3_BUCKET.fullmatch(parsed.netloc or ""):
+                raise ValueError(f"{value!r}: expected s3://<bucket>[/prefix] with a valid bucket name")
+        elif scheme in ("az", "abfs", "abfss"):
+            container, _, host = (parsed.netloc or "").partition("@")
+            if not AZURE_CONTAINER.fullmatch(container):
+                raise ValueError(f"{value!r}: expected {scheme}://<container>[@<account>.dfs.core.windows.net]"
+                                 "[/prefix] with a valid container name")
+            if host and not AZURE_HOST.fullmatch(host):
+                raise ValueError(f"{value!r}: {host!r} is not <account>.dfs.core.windows.net")
+        elif scheme and len(scheme) > 1 and scheme != "file":
             raise ValueError(
-                f"{value!r}: scheme {parsed.scheme!r} is not supported; use a local folder "
-                "(relative to the configuration file, or absolute) or a file:// URI"
+                f"{value!r}: scheme {parsed.scheme!r} is not supported; use a local folder (relative to the "
+                "configuration file, or absolute), a file:// URI, s3://, abfss:// or az://"
             )
-        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        if scheme == "file" and parsed.netloc not in ("", "localhost"):
             # file://data/x would silently mean the folder /x on host "data".
             raise ValueError(
                 f"{value!r}: a file URI must be absolute (file:///path); "
                 "give a relative folder without file://"
             )
+        if scheme in ("s3", "az", "abfs", "abfss") and ("?" in value or "#" in value):
+            raise ValueError(f"{value!r}: no query or fragment; give options under s3, azure or storage_options")
         return value
+
+    @field_validator("storage_options", "storage_options_env")
+    @classmethod
+    def _option_names(cls, value: dict[str, str], info) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,127}", key):
+                raise ValueError(f"{key!r} is not an object_store option name")
+            if OBSOLETE_OPTIONS.fullmatch(key):
+                raise ValueError(f"{key}: delta-rs 1.x commits with conditional writes and ignores this (there is "
+                                 "no DynamoDB locking any more); remove it")
+            if info.field_name == "storage_options" and SECRET_OPTION.search(key):
+                raise ValueError(f"{key} holds a credential: name the environment variable that holds it in "
+                                 "storage_options_env instead")
+        if "disabled" in {str(v).lower() for k, v in value.items() if "conditional_put" in k.lower()}:
+            raise ValueError("conditional_put: disabled makes every Delta commit fail; leave it unset (etag)")
+        return value
+
+    @model_validator(mode="after")
+    def _backend(self) -> ExternalStorageConfig:
+        backend = self.backend
+        if self.s3 is not None and backend != "s3":
+            raise _KeyedError("external_storage.s3", f"only for an s3:// uri, not {self.uri!r}")
+        if self.azure is not None and backend != "azure":
+            raise _KeyedError("external_storage.azure", f"only for an abfss:// or az:// uri, not {self.uri!r}")
+        if backend == "local" and (self.storage_options or self.storage_options_env):
+            raise _KeyedError("external_storage.storage_options", "only for s3://, abfss:// or az:// storage")
+        if backend == "azure":
+            uri_account = self._uri_account
+            settings = self.azure or AzureStorageConfig()
+            if uri_account and settings.account_name and uri_account != settings.account_name:
+                raise _KeyedError("external_storage.azure.account_name",
+                                  f"{settings.account_name!r} differs from the account in the uri ({uri_account!r})")
+            named = "azure_storage_account_name" in {k.lower() for k in self.storage_options} or any(
+                "account_name" in k.lower() for k in self.storage_options)
+            if not (uri_account or settings.account_name or settings.use_emulator or named):
+                raise _KeyedError("external_storage.azure.account_name",
+                                  "required for an az:// uri (or name the account in the uri: "
+                                  "abfss://<container>@<account>.dfs.core.windows.net/...)")
+        if backend != "local":
+            self._check_options()
+        return self
+
+    def _check_options(self) -> None:
+        """Build the store once, without credentials: an option object_store does not know fails
+        here, on load, and not in the middle of a run."""
+        from obstore.exceptions import BaseError
+
+        from marketplace.storage import ObjectStorage, StorageError
+
+        plain, _ = self.options()
+        try:
+            ObjectStorage(self.uri, plain)
+        except (StorageError, BaseError, ValueError) as exc:
+            key = "external_storage.storage_options" if self.storage_options else f"external_storage.{self.backend}"
+            raise _KeyedError(key, str(exc).removeprefix(f"external storage {self.uri.rstrip('/')}: ")) from None
+
+    @property
+    def backend(self) -> str:
+        scheme = urlparse(self.uri).scheme.lower()
+        return "s3" if scheme == "s3" else "azure" if scheme in ("az", "abfs", "abfss") else "local"
+
+    @property
+    def _uri_account(self) -> str | None:
+        match = AZURE_HOST.fullmatch(urlparse(self.uri).netloc.partition("@")[2])
+        return match["account"] if match else None
+
+    def options(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(object_store options, {option: environment variable holding its value}) for this storage."""
+        block = self.s3 or self.azure
+        plain, secret = block.options() if block is not None else ({}, {})
+        if self.backend == "azure" and "azure_storage_account_name" not in plain and self._uri_account:
+            plain["azure_storage_account_name"] = self._uri_account
+        return {**plain, **self.storage_options}, {**secret, **self.storage_options_env}
 
 
 class ClientConfig(_Strict):
@@ -422,6 +689,21 @@ class MarketplaceConfig(_Strict):
             if workspace.name in seen:
                 raise _KeyedError(f"workspaces[{index}].name", f"duplicate workspace name {workspace.name!r}")
             seen.add(workspace.name)
+        for index, workspace in enumerate(self.workspaces):
+            if workspace.export.engine != "databricks":
+                continue
+            key = f"workspaces[{index}] ({workspace.name}).export"
+            if self.external_storage.backend == "local":
+                raise _KeyedError(f"{key}.engine", "a Databricks job cannot write to a local folder: put "
+                                  "external_storage on s3:// or abfss://")
+            _, secret = self.external_storage.options()
+            needed = {**{v: f"external_storage ({o})" for o, v in secret.items()},
+                      **({self.external_storage.signing_key_env: "external_storage.signing_key_env"}
+                         if self.external_storage.signing_key_env else {})}
+            missing = sorted(set(needed) - set(workspace.export.env))
+            if missing:
+                raise _KeyedError(f"{key}.env", "the job reads " + ", ".join(f"{v} ({needed[v]})" for v in missing)
+                                  + ": map each to a Databricks secret, e.g. {{secrets/marketplace/<key>}}")
         if len(self.workspaces) > 1 and "{workspace}" not in self.marketplace.name_template:
             raise _KeyedError(
                 "marketplace.name_template",
@@ -436,8 +718,11 @@ class MarketplaceConfig(_Strict):
 
     @property
     def storage_root(self) -> str:
-        """External storage as an absolute local path (relative URIs resolve against the file)."""
+        """External storage as an absolute local path (relative URIs resolve against the file), or
+        the object store URI."""
         uri = self.external_storage.uri
+        if self.external_storage.backend != "local":
+            return uri.rstrip("/")
         parsed = urlparse(uri)
         if parsed.scheme == "file":
             uri = unquote(parsed.path)  # file:///tmp/my%20dir is the folder "my dir"

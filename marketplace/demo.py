@@ -173,6 +173,7 @@ def summary(config: MarketplaceConfig) -> None:
     from mlflow import MlflowClient
 
     from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
+    from marketplace.resources import configured_storage
     from marketplace.summary import EXPORT_SUMMARY, IMPORT_SUMMARY, read_rows
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)
@@ -190,9 +191,10 @@ def summary(config: MarketplaceConfig) -> None:
         print(f"  {model.name:<32} {len(versions)} version(s), {where:<18} from {source}")
         print(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
     print("\nSummary tables (Delta):")
+    storage = configured_storage(config)
     for table in (EXPORT_SUMMARY, IMPORT_SUMMARY):
-        uri = str(Path(config.storage_root) / table)
-        print(f"  {table:<15} {len(read_rows(uri))} row(s) at {uri}")
+        uri = storage.location(table)
+        print(f"  {table:<15} {len(read_rows(uri, storage.delta_options()))} row(s) at {uri}")
     print("\nUIs:")
     print(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
     for workspace in config.workspaces:

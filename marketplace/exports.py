@@ -10,12 +10,13 @@ import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import mlflow
+import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_export_import.model.export_model import export_model
@@ -24,16 +25,21 @@ from marketplace.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestError,
+    Tree,
     build_manifest,
     read_manifest,
     verify_export,
     write_manifest,
 )
-from marketplace.registry import ProductionVersion, process_tracking_uri, redact_text
+from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
+from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError, lock_name
 
 EXPORTS_DIR = "exports"
 STAGING_PREFIX = ".staging-"
 MAX_COMPONENT_BYTES = 180
+EXPORT_LOCK_SECONDS = 900
+# What fails one version's export, not the partition: the others are still exported.
+EXPORT_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError, StorageError, LockTimeout)
 
 
 class ExportError(RuntimeError):
@@ -59,73 +65,117 @@ def path_component(name: str) -> str:
     return component
 
 
+def export_key(workspace: str, model_name: str, version: int) -> str:
+    """Where a version's export lives under the storage root."""
+    return f"{EXPORTS_DIR}/{workspace}/{path_component(model_name)}/{version}"
+
+
 def export_dir(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
-    return Path(storage_root) / EXPORTS_DIR / workspace / path_component(model_name) / str(version)
+    """The export folder of a version in local external storage."""
+    return Path(storage_root) / export_key(workspace, model_name, version)
 
 
-def remove_staging(storage_root: str | Path, workspace: str, model_name: str, version: int) -> int:
-    """Remove the version's staging folders. Only for a caller holding the version's export lock:
-    then no export of it is in progress, and any staging folder is a dead run's debris."""
-    found = list(export_dir(storage_root, workspace, model_name, version).parent.glob(f"{STAGING_PREFIX}{version}-*"))
+def _storage(storage: Storage | str | Path) -> Storage:
+    return storage if isinstance(storage, Storage) else LocalStorage(storage)
+
+
+def remove_staging(storage: Storage | str | Path, workspace: str, model_name: str, version: int) -> int:
+    """Remove the version's staging folders on this machine. Only for a caller holding the
+    version's export lock: then no export of it is in progress, and any staging folder is a dead
+    run's debris."""
+    area = _storage(storage).staging_area(export_key(workspace, model_name, version))
+    found = list(area.glob(f"{STAGING_PREFIX}{version}-*"))
     for debris in found:
         shutil.rmtree(debris, ignore_errors=True)
     return len(found)
 
 
-def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
+def skip_record_key(workspace: str, model_name: str, version: int) -> str:
     """Beside the version's export folder: why the version was skipped, while it is."""
-    return export_dir(storage_root, workspace, model_name, version).with_name(f"{version}{SKIP_SUFFIX}")
+    return f"{export_key(workspace, model_name, version)}{SKIP_SUFFIX}"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `path` through a unique `<name>.tmp-*` file renamed into place: readers see the old
-    file or the new one, never half of one (housekeeping sweeps temp files a crash left)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
+    return Path(storage_root) / skip_record_key(workspace, model_name, version)
 
 
-def record_skip(path: Path, reason: str, day: dt.date) -> None:
-    write_atomically(path, json.dumps({"reason": reason, "date": day.isoformat()}, ensure_ascii=False))
+def record_skip(storage: Storage, key: str, reason: str, day: dt.date) -> None:
+    storage.write(key, json.dumps({"reason": reason, "date": day.isoformat()}, ensure_ascii=False))
 
 
-def skip_reason(path: Path) -> str | None:
+def skip_reason(storage: Storage, key: str) -> str | None:
     try:
-        return json.loads(path.read_text())["reason"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return json.loads(storage.read(key) or b"")["reason"]
+    except (ValueError, KeyError, TypeError):
         return None
 
 
 @dataclass(frozen=True)
 class ExportRecord:
-    """A verified export: what it is, where, and its manifest's checksum."""
+    """A verified export: what it is, where (a local path or an object store URI), and its
+    manifest's checksum."""
 
-    path: Path
+    location: str
     manifest: Manifest
     checksum: str
 
+    @property
+    def path(self) -> Path:
+        """The export folder, in local external storage."""
+        return Path(self.location)
+
 
 def inspect_export(
-    path: Path, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
+    root: Path | Tree, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
 ) -> tuple[ExportRecord | None, str | None]:
-    """The export at `path` if its manifest is there, sizes match and (given) it is of `identity`
+    """The export at `root` if its manifest is there, sizes match and (given) it is of `identity`
     and signed with `signing_key`; else None and why a manifest there does not count (no reason
     when there is no manifest: nothing, or debris of an interrupted export)."""
-    if not (path / MANIFEST_NAME).exists():
+    tree = root if isinstance(root, Tree) else Tree(LocalStorage(root), "")
+    if not tree.storage.exists(tree.file(MANIFEST_NAME)):
         return None, None
     try:
-        manifest = verify_export(path, full=False, identity=identity, signing_key=signing_key)
+        manifest = verify_export(tree, full=False, identity=identity, signing_key=signing_key)
+        _, checksum = read_manifest(tree)
     except ManifestError as exc:
         return None, str(exc)
-    _, checksum = read_manifest(path)
-    return ExportRecord(path=path, manifest=manifest, checksum=checksum), None
+    return ExportRecord(location=tree.where, manifest=manifest, checksum=checksum), None
 
 
 def existing_export(
-    path: Path, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
+    root: Path | Tree, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
 ) -> ExportRecord | None:
-    return inspect_export(path, identity=identity, signing_key=signing_key)[0]
+    return inspect_export(root, identity=identity, signing_key=signing_key)[0]
+
+
+class LocalCopies:
+    """Recorded exports as local folders, for as long as `stack` is open: a local storage's own
+    folders, or copies downloaded from an object store (once each)."""
+
+    def __init__(self, storage: Storage, stack: contextlib.ExitStack):
+        self.storage = storage
+        self.stack = stack
+        self._paths: dict[str, Path] = {}
+
+    def __call__(self, location: str) -> Path:
+        if self.storage.is_local:
+            return Path(location)
+        if location not in self._paths:
+            key = self.storage.key_of(location)
+            if key is None:
+                raise ManifestError(f"{location} is not in external storage {self.storage.root}")
+            self._paths[location] = self.stack.enter_context(self.storage.local_tree(key))
+        return self._paths[location]
+
+    def verified(self, location: str, **checks) -> Path:
+        """The local folder of the export at `location`, hashed file by file against its manifest
+        (`verify_export` checks); what is imported is exactly what was verified."""
+        local = self(location)
+        try:
+            verify_export(local, **checks)
+        except ManifestError as exc:
+            raise ManifestError(str(exc).replace(str(local), location)) from None
+        return local
 
 
 def _listing(client: MlflowClient, artifact_uri: str) -> dict[str, int]:
@@ -229,22 +279,27 @@ def export_version(
     client: MlflowClient,
     tracking_uri: str,
     *,
-    storage_root: str | Path,
+    storage: Storage | str | Path,
     workspace: str,
     version: ProductionVersion,
     export_date: dt.date,
     signing_key: str | None = None,
     registry_uri: str | None = None,
 ) -> ExportRecord:
-    """Export one production version, verify it, write its manifest last and move it into place.
+    """Export one production version, verify it, write its manifest last and publish it.
 
-    mlflow-export-import writes straight into its output folder, so it writes into a staging
-    folder beside the destination; the rename into place is the commit point.
+    mlflow-export-import writes straight into its output folder, so it writes into a local
+    staging folder; publishing is the commit point (a rename into place in a local folder; on an
+    object store, every file uploaded and the manifest last). The caller holds the export lock.
     """
+    storage = _storage(storage)
     _check_source(client, version)
-    destination = export_dir(storage_root, workspace, version.model_name, version.version)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
+    key = export_key(workspace, version.model_name, version.version)
+    destination = Tree(storage, key)
+    area = storage.staging_area(key)
+    area.mkdir(parents=True, exist_ok=True)
+    staging = area / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
+    identity = (workspace, version.model_name, version.version)
     try:
         with process_tracking_uri(tracking_uri, registry_uri), _library_errors() as errors:
             ok, _ = export_model(
@@ -268,20 +323,110 @@ def export_version(
             exported_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         )
         write_manifest(staging, manifest.signed(signing_key) if signing_key else manifest)
-        identity = (workspace, version.model_name, version.version)
-        if destination.exists():
-            theirs = existing_export(destination, identity=identity, signing_key=signing_key)
-            if theirs is not None:
-                # Another run finished the same export first: keep theirs.
-                shutil.rmtree(staging, ignore_errors=True)
-                return theirs
-            shutil.rmtree(destination)  # debris, or a folder that does not belong there
-        staging.rename(destination)
-    except BaseException:
+        theirs = existing_export(destination, identity=identity, signing_key=signing_key)
+        if theirs is not None:
+            return theirs  # another run finished the same export first: keep theirs
+        # Whatever is there is debris, or a folder that does not belong there: replaced.
+        storage.publish(staging, key, MANIFEST_NAME)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    record = existing_export(destination, identity=identity, signing_key=signing_key)
+    record, problem = inspect_export(destination, identity=identity, signing_key=signing_key)
     if record is None:
-        raise ExportError(f"{destination}: the export does not verify after it was moved into place")
+        raise ExportError(f"{destination.where}: the export does not verify after it was published: {problem}")
     return record
+
+
+@dataclass
+class Outcome:
+    """What exporting one production version came to; the export job reports these back."""
+
+    model_name: str
+    version: int
+    status: str  # exported, already_exported, skipped or failed
+    detail: str = ""  # why it was skipped or failed
+    replaced: str = ""  # why an export folder that was there did not count
+    location: str = ""
+    files: int = 0
+    size_bytes: int = 0
+    marker_written: bool = False
+    staging_removed: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name} v{self.version}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Outcome:
+        return cls(**data)
+
+
+def export_versions(
+    client: MlflowClient,
+    *,
+    tracking_uri: str,
+    registry_uri: str | None,
+    storage: Storage,
+    workspace: str,
+    versions: Sequence[ProductionVersion],
+    day: dt.date,
+    signing_key: str | None,
+    source_marker: bool,
+    log: logging.Logger,
+) -> list[Outcome]:
+    """Export each version that has no valid export yet, then mark it in its workspace.
+
+    One version at a time under its export lock (shared by every process using this storage).
+    A version at fault is skipped with its reason recorded; one that fails is reported failed;
+    neither stops the others. This is the whole export, in the Dagster process or in a job.
+    """
+    outcomes = []
+    for version in versions:
+        outcome = Outcome(version.model_name, version.version, "failed")
+        try:
+            with storage.lock(lock_name("export", workspace, version.model_name, str(version.version)),
+                              EXPORT_LOCK_SECONDS):
+                try:
+                    _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key,
+                                source_marker, outcome, log)
+                except SourceProblem as exc:
+                    # The version itself is at fault: skip it, say why, and sync the others.
+                    outcome.status, outcome.detail = "skipped", redact_text(str(exc))
+                    log.warning(f"{workspace}: skipped {outcome.label}: {outcome.detail}")
+                    record_skip(storage, skip_record_key(workspace, version.model_name, version.version),
+                                outcome.detail, day)
+        except (ExportError, *EXPORT_ERRORS) as exc:
+            outcome.status = "failed"
+            outcome.detail = redact_text(f"export failed: {type(exc).__name__}: {exc}")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key, source_marker,
+                outcome: Outcome, log) -> None:
+    key = export_key(workspace, version.model_name, version.version)
+    identity = (workspace, version.model_name, version.version)
+    record, problem = inspect_export(Tree(storage, key), identity=identity, signing_key=signing_key)
+    if record is None:
+        if problem:
+            outcome.replaced = redact_text(problem)
+            log.warning(f"{workspace}: {outcome.label}: replacing the export folder: {outcome.replaced}")
+        log.info(f"{workspace}: exporting {outcome.label}")
+        outcome.staging_removed = remove_staging(storage, workspace, version.model_name, version.version)
+        if outcome.staging_removed:
+            log.info(f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging folder(s) a dead run left")
+        record = export_version(client, tracking_uri, storage=storage, workspace=workspace, version=version,
+                                export_date=day, signing_key=signing_key, registry_uri=registry_uri)
+        outcome.status = "exported"
+        outcome.files, outcome.size_bytes = len(record.manifest.files), record.manifest.size_bytes
+    else:
+        outcome.status = "already_exported"
+    outcome.location = record.location
+    storage.delete([skip_record_key(workspace, version.model_name, version.version)])
+    # Marked only once the export verifies; a re-run writes a marker a crash left out.
+    if source_marker:
+        ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
+        outcome.marker_written = mark_exported(client, version.model_name, version.version, ran_on)
 

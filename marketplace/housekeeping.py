@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from marketplace.exports import EXPORTS_DIR, SKIP_SUFFIX, STAGING_PREFIX
 from marketplace.manifest import MANIFEST_NAME
+from marketplace.storage import Storage
 
 # delta-rs refuses a vacuum shorter than the table's retention (7 days) unless told it is meant.
 DEFAULT_DELTA_RETENTION_HOURS = 168
@@ -65,11 +67,14 @@ def _newest_mtime(path: Path) -> float | None:
         return None
 
 
-def remove_debris(storage_root: str | Path, retention_hours: float) -> DebrisReport:
+def remove_debris(storage: Storage | str | Path, retention_hours: float) -> DebrisReport:
     """Delete staging folders and manifest-less exports last touched more than `retention_hours` ago.
 
     Young debris may belong to an export in progress, so it stays.
     """
+    if isinstance(storage, Storage) and not storage.is_local:
+        return _remove_object_debris(storage, retention_hours)
+    storage_root = storage.root if isinstance(storage, Storage) else storage
     report = DebrisReport()
     cutoff = time.time() - retention_hours * 3600
     exports = Path(storage_root) / EXPORTS_DIR
@@ -95,4 +100,33 @@ def remove_debris(storage_root: str | Path, retention_hours: float) -> DebrisRep
         if old:
             leftover.unlink(missing_ok=True)
             report.removed.append(str(leftover.relative_to(storage_root)))
+    return report
+
+
+def _remove_object_debris(storage: Storage, retention_hours: float) -> DebrisReport:
+    """On an object store, debris is a version folder whose upload stopped before its manifest,
+    and the local staging folders a dead run left on this machine."""
+    report = DebrisReport()
+    cutoff = time.time() - retention_hours * 3600
+    folders: dict[str, list[tuple[str, float]]] = {}
+    for relative, entry in storage.list(EXPORTS_DIR).items():
+        parts = relative.split("/")
+        if len(parts) > 3 and parts[2].isdigit():
+            folders.setdefault("/".join(parts[:3]), []).append(("/".join(parts[3:]), entry.mtime))
+    for folder, files in sorted(folders.items()):
+        if any(name == MANIFEST_NAME for name, _ in files):
+            continue
+        if max(mtime for _, mtime in files) > cutoff:
+            report.kept_young += 1
+            continue
+        storage.delete_prefix(f"{EXPORTS_DIR}/{folder}")
+        report.removed.append(f"{EXPORTS_DIR}/{folder}")
+    staging_root = Path(tempfile.gettempdir()) / "marketplace-staging"
+    for staging in staging_root.glob(f"*/{STAGING_PREFIX}*"):
+        newest = _newest_mtime(staging)
+        if newest is None or newest > cutoff:
+            report.kept_young += 1
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        report.removed.append(str(staging))
     return report

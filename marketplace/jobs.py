@@ -44,7 +44,7 @@ def housekeep_external_storage(
                 metadata={"files_compacted": done.files_compacted, "files_vacuumed": done.files_vacuumed},
             )
         )
-    debris = remove_debris(external_storage.root, config.debris_retention_hours)
+    debris = remove_debris(external_storage.storage, config.debris_retention_hours)
     context.log.info(f"removed {len(debris.removed)} debris folder(s); kept {debris.kept_young} younger than the retention")
     for path in debris.removed:
         context.log.info(f"removed {path}")

@@ -9,6 +9,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
+
+from marketplace.storage import LocalStorage, Storage
 
 MANIFEST_NAME = "manifest.json"
 CHUNK = 1024 * 1024
@@ -35,6 +38,24 @@ def _walk(root: Path) -> dict[str, Path]:
             if relative != MANIFEST_NAME:
                 files[relative] = path
     return files
+
+
+class Tree(NamedTuple):
+    """An export's folder in external storage: a local folder, or a prefix in an object store."""
+
+    storage: Storage
+    key: str
+
+    @property
+    def where(self) -> str:
+        return self.storage.location(self.key)
+
+    def file(self, relative: str) -> str:
+        return f"{self.key}/{relative}" if self.key else relative
+
+
+def as_tree(root: Path | str | Tree) -> Tree:
+    return root if isinstance(root, Tree) else Tree(LocalStorage(root), "")
 
 
 @dataclass(frozen=True)
@@ -101,13 +122,13 @@ def write_manifest(root: Path, manifest: Manifest) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_manifest(root: Path) -> tuple[Manifest, str]:
+def read_manifest(root: Path | Tree) -> tuple[Manifest, str]:
     """The manifest of the export at `root` and its checksum; ManifestError if absent or unreadable."""
-    path = root / MANIFEST_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ManifestError(f"{root}: no {MANIFEST_NAME}; the export is incomplete") from None
+    tree = as_tree(root)
+    data = tree.storage.read(tree.file(MANIFEST_NAME))
+    if data is None:
+        raise ManifestError(f"{tree.where}: no {MANIFEST_NAME}; the export is incomplete")
+    path = f"{tree.where}/{MANIFEST_NAME}"
     try:
         manifest = Manifest(**json.loads(data))
         _check_files(manifest.files)
@@ -133,7 +154,7 @@ def _check_files(files: object) -> None:
 
 
 def verify_export(
-    root: Path,
+    root: Path | Tree,
     *,
     expected_checksum: str | None = None,
     full: bool = True,
@@ -146,7 +167,9 @@ def verify_export(
     `identity` (workspace, model, version) is what the export must be of: a folder copied to
     another model's place is refused. With `signing_key`, the manifest's signature must hold.
     """
-    manifest, checksum = read_manifest(root)
+    tree = as_tree(root)
+    root = tree.where
+    manifest, checksum = read_manifest(tree)
     if identity is not None and manifest.identity != tuple(identity):
         raise ManifestError(
             f"{root}: the manifest is of {manifest.workspace}/{manifest.model_name} v{manifest.version}, "
@@ -161,14 +184,16 @@ def verify_export(
             f"{root}: manifest checksum {checksum[:12]}… differs from the recorded {expected_checksum[:12]}…"
             " (the manifest was edited or replaced)"
         )
-    on_disk = _walk(root)
-    missing = sorted(set(manifest.files) - set(on_disk))
-    added = sorted(set(on_disk) - set(manifest.files))
+    stored = tree.storage.list(tree.key)
+    stored.pop(MANIFEST_NAME, None)
+    missing = sorted(set(manifest.files) - set(stored))
+    added = sorted(set(stored) - set(manifest.files))
     changed = []
-    for relative in sorted(set(manifest.files) & set(on_disk)):
+    for relative in sorted(set(manifest.files) & set(stored)):
         expected = manifest.files[relative]
-        path = on_disk[relative]
-        if path.stat().st_size != expected["size"] or (full and file_sha256(path) != expected["sha256"]):
+        if stored[relative].size != expected["size"] or (
+            full and tree.storage.sha256(tree.file(relative)) != expected["sha256"]
+        ):
             changed.append(relative)
     if missing or added or changed:
         problems = [

@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
+import os
 import warnings
 from collections.abc import Mapping
-from pathlib import Path
 
 import dagster as dg
-from filelock import FileLock
-from dagster_deltalake import LocalConfig
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
+from marketplace.engines import ExportEngine
 from marketplace.databricks import Connection, DatabricksCredentialError, databricks_connection, ensure_profile
 from marketplace.exports import (
+    EXPORT_LOCK_SECONDS,
     ExportRecord,
-    export_dir,
+    export_key,
     inspect_export,
-    record_skip,
-    remove_staging,
     skip_reason,
-    skip_record_path,
-    write_atomically,
+    skip_record_key,
 )
 from marketplace.imports import render_name, shorten
-from marketplace.registry import configure_http, make_client
+from marketplace.manifest import ManifestError, Tree
+from marketplace.registry import configure_http, make_client, redact_uri
+from marketplace.storage import Storage, StorageError, lock_name, open_storage
+
+SNAPSHOTS_DIR = "production_models"
 
 
 class WorkspaceRegistry(dg.Config):
@@ -44,6 +44,7 @@ class WorkspaceRegistry(dg.Config):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     databricks: Connection | None = None
+    export: ExportEngine = Field(default_factory=ExportEngine)
 
 
 def _connected(connection: Connection | None) -> None:
@@ -73,6 +74,16 @@ class WorkspaceRegistriesResource(dg.ConfigurableResource):
         workspace = self.get(name)
         _connected(workspace.databricks)
         return make_client(workspace.tracking_uri, workspace.registry_uri)
+
+    def workspace_client(self, name: str):
+        """The Databricks SDK client of a Databricks workspace, as its service principal."""
+        from databricks.sdk import WorkspaceClient
+
+        workspace = self.get(name)
+        if workspace.databricks is None:
+            raise dg.Failure(f"workspace {name} is not a Databricks workspace")
+        _connected(workspace.databricks)
+        return WorkspaceClient(profile=workspace.databricks.profile)
 
 
 class MarketplaceRegistryResource(dg.ConfigurableResource):
@@ -122,43 +133,55 @@ class MarketplaceRegistryResource(dg.ConfigurableResource):
 
 
 class ExternalStorageResource(dg.ConfigurableResource):
-    """Where exports, production-model snapshots and the summary Delta tables live."""
+    """Where exports, production-model snapshots and the summary Delta tables live: a local
+    folder, or an S3 / ADLS prefix reached with object_store options."""
 
     root: str
-    storage_options: LocalConfig = Field(default_factory=LocalConfig)
+    # object_store options (delta-rs and obstore read the same names); no secrets.
+    options: dict[str, str] = Field(default_factory=dict)
+    # option -> the environment variable holding its value (credentials), read when a run starts.
+    options_env: dict[str, str] = Field(default_factory=dict)
     # Signs every manifest and refuses imports of unsigned or mis-signed ones (from an env var).
     signing_key: str | None = None
+    signing_key_env: str | None = None  # its variable's name, for export jobs to read it themselves
+    _storage: Storage | None = PrivateAttr(default=None)
 
-    def export_path(self, workspace: str, model: str, version: int) -> Path:
-        return export_dir(self.root, workspace, model, version)
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            try:
+                self._storage = open_storage(self.root, resolve_options(self.root, self.options, self.options_env))
+            except StorageError as exc:
+                raise dg.Failure(description=str(exc)) from None
+        return self._storage
+
+    def export_tree(self, workspace: str, model: str, version: int) -> Tree:
+        return Tree(self.storage, export_key(workspace, model, version))
+
+    def tree_at(self, location: str) -> Tree:
+        """The export recorded at `location` (an export summary's export_path)."""
+        key = self.storage.key_of(location)
+        if key is None:
+            raise ManifestError(f"{location} is not in external storage {self.root}")
+        return Tree(self.storage, key)
 
     def inspect_export(self, workspace: str, model: str, version: int) -> tuple[ExportRecord | None, str | None]:
         """The export of exactly this version, if complete (sizes checked; imports hash it and
         check its signature, and refuse it saying why), else None and why a manifest there does not count."""
-        return inspect_export(self.export_path(workspace, model, version), identity=(workspace, model, version))
+        return inspect_export(self.export_tree(workspace, model, version), identity=(workspace, model, version))
 
     def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
         return self.inspect_export(workspace, model, version)[0]
 
     def skip_reason(self, workspace: str, model: str, version: int) -> str | None:
         """Why the version's last export was skipped, while no export of it exists."""
-        return skip_reason(skip_record_path(self.root, workspace, model, version))
-
-    def record_skip(self, workspace: str, model: str, version: int, reason: str, day: dt.date) -> None:
-        record_skip(skip_record_path(self.root, workspace, model, version), reason, day)
-
-    def remove_staging(self, workspace: str, model: str, version: int) -> int:
-        """Only under the version's export lock (see exports.remove_staging)."""
-        return remove_staging(self.root, workspace, model, version)
-
-    def clear_skip(self, workspace: str, model: str, version: int) -> None:
-        skip_record_path(self.root, workspace, model, version).unlink(missing_ok=True)
+        return skip_reason(self.storage, skip_record_key(workspace, model, version))
 
     def table_uri(self, name: str) -> str:
-        return str(Path(self.root) / name)
+        return self.storage.location(name)
 
     def delta_options(self) -> dict[str, str]:
-        return self.storage_options.str_dict()
+        return self.storage.delta_options()
 
     def merge_rows(self, table: str, rows: list[Mapping]) -> int:
         return summary.merge_rows(self.table_uri(table), table, rows, self.delta_options())
@@ -166,38 +189,71 @@ class ExternalStorageResource(dg.ConfigurableResource):
     def read_rows(self, table: str, workspace: str | None = None, columns: list[str] | None = None) -> list[dict]:
         return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns)
 
-    def lock(self, *parts: str, timeout_seconds: float = 900) -> FileLock:
+    def lock(self, *parts: str, timeout_seconds: float = EXPORT_LOCK_SECONDS):
         """A lock shared by every process that uses this storage, for one piece of work.
 
         Dagster's run queue does not cover the CLI or concurrent backfill runs of two dates
         that share a version, so exports and imports of one version serialize here.
         """
-        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-        path = Path(self.root) / ".locks" / f"{digest}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(path), timeout=timeout_seconds)
+        return self.storage.lock(lock_name(*parts), timeout_seconds)
 
-    def snapshot_path(self, workspace: str, day: dt.date) -> Path:
-        return Path(self.root) / "production_models" / workspace / f"{day.isoformat()}.json"
+    def snapshot_key(self, workspace: str, day: dt.date) -> str:
+        return f"{SNAPSHOTS_DIR}/{workspace}/{day.isoformat()}.json"
 
-    def write_snapshot(self, workspace: str, day: dt.date, payload: dict) -> Path:
-        path = self.snapshot_path(workspace, day)
-        write_atomically(path, json.dumps(payload, indent=1, ensure_ascii=False))
-        return path
+    def write_snapshot(self, workspace: str, day: dt.date, payload: dict) -> str:
+        key = self.snapshot_key(workspace, day)
+        self.storage.write(key, json.dumps(payload, indent=1, ensure_ascii=False))
+        return self.storage.location(key)
 
     def read_snapshot(self, workspace: str, day: dt.date) -> dict:
-        path = self.snapshot_path(workspace, day)
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
+        key = self.snapshot_key(workspace, day)
+        data = self.storage.read(key)
+        if data is None:
             raise dg.Failure(
-                f"no production-model snapshot for {workspace} on {day} at {path}: "
+                f"no production-model snapshot for {workspace} on {day} at {self.storage.location(key)}: "
                 "materialize the production_models asset for this partition first"
-            ) from None
+            )
+        return json.loads(data)
+
+    def snapshots(self, since: dt.date) -> list[dict]:
+        """Every snapshot of a date from `since` on."""
+        found = []
+        for relative in self.storage.list(SNAPSHOTS_DIR):
+            workspace, _, name = relative.partition("/")
+            try:
+                day = dt.date.fromisoformat(name.removesuffix(".json"))
+            except ValueError:
+                continue  # a temporary file of an interrupted write
+            if name.endswith(".json") and day >= since:
+                data = self.storage.read(f"{SNAPSHOTS_DIR}/{relative}")
+                if data is not None:
+                    found.append(json.loads(data))
+        return found
+
+
+def resolve_options(root: str, options: Mapping[str, str], options_env: Mapping[str, str]) -> dict[str, str]:
+    """The storage options with credentials read from their environment variables now."""
+    resolved = dict(options)
+    for option, variable in options_env.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise dg.Failure(
+                description=f"external storage {redact_uri(root)}: the environment variable {variable} "
+                f"(holding its {option}) is not set"
+            )
+        resolved[option] = value
+    return resolved
+
+
+def configured_storage(config: MarketplaceConfig) -> Storage:
+    """The configuration's external storage, credentials read from the environment now (for the
+    sensor and the demo, which read the tables outside a run)."""
+    return open_storage(config.storage_root, resolve_options(config.storage_root, *config.external_storage.options()))
 
 
 def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResource]:
     client = {"timeout_seconds": config.client.timeout_seconds, "max_retries": config.client.max_retries}
+    storage_options, storage_options_env = config.external_storage.options()
     return {
         "workspaces": WorkspaceRegistriesResource(
             workspaces=[
@@ -210,6 +266,7 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
                     include=list(w.include),
                     exclude=list(w.exclude),
                     databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
+                    export=ExportEngine(**w.export.model_dump()),
                 )
                 for w in config.workspaces
             ],
@@ -229,6 +286,9 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
         ),
         "external_storage": ExternalStorageResource(
             root=config.storage_root,
+            options=storage_options,
+            options_env=storage_options_env,
             signing_key=dg.EnvVar(key) if (key := config.external_storage.signing_key_env) else None,
+            signing_key_env=config.external_storage.signing_key_env,
         ),
     }

@@ -14,6 +14,7 @@ from marketplace.databricks import databricks_connection
 from marketplace.partitions import partition_key
 from marketplace.polling import WorkspaceTarget, poll_workspaces
 from marketplace.registry import configure_http
+from marketplace.resources import configured_storage
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
 TICK_BUDGET_SECONDS = 40
@@ -41,9 +42,9 @@ def _targets(config: MarketplaceConfig) -> list[WorkspaceTarget]:
 
 def _synced(config: MarketplaceConfig) -> set[tuple[str, str, int]]:
     """(workspace, model, version) already in the marketplace, from the import summary table."""
-    rows = summary.read_rows(
-        f"{config.storage_root}/{summary.IMPORT_SUMMARY}", columns=["workspace", "model_name", "version"]
-    )
+    storage = configured_storage(config)
+    rows = summary.read_rows(storage.location(summary.IMPORT_SUMMARY), storage.delta_options(),
+                             columns=["workspace", "model_name", "version"])
     return {(r["workspace"], r["model_name"], int(r["version"])) for r in rows}
 
 

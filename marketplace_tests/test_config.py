@@ -385,14 +385,14 @@ def test_reserved_marketplace_alias_is_refused(tmp_path, alias):
     assert "reserved" in str(error)
 
 
-def test_external_storage_with_s3_scheme_is_refused(tmp_path):
+def test_external_storage_with_an_unsupported_scheme_is_refused(tmp_path):
     data = minimal()
-    data["external_storage"]["uri"] = "s3://bucket/marketplace"
+    data["external_storage"]["uri"] = "gs://bucket/marketplace"
 
     error, path = load_error(tmp_path, data)
 
     assert_names(error, path, "external_storage.uri")
-    assert "'s3' is not supported" in str(error)
+    assert "'gs' is not supported" in str(error) and "s3://, abfss:// or az://" in str(error)
 
 
 def test_file_uri_with_a_host_part_is_refused(tmp_path):

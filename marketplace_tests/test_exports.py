@@ -54,7 +54,7 @@ def test_export_version_writes_a_verifying_manifest(servers, uid, tmp_path):
     register_version(uri, f"{uid}_m", stage="Production")
     version = _production(uri, uid)
     record = export_version(
-        MlflowClient(uri), uri, storage_root=tmp_path, workspace="w", version=version, export_date=dt.date(2026, 11, 2)
+        MlflowClient(uri), uri, storage=tmp_path, workspace="w", version=version, export_date=dt.date(2026, 11, 2)
     )
     assert record.path == export_dir(tmp_path, "w", f"{uid}_m", version.version)
     manifest = verify_export(record.path)
@@ -70,7 +70,7 @@ def test_failed_export_leaves_nothing_behind(servers, uid, tmp_path):
     version = _production(uri, uid)
     missing = type(version)(**{**version.__dict__, "version": 99})
     with pytest.raises(ExportError, match="99"):
-        export_version(MlflowClient(uri), uri, storage_root=tmp_path, workspace="w", version=missing,
+        export_version(MlflowClient(uri), uri, storage=tmp_path, workspace="w", version=missing,
                        export_date=dt.date(2026, 11, 2))
     folder = export_dir(tmp_path, "w", f"{uid}_m", 99)
     assert not folder.exists()
