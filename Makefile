@@ -6,7 +6,9 @@ STATE := $(abspath .marketplace)
 export DAGSTER_HOME := $(STATE)/dagster_home
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo dev test stop bench
+NODE_STAMP := node_modules/.installed
+
+.PHONY: install demo dev test stop bench wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Azurite (Azure Storage emulator) for the ADLS tests, from the npm registry with this machine's Node.js.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
@@ -30,8 +37,8 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m marketplace.demo seed
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
-## make test: the whole test suite (starts its own MLflow servers on free ports).
-test: install $(DAGSTER_HOME)/dagster.yaml
+## make test: the whole test suite (starts its own MLflow servers, an S3 and an Azure Storage emulator on free ports).
+test: install $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m pytest
 
 ## make stop: stop the demo's MLflow servers.
@@ -41,3 +48,8 @@ stop:
 ## make bench: the benchmark suite (its own servers); writes benchmarks/results.json and BENCHMARKS.md.
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m benchmarks.run
+
+## make wheel: the package's wheel in dist/, for the Databricks export job (see the README).
+wheel: install
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls dist/*.whl

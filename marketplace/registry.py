@@ -46,7 +46,8 @@ def redact_uri(uri: str) -> str:
     return redact_text(uri)
 
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+# In abfss://container@account... the part before '@' is a container name, not user info.
+_URL_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])(?!(?:abfss?|az|wasbs?)://)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
 
 
 def redact_text(text: str) -> str:

@@ -323,11 +323,21 @@ class ObjectStorage(Storage):
 
     def delete(self, keys: Iterable[str]) -> None:
         import obstore
+        from obstore.exceptions import NotFoundError
 
         keys = list(keys)
         with self._errors("deleting"):
             for start in range(0, len(keys), 1000):
-                obstore.delete(self._store, keys[start:start + 1000])
+                batch = keys[start:start + 1000]
+                try:
+                    obstore.delete(self._store, batch)
+                except (NotFoundError, FileNotFoundError):
+                    # Azure fails a whole batch for one missing blob (S3 does not): one by one.
+                    for key in batch:
+                        try:
+                            obstore.delete(self._store, key)
+                        except (NotFoundError, FileNotFoundError):
+                            pass
 
     def sha256(self, key: str) -> str:
         import obstore

@@ -190,3 +190,35 @@ def _no_config_env(monkeypatch):
     for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER"):
         monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", os.environ.get(f"MLFLOW_HTTP_REQUEST_{name}", ""))
         monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}")
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory) -> dict[str, "Emulator"]:
+    """The S3 emulator and Azurite, started once; a backend that cannot start fails its tests."""
+    from .emulators import start_azurite, start_s3
+
+    folder = tmp_path_factory.mktemp("emulators")
+    started = {}
+    try:
+        started["s3"] = start_s3(folder)
+        started["azure"] = start_azurite(folder)
+        yield started
+    finally:
+        for emulator in started.values():
+            emulator.stop()
+
+
+CLOUD_KEYS = {"id": "MARKETPLACE_TEST_STORAGE_KEY_ID", "secret": "MARKETPLACE_TEST_STORAGE_SECRET"}
+
+
+@pytest.fixture(params=["s3", "azure"])
+def cloud(request, emulators, uid, monkeypatch):
+    """One test's external storage on an emulator: a bucket (S3) or container (ADLS) of its own,
+    credentials in the environment as a user would give them."""
+    emulator = emulators[request.param]
+    space = f"{uid}-{request.param}"
+    emulator.make_space(space)
+    for name, value in emulator.credentials(CLOUD_KEYS).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata look-ups off loopback
+    return emulator, emulator.storage_config(space, "marketplace", CLOUD_KEYS)

@@ -22,7 +22,8 @@ def _workspaces(servers, *names: str) -> list[dict]:
 
 def test_daily_schedule_requests_one_run_per_workspace_for_the_scheduled_day(servers, deploy, uid):
     names = [f"a{uid}", f"b{uid}", f"c{uid}"]
-    deployment = deploy(_workspaces(servers, *names), schedule={"cron": "30 3 * * *"})
+    deployment = deploy(_workspaces(servers, *names), schedule={"cron": "30 3 * * *"},
+                        start_date="2026-11-01")  # the dates below are fixed; the default start moves
     defs = deployment.defs
     schedule = defs.resolve_schedule_def("daily_marketplace_schedule")
     assert schedule.cron_schedule == "30 3 * * *"

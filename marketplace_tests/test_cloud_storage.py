@@ -1,0 +1,289 @@
+"""The pipeline with external storage on S3 and on ADLS, each against its emulator on loopback.
+
+Every test runs twice, once per backend (`cloud` fixture): exports, snapshots, skip records,
+locks and both Delta tables live in a bucket or container of the test's own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import threading
+import time
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from marketplace import assets, summary
+from marketplace.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
+from marketplace.exports import export_key
+from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_VERSION
+from marketplace.manifest import MANIFEST_NAME
+from marketplace.registry import process_tracking_uri
+from marketplace.resources import configured_storage
+from marketplace.storage import LockTimeout, ObjectStorage, lock_name
+
+from .conftest import CLOUD_KEYS, TODAY, materializations, register_version, step_failure_message
+from .test_definitions import DAGSTER, ROOT
+
+
+def _rows(deployment, table: str) -> list[dict]:
+    storage = configured_storage(deployment.config)
+    return summary.read_rows(storage.location(table), storage.delta_options())
+
+
+@pytest.fixture
+def synced_pair(servers, deploy, uid, cloud):
+    """ws_a by stage, ws_b by alias, on cloud storage; neither synced yet."""
+    _, storage_config = cloud
+    register_version(servers["ws_a"].uri, f"{uid}_iris", stage="Archived")
+    register_version(servers["ws_a"].uri, f"{uid}_iris", stage="Production")
+    register_version(servers["ws_b"].uri, f"{uid}_diabetes", alias="champion", kind="diabetes")
+    deployment = deploy(
+        [{"name": "cloud-a", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]},
+         {"name": "cloud-b", "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"},
+          "include": [f"{uid}_*"]}],
+        external_storage=storage_config,
+        marketplace={"name_template": uid + ".{workspace}.{model}"},
+    )
+    return deployment
+
+
+def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
+    deployment = synced_pair
+    storage = configured_storage(deployment.config)
+    for workspace in ("cloud-a", "cloud-b"):
+        result = deployment.sync(workspace)
+        assert result.success, step_failure_message(result)
+        assert materializations(result, assets.EXPORTS)["exported"] == 1
+        assert materializations(result, assets.IMPORTS)["imported"] == 1
+        assert [c.passed for c in result.get_asset_check_evaluations()
+                if c.check_name == assets.IMPORT_LOADS_CHECK] == [True]
+
+    exports = {r["workspace"]: r for r in _rows(deployment, "export_summary")}
+    assert sorted(exports) == ["cloud-a", "cloud-b"] and exports["cloud-a"]["version"] == 2
+    key = export_key("cloud-a", f"{uid}_iris", 2)
+    assert exports["cloud-a"]["export_path"] == storage.location(key)
+    assert exports["cloud-a"]["export_path"].startswith(("s3://", "abfss://"))
+    stored = storage.list(key)
+    assert MANIFEST_NAME in stored and any(name.endswith("artifacts/MLmodel") for name in stored)
+    assert sum(e.size for n, e in stored.items() if n != MANIFEST_NAME) == exports["cloud-a"]["size_bytes"]
+    assert storage.list("production_models")  # the snapshots are there too
+    assert storage.list(".locks") == {}  # every lock was released
+
+    market = MlflowClient(servers["marketplace"].uri)
+    production = market.get_model_version_by_alias(f"{uid}.cloud-a.{uid}_iris", "production")
+    assert production.tags[TAG_SOURCE_VERSION] == "2" and production.tags[TAG_CHECKSUM] == exports["cloud-a"]["checksum"]
+    imports = _rows(deployment, "import_summary")
+    assert sorted((r["workspace"], r["marketplace_version"]) for r in imports) == [("cloud-a", 1), ("cloud-b", 1)]
+
+    from sklearn import datasets
+
+    features = datasets.load_diabetes(return_X_y=True, as_frame=True)[0].tail(20)
+    with process_tracking_uri(servers["ws_b"].uri):
+        source = mlflow.pyfunc.load_model(f"models:/{uid}_diabetes@champion")
+    with process_tracking_uri(servers["marketplace"].uri):
+        copy = mlflow.pyfunc.load_model(f"models:/{uid}.cloud-b.{uid}_diabetes@production")
+    np.testing.assert_array_equal(copy.predict(features), source.predict(features))
+
+    manifest_before = storage.list(key)[MANIFEST_NAME]
+    again = deployment.sync("cloud-a")
+    assert again.success, step_failure_message(again)
+    assert materializations(again, assets.EXPORTS)["exported"] == 0
+    assert materializations(again, assets.IMPORTS)["imported"] == 0
+    assert materializations(again, assets.EXPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(again, assets.IMPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(again, assets.REGISTRATION)["registry_changes"] == 0
+    assert storage.list(key)[MANIFEST_NAME] == manifest_before
+    assert len(market.search_model_versions(f"name='{uid}.cloud-a.{uid}_iris'")) == 1
+
+
+def test_parallel_partitions_write_the_summary_tables_without_losing_a_row(servers, deploy, uid, cloud, tmp_path):
+    _, storage_config = cloud
+    workspaces = ("p1", "p2", "p3", "p4")
+    for workspace in workspaces:
+        register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
+    deployment = deploy(
+        [{"name": w, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_{w}_*"]} for w in workspaces],
+        external_storage=storage_config,
+        marketplace={"name_template": uid + "-{workspace}.{model}"},
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    dg.DagsterInstance.from_config(str(home)).dispose()  # racing first uses of SQLite storage collide
+    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
+    processes = []
+    for w in workspaces:
+        with open(tmp_path / f"{w}.log", "wb") as output:
+            processes.append(subprocess.Popen(
+                [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
+                 "--partition", f"{TODAY.isoformat()}|{w}"],
+                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            ))
+    for w, process in zip(workspaces, processes):
+        process.wait(timeout=600)
+        assert process.returncode == 0, (tmp_path / f"{w}.log").read_text(errors="replace")[-3000:]
+
+    for table in ("export_summary", "import_summary"):
+        rows = _rows(deployment, table)
+        assert sorted((r["workspace"], r["model_name"]) for r in rows) == [
+            (w, f"{uid}_{w}_m") for w in workspaces], table
+
+
+def test_an_upload_cut_short_is_not_counted_and_is_replaced(synced_pair, uid):
+    deployment = synced_pair
+    storage = configured_storage(deployment.config)
+    key = export_key("cloud-a", f"{uid}_iris", 2)
+    storage.write(f"{key}/run-folder/run.json", b"{truncated")  # files, but the manifest never came
+
+    result = deployment.sync("cloud-a", selection=assets.CHAIN[:3])
+
+    assert result.success, step_failure_message(result)
+    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    stored = storage.list(key)
+    assert MANIFEST_NAME in stored and "run-folder/run.json" not in stored
+    assert [r["version"] for r in _rows(deployment, "export_summary")] == [2]
+
+
+def test_a_changed_object_is_refused_at_import_and_by_the_manifest_check(synced_pair, servers, uid):
+    deployment = synced_pair
+    storage = configured_storage(deployment.config)
+    assert deployment.sync("cloud-a", selection=assets.CHAIN[:3]).success
+    key = export_key("cloud-a", f"{uid}_iris", 2)
+    pickled = next(n for n in storage.list(key) if "/artifacts/model." in n and not n.endswith(".json"))
+    storage.write(f"{key}/{pickled}", storage.read(f"{key}/{pickled}")[::-1])  # same size, other bytes
+
+    result = deployment.sync("cloud-a", selection=[assets.IMPORTS])
+
+    assert not result.success
+    message = step_failure_message(result)
+    assert f"(changed: {pickled})" in message and storage.location(key) in message
+    assert MlflowClient(servers["marketplace"].uri).search_registered_models(
+        filter_string=f"name='{uid}.cloud-a.{uid}_iris'") == []
+    checks = deployment.defs.resolve_job_def("marketplace_checks_job").execute_in_process(
+        instance=deployment.instance, raise_on_error=False)
+    evaluations = {c.check_name: c for c in checks.get_asset_check_evaluations()}
+    assert evaluations[EXPORTS_MATCH_MANIFESTS].passed is False
+    assert pickled in evaluations[EXPORTS_MATCH_MANIFESTS].description
+    assert evaluations[NO_STRAY_EXPORTS].passed is True
+    assert evaluations[NO_STRAY_EXPORTS].metadata["export_folders"].value == 1
+
+
+def test_housekeeping_on_cloud_storage(synced_pair, uid):
+    deployment = synced_pair
+    storage = configured_storage(deployment.config)
+    assert deployment.sync("cloud-a").success
+    debris = export_key("cloud-a", f"{uid}_iris", 7)
+    storage.write(f"{debris}/half.bin", b"x" * 10)
+
+    job = deployment.defs.resolve_job_def("marketplace_maintenance_job")
+    result = job.execute_in_process(
+        instance=deployment.instance,
+        run_config={"ops": {"housekeep_external_storage": {"config": {"debris_retention_hours": 0,
+                                                                      "vacuum_retention_hours": 0}}}},
+    )
+
+    assert result.success
+    assert storage.list(debris) == {}
+    assert MANIFEST_NAME in storage.list(export_key("cloud-a", f"{uid}_iris", 2))
+    assert len(_rows(deployment, "export_summary")) == 1 and len(_rows(deployment, "import_summary")) == 1
+
+
+def test_a_missing_storage_credential_fails_naming_its_variable(synced_pair, monkeypatch):
+    deployment = synced_pair
+    secret = os.environ[CLOUD_KEYS["secret"]]
+    monkeypatch.delenv(CLOUD_KEYS["secret"])
+
+    result = deployment.sync("cloud-a")
+
+    assert not result.success
+    message = step_failure_message(result)
+    assert CLOUD_KEYS["secret"] in message and deployment.config.storage_root in message
+    assert secret not in message
+
+
+def _object_storage(cloud, lease_seconds: float) -> ObjectStorage:
+    emulator, storage_config = cloud
+    from marketplace.config import ExternalStorageConfig
+    from marketplace.resources import resolve_options
+
+    settings = ExternalStorageConfig.model_validate(storage_config)
+    return ObjectStorage(settings.uri, resolve_options(settings.uri, *settings.options()), lease_seconds=lease_seconds)
+
+
+def test_lease_lock_excludes_takes_over_a_dead_holder_and_renews_a_live_one(cloud):
+    storage = _object_storage(cloud, lease_seconds=2)
+    name = lock_name("export", "w", "m", "1")
+
+    with storage.lock(name, timeout_seconds=5):
+        with pytest.raises(LockTimeout):
+            with storage.lock(name, timeout_seconds=1):
+                pass
+        time.sleep(3)  # longer than a lease: the heartbeat keeps it held
+        with pytest.raises(LockTimeout):
+            with storage.lock(name, timeout_seconds=1):
+                pass
+    assert storage.list(".locks") == {}
+
+    # A holder that died (its lock object stays, never renewed) is taken over after a lease.
+    storage.write(f".locks/{name}.lock", b'{"owner": "a dead process"}')
+    started = time.monotonic()
+    with storage.lock(name, timeout_seconds=30):
+        waited = time.monotonic() - started
+    assert 2 <= waited < 10
+
+    # Many waiters for one dead holder: never two holders at once.
+    storage.write(f".locks/{name}.lock", b'{"owner": "a dead process"}')
+    holding, most, errors = [0], [0], []
+    guard = threading.Lock()
+
+    def contend() -> None:
+        try:
+            with storage.lock(name, timeout_seconds=60):
+                with guard:
+                    holding[0] += 1
+                    most[0] = max(most[0], holding[0])
+                time.sleep(0.3)
+                with guard:
+                    holding[0] -= 1
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contend) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert errors == [] and most[0] == 1
+
+
+def test_storage_options_reach_delta_rs_and_the_file_store(emulators, uid, monkeypatch):
+    """Settings dagster-deltalake's AzureConfig would drop (the emulator flag, its endpoint) arrive
+    in both: with use_emulator, only AZURITE_BLOB_STORAGE_URL says where Azurite is."""
+    from marketplace.config import parse_config
+
+    azurite = emulators["azure"]
+    azurite.make_space(f"{uid}-flags")
+    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", azurite.endpoint.rsplit("/", 1)[0])
+    config = parse_config({
+        "external_storage": {"uri": f"az://{uid}-flags/mp", "azure": {"use_emulator": True},
+                             "storage_options": {"azure_storage_account_name": "devstoreaccount1"}},
+        "marketplace": {"tracking_uri": "http://127.0.0.1:1"},
+        "workspaces": [{"name": "w", "tracking_uri": "http://127.0.0.1:2", "production": {"stage": "Production"}}],
+    }, "flags.yaml")
+    storage = configured_storage(config)
+    assert storage.delta_options()["azure_storage_use_emulator"] == "true"
+
+    storage.write("probe.json", b"{}")
+    assert summary.merge_rows(storage.location("export_summary"), "export_summary", [{
+        "workspace": "w", "model_name": "m", "version": 1, "run_id": "r", "source": "s",
+        "export_date": TODAY, "exported_at": dt.datetime.now(dt.timezone.utc),
+        "export_path": storage.location("exports/w/m/1"), "checksum": "c", "size_bytes": 1, "file_count": 1,
+    }], storage.delta_options()) == 1
+    assert {"probe.json"} <= set(storage.list("")) and any(k.startswith("export_summary/") for k in storage.list(""))
