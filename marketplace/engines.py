@@ -101,7 +101,7 @@ def _idempotency_token(context: dg.AssetExecutionContext, name: str, day: dt.dat
 
 
 def _run_databricks_job(context, workspaces, name: str, engine: ExportEngine, extras: dict, day: dt.date):
-    from dagster_databricks import (
+    from dagster_databricks.pipes import (
         PipesDatabricksClient,
         PipesDatabricksServerlessClient,
         PipesUnityCatalogVolumesContextInjector,
@@ -150,6 +150,9 @@ def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, extern
     external_storage.storage  # noqa: B018 - fail here, naming a missing storage variable, not in the job
     extras = job_extras(workspaces, name, external_storage, versions, day,
                         inside_workspace=engine.engine == "databricks")
+    if engine.engine == "databricks":
+        # {{secrets/scope/key}} -> scope/key: what a job without the variables reads through dbutils.
+        extras["secret_references"] = {n: r[len("{{secrets/"):-2] for n, r in engine.env.items()}
     try:
         if engine.engine == "subprocess":
             workspaces.client(name)  # a Databricks workspace's profile, which the process inherits

@@ -51,10 +51,17 @@ def _params_loader(argv: list[str]):
     return PipesCliArgsParamsLoader() if "--dagster-pipes-context" in argv else PipesEnvVarParamsLoader()
 
 
-def _environment(variable: str | None, what: str) -> str | None:
+def _environment(variable: str | None, what: str, references: dict[str, str]) -> str | None:
+    """The variable's value; in a Databricks job without it in its environment (serverless, an
+    existing cluster), read from the Databricks secret it maps to, with the job's own identity."""
     if variable is None:
         return None
     value = os.environ.get(variable)
+    if not value and variable in references:
+        from databricks.sdk.runtime import dbutils  # the runtime's own, or the SDK's remote one
+
+        scope, key = references[variable].split("/", 1)
+        value = dbutils.secrets.get(scope=scope, key=key)
     if not value:
         raise JobSettingsError(f"the environment variable {variable} ({what}) is not set in the export job")
     return value
@@ -67,12 +74,13 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
     from marketplace.storage import open_storage
 
     extras = pipes.extras
+    references = extras.get("secret_references", {})
     storage_settings = extras["storage"]
     options = dict(storage_settings["options"])
     for option, variable in storage_settings["options_env"].items():
-        options[option] = _environment(variable, f"external storage {option}")
+        options[option] = _environment(variable, f"external storage {option}", references)
     storage = open_storage(storage_settings["root"], options)
-    signing_key = _environment(extras.get("signing_key_env"), "the manifest signing key")
+    signing_key = _environment(extras.get("signing_key_env"), "the manifest signing key", references)
     configure_http(extras["client"]["timeout_seconds"], extras["client"]["max_retries"])
     client = make_client(extras["tracking_uri"], extras["registry_uri"])
     versions = [ProductionVersion.from_dict(v) for v in extras["versions"]]

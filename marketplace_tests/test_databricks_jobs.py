@@ -1,0 +1,179 @@
+"""The export as a Databricks job through PipesDatabricksClient, by configuration alone.
+
+No workspace is reachable here: `DatabricksStandIn` takes the job (Jobs API `runs/submit`, with
+the workspace's own credentials), runs the wheel's entry point as a local process with the
+cluster's environment (secret references resolved, the workspace identity a job has), and serves
+the Unity Catalog volume that carries the Pipes context and messages. The export itself is real:
+a real MLflow server behind the stand-in, real S3 (moto) storage, real Delta tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from mlflow import MlflowClient
+
+from marketplace import assets, databricks, summary
+from marketplace.config import ConfigError, parse_config
+from marketplace.engines import ExportEngine, databricks_task
+from marketplace.exports import export_key
+from marketplace.resources import configured_storage
+
+from .conftest import CLOUD_KEYS, materializations, register_version, step_failure_message
+from .databricks_standin import DatabricksStandIn
+from .emulators import S3_KEY_ID, S3_SECRET
+
+WHEEL = "/Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl"
+VOLUME = "/Volumes/main/marketplace/pipes"
+SECRET_ENV = {CLOUD_KEYS["id"]: "{{secrets/marketplace/s3-key-id}}",
+              CLOUD_KEYS["secret"]: "{{secrets/marketplace/s3-secret}}"}
+COMPUTE = {
+    "new_cluster": {"new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 0}},
+    "serverless": {"serverless": True},
+}
+
+
+@pytest.fixture(autouse=True)
+def _own_profiles(monkeypatch):
+    monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
+    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
+    monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
+
+
+@pytest.mark.parametrize("compute", sorted(COMPUTE))
+def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, deploy, uid, emulators, tmp_path,
+                                                              monkeypatch):
+    s3 = emulators["s3"]
+    bucket = f"{uid}-dbx"
+    s3.make_space(bucket)
+    for name, value in s3.credentials(CLOUD_KEYS).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("DEV01_TOKEN", "dapi-dev01-secret")
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production", description="before")
+    secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET}
+    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
+                           volumes_root=tmp_path / "workspace", secrets_store=secrets_store,
+                           cluster_env={"AWS_EC2_METADATA_DISABLED": "true"}) as workspace:
+        export = {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "env": SECRET_ENV,
+                  "poll_interval_seconds": 0.2, **COMPUTE[compute]}
+        deployment = deploy(
+            [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
+              "production": {"stage": "Production"}, "include": [f"{uid}_*"], "export": export}],
+            external_storage=s3.storage_config(bucket, "marketplace", CLOUD_KEYS),
+            marketplace={"name_template": uid + ".{workspace}.{model}"},
+        )
+        result = deployment.sync("dev01")
+        assert result.success, step_failure_message(result) + "\n" + "\n".join(
+            run["log"].read_text(errors="replace")[-3000:] for run in workspace.jobs.runs.values())
+
+    exported = materializations(result, assets.EXPORTS)
+    assert exported["engines"] == ["databricks"]
+    assert (exported["exported"], exported["failed"], exported["markers_written"]) == (1, 0, 1)
+    # The job: this package's wheel by its entry point, the Pipes context through the volume,
+    # credentials only as secret references.
+    (spec,) = workspace.jobs.submitted
+    (task,) = spec["tasks"]
+    assert task["python_wheel_task"]["package_name"] == "marketplace"
+    assert task["python_wheel_task"]["entry_point"] == "marketplace-export"
+    assert task["python_wheel_task"]["parameters"][:2] == ["--transport", "volumes"]
+    assert spec["idempotency_token"] and spec["timeout_seconds"] == task["timeout_seconds"]
+    if compute == "serverless":
+        assert task["environment_key"] == spec["environments"][0]["environment_key"]
+        assert spec["environments"][0]["spec"]["dependencies"] == [WHEEL]
+        assert "--dagster-pipes-context" in task["python_wheel_task"]["parameters"]
+        # No environment on serverless: the job read its secrets itself, with its own identity.
+        assert sorted(workspace.jobs.secrets_read) == sorted(secrets_store)
+    else:
+        assert task["libraries"] == [{"whl": WHEEL}]
+        env = task["new_cluster"]["spark_env_vars"]
+        assert {k: env[k] for k in SECRET_ENV} == SECRET_ENV and "DAGSTER_PIPES_CONTEXT" in env
+        assert workspace.jobs.secrets_read == []  # the cluster resolved the references
+    text = json.dumps(spec)
+    for secret in (S3_SECRET, S3_KEY_ID, "dapi-dev01-secret"):
+        assert secret not in text
+    # Every call came with the workspace's credentials; the volume's Pipes folders were cleaned up.
+    assert set(workspace.refused) <= {"/api/2.0/clusters/list-node-types"}
+    assert not any((tmp_path / "workspace" / VOLUME.lstrip("/") / "tmp").glob("*"))
+    # What the job exported is what the in-process export would have recorded.
+    storage = configured_storage(deployment.config)
+    (row,) = summary.read_rows(storage.location("export_summary"), storage.delta_options())
+    version = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_m", "1")
+    assert (row["workspace"], row["model_name"], row["version"], row["run_id"]) == ("dev01", f"{uid}_m", 1, version.run_id)
+    assert row["export_path"] == storage.location(export_key("dev01", f"{uid}_m", 1)) and row["file_count"] > 3
+    assert version.description.startswith("Exported Already On ")  # the job wrote the marker
+    assert materializations(result, assets.IMPORTS)["imported"] == 1
+
+
+def test_job_specs_for_each_kind_of_compute():
+    existing, _ = databricks_task("dev-01", ExportEngine(engine="databricks", wheel=WHEEL, existing_cluster_id="0101-abc",
+                                                         libraries=["scikit-learn==1.5.2"]))
+    assert existing.task_key == "marketplace_export_dev_01" and existing.existing_cluster_id == "0101-abc"
+    assert [lib.as_dict() for lib in existing.libraries] == [{"whl": WHEEL}, {"pypi": {"package": "scikit-learn==1.5.2"}}]
+    assert existing.python_wheel_task.parameters == ["--transport", "dbfs"]  # no volume: DBFS
+    cluster, submit = databricks_task("dev01", ExportEngine(
+        engine="databricks", wheel=WHEEL, new_cluster={"spark_version": "15.4.x", "spark_env_vars": {"A": "1"}},
+        env={"B": "{{secrets/s/k}}"}, volume_path=VOLUME, timeout_seconds=600))
+    assert cluster.new_cluster.spark_env_vars == {"A": "1", "B": "{{secrets/s/k}}"}
+    assert submit["timeout_seconds"] == 600 and cluster.timeout_seconds == 600
+
+
+BASE = {"marketplace": {"tracking_uri": "http://127.0.0.1:5000"}}
+DBX = {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "DEV01_TOKEN"}
+S3_STORAGE = {"uri": "s3://bucket-a/mp", "s3": {"region": "eu-west-1", "access_key_id_env": "K_ID",
+                                                "secret_access_key_env": "K_SECRET"}}
+
+
+def _config(export: dict, *, storage=S3_STORAGE, connection=DBX):
+    workspace = {"name": "dev01", "production": {"stage": "Production"}, "export": export,
+                 **({"databricks": connection} if connection else {"tracking_uri": "http://127.0.0.1:5001"})}
+    return parse_config({**BASE, "external_storage": storage, "workspaces": [workspace]}, "deploy.yaml")
+
+
+GOOD = {"engine": "databricks", "wheel": WHEEL, "serverless": True, "volume_path": VOLUME,
+        "env": {"K_ID": "{{secrets/mp/id}}", "K_SECRET": "{{secrets/mp/secret}}"}}
+
+
+def test_a_complete_databricks_engine_configuration_loads():
+    engine = _config(GOOD).workspaces[0].export
+    assert engine.engine == "databricks" and engine.serverless and engine.volume_path == VOLUME
+
+
+@pytest.mark.parametrize("change, storage, connection, key, says", [
+    ({"wheel": None}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "needs wheel"),
+    ({"serverless": False}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "exactly one of"),
+    ({"existing_cluster_id": "0101"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "exactly one of"),
+    ({"volume_path": None}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "set volume_path"),
+    ({"volume_path": "/tmp/pipes"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.volume_path", "volume path"),
+    ({"env": {"K_ID": "AKIA-plain-value", "K_SECRET": "{{secrets/mp/secret}}"}}, S3_STORAGE, DBX,
+     "workspaces[0] (dev01).export.env", "secret reference"),
+    ({"env": {"K_ID": "{{secrets/mp/id}}"}}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.env", "K_SECRET"),
+    ({}, {"uri": "external"}, DBX, "workspaces[0] (dev01).export.engine", "cannot write to a local folder"),
+    ({}, S3_STORAGE, None, "workspaces[0] (dev01)", "give the workspace a databricks block"),
+    ({"engine": "subprocess"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "only for engine: databricks"),
+    ({"serverless": False, "new_cluster": {"num_workers": 1}}, S3_STORAGE, DBX, "workspaces[0] (dev01).export",
+     "spark_version"),
+    ({"engine": "spark"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.engine", "in_process"),
+])
+def test_wrong_export_engine_settings_name_the_key(change, storage, connection, key, says):
+    with pytest.raises(ConfigError) as raised:
+        _config({**GOOD, **change}, storage=storage, connection=connection)
+    assert raised.value.key == key and says in str(raised.value), str(raised.value)
+
+
+def test_a_missing_job_variable_in_the_dagster_process_fails_before_submitting(deploy, servers, uid, monkeypatch,
+                                                                                tmp_path):
+    """The run reads the storage credentials itself first: a missing one fails naming it, no job starts."""
+    monkeypatch.setenv("DEV01_TOKEN", "dapi")
+    monkeypatch.delenv("K_SECRET", raising=False)
+    monkeypatch.setenv("K_ID", "x")
+    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi", volumes_root=tmp_path) as ws:
+        deployment = deploy([{"name": "dev01", "databricks": {**DBX, "host": ws.host}, "production": {"stage": "Production"},
+                              "include": [f"{uid}_*"], "export": GOOD}], external_storage=S3_STORAGE)
+        result = deployment.sync("dev01", selection=[assets.EXPORTS])
+    assert not result.success
+    assert "K_SECRET" in step_failure_message(result)
+    assert ws.jobs.submitted == []
+    assert os.environ.get("K_SECRET") is None
