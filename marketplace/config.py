@@ -426,6 +426,7 @@ class AzureStorageConfig(_Strict):
             raise ValueError(f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant")
         if self.use_emulator and self.endpoint:
             raise ValueError("use_emulator reads its URL from AZURITE_BLOB_STORAGE_URL; give endpoint or use_emulator")
+        _not_azurite_endpoint(self.endpoint)
         return self
 
     def options(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -437,6 +438,18 @@ class AzureStorageConfig(_Strict):
         secret = {"azure_storage_account_key": self.account_key_env, "azure_storage_sas_key": self.sas_token_env,
                   "azure_storage_client_secret": self.client_secret_env}
         return _present(plain), _present(secret)
+
+
+def _not_azurite_endpoint(endpoint: str | None) -> None:
+    """Against Azurite through an endpoint, delta-rs lists the log from an offset (`startFrom`),
+    which Azurite ignores: every commit after a table's second failed ("Invalid table version").
+    Emulator mode lists without it."""
+    parsed = urlparse(endpoint or "")
+    if parsed.hostname in ("127.0.0.1", "localhost", "::1") and parsed.path.strip("/") == "devstoreaccount1":
+        raise ValueError(
+            f"{endpoint} is Azurite: set use_emulator: true and AZURITE_BLOB_STORAGE_URL="
+            f"{parsed.scheme}://{parsed.netloc} instead (through an endpoint, Delta commits fail there "
+            "after a table's second)")
 
 
 def _present(options: dict[str, str | None]) -> dict[str, str]:
@@ -498,6 +511,9 @@ class ExternalStorageConfig(_Strict):
             if info.field_name == "storage_options" and SECRET_OPTION.search(key):
                 raise ValueError(f"{key} holds a credential: name the environment variable that holds it in "
                                  "storage_options_env instead")
+        for key, option in value.items():
+            if key.lower() in ("azure_storage_endpoint", "azure_endpoint", "endpoint") and info.field_name == "storage_options":
+                _not_azurite_endpoint(option)
         if "disabled" in {str(v).lower() for k, v in value.items() if "conditional_put" in k.lower()}:
             raise ValueError("conditional_put: disabled makes every Delta commit fail; leave it unset (etag)")
         return value

@@ -408,7 +408,8 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
                 outcome: Outcome, log) -> None:
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
-    record, problem = inspect_export(Tree(storage, key), identity=identity, signing_key=signing_key)
+    # Signatures are checked at import, which refuses a planted export saying why (see README).
+    record, problem = inspect_export(Tree(storage, key), identity=identity)
     if record is None:
         if problem:
             outcome.replaced = redact_text(problem)

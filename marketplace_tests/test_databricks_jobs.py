@@ -107,6 +107,38 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
     assert materializations(result, assets.IMPORTS)["imported"] == 1
 
 
+def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, uid, emulators, tmp_path, monkeypatch):
+    s3 = emulators["s3"]
+    bucket = f"{uid}-dbx-fail"
+    s3.make_space(bucket)
+    for name, value in s3.credentials(CLOUD_KEYS).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("DEV01_TOKEN", "dapi-dev01-secret")
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    # The workspace's secret scope lacks the storage secret: the serverless job cannot read it.
+    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
+                           volumes_root=tmp_path / "workspace", secrets_store={"marketplace/s3-key-id": S3_KEY_ID},
+                           cluster_env={"AWS_EC2_METADATA_DISABLED": "true"}) as workspace:
+        deployment = deploy(
+            [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
+              "production": {"stage": "Production"}, "include": [f"{uid}_*"],
+              "export": {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "env": SECRET_ENV,
+                         "poll_interval_seconds": 0.2, "serverless": True}}],
+            external_storage=s3.storage_config(bucket, "marketplace", CLOUD_KEYS),
+        )
+        result = deployment.sync("dev01")
+        (run,) = workspace.jobs.runs.values()
+        job_log = run["log"].read_text(errors="replace")
+    assert not result.success
+    message = step_failure_message(result)
+    assert f"workspace dev01 (databricks://marketplace-ws-dev01) {uid}_m v1: the export job failed" in message
+    assert "the task exited with 1" in message
+    assert "no such secret" in job_log or "RESOURCE_DOES_NOT_EXIST" in job_log
+    storage = configured_storage(deployment.config)
+    assert summary.read_rows(storage.location("export_summary"), storage.delta_options()) == []
+
+
 def test_job_specs_for_each_kind_of_compute():
     existing, _ = databricks_task("dev-01", ExportEngine(engine="databricks", wheel=WHEEL, existing_cluster_id="0101-abc",
                                                          libraries=["scikit-learn==1.5.2"]))
