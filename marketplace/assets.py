@@ -44,7 +44,6 @@ from marketplace.storage import StorageError
 from marketplace.partitions import split_partition_key
 from marketplace.registry import (
     ProductionVersion,
-    mark_exported,
     model_version_url,
     redact_text,
     redact_uri,

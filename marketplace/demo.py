@@ -84,6 +84,7 @@ DEMO_MODELS = {
 def seed_workspace(tracking_uri: str, production, models) -> list[str]:
     """Register the demo models in one workspace; existing models are left as they are."""
     import mlflow
+    import sklearn
     from mlflow import MlflowClient
 
     from marketplace.registry import process_tracking_uri
@@ -99,8 +100,10 @@ def seed_workspace(tracking_uri: str, production, models) -> list[str]:
                 fitted, example = _train(dataset, index)
                 with mlflow.start_run(run_name=f"{model_name}-v{index}"):
                     mlflow.log_param("dataset", dataset)
+                    # Requirements given: inferring them loads the model in a subprocess, seconds each.
                     info = mlflow.sklearn.log_model(
-                        fitted, name="model", input_example=example, registered_model_name=model_name
+                        fitted, name="model", input_example=example, registered_model_name=model_name,
+                        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
                     )
                 version = info.registered_model_version
                 client.update_model_version(model_name, version, description=f"Demo {dataset} model, version {index}.")

@@ -62,6 +62,14 @@ def uid() -> str:
     return "t" + uuid.uuid4().hex[:8]
 
 
+def sklearn_requirements() -> list[str]:
+    """Given, not inferred: MLflow infers a model's requirements by loading it in a subprocess,
+    about 4 s a model, most of a test's set-up."""
+    import sklearn
+
+    return [f"scikit-learn=={sklearn.__version__}"]
+
+
 def _fit(kind: str, seed: int):
     from sklearn import datasets
     from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -92,7 +100,8 @@ def register_version(
             filter_string=f"name={literal}") else 0
         model, example = _fit(kind, count + 1)
         with mlflow.start_run():
-            info = mlflow.sklearn.log_model(model, name="model", input_example=example, registered_model_name=model_name)
+            info = mlflow.sklearn.log_model(model, name="model", input_example=example, registered_model_name=model_name,
+                                            pip_requirements=sklearn_requirements())
     version = str(info.registered_model_version)
     if description is not None:
         client.update_model_version(model_name, version, description=description)
@@ -172,6 +181,19 @@ def materializations(result, asset_key: dg.AssetKey) -> dict:
     raise AssertionError(f"{asset_key.to_user_string()} was not materialized")
 
 
+def assert_nothing_new(result, already_exported: int) -> None:
+    """A re-run that found everything done: nothing exported, imported, inserted or changed."""
+    from marketplace import assets
+
+    assert result.success, step_failure_message(result)
+    exported = materializations(result, assets.EXPORTS)
+    assert (exported["exported"], exported["already_exported"]) == (0, already_exported)
+    assert materializations(result, assets.IMPORTS)["imported"] == 0
+    assert materializations(result, assets.EXPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(result, assets.IMPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(result, assets.REGISTRATION)["registry_changes"] == 0
+
+
 def step_failure_message(result) -> str:
     """All step failure descriptions of a failed run, joined."""
     messages = []
@@ -193,7 +215,7 @@ def _no_config_env(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def emulators(tmp_path_factory) -> dict[str, "Emulator"]:
+def emulators(tmp_path_factory):
     """The S3 emulator and Azurite, started once; a backend that cannot start fails its tests."""
     from .emulators import start_azurite, start_s3
 
@@ -222,3 +244,43 @@ def cloud(request, emulators, uid, monkeypatch):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata look-ups off loopback
     return emulator, emulator.storage_config(space, "marketplace", CLOUD_KEYS)
+
+
+def assert_predicts_like_source(source_tracking_uri: str, source_model: str, market_tracking_uri: str,
+                                market_model: str) -> None:
+    """The marketplace copy loads by its alias and predicts exactly as the source (diabetes models)."""
+    import numpy as np
+    from sklearn import datasets
+
+    features = datasets.load_diabetes(return_X_y=True, as_frame=True)[0].tail(20)
+    with process_tracking_uri(source_tracking_uri):
+        source = mlflow.pyfunc.load_model(source_model)
+    with process_tracking_uri(market_tracking_uri):
+        copy = mlflow.pyfunc.load_model(market_model)
+    np.testing.assert_array_equal(copy.predict(features), source.predict(features))
+
+
+def materialize_in_processes(deployment: Deployment, workspaces, tmp_path: Path, day: dt.date = TODAY) -> None:
+    """Sync today's partition of each workspace at once, one `dagster asset materialize` process
+    each, on one persistent instance; each must succeed."""
+    import subprocess
+
+    from .test_definitions import DAGSTER, ROOT
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    # Dagster creates its SQLite storage on first use, and racing first uses collide: create it once.
+    dg.DagsterInstance.from_config(str(home)).dispose()
+    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
+    logs = [tmp_path / f"{w}.log" for w in workspaces]
+    processes = []
+    for w, log in zip(workspaces, logs):
+        with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
+            processes.append(subprocess.Popen(
+                [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
+                 "--partition", f"{day.isoformat()}|{w}"],
+                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+            ))
+    for process, log in zip(processes, logs):
+        process.wait(timeout=600)
+        assert process.returncode == 0, log.read_text(errors="replace")[-3000:]

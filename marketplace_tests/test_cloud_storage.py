@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import threading
 import time
 
-import dagster as dg
-import mlflow
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -23,12 +19,19 @@ from marketplace.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
 from marketplace.exports import export_key
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_VERSION
 from marketplace.manifest import MANIFEST_NAME
-from marketplace.registry import process_tracking_uri
 from marketplace.resources import configured_storage
 from marketplace.storage import LockTimeout, ObjectStorage, lock_name
 
-from .conftest import CLOUD_KEYS, TODAY, materializations, register_version, step_failure_message
-from .test_definitions import DAGSTER, ROOT
+from .conftest import (
+    CLOUD_KEYS,
+    TODAY,
+    assert_nothing_new,
+    assert_predicts_like_source,
+    materialize_in_processes,
+    materializations,
+    register_version,
+    step_failure_message,
+)
 
 
 def _rows(deployment, table: str) -> list[dict]:
@@ -82,23 +85,11 @@ def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
     imports = _rows(deployment, "import_summary")
     assert sorted((r["workspace"], r["marketplace_version"]) for r in imports) == [("cloud-a", 1), ("cloud-b", 1)]
 
-    from sklearn import datasets
-
-    features = datasets.load_diabetes(return_X_y=True, as_frame=True)[0].tail(20)
-    with process_tracking_uri(servers["ws_b"].uri):
-        source = mlflow.pyfunc.load_model(f"models:/{uid}_diabetes@champion")
-    with process_tracking_uri(servers["marketplace"].uri):
-        copy = mlflow.pyfunc.load_model(f"models:/{uid}.cloud-b.{uid}_diabetes@production")
-    np.testing.assert_array_equal(copy.predict(features), source.predict(features))
+    assert_predicts_like_source(servers["ws_b"].uri, f"models:/{uid}_diabetes@champion",
+                                servers["marketplace"].uri, f"models:/{uid}.cloud-b.{uid}_diabetes@production")
 
     manifest_before = storage.list(key)[MANIFEST_NAME]
-    again = deployment.sync("cloud-a")
-    assert again.success, step_failure_message(again)
-    assert materializations(again, assets.EXPORTS)["exported"] == 0
-    assert materializations(again, assets.IMPORTS)["imported"] == 0
-    assert materializations(again, assets.EXPORT_SUMMARY)["rows_inserted"] == 0
-    assert materializations(again, assets.IMPORT_SUMMARY)["rows_inserted"] == 0
-    assert materializations(again, assets.REGISTRATION)["registry_changes"] == 0
+    assert_nothing_new(deployment.sync("cloud-a"), already_exported=1)
     assert storage.list(key)[MANIFEST_NAME] == manifest_before
     assert len(market.search_model_versions(f"name='{uid}.cloud-a.{uid}_iris'")) == 1
 
@@ -114,21 +105,7 @@ def test_parallel_partitions_write_the_summary_tables_without_losing_a_row(serve
         external_storage=storage_config,
         marketplace={"name_template": uid + "-{workspace}.{model}"},
     )
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    dg.DagsterInstance.from_config(str(home)).dispose()  # racing first uses of SQLite storage collide
-    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
-    processes = []
-    for w in workspaces:
-        with open(tmp_path / f"{w}.log", "wb") as output:
-            processes.append(subprocess.Popen(
-                [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
-                 "--partition", f"{TODAY.isoformat()}|{w}"],
-                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-            ))
-    for w, process in zip(workspaces, processes):
-        process.wait(timeout=600)
-        assert process.returncode == 0, (tmp_path / f"{w}.log").read_text(errors="replace")[-3000:]
+    materialize_in_processes(deployment, workspaces, tmp_path)
 
     for table in ("export_summary", "import_summary"):
         rows = _rows(deployment, table)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-import dagster as dg
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
-from .conftest import TODAY, register_version
-from .test_definitions import DAGSTER, ROOT
+from .conftest import materialize_in_processes, register_version
 
 WORKSPACES = ("c1", "c2", "c3", "c4")  # the issue asks for at least 4 concurrent runs
 
@@ -27,23 +23,7 @@ def test_concurrent_partition_runs_keep_every_row(servers, deploy, uid, tmp_path
         ],
         marketplace={"name_template": uid + "-{workspace}.{model}"},
     )
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    # Dagster creates its SQLite storage on first use, and racing first uses collide: create it once.
-    dg.DagsterInstance.from_config(str(home)).dispose()
-    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
-    logs = [tmp_path / f"{w}.log" for w in WORKSPACES]
-    processes = []
-    for w, log in zip(WORKSPACES, logs):
-        with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
-            processes.append(subprocess.Popen(
-                [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
-                 "--partition", f"{TODAY.isoformat()}|{w}"],
-                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-            ))
-    for process, log in zip(processes, logs):
-        process.wait(timeout=600)
-        assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
+    materialize_in_processes(deployment, WORKSPACES, tmp_path)
 
     root = Path(deployment.config.storage_root)
     for table in ("export_summary", "import_summary"):

@@ -42,16 +42,20 @@ def _own_profiles(monkeypatch):
     monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
 
 
-@pytest.mark.parametrize("compute", sorted(COMPUTE))
-def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, deploy, uid, emulators, tmp_path,
-                                                              monkeypatch):
+@pytest.fixture
+def s3_storage(emulators, uid, monkeypatch) -> dict:
+    """A bucket of the test's own, its credentials and the workspace token in the Dagster process."""
     s3 = emulators["s3"]
-    bucket = f"{uid}-dbx"
-    s3.make_space(bucket)
+    s3.make_space(f"{uid}-dbx")
     for name, value in s3.credentials(CLOUD_KEYS).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("DEV01_TOKEN", "dapi-dev01-secret")
+    return s3.storage_config(f"{uid}-dbx", "marketplace", CLOUD_KEYS)
+
+
+@pytest.mark.parametrize("compute", sorted(COMPUTE))
+def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, deploy, uid, s3_storage, tmp_path):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production", description="before")
     secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET}
     with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
@@ -62,7 +66,7 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
         deployment = deploy(
             [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
               "production": {"stage": "Production"}, "include": [f"{uid}_*"], "export": export}],
-            external_storage=s3.storage_config(bucket, "marketplace", CLOUD_KEYS),
+            external_storage=s3_storage,
             marketplace={"name_template": uid + ".{workspace}.{model}"},
         )
         result = deployment.sync("dev01")
@@ -107,14 +111,7 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
     assert materializations(result, assets.IMPORTS)["imported"] == 1
 
 
-def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, uid, emulators, tmp_path, monkeypatch):
-    s3 = emulators["s3"]
-    bucket = f"{uid}-dbx-fail"
-    s3.make_space(bucket)
-    for name, value in s3.credentials(CLOUD_KEYS).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("DEV01_TOKEN", "dapi-dev01-secret")
+def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, uid, s3_storage, tmp_path):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     # The workspace's secret scope lacks the storage secret: the serverless job cannot read it.
     with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
@@ -125,7 +122,7 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, ui
               "production": {"stage": "Production"}, "include": [f"{uid}_*"],
               "export": {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "env": SECRET_ENV,
                          "poll_interval_seconds": 0.2, "serverless": True}}],
-            external_storage=s3.storage_config(bucket, "marketplace", CLOUD_KEYS),
+            external_storage=s3_storage,
         )
         result = deployment.sync("dev01")
         (run,) = workspace.jobs.runs.values()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import mlflow
-import numpy as np
 import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
@@ -16,9 +14,9 @@ from marketplace.exports import export_dir
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
 from marketplace.local_servers import free_port
 from marketplace.manifest import MANIFEST_NAME
-from marketplace.registry import MARKER_PREFIX, process_tracking_uri
+from marketplace.registry import MARKER_PREFIX
 
-from .conftest import TODAY, materializations, register_version, step_failure_message
+from .conftest import TODAY, assert_nothing_new, assert_predicts_like_source, materializations, register_version, step_failure_message
 
 
 @pytest.fixture
@@ -89,14 +87,8 @@ def test_marketplace_model_predicts_the_same_as_its_source(two_workspaces, serve
     check = result.get_asset_check_evaluations()
     assert [c.passed for c in check if c.check_name == assets.IMPORT_LOADS_CHECK] == [True]
 
-    from sklearn import datasets
-
-    features = datasets.load_diabetes(return_X_y=True, as_frame=True)[0].tail(20)
-    with process_tracking_uri(servers["ws_b"].uri):
-        source = mlflow.pyfunc.load_model(f"models:/{uid}_diabetes@champion")
-    with process_tracking_uri(servers["marketplace"].uri):
-        copy = mlflow.pyfunc.load_model(f"models:/{ws_b}.{uid}_diabetes@production")
-    np.testing.assert_array_equal(copy.predict(features), source.predict(features))
+    assert_predicts_like_source(servers["ws_b"].uri, f"models:/{uid}_diabetes@champion",
+                                servers["marketplace"].uri, f"models:/{ws_b}.{uid}_diabetes@production")
 
 
 def test_second_run_changes_nothing(two_workspaces, servers, uid):
@@ -106,14 +98,7 @@ def test_second_run_changes_nothing(two_workspaces, servers, uid):
     manifest_mtime = (path / MANIFEST_NAME).stat().st_mtime_ns
     source = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_iris", "2")
 
-    again = deployment.sync(ws_a)
-    assert again.success, step_failure_message(again)
-    assert materializations(again, assets.EXPORTS)["exported"] == 0
-    assert materializations(again, assets.EXPORTS)["already_exported"] == 1
-    assert materializations(again, assets.IMPORTS)["imported"] == 0
-    assert materializations(again, assets.EXPORT_SUMMARY)["rows_inserted"] == 0
-    assert materializations(again, assets.IMPORT_SUMMARY)["rows_inserted"] == 0
-    assert materializations(again, assets.REGISTRATION)["registry_changes"] == 0
+    assert_nothing_new(deployment.sync(ws_a), already_exported=1)
     assert (path / MANIFEST_NAME).stat().st_mtime_ns == manifest_mtime
     after = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_iris", "2")
     assert after.description == source.description  # the marker is written once

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -104,7 +105,8 @@ def test_the_pipes_export_marks_the_source_and_reports_skips_and_failures(server
 
 
 def test_the_entry_point_refuses_to_run_outside_pipes():
-    done = subprocess.run([sys.executable, "-m", "marketplace.pipes_export"], capture_output=True, text=True,
-                          timeout=120)
+    # The console script a Databricks python_wheel_task runs (entry point marketplace-export).
+    script = Path(sys.executable).parent / "marketplace-export"
+    done = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "not started by Dagster Pipes" in done.stderr

@@ -8,7 +8,6 @@ import traceback
 from collections import Counter
 
 import pyarrow as pa
-import pytest
 from deltalake import DeltaTable
 
 from marketplace.summary import (
