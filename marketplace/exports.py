@@ -330,6 +330,9 @@ def export_version(
         storage.publish(staging, key, MANIFEST_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not storage.is_local:
+            with contextlib.suppress(OSError):  # the per-version area in the temp folder, if now empty
+                area.rmdir()
     record, problem = inspect_export(destination, identity=identity, signing_key=signing_key)
     if record is None:
         raise ExportError(f"{destination.where}: the export does not verify after it was published: {problem}")
