@@ -27,7 +27,7 @@ from marketplace.manifest import (
     ManifestError,
     Tree,
     build_manifest,
-    read_manifest,
+    check_export,
     verify_export,
     write_manifest,
 )
@@ -135,8 +135,7 @@ def inspect_export(
     if not tree.storage.exists(tree.file(MANIFEST_NAME)):
         return None, None
     try:
-        manifest = verify_export(tree, full=False, identity=identity, signing_key=signing_key)
-        _, checksum = read_manifest(tree)
+        manifest, checksum = check_export(tree, full=False, identity=identity, signing_key=signing_key)
     except ManifestError as exc:
         return None, str(exc)
     return ExportRecord(location=tree.where, manifest=manifest, checksum=checksum), None

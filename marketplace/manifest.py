@@ -153,15 +153,21 @@ def _check_files(files: object) -> None:
             raise ValueError(f"entry {relative!r} has no sha256 and size")
 
 
-def verify_export(
+def verify_export(root: Path | Tree, **checks) -> Manifest:
+    """The export's manifest, once every file matches it (see `check_export`)."""
+    return check_export(root, **checks)[0]
+
+
+def check_export(
     root: Path | Tree,
     *,
     expected_checksum: str | None = None,
     full: bool = True,
     identity: tuple[str, str, int] | None = None,
     signing_key: str | None = None,
-) -> Manifest:
-    """Check every file of the export against its manifest; raise ManifestError saying what differs.
+) -> tuple[Manifest, str]:
+    """Check every file of the export against its manifest; raise ManifestError saying what differs,
+    else return the manifest and its checksum.
 
     `full=False` compares names and sizes only (cheap, for skipping); imports always hash.
     `identity` (workspace, model, version) is what the export must be of: a folder copied to
@@ -202,4 +208,4 @@ def verify_export(
             if names
         ]
         raise ManifestError(f"{root}: export does not match its manifest ({'; '.join(problems)})")
-    return manifest
+    return manifest, checksum
