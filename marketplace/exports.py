@@ -26,6 +26,7 @@ from marketplace.manifest import (
     Manifest,
     ManifestError,
     Tree,
+    as_tree,
     build_manifest,
     check_export,
     verify_export,
@@ -131,7 +132,7 @@ def inspect_export(
     """The export at `root` if its manifest is there, sizes match and (given) it is of `identity`
     and signed with `signing_key`; else None and why a manifest there does not count (no reason
     when there is no manifest: nothing, or debris of an interrupted export)."""
-    tree = root if isinstance(root, Tree) else Tree(LocalStorage(root), "")
+    tree = as_tree(root)
     if not tree.storage.exists(tree.file(MANIFEST_NAME)):
         return None, None
     try:

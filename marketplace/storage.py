@@ -151,8 +151,9 @@ class Storage(ABC):
         self.delete(keys)
         return len(keys)
 
+    @abstractmethod
     def exists(self, key: str) -> bool:
-        return self.read(key) is not None
+        """Whether the file is there (without reading it)."""
 
     def delta_options(self) -> dict[str, str]:
         """Storage options for delta-rs."""
@@ -182,6 +183,9 @@ class LocalStorage(Storage):
 
     def write(self, key: str, data: bytes | str) -> None:
         write_atomically(self.path(key), data)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
 
     def list(self, prefix: str) -> dict[str, Entry]:
         base = self.path(prefix)
@@ -308,6 +312,9 @@ class ObjectStorage(Storage):
                 return obstore.head(self._store, key)
             except (NotFoundError, FileNotFoundError):
                 return None
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
 
     def list(self, prefix: str) -> dict[str, Entry]:
         import obstore
