@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo dev test stop bench wheel
+.PHONY: install demo demo-rollback dev test stop bench wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ $(DAGSTER_HOME)/dagster.yaml:
 ## make demo: local MLflow servers, demo models, today's partitions synced, a summary printed.
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m marketplace.demo all
+
+## make demo-rollback: roll the demo's dev01/iris_classifier back in its workspace (forward again the
+## next time), sync dev01, and print the marketplace and its production history before and after.
+demo-rollback: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m marketplace.demo up
+	$(PY) -m marketplace.demo seed
+	$(PY) -m marketplace.demo rollback
 
 ## make dev: the Dagster UI (http://127.0.0.1:3000) on the same demo and instance.
 dev: install $(DAGSTER_HOME)/dagster.yaml

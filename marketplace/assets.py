@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +19,12 @@ import requests
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from marketplace import summary
+from marketplace import registration, summary
 from marketplace.engines import run_exports
 from marketplace.exports import ExportRecord, LocalCopies
 from marketplace.imports import (
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
-    TAG_SOURCE_MODEL,
-    TAG_SOURCE_RUN_ID,
-    TAG_SOURCE_WORKSPACE,
     NameCollision,
     ImportError_,
     SourceKey,
@@ -54,6 +50,7 @@ from marketplace.resources import (
     MarketplaceRegistryResource,
     WorkspaceRegistriesResource,
 )
+from marketplace.registration import CHANGES, Wanted, recorded_states, register_workspace
 from marketplace.telemetry import RegistryTime, registry_time
 
 GROUP = "marketplace_sync"
@@ -151,7 +148,7 @@ class _Report:
 
 
 @contextlib.contextmanager
-def _registry_errors(who: str, uri: str) -> Iterator[None]:
+def _registry_errors(who: str, uri: str, consequence: str = "") -> Iterator[None]:
     """An unreachable or failing registry fails the partition, naming it and its URI."""
     try:
         yield
@@ -159,6 +156,7 @@ def _registry_errors(who: str, uri: str) -> Iterator[None]:
         # Not chained: the cause's text quotes the request URL, credentials included.
         raise dg.Failure(
             description=f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
+            + (f" ({consequence})" if consequence else "")
         ) from None
 
 
@@ -212,7 +210,8 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         def scan(day: dt.date, name: str) -> None:
             workspace = workspaces.get(name)
-            with _registry_errors(f"workspace {name}", workspace.tracking_uri):
+            with _registry_errors(f"workspace {name}", workspace.tracking_uri,
+                                  consequence="nothing is retired while it cannot be read"):
                 selection = select_production_versions(
                     workspaces.client(name),
                     stage=workspace.production_stage,
@@ -441,46 +440,75 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         workspaces: WorkspaceRegistriesResource,
         marketplace: MarketplaceRegistryResource,
     ) -> dg.MaterializeResult:
-        """Marketplace registered models: alias, stage, tags and provenance on each model's newest import."""
-        report = _Report(context, "models", ["marketplace model", "version", "alias", "source"])
-        report.count("models_registered", 0)
-        report.count("registry_changes", 0)
+        """Marketplace registered models: production marker, status, provenance and history, following
+        what each source has in production now (promotions, rollbacks, retirements, restorations)."""
+        report = _Report(context, "models", ["marketplace model", "version", "change", "source"])
+        for counter in ("models_registered", "registry_changes", *CHANGES, "history_rows_inserted"):
+            report.count(counter, 0)
         client = marketplace.client()
+        withheld: dict[str, str] = {}
+        waiting: dict[str, str] = {}
+        read_at: dict[str, str] = {}
 
         def register(day: dt.date, name: str) -> None:
-            source_uri = redact_uri(workspaces.get(name).tracking_uri)
-            versions = _snapshot_versions(external_storage, day, name)
-            known = _known_versions(client, marketplace, name, versions)
-
-            def register_one(version: ProductionVersion):
-                mp_name = marketplace.model_name(name, version.model_name)
-                imported = known.get(mp_name, {})
-                if not imported:
-                    return None
-                # The newest source version wins, whichever date is being synced: a backfill of
-                # an old date never takes the alias back to an older version.
-                key, newest = max(imported.items(), key=lambda item: item[0].version)
-                with _registry_errors(f"the marketplace (registering {mp_name})", marketplace.tracking_uri):
-                    return mp_name, key, newest, _register(client, marketplace, mp_name, key, newest, source_uri)
-
-            # Models are independent: their registry calls overlap (each one waits on a round trip).
-            with ThreadPoolExecutor(marketplace.max_workers, thread_name_prefix="register") as pool:
-                registered = [r for r in pool.map(register_one, versions) if r is not None]
-            for mp_name, key, newest, changes in registered:
-                report.count("registry_changes", changes)
-                report.count("models_registered")
-                report.rows.append(
-                    [
+            newest = external_storage.newest_snapshot_date(name)
+            if newest is not None and newest > day:
+                # A past date's backfill imports what it saw; only the newest snapshot moves production.
+                withheld[f"{day}|{name}"] = f"production follows the newer snapshot of {newest}"
+                return
+            snapshot = external_storage.read_snapshot(name, day)
+            read_at[f"{day}|{name}"] = snapshot.get("taken_at", "")
+            production = {v["model_name"]: int(v["version"]) for v in snapshot["versions"]}
+            imported = {r["model_name"] for r in external_storage.read_rows(
+                summary.IMPORT_SUMMARY, workspace=name, columns=["workspace", "model_name"])}
+            # One registration of a workspace at a time: the history read, the registry changes and
+            # the rows written from them must not interleave with another run's.
+            with external_storage.lock("register", name):
+                history = external_storage.read_rows(summary.PRODUCTION_HISTORY, workspace=name)
+                wanted = [
+                    Wanted(model, marketplace.model_name(name, model), production.get(model))
+                    for model in sorted(production.keys() | imported | {r["model_name"] for r in history})
+                ]
+                with _registry_errors(f"the marketplace (registering workspace {name})", marketplace.tracking_uri):
+                    known = marketplace_versions_of(client, [w.marketplace_name for w in wanted])
+                    done = register_workspace(
+                        client, marketplace.marker, name, wanted, known, recorded_states(history),
+                        source_uri=redact_uri(workspaces.get(name).tracking_uri), run_id=context.run_id,
+                        snapshot_date=day, max_workers=marketplace.max_workers,
+                    )
+                report.count("history_rows_inserted",
+                             external_storage.merge_rows(summary.PRODUCTION_HISTORY, done.history_rows))
+            for outcome in done.outcomes:
+                label = f"{name}/{outcome.model_name}"
+                if outcome.error:
+                    report.fail(f"{label} ({outcome.marketplace_name})", f"not registered: {redact_text(outcome.error)}")
+                    continue
+                if outcome.waiting:
+                    waiting[label] = outcome.waiting
+                report.count("registry_changes", outcome.registry_changes)
+                if outcome.change is not None:
+                    report.count(outcome.change.kind)
+                if outcome.target is not None:
+                    report.count("models_registered")
+                if outcome.change is not None or outcome.target is not None:
+                    version = outcome.target.version if outcome.target is not None else None
+                    report.rows.append([
                         f"{day}|{name}",
-                        f"[{mp_name}]({model_version_url(marketplace.tracking_uri, mp_name, newest.version, _ui_host(marketplace))})",
-                        newest.version,
-                        f"@{marketplace.alias}" if marketplace.has_aliases else "stage Production",
-                        f"{name}/{key.model_name} v{key.version}",
-                    ]
-                )
+                        f"[{outcome.marketplace_name}]({model_version_url(marketplace.tracking_uri, outcome.marketplace_name, version or '', _ui_host(marketplace))})"
+                        if version else outcome.marketplace_name,
+                        version or "—",
+                        outcome.change.kind if outcome.change else "unchanged",
+                        f"{label} v{production[outcome.model_name]}" if outcome.model_name in production else f"{label} (no production version)",
+                    ])
 
         report.run(register)
-        return report.result(alias=marketplace.alias)
+        return report.result(
+            alias=marketplace.alias,
+            waiting=dg.MetadataValue.json(waiting),
+            production_moves_withheld=dg.MetadataValue.json(withheld),
+            snapshots_taken_at=dg.MetadataValue.json(read_at),
+            **_table_metadata(external_storage, summary.PRODUCTION_HISTORY),
+        )
 
     return [production_models, exports, export_summary, imports, import_summary, registered_models]
 
@@ -529,7 +557,10 @@ def _import_once(
     client, marketplace: MarketplaceRegistryResource, row: dict, local: Path, mp_name: str, source: SourceKey,
     day: dt.date, source_uri: str,
 ):
-    model_tags, model_description = _provenance(marketplace, source, source_uri)
+    model_tags = {**registration.provenance_tags(source.workspace, source.model_name, source_uri),
+                  registration.TAG_PRODUCTION_SOURCE_VERSION: str(source.version)}
+    model_description = registration.description(source.workspace, source.model_name, source.version,
+                                                 marketplace.marker, source_uri)
     try:
         returned = import_export(
             client,
@@ -649,48 +680,3 @@ def _reference(location: str, copies: LocalCopies) -> tuple[Path | None, dict[st
         return reference, None
     prefix = reference.relative_to(export_path).as_posix() + "/"
     return reference, {k.removeprefix(prefix): v["sha256"] for k, v in manifest.files.items() if k.startswith(prefix)}
-
-
-def _provenance(marketplace: MarketplaceRegistryResource, key: SourceKey, source_uri: str) -> tuple[dict, str]:
-    """A marketplace model's tags and description while `key` is its newest source version."""
-    tags = {
-        TAG_SOURCE_WORKSPACE: key.workspace,
-        TAG_SOURCE_MODEL: key.model_name,
-        "marketplace.source_tracking_uri": source_uri,
-        "marketplace.latest_source_version": str(key.version),
-    }
-    description = (
-        f"Marketplace copy of model '{key.model_name}' from workspace '{key.workspace}' ({source_uri}). "
-        f"{'@' + marketplace.alias if marketplace.has_aliases else 'The Production version'} is source version "
-        f"{key.version}. Imported and kept in sync by the model marketplace."
-    )
-    return tags, description
-
-
-def _register(client, marketplace: MarketplaceRegistryResource, mp_name: str, key: SourceKey, newest, source_uri: str) -> int:
-    """Point the alias (and the Production stage) at `newest`; set provenance. Returns changes made."""
-    changes = 0
-    current = client.get_registered_model(mp_name)
-    aliases = getattr(current, "aliases", {}) or {}
-    if marketplace.has_aliases and str(aliases.get(marketplace.alias)) != str(newest.version):
-        client.set_registered_model_alias(mp_name, marketplace.alias, newest.version)
-        changes += 1
-    if not marketplace.is_unity_catalog and newest.current_stage != "Production":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
-            client.transition_model_version_stage(mp_name, newest.version, "Production", archive_existing_versions=True)
-        changes += 1
-    model_tags, description = _provenance(marketplace, key, source_uri)
-    for tag, value in model_tags.items():
-        if (current.tags or {}).get(tag) != value:
-            client.set_registered_model_tag(mp_name, tag, value)
-            changes += 1
-    if current.description != description:
-        client.update_registered_model(mp_name, description=description)
-        changes += 1
-    version_tags = {**key.tags(), TAG_SOURCE_RUN_ID: (newest.tags or {}).get(TAG_SOURCE_RUN_ID, "")}
-    for tag, value in version_tags.items():
-        if value and (newest.tags or {}).get(tag) != value:
-            client.set_model_version_tag(mp_name, newest.version, tag, value)
-            changes += 1
-    return changes

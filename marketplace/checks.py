@@ -1,4 +1,4 @@
-"""Asset checks over the whole marketplace: tables, manifests, reconciliation, alias, freshness.
+"""Asset checks over the whole marketplace: tables, manifests, reconciliation with the sources, freshness.
 
 Each returns the counts it looked at. They run without a partition, so they can be executed
 alone from the UI; the load check, which needs the partition's imports, lives in assets.py.
@@ -14,8 +14,12 @@ from marketplace import summary
 from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, REGISTRATION
 from marketplace.config import MarketplaceConfig
 from marketplace.exports import EXPORTS_DIR
+from marketplace.imports import marketplace_versions_of
 from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
 from marketplace.partitions import partition_key
+from marketplace.polling import poll_workspaces, workspace_targets
+from marketplace.registration import divergences, marketplace_production
+from marketplace.registry import configure_http
 from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
 from marketplace.telemetry import registry_time
 
@@ -23,11 +27,12 @@ EXPORT_SUMMARY_UNIQUE = "export_summary_has_unique_keys"
 IMPORT_SUMMARY_UNIQUE = "import_summary_has_unique_keys"
 EXPORTS_MATCH_MANIFESTS = "exports_match_manifests"
 PRODUCTION_VERSIONS_SYNCED = "production_versions_synced"
-ALIAS_ON_NEWEST = "alias_points_at_newest_import"
+MARKETPLACE_MATCHES_SOURCES = "marketplace_matches_sources"
 PARTITIONS_FRESH = "todays_partitions_synced_by_deadline"
 NO_STRAY_EXPORTS = "no_stray_exports"
 
 RECONCILE_DAYS = 30
+RECONCILE_POLL_SECONDS = 120
 LISTED = 20
 
 
@@ -118,37 +123,59 @@ def production_versions_synced(external_storage: ExternalStorageResource) -> dg.
     )
 
 
-@dg.asset_check(asset=REGISTRATION, name=ALIAS_ON_NEWEST, blocking=False,
-                description="The marketplace alias of each model points at its newest imported version.")
-def alias_points_at_newest_import(
-    external_storage: ExternalStorageResource, marketplace: MarketplaceRegistryResource
-) -> dg.AssetCheckResult:
-    newest: dict[str, dict] = {}
-    for row in external_storage.read_rows(summary.IMPORT_SUMMARY):
-        current = newest.get(row["marketplace_model"])
-        if current is None or row["version"] > current["version"]:
-            newest[row["marketplace_model"]] = row
-    client = marketplace.client()
-    wrong = []
-    with registry_time() as spent:
-        for name, row in sorted(newest.items()):
-            aliased = marketplace.production_version(client, name)
-            if str(aliased) != str(row["marketplace_version"]):
-                marked = f"@{marketplace.alias}" if marketplace.has_aliases else " in stage Production"
-                wrong.append(
-                    f"{name}{marked} is {'missing' if aliased is None else 'v' + str(aliased)}, "
-                    f"newest import is v{row['marketplace_version']} (source v{row['version']})"
-                )
-    return dg.AssetCheckResult(
-        passed=not wrong,
-        severity=dg.AssetCheckSeverity.WARN,
-        description="; ".join(wrong[:LISTED]) or f"{len(newest)} model(s) point at their newest import",
-        metadata={
-            "models_checked": len(newest),
-            "models_wrong": len(wrong),
-            **spent.metadata(),
-        },
+def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
+    """The marketplace against every workspace's production versions now, read from the registries."""
+
+    @dg.asset_check(
+        asset=REGISTRATION,
+        name=MARKETPLACE_MATCHES_SOURCES,
+        blocking=False,
+        description="For every workspace's curated models, the marketplace's production marker points at the "
+        "copy of the source's production version now, and models with none (retired) carry no marker.",
     )
+    def marketplace_matches_sources(
+        external_storage: ExternalStorageResource, marketplace: MarketplaceRegistryResource
+    ) -> dg.AssetCheckResult:
+        configure_http(config.sensor.request_timeout_seconds, 0)
+        polled = poll_workspaces(workspace_targets(config), max_workers=config.sensor.max_workers,
+                                 deadline_seconds=RECONCILE_POLL_SECONDS)
+        held: dict[str, set[str]] = {}
+        for row in external_storage.read_rows(summary.IMPORT_SUMMARY, columns=["workspace", "model_name"]):
+            held.setdefault(row["workspace"], set()).add(row["model_name"])
+        client = marketplace.client()
+        marker = marketplace.marker
+        differ, unreachable, compared = [], [], 0
+        with registry_time() as spent:
+            for workspace in config.workspaces:
+                result = polled[workspace.name]
+                if result.error:
+                    unreachable.append(f"{workspace.name} ({result.error})")
+                    continue
+                models = sorted(result.production.keys() | held.get(workspace.name, set()))
+                names = {model: marketplace.model_name(workspace.name, model) for model in models}
+                known = marketplace_versions_of(client, list(names.values()))
+                current = marketplace_production(client, marker, names.values(), known)
+                differ += divergences(workspace.name, result.production,
+                                      {model: current[name] for model, name in names.items()}, marker)
+                compared += len(models)
+        problems = ([f"differ: {_listing(differ)}"] if differ else []) + (
+            [f"unreachable, not compared: {_listing(unreachable)}"] if unreachable else [])
+        return dg.AssetCheckResult(
+            passed=not problems,
+            # A difference misleads everyone who deploys; an unreachable workspace is only unknown.
+            severity=dg.AssetCheckSeverity.ERROR if differ else dg.AssetCheckSeverity.WARN,
+            description="; ".join(problems) or f"{compared} model(s) in {len(polled)} workspace(s) match their sources",
+            metadata={
+                "workspaces_compared": len(polled) - len(unreachable),
+                "workspaces_unreachable": len(unreachable),
+                "models_compared": compared,
+                "models_differing": len(differ),
+                "differences": dg.MetadataValue.json(differ[:200]),
+                **spent.metadata(),
+            },
+        )
+
+    return marketplace_matches_sources
 
 
 def build_freshness_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
@@ -195,7 +222,7 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
         IMPORT_SUMMARY_UNIQUE: _unique_keys_check(IMPORT_SUMMARY, summary.IMPORT_SUMMARY, IMPORT_SUMMARY_UNIQUE),
         EXPORTS_MATCH_MANIFESTS: exports_match_manifests,
         PRODUCTION_VERSIONS_SYNCED: production_versions_synced,
-        ALIAS_ON_NEWEST: alias_points_at_newest_import,
+        MARKETPLACE_MATCHES_SOURCES: build_reconciliation_check(config),
         PARTITIONS_FRESH: build_freshness_check(config),
         NO_STRAY_EXPORTS: build_stray_exports_check(config),
     }

@@ -5,7 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from marketplace.assets import GROUP, build_sync_assets
-from marketplace.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, build_checks
+from marketplace.checks import (
+    EXPORTS_MATCH_MANIFESTS,
+    MARKETPLACE_MATCHES_SOURCES,
+    NO_STRAY_EXPORTS,
+    PARTITIONS_FRESH,
+    build_checks,
+)
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace.jobs import build_checks_job, build_maintenance_job, build_marketplace_sync_job
 from marketplace.partitions import build_marketplace_partitions_def
@@ -17,14 +23,15 @@ from marketplace.sensors import build_production_version_sensor
 def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     partitions_def = build_marketplace_partitions_def(config)
     checks = build_checks(config)
-    # Hashing or listing every export, and the per-workspace freshness audit, run on their own schedules.
+    # Hashing or listing every export, reading every workspace, and the per-workspace freshness
+    # audit run on their own schedules, not in each partition's sync.
     sync_job = build_marketplace_sync_job(
-        [checks[EXPORTS_MATCH_MANIFESTS], checks[NO_STRAY_EXPORTS], checks[PARTITIONS_FRESH]]
+        [checks[name] for name in (EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, MARKETPLACE_MATCHES_SOURCES)]
     )
     audit_job = build_checks_job(
         "marketplace_checks_job",
         [c for name, c in checks.items() if name != PARTITIONS_FRESH],
-        "Every table-wide check: unique rows, manifests, reconciliation, aliases.",
+        "Every table-wide check: unique rows, manifests, reconciliation, the marketplace against its sources.",
     )
     freshness_job = build_checks_job(
         "marketplace_freshness_job", [checks[PARTITIONS_FRESH]], "Is each workspace's partition synced by its deadline?"

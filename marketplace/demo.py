@@ -1,7 +1,7 @@
 """The embedded default: local MLflow servers, demo models, a sync of today's partitions, a summary.
 
-Used by `make demo`, `make dev` and `make stop`:
-    python -m marketplace.demo up | seed | sync | summary | stop
+Used by `make demo`, `make demo-rollback`, `make dev` and `make stop`:
+    python -m marketplace.demo up | seed | sync | summary | rollback | stop
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ def seed(config: MarketplaceConfig) -> None:
         print(f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}")
 
 
-def sync(config: MarketplaceConfig) -> int:
-    """Run marketplace_sync_job for today's partition of every workspace on the persistent instance."""
+def sync(config: MarketplaceConfig, only: str | None = None) -> int:
+    """Run marketplace_sync_job for today's partition of every workspace (or `only` one) on the
+    persistent instance."""
     import dagster as dg
 
     from marketplace.definitions import build_definitions
@@ -143,6 +144,8 @@ def sync(config: MarketplaceConfig) -> int:
     failures = 0
     with dg.DagsterInstance.get() as instance:
         for workspace in config.workspaces:
+            if only is not None and workspace.name != only:
+                continue
             key = partition_key(today, workspace.name)
             result = job.execute_in_process(
                 instance=instance, partition_key=key, raise_on_error=False, tags={"marketplace/launched_by": "make demo"}
@@ -162,6 +165,39 @@ def sync(config: MarketplaceConfig) -> int:
     return failures
 
 
+ROLLBACK_WORKSPACE, ROLLBACK_MODEL = "dev01", "iris_classifier"
+
+
+def rollback(config: MarketplaceConfig) -> int:
+    """Move the demo's dev01/iris_classifier back to its previous version in its workspace (or,
+    once rolled back to v1, forward to its newest again), sync dev01, and show what changed."""
+    from mlflow import MlflowClient
+
+    from marketplace.registry import newest_production_version
+
+    workspace = next((w for w in config.workspaces if w.name == ROLLBACK_WORKSPACE), None)
+    if workspace is None or workspace.production.stage is None:
+        print(f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by stage")
+        return 1
+    client = MlflowClient(tracking_uri=workspace.tracking_uri)
+    stage = workspace.production.stage
+    current = newest_production_version(client, ROLLBACK_MODEL, stage=stage, alias=None)
+    newest = max(int(v.version) for v in client.search_model_versions(f"name='{ROLLBACK_MODEL}'"))
+    now = int(current.version) if current else newest
+    target = now - 1 if now > 1 else newest
+    print(f"\nBefore, {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} has v{now} in {stage}:")
+    summary(config, history=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        client.transition_model_version_stage(ROLLBACK_MODEL, str(target), stage, archive_existing_versions=True)
+    print(f"\n{'Rolled back' if target < now else 'Rolled forward'}: {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} "
+          f"v{target} is in {stage} now (v{now} archived). Syncing {ROLLBACK_WORKSPACE}:")
+    failures = sync(config, only=ROLLBACK_WORKSPACE)
+    print("\nAfter:")
+    summary(config, history=True)
+    return failures
+
+
 def _counts(result) -> dict[str, int]:
     counts = {"exported": 0, "imported": 0}
     for event in result.get_asset_materialization_events():
@@ -172,12 +208,14 @@ def _counts(result) -> dict[str, int]:
     return counts
 
 
-def summary(config: MarketplaceConfig) -> None:
+def summary(config: MarketplaceConfig, history: bool = False) -> None:
     from mlflow import MlflowClient
+
+    from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 
     from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
     from marketplace.resources import configured_storage
-    from marketplace.summary import EXPORT_SUMMARY, IMPORT_SUMMARY, read_rows
+    from marketplace.summary import PRODUCTION_HISTORY, TABLES, read_rows
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)
     alias = config.marketplace.alias
@@ -190,14 +228,28 @@ def summary(config: MarketplaceConfig) -> None:
             where = f"@{alias} -> v{aliased.version}"
         except Exception:  # noqa: BLE001 - a model without the alias is still listed
             tags, where = {}, f"no @{alias}"
-        source = f"{tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
+        status = (model.tags or {}).get(TAG_STATUS, "active")
+        if status != "active":
+            where = f"{status} since {(model.tags or {}).get(TAG_STATUS_CHANGED_AT, '?')[:19]}"
+            source = f"{(model.tags or {}).get(TAG_SOURCE_WORKSPACE)}/{(model.tags or {}).get(TAG_SOURCE_MODEL)}"
+        else:
+            source = f"{tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
         print(f"  {model.name:<32} {len(versions)} version(s), {where:<18} from {source}")
-        print(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
-    print("\nSummary tables (Delta):")
+        if status == "active":
+            print(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
+    print("\nDelta tables:")
     storage = configured_storage(config)
-    for table in (EXPORT_SUMMARY, IMPORT_SUMMARY):
+    for table in TABLES:
         uri = storage.location(table)
-        print(f"  {table:<15} {len(read_rows(uri, storage.delta_options()))} row(s) at {uri}")
+        print(f"  {table:<18} {len(read_rows(uri, storage.delta_options()))} row(s) at {uri}")
+    if history:
+        rows = read_rows(storage.location(PRODUCTION_HISTORY), storage.delta_options())
+        print("\nProduction history (newest last):")
+        for row in sorted(rows, key=lambda r: r["changed_at"]):
+            print(f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} {row['change']:<12} "
+                  f"source v{row['source_version'] if row['source_version'] is not None else '-'} "
+                  f"(was v{row['previous_source_version'] if row['previous_source_version'] is not None else '-'})")
+        return
     print("\nUIs:")
     print(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
     for workspace in config.workspaces:
@@ -208,14 +260,14 @@ def summary(config: MarketplaceConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m marketplace.demo", description=__doc__)
-    parser.add_argument("command", choices=["up", "seed", "sync", "summary", "stop", "all"])
+    parser.add_argument("command", choices=["up", "seed", "sync", "summary", "rollback", "stop", "all"])
     args = parser.parse_args(argv)
     config = load_config()
     steps = ["up", "seed", "sync", "summary"] if args.command == "all" else [args.command]
     failures = 0
     for step in steps:
         print({"up": "MLflow servers:", "seed": "Demo models:", "sync": "Syncing today's partitions:",
-               "summary": "", "stop": "MLflow servers:"}[step])
+               "summary": "", "rollback": "Rolling a demo model back in its workspace:", "stop": "MLflow servers:"}[step])
         if step == "up":
             up(config)
         elif step == "seed":
@@ -224,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             failures += sync(config)
         elif step == "summary":
             summary(config)
+        elif step == "rollback":
+            failures += rollback(config)
         else:
             down(config)
     return 1 if failures else 0

@@ -27,11 +27,11 @@ class HousekeepingConfig(dg.Config):
     vacuum_retention_hours: int = 168
 
 
-@dg.op(description="Compact and vacuum the summary tables; remove export debris past its retention.")
+@dg.op(description="Compact and vacuum the Delta tables; remove export debris past its retention.")
 def housekeep_external_storage(
     context: dg.OpExecutionContext, config: HousekeepingConfig, external_storage: ExternalStorageResource
 ) -> dg.Nothing:
-    for table in (summary.EXPORT_SUMMARY, summary.IMPORT_SUMMARY):
+    for table in summary.TABLES:
         done = maintain_table(
             external_storage.table_uri(table), table, config.vacuum_retention_hours, external_storage.delta_options()
         )

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from marketplace.databricks import Connection, ensure_profile
+from marketplace.config import MarketplaceConfig
+from marketplace.databricks import Connection, databricks_connection, ensure_profile
 from marketplace.registry import PAGE_SIZE, is_curated, redact_text, redact_uri, searched
 
 
@@ -24,6 +25,22 @@ class WorkspaceTarget:
     include: Sequence[str] = ("*",)
     exclude: Sequence[str] = ()
     databricks: Connection | None = None
+
+
+def workspace_targets(config: MarketplaceConfig) -> list[WorkspaceTarget]:
+    return [
+        WorkspaceTarget(
+            name=w.name,
+            tracking_uri=w.tracking_uri,
+            registry_uri=w.registry_uri,
+            stage=w.production.stage,
+            alias=w.production.alias,
+            include=tuple(w.include),
+            exclude=tuple(w.exclude),
+            databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
+        )
+        for w in config.workspaces
+    ]
 
 
 @dataclass

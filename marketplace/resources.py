@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -27,6 +28,7 @@ from marketplace.exports import (
 )
 from marketplace.imports import render_name, shorten
 from marketplace.manifest import ManifestError, Tree
+from marketplace.registration import Marker
 from marketplace.registry import configure_http, make_client, redact_uri
 from marketplace.storage import Storage, StorageError, lock_name, open_storage
 
@@ -113,6 +115,11 @@ class MarketplaceRegistryResource(dg.ConfigurableResource):
         """MLflow refuses aliases on the Databricks workspace registry (stages only there)."""
         return not (self.registry_uri or self.tracking_uri).startswith("databricks://")
 
+    @property
+    def marker(self) -> Marker:
+        """How production is marked here: an alias, and the Production stage except on Unity Catalog."""
+        return Marker(self.alias, has_aliases=self.has_aliases, has_stages=not self.is_unity_catalog)
+
     def production_version(self, client: MlflowClient, name: str) -> str | None:
         """The version marked production: by `alias`, or on the Databricks workspace registry by stage."""
         try:
@@ -196,6 +203,15 @@ class ExternalStorageResource(dg.ConfigurableResource):
         that share a version, so exports and imports of one version serialize here.
         """
         return self.storage.lock(lock_name(*parts), timeout_seconds)
+
+    def newest_snapshot_date(self, workspace: str) -> dt.date | None:
+        """The newest date with a production-model snapshot of `workspace`."""
+        days = []
+        for name in self.storage.list(f"{SNAPSHOTS_DIR}/{workspace}"):
+            with contextlib.suppress(ValueError):  # a temporary file of an interrupted write
+                if name.endswith(".json") and "/" not in name:
+                    days.append(dt.date.fromisoformat(name.removesuffix(".json")))
+        return max(days, default=None)
 
     def snapshot_key(self, workspace: str, day: dt.date) -> str:
         return f"{SNAPSHOTS_DIR}/{workspace}/{day.isoformat()}.json"

@@ -1,18 +1,20 @@
-"""production_version_sensor: a run for each workspace with production versions not yet synced."""
+"""production_version_sensor: a run for each workspace whose production versions (or their absence)
+differ from where the marketplace's production marker points."""
 
 
 import datetime as dt
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 
 import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
-from marketplace.databricks import databricks_connection
 from marketplace.partitions import partition_key
-from marketplace.polling import WorkspaceTarget, poll_workspaces
+from marketplace.polling import poll_workspaces, workspace_targets
+from marketplace.registration import Recorded, recorded_states
 from marketplace.registry import configure_http
 from marketplace.resources import configured_storage
 
@@ -24,28 +26,25 @@ FINISHED_BAD = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 LOST_REQUEST_SECONDS = 900
 
 
-def _targets(config: MarketplaceConfig) -> list[WorkspaceTarget]:
-    return [
-        WorkspaceTarget(
-            name=w.name,
-            tracking_uri=w.tracking_uri,
-            registry_uri=w.registry_uri,
-            stage=w.production.stage,
-            alias=w.production.alias,
-            include=tuple(w.include),
-            exclude=tuple(w.exclude),
-            databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
-        )
-        for w in config.workspaces
-    ]
-
-
-def _synced(config: MarketplaceConfig) -> set[tuple[str, str, int]]:
-    """(workspace, model, version) already in the marketplace, from the import summary table."""
+def _recorded(config: MarketplaceConfig) -> dict[str, dict[str, Recorded]]:
+    """Per workspace, each model's production state as the marketplace recorded it (production_history)."""
     storage = configured_storage(config)
-    rows = summary.read_rows(storage.location(summary.IMPORT_SUMMARY), storage.delta_options(),
-                             columns=["workspace", "model_name", "version"])
-    return {(r["workspace"], r["model_name"], int(r["version"])) for r in rows}
+    rows = summary.read_rows(storage.location(summary.PRODUCTION_HISTORY), storage.delta_options(),
+                             columns=["workspace", "model_name", "sequence", "source_version"])
+    by_workspace: dict[str, list[dict]] = {}
+    for row in rows:
+        by_workspace.setdefault(row["workspace"], []).append(row)
+    return {workspace: recorded_states(found, by="model_name") for workspace, found in by_workspace.items()}
+
+
+def pending_changes(production: Mapping[str, int], recorded: Mapping[str, Recorded]) -> list[str]:
+    """What the marketplace must still do for a workspace: `model@version` for each production
+    version it does not point at, `model@retired` for each model it serves that has none now."""
+    pending = [f"{model}@{version}" for model, version in production.items()
+               if (state := recorded.get(model)) is None or state.source_version != version]
+    pending += [f"{model}@retired" for model, state in recorded.items()
+                if state.source_version is not None and model not in production]
+    return sorted(pending)
 
 
 def _run_key(workspace: str, day: dt.date, pending: list[str], attempt: int) -> str:
@@ -66,8 +65,8 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         job=job,
         minimum_interval_seconds=settings.minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus(settings.default_status.upper()),
-        description="Requests marketplace_sync_job for (today, workspace) when a workspace has "
-        "production versions that are not in the marketplace yet.",
+        description="Requests marketplace_sync_job for (today, workspace) when a workspace's production "
+        "versions differ from the marketplace's: a promotion, a rollback, a retirement or a restoration.",
     )
     def production_version_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         started = time.monotonic()
@@ -75,9 +74,9 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         today = dt.datetime.now(dt.timezone.utc).date()
         cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
         polled = poll_workspaces(
-            _targets(config), max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
+            workspace_targets(config), max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
         )
-        synced = _synced(config)
+        recorded = _recorded(config)
         now = time.time()
         requests, notes, unreachable = [], [], {}
         for workspace in config.workspaces:
@@ -86,11 +85,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
                 unreachable[workspace.name] = result.error
                 context.log.warning(f"workspace {workspace.name} unreachable: {result.error}")
                 continue  # keep its cursor entry: an outage is not progress
-            pending = sorted(
-                f"{model}@{version}"
-                for model, version in result.production.items()
-                if (workspace.name, model, version) not in synced
-            )
+            pending = pending_changes(result.production, recorded.get(workspace.name, {}))
             if not pending:
                 cursor.pop(workspace.name, None)
                 continue

@@ -1,4 +1,5 @@
-"""The export and import summary Delta tables, written as MERGEs so that no row is ever lost."""
+"""The marketplace's Delta tables (export and import summaries, production history), written as
+insert-only MERGEs on each table's key so that no row is ever lost or written twice."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 EXPORT_SUMMARY = "export_summary"
 IMPORT_SUMMARY = "import_summary"
+PRODUCTION_HISTORY = "production_history"
+TABLES = (EXPORT_SUMMARY, IMPORT_SUMMARY, PRODUCTION_HISTORY)
 KEY_COLUMNS = ("workspace", "model_name", "version")
+# A history row is the n-th change of one marketplace model: two runs that record the same
+# change from the same state write the same key, so one row is kept.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    EXPORT_SUMMARY: KEY_COLUMNS,
+    IMPORT_SUMMARY: KEY_COLUMNS,
+    PRODUCTION_HISTORY: ("marketplace_name", "sequence"),
+}
 
 _UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -44,6 +54,21 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("imported_at", _UTC_TIMESTAMP, nullable=False),
             pa.field("checksum", pa.string(), nullable=False),
             pa.field("run_id", pa.string()),
+        ]
+    ),
+    PRODUCTION_HISTORY: pa.schema(
+        [
+            pa.field("workspace", pa.string(), nullable=False),
+            pa.field("model_name", pa.string(), nullable=False),
+            pa.field("marketplace_name", pa.string(), nullable=False),
+            pa.field("sequence", pa.int64(), nullable=False),
+            pa.field("change", pa.string(), nullable=False),
+            pa.field("source_version", pa.int64()),
+            pa.field("previous_source_version", pa.int64()),
+            pa.field("marketplace_version", pa.int64()),
+            pa.field("changed_at", _UTC_TIMESTAMP, nullable=False),
+            pa.field("run_id", pa.string()),
+            pa.field("snapshot_date", pa.date32()),
         ]
     ),
 }
@@ -77,27 +102,28 @@ def ensure_table(uri: str, name: str, storage_options: Mapping[str, str] | None 
     return _retrying(open_or_create, what=f"creating {uri}")
 
 
-def _dedupe(rows: Sequence[Mapping]) -> list[Mapping]:
+def _dedupe(rows: Sequence[Mapping], key: Sequence[str]) -> list[Mapping]:
     unique: dict[tuple, Mapping] = {}
     for row in rows:
-        unique.setdefault(tuple(row[column] for column in KEY_COLUMNS), row)
+        unique.setdefault(tuple(row[column] for column in key), row)
     return list(unique.values())
 
 
 def merge_rows(
     uri: str, name: str, rows: Sequence[Mapping], storage_options: Mapping[str, str] | None = None
 ) -> int:
-    """Insert the rows whose (workspace, model_name, version) is not in the table yet.
+    """Insert the rows whose key (TABLE_KEYS) is not in the table yet.
 
     Existing rows are never rewritten or deleted, so a re-run with nothing new changes nothing
     and one partition's write never touches another's rows. Returns the number inserted.
     """
-    rows = _dedupe(rows)
+    key = TABLE_KEYS[name]
+    rows = _dedupe(rows, key)
     if not rows:
         ensure_table(uri, name, storage_options)
         return 0
     source = pa.Table.from_pylist(list(rows), schema=SCHEMAS[name])
-    predicate = " AND ".join(f"t.{column} = s.{column}" for column in KEY_COLUMNS)
+    predicate = " AND ".join(f"t.{column} = s.{column}" for column in key)
 
     def merge() -> int:
         table = ensure_table(uri, name, storage_options)

@@ -14,7 +14,7 @@ from marketplace import assets, checks, loading, summary
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME
 
-from .conftest import TODAY, register_version, step_failure_message
+from .conftest import TODAY, materializations, register_version, step_failure_message
 
 CHECKS_JOB = "marketplace_checks_job"
 FRESHNESS_JOB = "marketplace_freshness_job"
@@ -59,7 +59,7 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     found = run_checks(deployment)
     assert set(found) == {
         checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE, checks.EXPORTS_MATCH_MANIFESTS,
-        checks.PRODUCTION_VERSIONS_SYNCED, checks.ALIAS_ON_NEWEST, checks.NO_STRAY_EXPORTS,
+        checks.PRODUCTION_VERSIONS_SYNCED, checks.MARKETPLACE_MATCHES_SOURCES, checks.NO_STRAY_EXPORTS,
     }
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
     for name in (checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE):
@@ -72,9 +72,9 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert meta(found[checks.PRODUCTION_VERSIONS_SYNCED]) == {
         "production_versions_seen": 1, "exported": 1, "imported": 1, "missing_exports": 0, "missing_imports": 0,
     }
-    alias = meta(found[checks.ALIAS_ON_NEWEST])
-    assert (alias["models_checked"], alias["models_wrong"]) == (1, 0)
-    assert alias["registry_requests"] >= 1 and alias["registry_seconds"] > 0
+    matches = meta(found[checks.MARKETPLACE_MATCHES_SOURCES])
+    assert (matches["workspaces_compared"], matches["models_compared"], matches["models_differing"]) == (1, 1, 0)
+    assert matches["registry_requests"] >= 1 and matches["registry_seconds"] > 0
 
 
 def test_duplicate_rows_fail_the_unique_key_checks(synced):
@@ -159,7 +159,7 @@ def test_production_version_not_exported_is_reported(synced, servers):
     assert run_checks(deployment)[checks.PRODUCTION_VERSIONS_SYNCED].passed
 
 
-def test_alias_on_an_older_import_warns_until_the_partition_is_synced_again(synced, servers):
+def test_marker_moved_by_hand_fails_the_reconciliation_until_the_next_sync_puts_it_back(synced, servers):
     deployment, ws, model = synced
     register_version(servers["ws_a"].uri, model, stage="Production")  # v2
     assert deployment.sync(ws).success
@@ -168,17 +168,17 @@ def test_alias_on_an_older_import_warns_until_the_partition_is_synced_again(sync
     assert market.get_model_version_by_alias(name, "production").version == "2"
     market.set_registered_model_alias(name, "production", "1")
 
-    warning = run_checks(deployment)[checks.ALIAS_ON_NEWEST]
-    assert not warning.passed
-    assert warning.severity == dg.AssetCheckSeverity.WARN and warning.blocking is False
-    assert warning.description == f"{name}@production is v1, newest import is v2 (source v2)"
-    assert (meta(warning)["models_checked"], meta(warning)["models_wrong"]) == (1, 1)
+    failed = run_checks(deployment)[checks.MARKETPLACE_MATCHES_SOURCES]
+    assert not failed.passed
+    assert failed.severity == dg.AssetCheckSeverity.ERROR and failed.blocking is False
+    assert failed.description == f"differ: {ws}/{model}: source production v2, marketplace @production is the copy of v1"
+    assert (meta(failed)["models_compared"], meta(failed)["models_differing"]) == (1, 1)
 
     again = deployment.sync(ws)
     assert again.success, step_failure_message(again)
     assert market.get_model_version_by_alias(name, "production").version == "2"
-    assert evaluations(again)[checks.ALIAS_ON_NEWEST].passed
-    assert run_checks(deployment)[checks.ALIAS_ON_NEWEST].passed
+    assert materializations(again, assets.REGISTRATION)["rolled_back"] == 0  # put back, not a change of the source
+    assert run_checks(deployment)[checks.MARKETPLACE_MATCHES_SOURCES].passed
 
 
 def _artifact_dir(client: MlflowClient, name: str, version: str) -> Path:

@@ -44,7 +44,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         checks.IMPORT_SUMMARY_UNIQUE,
         checks.EXPORTS_MATCH_MANIFESTS,
         checks.PRODUCTION_VERSIONS_SYNCED,
-        checks.ALIAS_ON_NEWEST,
+        checks.MARKETPLACE_MATCHES_SOURCES,
         checks.PARTITIONS_FRESH,
         checks.NO_STRAY_EXPORTS,
     }
@@ -53,6 +53,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     }
     sync_checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
     assert checks.EXPORTS_MATCH_MANIFESTS not in sync_checks and assets.IMPORT_LOADS_CHECK in sync_checks
+    assert checks.MARKETPLACE_MATCHES_SOURCES not in sync_checks  # it reads every workspace: the checks job's
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # the embedded default turns it on

@@ -1,0 +1,361 @@
+"""Where each marketplace model's production marker points: decided from what its source has in
+production now and what the marketplace recorded, then applied to the registry.
+
+The decision (`decide`) is a plain function of plain data; `register_workspace` reads the
+registry, applies each decision and returns the history rows to record. No Dagster here: the
+same code runs in a Databricks job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_RUN_ID, TAG_SOURCE_WORKSPACE, SourceKey
+
+PROMOTED = "promoted"
+ROLLED_BACK = "rolled_back"
+RETIRED = "retired"
+RESTORED = "restored"
+CHANGES = (PROMOTED, ROLLED_BACK, RETIRED, RESTORED)
+
+STATUS_ACTIVE = "active"
+STATUS_RETIRED = "retired"
+TAG_STATUS = "marketplace.status"
+TAG_STATUS_CHANGED_AT = "marketplace.status_changed_at"
+TAG_SOURCE_TRACKING_URI = "marketplace.source_tracking_uri"
+TAG_PRODUCTION_SOURCE_VERSION = "marketplace.latest_source_version"  # the source version at production
+
+PRODUCTION_STAGE = "Production"
+ARCHIVED_STAGE = "Archived"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A marketplace model's production state as the history last recorded it."""
+
+    sequence: int
+    source_version: int | None  # None: retired
+    last_active_version: int | None  # the version production pointed at before a retirement
+
+
+@dataclass(frozen=True)
+class Change:
+    """One move of a model's production marker, as a history row records it."""
+
+    kind: str
+    source_version: int | None
+    previous_source_version: int | None
+
+
+def decide(desired: int | None, recorded: Recorded | None, aliased: int | None = None) -> Change | None:
+    """The change that takes a model from its recorded production state to `desired` (the
+    source's production version now, None when it has none), or None when there is nothing to record.
+
+    `aliased` is the source version the marketplace marker points at, used only for a model with
+    no history yet (synced before the history existed): its first row starts from there.
+    """
+    if recorded is None:
+        current, was_retired, last = aliased, False, aliased
+    else:
+        current, was_retired, last = recorded.source_version, recorded.source_version is None, recorded.last_active_version
+    if desired is None:
+        return Change(RETIRED, None, current) if current is not None else None
+    if was_retired:
+        return Change(RESTORED, desired, last)
+    if current is None:
+        return Change(PROMOTED, desired, None)
+    if recorded is None and current == desired:
+        return Change(PROMOTED, desired, None)  # the first row of a model the history has not seen
+    if desired == current:
+        return None
+    return Change(PROMOTED if desired > current else ROLLED_BACK, desired, current)
+
+
+def recorded_states(rows: Iterable[Mapping], by: str = "marketplace_name") -> dict[str, Recorded]:
+    """Each model's last recorded state, from its production_history rows, keyed by column `by`."""
+    by_model: dict[str, list[Mapping]] = {}
+    for row in rows:
+        by_model.setdefault(row[by], []).append(row)
+    states = {}
+    for name, history in by_model.items():
+        history.sort(key=lambda r: r["sequence"])
+        active = [r["source_version"] for r in history if r["source_version"] is not None]
+        last = history[-1]
+        states[name] = Recorded(last["sequence"], last["source_version"], active[-1] if active else None)
+    return states
+
+
+@dataclass(frozen=True)
+class Marker:
+    """How the marketplace marks production: an alias, the Production stage, or both."""
+
+    alias: str
+    has_aliases: bool
+    has_stages: bool
+
+    def describe(self) -> str:
+        return f"@{self.alias}" if self.has_aliases else "The Production version"
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One model of a workspace and the source version it has in production now (None: none)."""
+
+    model_name: str
+    marketplace_name: str
+    source_version: int | None
+
+
+@dataclass
+class Outcome:
+    """What registration did to one marketplace model."""
+
+    marketplace_name: str
+    model_name: str
+    change: Change | None = None
+    target: ModelVersion | None = None
+    registry_changes: int = 0
+    waiting: str | None = None  # why production could not move to the source's version yet
+    error: str | None = None
+
+
+@dataclass
+class WorkspaceRegistration:
+    outcomes: list[Outcome] = field(default_factory=list)
+    history_rows: list[dict] = field(default_factory=list)
+
+
+def _utc(ms: int | None) -> str:
+    return dt.datetime.fromtimestamp((ms or 0) / 1000, tz=dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance_tags(workspace: str, model_name: str, source_uri: str) -> dict[str, str]:
+    """The registered model's tags that say where it comes from."""
+    return {TAG_SOURCE_WORKSPACE: workspace, TAG_SOURCE_MODEL: model_name, TAG_SOURCE_TRACKING_URI: source_uri}
+
+
+def description(workspace: str, model_name: str, source_version: int | None, marker: Marker, source_uri: str,
+                *, retired_since: str | None = None) -> str:
+    """The registered model's description: what it is and where production points, or since when
+    it is retired (`source_version` None)."""
+    head = f"Marketplace copy of model '{model_name}' from workspace '{workspace}' ({source_uri})."
+    if source_version is None:
+        return (
+            f"{head} Retired since {retired_since}: the workspace has no production version of it any more, "
+            f"so it has no {'@' + marker.alias if marker.has_aliases else 'Production version'}. "
+            "Its versions are kept. Kept in sync by the model marketplace."
+        )
+    return (
+        f"{head} {marker.describe()} is source version {source_version}. "
+        "Imported and kept in sync by the model marketplace."
+    )
+
+
+def _production_version(model, versions: Iterable[ModelVersion], marker: Marker) -> str | None:
+    """The marketplace version production points at now."""
+    if marker.has_aliases:
+        aliased = (getattr(model, "aliases", None) or {}).get(marker.alias)
+        return str(aliased) if aliased is not None else None
+    in_stage = [v.version for v in versions if v.current_stage == PRODUCTION_STAGE]
+    return max(in_stage, key=int) if in_stage else None
+
+
+def _apply(
+    client: MlflowClient,
+    marker: Marker,
+    name: str,
+    model,
+    versions: Mapping[SourceKey, ModelVersion],
+    workspace: str,
+    model_name: str,
+    target: tuple[SourceKey, ModelVersion] | None,
+    source_uri: str,
+    now: dt.datetime,
+) -> int:
+    """Bring the registry to `target` (None: retired): marker, stage, status, provenance. Changes made."""
+    changes = 0
+    tags = model.tags or {}
+    if marker.has_aliases:
+        aliased = (getattr(model, "aliases", None) or {}).get(marker.alias)
+        if target is not None and str(aliased) != str(target[1].version):
+            client.set_registered_model_alias(name, marker.alias, target[1].version)
+            changes += 1
+        elif target is None and aliased is not None:
+            client.delete_registered_model_alias(name, marker.alias)
+            changes += 1
+    if marker.has_stages:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
+            if target is not None and target[1].current_stage != PRODUCTION_STAGE:
+                client.transition_model_version_stage(name, target[1].version, PRODUCTION_STAGE,
+                                                      archive_existing_versions=True)
+                changes += 1
+            elif target is None:
+                for version in versions.values():
+                    if version.current_stage == PRODUCTION_STAGE:
+                        client.transition_model_version_stage(name, version.version, ARCHIVED_STAGE)
+                        changes += 1
+    status = STATUS_ACTIVE if target is not None else STATUS_RETIRED
+    wanted_tags = {**provenance_tags(workspace, model_name, source_uri), TAG_STATUS: status}
+    if target is not None:
+        wanted_tags[TAG_PRODUCTION_SOURCE_VERSION] = str(target[0].version)
+    if tags.get(TAG_STATUS) != status or TAG_STATUS_CHANGED_AT not in tags:
+        wanted_tags[TAG_STATUS_CHANGED_AT] = now.isoformat(timespec="seconds")
+    since = wanted_tags.get(TAG_STATUS_CHANGED_AT, tags.get(TAG_STATUS_CHANGED_AT))
+    for tag, value in wanted_tags.items():
+        if tags.get(tag) != value:
+            client.set_registered_model_tag(name, tag, value)
+            changes += 1
+    text = description(workspace, model_name, target[0].version if target else None, marker, source_uri,
+                       retired_since=since)
+    if model.description != text:
+        client.update_registered_model(name, description=text)
+        changes += 1
+    if target is not None:
+        key, version = target
+        version_tags = {**key.tags(), TAG_SOURCE_RUN_ID: (version.tags or {}).get(TAG_SOURCE_RUN_ID, "")}
+        for tag, value in version_tags.items():
+            if value and (version.tags or {}).get(tag) != value:
+                client.set_model_version_tag(name, version.version, tag, value)
+                changes += 1
+    return changes
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def register_workspace(
+    client: MlflowClient,
+    marker: Marker,
+    workspace: str,
+    wanted: list[Wanted],
+    known: Mapping[str, Mapping[SourceKey, ModelVersion]],
+    recorded: Mapping[str, Recorded],
+    *,
+    source_uri: str,
+    run_id: str,
+    snapshot_date: dt.date,
+    max_workers: int = 4,
+    now: dt.datetime | None = None,
+) -> WorkspaceRegistration:
+    """Point each wanted model's production marker at the copy of its source's production version
+    (or remove it), and say which history rows record the changes.
+
+    `known` holds the marketplace versions of each model by source key, `recorded` the history's
+    last state of each. A model whose source version has no copy yet waits where it is. The
+    caller holds the workspace's registration lock and writes the rows after this returns: a
+    crash in between leaves the history behind the registry, and the next run records the change
+    again (the decision compares with the history, the application with the registry).
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+
+    def one(item: Wanted) -> Outcome:
+        outcome = Outcome(item.marketplace_name, item.model_name)
+        versions = known.get(item.marketplace_name, {})
+        target = None
+        if item.source_version is not None:
+            key = SourceKey(workspace, item.model_name, item.source_version)
+            if key not in versions:
+                outcome.waiting = f"source production v{item.source_version} is not in the marketplace yet"
+                return outcome
+            target = (key, versions[key])
+        elif not versions and item.marketplace_name not in recorded:
+            return outcome  # never in the marketplace: nothing to retire
+        try:
+            model = client.get_registered_model(item.marketplace_name)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            return outcome  # deleted from the marketplace by hand: nothing to point
+        current = _production_version(model, versions.values(), marker)
+        by_version = {str(v.version): k.version for k, v in versions.items()}
+        outcome.change = decide(item.source_version, recorded.get(item.marketplace_name),
+                                by_version.get(current) if current is not None else None)
+        if outcome.change is None and target is None and item.marketplace_name not in recorded:
+            return outcome  # imported for a past date only, never in production: leave it alone
+        outcome.target = target[1] if target else None
+        outcome.registry_changes = _apply(client, marker, item.marketplace_name, model, versions, workspace,
+                                          item.model_name, target, source_uri, now)
+        return outcome
+
+    def guarded(item: Wanted) -> Outcome:
+        try:
+            return one(item)
+        except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
+            return Outcome(item.marketplace_name, item.model_name, error=f"{type(exc).__name__}: {exc}")
+
+    # Models are independent: their registry calls overlap (each one waits on a round trip).
+    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="register") as pool:
+        outcomes = list(pool.map(guarded, wanted))
+    result = WorkspaceRegistration(outcomes=outcomes)
+    for outcome in outcomes:
+        if outcome.change is None or outcome.error:
+            continue
+        previous = recorded.get(outcome.marketplace_name)
+        result.history_rows.append({
+            "workspace": workspace,
+            "model_name": outcome.model_name,
+            "marketplace_name": outcome.marketplace_name,
+            "sequence": (previous.sequence if previous else 0) + 1,
+            "change": outcome.change.kind,
+            "source_version": outcome.change.source_version,
+            "previous_source_version": outcome.change.previous_source_version,
+            "marketplace_version": int(outcome.target.version) if outcome.target is not None else None,
+            "changed_at": now,
+            "run_id": run_id,
+            "snapshot_date": snapshot_date,
+        })
+    return result
+
+
+def marketplace_production(
+    client: MlflowClient, marker: Marker, names: Iterable[str], known: Mapping[str, Mapping[SourceKey, ModelVersion]]
+) -> dict[str, int | None]:
+    """For each marketplace model, the source version whose copy its production marker points at
+    (None: no marker, or no such model)."""
+    found: dict[str, int | None] = {}
+    for name in names:
+        versions = known.get(name, {})
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise
+            found[name] = None
+            continue
+        current = _production_version(model, versions.values(), marker)
+        found[name] = next((k.version for k, v in versions.items() if str(v.version) == current), None) \
+            if current is not None else None
+    return found
+
+
+def divergences(workspace: str, source: Mapping[str, int], marketplace: Mapping[str, int | None],
+                marker: Marker) -> list[str]:
+    """How a workspace's marketplace models differ from its production versions now.
+
+    `source` maps each curated model with a production version to it; `marketplace` maps each
+    model the marketplace holds (or should) to the source version its production marker points at.
+    """
+    mark = f"@{marker.alias}" if marker.has_aliases else "Production version"
+    found = []
+    for model in sorted(source.keys() | marketplace.keys()):
+        wanted, current = source.get(model), marketplace.get(model)
+        if wanted == current:
+            continue
+        if wanted is None:
+            found.append(f"{workspace}/{model}: no production version in the source, "
+                         f"marketplace {mark} is the copy of v{current}")
+        elif current is None:
+            found.append(f"{workspace}/{model}: source production v{wanted}, marketplace has no {mark}")
+        else:
+            found.append(f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy of v{current}")
+    return found
