@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -15,12 +16,12 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from marketplace import databricks
+from marketplace import assets, databricks
 from marketplace.config import ConfigError, parse_config
 from marketplace.imports import TAG_SOURCE_MODEL, UC_NAME_LIMIT, render_name
 from marketplace.registry import searched
 
-from .conftest import register_version, step_failure_message
+from .conftest import materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
 
 
@@ -47,13 +48,26 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
                                         "secret_env": "MARKET_SP_SECRET"}},
         )
         result = deployment.sync("dev01")
+        promoted = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
+        # Retired in the source: on a stages-only registry the copy leaves Production for Archived.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            MlflowClient(servers["ws_a"].uri).transition_model_version_stage(f"{uid}_m", "1", "Archived")
+        retired = deployment.sync("dev01")
     assert result.success, step_failure_message(result)
+    assert retired.success, step_failure_message(retired)
+    assert materializations(retired, assets.REGISTRATION)["retired"] == 1
+    (archived,) = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
+    assert archived.current_stage == "Archived"
+    assert MlflowClient(servers["marketplace"].uri).get_registered_model(f"dev01.{uid}_m").tags["marketplace.status"] == "retired"
     assert source.api_calls > 0 and market.api_calls > 0
     # mlflow-export-import probes once per process whether it talks to Databricks, with a client
     # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (see README).
     assert set(source.refused + market.refused) <= {"/api/2.0/clusters/list-node-types"}
     # The Databricks workspace registry has stages only (MLflow refuses aliases there).
-    (version,) = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
+    version = materializations(result, assets.REGISTRATION)
+    assert version["promoted"] == 1 and version["models_registered"] == 1
+    (version,) = promoted
     assert version.current_stage == "Production" and version.tags[TAG_SOURCE_MODEL] == f"{uid}_m"
     assert version.aliases == []
     assert "DATABRICKS_TOKEN" not in os.environ

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+from mlflow import MlflowClient
 
 from marketplace.local_servers import free_port
 from marketplace.partitions import partition_key
@@ -54,6 +55,32 @@ def test_synced_workspace_is_skipped_with_a_reason(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")  # promote v2
     tick, _ = _tick(deployment)
     assert [r.tags["marketplace/pending_versions"] for r in tick.run_requests] == [f"{uid}_m@2"]
+
+
+def test_rollback_retirement_and_restoration_each_get_a_request(servers, deploy, uid):
+    """The sensor compares each source with where the marketplace points, not with what it imported."""
+    source = MlflowClient(servers["ws_b"].uri)
+    register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")
+    register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")  # v2
+    deployment = deploy([{"name": f"s{uid}", "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"},
+                          "include": [f"{uid}_*"]}])
+    assert deployment.sync(f"s{uid}").success
+
+    def pending() -> list[str]:
+        tick, _ = _tick(deployment)
+        return [r.tags["marketplace/pending_versions"] for r in tick.run_requests]
+
+    assert pending() == []
+    source.set_registered_model_alias(f"{uid}_m", "champion", "1")  # rolled back to a version never imported
+    assert pending() == [f"{uid}_m@1"]
+    assert deployment.sync(f"s{uid}").success
+    assert pending() == []
+    source.delete_registered_model_alias(f"{uid}_m", "champion")  # retired
+    assert pending() == [f"{uid}_m@retired"]
+    assert deployment.sync(f"s{uid}").success
+    assert pending() == []
+    source.set_registered_model_alias(f"{uid}_m", "champion", "2")  # restored
+    assert pending() == [f"{uid}_m@2"]
 
 
 def test_alias_workspace_is_polled_by_alias(servers, deploy, uid):
