@@ -55,9 +55,6 @@ CHAMPION = {"alias": "champion"}
 SOURCES = {"stage": ("ws_a", STAGE), "alias": ("ws_b", CHAMPION)}
 
 
-# --- the source workspace ------------------------------------------------------------------------
-
-
 def workspace(name: str, uri: str, production: dict, uid: str, **curation) -> dict:
     """A workspace entry of the configuration, scoped to this test's models."""
     return {"name": name, "tracking_uri": uri, "production": production, "include": [f"{uid}_*"], **curation}
@@ -93,9 +90,6 @@ def backdate(server, model: str, version: str, when: dt.datetime) -> None:
     with sqlite3.connect(server.root / "mlflow.db") as db:
         db.execute("UPDATE model_versions SET creation_time = ? WHERE name = ? AND version = ?",
                    (int(when.timestamp() * 1000), model, int(version)))
-
-
-# --- the marketplace -----------------------------------------------------------------------------
 
 
 def history(deployment, marketplace_name: str) -> list[dict]:
@@ -189,9 +183,6 @@ def check_evaluations(deployment) -> dict[str, dg.AssetCheckEvaluation]:
     return found
 
 
-# --- syncs through the dagster CLI ---------------------------------------------------------------
-
-
 @dataclass
 class Launched:
     process: subprocess.Popen
@@ -240,9 +231,6 @@ class Cli:
         finally:
             instance.dispose()
         return {k: v.value for k, v in record.asset_materialization.metadata.items()}
-
-
-# --- the tests -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("selected_by", ["stage", "alias"])
