@@ -51,6 +51,8 @@ from marketplace.resources import (
     WorkspaceRegistriesResource,
 )
 from marketplace.registration import CHANGES, Wanted, recorded_states, register_workspace
+from marketplace.scanning import ScanPolicy, scan_folder
+from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.telemetry import RegistryTime, registry_time
 
 GROUP = "marketplace_sync"
@@ -330,9 +332,13 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     ):
         """Marketplace model versions: each verified export imported once, tagged with its source."""
         report = _Report(context, "imports", ["source", "marketplace model", "version"])
-        for counter in ("imported", "already_imported", "skipped", "failed"):
+        for counter in ("imported", "already_imported", "skipped", "quarantined", "failed", "files_scanned"):
             report.count(counter, 0)
         skipped: dict[str, str] = {}
+        quarantined: dict[str, list[dict]] = {}
+        scan_warnings: dict[str, list[dict]] = {}
+        policy = marketplace.scan_policy
+        scan_seconds = 0.0
         client = marketplace.client()
         newest: list[Checked] = []
         recorded = {
@@ -357,6 +363,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     continue
                 mp_name = marketplace.model_name(name, version.model_name)
                 source = SourceKey(name, version.model_name, version.version)
+                held = external_storage.quarantine(name, version.model_name, version.version, row["checksum"])
+                if held is not None:
+                    # Not scanned again until its export changes.
+                    report.count("quarantined")
+                    quarantined[label] = held.get("findings", [])
+                    continue
                 if source in known.get(mp_name, {}):
                     report.count("already_imported")
                     newest.append(Checked(mp_name, known[mp_name][source], row["export_path"], new=False))
@@ -378,6 +390,24 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                             identity=(name, version.model_name, version.version),
                             signing_key=external_storage.signing_key,
                         )
+                        trusted(local, name, row["export_path"])
+                        scan = scan_folder(local) if policy.mode != "off" else None
+                        if scan is not None:
+                            nonlocal scan_seconds
+                            scan_seconds += scan.seconds
+                            report.count("files_scanned", scan.files_scanned)
+                            if blocking := scan.blocking(policy):
+                                findings = [f.to_dict() for f in blocking]
+                                external_storage.record_quarantine(
+                                    name, version.model_name, version.version, checksum=row["checksum"],
+                                    findings=findings, reason=f"quarantined: {scan.describe(blocking)}", day=day)
+                                context.log.error(f"{label} quarantined, not imported: {scan.describe(blocking)}")
+                                report.count("quarantined")
+                                quarantined[label] = findings
+                                continue
+                            if scan.findings:
+                                scan_warnings[label] = [f.to_dict() for f in scan.findings]
+                                context.log.warning(f"{label}: scan findings that do not block: {scan.describe()}")
                         context.log.info(f"importing {label} as {mp_name}")
                         created = _import_once(client, marketplace, row, local, mp_name, source, day,
                                                redact_uri(workspaces.get(name).tracking_uri))
@@ -392,15 +422,36 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     raise
                 except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
                     report.count("failed")
-                    detail = str(exc) if isinstance(exc, ManifestError | NameCollision) else f"{type(exc).__name__}: {exc}"
+                    detail = (str(exc) if isinstance(exc, ManifestError | NameCollision | SignatureError)
+                              else f"{type(exc).__name__}: {exc}")
                     report.fail(label, f"not imported: {detail}")
+
+        def trusted(local: Path, name: str, location: str) -> None:
+            """The export carries a valid signature of its workspace's key, where signatures are required."""
+            public_key = workspaces.get(name).signing.public_key
+            if public_key is not None:
+                try:
+                    verify_export_signature(local, public_key)
+                except SignatureError as exc:
+                    raise SignatureError(f"signature refused: {str(exc).replace(str(local), location)} "
+                                         f"(workspace {name}'s key)") from None
+            elif marketplace.require_signatures:
+                raise SignatureError(f"signature refused: {location}: workspace {name} has no public key, and "
+                                     "marketplace.require_signatures is on")
 
         # Exports in an object store are downloaded to verify and import them, kept for the load check.
         with contextlib.ExitStack() as stack:
             copies = LocalCopies(external_storage.storage, stack)
             report.run(import_partition)
-            yield report.result(skipped_versions=dg.MetadataValue.json(skipped))
-            yield _load_check(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies)
+            yield report.result(
+                skipped_versions=dg.MetadataValue.json(skipped),
+                quarantined_versions=dg.MetadataValue.json(quarantined),
+                scan_findings_not_blocking=dg.MetadataValue.json(scan_warnings),
+                scan_seconds=round(scan_seconds, 3),
+                scan_policy=f"{policy.mode}, blocking at {policy.block_severity} and above"
+                + (f", {len(policy.allow_globals)} allowed global(s)" if policy.allow_globals else ""),
+            )
+            yield _load_check(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies, policy)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
@@ -471,10 +522,16 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 ]
                 with _registry_errors(f"the marketplace (registering workspace {name})", marketplace.tracking_uri):
                     known = marketplace_versions_of(client, [w.marketplace_name for w in wanted])
+                    quarantined = {
+                        w.model_name: w.source_version for w in wanted
+                        if w.source_version is not None
+                        and SourceKey(name, w.model_name, w.source_version) not in known.get(w.marketplace_name, {})
+                        and external_storage.quarantine(name, w.model_name, w.source_version) is not None
+                    }
                     done = register_workspace(
                         client, marketplace.marker, name, wanted, known, recorded_states(history),
                         source_uri=redact_uri(workspaces.get(name).tracking_uri), run_id=context.run_id,
-                        snapshot_date=day, max_workers=marketplace.max_workers,
+                        snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
                     )
                 report.count("history_rows_inserted",
                              external_storage.merge_rows(summary.PRODUCTION_HISTORY, done.history_rows))
@@ -611,11 +668,12 @@ class Checked:
 
 
 def _load_check(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
-                copies: LocalCopies) -> dg.AssetCheckResult:
-    """Load and predict each version imported now, or whose files changed since it last passed."""
+                copies: LocalCopies, policy: ScanPolicy) -> dg.AssetCheckResult:
+    """Load and predict each version imported now, or whose files changed since it last passed;
+    each copy is scanned before it is loaded."""
     results: dict[str, LoadResult] = {}
     with registry_time() as spent:
-        _load_each(client, tracking_uri, registry_uri, checked, results, copies)
+        _load_each(client, tracking_uri, registry_uri, checked, results, copies, policy)
     unchanged = sum(1 for r in results.values() if r.unchanged)
     failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
@@ -638,7 +696,7 @@ def _load_check(client, tracking_uri: str, registry_uri: str | None, checked: li
 
 def _load_each(
     client, tracking_uri: str, registry_uri: str | None, checked: list[Checked], results: dict[str, LoadResult],
-    copies: LocalCopies,
+    copies: LocalCopies, policy: ScanPolicy,
 ) -> None:
     for item in checked:
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
@@ -648,7 +706,7 @@ def _load_each(
             )
             continue
         reference, hashes = _reference(item.export_location, copies)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy)
         result = dataclasses.replace(result, detail=redact_text(result.detail))
         results[f"{item.name} v{item.version.version}"] = result
         if result.loaded and result.matches_export is not False:

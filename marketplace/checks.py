@@ -20,6 +20,8 @@ from marketplace.partitions import partition_key
 from marketplace.polling import poll_workspaces, workspace_targets
 from marketplace.registration import divergences, marketplace_production
 from marketplace.registry import configure_http
+from marketplace.scanning import ScanPolicy, scan_folder
+from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
 from marketplace.telemetry import registry_time
 
@@ -30,6 +32,7 @@ PRODUCTION_VERSIONS_SYNCED = "production_versions_synced"
 MARKETPLACE_MATCHES_SOURCES = "marketplace_matches_sources"
 PARTITIONS_FRESH = "todays_partitions_synced_by_deadline"
 NO_STRAY_EXPORTS = "no_stray_exports"
+EXPORTS_SIGNED_AND_CLEAN = "exports_signed_and_clean"
 
 RECONCILE_DAYS = 30
 RECONCILE_POLL_SECONDS = 120
@@ -104,8 +107,10 @@ def production_versions_synced(external_storage: ExternalStorageResource) -> dg.
         for w, m, v in seen - exported
         if newest_export.get((w, m), 0) < v
     )
+    # A quarantined version (its scan blocked it) says so: it stays here until its export changes.
     not_imported = sorted(
-        f"{w}/{m} v{v}" for w, m, v in exported - imported if newest_import.get((w, m), 0) < v
+        f"{w}/{m} v{v}" + (f" ({reason})" if (reason := external_storage.skip_reason(w, m, v)) else "")
+        for w, m, v in exported - imported if newest_import.get((w, m), 0) < v
     )
     problems = ([f"not exported: {_listing(not_exported)}"] if not_exported else []) + (
         [f"exported but not imported: {_listing(not_imported)}"] if not_imported else []
@@ -225,7 +230,60 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
         MARKETPLACE_MATCHES_SOURCES: build_reconciliation_check(config),
         PARTITIONS_FRESH: build_freshness_check(config),
         NO_STRAY_EXPORTS: build_stray_exports_check(config),
+        EXPORTS_SIGNED_AND_CLEAN: build_signed_and_clean_check(config),
     }
+
+
+def build_signed_and_clean_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
+    """Every recorded export, as an auditor would see it: its OpenSSF signature under its
+    workspace's key, and a scan under the configured severity (whatever the scan mode)."""
+    public_keys = {w.name: config.public_key(w.name) for w in config.workspaces}
+    required = config.require_signatures
+    security = config.security
+    policy = ScanPolicy("block", security.block_severity, tuple(security.allow_globals))
+
+    @dg.asset_check(
+        asset=EXPORTS,
+        name=EXPORTS_SIGNED_AND_CLEAN,
+        blocking=False,
+        description="Every exported version is signed with its workspace's key (where keys are configured) "
+        "and its files hold nothing the scan blocks.",
+    )
+    def exports_signed_and_clean(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
+        storage = external_storage.storage
+        rows = [r for r in external_storage.read_rows(summary.EXPORT_SUMMARY) if r["workspace"] in public_keys]
+        unsigned, mis_signed, unsafe = [], [], []
+        scanned = 0
+        for row in rows:
+            label = f"{row['workspace']}/{row['model_name']} v{row['version']}"
+            key = storage.key_of(row["export_path"])
+            if key is None:
+                continue
+            with storage.local_tree(key) as local:
+                public_key = public_keys[row["workspace"]]
+                if public_key is not None:
+                    try:
+                        verify_export_signature(local, public_key)
+                    except SignatureError as exc:
+                        reason = str(exc).replace(str(local), row["export_path"])
+                        (unsigned if "not signed" in reason else mis_signed).append(f"{label}: {reason}")
+                elif required:
+                    unsigned.append(f"{label}: workspace {row['workspace']} has no public key")
+                if security.scan != "off":
+                    report = scan_folder(local)
+                    scanned += report.files_scanned
+                    if blocking := report.blocking(policy):
+                        unsafe.append(f"{label}: {report.describe(blocking)}")
+        problems = [f"{what}: {_listing(items)}" for what, items in
+                    (("unsigned", unsigned), ("mis-signed", mis_signed), ("blocking scan findings", unsafe)) if items]
+        return dg.AssetCheckResult(
+            passed=not problems,
+            description="; ".join(problems) or f"{len(rows)} export(s) signed as configured and clean",
+            metadata={"exports_checked": len(rows), "unsigned": len(unsigned), "mis_signed": len(mis_signed),
+                      "with_blocking_findings": len(unsafe), "files_scanned": scanned},
+        )
+
+    return exports_signed_and_clean
 
 
 def build_stray_exports_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:

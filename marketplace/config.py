@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import re
 import string
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlparse
@@ -213,6 +214,41 @@ class ExportEngineConfig(_Strict):
         return self
 
 
+class SigningConfig(_Strict):
+    """A workspace's OpenSSF model-signing keys: its exporter signs with the private key, the
+    marketplace verifies with the public one."""
+
+    # The environment variable holding the PEM of an EC private key, where this workspace's exports run.
+    private_key_env: str | None = Field(default=None, pattern=ENV_NAME)
+    # The PEM of the matching public key, inline, or a file relative to the configuration file.
+    public_key: str | None = None
+
+
+GLOBAL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class SecurityConfig(_Strict):
+    """Scanning every export before anything loads it."""
+
+    scan: Literal["block", "warn", "off"] = "block"
+    block_severity: Literal["low", "medium", "high", "critical"] = "high"
+    # Reviewed "module.name" globals a finding may name and still pass.
+    allow_globals: list[str] = Field(default_factory=list)
+
+    @field_validator("block_severity", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("allow_globals")
+    @classmethod
+    def _globals(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not GLOBAL_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a global as module.name (for example 'posix.system')")
+        return value
+
+
 class WorkspaceConfig(_Strict):
     name: str
     tracking_uri: TrackingUri | None = None
@@ -222,6 +258,7 @@ class WorkspaceConfig(_Strict):
     include: list[str] = Field(default_factory=lambda: ["*"])
     exclude: list[str] = Field(default_factory=list)
     export: ExportEngineConfig = Field(default_factory=ExportEngineConfig)
+    signing: SigningConfig = Field(default_factory=SigningConfig)
 
     @field_validator("name")
     @classmethod
@@ -279,6 +316,8 @@ class MarketplaceRegistryConfig(_Strict):
     name_template: str = "{workspace}.{model}"
     alias: str = "production"
     experiment_prefix: str = "/Shared/marketplace"
+    # Refuse every export without a valid OpenSSF signature (default: whenever any workspace has a public key).
+    require_signatures: bool | None = None
 
     @field_validator("tracking_uri", "registry_uri")
     @classmethod
@@ -675,6 +714,7 @@ class MarketplaceConfig(_Strict):
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     _path: Path = PrivateAttr(default=DEFAULT_CONFIG_PATH)
 
@@ -715,11 +755,23 @@ class MarketplaceConfig(_Strict):
             _, secret = self.external_storage.options()
             needed = {**{v: f"external_storage ({o})" for o, v in secret.items()},
                       **({self.external_storage.signing_key_env: "external_storage.signing_key_env"}
-                         if self.external_storage.signing_key_env else {})}
+                         if self.external_storage.signing_key_env else {}),
+                      **({workspace.signing.private_key_env: "signing.private_key_env"}
+                         if workspace.signing.private_key_env else {})}
             missing = sorted(set(needed) - set(workspace.export.env))
             if missing:
                 raise _KeyedError(f"{key}.env", "the job reads " + ", ".join(f"{v} ({needed[v]})" for v in missing)
                                   + ": map each to a Databricks secret, e.g. {{secrets/marketplace/<key>}}")
+        if self.require_signatures:
+            for index, workspace in enumerate(self.workspaces):
+                if not workspace.signing.public_key:
+                    raise _KeyedError(
+                        f"workspaces[{index}] ({workspace.name}).signing.public_key",
+                        "required: marketplace.require_signatures is "
+                        + ("true" if self.marketplace.require_signatures else "on because another workspace has a key")
+                        + " and this workspace's exports could not be verified (give its public key, or set "
+                        "marketplace.require_signatures: false)",
+                    )
         if len(self.workspaces) > 1 and "{workspace}" not in self.marketplace.name_template:
             raise _KeyedError(
                 "marketplace.name_template",
@@ -746,6 +798,19 @@ class MarketplaceConfig(_Strict):
         if not root.is_absolute():
             root = self._path.parent / root
         return str(root.resolve())
+
+    @property
+    def require_signatures(self) -> bool:
+        if self.marketplace.require_signatures is not None:
+            return self.marketplace.require_signatures
+        return any(w.signing.public_key for w in self.workspaces)
+
+    def public_key(self, workspace: str) -> str | None:
+        """The PEM of the workspace's signing public key, if it has one."""
+        from marketplace.signatures import read_public_key  # model_signing loads sigstore: only when needed
+
+        value = self.workspace(workspace).signing.public_key
+        return None if value is None else read_public_key(value, self._path.parent)
 
     def workspace(self, name: str) -> WorkspaceConfig:
         for workspace in self.workspaces:
@@ -809,6 +874,20 @@ def parse_config(raw: Any, path: Path | str) -> MarketplaceConfig:
         error.args = (f"{path}: {detail}",)
         raise error from None
     config._path = path.resolve()
+    for index, workspace in enumerate(config.workspaces):
+        if workspace.signing.public_key is not None:
+            try:
+                config.public_key(workspace.name)
+            except ValueError as exc:
+                raise ConfigError(path, f"workspaces[{index}] ({workspace.name}).signing.public_key", str(exc)) from None
+    if config.external_storage.signing_key_env:
+        warnings.warn(
+            f"{path}: external_storage.signing_key_env (an HMAC shared by every workspace) is deprecated and "
+            "will be removed in the next release: give each workspace signing.private_key_env and "
+            "signing.public_key (OpenSSF model signing) instead",
+            FutureWarning,
+            stacklevel=2,
+        )
     return config
 
 

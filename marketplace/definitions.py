@@ -7,6 +7,7 @@ import dagster as dg
 from marketplace.assets import GROUP, build_sync_assets
 from marketplace.checks import (
     EXPORTS_MATCH_MANIFESTS,
+    EXPORTS_SIGNED_AND_CLEAN,
     MARKETPLACE_MATCHES_SOURCES,
     NO_STRAY_EXPORTS,
     PARTITIONS_FRESH,
@@ -26,7 +27,8 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     # Hashing or listing every export, reading every workspace, and the per-workspace freshness
     # audit run on their own schedules, not in each partition's sync.
     sync_job = build_marketplace_sync_job(
-        [checks[name] for name in (EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, MARKETPLACE_MATCHES_SOURCES)]
+        [checks[name] for name in (EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, MARKETPLACE_MATCHES_SOURCES,
+                                   EXPORTS_SIGNED_AND_CLEAN)]
     )
     audit_job = build_checks_job(
         "marketplace_checks_job",

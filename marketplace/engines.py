@@ -57,6 +57,7 @@ def job_extras(workspaces, name: str, external_storage, versions: Sequence[Produ
         "storage": {"root": external_storage.root, "options": dict(external_storage.options),
                     "options_env": dict(external_storage.options_env)},
         "signing_key_env": external_storage.signing_key_env,
+        "private_key_env": workspace.signing.private_key_env,
         "versions": [v.to_dict() for v in versions],
         "day": day.isoformat(),
         "source_marker": workspaces.source_marker,
@@ -146,6 +147,7 @@ def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, extern
             signing_key=external_storage.signing_key,
             source_marker=workspaces.source_marker,
             log=context.log,
+            private_key=workspaces.private_key(name),
         )
     external_storage.storage  # noqa: B018 - fail here, naming a missing storage variable, not in the job
     extras = job_extras(workspaces, name, external_storage, versions, day,

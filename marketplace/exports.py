@@ -33,6 +33,7 @@ from marketplace.manifest import (
     write_manifest,
 )
 from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
+from marketplace.signatures import sign_export
 from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError, lock_name
 
 EXPORTS_DIR = "exports"
@@ -105,10 +106,39 @@ def record_skip(storage: Storage, key: str, reason: str, day: dt.date) -> None:
 
 
 def skip_reason(storage: Storage, key: str) -> str | None:
+    return (read_skip_record(storage, key) or {}).get("reason")
+
+
+def read_skip_record(storage: Storage, key: str) -> dict | None:
     try:
-        return json.loads(storage.read(key) or b"")["reason"]
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(storage.read(key) or b"")
+    except (ValueError, TypeError):
         return None
+    return record if isinstance(record, dict) and isinstance(record.get("reason"), str) else None
+
+
+def record_quarantine(storage: Storage, key: str, *, checksum: str, findings: list[dict], reason: str,
+                      day: dt.date) -> None:
+    """Why an exported version is never imported: its scan found what blocks it. Kept while the
+    export stays the same (its manifest checksum); a new export of the version is scanned again."""
+    storage.write(key, json.dumps({"reason": reason, "date": day.isoformat(), "quarantined": True,
+                                   "checksum": checksum, "findings": findings}, ensure_ascii=False))
+
+
+def quarantine_of(storage: Storage, key: str, checksum: str | None = None) -> dict | None:
+    """The version's quarantine record (of the export with `checksum`, if given), if any."""
+    record = read_skip_record(storage, key)
+    if not record or not record.get("quarantined"):
+        return None
+    return record if checksum is None or record.get("checksum") == checksum else None
+
+
+def clear_skip_record(storage: Storage, key: str, *, keep_quarantine: bool) -> None:
+    """An export exists: the record of why it was skipped goes; a quarantine stays while the export
+    it is about does (a new export is scanned again)."""
+    if keep_quarantine and quarantine_of(storage, key) is not None:
+        return
+    storage.delete([key])
 
 
 @dataclass(frozen=True)
@@ -285,8 +315,10 @@ def export_version(
     export_date: dt.date,
     signing_key: str | None = None,
     registry_uri: str | None = None,
+    private_key: str | None = None,
 ) -> ExportRecord:
-    """Export one production version, verify it, write its manifest last and publish it.
+    """Export one production version, verify it, write its manifest last and publish it; with
+    `private_key` (the workspace's, PEM), sign the whole folder, manifest included (model.sig).
 
     mlflow-export-import writes straight into its output folder, so it writes into a local
     staging folder; publishing is the commit point (a rename into place in a local folder; on an
@@ -323,6 +355,8 @@ def export_version(
             exported_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         )
         write_manifest(staging, manifest.signed(signing_key) if signing_key else manifest)
+        if private_key:
+            sign_export(staging, private_key)
         theirs = existing_export(destination, identity=identity, signing_key=signing_key)
         if theirs is not None:
             return theirs  # another run finished the same export first: keep theirs
@@ -378,6 +412,7 @@ def export_versions(
     signing_key: str | None,
     source_marker: bool,
     log: logging.Logger,
+    private_key: str | None = None,
 ) -> list[Outcome]:
     """Export each version that has no valid export yet, then mark it in its workspace.
 
@@ -393,7 +428,7 @@ def export_versions(
                               EXPORT_LOCK_SECONDS):
                 try:
                     _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key,
-                                source_marker, outcome, log)
+                                source_marker, outcome, log, private_key)
                 except SourceProblem as exc:
                     # The version itself is at fault: skip it, say why, and sync the others.
                     outcome.status, outcome.detail = "skipped", redact_text(str(exc))
@@ -408,7 +443,7 @@ def export_versions(
 
 
 def _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key, source_marker,
-                outcome: Outcome, log) -> None:
+                outcome: Outcome, log, private_key: str | None) -> None:
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
     # Signatures are checked at import, which refuses a planted export saying why (see README).
@@ -422,13 +457,15 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
         if outcome.staging_removed:
             log.info(f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging folder(s) a dead run left")
         record = export_version(client, tracking_uri, storage=storage, workspace=workspace, version=version,
-                                export_date=day, signing_key=signing_key, registry_uri=registry_uri)
+                                export_date=day, signing_key=signing_key, registry_uri=registry_uri,
+                                private_key=private_key)
         outcome.status = "exported"
         outcome.files, outcome.size_bytes = len(record.manifest.files), record.manifest.size_bytes
     else:
         outcome.status = "already_exported"
     outcome.location = record.location
-    storage.delete([skip_record_key(workspace, version.model_name, version.version)])
+    clear_skip_record(storage, skip_record_key(workspace, version.model_name, version.version),
+                      keep_quarantine=outcome.status == "already_exported")
     # Marked only once the export verifies; a re-run writes a marker a crash left out.
     if source_marker:
         ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()

@@ -18,6 +18,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 
 from marketplace.manifest import file_sha256
 from marketplace.registry import process_tracking_uri
+from marketplace.scanning import ScanPolicy, scan_folder
 
 # Set on a marketplace version once it loaded and predicted: a fingerprint of its artifact
 # listing, so that later runs re-load it only when its files changed.
@@ -85,21 +86,37 @@ def _loadable(path: Path) -> Iterator[str]:
         yield str(link)
 
 
+def _refused(folder: Path, policy: ScanPolicy | None) -> str | None:
+    """What the scan blocks in `folder`, described, or None (no policy, or nothing blocks)."""
+    if policy is None or policy.mode == "off":
+        return None
+    report = scan_folder(folder)
+    blocking = report.blocking(policy)
+    return report.describe(blocking) if blocking else None
+
+
 def load_and_predict(
     tracking_uri: str,
     model_uri: str,
     reference_dir: Path | None,
     reference_hashes: dict[str, str] | None = None,
     registry_uri: str | None = None,
+    policy: ScanPolicy | None = None,
 ) -> LoadResult:
     """Load `model_uri` with mlflow.pyfunc, predict its input example, compare with the export's copy.
 
     `reference_hashes` (the export manifest's SHA-256 of each file under `reference_dir`) spares
-    loading the export too when the marketplace copy holds the same bytes.
+    loading the export too when the marketplace copy holds the same bytes. Under `policy`, nothing
+    is loaded whose files the scan blocks.
     """
     with process_tracking_uri(tracking_uri, registry_uri), tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+            return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
+        if refused := _refused(Path(local), policy):
+            return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {refused}")
+        try:
             model = mlflow.pyfunc.load_model(local)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
@@ -114,6 +131,9 @@ def load_and_predict(
             return LoadResult(True, True, None, f"{model_uri} loads and predicts")
         if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes):
             return LoadResult(True, True, True, f"{model_uri} loads and predicts; its files are the export's")
+        if refused := _refused(reference_dir, policy):
+            return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export was not loaded to "
+                                                f"compare: the scan blocks {refused}")
         try:
             with _loadable(reference_dir) as reference:
                 expected = mlflow.pyfunc.load_model(reference).predict(example)

@@ -14,6 +14,9 @@ from typing import NamedTuple
 from marketplace.storage import LocalStorage, Storage
 
 MANIFEST_NAME = "manifest.json"
+# The export's OpenSSF signature (marketplace.signatures), which covers the manifest: never in it.
+SIGNATURE_NAME = "model.sig"
+NOT_LISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 CHUNK = 1024 * 1024
 
 
@@ -35,7 +38,7 @@ def _walk(root: Path) -> dict[str, Path]:
         for filename in filenames:
             path = Path(dirpath) / filename
             relative = path.relative_to(root).as_posix()
-            if relative != MANIFEST_NAME:
+            if relative not in NOT_LISTED:
                 files[relative] = path
     return files
 
@@ -190,8 +193,7 @@ def check_export(
             f"{root}: manifest checksum {checksum[:12]}… differs from the recorded {expected_checksum[:12]}…"
             " (the manifest was edited or replaced)"
         )
-    stored = tree.storage.list(tree.key)
-    stored.pop(MANIFEST_NAME, None)
+    stored = {name: entry for name, entry in tree.storage.list(tree.key).items() if name not in NOT_LISTED}
     missing = sorted(set(manifest.files) - set(stored))
     added = sorted(set(stored) - set(manifest.files))
     changed = []

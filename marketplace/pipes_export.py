@@ -81,6 +81,15 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
         options[option] = _environment(variable, f"external storage {option}", references)
     storage = open_storage(storage_settings["root"], options)
     signing_key = _environment(extras.get("signing_key_env"), "the manifest signing key", references)
+    private_key = _environment(extras.get("private_key_env"), "the workspace's signing key (signing.private_key_env)",
+                               references)
+    if private_key:
+        from marketplace.signatures import check_private_key
+
+        try:
+            check_private_key(private_key)
+        except ValueError as exc:
+            raise JobSettingsError(f"{extras.get('private_key_env')} (signing.private_key_env): {exc}") from None
     configure_http(extras["client"]["timeout_seconds"], extras["client"]["max_retries"])
     client = make_client(extras["tracking_uri"], extras["registry_uri"])
     versions = [ProductionVersion.from_dict(v) for v in extras["versions"]]
@@ -95,6 +104,7 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
         signing_key=signing_key,
         source_marker=extras["source_marker"],
         log=pipes.log,
+        private_key=private_key,
     )
     return [o.to_dict() for o in outcomes]
 

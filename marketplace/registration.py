@@ -32,6 +32,8 @@ TAG_STATUS = "marketplace.status"
 TAG_STATUS_CHANGED_AT = "marketplace.status_changed_at"
 TAG_SOURCE_TRACKING_URI = "marketplace.source_tracking_uri"
 TAG_PRODUCTION_SOURCE_VERSION = "marketplace.latest_source_version"  # the source version at production
+# The source's production version that the scan blocked, while production stays on the last safe copy.
+TAG_QUARANTINED_VERSION = "marketplace.quarantined_version"
 
 PRODUCTION_STAGE = "Production"
 ARCHIVED_STAGE = "Archived"
@@ -219,6 +221,9 @@ def _apply(
     if model.description != text:
         client.update_registered_model(name, description=text)
         changes += 1
+    if TAG_QUARANTINED_VERSION in tags:
+        client.delete_registered_model_tag(name, TAG_QUARANTINED_VERSION)
+        changes += 1
     if target is not None:
         key, version = target
         version_tags = {**key.tags(), TAG_SOURCE_RUN_ID: (version.tags or {}).get(TAG_SOURCE_RUN_ID, "")}
@@ -227,6 +232,20 @@ def _apply(
                 client.set_model_version_tag(name, version.version, tag, value)
                 changes += 1
     return changes
+
+
+def _mark_quarantined(client: MlflowClient, name: str, version: int) -> int:
+    """Tag a marketplace model whose source production version is quarantined. Changes made."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        return 0  # never in the marketplace: nothing to tag
+    if (model.tags or {}).get(TAG_QUARANTINED_VERSION) == str(version):
+        return 0
+    client.set_registered_model_tag(name, TAG_QUARANTINED_VERSION, str(version))
+    return 1
 
 
 def _not_found(exc: MlflowException) -> bool:
@@ -246,12 +265,14 @@ def register_workspace(
     snapshot_date: dt.date,
     max_workers: int = 4,
     now: dt.datetime | None = None,
+    quarantined: Mapping[str, int] | None = None,
 ) -> WorkspaceRegistration:
     """Point each wanted model's production marker at the copy of its source's production version
     (or remove it), and say which history rows record the changes.
 
     `known` holds the marketplace versions of each model by source key, `recorded` the history's
-    last state of each. A model whose source version has no copy yet waits where it is. The
+    last state of each. A model whose source version has no copy yet waits where it is; one whose
+    version is `quarantined` (model name -> version the scan blocked) says so in a tag. The
     caller holds the workspace's registration lock and writes the rows after this returns: a
     crash in between leaves the history behind the registry, and the next run records the change
     again (the decision compares with the history, the application with the registry).
@@ -265,7 +286,12 @@ def register_workspace(
         if item.source_version is not None:
             key = SourceKey(workspace, item.model_name, item.source_version)
             if key not in versions:
-                outcome.waiting = f"source production v{item.source_version} is not in the marketplace yet"
+                if (quarantined or {}).get(item.model_name) == item.source_version:
+                    outcome.waiting = (f"source production v{item.source_version} is quarantined (its scan "
+                                       "blocks it); production stays on the last safe copy")
+                    outcome.registry_changes = _mark_quarantined(client, item.marketplace_name, item.source_version)
+                else:
+                    outcome.waiting = f"source production v{item.source_version} is not in the marketplace yet"
                 return outcome
             target = (key, versions[key])
         elif not versions and item.marketplace_name not in recorded:

@@ -23,16 +23,28 @@ from marketplace.exports import (
     ExportRecord,
     export_key,
     inspect_export,
+    quarantine_of,
+    record_quarantine,
     skip_reason,
     skip_record_key,
 )
 from marketplace.imports import render_name, shorten
 from marketplace.manifest import ManifestError, Tree
 from marketplace.registration import Marker
+from marketplace.scanning import ScanPolicy
+from marketplace.signatures import check_private_key
 from marketplace.registry import configure_http, make_client, redact_uri
 from marketplace.storage import Storage, StorageError, lock_name, open_storage
 
 SNAPSHOTS_DIR = "production_models"
+
+
+class Signing(dg.Config):
+    """A workspace's OpenSSF signing keys: the variable holding the private key where exports run,
+    and the public key's PEM (read from the configuration)."""
+
+    private_key_env: str | None = None
+    public_key: str | None = None
 
 
 class WorkspaceRegistry(dg.Config):
@@ -47,6 +59,7 @@ class WorkspaceRegistry(dg.Config):
     exclude: list[str] = Field(default_factory=list)
     databricks: Connection | None = None
     export: ExportEngine = Field(default_factory=ExportEngine)
+    signing: Signing = Field(default_factory=lambda: Signing())
 
 
 def _connected(connection: Connection | None) -> None:
@@ -77,6 +90,22 @@ class WorkspaceRegistriesResource(dg.ConfigurableResource):
         _connected(workspace.databricks)
         return make_client(workspace.tracking_uri, workspace.registry_uri)
 
+    def private_key(self, name: str) -> str | None:
+        """The PEM the workspace's exports are signed with, read from its variable now."""
+        variable = self.get(name).signing.private_key_env
+        if variable is None:
+            return None
+        value = os.environ.get(variable)
+        key = f"workspace {name}: signing.private_key_env"
+        if not value:
+            raise dg.Failure(description=f"{key}: the environment variable {variable} is not set "
+                                         "(it holds the PEM of the EC private key its exports are signed with)")
+        try:
+            check_private_key(value)
+        except ValueError as exc:
+            raise dg.Failure(description=f"{key}: the environment variable {variable}: {exc}") from None
+        return value
+
     def workspace_client(self, name: str):
         """The Databricks SDK client of a Databricks workspace, as its service principal."""
         from databricks.sdk import WorkspaceClient
@@ -100,6 +129,15 @@ class MarketplaceRegistryResource(dg.ConfigurableResource):
     max_retries: int = 2
     max_workers: int = 4
     databricks: Connection | None = None
+    # Every export is scanned before anything loads it (security in the configuration).
+    scan: str = "block"
+    block_severity: str = "high"
+    allow_globals: list[str] = Field(default_factory=list)
+    require_signatures: bool = False
+
+    @property
+    def scan_policy(self) -> ScanPolicy:
+        return ScanPolicy(self.scan, self.block_severity, tuple(self.allow_globals))
 
     def client(self) -> MlflowClient:
         configure_http(self.timeout_seconds, self.max_retries)
@@ -179,6 +217,13 @@ class ExternalStorageResource(dg.ConfigurableResource):
 
     def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
         return self.inspect_export(workspace, model, version)[0]
+
+    def quarantine(self, workspace: str, model: str, version: int, checksum: str | None = None) -> dict | None:
+        """The version's quarantine record (of its export with `checksum`, if given): never imported."""
+        return quarantine_of(self.storage, skip_record_key(workspace, model, version), checksum)
+
+    def record_quarantine(self, workspace: str, model: str, version: int, **record) -> None:
+        record_quarantine(self.storage, skip_record_key(workspace, model, version), **record)
 
     def skip_reason(self, workspace: str, model: str, version: int) -> str | None:
         """Why the version's last export was skipped, while no export of it exists."""
@@ -283,6 +328,7 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
                     exclude=list(w.exclude),
                     databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
                     export=ExportEngine(**w.export.model_dump()),
+                    signing=Signing(private_key_env=w.signing.private_key_env, public_key=config.public_key(w.name)),
                 )
                 for w in config.workspaces
             ],
@@ -298,6 +344,10 @@ def build_resources(config: MarketplaceConfig) -> dict[str, dg.ConfigurableResou
             max_workers=config.client.max_workers,
             databricks=databricks_connection("the marketplace", config.marketplace.tracking_uri,
                                              config.marketplace.databricks),
+            scan=config.security.scan,
+            block_severity=config.security.block_severity,
+            allow_globals=list(config.security.allow_globals),
+            require_signatures=config.require_signatures,
             **client,
         ),
         "external_storage": ExternalStorageResource(

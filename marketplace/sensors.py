@@ -12,11 +12,13 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
+from marketplace.exports import quarantine_of, skip_record_key
 from marketplace.partitions import partition_key
 from marketplace.polling import poll_workspaces, workspace_targets
 from marketplace.registration import Recorded, recorded_states
 from marketplace.registry import configure_http
 from marketplace.resources import configured_storage
+from marketplace.storage import Storage
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
 TICK_BUDGET_SECONDS = 40
@@ -26,9 +28,8 @@ FINISHED_BAD = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 LOST_REQUEST_SECONDS = 900
 
 
-def _recorded(config: MarketplaceConfig) -> dict[str, dict[str, Recorded]]:
+def _recorded(storage: Storage) -> dict[str, dict[str, Recorded]]:
     """Per workspace, each model's production state as the marketplace recorded it (production_history)."""
-    storage = configured_storage(config)
     rows = summary.read_rows(storage.location(summary.PRODUCTION_HISTORY), storage.delta_options(),
                              columns=["workspace", "model_name", "sequence", "source_version"])
     by_workspace: dict[str, list[dict]] = {}
@@ -45,6 +46,12 @@ def pending_changes(production: Mapping[str, int], recorded: Mapping[str, Record
     pending += [f"{model}@retired" for model, state in recorded.items()
                 if state.source_version is not None and model not in production]
     return sorted(pending)
+
+
+def _quarantined(storage: Storage, workspace: str, change: str) -> bool:
+    """A version the scan blocked is not asked for again until its export changes."""
+    model, _, version = change.rpartition("@")
+    return version.isdigit() and quarantine_of(storage, skip_record_key(workspace, model, int(version))) is not None
 
 
 def _run_key(workspace: str, day: dt.date, pending: list[str], attempt: int) -> str:
@@ -76,7 +83,8 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         polled = poll_workspaces(
             workspace_targets(config), max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
         )
-        recorded = _recorded(config)
+        storage = configured_storage(config)
+        recorded = _recorded(storage)
         now = time.time()
         requests, notes, unreachable = [], [], {}
         for workspace in config.workspaces:
@@ -85,7 +93,10 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
                 unreachable[workspace.name] = result.error
                 context.log.warning(f"workspace {workspace.name} unreachable: {result.error}")
                 continue  # keep its cursor entry: an outage is not progress
-            pending = pending_changes(result.production, recorded.get(workspace.name, {}))
+            pending = [
+                change for change in pending_changes(result.production, recorded.get(workspace.name, {}))
+                if not _quarantined(storage, workspace.name, change)
+            ]
             if not pending:
                 cursor.pop(workspace.name, None)
                 continue

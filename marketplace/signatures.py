@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from model_signing import hashing, manifest, signing, verifying
 
-SIGNATURE_NAME = "model.sig"
+from marketplace.manifest import SIGNATURE_NAME
+
 # The curves model_signing accepts (Sigstore's).
 CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 EC_ONLY = "only EC keys (P-256, P-384, P-521) are supported"
@@ -35,9 +36,6 @@ EC_ONLY = "only EC keys (P-256, P-384, P-521) are supported"
 
 class SignatureError(RuntimeError):
     """An export whose OpenSSF signature is missing or does not verify."""
-
-
-# Keys
 
 
 def generate_key_pair() -> tuple[str, str]:
@@ -135,9 +133,6 @@ def _key_file(pem: str) -> Iterator[Path]:
         yield Path(name)
     finally:
         os.unlink(name)
-
-
-# Signing and verification
 
 
 class _ExportHashing(hashing.Config):

@@ -60,6 +60,7 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert set(found) == {
         checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE, checks.EXPORTS_MATCH_MANIFESTS,
         checks.PRODUCTION_VERSIONS_SYNCED, checks.MARKETPLACE_MATCHES_SOURCES, checks.NO_STRAY_EXPORTS,
+        checks.EXPORTS_SIGNED_AND_CLEAN,
     }
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
     for name in (checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE):
@@ -72,6 +73,9 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert meta(found[checks.PRODUCTION_VERSIONS_SYNCED]) == {
         "production_versions_seen": 1, "exported": 1, "imported": 1, "missing_exports": 0, "missing_imports": 0,
     }
+    clean = meta(found[checks.EXPORTS_SIGNED_AND_CLEAN])
+    assert (clean["exports_checked"], clean["unsigned"], clean["with_blocking_findings"]) == (1, 0, 0)
+    assert clean["files_scanned"] >= 1  # the model's skops file, opened as a zip of .npy members
     matches = meta(found[checks.MARKETPLACE_MATCHES_SOURCES])
     assert (matches["workspaces_compared"], matches["models_compared"], matches["models_differing"]) == (1, 1, 0)
     assert matches["registry_requests"] >= 1 and matches["registry_seconds"] > 0

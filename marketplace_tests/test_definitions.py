@@ -45,6 +45,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         checks.EXPORTS_MATCH_MANIFESTS,
         checks.PRODUCTION_VERSIONS_SYNCED,
         checks.MARKETPLACE_MATCHES_SOURCES,
+        checks.EXPORTS_SIGNED_AND_CLEAN,
         checks.PARTITIONS_FRESH,
         checks.NO_STRAY_EXPORTS,
     }
@@ -53,7 +54,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     }
     sync_checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
     assert checks.EXPORTS_MATCH_MANIFESTS not in sync_checks and assets.IMPORT_LOADS_CHECK in sync_checks
-    assert checks.MARKETPLACE_MATCHES_SOURCES not in sync_checks  # it reads every workspace: the checks job's
+    assert checks.MARKETPLACE_MATCHES_SOURCES not in sync_checks and checks.EXPORTS_SIGNED_AND_CLEAN not in sync_checks  # it reads every workspace: the checks job's
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # the embedded default turns it on
