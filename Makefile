@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-rollback dev test stop bench wheel
+.PHONY: install demo demo-rollback dev test test-fast stop bench wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 test: install $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m pytest
 
+## make test-fast: the tests that start no server (configuration, decisions, layout, manifests,
+## scanning, signatures, schedules): a couple of minutes, for every change.
+test-fast: install $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m pytest -m "not servers"
+
 ## make stop: stop the demo's MLflow servers.
 stop:
 	@if [ -x $(PY) ]; then $(PY) -m marketplace.demo stop; else echo "nothing to stop"; fi
@@ -56,7 +61,7 @@ stop:
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m benchmarks.run
 
-## make wheel: the package's wheel in dist/, for the Databricks export job (see the README).
+## make wheel: the package's wheel in dist/, for the Databricks export job (docs/databricks.md).
 wheel: install
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
 	@ls dist/*.whl

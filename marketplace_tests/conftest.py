@@ -143,16 +143,38 @@ class Deployment:
         )
 
 
+# A registry address no test talks to: for definitions, schedules and configuration alone.
+UNUSED_URI = "http://127.0.0.1:9"
+
+
+def pytest_collection_modifyitems(items):
+    """The `servers` tier: every test that starts MLflow servers, emulators or the benchmark's;
+    `make test-fast` runs the rest (`-m "not servers"`)."""
+    for item in items:
+        if {"servers", "emulators"} & set(getattr(item, "fixturenames", ())) or "test_benchmarks" in item.nodeid:
+            item.add_marker(pytest.mark.servers)
+
+
 @pytest.fixture
 def deploy(tmp_path, servers):
     """Write a configuration for this test (workspaces scoped to its models) and load it."""
+    yield from _deployments(tmp_path, servers["marketplace"].uri)
+
+
+@pytest.fixture
+def configure(tmp_path):
+    """Like `deploy`, for tests that never reach a registry (no server is started)."""
+    yield from _deployments(tmp_path, UNUSED_URI)
+
+
+def _deployments(tmp_path: Path, marketplace_uri: str):
     instances = []
 
     def make(workspaces: list[dict], **overrides) -> Deployment:
         raw = {
             "start_date": (TODAY - dt.timedelta(days=10)).isoformat(),
             "external_storage": {"uri": "external"},
-            "marketplace": {"tracking_uri": servers["marketplace"].uri},
+            "marketplace": {"tracking_uri": marketplace_uri},
             "workspaces": workspaces,
             "client": {"timeout_seconds": 5, "max_retries": 0},
         }

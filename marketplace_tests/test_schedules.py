@@ -10,19 +10,18 @@ import pytest
 from marketplace.config import ConfigError
 from marketplace.partitions import split_partition_key
 
+from .conftest import UNUSED_URI
+
 UTC = dt.timezone.utc
 
 
-def _workspaces(servers, *names: str) -> list[dict]:
-    return [
-        {"name": name, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": ["none_*"]}
-        for name in names
-    ]
+def _workspaces(*names: str) -> list[dict]:
+    return [{"name": name, "tracking_uri": UNUSED_URI, "production": {"stage": "Production"}} for name in names]
 
 
-def test_daily_schedule_requests_one_run_per_workspace_for_the_scheduled_day(servers, deploy, uid):
+def test_daily_schedule_requests_one_run_per_workspace_for_the_scheduled_day(configure, uid):
     names = [f"a{uid}", f"b{uid}", f"c{uid}"]
-    deployment = deploy(_workspaces(servers, *names), schedule={"cron": "30 3 * * *"},
+    deployment = configure(_workspaces(*names), schedule={"cron": "30 3 * * *"},
                         start_date="2026-11-01")  # the dates below are fixed; the default start moves
     defs = deployment.defs
     schedule = defs.resolve_schedule_def("daily_marketplace_schedule")
@@ -61,9 +60,9 @@ def test_daily_schedule_requests_one_run_per_workspace_for_the_scheduled_day(ser
     assert not {r.run_key for r in later.run_requests} & {r.run_key for r in requests}
 
 
-def test_invalid_schedule_cron_fails_at_load_naming_the_key(servers, deploy, uid):
+def test_invalid_schedule_cron_fails_at_load_naming_the_key(configure, uid):
     with pytest.raises(ConfigError) as error:
-        deploy(_workspaces(servers, f"a{uid}"), schedule={"cron": "every day at two"})
+        configure(_workspaces(f"a{uid}"), schedule={"cron": "every day at two"})
     assert "schedule.cron" in str(error.value)
     assert "every day at two" in str(error.value)
     assert error.value.key == "schedule.cron"
@@ -73,15 +72,15 @@ def test_invalid_schedule_cron_fails_at_load_naming_the_key(servers, deploy, uid
     ("section", "key"),
     [("freshness", "check_cron"), ("checks", "cron"), ("housekeeping", "cron")],
 )
-def test_invalid_cron_of_other_schedules_fails_at_load_naming_the_key(servers, deploy, uid, section, key):
+def test_invalid_cron_of_other_schedules_fails_at_load_naming_the_key(configure, uid, section, key):
     with pytest.raises(ConfigError) as error:
-        deploy(_workspaces(servers, f"a{uid}"), **{section: {key: "61 * * * *"}})
+        configure(_workspaces(f"a{uid}"), **{section: {key: "61 * * * *"}})
     assert error.value.key == f"{section}.{key}"
 
 
-def test_audit_and_housekeeping_schedules_use_the_configured_crons_and_statuses(servers, deploy, uid):
-    deployment = deploy(
-        _workspaces(servers, f"a{uid}"),
+def test_audit_and_housekeeping_schedules_use_the_configured_crons_and_statuses(configure, uid):
+    deployment = configure(
+        _workspaces(f"a{uid}"),
         schedule={"cron": "15 1 * * *", "default_status": "stopped"},
         freshness={"check_cron": "10 * * * *", "default_status": "stopped"},
         checks={"cron": "45 6 * * 1-5", "default_status": "stopped"},
@@ -101,7 +100,7 @@ def test_audit_and_housekeeping_schedules_use_the_configured_crons_and_statuses(
         defs.resolve_job_def(job)  # the target exists in the definitions
 
     # The defaults when nothing is configured.
-    defaults = deploy(_workspaces(servers, f"b{uid}")).defs
+    defaults = configure(_workspaces(f"b{uid}")).defs
     assert {
         name: (defaults.resolve_schedule_def(name).cron_schedule, defaults.resolve_schedule_def(name).default_status)
         for name in expected
@@ -113,8 +112,8 @@ def test_audit_and_housekeeping_schedules_use_the_configured_crons_and_statuses(
     }
 
 
-def test_non_daily_schedules_request_an_unpartitioned_run(servers, deploy, uid):
-    defs = deploy(_workspaces(servers, f"a{uid}")).defs
+def test_non_daily_schedules_request_an_unpartitioned_run(configure, uid):
+    defs = configure(_workspaces(f"a{uid}")).defs
     context = dg.build_schedule_context(
         scheduled_execution_time=dt.datetime(2026, 11, 20, 5, 0, tzinfo=UTC), repository_def=defs.get_repository_def()
     )
