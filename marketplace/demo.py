@@ -7,10 +7,12 @@ Used by `make demo`, `make demo-rollback`, `make dev` and `make stop`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +21,42 @@ from marketplace.config import MarketplaceConfig, load_config
 from marketplace.local_servers import LocalServer, start, stop
 
 STATE_DIR_ENV = "MARKETPLACE_STATE_DIR"
+# Where the demo's own lines go while Dagster's, MLflow's and the export library's logs go to a file.
+_terminal = None
+
+
+def say(text: str = "") -> None:
+    stream = _terminal or sys.stdout
+    stream.write(f"{text}\n")
+    stream.flush()
+
+
+@contextlib.contextmanager
+def logs_to(path: Path) -> Iterator[None]:
+    """Send everything written to stdout and stderr (by this process and its children) to `path`,
+    keeping `say` on the terminal."""
+    global _terminal
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    _terminal = os.fdopen(os.dup(saved[0]), "w")
+    try:
+        with open(path, "a", encoding="utf-8") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        _terminal.close()
+        _terminal = None
+        for fd in saved:
+            os.close(fd)
 
 
 def state_dir(config: MarketplaceConfig) -> Path:
@@ -42,12 +80,12 @@ def up(config: MarketplaceConfig) -> None:
     with ThreadPoolExecutor(max(1, len(servers))) as pool:
         started = list(pool.map(start, servers))
     for server, process in zip(servers, started):
-        print(f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  (log: {server.log_path})")
+        say(f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  (log: {server.log_path})")
 
 
 def down(config: MarketplaceConfig) -> None:
     for server in local_servers(config):
-        print(f"  {server.name:<12} {'stopped' if stop(server) else 'was not running'}")
+        say(f"  {server.name:<12} {'stopped' if stop(server) else 'was not running'}")
 
 
 def _train(dataset: str, seed: int):
@@ -125,7 +163,7 @@ def seed(config: MarketplaceConfig) -> None:
         if models is None:
             continue
         created = seed_workspace(workspace.tracking_uri, workspace.production, models)
-        print(f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}")
+        say(f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}")
 
 
 def sync(config: MarketplaceConfig, only: str | None = None) -> int:
@@ -152,15 +190,11 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
             )
             counts = _counts(result)
             status = "ok" if result.success else "FAILED"
-            news = (
-                f"exported {counts['exported']}, imported {counts['imported']}"
-                if counts["exported"] or counts["imported"]
-                else "nothing new"
-            )
-            print(f"  {key}: {status}  {news}  (run {result.run_id[:8]})")
+            news = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in counts.items() if n) or "nothing new"
+            say(f"  {key}: {status}  {news}  (run {result.run_id[:8]})")
             for event in result.all_events:
                 if event.is_step_failure and event.event_specific_data.error:
-                    print(f"      {event.step_key}: {event.event_specific_data.error.message.strip()}")
+                    say(f"      {event.step_key}: {event.event_specific_data.error.message.strip()}")
             failures += not result.success
     return failures
 
@@ -177,7 +211,7 @@ def rollback(config: MarketplaceConfig) -> int:
 
     workspace = next((w for w in config.workspaces if w.name == ROLLBACK_WORKSPACE), None)
     if workspace is None or workspace.production.stage is None:
-        print(f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by stage")
+        say(f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by stage")
         return 1
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
     stage = workspace.production.stage
@@ -185,26 +219,29 @@ def rollback(config: MarketplaceConfig) -> int:
     newest = max(int(v.version) for v in client.search_model_versions(f"name='{ROLLBACK_MODEL}'"))
     now = int(current.version) if current else newest
     target = now - 1 if now > 1 else newest
-    print(f"\nBefore, {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} has v{now} in {stage}:")
+    say(f"\nBefore, {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} has v{now} in {stage}:")
     summary(config, history=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         client.transition_model_version_stage(ROLLBACK_MODEL, str(target), stage, archive_existing_versions=True)
-    print(f"\n{'Rolled back' if target < now else 'Rolled forward'}: {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} "
+    say(f"\n{'Rolled back' if target < now else 'Rolled forward'}: {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} "
           f"v{target} is in {stage} now (v{now} archived). Syncing {ROLLBACK_WORKSPACE}:")
     failures = sync(config, only=ROLLBACK_WORKSPACE)
-    print("\nAfter:")
+    say("\nAfter:")
     summary(config, history=True)
     return failures
 
 
+COUNTED = ("exported", "imported", "quarantined", "promoted", "rolled_back", "retired", "restored")
+
+
 def _counts(result) -> dict[str, int]:
-    counts = {"exported": 0, "imported": 0}
+    counts = dict.fromkeys(COUNTED, 0)
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         for name in counts:
             if name in materialization.metadata:
-                counts[name] = materialization.metadata[name].value
+                counts[name] += materialization.metadata[name].value
     return counts
 
 
@@ -219,7 +256,7 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)
     alias = config.marketplace.alias
-    print(f"\nThe marketplace ({config.marketplace.tracking_uri}):")
+    say(f"\nThe marketplace ({config.marketplace.tracking_uri}):")
     for model in sorted(client.search_registered_models(), key=lambda m: m.name):
         versions = client.search_model_versions(f"name='{model.name}'")
         try:
@@ -234,28 +271,28 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
             source = f"{(model.tags or {}).get(TAG_SOURCE_WORKSPACE)}/{(model.tags or {}).get(TAG_SOURCE_MODEL)}"
         else:
             source = f"{tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
-        print(f"  {model.name:<32} {len(versions)} version(s), {where:<18} from {source}")
+        say(f"  {model.name:<32} {len(versions)} version(s), {where:<18} from {source}")
         if status == "active":
-            print(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
-    print("\nDelta tables:")
+            say(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
+    say("\nDelta tables:")
     storage = configured_storage(config)
     for table in TABLES:
         uri = storage.location(table)
-        print(f"  {table:<18} {len(read_rows(uri, storage.delta_options()))} row(s) at {uri}")
+        say(f"  {table:<18} {len(read_rows(uri, storage.delta_options()))} row(s) at {uri}")
     if history:
         rows = read_rows(storage.location(PRODUCTION_HISTORY), storage.delta_options())
-        print("\nProduction history (newest last):")
+        say("\nProduction history (newest last):")
         for row in sorted(rows, key=lambda r: r["changed_at"]):
-            print(f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} {row['change']:<12} "
+            say(f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} {row['change']:<12} "
                   f"source v{row['source_version'] if row['source_version'] is not None else '-'} "
                   f"(was v{row['previous_source_version'] if row['previous_source_version'] is not None else '-'})")
         return
-    print("\nUIs:")
-    print(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
+    say("\nUIs:")
+    say(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
     for workspace in config.workspaces:
-        print(f"  {workspace.name} MLflow:      {workspace.tracking_uri}")
-    print("  Dagster:            make dev, then http://127.0.0.1:3000")
-    print("  Stop the servers:   make stop")
+        say(f"  {workspace.name} MLflow:      {workspace.tracking_uri}")
+    say("  Dagster:            make dev, then http://127.0.0.1:3000")
+    say("  Stop the servers:   make stop")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,22 +301,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config()
     steps = ["up", "seed", "sync", "summary"] if args.command == "all" else [args.command]
+    log = state_dir(config) / "demo.log"
     failures = 0
-    for step in steps:
-        print({"up": "MLflow servers:", "seed": "Demo models:", "sync": "Syncing today's partitions:",
-               "summary": "", "rollback": "Rolling a demo model back in its workspace:", "stop": "MLflow servers:"}[step])
-        if step == "up":
-            up(config)
-        elif step == "seed":
-            seed(config)
-        elif step == "sync":
-            failures += sync(config)
-        elif step == "summary":
-            summary(config)
-        elif step == "rollback":
-            failures += rollback(config)
-        else:
-            down(config)
+    with logs_to(log):
+        for step in steps:
+            say({"up": "MLflow servers:", "seed": "Demo models:", "sync": "Syncing today's partitions:",
+                 "summary": "", "rollback": "Rolling a demo model back in its workspace:",
+                 "stop": "MLflow servers:"}[step])
+            if step == "up":
+                up(config)
+            elif step == "seed":
+                seed(config)
+            elif step == "sync":
+                failures += sync(config)
+            elif step == "summary":
+                summary(config)
+            elif step == "rollback":
+                failures += rollback(config)
+            else:
+                down(config)
+    if steps != ["stop"]:
+        say(f"\nDagster's, MLflow's and mlflow-export-import's logs: {log}")
     return 1 if failures else 0
 
 
