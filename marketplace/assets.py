@@ -363,7 +363,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     continue
                 mp_name = marketplace.model_name(name, version.model_name)
                 source = SourceKey(name, version.model_name, version.version)
-                held = external_storage.quarantine(name, version.model_name, version.version, row["checksum"])
+                held = external_storage.quarantine(name, version.model_name, version.version, row["checksum"], policy)
                 if held is not None:
                     # Not scanned again until its export changes.
                     report.count("quarantined")
@@ -526,11 +526,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                         w.model_name: w.source_version for w in wanted
                         if w.source_version is not None
                         and SourceKey(name, w.model_name, w.source_version) not in known.get(w.marketplace_name, {})
-                        and external_storage.quarantine(name, w.model_name, w.source_version) is not None
+                        and external_storage.quarantine(name, w.model_name, w.source_version,
+                                                        policy=marketplace.scan_policy) is not None
                     }
                     done = register_workspace(
                         client, marketplace.marker, name, wanted, known, recorded_states(history),
-                        source_uri=redact_uri(workspaces.get(name).tracking_uri), run_id=context.run_id,
+                        source_uri=redact_uri(workspaces.get(name).tracking_uri), run_id=context.run.run_id,
                         snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
                     )
                 report.count("history_rows_inserted",

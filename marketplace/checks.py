@@ -20,7 +20,7 @@ from marketplace.partitions import partition_key
 from marketplace.polling import poll_workspaces, workspace_targets
 from marketplace.registration import divergences, marketplace_production
 from marketplace.registry import configure_http
-from marketplace.scanning import ScanPolicy, scan_folder
+from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
 from marketplace.telemetry import registry_time
@@ -240,7 +240,7 @@ def build_signed_and_clean_check(config: MarketplaceConfig) -> dg.AssetChecksDef
     public_keys = {w.name: config.public_key(w.name) for w in config.workspaces}
     required = config.require_signatures
     security = config.security
-    policy = ScanPolicy("block", security.block_severity, tuple(security.allow_globals))
+    policy = security.policy("block")
 
     @dg.asset_check(
         asset=EXPORTS,

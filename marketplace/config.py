@@ -240,6 +240,12 @@ class SecurityConfig(_Strict):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    def policy(self, mode: str | None = None):
+        """As a scanning.ScanPolicy (in `mode`, if given: an audit weighs findings as `block` would)."""
+        from marketplace.scanning import ScanPolicy  # modelscan: only where scanning happens
+
+        return ScanPolicy(mode or self.scan, self.block_severity, tuple(self.allow_globals))
+
     @field_validator("allow_globals")
     @classmethod
     def _globals(cls, value: list[str]) -> list[str]:

@@ -33,6 +33,7 @@ from marketplace.manifest import (
     write_manifest,
 )
 from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
+from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
 from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError, lock_name
 
@@ -125,12 +126,22 @@ def record_quarantine(storage: Storage, key: str, *, checksum: str, findings: li
                                    "checksum": checksum, "findings": findings}, ensure_ascii=False))
 
 
-def quarantine_of(storage: Storage, key: str, checksum: str | None = None) -> dict | None:
-    """The version's quarantine record (of the export with `checksum`, if given), if any."""
+def quarantine_of(storage: Storage, key: str, checksum: str | None = None,
+                  policy: ScanPolicy | None = None) -> dict | None:
+    """The version's quarantine record (of the export with `checksum`, if given), if any, and, given
+    `policy`, only while its findings still block under it (an allowlist or a lower severity since)."""
     record = read_skip_record(storage, key)
     if not record or not record.get("quarantined"):
         return None
-    return record if checksum is None or record.get("checksum") == checksum else None
+    if checksum is not None and record.get("checksum") != checksum:
+        return None
+    if policy is not None:
+        try:
+            if not ScanReport.of_record(record.get("findings") or []).blocking(policy):
+                return None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None  # not a record we wrote: scan the export again
+    return record
 
 
 def clear_skip_record(storage: Storage, key: str, *, keep_quarantine: bool) -> None:
@@ -446,7 +457,7 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
                 outcome: Outcome, log, private_key: str | None) -> None:
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
-    # Signatures are checked at import, which refuses a planted export saying why (see README).
+    # Signatures are checked at import, which refuses a planted export saying why (docs/pipeline.md).
     record, problem = inspect_export(Tree(storage, key), identity=identity)
     if record is None:
         if problem:

@@ -218,9 +218,11 @@ class ExternalStorageResource(dg.ConfigurableResource):
     def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
         return self.inspect_export(workspace, model, version)[0]
 
-    def quarantine(self, workspace: str, model: str, version: int, checksum: str | None = None) -> dict | None:
-        """The version's quarantine record (of its export with `checksum`, if given): never imported."""
-        return quarantine_of(self.storage, skip_record_key(workspace, model, version), checksum)
+    def quarantine(self, workspace: str, model: str, version: int, checksum: str | None = None,
+                   policy: ScanPolicy | None = None) -> dict | None:
+        """The version's quarantine record (of its export with `checksum`, if given; still blocking
+        under `policy`, if given): never imported."""
+        return quarantine_of(self.storage, skip_record_key(workspace, model, version), checksum, policy)
 
     def record_quarantine(self, workspace: str, model: str, version: int, **record) -> None:
         record_quarantine(self.storage, skip_record_key(workspace, model, version), **record)

@@ -151,6 +151,11 @@ class ScanReport:
         """Findings that stop the model under policy (none unless its mode is block)."""
         return tuple(f for f in self._at_or_above(policy) if f.operator not in policy.allow_globals)
 
+    @classmethod
+    def of_record(cls, findings: Iterable[Mapping[str, Any]]) -> ScanReport:
+        """The findings a quarantine record kept, to weigh them again under today's policy."""
+        return cls(findings=tuple(Finding.from_dict(f) for f in findings), files_scanned=0, seconds=0.0)
+
     def allowed(self, policy: ScanPolicy) -> tuple[Finding, ...]:
         """Findings that would block but for policy's allowlist."""
         return tuple(f for f in self._at_or_above(policy) if f.operator in policy.allow_globals)

@@ -18,6 +18,7 @@ from marketplace.polling import poll_workspaces, workspace_targets
 from marketplace.registration import Recorded, recorded_states
 from marketplace.registry import configure_http
 from marketplace.resources import configured_storage
+from marketplace.scanning import ScanPolicy
 from marketplace.storage import Storage
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
@@ -48,10 +49,11 @@ def pending_changes(production: Mapping[str, int], recorded: Mapping[str, Record
     return sorted(pending)
 
 
-def _quarantined(storage: Storage, workspace: str, change: str) -> bool:
-    """A version the scan blocked is not asked for again until its export changes."""
+def _quarantined(storage: Storage, workspace: str, change: str, policy: ScanPolicy) -> bool:
+    """A version the scan blocked is not asked for again until its export (or the policy) changes."""
     model, _, version = change.rpartition("@")
-    return version.isdigit() and quarantine_of(storage, skip_record_key(workspace, model, int(version))) is not None
+    return version.isdigit() and quarantine_of(
+        storage, skip_record_key(workspace, model, int(version)), policy=policy) is not None
 
 
 def _run_key(workspace: str, day: dt.date, pending: list[str], attempt: int) -> str:
@@ -85,6 +87,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         )
         storage = configured_storage(config)
         recorded = _recorded(storage)
+        policy = config.security.policy()
         now = time.time()
         requests, notes, unreachable = [], [], {}
         for workspace in config.workspaces:
@@ -95,7 +98,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
                 continue  # keep its cursor entry: an outage is not progress
             pending = [
                 change for change in pending_changes(result.production, recorded.get(workspace.name, {}))
-                if not _quarantined(storage, workspace.name, change)
+                if not _quarantined(storage, workspace.name, change, policy)
             ]
             if not pending:
                 cursor.pop(workspace.name, None)

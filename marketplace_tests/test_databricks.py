@@ -62,7 +62,7 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
     assert MlflowClient(servers["marketplace"].uri).get_registered_model(f"dev01.{uid}_m").tags["marketplace.status"] == "retired"
     assert source.api_calls > 0 and market.api_calls > 0
     # mlflow-export-import probes once per process whether it talks to Databricks, with a client
-    # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (see README).
+    # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (docs/databricks.md).
     assert set(source.refused + market.refused) <= {"/api/2.0/clusters/list-node-types"}
     # The Databricks workspace registry has stages only (MLflow refuses aliases there).
     version = materializations(result, assets.REGISTRATION)
