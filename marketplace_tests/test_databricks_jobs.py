@@ -20,6 +20,7 @@ from marketplace.config import ConfigError, parse_config
 from marketplace.engines import ExportEngine, databricks_task
 from marketplace.exports import export_key
 from marketplace.resources import configured_storage
+from marketplace.signatures import generate_key_pair, verify_export_signature
 
 from .conftest import CLOUD_KEYS, materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
@@ -109,6 +110,40 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
     assert row["export_path"] == storage.location(export_key("dev01", f"{uid}_m", 1)) and row["file_count"] > 3
     assert version.description.startswith("Exported Already On ")  # the job wrote the marker
     assert materializations(result, assets.IMPORTS)["imported"] == 1
+
+
+def test_the_job_signs_the_export_with_a_key_read_from_a_secret(servers, deploy, uid, s3_storage, tmp_path, monkeypatch):
+    private, public = generate_key_pair()
+    (tmp_path / "dev01.pub.pem").write_text(public)
+    monkeypatch.delenv("DEV01_SIGNING_KEY", raising=False)  # only the workspace's secret scope holds it
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET,
+                     "marketplace/dev01-signing-key": private}
+    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
+                           volumes_root=tmp_path / "workspace", secrets_store=secrets_store,
+                           cluster_env={"AWS_EC2_METADATA_DISABLED": "true"}) as workspace:
+        export = {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "poll_interval_seconds": 0.2,
+                  "serverless": True,
+                  "env": {**SECRET_ENV, "DEV01_SIGNING_KEY": "{{secrets/marketplace/dev01-signing-key}}"}}
+        deployment = deploy(
+            [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
+              "production": {"stage": "Production"}, "include": [f"{uid}_*"], "export": export,
+              "signing": {"private_key_env": "DEV01_SIGNING_KEY", "public_key": "dev01.pub.pem"}}],
+            external_storage=s3_storage,
+            marketplace={"name_template": uid + ".{workspace}.{model}"},
+        )
+        result = deployment.sync("dev01")
+        assert result.success, step_failure_message(result) + "\n" + "\n".join(
+            run["log"].read_text(errors="replace")[-3000:] for run in workspace.jobs.runs.values())
+
+    # Serverless: the job read the key through the secrets API itself; the spec holds only its reference.
+    assert "marketplace/dev01-signing-key" in workspace.jobs.secrets_read
+    assert private not in json.dumps(workspace.jobs.submitted)
+    storage = configured_storage(deployment.config)
+    with storage.local_tree(export_key("dev01", f"{uid}_m", 1)) as local:
+        verify_export_signature(local, public)
+    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"{uid}.dev01.{uid}_m", "production")
 
 
 def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, uid, s3_storage, tmp_path):
