@@ -262,16 +262,16 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
         try:
             aliased = client.get_model_version_by_alias(model.name, alias)
             tags = aliased.tags
-            where = f"@{alias} -> v{aliased.version}"
+            where = f"@{alias} = v{aliased.version}"
         except Exception:  # noqa: BLE001 - a model without the alias is still listed
             tags, where = {}, f"no @{alias}"
         status = (model.tags or {}).get(TAG_STATUS, "active")
         if status != "active":
             where = f"{status} since {(model.tags or {}).get(TAG_STATUS_CHANGED_AT, '?')[:19]}"
-            source = f"{(model.tags or {}).get(TAG_SOURCE_WORKSPACE)}/{(model.tags or {}).get(TAG_SOURCE_MODEL)}"
+            source = f"from {(model.tags or {}).get(TAG_SOURCE_WORKSPACE)}/{(model.tags or {}).get(TAG_SOURCE_MODEL)}"
         else:
-            source = f"{tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
-        say(f"  {model.name:<32} {len(versions)} version(s), {where:<18} from {source}")
+            source = f"the copy of {tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
+        say(f"  {model.name:<32} {len(versions)} version(s), {where:<18} {source}")
         if status == "active":
             say(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
     say("\nDelta tables:")
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures += rollback(config)
             else:
                 down(config)
-    if steps != ["stop"]:
+    if {"sync", "rollback"} & set(steps):
         say(f"\nDagster's, MLflow's and mlflow-export-import's logs: {log}")
     return 1 if failures else 0
 
