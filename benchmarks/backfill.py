@@ -1,30 +1,70 @@
-"""A backfill of the last N days x every demo workspace, launched through GraphQL; wall time and runs.
+"""A backfill of the last N days x W workspaces, launched through GraphQL; wall time and runs.
 
-Run `make demo` first, then: .venv/bin/python -m benchmarks.backfill 30
-It starts its own `dagster dev` (webserver and daemon) with a temporary DAGSTER_HOME.
+Run `make demo` first, then: .venv/bin/python -m benchmarks.backfill DAYS [WORKSPACES]
+Without WORKSPACES, the demo's three workspaces into the demo marketplace. With it, that many
+workspaces spread round robin over the demo's source servers, into a marketplace server and
+external storage of its own (the demo's marketplace is left alone). Each attempt starts its own
+`dagster dev` (webserver and daemon) with a temporary DAGSTER_HOME, whose run queue allows
+`--max-concurrent-runs` runs at once (Dagster's default is 10).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from marketplace.assets import CHAIN
 from marketplace.config import load_config
 from marketplace.local_dagster import DagsterDev
+from marketplace.local_servers import LocalServer, free_port, start, stop
 
 
+def _many_workspaces(count: int, folder: Path, marketplace_uri: str) -> Path:
+    demo = load_config()
+    raw = {
+        "start_date": (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=60)).isoformat(),
+        "external_storage": {"uri": str(folder / "external")},
+        "marketplace": {"tracking_uri": marketplace_uri},
+        "sensor": {"default_status": "stopped"},
+        "schedule": {"default_status": "stopped"},
+        "automation": {"default_status": "stopped"},
+        "workspaces": [
+            {
+                "name": f"w{i:03d}",
+                "tracking_uri": demo.workspaces[i % len(demo.workspaces)].tracking_uri,
+                "production": demo.workspaces[i % len(demo.workspaces)].production.model_dump(exclude_none=True),
+            }
+            for i in range(count)
+        ],
+    }
+    path = folder / f"backfill-{count}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
 
-def main(days: int) -> None:
-    config = load_config()
-    today = dt.datetime.now(dt.timezone.utc).date()
-    dates = [today - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
-    partitions = [f"{d.isoformat()}|{w.name}" for d in dates for w in config.workspaces]
-    with tempfile.TemporaryDirectory() as tmp:
-        dev = DagsterDev(config.path, Path(tmp) / "dagster_home", cwd=config.path.parent)
+
+def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="marketplace-backfill-") as tmp:
+        folder = Path(tmp)
+        market = None
+        if workspaces:
+            market = LocalServer("backfill_market", folder / "market", free_port())
+            start(market)
+            config = load_config(_many_workspaces(workspaces, folder, market.uri))
+        else:
+            config = load_config()
+        today = dt.datetime.now(dt.timezone.utc).date()
+        dates = [today - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
+        partitions = [f"{d.isoformat()}|{w.name}" for d in dates for w in config.workspaces]
+        home = folder / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(
+            f"telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: {max_concurrent_runs}\n")
+        dev = DagsterDev(config.path, home, cwd=config.path.parent)
         try:
             dev.wait_until_loaded()
             for attempt in ("first", "again"):
@@ -33,12 +73,20 @@ def main(days: int) -> None:
                 elapsed = time.perf_counter() - started
                 statuses = sorted({r["status"] for r in status["runs"]})
                 print(
-                    f"{attempt}: {len(dates)} days x {len(config.workspaces)} workspaces = {len(partitions)} partitions: "
-                    f"{elapsed:.0f} s wall, {len(status['runs'])} runs ({', '.join(statuses)}), backfill {status['status']}"
+                    f"{attempt}: {len(dates)} days x {len(config.workspaces)} workspaces = {len(partitions)} partitions, "
+                    f"at most {max_concurrent_runs} runs at once: {elapsed:.0f} s wall, {len(status['runs'])} runs "
+                    f"({', '.join(statuses)}), backfill {status['status']}", flush=True,
                 )
         finally:
             dev.stop()
+            if market is not None:
+                stop(market)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("days", type=int, nargs="?", default=30)
+    parser.add_argument("workspaces", type=int, nargs="?", default=None)
+    parser.add_argument("--max-concurrent-runs", type=int, default=10)
+    args = parser.parse_args()
+    main(args.days, args.workspaces, args.max_concurrent_runs)

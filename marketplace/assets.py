@@ -36,7 +36,7 @@ from marketplace.imports import (
 )
 from marketplace.loading import TAG_VERIFIED, LoadResult, artifact_fingerprint, load_and_predict
 from marketplace.manifest import ManifestError, read_manifest
-from marketplace.storage import StorageError
+from marketplace.storage import LockLost, StorageError
 from marketplace.partitions import split_partition_key
 from marketplace.registry import (
     ProductionVersion,
@@ -192,8 +192,9 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     common = {
         "partitions_def": partitions_def,
         "group_name": GROUP,
-        # A backfill runs one run per date with all of its workspaces; the assets loop over them.
-        "backfill_policy": dg.BackfillPolicy.single_run(),
+        # One partition per run, so that one workspace's failure fails its own run only: in a run of
+        # several partitions a failed step skips every partition's later steps (see docs/operations.md).
+        "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     }
     downstream = {**common, "automation_condition": SYNC_DOWNSTREAM}
     # Dagster's policy sees the newest materialization of any partition; per-workspace
@@ -376,7 +377,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 try:
                     # One importer per marketplace model at a time, across processes: the check
                     # for an existing version and the import must not interleave.
-                    with external_storage.lock("import", mp_name):
+                    with external_storage.lock("import", mp_name) as held:
                         with _registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
                             existing = marketplace_versions(client, mp_name)
                         if source in existing:  # imported by a concurrent run since the search above
@@ -409,6 +410,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                                 scan_warnings[label] = [f.to_dict() for f in scan.findings]
                                 context.log.warning(f"{label}: scan findings that do not block: {scan.describe()}")
                         context.log.info(f"importing {label} as {mp_name}")
+                        held.check()  # a lost lock imports nothing
                         created = _import_once(client, marketplace, row, local, mp_name, source, day,
                                                redact_uri(workspaces.get(name).tracking_uri))
                     report.count("imported")
@@ -514,7 +516,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 summary.IMPORT_SUMMARY, workspace=name, columns=["workspace", "model_name"])}
             # One registration of a workspace at a time: the history read, the registry changes and
             # the rows written from them must not interleave with another run's.
-            with external_storage.lock("register", name):
+            with external_storage.lock("register", name) as held:
                 history = external_storage.read_rows(summary.PRODUCTION_HISTORY, workspace=name)
                 wanted = [
                     Wanted(model, marketplace.model_name(name, model), production.get(model))
@@ -534,6 +536,10 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                         source_uri=redact_uri(workspaces.get(name).tracking_uri), run_id=context.run.run_id,
                         snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
                     )
+                try:
+                    held.check()  # the registry moved; the rows that record it are written only while held
+                except LockLost as exc:
+                    raise dg.Failure(description=f"workspace {name}: history not recorded: {exc}") from None
                 report.count("history_rows_inserted",
                              external_storage.merge_rows(summary.PRODUCTION_HISTORY, done.history_rows))
             for outcome in done.outcomes:

@@ -10,7 +10,7 @@ import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -327,6 +327,7 @@ def export_version(
     signing_key: str | None = None,
     registry_uri: str | None = None,
     private_key: str | None = None,
+    still_held: Callable[[], None] | None = None,
 ) -> ExportRecord:
     """Export one production version, verify it, write its manifest last and publish it; with
     `private_key` (the workspace's, PEM), sign the whole folder, manifest included (model.sig).
@@ -371,6 +372,8 @@ def export_version(
         theirs = existing_export(destination, identity=identity, signing_key=signing_key)
         if theirs is not None:
             return theirs  # another run finished the same export first: keep theirs
+        if still_held is not None:
+            still_held()  # a lost lock (its lease taken over) publishes nothing
         # Whatever is there is debris, or a folder that does not belong there: replaced.
         storage.publish(staging, key, MANIFEST_NAME)
     finally:
@@ -436,10 +439,10 @@ def export_versions(
         outcome = Outcome(version.model_name, version.version, "failed")
         try:
             with storage.lock(lock_name("export", workspace, version.model_name, str(version.version)),
-                              EXPORT_LOCK_SECONDS):
+                              EXPORT_LOCK_SECONDS) as held:
                 try:
                     _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key,
-                                source_marker, outcome, log, private_key)
+                                source_marker, outcome, log, private_key, held.check)
                 except SourceProblem as exc:
                     # The version itself is at fault: skip it, say why, and sync the others.
                     outcome.status, outcome.detail = "skipped", redact_text(str(exc))
@@ -454,7 +457,7 @@ def export_versions(
 
 
 def _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key, source_marker,
-                outcome: Outcome, log, private_key: str | None) -> None:
+                outcome: Outcome, log, private_key: str | None, still_held: Callable[[], None]) -> None:
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
     # Signatures are checked at import, which refuses a planted export saying why (docs/pipeline.md).
@@ -469,7 +472,7 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
             log.info(f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging folder(s) a dead run left")
         record = export_version(client, tracking_uri, storage=storage, workspace=workspace, version=version,
                                 export_date=day, signing_key=signing_key, registry_uri=registry_uri,
-                                private_key=private_key)
+                                private_key=private_key, still_held=still_held)
         outcome.status = "exported"
         outcome.files, outcome.size_bytes = len(record.manifest.files), record.manifest.size_bytes
     else:

@@ -30,7 +30,7 @@ BACKFILL_STATUS = """
 query($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
     __typename
-    ... on PartitionBackfill { status numPartitions runs { runId status } }
+    ... on PartitionBackfill { status numPartitions runs { runId status tags { key value } } }
     ... on PythonError { message }
   }
 }"""

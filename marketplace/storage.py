@@ -52,6 +52,11 @@ class LockTimeout(TimeoutError):
     """A lock another process held for longer than the caller was willing to wait."""
 
 
+class LockLost(StorageError):
+    """A lease its holder could not keep (taken over, or not renewed for a whole lease): the holder
+    stops writing, and the work it was doing fails."""
+
+
 def brief(exc: BaseException) -> str:
     """obstore's message without the debug dump it appends after a blank line."""
     return str(exc).split("\n\n", 1)[0].strip()
@@ -233,9 +238,13 @@ class LocalStorage(Storage):
     def lock(self, name: str, timeout_seconds: float) -> contextlib.AbstractContextManager:
         from filelock import FileLock
 
+        class HeldFileLock(FileLock):
+            def check(self) -> None:
+                """A flock cannot be lost while its process lives: nothing to check."""
+
         path = self.path(LOCKS_DIR) / f"{name}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(path), timeout=timeout_seconds)
+        return HeldFileLock(str(path), timeout=timeout_seconds)
 
 
 def split_options(options: Mapping[str, str]) -> tuple[dict[str, object], dict[str, object]]:
@@ -423,6 +432,7 @@ class LeaseLock:
         self._etag: str | None = None
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._renewed_at = 0.0
         self.lost = False
 
     def _payload(self) -> bytes:
@@ -454,6 +464,7 @@ class LeaseLock:
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"{self.storage.location(self.key)}: still held after {self.timeout_seconds:.0f} s")
             time.sleep(min(1.0, self.lease_seconds / 10))
+        self._renewed_at = time.monotonic()
         self._stop.clear()
         self._heartbeat = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
         self._heartbeat.start()
@@ -464,6 +475,7 @@ class LeaseLock:
         while not self._stop.wait(self.lease_seconds / 4):
             try:
                 self._etag = self.storage.put(self.key, self._payload(), {"e_tag": self._etag})
+                self._renewed_at = time.monotonic()
             except (PreconditionError, NotFoundError, FileNotFoundError):
                 # Changed or gone: another process took the lease over after we failed to renew it.
                 self.lost = True
@@ -471,6 +483,18 @@ class LeaseLock:
                 return
             except Exception:  # noqa: BLE001 - a network blip: try again at the next beat
                 continue
+
+    def check(self) -> None:
+        """LockLost unless this process still holds the lease: called before each write the lock
+        protects, so a holder whose lease was taken over (or could not be renewed for a whole
+        lease, after which a waiter may take it) writes nothing more."""
+        where = self.storage.location(self.key)
+        if self.lost:
+            raise LockLost(f"lost the lock {where}: another process took it over; stopped before writing")
+        unrenewed = time.monotonic() - self._renewed_at
+        if unrenewed > self.lease_seconds:
+            raise LockLost(f"lost the lock {where}: not renewed for {unrenewed:.0f} s, longer than its "
+                           f"{self.lease_seconds:.0f} s lease, so another process may hold it; stopped before writing")
 
     def release(self) -> None:
         self._stop.set()

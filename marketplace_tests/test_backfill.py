@@ -14,6 +14,7 @@ from marketplace import assets
 from marketplace.imports import TAG_SOURCE_VERSION
 
 from .conftest import TODAY, register_version
+from .faults import FaultProxy
 from marketplace.local_dagster import DagsterDev
 
 
@@ -42,7 +43,7 @@ def dagster_dev(tmp_path):
         dev.stop()
 
 
-def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_back(
+def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_alias_back(
     servers, deploy, uid, dagster_dev
 ):
     a, b = f"a{uid}", f"b{uid}"
@@ -65,7 +66,7 @@ def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_
     first = dev.backfill(partitions, [k.path for k in assets.CHAIN])
     assert first["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), first
     assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
-    assert len(first["runs"]) <= len(days)  # one run per date, not one per partition
+    assert len(first["runs"]) == len(partitions)  # one run per partition: each fails alone
 
     root = Path(deployment.config.storage_root)
     exports = DeltaTable(str(root / "export_summary")).to_pyarrow_table().to_pylist()
@@ -91,3 +92,55 @@ def test_backfill_runs_one_run_per_date_is_idempotent_and_never_moves_the_alias_
     third = dev.backfill([f"{days[0].isoformat()}|{a}"], [k.path for k in assets.CHAIN])
     assert {r["status"] for r in third["runs"]} == {"SUCCESS"}
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
+
+
+def _by_partition(status: dict) -> dict[str, str]:
+    """Each run's partition and how it ended."""
+    ended = {}
+    for run in status["runs"]:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        partition = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start")
+        assert partition and partition == tags.get("dagster/asset_partition_range_end", partition), tags
+        ended[partition] = run["status"]
+    return ended
+
+
+def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(servers, deploy, uid, dagster_dev):
+    """Three workspaces over two dates, the third's registry down: the other two sync; once it is
+    back, the same backfill launched again syncs it too."""
+    names = [f"a{uid}", f"b{uid}", f"c{uid}"]
+    for name in names:
+        register_version(servers["ws_a"].uri, f"{uid}_{name}_m", stage="Production")
+    stopped = {"default_status": "stopped"}
+    with FaultProxy(servers["ws_a"].uri, fail_first=None) as down:  # every request answered 503
+        workspaces = [
+            {"name": name, "tracking_uri": down.uri if name == names[2] else servers["ws_a"].uri,
+             "production": {"stage": "Production"}, "include": [f"{uid}_{name}_*"]}
+            for name in names
+        ]
+        deployment = deploy(workspaces, automation=stopped, schedule=stopped, freshness=stopped, checks=stopped,
+                            housekeeping=stopped, sensor=stopped, marketplace={"name_template": "{workspace}.{model}"})
+        days = [TODAY - dt.timedelta(days=1), TODAY]
+        partitions = [f"{day.isoformat()}|{w}" for day in days for w in names]
+        dev = dagster_dev(deployment.path)
+
+        first = dev.backfill(partitions, [k.path for k in assets.CHAIN])
+        ended = _by_partition(first)
+        assert {p: s for p, s in ended.items() if p.endswith(names[2])} == {
+            f"{day.isoformat()}|{names[2]}": "FAILURE" for day in days}
+        assert {s for p, s in ended.items() if not p.endswith(names[2])} == {"SUCCESS"}
+        assert len(ended) == len(partitions)
+        root = Path(deployment.config.storage_root)
+        imported = DeltaTable(str(root / "import_summary")).to_pyarrow_table().to_pylist()
+        assert sorted(r["workspace"] for r in imported) == names[:2]
+        market = MlflowClient(servers["marketplace"].uri)
+        for name in names[:2]:
+            assert market.get_model_version_by_alias(f"{name}.{uid}_{name}_m", "production").version == "1"
+        assert market.search_registered_models(filter_string=f"name='{names[2]}.{uid}_{names[2]}_m'") == []
+
+        down.fail_first = 0  # the registry is back
+        again = dev.backfill(partitions, [k.path for k in assets.CHAIN])
+        assert set(_by_partition(again).values()) == {"SUCCESS"}
+    imported = DeltaTable(str(root / "import_summary")).to_pyarrow_table().to_pylist()
+    assert sorted(r["workspace"] for r in imported) == names
+    assert market.get_model_version_by_alias(f"{names[2]}.{uid}_{names[2]}_m", "production").version == "1"

@@ -65,7 +65,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     for name in ("marketplace_freshness_schedule", "marketplace_checks_schedule", "marketplace_maintenance_schedule"):
         definitions.resolve_schedule_def(name)
     for key in chain:
-        assert graph.get(key).backfill_policy == dg.BackfillPolicy.single_run()
+        assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
     for key in chain[1:]:
         assert graph.get(key).automation_condition is not None
     for key in (assets.EXPORT_SUMMARY, assets.IMPORT_SUMMARY, assets.REGISTRATION):
