@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.demo_workspaces import demo_workspaces
 from marketplace.assets import CHAIN
 from marketplace.config import load_config
 from marketplace.local_dagster import DagsterDev
@@ -25,7 +26,6 @@ from marketplace.local_servers import LocalServer, free_port, start, stop
 
 
 def _many_workspaces(count: int, folder: Path, marketplace_uri: str) -> Path:
-    demo = load_config()
     raw = {
         "start_date": (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=60)).isoformat(),
         "external_storage": {"uri": str(folder / "external")},
@@ -33,14 +33,7 @@ def _many_workspaces(count: int, folder: Path, marketplace_uri: str) -> Path:
         "sensor": {"default_status": "stopped"},
         "schedule": {"default_status": "stopped"},
         "automation": {"default_status": "stopped"},
-        "workspaces": [
-            {
-                "name": f"w{i:03d}",
-                "tracking_uri": demo.workspaces[i % len(demo.workspaces)].tracking_uri,
-                "production": demo.workspaces[i % len(demo.workspaces)].production.model_dump(exclude_none=True),
-            }
-            for i in range(count)
-        ],
+        "workspaces": demo_workspaces(count),
     }
     path = folder / f"backfill-{count}.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from benchmarks.demo_workspaces import demo_workspaces
 from marketplace.config import load_config
 from marketplace.definitions import build_definitions
 
@@ -23,14 +24,7 @@ def tick_seconds(count: int, folder: Path) -> tuple[float, int]:
     raw = {
         "external_storage": {"uri": demo.storage_root},
         "marketplace": {"tracking_uri": demo.marketplace.tracking_uri},
-        "workspaces": [
-            {
-                "name": f"w{i:03d}",
-                "tracking_uri": demo.workspaces[i % len(demo.workspaces)].tracking_uri,
-                "production": demo.workspaces[i % len(demo.workspaces)].production.model_dump(exclude_none=True),
-            }
-            for i in range(count)
-        ],
+        "workspaces": demo_workspaces(count),
     }
     path = folder / f"tick-{count}.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -225,12 +225,27 @@ class Cli:
     def sync(self, workspace_name: str, day: dt.date = TODAY) -> dict:
         """One run, which must succeed; the metadata of its registration."""
         self.launch(workspace_name, day).finish()
+        return self.newest_metadata(assets.REGISTRATION)
+
+    def newest_metadata(self, asset_key: dg.AssetKey) -> dict:
+        """The metadata of the asset's newest materialization on this persistent instance."""
         instance = dg.DagsterInstance.from_config(str(self.home))
         try:
-            record = instance.fetch_materializations(assets.REGISTRATION, limit=1).records[0]
+            record = instance.fetch_materializations(asset_key, limit=1).records[0]
         finally:
             instance.dispose()
         return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def synced_at_v2(deploy, source: str, ws: str, model: str, uid: str):
+    """A stage workspace whose model has v1 and v2, v2 in production, synced once."""
+    register_version(source, model, stage="Production")
+    register_version(source, model)
+    promote(source, model, 2, STAGE)
+    deployment = deploy([workspace(ws, source, STAGE, uid)])
+    result = deployment.sync(ws)
+    assert result.success, step_failure_message(result)
+    return deployment
 
 
 @pytest.mark.parametrize("selected_by", ["stage", "alias"])
@@ -347,12 +362,7 @@ def test_two_concurrent_runs_after_a_rollback_record_it_once(servers, deploy, ui
     ws, model = f"a{uid}", f"{uid}_iris"
     mp = f"{ws}.{model}"
     market = MlflowClient(servers["marketplace"].uri)
-    register_version(source, model, stage="Production")
-    register_version(source, model)
-    promote(source, model, 2, STAGE)
-    deployment = deploy([workspace(ws, source, STAGE, uid)])
-    first = deployment.sync(ws)
-    assert first.success, step_failure_message(first)
+    deployment = synced_at_v2(deploy, source, ws, model, uid)
     promote(source, model, 1, STAGE)
 
     cli = Cli(deployment, tmp_path)
@@ -442,12 +452,7 @@ def test_a_model_excluded_by_curation_is_retired_and_restored_when_put_back(serv
 def test_reconciliation_check_passes_in_sync_and_names_a_model_rolled_back_since(servers, deploy, uid):
     source = servers["ws_a"].uri
     ws, model = f"a{uid}", f"{uid}_iris"
-    register_version(source, model, stage="Production")
-    register_version(source, model)
-    promote(source, model, 2, STAGE)
-    deployment = deploy([workspace(ws, source, STAGE, uid)])
-    result = deployment.sync(ws)
-    assert result.success, step_failure_message(result)
+    deployment = synced_at_v2(deploy, source, ws, model, uid)
 
     found = check_evaluations(deployment)
     assert found[MATCHES_SOURCES].passed, found[MATCHES_SOURCES].description

@@ -76,16 +76,6 @@ def register_unsafe_version(uri: str, model: str, marker: Path) -> str:
     return version
 
 
-def newest_imports_metadata(cli: Cli) -> dict:
-    """The metadata of the newest imports materialization on the CLI's persistent instance."""
-    instance = dg.DagsterInstance.from_config(str(cli.home))
-    try:
-        record = instance.fetch_materializations(assets.IMPORTS, limit=1).records[0]
-    finally:
-        instance.dispose()
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
-
-
 def counts(evaluation: dg.AssetCheckEvaluation) -> dict[str, int]:
     """What exports_signed_and_clean counted."""
     names = ("exports_checked", "unsigned", "mis_signed", "with_blocking_findings")
@@ -123,7 +113,7 @@ def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(serv
     assert market.get_model_version_by_alias(f"{ws}.{clean}", ALIAS).tags[TAG_SOURCE_VERSION] == "1"
     assert "quarantined" in registered["waiting"][f"{ws}/{unsafe}"]
 
-    imported = newest_imports_metadata(cli)
+    imported = cli.newest_metadata(assets.IMPORTS)
     assert (imported["imported"], imported["quarantined"]) == (1, 1)
     assert imported["files_scanned"] > 0
     findings = imported["quarantined_versions"][f"{ws}/{unsafe} v1"]
@@ -137,7 +127,7 @@ def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(serv
 
     # The same export again: counted as quarantined from its record, not scanned again.
     cli.sync(ws)
-    again = newest_imports_metadata(cli)
+    again = cli.newest_metadata(assets.IMPORTS)
     assert (again["imported"], again["already_imported"], again["quarantined"]) == (0, 1, 1)
     assert again["files_scanned"] == 0
     assert again["quarantined_versions"] == {f"{ws}/{unsafe} v1": findings}
