@@ -24,6 +24,7 @@ executed). Measured with modelscan 0.8.8, MLflow 3.17, scikit-learn 1.9 and clou
 from __future__ import annotations
 
 import copy
+import pickletools
 import re
 import threading
 import time
@@ -238,12 +239,21 @@ def _looks_like_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
+# Formats that are never pickles and that their loaders never unpickle, whatever their first
+# bytes (a safetensors header length of 0x0380 reads like a protocol 3 pickle's start).
+_NOT_PICKLES = frozenset({".safetensors", ".onnx", ".gguf", ".json", ".yaml", ".yml", ".txt", ".md", ".csv",
+                          ".parquet", ".py"})
+
+
 def _needs_pickle_rescan(file: Path) -> bool:
-    if file.suffix in _READ_WHOLE:
+    if file.suffix in _READ_WHOLE or file.suffix.lower() in _NOT_PICKLES:
         return False
     with open(file, "rb") as handle:
         head = handle.read(4)
     if head == _ZIP_MAGIC:  # modelscan scans the members
+        return False
+    if not head or head[:1].decode("latin-1") not in pickletools.code2op:
+        # Unpickling fails at its first byte, before anything runs: raw weights, not a pickle.
         return False
     return file.suffix.lower() in _PICKLE_NAMES or _looks_like_pickle(head)
 

@@ -472,3 +472,15 @@ def test_concurrent_scans_agree_with_serial_ones(tmp_path, marker):
 def test_module_imports_no_dagster():
     code = "import sys, marketplace.scanning; assert 'dagster' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_raw_weights_that_no_unpickler_can_start_on_are_not_findings(folder):
+    """Sharded weights in .bin files (raw tensors, not PyTorch pickles) and safetensors: unpickling
+    them fails at the first byte, before anything runs, so they are neither pickles nor unscannable."""
+    _write(folder, "weights-00001.bin", bytes([0x1E, 0x00]) + bytes(range(256)) * 64)
+    # A safetensors header 896 bytes long: its first bytes read like a protocol 3 pickle's PROTO.
+    _write(folder, "model.safetensors", (896).to_bytes(8, "little") + b"{" + b" " * 894 + b"}" + bytes(64))
+
+    report = scan_folder(folder)
+
+    assert report.findings == ()
