@@ -88,7 +88,7 @@ def _end_of(day: dt.date) -> dt.datetime:
 
 
 def _partitions(context: dg.AssetExecutionContext) -> list[tuple[dt.date, str]]:
-    """Every (day, workspace) of the run: one, or a whole date's worth in a single-run backfill."""
+    """Every (day, workspace) of the run: one (backfills run a partition each), or a range launched by hand."""
     return [split_partition_key(key) for key in context.partition_keys]
 
 
