@@ -1,6 +1,6 @@
 """Local `mlflow server` processes for the embedded default and the tests.
 
-Flags as DESIGN.md records them: a SQLite backend, a local artifact root that clients write to
+Flags found to work on this kind of machine: a SQLite backend, a local artifact root that clients write to
 directly (`--no-serve-artifacts`, which mlflow-export-import's import needs), one worker and no
 job runner (a default server costs 2 GB and 10 s; trimmed, about 550 MB and 6 s).
 """

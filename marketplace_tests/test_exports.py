@@ -27,7 +27,7 @@ def _production(uri: str, uid: str):
 def test_verification_catches_an_export_missing_model_files(servers, uid, tmp_path):
     """The library can report success without the logged model's files; ours does not trust it.
 
-    (DESIGN.md saw it with MLFLOW_TRACKING_URI unset and proxied artifacts; with the local
+    (it was seen with MLFLOW_TRACKING_URI unset and proxied artifacts; with the local
     servers' direct artifact root it does not happen, so the loss is made by hand here.)
     """
     uri = servers["ws_a"].uri
