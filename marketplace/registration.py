@@ -135,10 +135,6 @@ class WorkspaceRegistration:
     history_rows: list[dict] = field(default_factory=list)
 
 
-def _utc(ms: int | None) -> str:
-    return dt.datetime.fromtimestamp((ms or 0) / 1000, tz=dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def provenance_tags(workspace: str, model_name: str, source_uri: str) -> dict[str, str]:
     """The registered model's tags that say where it comes from."""
     return {TAG_SOURCE_WORKSPACE: workspace, TAG_SOURCE_MODEL: model_name, TAG_SOURCE_TRACKING_URI: source_uri}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace.config import ConfigError, load_config
+from marketplace.config import load_config
 from marketplace.resources import build_resources
 from marketplace.signatures import generate_key_pair
 
