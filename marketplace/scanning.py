@@ -65,11 +65,10 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _SCANNERS = DEFAULT_SETTINGS["scanners"]
 _PICKLE_SUFFIXES = _SCANNERS["modelscan.scanners.PickleUnsafeOpScan"]["supported_extensions"]
 _NUMPY_SUFFIXES = _SCANNERS["modelscan.scanners.NumpyUnsafeOpScan"]["supported_extensions"]
-_TORCH_SUFFIXES = _SCANNERS["modelscan.scanners.PyTorchUnsafeOpScan"]["supported_extensions"]
 # modelscan reads every pickle in these (it matches suffixes case-sensitively).
 _READ_WHOLE = frozenset(_PICKLE_SUFFIXES + _NUMPY_SUFFIXES)
-# Names that loaders unpickle whatever the content, in any case.
-_PICKLE_NAMES = frozenset(_PICKLE_SUFFIXES + _TORCH_SUFFIXES)
+# modelscan matches suffixes case-sensitively; loaders unpickle MODEL.PKL all the same.
+_PICKLE_SUFFIXES_ANY_CASE = frozenset(_PICKLE_SUFFIXES)
 
 
 def _rank(severity: str) -> int:
@@ -228,6 +227,19 @@ def _error_finding(error: ErrorBase, root: Path) -> Finding:
     return _unscannable(file, f"{fields['category']}: {fields['description']}")
 
 
+def _raw_bytes(error: ErrorBase, root: Path) -> bool:
+    """A scanner error about a whole file (not a zip member) that no unpickler could run code from."""
+    source = error.to_dict().get("source")
+    if not source or ":" in Path(str(source)).name:  # zip members are named "file.zip:member"
+        return False
+    file = Path(str(source))
+    file = file if file.is_absolute() else root / file
+    # A pickle-named file stays a finding: joblib and others compress what the scanner cannot see.
+    if file.suffix.lower() in _PICKLE_SUFFIXES_ANY_CASE:
+        return False
+    return file.is_file() and _breaks_before_any_code(file)
+
+
 def _skip_finding(skipped: ModelScanSkipped, root: Path) -> Finding | None:
     if skipped.category.value != SkipCategories.BAD_ZIP.value:
         return None
@@ -252,10 +264,41 @@ def _needs_pickle_rescan(file: Path) -> bool:
         head = handle.read(4)
     if head == _ZIP_MAGIC:  # modelscan scans the members
         return False
-    if not head or head[:1].decode("latin-1") not in pickletools.code2op:
-        # Unpickling fails at its first byte, before anything runs: raw weights, not a pickle.
-        return False
-    return file.suffix.lower() in _PICKLE_NAMES or _looks_like_pickle(head)
+    if file.suffix.lower() in _PICKLE_SUFFIXES_ANY_CASE:
+        return _pickle_can_start(file)
+    # PyTorch's extensions and other names: only what pickle (protocol 2 and up) and torch.save
+    # write. Raw tensors in a .bin are bytes an unpickler stops on, or a PROTO it never reaches.
+    return _looks_like_pickle(head)
+
+
+def _pickle_can_start(file: Path) -> bool:
+    """Whether an unpickler gets past the file's first opcode (else nothing in it can run)."""
+    with open(file, "rb") as handle:
+        try:
+            next(pickletools.genops(handle))
+        except Exception:  # noqa: BLE001 - any parse error at the first opcode
+            return False
+    return True
+
+
+# The opcodes through which a pickle reaches code: import a global, or call or build with one.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD",
+                           "EXT1", "EXT2", "EXT4"})
+
+
+def _breaks_before_any_code(file: Path) -> bool:
+    """Whether every pickle an unpickler could read from `file` ends, or breaks off, before any
+    opcode that reaches code: raw bytes (tensors) a scanner fails to parse, that run nothing."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        while handle.tell() < size:
+            try:
+                for opcode, _, _ in pickletools.genops(handle):
+                    if opcode.name in _CODE_OPCODES:
+                        return False
+            except Exception:  # noqa: BLE001 - the parse error an unpickler would stop at
+                return True
+    return True
 
 
 def _rescan_as_pickle(file: Path, root: Path, settings: dict[str, Any]) -> list[Finding]:
@@ -275,7 +318,7 @@ def _modelscan(root: Path, settings: dict[str, Any]) -> tuple[list[Finding], set
     scanner = ModelScan(settings=settings)
     scanner.scan(root)  # the API alone: the CLI's report is what prints to stdout
     findings = [_issue_finding(issue, root) for issue in scanner.issues.all_issues]
-    findings += [_error_finding(error, root) for error in scanner.errors]
+    findings += [_error_finding(error, root) for error in scanner.errors if not _raw_bytes(error, root)]
     findings += [f for s in scanner.skipped if (f := _skip_finding(s, root)) is not None]
     return findings, set(scanner.scanned)
 

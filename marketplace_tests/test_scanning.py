@@ -478,6 +478,9 @@ def test_raw_weights_that_no_unpickler_can_start_on_are_not_findings(folder):
     """Sharded weights in .bin files (raw tensors, not PyTorch pickles) and safetensors: unpickling
     them fails at the first byte, before anything runs, so they are neither pickles nor unscannable."""
     _write(folder, "weights-00001.bin", bytes([0x1E, 0x00]) + bytes(range(256)) * 64)
+    # Raw float64s whose first bytes are valid opcodes (GLOBAL, NONE) that garbage follows.
+    _write(folder, "weights-00002.bin", b"c\xfb\x12" + bytes(range(256)) * 64)
+    _write(folder, "weights-00003.bin", b"N\xfb\x12" + bytes(range(256)) * 64)
     # A safetensors header 896 bytes long: its first bytes read like a protocol 3 pickle's PROTO.
     _write(folder, "model.safetensors", (896).to_bytes(8, "little") + b"{" + b" " * 894 + b"}" + bytes(64))
 
