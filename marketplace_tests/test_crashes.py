@@ -251,8 +251,9 @@ def test_same_partition_from_two_cli_processes_syncs_once(servers, deploy, uid, 
     register_version(ws.uri, f"{uid}_m", stage="Production")
     hold = Hold("GET", GET_LOGGED_MODEL)  # the first process waits mid-export, holding the version's lock
     with FaultProxy(ws.uri, holds=[hold]) as proxy:
+        # The held request must outlast the second process's start, whatever the machine's load.
         deployment = deploy([{"name": "twice", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
-                              "include": [f"{uid}_*"]}])
+                              "include": [f"{uid}_*"]}], client={"timeout_seconds": 120, "max_retries": 0})
         storage = build_resources(deployment.config)["external_storage"]
         home = _home(tmp_path)
         instance = dg.DagsterInstance.from_config(str(home))
