@@ -13,7 +13,7 @@ NODE_STAMP := node_modules/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[dagster,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,19 +29,19 @@ $(DAGSTER_HOME)/dagster.yaml:
 
 ## make demo: local MLflow servers, demo models, today's partitions synced, a summary printed.
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m marketplace.demo all
+	$(PY) -m harness.demo all
 
 ## make demo-rollback: roll the demo's dev01/iris_classifier back in its workspace (forward again the
 ## next time), sync dev01, and print the marketplace and its production history before and after.
 demo-rollback: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m marketplace.demo up
-	$(PY) -m marketplace.demo seed
-	$(PY) -m marketplace.demo rollback
+	$(PY) -m harness.demo up
+	$(PY) -m harness.demo seed
+	$(PY) -m harness.demo rollback
 
 ## make dev: the Dagster UI (http://127.0.0.1:3000) on the same demo and instance.
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m marketplace.demo up
-	$(PY) -m marketplace.demo seed
+	$(PY) -m harness.demo up
+	$(PY) -m harness.demo seed
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## make test: the whole test suite (starts its own MLflow servers, an S3 and an Azure Storage emulator on free ports).
@@ -55,7 +55,7 @@ test-fast: install $(DAGSTER_HOME)/dagster.yaml
 
 ## make stop: stop the demo's MLflow servers.
 stop:
-	@if [ -x $(PY) ]; then $(PY) -m marketplace.demo stop; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m harness.demo stop; else echo "nothing to stop"; fi
 
 ## make bench: the benchmark suite (its own servers); writes benchmarks/results.json and BENCHMARKS.md.
 bench: install $(DAGSTER_HOME)/dagster.yaml

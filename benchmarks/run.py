@@ -27,12 +27,12 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 
-from marketplace.assets import CHAIN
+from marketplace_dagster.assets import CHAIN
 from marketplace.config import load_config
-from marketplace.definitions import build_definitions
-from marketplace.local_dagster import DagsterDev
-from marketplace.local_servers import LocalServer, free_port, start, stop
-from marketplace.partitions import partition_tags, split_partition_key
+from marketplace_dagster.definitions import build_definitions
+from harness.local_dagster import DagsterDev
+from harness.local_servers import LocalServer, free_port, start, stop
+from marketplace_dagster.partitions import partition_tags, split_partition_key
 from marketplace.registry import process_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,7 +154,7 @@ def materialize_partitions(config_path: Path, home: Path, partitions: list[str],
     def one(partition: str) -> dict:
         started = time.perf_counter()
         done = subprocess.run(
-            [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", SYNC_JOB,
+            [str(DAGSTER), "job", "execute", "-m", "marketplace_dagster.definitions", "-j", SYNC_JOB,
              "--tags", json.dumps(partition_tags(*split_partition_key(partition)))],
             env=env, cwd=config_path.parent, capture_output=True, text=True,
         )

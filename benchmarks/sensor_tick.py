@@ -16,7 +16,7 @@ import yaml
 
 from benchmarks.demo_workspaces import demo_workspaces
 from marketplace.config import load_config
-from marketplace.definitions import build_definitions
+from marketplace_dagster.definitions import build_definitions
 
 
 def tick_seconds(count: int, folder: Path) -> tuple[float, int]:

@@ -22,15 +22,19 @@ from pydantic import (
     model_validator,
 )
 
+from marketplace.errors import MarketplaceError
+
 CONFIG_ENV_VAR = "MARKETPLACE_CONFIG"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "marketplace.yaml"
+# The embedded default (the demo's local servers), shipped in the package; its relative paths
+# resolve against the working directory, those of any other file against the file's folder.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().with_name("marketplace.yaml")
 
 # Workspace names become partition keys, path components and Unity Catalog schema names.
 WORKSPACE_NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
 TEMPLATE_FIELDS = frozenset({"workspace", "model"})
 
 
-class ConfigError(ValueError):
+class ConfigError(MarketplaceError, ValueError):
     """A configuration file that cannot be used, with the file and key at fault."""
 
     def __init__(self, path: Path | str, key: str, message: str):
@@ -634,15 +638,24 @@ Status = Literal["running", "stopped"]
 
 
 def _check_cron(value: str) -> str:
-    # Dagster's own rule (5 fields, not a day February never has), so that a file that loads
-    # also gives schedules Dagster accepts.
-    from dagster._utils.schedules import is_valid_cron_string
+    # Dagster's own rule (croniter, 5 fields, not a day February never has), so that a file that
+    # loads also gives schedules Dagster accepts; without importing Dagster.
+    from croniter import croniter
 
-    if not is_valid_cron_string(value):
+    if not croniter.is_valid(value) or not _schedulable(value):
         raise ValueError(
             f"{value!r} is not a cron expression Dagster can schedule (5 fields, e.g. '0 2 * * *')"
         )
     return value
+
+
+def _schedulable(value: str) -> bool:
+    from croniter import croniter
+
+    expanded, *_ = croniter.expand(value)
+    if len(expanded) != 5:
+        return False
+    return not (expanded[3] == [2] and len(expanded[2]) == 1 and expanded[2][0] in (30, 31))
 
 
 class SensorConfig(_Strict):
@@ -723,6 +736,7 @@ class MarketplaceConfig(_Strict):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     _path: Path = PrivateAttr(default=DEFAULT_CONFIG_PATH)
+    _base: Path | None = PrivateAttr(default=None)
 
     @field_validator("start_date", mode="before")
     @classmethod
@@ -791,6 +805,13 @@ class MarketplaceConfig(_Strict):
         return self._path
 
     @property
+    def base_dir(self) -> Path:
+        """Where relative paths in the file resolve."""
+        if self._base is None:
+            self._base = Path.cwd() if self._path == DEFAULT_CONFIG_PATH else self._path.parent
+        return self._base
+
+    @property
     def storage_root(self) -> str:
         """External storage as an absolute local path (relative URIs resolve against the file), or
         the object store URI."""
@@ -802,7 +823,7 @@ class MarketplaceConfig(_Strict):
             uri = unquote(parsed.path)  # file:///tmp/my%20dir is the folder "my dir"
         root = Path(os.path.expanduser(uri))
         if not root.is_absolute():
-            root = self._path.parent / root
+            root = self.base_dir / root
         return str(root.resolve())
 
     @property
@@ -816,7 +837,7 @@ class MarketplaceConfig(_Strict):
         from marketplace.signatures import read_public_key  # model_signing loads sigstore: only when needed
 
         value = self.workspace(workspace).signing.public_key
-        return None if value is None else read_public_key(value, self._path.parent)
+        return None if value is None else read_public_key(value, self.base_dir)
 
     def workspace(self, name: str) -> WorkspaceConfig:
         for workspace in self.workspaces:
@@ -879,7 +900,7 @@ def parse_config(raw: Any, path: Path | str) -> MarketplaceConfig:
         error = ConfigError(path, first_key, messages[0][1])
         error.args = (f"{path}: {detail}",)
         raise error from None
-    config._path = path.resolve()
+    config._path = Path(os.path.abspath(path))  # a link keeps its own folder
     for index, workspace in enumerate(config.workspaces):
         if workspace.signing.public_key is not None:
             try:

@@ -18,11 +18,9 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
-from typing import Literal
 
-import dagster as dg
-
-from marketplace.config import SDK_ENV
+from marketplace.errors import MarketplaceError
+from marketplace.config import SDK_ENV, DatabricksConnection
 
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
 SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret": "azure_client_secret"}
@@ -30,34 +28,21 @@ SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret
 log = logging.getLogger(__name__)
 
 
-class DatabricksCredentialError(RuntimeError):
+class DatabricksCredentialError(MarketplaceError, RuntimeError):
     """A configured Databricks workspace whose credentials cannot be found."""
 
 
-class Connection(dg.Config):
-    """What a resource needs to reach one Databricks workspace (no secret: only its variable)."""
-
-    owner: str  # "workspace dev01" or "the marketplace": for messages
-    profile: str
-    host: str
-    auth: Literal["oauth-m2m", "azure-client-secret", "pat"]
-    client_id: str | None = None
-    azure_client_id: str | None = None
-    azure_tenant_id: str | None = None
-    secret_env: str
-
-
-def profile_section(connection: Connection) -> dict[str, str]:
+def profile_section(owner: str, settings: DatabricksConnection) -> dict[str, str]:
     """The profile's keys, the secret read from its environment variable now."""
-    secret = os.environ.get(connection.secret_env)
+    secret = os.environ.get(settings.secret_env)
     if not secret:
         raise DatabricksCredentialError(
-            f"{connection.owner}: the environment variable {connection.secret_env} "
-            f"(databricks.secret_env, holding its {SECRET_KEY[connection.auth].replace('_', ' ')}) is not set"
+            f"{owner}: the environment variable {settings.secret_env} "
+            f"(databricks.secret_env, holding its {SECRET_KEY[settings.auth].replace('_', ' ')}) is not set"
         )
-    section = {"host": connection.host, "auth_type": connection.auth, SECRET_KEY[connection.auth]: secret}
+    section = {"host": settings.host, "auth_type": settings.auth, SECRET_KEY[settings.auth]: secret}
     for key in ("client_id", "azure_client_id", "azure_tenant_id"):
-        if value := getattr(connection, key):
+        if value := getattr(settings, key):
             section[key] = value
     return section
 
@@ -71,15 +56,15 @@ class _Profiles:
         self._folder: Path | None = None
         self._active: Path | None = None
 
-    def ensure(self, connection: Connection) -> Path:
-        section = profile_section(connection)
+    def ensure(self, owner: str, profile: str, settings: DatabricksConnection) -> Path:
+        section = profile_section(owner, settings)
         with self._lock:
             if self._folder is None:
                 self._folder = Path(tempfile.mkdtemp(prefix="marketplace-databricks-"))  # 0700
                 atexit.register(shutil.rmtree, self._folder, True)
             path = self._folder / "databrickscfg"
-            if self._sections.get(connection.profile) != section:
-                self._sections[connection.profile] = section
+            if self._sections.get(profile) != section:
+                self._sections[profile] = section
                 self._write(path)
             if self._active != path or os.environ.get(CONFIG_FILE_ENV) != str(path):
                 self._activate(path)
@@ -122,23 +107,8 @@ def remove_profiles() -> None:
     _profiles.remove()
 
 
-def ensure_profile(connection: Connection | None) -> None:
-    """Make `databricks://<profile>` URIs of `connection` work in this process (no-op for None)."""
-    if connection is not None:
-        _profiles.ensure(connection)
-
-
-def databricks_connection(owner: str, tracking_uri: str, settings) -> Connection | None:
-    """The resource form of a configuration's `databricks` block (None without one)."""
-    if settings is None:
-        return None
-    return Connection(
-        owner=owner,
-        profile=tracking_uri.removeprefix("databricks://"),
-        host=settings.host,
-        auth=settings.auth,
-        client_id=settings.client_id,
-        azure_client_id=settings.azure_client_id,
-        azure_tenant_id=settings.azure_tenant_id,
-        secret_env=settings.secret_env,
-    )
+def ensure_profile(owner: str, tracking_uri: str, settings: DatabricksConnection | None) -> None:
+    """Make the `databricks://<profile>` URIs of a workspace (or of the marketplace, `owner` naming
+    it in messages) work in this process; a no-op without a `databricks` block."""
+    if settings is not None:
+        _profiles.ensure(owner, tracking_uri.removeprefix("databricks://"), settings)

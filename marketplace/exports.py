@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -13,7 +12,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import mlflow
 import requests
@@ -35,42 +33,31 @@ from marketplace.manifest import (
 from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
 from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
-from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError, lock_name
+from marketplace.errors import MarketplaceError
+from marketplace.layout import (  # noqa: F401 - exports.export_key and friends stay importable
+    EXPORTS_DIR,
+    SKIP_SUFFIX,
+    STAGING_PREFIX,
+    export_key,
+    lock_name,
+    path_component,
+    skip_record_key,
+    staging_prefix,
+)
+from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError
 
-EXPORTS_DIR = "exports"
-STAGING_PREFIX = ".staging-"
-MAX_COMPONENT_BYTES = 180
 EXPORT_LOCK_SECONDS = 900
 # What fails one version's export, not the partition: the others are still exported.
 EXPORT_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError, StorageError, LockTimeout)
 
 
-class ExportError(RuntimeError):
+class ExportError(MarketplaceError, RuntimeError):
     """An export that failed or produced something we cannot trust."""
 
 
 class SourceProblem(ExportError):
     """The source version itself cannot be exported (no run, run deleted, files missing): it is
     skipped, with this reason recorded, until it changes; the rest of its partition syncs."""
-
-
-SKIP_SUFFIX = ".skipped.json"
-
-
-def path_component(name: str) -> str:
-    """A model name as one safe, reversible-enough folder name (stable hash when too long)."""
-    component = quote(name, safe="-_")
-    if component in (".", ".."):
-        component = component.replace(".", "%2E")
-    if len(component.encode()) > MAX_COMPONENT_BYTES:
-        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        component = f"{component[:MAX_COMPONENT_BYTES - 17].rstrip('%')}-{digest}"
-    return component
-
-
-def export_key(workspace: str, model_name: str, version: int) -> str:
-    """Where a version's export lives under the storage root."""
-    return f"{EXPORTS_DIR}/{workspace}/{path_component(model_name)}/{version}"
 
 
 def export_dir(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
@@ -87,15 +74,10 @@ def remove_staging(storage: Storage | str | Path, workspace: str, model_name: st
     version's export lock: then no export of it is in progress, and any staging folder is a dead
     run's debris."""
     area = _storage(storage).staging_area(export_key(workspace, model_name, version))
-    found = list(area.glob(f"{STAGING_PREFIX}{version}-*"))
+    found = list(area.glob(f"{staging_prefix(version)}*"))
     for debris in found:
         shutil.rmtree(debris, ignore_errors=True)
     return len(found)
-
-
-def skip_record_key(workspace: str, model_name: str, version: int) -> str:
-    """Beside the version's export folder: why the version was skipped, while it is."""
-    return f"{export_key(workspace, model_name, version)}{SKIP_SUFFIX}"
 
 
 def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
@@ -342,7 +324,7 @@ def export_version(
     destination = Tree(storage, key)
     area = storage.staging_area(key)
     area.mkdir(parents=True, exist_ok=True)
-    staging = area / f"{STAGING_PREFIX}{version.version}-{uuid.uuid4().hex[:8]}"
+    staging = area / f"{staging_prefix(version.version)}{uuid.uuid4().hex[:8]}"
     identity = (workspace, version.model_name, version.version)
     try:
         with process_tracking_uri(tracking_uri, registry_uri), _library_errors() as errors:
@@ -485,3 +467,20 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
         ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
         outcome.marker_written = mark_exported(client, version.model_name, version.version, ran_on)
 
+
+def export_row(workspace: str, record: ExportRecord) -> dict:
+    """The export summary's row of an exported version."""
+    manifest = record.manifest
+    return {
+        "workspace": workspace,
+        "model_name": manifest.model_name,
+        "version": manifest.version,
+        "run_id": manifest.run_id,
+        "source": manifest.source,
+        "export_date": dt.date.fromisoformat(manifest.export_date),
+        "exported_at": dt.datetime.fromisoformat(manifest.exported_at),
+        "export_path": record.location,
+        "checksum": record.checksum,
+        "size_bytes": manifest.size_bytes,
+        "file_count": len(manifest.files),
+    }

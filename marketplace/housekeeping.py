@@ -11,7 +11,7 @@ from pathlib import Path
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from marketplace.exports import EXPORTS_DIR, SKIP_SUFFIX, STAGING_PREFIX
+from marketplace.layout import EXPORTS_DIR, SKIP_SUFFIX, SNAPSHOTS_DIR, STAGING_PREFIX, TEMPORARY_MARK, export_folder_of_file
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.storage import Storage
 
@@ -90,8 +90,8 @@ def remove_debris(storage: Storage | str | Path, retention_hours: float) -> Debr
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             report.removed.append(str(entry.relative_to(storage_root)))
-    leftovers = [*(Path(storage_root) / "production_models").glob("*/*.tmp-*"),
-                 *exports.glob(f"*/*/*{SKIP_SUFFIX}.tmp-*")]  # interrupted snapshot and skip-record writes
+    leftovers = [*(Path(storage_root) / SNAPSHOTS_DIR).glob(f"*/*{TEMPORARY_MARK}*"),
+                 *exports.glob(f"*/*/*{SKIP_SUFFIX}{TEMPORARY_MARK}*")]  # interrupted snapshot and skip-record writes
     for leftover in leftovers:
         try:
             old = leftover.lstat().st_mtime <= cutoff
@@ -110,17 +110,17 @@ def _remove_object_debris(storage: Storage, retention_hours: float) -> DebrisRep
     cutoff = time.time() - retention_hours * 3600
     folders: dict[str, list[tuple[str, float]]] = {}
     for relative, entry in storage.list(EXPORTS_DIR).items():
-        parts = relative.split("/")
-        if len(parts) > 3 and parts[2].isdigit():
-            folders.setdefault("/".join(parts[:3]), []).append(("/".join(parts[3:]), entry.mtime))
+        if found := export_folder_of_file(relative):
+            folder, inside = found
+            folders.setdefault(folder.key, []).append((inside, entry.mtime))
     for folder, files in sorted(folders.items()):
         if any(name == MANIFEST_NAME for name, _ in files):
             continue
         if max(mtime for _, mtime in files) > cutoff:
             report.kept_young += 1
             continue
-        storage.delete_prefix(f"{EXPORTS_DIR}/{folder}")
-        report.removed.append(f"{EXPORTS_DIR}/{folder}")
+        storage.delete_prefix(folder)
+        report.removed.append(folder)
     staging_root = Path(tempfile.gettempdir()) / "marketplace-staging"
     for staging in staging_root.glob(f"*/{STAGING_PREFIX}*"):
         newest = _newest_mtime(staging)

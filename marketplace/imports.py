@@ -7,9 +7,11 @@ import datetime as dt
 import hashlib
 import json
 import re
-from dataclasses import dataclass
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -17,39 +19,42 @@ from mlflow.exceptions import MlflowException
 from mlflow_export_import.common import model_utils, utils
 from mlflow_export_import.model.import_model import ModelImporter
 
-from marketplace.registry import filter_literal, process_tracking_uri, searched
+from marketplace.errors import MarketplaceError
+from marketplace.provenance import (  # noqa: F401 - imports.SourceKey and the tags stay importable
+    TAG_CHECKSUM,
+    TAG_IMPORT_DATE,
+    TAG_PRODUCTION_SOURCE_VERSION,
+    TAG_SOURCE_MODEL,
+    TAG_SOURCE_RUN_ID,
+    TAG_SOURCE_VERSION,
+    TAG_SOURCE_WORKSPACE,
+    SourceKey,
+    description,
+    provenance_tags,
+)
+from marketplace.registry import (
+    ProductionVersion,
+    RegistryUnavailable,
+    filter_literal,
+    process_tracking_uri,
+    redact_uri,
+    registry_errors,
+    searched,
+)
+from marketplace.scanning import scan_folder
+from marketplace.signatures import SignatureError, verify_export_signature
 
-TAG_SOURCE_WORKSPACE = "marketplace.source_workspace"
-TAG_SOURCE_MODEL = "marketplace.source_model"
-TAG_SOURCE_VERSION = "marketplace.source_version"
-TAG_CHECKSUM = "marketplace.checksum"
-TAG_SOURCE_RUN_ID = "marketplace.source_run_id"
-TAG_IMPORT_DATE = "marketplace.import_date"
+if TYPE_CHECKING:
+    from marketplace.exports import LocalCopies
+    from marketplace.external import ExternalStorage
+    from marketplace.registries import MarketplaceRegistry, SourceRegistries
 
-
-class ImportError_(RuntimeError):
+class ImportError_(MarketplaceError, RuntimeError):
     """An import that failed or would break the marketplace's invariants."""
 
 
 class NameCollision(ImportError_):
     """Two source models map to one marketplace name."""
-
-
-@dataclass(frozen=True)
-class SourceKey:
-    workspace: str
-    model_name: str
-    version: int
-
-    def tags(self) -> dict[str, str]:
-        return {
-            TAG_SOURCE_WORKSPACE: self.workspace,
-            TAG_SOURCE_MODEL: self.model_name,
-            TAG_SOURCE_VERSION: str(self.version),
-        }
-
-    def describe(self) -> str:
-        return f"{self.workspace}/{self.model_name} v{self.version}"
 
 
 # MLflow limits experiment names to 500 characters (model names have no limit in MLflow, but
@@ -240,3 +245,175 @@ def import_export(
     if version is None:
         raise ImportError_(f"{source.describe()}: mlflow-export-import created no version")
     return version
+
+
+@dataclass
+class ImportOutcome:
+    """What became of one production version in its partition's import step."""
+
+    source: SourceKey
+    status: str  # imported | already_imported | skipped | quarantined | failed
+    marketplace_name: str | None = None
+    version: ModelVersion | None = None  # the marketplace version (imported or already there)
+    export_location: str | None = None
+    detail: str = ""
+    findings: list[dict] = field(default_factory=list)  # blocking (quarantined) or not (imported)
+    files_scanned: int = 0
+    scan_seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.source.describe()
+
+
+def import_versions(
+    client: MlflowClient,
+    *,
+    marketplace: MarketplaceRegistry,
+    storage: ExternalStorage,
+    sources: SourceRegistries,
+    workspace: str,
+    versions: Sequence[ProductionVersion],
+    recorded: Mapping[tuple[str, str, int], Mapping],
+    copies: LocalCopies,
+    day: dt.date,
+    log: logging.Logger | None = None,
+) -> list[ImportOutcome]:
+    """Import each of a workspace's production versions into the marketplace, once: verified
+    against its manifest and the export summary's checksum (`recorded`), its signature checked,
+    scanned (a blocking finding quarantines it) and imported under a lock per marketplace model.
+    One version's failure is its outcome; a marketplace that cannot be read fails them all
+    (RegistryUnavailable)."""
+    log = log or logging.getLogger(__name__)
+    uri = marketplace.tracking_uri
+    with registry_errors(f"the marketplace (syncing workspace {workspace})", uri):
+        known = marketplace_versions_of(client, [marketplace.model_name(workspace, v.model_name) for v in versions])
+    source_uri = redact_uri(sources.get(workspace).tracking_uri)
+    outcomes = []
+    for version in versions:
+        source = SourceKey(workspace, version.model_name, version.version)
+        mp_name = marketplace.model_name(workspace, version.model_name)
+        row = recorded.get((workspace, version.model_name, version.version))
+        if row is None:
+            reason = storage.skip_reason(workspace, version.model_name, version.version)
+            outcomes.append(ImportOutcome(source, "skipped", detail=f"not exported: {reason}") if reason is not None
+                            else ImportOutcome(source, "failed", detail="not in the export summary (export it first)"))
+            continue
+        location = row["export_path"]
+        done = ImportOutcome(source, "already_imported", mp_name, export_location=location)
+        held = storage.quarantine(workspace, version.model_name, version.version, row["checksum"],
+                                  marketplace.scan_policy)
+        if held is not None:  # not scanned again until its export changes
+            done.status, done.findings = "quarantined", held.get("findings", [])
+        elif source in known.get(mp_name, {}):
+            done.version = known[mp_name][source]
+        else:
+            try:
+                _import_verified(client, marketplace, storage, sources, source, mp_name, row, copies, day,
+                                 source_uri, done, log)
+            except RegistryUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
+                done.status = "failed"
+                done.detail = "not imported: " + (str(exc) if isinstance(exc, MarketplaceError)
+                                                  else f"{type(exc).__name__}: {exc}")
+        outcomes.append(done)
+    return outcomes
+
+
+def _import_verified(client, marketplace, storage, sources, source: SourceKey, mp_name: str, row: Mapping,
+                     copies: LocalCopies, day: dt.date, source_uri: str, done: ImportOutcome, log) -> None:
+    """Verify, check the signature of, scan and import one export; `done` records what happened."""
+    workspace, policy, location = source.workspace, marketplace.scan_policy, row["export_path"]
+    # One importer per marketplace model at a time, across processes: the check for an
+    # existing version and the import must not interleave.
+    with storage.lock("import", mp_name) as lock:
+        with registry_errors(f"the marketplace (syncing workspace {workspace})", marketplace.tracking_uri):
+            existing = marketplace_versions(client, mp_name)
+        if source in existing:  # imported by a concurrent run since the search above
+            done.version = existing[source]
+            return
+        check_name_owner(client, mp_name, workspace, source.model_name)
+        local = copies.verified(location, expected_checksum=row["checksum"],
+                                identity=(workspace, source.model_name, source.version),
+                                signing_key=storage.signing_key)
+        _check_signature(local, location, workspace, sources.public_key(workspace), marketplace.require_signatures)
+        if policy.mode != "off":
+            scan = scan_folder(local)
+            done.files_scanned, done.scan_seconds = scan.files_scanned, scan.seconds
+            if blocking := scan.blocking(policy):
+                done.status, done.findings = "quarantined", [f.to_dict() for f in blocking]
+                storage.record_quarantine(workspace, source.model_name, source.version, checksum=row["checksum"],
+                                          findings=done.findings, reason=f"quarantined: {scan.describe(blocking)}",
+                                          day=day)
+                log.error(f"{done.label} quarantined, not imported: {scan.describe(blocking)}")
+                return
+            if scan.findings:
+                done.findings = [f.to_dict() for f in scan.findings]
+                log.warning(f"{done.label}: scan findings that do not block: {scan.describe()}")
+        log.info(f"importing {done.label} as {mp_name}")
+        lock.check()  # a lost lock imports nothing
+        done.version = _import_once(client, marketplace, row["checksum"], local, mp_name, source, day, source_uri)
+        done.status = "imported"
+
+
+def _check_signature(local: Path, location: str, workspace: str, public_key: str | None, required: bool) -> None:
+    """The export carries a valid signature of its workspace's key, where signatures are required."""
+    if public_key is not None:
+        try:
+            verify_export_signature(local, public_key)
+        except SignatureError as exc:
+            raise SignatureError(f"signature refused: {str(exc).replace(str(local), location)} "
+                                 f"(workspace {workspace}'s key)") from None
+    elif required:
+        raise SignatureError(f"signature refused: {location}: workspace {workspace} has no public key, and "
+                             "marketplace.require_signatures is on")
+
+
+def _import_once(client, marketplace, checksum: str, local: Path, mp_name: str, source: SourceKey, day: dt.date,
+                 source_uri: str) -> ModelVersion:
+    model_tags = {**provenance_tags(source.workspace, source.model_name, source_uri),
+                  TAG_PRODUCTION_SOURCE_VERSION: str(source.version)}
+    model_description = description(source.workspace, source.model_name, source.version,
+                                                 marketplace.marker, source_uri)
+    try:
+        returned = import_export(
+            client,
+            marketplace.tracking_uri,
+            export_path=local,
+            marketplace_name=mp_name,
+            experiment_name=marketplace.experiment_name(mp_name),
+            source=source,
+            checksum=checksum,
+            import_date=day,
+            model_tags=model_tags,
+            model_description=model_description,
+            registry_uri=marketplace.registry_uri,
+        )
+    except Exception:
+        # The version may exist although the call failed (its answer was lost): look again.
+        created = settle_duplicates(client, mp_name, source)
+        if created is None:
+            raise
+        return created
+    # A retried create may have made two copies of the version: keep the first.
+    created = settle_duplicates(client, mp_name, source, returned)
+    if created is None:
+        raise ImportError_(f"{source.describe()}: imported, but no version of {mp_name!r} carries its source tags")
+    return created
+
+
+def import_row(workspace: str, model: str, version: int, mp_name: str, found: ModelVersion, day: dt.date) -> dict:
+    """The import summary's row of an imported version."""
+    tags = found.tags or {}
+    return {
+        "workspace": workspace,
+        "model_name": model,
+        "version": version,
+        "marketplace_model": mp_name,
+        "marketplace_version": int(found.version),
+        "import_date": dt.date.fromisoformat(tags.get(TAG_IMPORT_DATE, day.isoformat())),
+        "imported_at": dt.datetime.fromtimestamp(found.creation_timestamp / 1000, tz=dt.timezone.utc),
+        "checksum": tags.get(TAG_CHECKSUM, ""),
+        "run_id": found.run_id,
+    }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from marketplace.manifest import file_sha256
-from marketplace.registry import process_tracking_uri
+from marketplace.manifest import ManifestError, file_sha256, read_manifest
+from marketplace.registry import REGISTRY_ERRORS, process_tracking_uri, redact_text
 from marketplace.scanning import ScanPolicy, scan_folder
+from marketplace.storage import StorageError
 
 # Set on a marketplace version once it loaded and predicted: a fingerprint of its artifact
 # listing, so that later runs re-load it only when its files changed.
@@ -143,3 +146,69 @@ def load_and_predict(
         if not _same(prediction, expected):
             return LoadResult(True, True, False, f"{model_uri} predicts differently from its export")
         return LoadResult(True, True, True, f"{model_uri} loads and predicts the same as its export")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A partition's newest marketplace version, for the load check."""
+
+    name: str
+    version: ModelVersion
+    export_location: str
+    new: bool  # imported by this run
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version.version}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version.version}"
+
+
+def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
+                 copies: Callable[[str], Path], policy: ScanPolicy) -> dict[str, LoadResult]:
+    """Load and predict each version imported now, or whose files changed since it last passed
+    (each copy is scanned before it is loaded); a pass is recorded on the version (TAG_VERIFIED)."""
+    results: dict[str, LoadResult] = {}
+    for item in checked:
+        recorded = (item.version.tags or {}).get(TAG_VERIFIED)
+        if recorded and not item.new and _fingerprint_or_none(tracking_uri, registry_uri, item.uri) == recorded:
+            results[item.label] = LoadResult(
+                True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted", unchanged=True
+            )
+            continue
+        reference, hashes = _reference(item.export_location, copies)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy)
+        result = dataclasses.replace(result, detail=redact_text(result.detail))
+        results[item.label] = result
+        if result.loaded and result.matches_export is not False:
+            fingerprint = _fingerprint_or_none(tracking_uri, registry_uri, item.uri)
+            if fingerprint and fingerprint != recorded:
+                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
+                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
+    return results
+
+
+def _fingerprint_or_none(tracking_uri: str, registry_uri: str | None, model_uri: str) -> str | None:
+    try:
+        return artifact_fingerprint(tracking_uri, model_uri, registry_uri)
+    except Exception:  # noqa: BLE001 - unreadable listing: load it and report what fails
+        return None
+
+
+def _reference(location: str, copies: Callable[[str], Path]) -> tuple[Path | None, dict[str, str] | None]:
+    """The export's copy of the model's artifacts, and their hashes from its manifest."""
+    try:
+        export_path = copies(location)
+    except (ManifestError, *REGISTRY_ERRORS, StorageError):
+        return None, None  # not readable: the model is loaded and predicts without the comparison
+    reference = next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
+    if reference is None:
+        return None, None
+    try:
+        manifest, _ = read_manifest(export_path)
+    except ManifestError:
+        return reference, None
+    prefix = reference.relative_to(export_path).as_posix() + "/"
+    return reference, {k.removeprefix(prefix): v["sha256"] for k, v in manifest.files.items() if k.startswith(prefix)}

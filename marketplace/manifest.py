@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from marketplace.errors import MarketplaceError
 from marketplace.storage import LocalStorage, Storage
 
 MANIFEST_NAME = "manifest.json"
@@ -20,7 +21,7 @@ NOT_LISTED = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 CHUNK = 1024 * 1024
 
 
-class ManifestError(RuntimeError):
+class ManifestError(MarketplaceError, RuntimeError):
     """An export whose files do not match its manifest, or that has none."""
 
 

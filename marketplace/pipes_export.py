@@ -26,11 +26,13 @@ from dagster_pipes import (
     open_dagster_pipes,
 )
 
+from marketplace.errors import MarketplaceError
+
 TRANSPORTS = ("local", "volumes", "dbfs")
 OUTCOMES_MESSAGE = "outcomes"
 
 
-class JobSettingsError(RuntimeError):
+class JobSettingsError(MarketplaceError, RuntimeError):
     """The job was started without what it needs (a variable, a setting)."""
 
 

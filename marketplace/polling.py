@@ -3,44 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
-from marketplace.config import MarketplaceConfig
-from marketplace.databricks import Connection, databricks_connection, ensure_profile
-from marketplace.registry import PAGE_SIZE, is_curated, redact_text, redact_uri, searched
-
-
-@dataclass(frozen=True)
-class WorkspaceTarget:
-    name: str
-    tracking_uri: str
-    registry_uri: str | None
-    stage: str | None
-    alias: str | None
-    include: Sequence[str] = ("*",)
-    exclude: Sequence[str] = ()
-    databricks: Connection | None = None
-
-
-def workspace_targets(config: MarketplaceConfig) -> list[WorkspaceTarget]:
-    return [
-        WorkspaceTarget(
-            name=w.name,
-            tracking_uri=w.tracking_uri,
-            registry_uri=w.registry_uri,
-            stage=w.production.stage,
-            alias=w.production.alias,
-            include=tuple(w.include),
-            exclude=tuple(w.exclude),
-            databricks=databricks_connection(f"workspace {w.name}", w.tracking_uri, w.databricks),
-        )
-        for w in config.workspaces
-    ]
+from marketplace.config import WorkspaceConfig
+from marketplace.databricks import ensure_profile
+from marketplace.registry import (
+    PAGE_SIZE,
+    aliased_version,
+    choose_production,
+    in_stage,
+    is_curated,
+    is_ready,
+    make_client,
+    redact_text,
+    redact_uri,
+    searched,
+    versions_of,
+)
 
 
 @dataclass
@@ -52,13 +33,14 @@ class PollResult:
     calls: int = 0
 
 
-def _poll_one(target: WorkspaceTarget) -> PollResult:
+def _poll_one(target: WorkspaceConfig) -> PollResult:
     """One paged registered-model search; per-model alias look-ups only where search shows none."""
     started = time.monotonic()
     result = PollResult(target.name)
     try:
-        ensure_profile(target.databricks)
-        client = MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.registry_uri or target.tracking_uri)
+        ensure_profile(f"workspace {target.name}", target.tracking_uri, target.databricks)
+        client = make_client(target.tracking_uri, target.registry_uri)
+        stage, alias = target.production.stage, target.production.alias
         token = None
         while True:
             page = client.search_registered_models(max_results=PAGE_SIZE, page_token=token)
@@ -66,27 +48,25 @@ def _poll_one(target: WorkspaceTarget) -> PollResult:
             for model in page:
                 if not is_curated(model.name, target.include, target.exclude):
                     continue
-                if target.stage:
-                    in_stage = [
-                        int(v.version)
-                        for v in model.latest_versions or []
-                        if (v.current_stage or "").lower() == target.stage.lower()
-                    ]
-                    if in_stage:
-                        result.production[model.name] = max(in_stage)
+                if stage:
+                    # The newest version in the stage is among latest_versions; if it is not READY,
+                    # an older one may be production: read the model's versions (as the asset does).
+                    candidates = [v for v in model.latest_versions or [] if in_stage(v, stage)]
+                    if any(not is_ready(v) for v in candidates):
+                        result.calls += 1
+                        candidates = [v for v in versions_of(client, model.name) if in_stage(v, stage)]
+                    chosen = choose_production(candidates)
+                    chosen = int(chosen.version) if chosen is not None else None
                 else:
                     aliases = searched(model, "aliases")
-                    version = aliases.get(target.alias)
-                    if version is None and not aliases:
+                    chosen = aliases.get(alias)
+                    if chosen is None and not aliases:
                         # Some registries leave aliases out of search results: ask.
                         result.calls += 1
-                        try:
-                            version = client.get_model_version_by_alias(model.name, target.alias).version
-                        except MlflowException as exc:
-                            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                                raise
-                    if version is not None:
-                        result.production[model.name] = int(version)
+                        found = aliased_version(client, model.name, alias)
+                        chosen = found.version if found is not None else None
+                if chosen is not None:
+                    result.production[model.name] = int(chosen)
             token = page.token
             if not token:
                 break
@@ -97,7 +77,7 @@ def _poll_one(target: WorkspaceTarget) -> PollResult:
 
 
 def poll_workspaces(
-    targets: Iterable[WorkspaceTarget], *, max_workers: int, deadline_seconds: float
+    targets: Iterable[WorkspaceConfig], *, max_workers: int, deadline_seconds: float
 ) -> dict[str, PollResult]:
     """Poll all workspaces at once with a bounded pool; those not done by the deadline time out."""
     targets = list(targets)

@@ -13,12 +13,29 @@ import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_RUN_ID, TAG_SOURCE_WORKSPACE, SourceKey
+from marketplace import summary
+from marketplace.imports import marketplace_versions_of
+from marketplace.provenance import (  # noqa: F401 - registration.provenance_tags and the tags stay importable
+    TAG_PRODUCTION_SOURCE_VERSION,
+    TAG_SOURCE_RUN_ID,
+    TAG_SOURCE_TRACKING_URI,
+    Marker,
+    SourceKey,
+    description,
+    provenance_tags,
+)
+from marketplace.registry import redact_uri, registry_errors
+from marketplace.storage import LockLost
+
+if TYPE_CHECKING:
+    from marketplace.external import ExternalStorage, Snapshot
+    from marketplace.registries import MarketplaceRegistry, SourceRegistries
 
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled_back"
@@ -30,8 +47,6 @@ STATUS_ACTIVE = "active"
 STATUS_RETIRED = "retired"
 TAG_STATUS = "marketplace.status"
 TAG_STATUS_CHANGED_AT = "marketplace.status_changed_at"
-TAG_SOURCE_TRACKING_URI = "marketplace.source_tracking_uri"
-TAG_PRODUCTION_SOURCE_VERSION = "marketplace.latest_source_version"  # the source version at production
 # The source's production version that the scan blocked, while production stays on the last safe copy.
 TAG_QUARANTINED_VERSION = "marketplace.quarantined_version"
 
@@ -96,18 +111,6 @@ def recorded_states(rows: Iterable[Mapping], by: str = "marketplace_name") -> di
 
 
 @dataclass(frozen=True)
-class Marker:
-    """How the marketplace marks production: an alias, the Production stage, or both."""
-
-    alias: str
-    has_aliases: bool
-    has_stages: bool
-
-    def describe(self) -> str:
-        return f"@{self.alias}" if self.has_aliases else "The Production version"
-
-
-@dataclass(frozen=True)
 class Wanted:
     """One model of a workspace and the source version it has in production now (None: none)."""
 
@@ -133,28 +136,6 @@ class Outcome:
 class WorkspaceRegistration:
     outcomes: list[Outcome] = field(default_factory=list)
     history_rows: list[dict] = field(default_factory=list)
-
-
-def provenance_tags(workspace: str, model_name: str, source_uri: str) -> dict[str, str]:
-    """The registered model's tags that say where it comes from."""
-    return {TAG_SOURCE_WORKSPACE: workspace, TAG_SOURCE_MODEL: model_name, TAG_SOURCE_TRACKING_URI: source_uri}
-
-
-def description(workspace: str, model_name: str, source_version: int | None, marker: Marker, source_uri: str,
-                *, retired_since: str | None = None) -> str:
-    """The registered model's description: what it is and where production points, or since when
-    it is retired (`source_version` None)."""
-    head = f"Marketplace copy of model '{model_name}' from workspace '{workspace}' ({source_uri})."
-    if source_version is None:
-        return (
-            f"{head} Retired since {retired_since}: the workspace has no production version of it any more, "
-            f"so it has no {'@' + marker.alias if marker.has_aliases else 'Production version'}. "
-            "Its versions are kept. Kept in sync by the model marketplace."
-        )
-    return (
-        f"{head} {marker.describe()} is source version {source_version}. "
-        "Imported and kept in sync by the model marketplace."
-    )
 
 
 def _production_version(model, versions: Iterable[ModelVersion], marker: Marker) -> str | None:
@@ -381,3 +362,61 @@ def divergences(workspace: str, source: Mapping[str, int], marketplace: Mapping[
         else:
             found.append(f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy of v{current}")
     return found
+
+
+@dataclass
+class PartitionRegistration:
+    """What one (date, workspace) registration did, or why it held production back."""
+
+    withheld: str | None = None  # a past date's backfill: production follows the newer snapshot
+    snapshot: Snapshot | None = None
+    done: WorkspaceRegistration = field(default_factory=WorkspaceRegistration)
+    history_rows_inserted: int = 0
+
+
+def register_partition(
+    client: MlflowClient,
+    *,
+    marketplace: MarketplaceRegistry,
+    storage: ExternalStorage,
+    sources: SourceRegistries,
+    workspace: str,
+    day: dt.date,
+    run_id: str,
+) -> PartitionRegistration:
+    """Make the marketplace follow what `workspace` has in production on `day`, and record each
+    change in production_history; only the workspace's newest snapshot moves production."""
+    newest = storage.newest_snapshot_date(workspace)
+    if newest is not None and newest > day:
+        return PartitionRegistration(withheld=f"production follows the newer snapshot of {newest}")
+    snapshot = storage.read_snapshot(workspace, day)
+    production = snapshot.production
+    imported = {r["model_name"] for r in storage.read_rows(
+        summary.IMPORT_SUMMARY, workspace=workspace, columns=["workspace", "model_name"])}
+    result = PartitionRegistration(snapshot=snapshot)
+    # One registration of a workspace at a time: the history read, the registry changes and the
+    # rows written from them must not interleave with another run's.
+    with storage.lock("register", workspace) as held:
+        history = storage.read_rows(summary.PRODUCTION_HISTORY, workspace=workspace)
+        wanted = [Wanted(model, marketplace.model_name(workspace, model), production.get(model))
+                  for model in sorted(production.keys() | imported | {r["model_name"] for r in history})]
+        with registry_errors(f"the marketplace (registering workspace {workspace})", marketplace.tracking_uri):
+            known = marketplace_versions_of(client, [w.marketplace_name for w in wanted])
+            quarantined = {
+                w.model_name: w.source_version for w in wanted
+                if w.source_version is not None
+                and SourceKey(workspace, w.model_name, w.source_version) not in known.get(w.marketplace_name, {})
+                and storage.quarantine(workspace, w.model_name, w.source_version,
+                                       policy=marketplace.scan_policy) is not None
+            }
+            result.done = register_workspace(
+                client, marketplace.marker, workspace, wanted, known, recorded_states(history),
+                source_uri=redact_uri(sources.get(workspace).tracking_uri), run_id=run_id,
+                snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
+            )
+        try:
+            held.check()  # the registry moved; the rows that record it are written only while held
+        except LockLost as exc:
+            raise LockLost(f"workspace {workspace}: history not recorded: {exc}") from None
+        result.history_rows_inserted = storage.merge_rows(summary.PRODUCTION_HISTORY, result.done.history_rows)
+    return result

@@ -13,19 +13,38 @@ from dataclasses import asdict, dataclass
 from urllib.parse import quote
 
 import mlflow
+import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+from marketplace.errors import MarketplaceError
+
 
 MARKER_PREFIX = "Exported Already On "
 EXPORTED_ON_TAG = "marketplace.exported_on"
 PAGE_SIZE = 1000
 
 _process_uri_lock = threading.RLock()
+# What an unreachable or failing registry raises through MLflow's client.
+REGISTRY_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 
 
-class RegistryUnavailable(RuntimeError):
-    """A registry could not be reached or answered with an error."""
+class RegistryUnavailable(MarketplaceError, RuntimeError):
+    """A registry that could not be reached or failed: the partition fails, naming it and its URI."""
+
+
+@contextlib.contextmanager
+def registry_errors(who: str, uri: str, consequence: str = "") -> Iterator[None]:
+    """An unreachable or failing registry fails the partition, naming it and its URI."""
+    try:
+        yield
+    except REGISTRY_ERRORS as exc:
+        # Not chained: the cause's text quotes the request URL, credentials included.
+        raise RegistryUnavailable(
+            f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
+            + (f" ({consequence})" if consequence else "")
+        ) from None
 
 
 def configure_http(timeout_seconds: int, max_retries: int) -> None:
@@ -156,7 +175,7 @@ def list_model_names(client: MlflowClient) -> list[str]:
             return names
 
 
-def _versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
+def versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
     versions: list[ModelVersion] = []
     token = None
     while True:
@@ -169,6 +188,33 @@ def _versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
             return versions
 
 
+def in_stage(version: ModelVersion, stage: str) -> bool:
+    return (version.current_stage or "").lower() == stage.lower()
+
+
+def is_ready(version: ModelVersion) -> bool:
+    return (version.status or "READY") == "READY"
+
+
+def choose_production(candidates, registered_by: dt.datetime | None = None) -> ModelVersion | None:
+    """The production version among a model's versions in the production stage: the newest one
+    that is READY (registered by `registered_by`, if given). The one rule, for the assets and the sensor."""
+    eligible = [v for v in candidates if is_ready(v)
+                and (registered_by is None or _ms_to_datetime(v.creation_timestamp) <= registered_by)]
+    return max(eligible, key=lambda v: int(v.version), default=None)
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, whatever its status: an alias names production explicitly
+    (a version that cannot be exported fails its export, saying why, instead of retiring the model)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
 def newest_production_version(
     client: MlflowClient,
     name: str,
@@ -177,24 +223,16 @@ def newest_production_version(
     alias: str | None,
     registered_by: dt.datetime | None = None,
 ) -> ModelVersion | None:
-    """The newest version of `name` in `stage` (or holding `alias`), registered by `registered_by`."""
+    """`name`'s production version: the one holding `alias`, or the newest READY one in `stage`;
+    registered by `registered_by`, if given."""
     if alias is not None:
-        try:
-            version = client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-        candidates = [version]
-    else:
-        assert stage is not None
-        candidates = [
-            v for v in _versions_of(client, name) if (v.current_stage or "").lower() == stage.lower()
-        ]
-    if registered_by is not None:
-        candidates = [v for v in candidates if _ms_to_datetime(v.creation_timestamp) <= registered_by]
-    candidates = [v for v in candidates if (v.status or "READY") == "READY"]
-    return max(candidates, key=lambda v: int(v.version), default=None)
+        version = aliased_version(client, name, alias)
+        if version is None or (registered_by is not None
+                               and _ms_to_datetime(version.creation_timestamp) > registered_by):
+            return None
+        return version
+    assert stage is not None
+    return choose_production([v for v in versions_of(client, name) if in_stage(v, stage)], registered_by)
 
 
 def select_production_versions(

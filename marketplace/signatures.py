@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from model_signing import hashing, manifest, signing, verifying
 
+from marketplace.errors import MarketplaceError
 from marketplace.manifest import SIGNATURE_NAME
 
 # The curves model_signing accepts (Sigstore's).
@@ -34,7 +35,7 @@ CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 EC_ONLY = "only EC keys (P-256, P-384, P-521) are supported"
 
 
-class SignatureError(RuntimeError):
+class SignatureError(MarketplaceError, RuntimeError):
     """An export whose OpenSSF signature is missing or does not verify."""
 
 

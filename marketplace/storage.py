@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from marketplace.errors import MarketplaceError
+from marketplace.layout import LOCK_SUFFIX, LOCKS_DIR
+
 CHUNK = 1024 * 1024
 S3_SCHEMES = ("s3",)
 AZURE_SCHEMES = ("az", "abfs", "abfss")
-LOCKS_DIR = ".locks"
 # object_store's HTTP client settings: passed to obstore as client options (in its store config
 # they make it panic), to delta-rs as they are.
 CLIENT_KEYS = frozenset({
@@ -44,11 +46,11 @@ _BOOLEAN = {"true": True, "false": False}
 log = logging.getLogger(__name__)
 
 
-class StorageError(RuntimeError):
+class StorageError(MarketplaceError, RuntimeError):
     """External storage that cannot be reached or refuses an operation, naming where."""
 
 
-class LockTimeout(TimeoutError):
+class LockTimeout(MarketplaceError, TimeoutError):
     """A lock another process held for longer than the caller was willing to wait."""
 
 
@@ -165,10 +167,6 @@ class Storage(ABC):
         return {}
 
 
-def lock_name(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
 class LocalStorage(Storage):
     """A folder on this machine (or a shared file system): renames are atomic, locks are flock."""
 
@@ -242,7 +240,7 @@ class LocalStorage(Storage):
             def check(self) -> None:
                 """A flock cannot be lost while its process lives: nothing to check."""
 
-        path = self.path(LOCKS_DIR) / f"{name}.lock"
+        path = self.path(LOCKS_DIR) / f"{name}{LOCK_SUFFIX}"
         path.parent.mkdir(parents=True, exist_ok=True)
         return HeldFileLock(str(path), timeout=timeout_seconds)
 
@@ -412,7 +410,7 @@ class ObjectStorage(Storage):
             obstore.put(self._store, _join(key, commit_file), staging / commit_file)
 
     def lock(self, name: str, timeout_seconds: float) -> contextlib.AbstractContextManager:
-        return LeaseLock(self, _join(LOCKS_DIR, f"{name}.lock"), lease_seconds=self.lease_seconds,
+        return LeaseLock(self, _join(LOCKS_DIR, f"{name}{LOCK_SUFFIX}"), lease_seconds=self.lease_seconds,
                          timeout_seconds=timeout_seconds)
 
 

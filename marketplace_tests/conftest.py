@@ -20,12 +20,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from marketplace import local_servers
+from harness import local_servers
 from marketplace.config import MarketplaceConfig, load_config
-from marketplace.definitions import build_definitions
-from marketplace.assets import build_sync_assets
-from marketplace.partitions import build_marketplace_partitions_def, partition_key
-from marketplace.resources import build_resources
+from marketplace_dagster.definitions import build_definitions
+from marketplace_dagster.assets import build_sync_assets
+from marketplace_dagster.partitions import build_marketplace_partitions_def, partition_key
+from marketplace_dagster.resources import build_resources
 from marketplace.registry import filter_literal, process_tracking_uri
 
 TODAY = dt.datetime.now(dt.timezone.utc).date()
@@ -205,7 +205,7 @@ def materializations(result, asset_key: dg.AssetKey) -> dict:
 
 def assert_nothing_new(result, already_exported: int) -> None:
     """A re-run that found everything done: nothing exported, imported, inserted or changed."""
-    from marketplace import assets
+    from marketplace_dagster import assets
 
     assert result.success, step_failure_message(result)
     exported = materializations(result, assets.EXPORTS)
@@ -299,7 +299,7 @@ def materialize_in_processes(deployment: Deployment, workspaces, tmp_path: Path,
     for w, log in zip(workspaces, logs):
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             processes.append(subprocess.Popen(
-                [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
+                [str(DAGSTER), "asset", "materialize", "-m", "marketplace_dagster.definitions", "--select", "*",
                  "--partition", f"{day.isoformat()}|{w}"],
                 cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
             ))

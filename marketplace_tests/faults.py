@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from marketplace.local_servers import free_port
+from harness.local_servers import free_port
 
 # Headers of the upstream's answer that describe its own transfer, not the payload relayed.
 TRANSFER_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding")

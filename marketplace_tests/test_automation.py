@@ -6,7 +6,7 @@ import datetime as dt
 
 import dagster as dg
 
-from marketplace import assets
+from marketplace_dagster import assets
 
 from .conftest import TODAY, register_version, step_failure_message
 

@@ -10,12 +10,12 @@ import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
-from marketplace import assets
+from marketplace_dagster import assets
 from marketplace.imports import TAG_SOURCE_VERSION
 
 from .conftest import TODAY, register_version
 from .faults import FaultProxy
-from marketplace.local_dagster import DagsterDev
+from harness.local_dagster import DagsterDev
 
 
 

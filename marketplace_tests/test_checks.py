@@ -10,7 +10,8 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
-from marketplace import assets, checks, loading, summary
+from marketplace import loading, summary
+from marketplace_dagster import assets, checks
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME
 

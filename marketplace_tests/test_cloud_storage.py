@@ -14,13 +14,15 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets, summary
-from marketplace.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
+from marketplace import summary
+from marketplace_dagster import assets
+from marketplace_dagster.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
 from marketplace.exports import export_key
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_VERSION
 from marketplace.manifest import MANIFEST_NAME
-from marketplace.resources import configured_storage
-from marketplace.storage import LockLost, LockTimeout, ObjectStorage, lock_name
+from marketplace.external import configured_storage
+from marketplace.layout import lock_name
+from marketplace.storage import LockLost, LockTimeout, ObjectStorage
 
 from .conftest import (
     CLOUD_KEYS,
@@ -188,7 +190,7 @@ def test_a_missing_storage_credential_fails_naming_its_variable(synced_pair, mon
 def _object_storage(cloud, lease_seconds: float) -> ObjectStorage:
     emulator, storage_config = cloud
     from marketplace.config import ExternalStorageConfig
-    from marketplace.resources import resolve_options
+    from marketplace_dagster.resources import resolve_options
 
     settings = ExternalStorageConfig.model_validate(storage_config)
     return ObjectStorage(settings.uri, resolve_options(settings.uri, *settings.options()), lease_seconds=lease_seconds)

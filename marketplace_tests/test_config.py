@@ -13,6 +13,7 @@ from marketplace import config as config_module
 from marketplace.config import CONFIG_ENV_VAR, ConfigError, load_config, parse_config
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parent.parent / "marketplace.yaml"
+PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "marketplace" / "marketplace.yaml"
 
 MINIMAL = {
     "external_storage": {"uri": "external"},
@@ -500,13 +501,18 @@ def test_environment_variable_naming_a_missing_file_is_an_error(tmp_path, monkey
     assert info.value.path == str(path)
 
 
-def test_load_config_without_argument_or_variable_loads_the_repository_file(monkeypatch):
+def test_load_config_without_argument_or_variable_loads_the_packaged_default(monkeypatch, tmp_path):
     monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)  # as an installed package, run from anywhere
 
     config = load_config()
 
-    assert config_module.DEFAULT_CONFIG_PATH == REPOSITORY_CONFIG
-    assert config.path == REPOSITORY_CONFIG
+    assert config.path == config_module.DEFAULT_CONFIG_PATH == PACKAGED_CONFIG
+    # Its relative paths resolve against the working directory, never inside the package.
+    assert config.storage_root == str((tmp_path / ".marketplace" / "external").resolve())
+    # The repository's marketplace.yaml is a link to it that keeps resolving against the repository.
+    assert REPOSITORY_CONFIG.resolve() == PACKAGED_CONFIG
+    assert load_config(REPOSITORY_CONFIG).storage_root == str(REPOSITORY_CONFIG.parent / ".marketplace" / "external")
     assert [w.name for w in config.workspaces] == ["dev01", "dev02", "dev03"]
     assert config.workspace("dev02").production.alias == "champion"
     assert config.workspace("dev03").exclude == ["scratch_*"]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marketplace.config import ConfigError, load_config
-from marketplace.definitions import build_definitions
+from marketplace_dagster.definitions import build_definitions
 
 BASE = {
     "start_date": "2026-10-01",

@@ -25,13 +25,14 @@ import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
-from marketplace import assets, local_servers
+from marketplace_dagster import assets
+from harness import local_servers
 from marketplace.exports import STAGING_PREFIX, export_dir
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
 from marketplace.manifest import MANIFEST_NAME
-from marketplace.partitions import partition_tags
+from marketplace_dagster.partitions import partition_tags
 from marketplace.registry import EXPORTED_ON_TAG, process_tracking_uri
-from marketplace.resources import build_resources
+from marketplace_dagster.resources import build_resources
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .faults import FaultProxy, Hold
@@ -55,7 +56,7 @@ def _launch(config: Path, home: Path, workspace: str, log: Path) -> subprocess.P
     runs it; its output goes to `log` (a pipe nobody reads could fill and stall it)."""
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", SYNC_JOB, "--tags",
+            [str(DAGSTER), "job", "execute", "-m", "marketplace_dagster.definitions", "-j", SYNC_JOB, "--tags",
              json.dumps(partition_tags(TODAY, workspace))],
             cwd=ROOT, env={**os.environ, "MARKETPLACE_CONFIG": str(config), "DAGSTER_HOME": str(home)},
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True,

@@ -16,8 +16,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from marketplace import assets, databricks
-from marketplace.config import ConfigError, parse_config
+from marketplace import databricks
+from marketplace_dagster import assets
+from marketplace.config import ConfigError, DatabricksConnection, parse_config
 from marketplace.imports import TAG_SOURCE_MODEL, UC_NAME_LIMIT, render_name
 from marketplace.registry import searched
 
@@ -140,24 +141,23 @@ def test_wrong_databricks_settings_name_the_key(marketplace, workspaces, key, sa
     assert raised.value.key.startswith(key) and says in str(raised.value), str(raised.value)
 
 
-def _connection(monkeypatch, tmp_path, **extra) -> databricks.Connection:
+def _settings(monkeypatch, tmp_path, **extra) -> DatabricksConnection:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    fields = {"owner": "workspace dev01", "profile": "marketplace-ws-dev01", "host": "https://adb-1.net",
-              "auth": "oauth-m2m", "client_id": "sp", "secret_env": "DEV01_SECRET", **extra}
-    return databricks.Connection(**fields)
+    fields = {"host": "https://adb-1.net", "auth": "oauth-m2m", "client_id": "sp", "secret_env": "DEV01_SECRET", **extra}
+    return DatabricksConnection(**fields)
 
 
 def test_profile_file_is_private_and_holds_each_workspace_credentials(monkeypatch, tmp_path):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
-    connection = _connection(monkeypatch, tmp_path)
+    settings = _settings(monkeypatch, tmp_path)
     monkeypatch.setenv("DEV01_SECRET", "s3cr3t-dev01")
     monkeypatch.setenv("DATABRICKS_HOST", "https://somewhere-else")
     monkeypatch.setenv("DEV02_TOKEN", "dapi-dev02")
-    databricks.ensure_profile(connection)
-    databricks.ensure_profile(connection.model_copy(update={"owner": "workspace dev02", "profile": "marketplace-ws-dev02",
-                                                            "auth": "pat", "client_id": None, "secret_env": "DEV02_TOKEN"}))
+    databricks.ensure_profile("workspace dev01", "databricks://marketplace-ws-dev01", settings)
+    databricks.ensure_profile("workspace dev02", "databricks://marketplace-ws-dev02",
+                              settings.model_copy(update={"auth": "pat", "client_id": None, "secret_env": "DEV02_TOKEN"}))
     path = Path(os.environ[databricks.CONFIG_FILE_ENV])
     assert path.is_relative_to(tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -171,7 +171,7 @@ def test_profile_file_is_private_and_holds_each_workspace_credentials(monkeypatc
 def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(monkeypatch, tmp_path, deploy):
     monkeypatch.delenv("DEV01_SECRET", raising=False)
     with pytest.raises(databricks.DatabricksCredentialError) as raised:
-        databricks.ensure_profile(_connection(monkeypatch, tmp_path))
+        databricks.ensure_profile("workspace dev01", "databricks://marketplace-ws-dev01", _settings(monkeypatch, tmp_path))
     assert str(raised.value).startswith("workspace dev01: the environment variable DEV01_SECRET")
 
     deployment = deploy([{"name": "dev01", "databricks": {"host": "https://adb-1.net", "auth": "pat",

@@ -15,11 +15,13 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets, databricks, summary
+from marketplace import databricks, summary
+from marketplace_dagster import assets
 from marketplace.config import ConfigError, parse_config
-from marketplace.engines import ExportEngine, databricks_task
+from marketplace.config import ExportEngineConfig
+from marketplace_dagster.engines import databricks_task
 from marketplace.exports import export_key
-from marketplace.resources import configured_storage
+from marketplace.external import configured_storage
 from marketplace.signatures import generate_key_pair, verify_export_signature
 
 from .conftest import CLOUD_KEYS, materializations, register_version, step_failure_message
@@ -172,12 +174,12 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, ui
 
 
 def test_job_specs_for_each_kind_of_compute():
-    existing, _ = databricks_task("dev-01", ExportEngine(engine="databricks", wheel=WHEEL, existing_cluster_id="0101-abc",
+    existing, _ = databricks_task("dev-01", ExportEngineConfig(engine="databricks", wheel=WHEEL, existing_cluster_id="0101-abc",
                                                          libraries=["scikit-learn==1.5.2"]))
     assert existing.task_key == "marketplace_export_dev_01" and existing.existing_cluster_id == "0101-abc"
     assert [lib.as_dict() for lib in existing.libraries] == [{"whl": WHEEL}, {"pypi": {"package": "scikit-learn==1.5.2"}}]
     assert existing.python_wheel_task.parameters == ["--transport", "dbfs"]  # no volume: DBFS
-    cluster, submit = databricks_task("dev01", ExportEngine(
+    cluster, submit = databricks_task("dev01", ExportEngineConfig(
         engine="databricks", wheel=WHEEL, new_cluster={"spark_version": "15.4.x", "spark_env_vars": {"A": "1"}},
         env={"B": "{{secrets/s/k}}"}, volume_path=VOLUME, timeout_seconds=600))
     assert cluster.new_cluster.spark_env_vars == {"A": "1", "B": "{{secrets/s/k}}"}

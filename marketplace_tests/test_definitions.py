@@ -11,9 +11,9 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets, checks
+from marketplace_dagster import assets, checks
 from marketplace.config import ConfigError, load_config
-from marketplace.definitions import build_definitions, defs
+from marketplace_dagster.definitions import build_definitions, defs
 from marketplace.imports import TAG_SOURCE_VERSION
 
 from .conftest import TODAY, register_version
@@ -87,7 +87,7 @@ def test_configuration_is_read_when_definitions_load_not_at_import(tmp_path):
     missing = tmp_path / "nowhere.yaml"
     env = {**os.environ, "MARKETPLACE_CONFIG": str(missing)}
     imported = subprocess.run(
-        [sys.executable, "-c", "import marketplace.definitions"], env=env, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", "import marketplace_dagster.definitions"], env=env, capture_output=True, text=True, cwd=ROOT
     )
     assert imported.returncode == 0, imported.stderr
 
@@ -122,7 +122,7 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
-    command = [str(DAGSTER), "asset", "materialize", "-m", "marketplace.definitions", "--select", "*",
+    command = [str(DAGSTER), "asset", "materialize", "-m", "marketplace_dagster.definitions", "--select", "*",
                "--partition", f"{TODAY.isoformat()}|cli"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -7,7 +7,7 @@ import time
 
 from mlflow import MlflowClient
 
-from marketplace import assets
+from marketplace_dagster import assets
 
 from .conftest import materializations, register_version, step_failure_message
 from .faults import FaultProxy, Hold

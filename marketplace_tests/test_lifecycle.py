@@ -26,9 +26,9 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from marketplace import assets
+from marketplace_dagster import assets
 from marketplace.imports import TAG_SOURCE_VERSION
-from marketplace.partitions import partition_tags
+from marketplace_dagster.partitions import partition_tags
 
 from .conftest import (
     TODAY,
@@ -216,7 +216,7 @@ class Cli:
         env = {**os.environ, "MARKETPLACE_CONFIG": str(self.deployment.path), "DAGSTER_HOME": str(self.home)}
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             process = subprocess.Popen(
-                [str(DAGSTER), "job", "execute", "-m", "marketplace.definitions", "-j", "marketplace_sync_job",
+                [str(DAGSTER), "job", "execute", "-m", "marketplace_dagster.definitions", "-j", "marketplace_sync_job",
                  "--tags", json.dumps(partition_tags(day, workspace_name))],
                 cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             )

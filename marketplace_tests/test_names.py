@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets
+from marketplace_dagster import assets
 from marketplace.exports import export_dir
 from marketplace.imports import MAX_NAME_LENGTH, TAG_SOURCE_MODEL
 

@@ -9,10 +9,10 @@ import pytest
 from deltalake import DeltaTable
 from mlflow import MlflowClient
 
-from marketplace import assets
+from marketplace_dagster import assets
 from marketplace.exports import export_dir
 from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
-from marketplace.local_servers import free_port
+from harness.local_servers import free_port
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.registry import MARKER_PREFIX
 

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from marketplace import assets, summary
+from marketplace import summary
+from marketplace_dagster import assets
 from marketplace.exports import export_key
-from marketplace.local_servers import free_port
+from harness.local_servers import free_port
 from marketplace.manifest import read_manifest
 from marketplace.registry import MARKER_PREFIX
-from marketplace.resources import configured_storage
+from marketplace.external import configured_storage
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 

@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from marketplace.config import ConfigError
-from marketplace.partitions import split_partition_key
+from marketplace_dagster.partitions import split_partition_key
 
 from .conftest import UNUSED_URI
 

@@ -10,7 +10,7 @@ from dagster._serdes import serialize_value
 from mlflow import MlflowClient
 
 from marketplace import summary
-from marketplace.local_servers import free_port
+from harness.local_servers import free_port
 from marketplace.registry import redact_text
 
 from .conftest import register_version, step_failure_message

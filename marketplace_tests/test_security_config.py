@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from marketplace.config import load_config
-from marketplace.resources import build_resources
+from marketplace.errors import MarketplaceError
+from marketplace_dagster.resources import build_resources
 from marketplace.signatures import generate_key_pair
 
 from .test_config import assert_names, load_error, minimal, second_workspace, write_yaml
@@ -34,8 +35,9 @@ def test_a_public_key_file_relative_to_the_configuration_turns_signatures_on(tmp
     config = load_config(write_yaml(tmp_path, data))
     assert config.require_signatures is True
     assert config.public_key("dev01") == keys[1]
-    signing = build_resources(config)["workspaces"].get("dev01").signing
-    assert (signing.private_key_env, signing.public_key) == ("DEV01_SIGNING_KEY", keys[1])
+    workspaces = build_resources(config)["workspaces"]
+    assert workspaces.get("dev01").signing.private_key_env == "DEV01_SIGNING_KEY"
+    assert workspaces.public_key("dev01") == keys[1]
 
 
 def test_an_inline_public_key_is_accepted(tmp_path, keys):
@@ -149,17 +151,15 @@ def test_a_databricks_export_job_must_get_the_signing_key_from_a_secret(tmp_path
 
 
 def test_a_missing_or_wrong_private_key_fails_where_the_export_runs_naming_the_key(tmp_path, keys, monkeypatch):
-    import dagster as dg
-
     data = minimal()
     data["workspaces"][0]["signing"] = {"private_key_env": "DEV01_SIGNING_KEY", "public_key": "keys/dev01.pub.pem"}
     workspaces = build_resources(load_config(write_yaml(tmp_path, data)))["workspaces"]
     monkeypatch.delenv("DEV01_SIGNING_KEY", raising=False)
-    with pytest.raises(dg.Failure, match=r"workspace dev01: signing.private_key_env: the environment variable "
+    with pytest.raises(MarketplaceError, match=r"workspace dev01: signing.private_key_env: the environment variable "
                                          r"DEV01_SIGNING_KEY is not set"):
         workspaces.private_key("dev01")
     monkeypatch.setenv("DEV01_SIGNING_KEY", keys[1])  # the public key by mistake
-    with pytest.raises(dg.Failure, match="DEV01_SIGNING_KEY: .*public key, not a PEM EC private key"):
+    with pytest.raises(MarketplaceError, match="DEV01_SIGNING_KEY: .*public key, not a PEM EC private key"):
         workspaces.private_key("dev01")
     monkeypatch.setenv("DEV01_SIGNING_KEY", keys[0])
     assert workspaces.private_key("dev01") == keys[0]

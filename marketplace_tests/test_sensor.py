@@ -7,8 +7,8 @@ import json
 import dagster as dg
 from mlflow import MlflowClient
 
-from marketplace.local_servers import free_port
-from marketplace.partitions import partition_key
+from harness.local_servers import free_port
+from marketplace_dagster.partitions import partition_key
 
 from .conftest import TODAY, register_version, step_failure_message
 

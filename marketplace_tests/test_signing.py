@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets
+from marketplace_dagster import assets
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME, read_manifest
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from marketplace.config import ConfigError, parse_config
-from marketplace.resources import build_resources, configured_storage
+from marketplace.errors import MarketplaceError
+from marketplace.external import configured_storage
+from marketplace_dagster.resources import build_resources
 from marketplace.storage import ObjectStorage, split_options
 
 BASE = {"marketplace": {"tracking_uri": "http://127.0.0.1:5000"},
@@ -28,7 +30,7 @@ def test_s3_settings_become_object_store_options_with_credentials_by_variable(mo
     assert secret == {"aws_access_key_id": "MP_KEY_ID", "aws_secret_access_key": "MP_SECRET",
                       "aws_session_token": "MP_TOKEN"}
     resource = build_resources(config)["external_storage"]
-    assert resource.options == plain and resource.options_env == secret  # names only, no value
+    assert resource.settings.options() == (plain, secret)  # names only, no value
     for name, value in (("MP_KEY_ID", "id"), ("MP_SECRET", "s3cret"), ("MP_TOKEN", "tok")):
         monkeypatch.setenv(name, value)
     storage = configured_storage(config)
@@ -53,15 +55,13 @@ def test_azure_account_comes_from_the_uri_and_emulator_flags_are_kept():
 
 
 def test_a_missing_credential_variable_names_it_and_not_a_value(monkeypatch):
-    import dagster as dg
-
     config = _config({"uri": "s3://acme-ml-marketplace/prod", "s3": {
         "access_key_id_env": "MP_KEY_ID", "secret_access_key_env": "MP_SECRET"}})
     monkeypatch.setenv("MP_KEY_ID", "AKIA-the-id")
     monkeypatch.delenv("MP_SECRET", raising=False)
-    with pytest.raises(dg.Failure) as raised:
+    with pytest.raises(MarketplaceError) as raised:
         configured_storage(config)
-    assert raised.value.description == ("external storage s3://acme-ml-marketplace/prod: the environment variable "
+    assert str(raised.value) == ("external storage s3://acme-ml-marketplace/prod: the environment variable "
                                          "MP_SECRET (holding its aws_secret_access_key) is not set")
 
 

@@ -23,8 +23,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import assets, loading
-from marketplace.checks import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
+from marketplace import loading
+from marketplace_dagster import assets
+from marketplace_dagster.checks import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
 from marketplace.exports import export_dir, skip_record_path
 from marketplace.imports import TAG_SOURCE_VERSION
 from marketplace.manifest import SIGNATURE_NAME, build_manifest, read_manifest, write_manifest

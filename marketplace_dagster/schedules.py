@@ -4,7 +4,7 @@
 import dagster as dg
 
 from marketplace.config import MarketplaceConfig
-from marketplace.partitions import partition_key
+from marketplace_dagster.partitions import partition_key
 
 
 def _status(value: str) -> dg.DefaultScheduleStatus:

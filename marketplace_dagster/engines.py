@@ -12,10 +12,12 @@ import datetime as dt
 import hashlib
 import sys
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 
+from marketplace.config import ExportEngineConfig
+from marketplace.errors import MarketplaceError
 from marketplace.exports import Outcome, export_versions
 from marketplace.pipes_export import OUTCOMES_MESSAGE
 from marketplace.registry import ProductionVersion, redact_text
@@ -23,22 +25,6 @@ from marketplace.registry import ProductionVersion, redact_text
 PACKAGE = "marketplace"
 ENTRY_POINT = "marketplace-export"
 JOB_ENVIRONMENT_KEY = "marketplace"
-
-
-class ExportEngine(dg.Config):
-    """The resource form of a workspace's `export` settings (see config.ExportEngineConfig)."""
-
-    engine: Literal["in_process", "subprocess", "databricks"] = "in_process"
-    wheel: str | None = None
-    libraries: list[str] = []
-    new_cluster: dict[str, Any] | None = None
-    existing_cluster_id: str | None = None
-    serverless: bool = False
-    environment_version: str = "3"
-    volume_path: str | None = None
-    env: dict[str, str] = {}
-    timeout_seconds: int = 4 * 3600
-    poll_interval_seconds: float = 10
 
 
 def job_extras(workspaces, name: str, external_storage, versions: Sequence[ProductionVersion], day: dt.date,
@@ -54,18 +40,19 @@ def job_extras(workspaces, name: str, external_storage, versions: Sequence[Produ
         "workspace": name,
         "tracking_uri": tracking_uri,
         "registry_uri": registry_uri,
-        "storage": {"root": external_storage.root, "options": dict(external_storage.options),
-                    "options_env": dict(external_storage.options_env)},
+        "storage": dict(zip(("root", "options", "options_env"),
+                            (external_storage.root, *external_storage.settings.options()))),
         "signing_key_env": external_storage.signing_key_env,
         "private_key_env": workspace.signing.private_key_env,
         "versions": [v.to_dict() for v in versions],
         "day": day.isoformat(),
         "source_marker": workspaces.source_marker,
-        "client": {"timeout_seconds": workspaces.timeout_seconds, "max_retries": workspaces.max_retries},
+        "client": {"timeout_seconds": workspaces.config.client.timeout_seconds,
+                   "max_retries": workspaces.config.client.max_retries},
     }
 
 
-def databricks_task(name: str, engine: ExportEngine) -> tuple[Any, dict]:
+def databricks_task(name: str, engine: ExportEngineConfig) -> tuple[Any, dict]:
     """The job's task and the submit arguments: the package's wheel, run by its entry point."""
     from databricks.sdk.service import jobs
 
@@ -101,7 +88,7 @@ def _idempotency_token(context: dg.AssetExecutionContext, name: str, day: dt.dat
     return hashlib.sha256(seed.encode()).hexdigest()[:64]
 
 
-def _run_databricks_job(context, workspaces, name: str, engine: ExportEngine, extras: dict, day: dt.date):
+def _run_databricks_job(context, workspaces, name: str, engine: ExportEngineConfig, extras: dict, day: dt.date):
     from dagster_databricks.pipes import (
         PipesDatabricksClient,
         PipesDatabricksServerlessClient,
@@ -162,7 +149,7 @@ def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, extern
                 context=context, extras=extras, command=[sys.executable, "-m", "marketplace.pipes_export"])
         else:
             invocation = _run_databricks_job(context, workspaces, name, engine, extras, day)
-    except dg.Failure:
+    except MarketplaceError:
         raise
     except Exception as exc:  # noqa: BLE001 - what the job did is read back from storage below
         error = redact_text(f"the export job failed: {type(exc).__name__}: {exc}")

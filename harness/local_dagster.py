@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from marketplace.local_servers import free_port
+from harness.local_servers import free_port
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 
@@ -39,7 +39,7 @@ DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELE
 
 
 class DagsterDev:
-    """`dagster dev -m marketplace.definitions` on a free port with its own DAGSTER_HOME."""
+    """`dagster dev -m marketplace_dagster.definitions` on a free port with its own DAGSTER_HOME."""
 
     def __init__(self, config_path: Path, home: Path, cwd: Path | None = None):
         self.port = free_port()
@@ -52,7 +52,7 @@ class DagsterDev:
         cwd = cwd or Path(config_path).resolve().parent
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [str(DAGSTER), "dev", "-m", "marketplace.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
+                [str(DAGSTER), "dev", "-m", "marketplace_dagster.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 

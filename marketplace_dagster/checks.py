@@ -11,28 +11,32 @@ from collections import Counter
 import dagster as dg
 
 from marketplace import summary
-from marketplace.assets import EXPORT_SUMMARY, EXPORTS, IMPORT_SUMMARY, REGISTRATION
 from marketplace.config import MarketplaceConfig
-from marketplace.exports import EXPORTS_DIR
+from marketplace.layout import EXPORTS_DIR, export_folder_of_file
 from marketplace.imports import marketplace_versions_of
 from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
-from marketplace.partitions import partition_key
-from marketplace.polling import poll_workspaces, workspace_targets
+from marketplace.polling import poll_workspaces
 from marketplace.registration import divergences, marketplace_production
 from marketplace.registry import configure_http
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
-from marketplace.resources import ExternalStorageResource, MarketplaceRegistryResource
 from marketplace.telemetry import registry_time
-
-EXPORT_SUMMARY_UNIQUE = "export_summary_has_unique_keys"
-IMPORT_SUMMARY_UNIQUE = "import_summary_has_unique_keys"
-EXPORTS_MATCH_MANIFESTS = "exports_match_manifests"
-PRODUCTION_VERSIONS_SYNCED = "production_versions_synced"
-MARKETPLACE_MATCHES_SOURCES = "marketplace_matches_sources"
-PARTITIONS_FRESH = "todays_partitions_synced_by_deadline"
-NO_STRAY_EXPORTS = "no_stray_exports"
-EXPORTS_SIGNED_AND_CLEAN = "exports_signed_and_clean"
+from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay importable
+    EXPORT_SUMMARY,
+    EXPORT_SUMMARY_UNIQUE,
+    EXPORTS,
+    EXPORTS_MATCH_MANIFESTS,
+    EXPORTS_SIGNED_AND_CLEAN,
+    IMPORT_SUMMARY,
+    IMPORT_SUMMARY_UNIQUE,
+    MARKETPLACE_MATCHES_SOURCES,
+    NO_STRAY_EXPORTS,
+    PARTITIONS_FRESH,
+    PRODUCTION_VERSIONS_SYNCED,
+    REGISTRATION,
+)
+from marketplace_dagster.partitions import partition_key
+from marketplace_dagster.resources import ExternalStorageResource, MarketplaceRegistryResource
 
 RECONCILE_DAYS = 30
 RECONCILE_POLL_SECONDS = 120
@@ -96,8 +100,8 @@ def production_versions_synced(external_storage: ExternalStorageResource) -> dg.
         newest_import[(workspace, model)] = max(version, newest_import.get((workspace, model), 0))
     seen: set[tuple[str, str, int]] = set()
     since = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=RECONCILE_DAYS)
-    for data in external_storage.snapshots(since):
-        seen |= {(data["workspace"], v["model_name"], v["version"]) for v in data["versions"]}
+    for snapshot in external_storage.snapshots(since):
+        seen |= {(snapshot.workspace, v.model_name, v.version) for v in snapshot.versions}
     newest_export: dict[tuple[str, str], int] = {}
     for workspace, model, version in exported:
         newest_export[(workspace, model)] = max(version, newest_export.get((workspace, model), 0))
@@ -142,7 +146,7 @@ def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefin
         external_storage: ExternalStorageResource, marketplace: MarketplaceRegistryResource
     ) -> dg.AssetCheckResult:
         configure_http(config.sensor.request_timeout_seconds, 0)
-        polled = poll_workspaces(workspace_targets(config), max_workers=config.sensor.max_workers,
+        polled = poll_workspaces(config.workspaces, max_workers=config.sensor.max_workers,
                                  deadline_seconds=RECONCILE_POLL_SECONDS)
         held: dict[str, set[str]] = {}
         for row in external_storage.read_rows(summary.IMPORT_SUMMARY, columns=["workspace", "model_name"]):
@@ -302,16 +306,15 @@ def build_stray_exports_check(config: MarketplaceConfig) -> dg.AssetChecksDefini
         storage = external_storage.storage
         recorded = {storage.key_of(r["export_path"]) for r in external_storage.read_rows(
             summary.EXPORT_SUMMARY, columns=["export_path"])}
-        folders = [relative.rsplit("/", 1)[0] for relative in storage.list(EXPORTS_DIR)
-                   if relative.count("/") == 3 and relative.endswith(f"/{MANIFEST_NAME}")
-                   and not any(part.startswith(".") for part in relative.split("/"))]
+        folders = [found[0] for relative in storage.list(EXPORTS_DIR)
+                   if (found := export_folder_of_file(relative)) and found[1] == MANIFEST_NAME]
         stray = []
-        for folder in sorted(folders):
-            workspace = folder.split("/")[0]
-            if workspace not in configured:
-                stray.append(f"{folder} (workspace {workspace!r} is not configured)")
-            elif f"{EXPORTS_DIR}/{folder}" not in recorded:
-                stray.append(f"{folder} (not in the export summary: no partition exported it)")
+        for folder in sorted(folders, key=lambda f: f.key):
+            shown = folder.key.removeprefix(f"{EXPORTS_DIR}/")
+            if folder.workspace not in configured:
+                stray.append(f"{shown} (workspace {folder.workspace!r} is not configured)")
+            elif folder.key not in recorded:
+                stray.append(f"{shown} (not in the export summary: no partition exported it)")
         return dg.AssetCheckResult(
             passed=not stray,
             severity=dg.AssetCheckSeverity.WARN,

@@ -12,12 +12,13 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
-from marketplace.exports import quarantine_of, skip_record_key
-from marketplace.partitions import partition_key
-from marketplace.polling import poll_workspaces, workspace_targets
+from marketplace.exports import quarantine_of
+from marketplace.layout import skip_record_key
+from marketplace_dagster.partitions import partition_key
+from marketplace.polling import poll_workspaces
 from marketplace.registration import Recorded, recorded_states
 from marketplace.registry import configure_http
-from marketplace.resources import configured_storage
+from marketplace.external import configured_storage
 from marketplace.scanning import ScanPolicy
 from marketplace.storage import Storage
 
@@ -83,7 +84,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         today = dt.datetime.now(dt.timezone.utc).date()
         cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
         polled = poll_workspaces(
-            workspace_targets(config), max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
+            config.workspaces, max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
         )
         storage = configured_storage(config)
         recorded = _recorded(storage)

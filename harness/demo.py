@@ -1,7 +1,7 @@
 """The embedded default: local MLflow servers, demo models, a sync of today's partitions, a summary.
 
 Used by `make demo`, `make demo-rollback`, `make dev` and `make stop`:
-    python -m marketplace.demo up | seed | sync | summary | rollback | stop
+    python -m harness.demo up | seed | sync | summary | rollback | stop
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from marketplace.config import MarketplaceConfig, load_config
-from marketplace.local_servers import LocalServer, start, stop
+from harness.local_servers import LocalServer, start, stop
 
 STATE_DIR_ENV = "MARKETPLACE_STATE_DIR"
 # Where the demo's own lines go while Dagster's, MLflow's and the export library's logs go to a file.
@@ -171,8 +171,8 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
     persistent instance."""
     import dagster as dg
 
-    from marketplace.definitions import build_definitions
-    from marketplace.partitions import partition_key
+    from marketplace_dagster.definitions import build_definitions
+    from marketplace_dagster.partitions import partition_key
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir(config) / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
     from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 
     from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
-    from marketplace.resources import configured_storage
+    from marketplace.external import configured_storage
     from marketplace.summary import PRODUCTION_HISTORY, TABLES, read_rows
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)
@@ -296,7 +296,7 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m marketplace.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__)
     parser.add_argument("command", choices=["up", "seed", "sync", "summary", "rollback", "stop", "all"])
     args = parser.parse_args(argv)
     config = load_config()

@@ -1,0 +1,141 @@
+"""The registries the marketplace talks to, built from the configuration's own sections: every
+source workspace's, and the central marketplace registry."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+from mlflow import MlflowClient
+
+from marketplace.config import MarketplaceConfig, MarketplaceRegistryConfig, WorkspaceConfig
+from marketplace.databricks import ensure_profile
+from marketplace.errors import MarketplaceError
+from marketplace.imports import render_name, shorten
+from marketplace.registration import Marker
+from marketplace.registry import configure_http, make_client
+
+
+class SourceRegistries:
+    """Clients for every configured workspace's MLflow registry."""
+
+    def __init__(self, config: MarketplaceConfig):
+        self.config = config
+
+    @property
+    def source_marker(self) -> bool:
+        return self.config.source_marker
+
+    @property
+    def names(self) -> list[str]:
+        return [w.name for w in self.config.workspaces]
+
+    def get(self, name: str) -> WorkspaceConfig:
+        for workspace in self.config.workspaces:
+            if workspace.name == name:
+                return workspace
+        raise MarketplaceError(f"workspace {name!r} is not configured; configured: {self.names}")
+
+    def client(self, name: str) -> MlflowClient:
+        configure_http(self.config.client.timeout_seconds, self.config.client.max_retries)
+        workspace = self.get(name)
+        ensure_profile(f"workspace {name}", workspace.tracking_uri, workspace.databricks)
+        return make_client(workspace.tracking_uri, workspace.registry_uri)
+
+    def public_key(self, name: str) -> str | None:
+        """The PEM of the workspace's signing public key (read once), if it has one."""
+        return self._public_keys[name]
+
+    @cached_property
+    def _public_keys(self) -> dict[str, str | None]:
+        return {w.name: self.config.public_key(w.name) for w in self.config.workspaces}
+
+    def private_key(self, name: str) -> str | None:
+        """The PEM the workspace's exports are signed with, read from its variable now."""
+        from marketplace.signatures import check_private_key  # model_signing loads sigstore: only when needed
+
+        variable = self.get(name).signing.private_key_env
+        if variable is None:
+            return None
+        value = os.environ.get(variable)
+        key = f"workspace {name}: signing.private_key_env"
+        if not value:
+            raise MarketplaceError(f"{key}: the environment variable {variable} is not set "
+                                   "(it holds the PEM of the EC private key its exports are signed with)")
+        try:
+            check_private_key(value)
+        except ValueError as exc:
+            raise MarketplaceError(f"{key}: the environment variable {variable}: {exc}") from None
+        return value
+
+    def workspace_client(self, name: str):
+        """The Databricks SDK client of a Databricks workspace, as its service principal."""
+        from databricks.sdk import WorkspaceClient
+
+        workspace = self.get(name)
+        if workspace.databricks is None:
+            raise MarketplaceError(f"workspace {name} is not a Databricks workspace")
+        ensure_profile(f"workspace {name}", workspace.tracking_uri, workspace.databricks)
+        return WorkspaceClient(profile=workspace.tracking_uri.removeprefix("databricks://"))
+
+
+class MarketplaceRegistry:
+    """The central marketplace registry and how models are named and promoted there."""
+
+    def __init__(self, config: MarketplaceConfig):
+        self.config = config
+        self.settings: MarketplaceRegistryConfig = config.marketplace
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.settings.tracking_uri
+
+    @property
+    def registry_uri(self) -> str | None:
+        return self.settings.registry_uri
+
+    @property
+    def alias(self) -> str:
+        return self.settings.alias
+
+    @property
+    def databricks(self):
+        return self.settings.databricks
+
+    @property
+    def max_workers(self) -> int:
+        return self.config.client.max_workers
+
+    @property
+    def require_signatures(self) -> bool:
+        return self.config.require_signatures
+
+    @property
+    def scan_policy(self):
+        """Every export is scanned before anything loads it (`security` in the configuration)."""
+        return self.config.security.policy()
+
+    def client(self) -> MlflowClient:
+        configure_http(self.config.client.timeout_seconds, self.config.client.max_retries)
+        ensure_profile("the marketplace", self.tracking_uri, self.databricks)
+        return make_client(self.tracking_uri, self.registry_uri)
+
+    @property
+    def is_unity_catalog(self) -> bool:
+        return (self.registry_uri or "").startswith("databricks-uc")
+
+    @property
+    def has_aliases(self) -> bool:
+        """MLflow refuses aliases on the Databricks workspace registry (stages only there)."""
+        return not (self.registry_uri or self.tracking_uri).startswith("databricks://")
+
+    @property
+    def marker(self) -> Marker:
+        """How production is marked here: an alias, and the Production stage except on Unity Catalog."""
+        return Marker(self.alias, has_aliases=self.has_aliases, has_stages=not self.is_unity_catalog)
+
+    def model_name(self, workspace: str, model: str) -> str:
+        return render_name(self.settings.name_template, workspace, model, unity_catalog=self.is_unity_catalog)
+
+    def experiment_name(self, marketplace_name: str) -> str:
+        return shorten(f"{self.settings.experiment_prefix.rstrip('/')}/{marketplace_name}")
