@@ -57,7 +57,7 @@ def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
         home.mkdir()
         (home / "dagster.yaml").write_text(
             f"telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: {max_concurrent_runs}\n")
-        dev = DagsterDev(config.path, home, cwd=config.path.parent)
+        dev = DagsterDev(config.path, home, cwd=config.base_dir)
         try:
             dev.wait_until_loaded()
             for attempt in ("first", "again"):

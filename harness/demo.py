@@ -60,7 +60,7 @@ def logs_to(path: Path) -> Iterator[None]:
 
 
 def state_dir(config: MarketplaceConfig) -> Path:
-    return Path(os.environ.get(STATE_DIR_ENV) or config.path.parent / ".marketplace").resolve()
+    return Path(os.environ.get(STATE_DIR_ENV) or config.base_dir / ".marketplace").resolve()
 
 
 def local_servers(config: MarketplaceConfig) -> list[LocalServer]:

@@ -25,51 +25,34 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     PRODUCTION_HISTORY: ("marketplace_name", "sequence"),
 }
 
-_UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_TYPES = {"string": pa.string(), "bigint": pa.int64(), "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC")}
+
+
+def _schema(ddl: str) -> pa.Schema:
+    """A schema from Spark-style DDL (`name type [not null], ...`), as Databricks SQL shows it."""
+    fields = []
+    for column in ddl.split(","):
+        name, kind, *rest = column.split()
+        fields.append(pa.field(name, _TYPES[kind], nullable=[w.lower() for w in rest] != ["not", "null"]))
+    return pa.schema(fields)
+
+
+# The key of both summaries: one row per source version.
+_VERSION_KEY = "workspace string not null, model_name string not null, version bigint not null"
 
 SCHEMAS: dict[str, pa.Schema] = {
-    EXPORT_SUMMARY: pa.schema(
-        [
-            pa.field("workspace", pa.string(), nullable=False),
-            pa.field("model_name", pa.string(), nullable=False),
-            pa.field("version", pa.int64(), nullable=False),
-            pa.field("run_id", pa.string()),
-            pa.field("source", pa.string()),
-            pa.field("export_date", pa.date32(), nullable=False),
-            pa.field("exported_at", _UTC_TIMESTAMP, nullable=False),
-            pa.field("export_path", pa.string(), nullable=False),
-            pa.field("checksum", pa.string(), nullable=False),
-            pa.field("size_bytes", pa.int64(), nullable=False),
-            pa.field("file_count", pa.int64()),
-        ]
+    EXPORT_SUMMARY: _schema(
+        f"{_VERSION_KEY}, run_id string, source string, export_date date not null, exported_at timestamp not null, "
+        "export_path string not null, checksum string not null, size_bytes bigint not null, file_count bigint"
     ),
-    IMPORT_SUMMARY: pa.schema(
-        [
-            pa.field("workspace", pa.string(), nullable=False),
-            pa.field("model_name", pa.string(), nullable=False),
-            pa.field("version", pa.int64(), nullable=False),
-            pa.field("marketplace_model", pa.string(), nullable=False),
-            pa.field("marketplace_version", pa.int64(), nullable=False),
-            pa.field("import_date", pa.date32(), nullable=False),
-            pa.field("imported_at", _UTC_TIMESTAMP, nullable=False),
-            pa.field("checksum", pa.string(), nullable=False),
-            pa.field("run_id", pa.string()),
-        ]
+    IMPORT_SUMMARY: _schema(
+        f"{_VERSION_KEY}, marketplace_model string not null, marketplace_version bigint not null, "
+        "import_date date not null, imported_at timestamp not null, checksum string not null, run_id string"
     ),
-    PRODUCTION_HISTORY: pa.schema(
-        [
-            pa.field("workspace", pa.string(), nullable=False),
-            pa.field("model_name", pa.string(), nullable=False),
-            pa.field("marketplace_name", pa.string(), nullable=False),
-            pa.field("sequence", pa.int64(), nullable=False),
-            pa.field("change", pa.string(), nullable=False),
-            pa.field("source_version", pa.int64()),
-            pa.field("previous_source_version", pa.int64()),
-            pa.field("marketplace_version", pa.int64()),
-            pa.field("changed_at", _UTC_TIMESTAMP, nullable=False),
-            pa.field("run_id", pa.string()),
-            pa.field("snapshot_date", pa.date32()),
-        ]
+    PRODUCTION_HISTORY: _schema(
+        "workspace string not null, model_name string not null, marketplace_name string not null, "
+        "sequence bigint not null, change string not null, source_version bigint, previous_source_version bigint, "
+        "marketplace_version bigint, changed_at timestamp not null, run_id string, snapshot_date date"
     ),
 }
 

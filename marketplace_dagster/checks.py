@@ -295,14 +295,10 @@ def build_stray_exports_check(config: MarketplaceConfig) -> dg.AssetChecksDefini
     summary and each manifest's identity), and reported here."""
     configured = {w.name for w in config.workspaces}
 
-    @dg.asset_check(
-        asset=EXPORTS,
-        name=NO_STRAY_EXPORTS,
-        blocking=False,
-        description="Every export folder in external storage belongs to a configured workspace and is "
-        "in the export summary; others are ignored by imports and listed here.",
-    )
+    @dg.asset_check(asset=EXPORTS, name=NO_STRAY_EXPORTS)
     def no_stray_exports(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
+        """Every export folder in external storage belongs to a configured workspace and is in the
+        export summary; others are ignored by imports and listed here."""
         storage = external_storage.storage
         recorded = {storage.key_of(r["export_path"]) for r in external_storage.read_rows(
             summary.EXPORT_SUMMARY, columns=["export_path"])}

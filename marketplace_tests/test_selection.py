@@ -78,3 +78,38 @@ def test_marker_uses_the_seeds_exact_words_once(servers, uid):
 
 def test_marker_of_an_empty_description():
     assert marker_description(dt.date(2026, 1, 2), None) == "Exported Already On 2026-01-02, old description: "
+
+
+def _version(number: int, *, status: str = "READY", stage: str = "Production", day: int = 1):
+    from mlflow.entities.model_registry import ModelVersion
+
+    created = int(dt.datetime(2026, 11, day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return ModelVersion("m", str(number), created, current_stage=stage, status=status)
+
+
+def test_the_one_production_rule_takes_the_newest_ready_version_registered_by_the_date():
+    from marketplace.registry import choose_production
+
+    versions = [_version(1, day=1), _version(2, day=2), _version(3, status="PENDING_REGISTRATION", day=3)]
+    assert choose_production(versions).version == "2"  # v3 is still being registered
+    assert choose_production(versions, dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)).version == "1"
+    assert choose_production([_version(4, status="FAILED_REGISTRATION")]) is None
+    assert choose_production([]) is None
+
+
+def test_the_sensor_polls_with_the_same_rule_as_the_assets(servers, uid):
+    """Whatever the registry holds, the sensor's cheap poll and the production_models asset agree."""
+    from marketplace.config import WorkspaceConfig
+    from marketplace.polling import poll_workspaces
+
+    uri = servers["ws_a"].uri
+    register_version(uri, f"{uid}_staged", stage="Production")
+    register_version(uri, f"{uid}_staged", stage="Production")
+    register_version(uri, f"{uid}_aliased", alias="champion")
+    register_version(uri, f"{uid}_aliased")
+    for production in ({"stage": "Production"}, {"alias": "champion"}):
+        workspace = WorkspaceConfig(name="ws-a", tracking_uri=uri, production=production, include=[f"{uid}_*"])
+        polled = poll_workspaces([workspace], max_workers=1, deadline_seconds=60)["ws-a"]
+        selected = _select(uri, uid, stage=production.get("stage"), alias=production.get("alias"))
+        assert polled.error is None
+        assert polled.production == {v.model_name: v.version for v in selected.versions} != {}
