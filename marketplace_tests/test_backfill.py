@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from marketplace_dagster import assets
@@ -15,6 +14,7 @@ from marketplace.imports import TAG_SOURCE_VERSION
 
 from .conftest import TODAY, register_version
 from .faults import FaultProxy
+from .support import table_rows
 from harness.local_dagster import DagsterDev
 
 
@@ -68,8 +68,7 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
     assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
     assert len(first["runs"]) == len(partitions)  # one run per partition: each fails alone
 
-    root = Path(deployment.config.storage_root)
-    exports = DeltaTable(str(root / "export_summary")).to_pyarrow_table().to_pylist()
+    exports = table_rows(deployment, "export_summary")
     # A past date syncs the versions that are production now and were registered by its end.
     assert sorted((r["workspace"], r["version"]) for r in exports) == sorted([(a, 1), (a, 2), (b, 1)])
     dates = {(r["workspace"], r["version"]): r["export_date"] for r in exports}
@@ -83,8 +82,8 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
     # Again: nothing changes, and a past date never takes the alias back to v1.
     second = dev.backfill(partitions, [k.path for k in assets.CHAIN])
     assert {r["status"] for r in second["runs"]} == {"SUCCESS"}
-    assert len(DeltaTable(str(root / "export_summary")).to_pyarrow_table()) == 3
-    assert len(DeltaTable(str(root / "import_summary")).to_pyarrow_table()) == 3
+    assert len(table_rows(deployment, "export_summary")) == 3
+    assert len(table_rows(deployment, "import_summary")) == 3
     assert len(market.search_model_versions(f"name='{name}'")) == 2
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
 
@@ -130,8 +129,7 @@ def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
             f"{day.isoformat()}|{names[2]}": "FAILURE" for day in days}
         assert {s for p, s in ended.items() if not p.endswith(names[2])} == {"SUCCESS"}
         assert len(ended) == len(partitions)
-        root = Path(deployment.config.storage_root)
-        imported = DeltaTable(str(root / "import_summary")).to_pyarrow_table().to_pylist()
+        imported = table_rows(deployment, "import_summary")
         assert sorted(r["workspace"] for r in imported) == names[:2]
         market = MlflowClient(servers["marketplace"].uri)
         for name in names[:2]:
@@ -141,6 +139,6 @@ def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
         down.fail_first = 0  # the registry is back
         again = dev.backfill(partitions, [k.path for k in assets.CHAIN])
         assert set(_by_partition(again).values()) == {"SUCCESS"}
-    imported = DeltaTable(str(root / "import_summary")).to_pyarrow_table().to_pylist()
+    imported = table_rows(deployment, "import_summary")
     assert sorted(r["workspace"] for r in imported) == names
     assert market.get_model_version_by_alias(f"{names[2]}.{uid}_{names[2]}_m", "production").version == "1"

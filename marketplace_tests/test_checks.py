@@ -16,6 +16,7 @@ from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
+from .support import table_rows
 
 CHECKS_JOB = "marketplace_checks_job"
 FRESHNESS_JOB = "marketplace_freshness_job"
@@ -66,7 +67,7 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
     for name in (checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE):
         assert meta(found[name]) == {"rows": 1, "keys": 1, "duplicated_keys": 0}
-    exported = summary.read_rows(table_uri(deployment, summary.EXPORT_SUMMARY))
+    exported = table_rows(deployment, summary.EXPORT_SUMMARY)
     assert meta(found[checks.EXPORTS_MATCH_MANIFESTS]) == {
         "exports_checked": 1, "exports_failing": 0, "bytes_verified": exported[0]["size_bytes"],
     }

@@ -34,11 +34,7 @@ from .conftest import (
     register_version,
     step_failure_message,
 )
-
-
-def _rows(deployment, table: str) -> list[dict]:
-    storage = configured_storage(deployment.config)
-    return summary.read_rows(storage.location(table), storage.delta_options())
+from .support import table_rows
 
 
 @pytest.fixture
@@ -70,7 +66,7 @@ def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
         assert [c.passed for c in result.get_asset_check_evaluations()
                 if c.check_name == assets.IMPORT_LOADS_CHECK] == [True]
 
-    exports = {r["workspace"]: r for r in _rows(deployment, "export_summary")}
+    exports = {r["workspace"]: r for r in table_rows(deployment, "export_summary")}
     assert sorted(exports) == ["cloud-a", "cloud-b"] and exports["cloud-a"]["version"] == 2
     key = export_key("cloud-a", f"{uid}_iris", 2)
     assert exports["cloud-a"]["export_path"] == storage.location(key)
@@ -84,7 +80,7 @@ def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
     market = MlflowClient(servers["marketplace"].uri)
     production = market.get_model_version_by_alias(f"{uid}.cloud-a.{uid}_iris", "production")
     assert production.tags[TAG_SOURCE_VERSION] == "2" and production.tags[TAG_CHECKSUM] == exports["cloud-a"]["checksum"]
-    imports = _rows(deployment, "import_summary")
+    imports = table_rows(deployment, "import_summary")
     assert sorted((r["workspace"], r["marketplace_version"]) for r in imports) == [("cloud-a", 1), ("cloud-b", 1)]
 
     assert_predicts_like_source(servers["ws_b"].uri, f"models:/{uid}_diabetes@champion",
@@ -110,7 +106,7 @@ def test_parallel_partitions_write_the_summary_tables_without_losing_a_row(serve
     materialize_in_processes(deployment, workspaces, tmp_path)
 
     for table in ("export_summary", "import_summary"):
-        rows = _rows(deployment, table)
+        rows = table_rows(deployment, table)
         assert sorted((r["workspace"], r["model_name"]) for r in rows) == [
             (w, f"{uid}_{w}_m") for w in workspaces], table
 
@@ -127,7 +123,7 @@ def test_an_upload_cut_short_is_not_counted_and_is_replaced(synced_pair, uid):
     assert materializations(result, assets.EXPORTS)["exported"] == 1
     stored = storage.list(key)
     assert MANIFEST_NAME in stored and "run-folder/run.json" not in stored
-    assert [r["version"] for r in _rows(deployment, "export_summary")] == [2]
+    assert [r["version"] for r in table_rows(deployment, "export_summary")] == [2]
 
 
 def test_a_changed_object_is_refused_at_import_and_by_the_manifest_check(synced_pair, servers, uid):
@@ -171,7 +167,7 @@ def test_housekeeping_on_cloud_storage(synced_pair, uid):
     assert result.success
     assert storage.list(debris) == {}
     assert MANIFEST_NAME in storage.list(export_key("cloud-a", f"{uid}_iris", 2))
-    assert len(_rows(deployment, "export_summary")) == 1 and len(_rows(deployment, "import_summary")) == 1
+    assert len(table_rows(deployment, "export_summary")) == 1 and len(table_rows(deployment, "import_summary")) == 1
 
 
 def test_a_missing_storage_credential_fails_naming_its_variable(synced_pair, monkeypatch):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from .conftest import materialize_in_processes, register_version
+from .support import table_rows
 
 WORKSPACES = ("c1", "c2", "c3", "c4")  # the issue asks for at least 4 concurrent runs
 
@@ -25,9 +23,8 @@ def test_concurrent_partition_runs_keep_every_row(servers, deploy, uid, tmp_path
     )
     materialize_in_processes(deployment, WORKSPACES, tmp_path)
 
-    root = Path(deployment.config.storage_root)
     for table in ("export_summary", "import_summary"):
-        rows = DeltaTable(str(root / table)).to_pyarrow_table().to_pylist()
+        rows = table_rows(deployment, table)
         assert sorted((r["workspace"], r["model_name"]) for r in rows) == [
             (w, f"{uid}_{w}_m") for w in WORKSPACES
         ], table

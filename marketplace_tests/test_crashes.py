@@ -22,7 +22,6 @@ import dagster as dg
 import filelock
 import mlflow
 import pytest
-from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from marketplace_dagster import assets
@@ -36,6 +35,7 @@ from marketplace_dagster.resources import build_resources
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .faults import FaultProxy, Hold
+from .support import table_rows
 from .test_definitions import DAGSTER, ROOT
 
 SYNC_JOB = "marketplace_sync_job"
@@ -85,11 +85,9 @@ def _kill_when_held(process: subprocess.Popen, hold: Hold, timeout: float = 300)
     hold.release.set()
 
 
-def _rows(root: Path, table: str) -> list[tuple]:
-    if not (root / table / "_delta_log").exists():
-        return []
-    rows = DeltaTable(str(root / table)).to_pyarrow_table().to_pylist()
-    return sorted((r["workspace"], r["model_name"], r["version"]) for r in rows)
+def _keys(root: Path, table: str) -> list[tuple]:
+    """The (workspace, model, version) keys of a summary table's rows, sorted."""
+    return sorted((r["workspace"], r["model_name"], r["version"]) for r in table_rows(root, table))
 
 
 def _market_versions(market: MlflowClient, name: str) -> list:
@@ -122,7 +120,7 @@ def test_run_killed_mid_export_counts_nothing_and_the_rerun_completes(servers, d
         assert staged and any(p.is_file() for p in staged[0].rglob("*")), "killed before the export wrote anything"
         assert not export_dir(root, "killed", f"{uid}_m", 1).exists()
         assert EXPORTED_ON_TAG not in MlflowClient(ws.uri).get_model_version(f"{uid}_m", "1").tags
-        assert _rows(root, "export_summary") == []
+        assert _keys(root, "export_summary") == []
 
         result = deployment.sync("killed")
     assert result.success, step_failure_message(result)
@@ -130,7 +128,7 @@ def test_run_killed_mid_export_counts_nothing_and_the_rerun_completes(servers, d
     assert (export_dir(root, "killed", f"{uid}_m", 1) / MANIFEST_NAME).exists()
     assert list(model_dir.glob(f"{STAGING_PREFIX}*")) == []  # the dead run's staging folder is gone
     assert EXPORTED_ON_TAG in MlflowClient(ws.uri).get_model_version(f"{uid}_m", "1").tags
-    assert _rows(root, "export_summary") == _rows(root, "import_summary") == [("killed", f"{uid}_m", 1)]
+    assert _keys(root, "export_summary") == _keys(root, "import_summary") == [("killed", f"{uid}_m", 1)]
     versions = _market_versions(MlflowClient(servers["marketplace"].uri), f"killed.{uid}_m")
     assert [v.version for v in versions] == ["1"]
 
@@ -156,8 +154,8 @@ def test_run_killed_mid_import_leaves_no_untagged_or_duplicate_version(servers, 
         left = _market_versions(client, f"killed.{uid}_m")
         assert len(left) == (1 if version_created else 0)
         _assert_tagged(left, "killed", f"{uid}_m")  # a version exists only with its tags
-        assert _rows(root, "export_summary") == [("killed", f"{uid}_m", 1)]
-        assert _rows(root, "import_summary") == []
+        assert _keys(root, "export_summary") == [("killed", f"{uid}_m", 1)]
+        assert _keys(root, "import_summary") == []
 
         result = deployment.sync("killed")
     assert result.success, step_failure_message(result)
@@ -167,7 +165,7 @@ def test_run_killed_mid_import_leaves_no_untagged_or_duplicate_version(servers, 
     assert [v.version for v in versions] == ["1"]
     _assert_tagged(versions, "killed", f"{uid}_m")
     assert client.get_model_version_by_alias(f"killed.{uid}_m", "production").version == "1"
-    assert _rows(root, "import_summary") == [("killed", f"{uid}_m", 1)]
+    assert _keys(root, "import_summary") == [("killed", f"{uid}_m", 1)]
 
 
 def test_a_lost_answer_to_a_version_create_does_not_duplicate_it(servers, deploy, uid):
@@ -240,7 +238,7 @@ def test_workspace_server_down_then_dying_mid_run_then_back(servers, deploy, uid
     assert again.success and materializations(again, assets.IMPORTS)["already_imported"] == 1
     versions = _market_versions(MlflowClient(servers["marketplace"].uri), f"dying.{uid}_m")
     assert [v.version for v in versions] == ["1"]
-    assert _rows(root, "import_summary") == [("dying", f"{uid}_m", 1)]
+    assert _keys(root, "import_summary") == [("dying", f"{uid}_m", 1)]
 
 
 def _step_started(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
@@ -290,7 +288,7 @@ def test_same_partition_from_two_cli_processes_syncs_once(servers, deploy, uid, 
     root = Path(deployment.config.storage_root)
     model_dir = export_dir(root, "twice", f"{uid}_m", 1).parent
     assert sorted(p.name for p in model_dir.iterdir()) == ["1"]
-    assert _rows(root, "export_summary") == _rows(root, "import_summary") == [("twice", f"{uid}_m", 1)]
+    assert _keys(root, "export_summary") == _keys(root, "import_summary") == [("twice", f"{uid}_m", 1)]
     versions = _market_versions(MlflowClient(servers["marketplace"].uri), f"twice.{uid}_m")
     assert [v.version for v in versions] == ["1"]
 
@@ -338,12 +336,12 @@ def test_external_storage_out_of_space_mid_export(servers, deploy, uid, record_p
         model_dir = export_dir(root, "full", f"{uid}_big", 1).parent
         assert not model_dir.exists() or list(model_dir.iterdir()) == []  # nothing half-written left
         assert EXPORTED_ON_TAG not in client.get_model_version(f"{uid}_big", "1").tags
-        assert _rows(root, "export_summary") == []
+        assert _keys(root, "export_summary") == []
 
         again = deployment.sync("full")
         assert again.success, step_failure_message(again)
         assert materializations(again, assets.EXPORTS)["exported"] == 1
-        assert _rows(root, "import_summary") == [("full", f"{uid}_big", 1)]
+        assert _keys(root, "import_summary") == [("full", f"{uid}_big", 1)]
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(exports)], check=False)

@@ -15,7 +15,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import databricks, summary
+from marketplace import databricks
 from marketplace_dagster import assets
 from marketplace.config import ConfigError, parse_config
 from marketplace.config import ExportEngineConfig
@@ -27,6 +27,7 @@ from marketplace.signatures import generate_key_pair, verify_export_signature
 from .conftest import CLOUD_KEYS, materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
 from .emulators import S3_KEY_ID, S3_SECRET
+from .support import table_rows
 
 WHEEL = "/Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl"
 VOLUME = "/Volumes/main/marketplace/pipes"
@@ -106,7 +107,7 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
     assert not any((tmp_path / "workspace" / VOLUME.lstrip("/") / "tmp").glob("*"))
     # What the job exported is what the in-process export would have recorded.
     storage = configured_storage(deployment.config)
-    (row,) = summary.read_rows(storage.location("export_summary"), storage.delta_options())
+    (row,) = table_rows(deployment, "export_summary")
     version = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_m", "1")
     assert (row["workspace"], row["model_name"], row["version"], row["run_id"]) == ("dev01", f"{uid}_m", 1, version.run_id)
     assert row["export_path"] == storage.location(export_key("dev01", f"{uid}_m", 1)) and row["file_count"] > 3
@@ -169,8 +170,7 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, ui
     assert f"workspace dev01 (databricks://marketplace-ws-dev01) {uid}_m v1: the export job failed" in message
     assert "the task exited with 1" in message
     assert "no such secret" in job_log or "RESOURCE_DOES_NOT_EXIST" in job_log
-    storage = configured_storage(deployment.config)
-    assert summary.read_rows(storage.location("export_summary"), storage.delta_options()) == []
+    assert table_rows(deployment, "export_summary") == []
 
 
 def test_job_specs_for_each_kind_of_compute():

@@ -16,6 +16,7 @@ from marketplace.housekeeping import maintain_table, remove_debris
 from marketplace.manifest import MANIFEST_NAME, verify_export
 
 from .conftest import TODAY, register_version, step_failure_message
+from .support import table_rows
 
 DAY = 24 * 3600
 
@@ -165,7 +166,7 @@ def test_maintenance_job_removes_debris_and_keeps_exports_and_rows(servers, depl
     export = export_dir(root, ws, f"{uid}_iris", 1)
     _age(export, 5 * DAY)  # an old valid export: never debris
     tables = {t: str(root / t) for t in (summary.EXPORT_SUMMARY, summary.IMPORT_SUMMARY)}
-    rows = {t: summary.read_rows(uri) for t, uri in tables.items()}
+    rows = {t: table_rows(deployment, t) for t in tables}
     assert all(len(r) == 1 for r in rows.values())
     # A second small commit, so that compaction has something to do.
     extra = {**rows[summary.EXPORT_SUMMARY][0], "model_name": f"{uid}_other"}
@@ -188,8 +189,8 @@ def test_maintenance_job_removes_debris_and_keeps_exports_and_rows(servers, depl
     assert young_unfinished.exists()  # younger than the configured 12 hours
     verify_export(export, expected_checksum=rows[summary.EXPORT_SUMMARY][0]["checksum"])
     assert (root / "production_models" / ws / f"{TODAY}.json").exists()
-    assert summary.read_rows(tables[summary.IMPORT_SUMMARY]) == rows[summary.IMPORT_SUMMARY]
-    assert sorted(r["model_name"] for r in summary.read_rows(tables[summary.EXPORT_SUMMARY])) == sorted(
+    assert table_rows(deployment, summary.IMPORT_SUMMARY) == rows[summary.IMPORT_SUMMARY]
+    assert sorted(r["model_name"] for r in table_rows(deployment, summary.EXPORT_SUMMARY)) == sorted(
         [f"{uid}_iris", f"{uid}_other"]
     )
     # Compacted and, with the configured retention of 0 hours, vacuumed from disk.

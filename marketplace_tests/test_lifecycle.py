@@ -22,7 +22,6 @@ from unittest.mock import ANY
 
 import dagster as dg
 import pytest
-from deltalake import DeltaTable
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -39,6 +38,7 @@ from .conftest import (
     step_failure_message,
 )
 from .faults import FaultProxy
+from .support import table_rows
 from .test_definitions import DAGSTER, ROOT
 
 ALIAS = "production"
@@ -94,10 +94,7 @@ def backdate(server, model: str, version: str, when: dt.datetime) -> None:
 
 def history(deployment, marketplace_name: str) -> list[dict]:
     """The production_history rows of one marketplace model, in sequence order."""
-    path = Path(deployment.config.storage_root) / HISTORY
-    if not (path / "_delta_log").exists():
-        return []
-    rows = DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+    rows = table_rows(deployment, HISTORY)
     return sorted((r for r in rows if r["marketplace_name"] == marketplace_name), key=lambda r: r["sequence"])
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from marketplace_dagster import assets
@@ -17,6 +15,7 @@ from marketplace.manifest import MANIFEST_NAME
 from marketplace.registry import MARKER_PREFIX
 
 from .conftest import TODAY, assert_nothing_new, assert_predicts_like_source, materializations, register_version, step_failure_message
+from .support import table_rows
 
 
 @pytest.fixture
@@ -34,10 +33,6 @@ def two_workspaces(servers, deploy, uid):
         ]
     )
     return deployment, f"a{uid}", f"b{uid}"
-
-
-def _table(deployment, name: str) -> list[dict]:
-    return DeltaTable(str(Path(deployment.config.storage_root) / name)).to_pyarrow_table().to_pylist()
 
 
 def test_sync_exports_imports_and_registers_the_newest_production_version(two_workspaces, servers, uid):
@@ -72,11 +67,11 @@ def test_sync_exports_imports_and_registers_the_newest_production_version(two_wo
     assert ws_a in registered.description and f"{uid}_iris" in registered.description
     assert market.search_registered_models(filter_string=f"name='{ws_a}.{uid}_draft'") == []
 
-    exports = _table(deployment, "export_summary")
+    exports = table_rows(deployment, "export_summary")
     assert [(r["workspace"], r["model_name"], r["version"]) for r in exports] == [(ws_a, f"{uid}_iris", 2)]
     assert exports[0]["export_date"] == TODAY and exports[0]["size_bytes"] > 0
     assert exports[0]["checksum"] == production.tags[TAG_CHECKSUM]
-    imports = _table(deployment, "import_summary")
+    imports = table_rows(deployment, "import_summary")
     assert [(r["marketplace_model"], r["marketplace_version"]) for r in imports] == [(name, int(production.version))]
 
 
@@ -103,8 +98,8 @@ def test_second_run_changes_nothing(two_workspaces, servers, uid):
     after = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_iris", "2")
     assert after.description == source.description  # the marker is written once
     assert len(MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='{ws_a}.{uid}_iris'")) == 1
-    assert len(_table(deployment, "export_summary")) == 1
-    assert len(_table(deployment, "import_summary")) == 1
+    assert len(table_rows(deployment, "export_summary")) == 1
+    assert len(table_rows(deployment, "import_summary")) == 1
 
 
 def test_new_production_version_is_imported_and_takes_the_alias(two_workspaces, servers, uid):
@@ -120,7 +115,7 @@ def test_new_production_version_is_imported_and_takes_the_alias(two_workspaces, 
     production = market.get_model_version_by_alias(name, "production")
     assert production.tags[TAG_SOURCE_VERSION] == "3"
     assert production.current_stage == "Production"
-    rows = _table(deployment, "export_summary")
+    rows = table_rows(deployment, "export_summary")
     assert sorted(r["version"] for r in rows) == [2, 3]
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from marketplace import summary
 from marketplace_dagster import assets
 from marketplace.exports import export_key
 from harness.local_servers import free_port
@@ -21,6 +20,7 @@ from marketplace.registry import MARKER_PREFIX
 from marketplace.external import configured_storage
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
+from .support import table_rows
 
 SAME_COLUMNS = ("workspace", "model_name", "version", "run_id", "source", "export_date", "file_count", "size_bytes")
 EXPORT_COUNTS = ("exported", "already_exported", "skipped", "failed", "exports_replaced", "bytes_exported")
@@ -51,7 +51,7 @@ def test_the_pipes_export_gives_the_same_summary_rows_as_the_in_process_one(serv
     rows = {}
     for engine, (deployment, _) in runs.items():
         storage = configured_storage(deployment.config)
-        rows[engine] = sorted(summary.read_rows(storage.location("export_summary")), key=lambda r: r["model_name"])
+        rows[engine] = sorted(table_rows(deployment, "export_summary"), key=lambda r: r["model_name"])
         for row in rows[engine]:
             assert row["export_path"] == storage.location(export_key("piped", row["model_name"], row["version"]))
     assert [{c: r[c] for c in SAME_COLUMNS} for r in rows["subprocess"]] == [

@@ -14,6 +14,7 @@ from harness.local_servers import free_port
 from marketplace.registry import redact_text
 
 from .conftest import register_version, step_failure_message
+from .support import table_rows
 
 CANARY = "CANARY-7f3a9c-do-not-leak"
 KEY_CANARY = "KEYCANARY-51d2e8-do-not-leak"
@@ -59,7 +60,7 @@ def test_canary_secrets_appear_in_no_log_metadata_tag_row_or_file(servers, deplo
     assert any("127.0.0.1" in text for text in outputs)  # the URIs are there, redacted
     # The Delta tables, the registries' tags and descriptions, every file under external storage.
     for table in (summary.EXPORT_SUMMARY, summary.IMPORT_SUMMARY):
-        rows = summary.read_rows(str(Path(deployment.config.storage_root) / table))
+        rows = table_rows(deployment, table)
         assert rows
         outputs.append(repr(rows))
     for uri in (servers["marketplace"].uri, servers["ws_a"].uri):
