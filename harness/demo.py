@@ -101,11 +101,22 @@ def _train(dataset: str, seed: int):
     else:
         x, y = datasets.load_diabetes(return_X_y=True, as_frame=True)
         model = LinearRegression()
-    return model.fit(x, y), x.head(5)
+    fitted = model.fit(x, y)
+    return fitted, x.head(5), {"training_score": fitted.score(x, y)}
 
 
 # workspace -> [(model, dataset, [what to do with each version])]; a version is promoted by the
 # workspace's own production setting ("prod"), archived ("archived") or left alone ("none").
+# What each demo model predicts and who owns it, as its registered model says (its card shows it).
+DEMO_DESCRIPTIONS = {
+    "iris": ("Predicts the species of an iris flower (setosa, versicolor, virginica) from its sepal and petal "
+             "measurements in centimetres.", "flora-team"),
+    "wine": ("Predicts which of three cultivars a wine comes from, from 13 results of its chemical analysis.",
+             "cellar-analytics"),
+    "diabetes": ("Predicts a quantitative measure of diabetes progression one year after baseline, from age, sex, "
+                 "BMI, blood pressure and six blood serum measurements.", "health-ml"),
+}
+
 DEMO_MODELS = {
     "dev01": [
         ("iris_classifier", "iris", ["archived", "prod"]),
@@ -135,15 +146,21 @@ def seed_workspace(tracking_uri: str, production, models) -> list[str]:
         with process_tracking_uri(tracking_uri):
             mlflow.set_experiment(f"/demo/{model_name}")
             for index, action in enumerate(plan, start=1):
-                fitted, example = _train(dataset, index)
+                fitted, example, metrics = _train(dataset, index)
                 with mlflow.start_run(run_name=f"{model_name}-v{index}"):
-                    mlflow.log_param("dataset", dataset)
+                    mlflow.log_params({"dataset": dataset, "estimator": type(fitted).__name__,
+                                       **{k: v for k, v in fitted.get_params().items() if k in ("C", "max_iter")}})
+                    mlflow.log_metrics(metrics)
                     # Requirements given: inferring them loads the model in a subprocess, seconds each.
                     info = mlflow.sklearn.log_model(
                         fitted, name="model", input_example=example, registered_model_name=model_name,
                         pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
                     )
                 version = info.registered_model_version
+                if index == 1:
+                    about, owner = DEMO_DESCRIPTIONS[dataset]
+                    client.update_registered_model(model_name, description=about)
+                    client.set_registered_model_tag(model_name, "owner", owner)
                 client.update_model_version(model_name, version, description=f"Demo {dataset} model, version {index}.")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
@@ -172,6 +189,7 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
     import dagster as dg
 
     from marketplace_dagster.definitions import build_definitions
+    from marketplace_dagster.keys import CATALOG
     from marketplace_dagster.partitions import partition_key
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir(config) / "dagster_home")))
@@ -196,6 +214,18 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
                 if event.is_step_failure and event.event_specific_data.error:
                     say(f"      {event.step_key}: {event.event_specific_data.error.message.strip()}")
             failures += not result.success
+        # What the automation sensor does after any sync under `make dev`.
+        catalog = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={CATALOG})
+        result = catalog.execute_in_process(instance=instance, raise_on_error=False,
+                                            tags={"marketplace/launched_by": "make demo"})
+        materialized = [e.step_materialization_data.materialization for e in result.get_asset_materialization_events()]
+        if result.success and materialized:
+            metadata = materialized[0].metadata
+            say(f"  catalog: ok  {metadata['models'].value} model(s), {metadata['rows_updated'].value} changed, "
+                f"{metadata['rows_inserted'].value} new  (run {result.run_id[:8]})")
+        else:
+            say(f"  catalog: FAILED  (run {result.run_id[:8]})")
+        failures += not result.success
     return failures
 
 
@@ -252,7 +282,8 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
 
     from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
     from marketplace.external import configured_storage
-    from marketplace.summary import PRODUCTION_HISTORY, TABLES, read_rows
+    from marketplace.layout import CATALOG_PAGE
+    from marketplace.summary import CATALOG, PRODUCTION_HISTORY, TABLES, read_rows
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)
     alias = config.marketplace.alias
@@ -276,7 +307,7 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
             say(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
     say("\nDelta tables:")
     storage = configured_storage(config)
-    for table in TABLES:
+    for table in (*TABLES, CATALOG):
         uri = storage.location(table)
         say(f"  {table:<18} {len(read_rows(uri, storage.delta_options()))} row(s) at {uri}")
     if history:
@@ -288,6 +319,7 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
                   f"(was v{row['previous_source_version'] if row['previous_source_version'] is not None else '-'})")
         return
     say("\nUIs:")
+    say(f"  catalog page:       {storage.location(CATALOG_PAGE)} (open it in a browser; it needs no network)")
     say(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
     for workspace in config.workspaces:
         say(f"  {workspace.name} MLflow:      {workspace.tracking_uri}")

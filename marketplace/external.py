@@ -188,6 +188,14 @@ class ExternalStorage:
     def read_rows(self, table: str, workspace: str | None = None, columns: list[str] | None = None) -> list[dict]:
         return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns)
 
+    def merge_catalog(self, rows: list[Mapping]) -> dict[str, int]:
+        return summary.upsert_rows(self.table_uri(summary.CATALOG), summary.CATALOG, rows, self.delta_options())
+
+    def write_page(self, page: str) -> str:
+        """Write the catalog page; its location."""
+        self.storage.write(layout.CATALOG_PAGE, page)
+        return self.storage.location(layout.CATALOG_PAGE)
+
     def lock(self, *parts: str, timeout_seconds: float = EXPORT_LOCK_SECONDS):
         """A lock shared by every process that uses this storage, for one piece of work.
 

@@ -5,7 +5,8 @@
     exports/<workspace>/<model>/.staging-<version>-*   an export being written (local storage)
     production_models/<workspace>/<date>.json          a partition's production-model snapshot
     .locks/<name>.lock                                 a lock shared by every process
-    <table>                                            a summary Delta table (export_summary, ...)
+    <table>                                            a Delta table (export_summary, ..., catalog)
+    catalog.html                                       the catalog page
 
 `<model>` is the model name made one safe folder name (`path_component`). Keys are
 `/`-separated and relative to the root; `Storage.location(key)` makes one a full URI.
@@ -78,6 +79,9 @@ def lock_name(*parts: str) -> str:
 
 def lock_key(*parts: str) -> str:
     return f"{LOCKS_DIR}/{lock_name(*parts)}{LOCK_SUFFIX}"
+
+
+CATALOG_PAGE = "catalog.html"
 
 
 def table_key(table: str) -> str:

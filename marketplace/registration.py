@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from marketplace import summary
+from marketplace.cards import Cards, HistoryEntry
 from marketplace.imports import marketplace_versions_of
 from marketplace.provenance import (  # noqa: F401 - registration.provenance_tags and the tags stay importable
     TAG_PRODUCTION_SOURCE_VERSION,
@@ -158,8 +159,10 @@ def _apply(
     target: tuple[SourceKey, ModelVersion] | None,
     source_uri: str,
     now: dt.datetime,
+    card: CardMaker | None = None,
 ) -> int:
-    """Bring the registry to `target` (None: retired): marker, stage, status, provenance. Changes made."""
+    """Bring the registry to `target` (None: retired): marker, stage, status, provenance and its
+    description (the model card, given `card`). Changes made."""
     changes = 0
     tags = model.tags or {}
     if marker.has_aliases:
@@ -193,8 +196,10 @@ def _apply(
         if tags.get(tag) != value:
             client.set_registered_model_tag(name, tag, value)
             changes += 1
-    text = description(workspace, model_name, target[0].version if target else None, marker, source_uri,
-                       retired_since=since)
+    text = card(status, since) if card is not None else None
+    if text is None:
+        text = description(workspace, model_name, target[0].version if target else None, marker, source_uri,
+                           retired_since=since)
     if model.description != text:
         client.update_registered_model(name, description=text)
         changes += 1
@@ -229,6 +234,26 @@ def _not_found(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
+# (status, status since) -> the card's markdown, or None for the plain description.
+CardMaker = Callable[[str, str], "str | None"]
+
+
+class CardSource(Protocol):
+    def maker(self, item: Wanted, shown: tuple[SourceKey, ModelVersion] | None,
+              change: HistoryEntry | None) -> CardMaker | None:
+        """How to write `item`'s card, showing the version `shown`; `change` is the history entry
+        this registration is about to record (the card lists it)."""
+
+
+def _last_active(versions: Mapping[SourceKey, ModelVersion], recorded: Recorded | None):
+    """A retired model's card shows the version production last pointed at (else its newest)."""
+    if not versions:
+        return None
+    last = recorded.last_active_version if recorded else None
+    chosen = [k for k in versions if k.version == last] or sorted(versions, key=lambda k: k.version)[-1:]
+    return chosen[0], versions[chosen[0]]
+
+
 def register_workspace(
     client: MlflowClient,
     marker: Marker,
@@ -243,6 +268,7 @@ def register_workspace(
     max_workers: int = 4,
     now: dt.datetime | None = None,
     quarantined: Mapping[str, int] | None = None,
+    cards: CardSource | None = None,
 ) -> WorkspaceRegistration:
     """Point each wanted model's production marker at the copy of its source's production version
     (or remove it), and say which history rows record the changes.
@@ -286,8 +312,15 @@ def register_workspace(
         if outcome.change is None and target is None and item.marketplace_name not in recorded:
             return outcome  # imported for a past date only, never in production: leave it alone
         outcome.target = target[1] if target else None
+        card = None
+        if cards is not None:
+            shown = target or _last_active(versions, recorded.get(item.marketplace_name))
+            entry = None if outcome.change is None else HistoryEntry(
+                now, outcome.change.kind, outcome.change.source_version,
+                int(outcome.target.version) if outcome.target is not None else None)
+            card = cards.maker(item, shown, entry)
         outcome.registry_changes = _apply(client, marker, item.marketplace_name, model, versions, workspace,
-                                          item.model_name, target, source_uri, now)
+                                          item.model_name, target, source_uri, now, card)
         return outcome
 
     def guarded(item: Wanted) -> Outcome:
@@ -413,6 +446,8 @@ def register_partition(
                 client, marketplace.marker, workspace, wanted, known, recorded_states(history),
                 source_uri=redact_uri(sources.get(workspace).tracking_uri), run_id=run_id,
                 snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
+                cards=Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
+                            history_rows=history),
             )
         try:
             held.check()  # the registry moved; the rows that record it are written only while held

@@ -1,5 +1,6 @@
-"""The marketplace's Delta tables (export and import summaries, production history), written as
-insert-only MERGEs on each table's key so that no row is ever lost or written twice."""
+"""The marketplace's Delta tables: export and import summaries and production history, written
+as insert-only MERGEs on each table's key so that no row is ever lost or written twice; and the
+catalog, one row per marketplace model, updated in place only where a row's content changed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ EXPORT_SUMMARY = "export_summary"
 IMPORT_SUMMARY = "import_summary"
 PRODUCTION_HISTORY = "production_history"
 TABLES = (EXPORT_SUMMARY, IMPORT_SUMMARY, PRODUCTION_HISTORY)
+CATALOG = "catalog"
 KEY_COLUMNS = ("workspace", "model_name", "version")
 # A history row is the n-th change of one marketplace model: two runs that record the same
 # change from the same state write the same key, so one row is kept.
@@ -23,6 +25,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     EXPORT_SUMMARY: KEY_COLUMNS,
     IMPORT_SUMMARY: KEY_COLUMNS,
     PRODUCTION_HISTORY: ("marketplace_name", "sequence"),
+    CATALOG: ("marketplace_name",),
 }
 
 _TYPES = {"string": pa.string(), "bigint": pa.int64(), "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC")}
@@ -53,6 +56,14 @@ SCHEMAS: dict[str, pa.Schema] = {
         "workspace string not null, model_name string not null, marketplace_name string not null, "
         "sequence bigint not null, change string not null, source_version bigint, previous_source_version bigint, "
         "marketplace_version bigint, changed_at timestamp not null, run_id string, snapshot_date date"
+    ),
+    # signature, metrics and source_tags hold JSON.
+    CATALOG: _schema(
+        "marketplace_name string not null, workspace string not null, model_name string not null, "
+        "status string not null, source_version bigint, marketplace_version bigint, alias string, description string, "
+        "flavors string, signature string, metrics string, requirements string, size_bytes bigint, checksum string, "
+        "owner string, source_tags string, first_synced_at timestamp not null, updated_at timestamp not null, "
+        "load_uri string"
     ),
 }
 
@@ -116,6 +127,35 @@ def merge_rows(
             .execute()
         )
         return int(metrics.get("num_target_rows_inserted", 0))
+
+    return _retrying(merge, what=f"merging into {uri}")
+
+
+def upsert_rows(uri: str, name: str, rows: Sequence[Mapping], storage_options: Mapping[str, str] | None = None,
+                *, times: Sequence[str] = ("first_synced_at", "updated_at")) -> dict[str, int]:
+    """Insert new keys; update a row only where a column other than `times` differs, keeping its
+    first `times` column (when it was first written). Returns the rows inserted and updated."""
+    key = TABLE_KEYS[name]
+    rows = _dedupe(rows, key)
+    if not rows:
+        ensure_table(uri, name, storage_options)
+        return {"inserted": 0, "updated": 0}
+    source = pa.Table.from_pylist(list(rows), schema=SCHEMAS[name])
+    content = [f.name for f in SCHEMAS[name] if f.name not in times and f.name not in key]
+    changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in content)
+    updates = {c: f"s.{c}" for c in [*content, *times[1:]]}
+
+    def merge() -> dict[str, int]:
+        target = ensure_table(uri, name, storage_options)
+        metrics = (
+            target.merge(source, predicate=" AND ".join(f"t.{c} = s.{c}" for c in key), source_alias="s",
+                         target_alias="t")
+            .when_matched_update(updates=updates, predicate=changed)
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return {"inserted": int(metrics.get("num_target_rows_inserted", 0)),
+                "updated": int(metrics.get("num_target_rows_updated", 0))}
 
     return _retrying(merge, what=f"merging into {uri}")
 

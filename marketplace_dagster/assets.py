@@ -13,6 +13,7 @@ import warnings
 import dagster as dg
 
 from marketplace import summary
+from marketplace.catalog import build_catalog
 from marketplace.exports import LocalCopies, export_row
 from marketplace.external import Snapshot
 from marketplace.imports import import_row, import_versions, marketplace_versions_of
@@ -23,6 +24,8 @@ from marketplace.registry import redact_uri, registry_errors, select_production_
 from marketplace.telemetry import registry_time
 from marketplace_dagster.engines import run_exports
 from marketplace_dagster.keys import (  # noqa: F401 - assets.GROUP and the keys stay importable
+    CATALOG,
+    CATALOG_GROUP,
     CHAIN,
     EXPORT_SUMMARY,
     EXPORTS,
@@ -33,7 +36,7 @@ from marketplace_dagster.keys import (  # noqa: F401 - assets.GROUP and the keys
     PRODUCTION_MODELS,
     REGISTRATION,
 )
-from marketplace_dagster.reporting import Report, load_check_result, table_metadata, version_link
+from marketplace_dagster.reporting import Report, catalog_table, load_check_result, table_metadata, version_link
 from marketplace_dagster.resources import (
     ExternalStorageResource,
     MarketplaceRegistryResource,
@@ -335,4 +338,41 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             )
 
     return [production_models, exports, export_summary, imports, import_summary, registered_models]
+
+
+# After a sync: any registration partition updated, once no sync step is running any more.
+CATALOG_REFRESH = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after any sync")
+
+
+@dg.asset(key=CATALOG, deps=[REGISTRATION], group_name=CATALOG_GROUP, kinds={"delta", "mlflow", "html"},
+          automation_condition=CATALOG_REFRESH)
+def catalog(
+    context: dg.AssetExecutionContext,
+    external_storage: ExternalStorageResource,
+    workspaces: WorkspaceRegistriesResource,
+    marketplace: MarketplaceRegistryResource,
+) -> dg.MaterializeResult:
+    """The marketplace catalog: one row per marketplace model in the `catalog` Delta table (its
+    status, versions, description, signature, metrics, owner, load URI) and `catalog.html`, a
+    searchable page of every model card that opens from disk."""
+    with explained(), registry_time() as spent:
+        with external_storage.lock("catalog"):
+            built = build_catalog(marketplace.client(), marketplace=marketplace, storage=external_storage,
+                                  sources=workspaces)
+        context.log.info(f"catalog: {len(built.rows)} model(s), {built.inserted} new, {built.updated} changed; "
+                         f"page at {built.page_location}")
+        return dg.MaterializeResult(metadata={
+            "models": len(built.rows),
+            "rows_inserted": built.inserted,
+            "rows_updated": built.updated,
+            "page": dg.MetadataValue.path(built.page_location),
+            "page_bytes": built.page_bytes,
+            "marketplace": catalog_table(built, marketplace),
+            **spent.metadata(),
+            **table_metadata(external_storage, summary.CATALOG),
+        })
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from marketplace.config import MarketplaceConfig, load_config
-from marketplace_dagster.assets import build_sync_assets
+from marketplace_dagster.assets import build_sync_assets, catalog
 from marketplace_dagster.checks import build_checks
 from marketplace_dagster.keys import (
+    CATALOG_GROUP,
     EXPORTS_MATCH_MANIFESTS,
     EXPORTS_SIGNED_AND_CLEAN,
     GROUP,
@@ -42,16 +43,17 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     housekeeping = config.housekeeping
     maintenance_job = build_maintenance_job(housekeeping)
     return dg.Definitions(
-        assets=build_sync_assets(partitions_def),
+        assets=[*build_sync_assets(partitions_def), catalog],
         asset_checks=list(checks.values()),
         jobs=[sync_job, audit_job, freshness_job, maintenance_job],
         sensors=[
             build_production_version_sensor(config, sync_job),
             dg.AutomationConditionSensorDefinition(
                 "marketplace_automation_sensor",
-                target=dg.AssetSelection.groups(GROUP),
+                target=dg.AssetSelection.groups(GROUP, CATALOG_GROUP),
                 default_status=dg.DefaultSensorStatus(config.automation.default_status.upper()),
-                description="Carries a materialization of an upstream asset down the chain, for any date.",
+                description="Carries a materialization of an upstream asset down the chain, for any date, "
+                "and refreshes the catalog after any sync.",
             ),
         ],
         schedules=[

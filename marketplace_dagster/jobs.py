@@ -5,7 +5,7 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import HousekeepingConfig
-from marketplace_dagster.keys import GROUP
+from marketplace_dagster.keys import CATALOG, GROUP
 from marketplace.housekeeping import maintain_table, remove_debris
 from marketplace_dagster.resources import ExternalStorageResource, explained
 
@@ -37,13 +37,13 @@ def build_maintenance_job(housekeeping: HousekeepingConfig) -> dg.JobDefinition:
     def housekeep_external_storage(context: dg.OpExecutionContext, external_storage: ExternalStorageResource):
         settings = context.op_config
         with explained():
-            for table in summary.TABLES:
+            for table in (*summary.TABLES, summary.CATALOG):
                 done = maintain_table(external_storage.table_uri(table), table, settings["vacuum_retention_hours"],
                                       external_storage.delta_options())
                 context.log.info(f"{table}: " + (f"compacted {done.files_compacted} file(s), vacuumed "
                                                  f"{done.files_vacuumed}" if done.exists else "no table yet"))
                 context.log_event(dg.AssetObservation(
-                    asset_key=dg.AssetKey(["external_storage", table]),
+                    asset_key=CATALOG if table == summary.CATALOG else dg.AssetKey(["external_storage", table]),
                     metadata={"files_compacted": done.files_compacted, "files_vacuumed": done.files_vacuumed},
                 ))
             debris = remove_debris(external_storage.storage, settings["debris_retention_hours"])
@@ -53,7 +53,7 @@ def build_maintenance_job(housekeeping: HousekeepingConfig) -> dg.JobDefinition:
             context.log.info(f"removed {path}")
 
     @dg.job(name="marketplace_maintenance_job",
-            description="Housekeeping: compact and vacuum the summary tables, remove old export debris.")
+            description="Housekeeping: compact and vacuum the Delta tables, remove old export debris.")
     def marketplace_maintenance_job():
         housekeep_external_storage()
 

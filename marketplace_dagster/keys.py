@@ -10,6 +10,9 @@ IMPORTS = dg.AssetKey(["marketplace", "imports"])
 IMPORT_SUMMARY = dg.AssetKey(["external_storage", "import_summary"])
 REGISTRATION = dg.AssetKey(["marketplace", "registered_models"])
 CHAIN = [PRODUCTION_MODELS, EXPORTS, EXPORT_SUMMARY, IMPORTS, IMPORT_SUMMARY, REGISTRATION]
+# The whole marketplace at once: unpartitioned, refreshed after any sync.
+CATALOG_GROUP = "marketplace_catalog"
+CATALOG = dg.AssetKey(["marketplace", "catalog"])
 
 IMPORT_LOADS_CHECK = "newest_import_loads_and_predicts"
 EXPORT_SUMMARY_UNIQUE = "export_summary_has_unique_keys"

@@ -120,3 +120,12 @@ def load_check_result(check_name: str, results: dict, spent: RegistryTime) -> dg
             **spent.metadata(),
         },
     )
+
+
+def catalog_table(built, marketplace) -> dg.MetadataValue:
+    """The whole marketplace as a table: model (linked to its MLflow page), source, status, version, updated."""
+    rows = [[version_link(marketplace, r["marketplace_name"], r["marketplace_version"]) if r["marketplace_version"]
+             else r["marketplace_name"],
+             f"{r['workspace']}/{r['model_name']} v{r['source_version'] or '—'}", r["status"],
+             r["marketplace_version"] or "—", f"{r['updated_at']:%Y-%m-%d %H:%M}"] for r in built.rows]
+    return markdown_table(["model", "source", "status", "version", "updated (UTC)"], rows)
