@@ -106,7 +106,7 @@ def read_export_facts(storage: Storage, export_key: str, manifest: Manifest) -> 
     flavors = mlmodel.get("flavors") if isinstance(mlmodel.get("flavors"), dict) else {}
     signature = mlmodel.get("signature") if isinstance(mlmodel.get("signature"), dict) else {}
     metrics = run.get("metrics") if isinstance(run.get("metrics"), dict) else {}
-    tags = model.get("tags") if isinstance(model.get("tags"), dict) else {}
+    tags = _tag_dict(model.get("tags"))
     return ExportFacts(
         model_description=strip_marker(model.get("description")),
         version_description=strip_marker(version.get("description")),
@@ -126,6 +126,13 @@ def read_export_facts(storage: Storage, export_key: str, manifest: Manifest) -> 
         size_bytes=sum(int(f.get("size", 0)) for name, f in manifest.files.items() if name != MANIFEST_NAME),
         exported_at=manifest.exported_at,
     )
+
+
+def _tag_dict(tags) -> dict:
+    """Tags as a mapping, whether exported as one or as REST's list of {key, value}."""
+    if isinstance(tags, list):
+        return {t.get("key"): t.get("value") for t in tags if isinstance(t, dict) and t.get("key")}
+    return tags if isinstance(tags, dict) else {}
 
 
 def _number(value) -> float | None:
@@ -176,7 +183,8 @@ class ModelCard:
 def _md(text: str) -> str:
     """Untrusted text for a markdown line: no HTML, no markdown structure, no table breaks."""
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = re.sub(r"([\\`*_{}\[\]()|~])", r"\\\1", text)
+    # `_` stays: names are full of it, and inside a word CommonMark never reads it as emphasis.
+    text = re.sub(r"([\\`*{}\[\]()|~])", r"\\\1", text)
     return " ".join(text.split())
 
 

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from harness import local_servers
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace_dagster.definitions import build_definitions
+from marketplace_dagster.keys import CATALOG
 from marketplace_dagster.assets import build_sync_assets
 from marketplace_dagster.partitions import build_marketplace_partitions_def, partition_key
 from marketplace_dagster.resources import build_resources
@@ -141,6 +142,11 @@ class Deployment:
             instance=self.instance,
             raise_on_error=raise_on_error,
         )
+
+    def refresh_catalog(self, *, raise_on_error: bool = True):
+        """Materialize marketplace/catalog, as the automation sensor does after a sync."""
+        job = self.defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={CATALOG})
+        return job.execute_in_process(instance=self.instance, raise_on_error=raise_on_error)
 
 
 # A registry address no test talks to: for definitions, schedules and configuration alone.

@@ -60,7 +60,7 @@ def test_a_card_has_every_section_with_real_values():
                      "flora-team", "2026-12-01 08:00:00 UTC", "ab" * 32, "workspace dev01's key",
                      "(http://127.0.0.1:5001/#/models/iris/versions/2)", "## Production history",
                      "2026-12-01 09:30 | promoted | 2 | 3", "| accuracy | 0.9733 |", "| C | 1.0 |",
-                     "| sepal length | double | yes |", "Input example | yes", "python\\_function, sklearn",
+                     "| sepal length | double | yes |", "Input example | yes", "python_function, sklearn",
                      "`mlflow==3.17.2`", "11.5 KB"):
         assert expected in text, expected
     assert render_card(_card()) == text  # the same facts, the same text: a no-op sync writes nothing
@@ -95,7 +95,8 @@ def test_export_facts_come_from_the_exports_small_files(tmp_path):
     storage = LocalStorage(tmp_path)
     key = "exports/dev01/iris/2"
     storage.write(f"{key}/model.json", json.dumps({"mlflow": {"registered_model": {
-        "description": "Exported Already On 2026-11-01, old description: Iris species.", "tags": {"owner": "flora"},
+        "description": "Exported Already On 2026-11-01, old description: Iris species.",
+        "tags": [{"key": "owner", "value": "flora"}],
         "versions": [{"version": "2", "description": "v2 notes"}, {"version": "1", "description": "old"}]}}}))
     storage.write(f"{key}/r1/run.json", json.dumps({"mlflow": {"info": {"user_id": "alice"}, "params": {"C": 1},
                                                                "metrics": {"accuracy": 0.97, "bad": "x"}}}))
