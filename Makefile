@@ -51,7 +51,7 @@ test: install $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml
 ## make test-fast: the tests that start no server (configuration, decisions, layout, manifests,
 ## scanning, signatures, schedules): a couple of minutes, for every change.
 test-fast: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m pytest -m "not servers"
+	$(PY) -m pytest -m "not servers and not browser"
 
 ## make stop: stop the demo's MLflow servers.
 stop:

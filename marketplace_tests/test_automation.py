@@ -77,3 +77,25 @@ def test_failed_blocking_check_stops_the_chain(servers, deploy, uid):
     )
     failed = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=passed.cursor)
     assert key not in _requested(failed, assets.IMPORT_SUMMARY)
+
+
+def _requested_at_all(result, key: dg.AssetKey) -> bool:
+    return any(e.key == key and e.true_subset.size > 0 for e in result.results)
+
+
+def test_a_sync_requests_a_catalog_refresh_once(servers, deploy, uid):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
+    ws = f"a{uid}"
+    deployment = deploy(
+        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
+    )
+    defs = deployment.defs
+    start = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance)
+    assert not _requested_at_all(start, assets.CATALOG)  # nothing synced yet
+    synced = deployment.sync(ws)
+    assert synced.success, step_failure_message(synced)
+    after_sync = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=start.cursor)
+    assert _requested_at_all(after_sync, assets.CATALOG)
+    assert deployment.refresh_catalog().success
+    after_refresh = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance, cursor=after_sync.cursor)
+    assert not _requested_at_all(after_refresh, assets.CATALOG)  # once per sync
