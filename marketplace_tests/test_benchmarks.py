@@ -24,10 +24,12 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     # The idle cycle's registry time comes from the runs' own step metadata: it must be there.
     assert all(r["registry_seconds_per_workspace"] > 0 for r in results["nothing_new"])
     assert results["backfill"]["partitions"] == 6 and results["backfill"]["runs"] >= 1
-    assert len(results["targets"]) == 7 and all(isinstance(t["met"], bool) for t in results["targets"])
+    assert len(results["targets"]) == 8 and all(isinstance(t["met"], bool) for t in results["targets"])
+    catalog = results["catalog"]
+    assert (catalog["models"], catalog["rows_updated_again"]) == (6, 0) and catalog["page_bytes"] > 0
     assert results["sync_vs_bare"][0]["scan_seconds_per_model"] > 0 and results["large_artifact"]["scan_seconds"] >= 0
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "sync_ratio" in report and "export_models(" in report
+    assert "sync_ratio" in report and "export_models(" in report and "## The catalog" in report
     assert (tmp_path / "sync_time.png").stat().st_size > 0
     after = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
     assert after == committed
