@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-rollback dev test test-fast stop bench wheel
+.PHONY: install demo demo-rollback dev test test-fast stop bench wheel screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ test: install $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml
 ## scanning, signatures, schedules): a couple of minutes, for every change.
 test-fast: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m pytest -m "not servers and not browser"
+
+## make screenshots: the README's pictures of the catalog page and a model card, from the running demo
+## (after make demo; needs Debian's chromium).
+screenshots: install
+	$(PY) -m harness.screenshots
 
 ## make stop: stop the demo's MLflow servers.
 stop:

@@ -79,10 +79,11 @@ _SCRIPT = r"""
     const metrics = Object.entries(m.metrics || {}).slice(0, 4);
     for (const [k, v] of metrics) fact(k, Number(v).toPrecision(4));
     const inputs = (m.signature && m.signature.inputs) || [];
-    fact("inputs", inputs.length ? inputs.slice(0, 6).map(c => (c.name || "?") + ": " + c.type).join(", ")
+    const column = c => (c.name ? c.name + ": " : "") + c.type;
+    fact("inputs", inputs.length ? inputs.slice(0, 6).map(column).join(", ")
       + (inputs.length > 6 ? " (+" + (inputs.length - 6) + ")" : "") : "not recorded");
     const outputs = (m.signature && m.signature.outputs) || [];
-    if (outputs.length) fact("outputs", outputs.map(c => (c.name || "?") + ": " + c.type).join(", "));
+    if (outputs.length) fact("outputs", outputs.map(column).join(", "));
     card.appendChild(facts);
     if (m.load_uri) {
       const snippet = el("div", "snippet");
