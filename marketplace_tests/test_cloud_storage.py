@@ -91,6 +91,16 @@ def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
     assert storage.list(key)[MANIFEST_NAME] == manifest_before
     assert len(market.search_model_versions(f"name='{uid}.cloud-a.{uid}_iris'")) == 1
 
+    # The catalog's table and page on the same storage; a second refresh changes no row.
+    first = deployment.refresh_catalog()
+    assert materializations(first, assets.CATALOG)["rows_inserted"] == 2
+    assert sorted(r["marketplace_name"] for r in table_rows(deployment, "catalog")) == [
+        f"{uid}.cloud-a.{uid}_iris", f"{uid}.cloud-b.{uid}_diabetes"]
+    assert f"{uid}.cloud-b.{uid}_diabetes".encode() in storage.read("catalog.html")
+    again = deployment.refresh_catalog()
+    assert (materializations(again, assets.CATALOG)["rows_inserted"],
+            materializations(again, assets.CATALOG)["rows_updated"]) == (0, 0)
+
 
 def test_parallel_partitions_write_the_summary_tables_without_losing_a_row(servers, deploy, uid, cloud, tmp_path):
     _, storage_config = cloud
