@@ -245,7 +245,7 @@ def render_card(card: ModelCard) -> str:
         ("Exported", _md(f.exported_at[:19].replace("T", " ")) + " UTC" if f.exported_at else ""),
         ("Imported", _md(card.import_date)),
         ("SHA-256 (manifest)", f"`{card.checksum}`" if card.checksum else ""),
-        ("Signed by", _md(card.signer)),
+        ("Signed by", card.signer),  # ours: a workspace name (checked) and a hash
     ]
     out += _table(["", ""], [[k, v] for k, v in provenance if v], "facts") + [""]
     if card.history:

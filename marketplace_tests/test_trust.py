@@ -225,6 +225,9 @@ def test_each_workspace_signs_its_exports_and_imports_refuse_what_its_key_did_no
         assert result.success, step_failure_message(result)
         assert materializations(result, assets.IMPORTS)["imported"] == 1
         assert (export_dir(root, ws, f"{uid}_m", 1) / SIGNATURE_NAME).is_file()
+        # The model card names the signer: the workspace's key, by its fingerprint.
+        card = market.get_registered_model(f"{ws}.{uid}_m").description
+        assert f"| Signed by | workspace {ws}'s key (SHA-256 " in card, card
     audit = check_evaluations(deployment)[EXPORTS_SIGNED_AND_CLEAN]
     assert audit.passed, audit.description
     assert counts(audit) == {"exports_checked": 2, "unsigned": 0, "mis_signed": 0, "with_blocking_findings": 0}
