@@ -18,12 +18,16 @@ def _requested(result, key: dg.AssetKey) -> set[str]:
     return set()
 
 
-def test_past_date_upstream_materialization_requests_the_next_step_once(servers, deploy, uid):
+def _one_workspace(servers, deploy, uid):
+    """Workspace a<uid> on ws_a with one production model, not synced yet."""
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     ws = f"a{uid}"
-    deployment = deploy(
-        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
-    )
+    return ws, deploy([{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+                        "include": [f"{uid}_*"]}])
+
+
+def test_past_date_upstream_materialization_requests_the_next_step_once(servers, deploy, uid):
+    ws, deployment = _one_workspace(servers, deploy, uid)
     defs = deployment.defs
     yesterday = TODAY - dt.timedelta(days=1)
     key = f"{yesterday.isoformat()}|{ws}"
@@ -48,11 +52,7 @@ def test_past_date_upstream_materialization_requests_the_next_step_once(servers,
 
 
 def test_failed_blocking_check_stops_the_chain(servers, deploy, uid):
-    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    ws = f"a{uid}"
-    deployment = deploy(
-        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
-    )
+    ws, deployment = _one_workspace(servers, deploy, uid)
     defs = deployment.defs
     key = f"{TODAY.isoformat()}|{ws}"
     start = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance)
@@ -84,11 +84,7 @@ def _requested_at_all(result, key: dg.AssetKey) -> bool:
 
 
 def test_a_sync_requests_a_catalog_refresh_once(servers, deploy, uid):
-    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    ws = f"a{uid}"
-    deployment = deploy(
-        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
-    )
+    ws, deployment = _one_workspace(servers, deploy, uid)
     defs = deployment.defs
     start = dg.evaluate_automation_conditions(defs=defs, instance=deployment.instance)
     assert not _requested_at_all(start, assets.CATALOG)  # nothing synced yet
