@@ -26,9 +26,13 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     definitions = build_definitions(load_config(ROOT / "marketplace.yaml"))
     graph = definitions.resolve_asset_graph()
     chain = assets.CHAIN
-    assert set(graph.get_all_asset_keys()) == set(chain)
+    assert set(graph.get_all_asset_keys()) == {*chain, assets.CATALOG}
     for upstream, downstream in zip(chain, chain[1:]):
         assert graph.get(downstream).parent_keys == {upstream}
+    # The catalog: the whole marketplace, unpartitioned, after registration, not in the sync job.
+    catalog = graph.get(assets.CATALOG)
+    assert catalog.parent_keys == {assets.REGISTRATION} and catalog.partitions_def is None
+    assert catalog.group_name == "marketplace_catalog" and catalog.kinds >= {"delta", "html"}
     assert chain[2].path[-1] == "export_summary" and chain[4].path[-1] == "import_summary"
 
     job = definitions.resolve_job_def("marketplace_sync_job")
