@@ -196,7 +196,7 @@ def test_a_missing_storage_credential_fails_naming_its_variable(synced_pair, mon
 def _object_storage(cloud, lease_seconds: float) -> ObjectStorage:
     emulator, storage_config = cloud
     from marketplace.config import ExternalStorageConfig
-    from marketplace_dagster.resources import resolve_options
+    from marketplace.external import resolve_options
 
     settings = ExternalStorageConfig.model_validate(storage_config)
     return ObjectStorage(settings.uri, resolve_options(settings.uri, *settings.options()), lease_seconds=lease_seconds)

@@ -23,7 +23,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import loading
+from marketplace import imports, loading
 from marketplace_dagster import assets
 from marketplace_dagster.checks import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
 from marketplace.exports import export_dir, skip_record_path
@@ -181,7 +181,7 @@ def test_with_scanning_off_nothing_is_scanned(servers, deploy, uid, monkeypatch)
     def no_scan(path):
         raise AssertionError(f"{path} was scanned with security.scan off")
 
-    monkeypatch.setattr(assets, "scan_folder", no_scan)
+    monkeypatch.setattr(imports, "scan_folder", no_scan)
     monkeypatch.setattr(loading, "scan_folder", no_scan)
     source = servers["ws_a"].uri
     ws = f"a{uid}"
