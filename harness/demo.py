@@ -109,12 +109,16 @@ def _train(dataset: str, seed: int):
 # workspace's own production setting ("prod"), archived ("archived") or left alone ("none").
 # What each demo model predicts and who owns it, as its registered model says (its card shows it).
 DEMO_DESCRIPTIONS = {
-    "iris": ("Predicts the species of an iris flower (setosa, versicolor, virginica) from its sepal and petal "
-             "measurements in centimetres.", "flora-team"),
-    "wine": ("Predicts which of three cultivars a wine comes from, from 13 results of its chemical analysis.",
-             "cellar-analytics"),
-    "diabetes": ("Predicts a quantitative measure of diabetes progression one year after baseline, from age, sex, "
-                 "BMI, blood pressure and six blood serum measurements.", "health-ml"),
+    "iris_classifier": ("Predicts the species of an iris flower (setosa, versicolor, virginica) from its sepal and "
+                        "petal measurements in centimetres.", "flora-team"),
+    "churn_model": ("Flags customers likely to leave; still in development, with no version in production.",
+                    "growth-ml"),
+    "diabetes_regressor": ("Predicts a quantitative measure of diabetes progression one year after baseline, from "
+                           "age, sex, BMI, blood pressure and six blood serum measurements.", "health-ml"),
+    "wine_classifier": ("Predicts which of three cultivars a wine comes from, from 13 results of its chemical "
+                        "analysis.", "cellar-analytics"),
+    "scratch_experiment": ("A scratch experiment; dev03's exclude pattern keeps it out of the marketplace.",
+                           "cellar-analytics"),
 }
 
 DEMO_MODELS = {
@@ -158,7 +162,7 @@ def seed_workspace(tracking_uri: str, production, models) -> list[str]:
                     )
                 version = info.registered_model_version
                 if index == 1:
-                    about, owner = DEMO_DESCRIPTIONS[dataset]
+                    about, owner = DEMO_DESCRIPTIONS[model_name]
                     client.update_registered_model(model_name, description=about)
                     client.set_registered_model_tag(model_name, "owner", owner)
                 client.update_model_version(model_name, version, description=f"Demo {dataset} model, version {index}.")
