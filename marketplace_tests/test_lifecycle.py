@@ -144,7 +144,8 @@ def assert_serves(market: MlflowClient, mp: str, source_version: int) -> dt.date
     assert {v.version for v in versions_of(market, mp) if v.current_stage == "Production"} == {aliased.version}
     registered = market.get_registered_model(mp)
     assert registered.tags[STATUS] == "active"
-    assert f"is source version {source_version}" in registered.description
+    assert f"is marketplace version {aliased.version}, the copy of source version {source_version}." in (
+        registered.description)  # the model card's status line
     return _utc(registered.tags[STATUS_CHANGED_AT])
 
 

@@ -214,11 +214,11 @@ def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, u
     assert created.tags[TAG_SOURCE_WORKSPACE] == "prov" and created.tags[TAG_SOURCE_MODEL] == f"{uid}_prov"
     assert created.tags["marketplace.latest_source_version"] == "1"
     assert created.description.startswith(f"Marketplace copy of model '{uid}_prov' from workspace 'prov'")
-    # Registration then only promotes it: the alias, the stage and its status (active, since when).
+    # Registration then promotes it: the alias, the stage, its status (active, since when) and its model card.
     result = deployment.sync("prov")
     assert result.success, step_failure_message(result)
     registration = materializations(result, assets.REGISTRATION)
-    assert registration["registry_changes"] == 4
+    assert registration["registry_changes"] == 5
     # Each step reports its registry traffic: the Delta-only step makes none.
     assert registration["registry_requests"] >= 3 and registration["registry_seconds"] > 0
     assert materializations(result, assets.IMPORT_SUMMARY)["registry_requests"] >= 1
