@@ -91,7 +91,7 @@ _SCRIPT = r"""
       const copy = el("button", "copy", "Copy");
       copy.addEventListener("click", () => {
         const text = code.textContent;
-        const done = () => { copy.textContent = "Copied"; setTimeout(() => copy.textContent = "Copy", 1200); };
+        const done = () => { copy.textContent = "Copied"; setTimeout(() => copy.textContent = "Copy", 2000); };
         if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, done);
         else { const r = document.createRange(); r.selectNodeContents(code); const s = getSelection(); s.removeAllRanges(); s.addRange(r); document.execCommand("copy"); done(); }
       });

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from harness.browser import browser_page, chromium_path
 from marketplace.catalog_page import render_page
@@ -89,7 +90,7 @@ def test_each_card_has_a_load_snippet_a_copy_button_and_only_safe_links(page):
     card = page.locator('article[data-name="ws01.fraud_model_001"]')
     assert card.locator("code.load").inner_text() == 'mlflow.pyfunc.load_model("models:/ws01.fraud_model_001@production")'
     card.locator("button.copy").click()
-    assert card.locator("button.copy").inner_text() == "Copied"
+    expect(card.locator("button.copy")).to_have_text("Copied")  # for two seconds, then "Copy" again
     hrefs = card.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
     assert hrefs == ["http://127.0.0.1:5000/#/models/ws01.fraud_model_001/versions/1"]  # javascript: left out
     assert "accuracy" in card.inner_text() and "x: double" in card.inner_text()
