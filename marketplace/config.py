@@ -84,6 +84,7 @@ class ProductionSelector(_Strict):
 
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+EnvName = Annotated[str, Field(pattern=ENV_NAME)]
 # Variables the Databricks SDK reads itself, over any profile: the run clears them, so a secret
 # cannot live in one of them.
 SDK_ENV = ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET",
@@ -259,6 +260,118 @@ class SecurityConfig(_Strict):
         return value
 
 
+REQUIREMENTS = ("signature", "input_example", "description", "owner")
+THRESHOLD_FIELDS = ("threshold", "min_absolute_change", "min_relative_change", "greater_is_better")
+
+
+class ThresholdConfig(_Strict):
+    """One metric's MLflow MetricThreshold; MLflow's own rules apply (checked on load)."""
+
+    threshold: float | None = None
+    min_absolute_change: float | None = None
+    min_relative_change: float | None = None
+    greater_is_better: bool | None = None
+
+    @field_validator("threshold", "min_absolute_change", "min_relative_change", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{value!r} is not a number")
+        return value
+
+    @field_validator("greater_is_better", mode="before")
+    @classmethod
+    def _boolean(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+        return value
+
+    @model_validator(mode="after")
+    def _mlflow_accepts(self) -> ThresholdConfig:
+        self.metric_threshold()
+        return self
+
+    def metric_threshold(self):
+        """As mlflow.models.MetricThreshold (its refusal, as a ValueError)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import MetricThreshold
+
+        try:
+            return MetricThreshold(**self.model_dump())
+        except MlflowException as exc:
+            raise ValueError(exc.message.removeprefix("Could not instantiate MetricThreshold class: ")) from None
+
+
+class EvaluationRule(_Strict):
+    """No regression on reference data: the candidate against the current marketplace version."""
+
+    models: list[str] = Field(min_length=1)  # marketplace-name glob patterns
+    data: str = Field(min_length=1)  # Parquet or Delta, relative to external storage, or a full URI/path
+    targets: str = Field(min_length=1)
+    model_type: Literal["classifier", "regressor"]
+    thresholds: dict[str, ThresholdConfig] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        if any(not pattern for pattern in value):
+            raise ValueError("an empty glob pattern matches nothing; remove it")
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _metric_names(cls, value: dict[str, ThresholdConfig]) -> dict[str, ThresholdConfig]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_./ -]{1,250}", name):
+                raise ValueError(f"{name!r} is not a metric name")
+        return value
+
+
+class GateConfig(_Strict):
+    """What a version must show before the marketplace makes it production. In `workspaces[].gate`,
+    each key set replaces the global key."""
+
+    require: list[Literal["signature", "input_example", "description", "owner"]] | None = None
+    evaluation: list[EvaluationRule] | None = None
+    approval: Literal["none", "manual"] | None = None
+
+    @field_validator("require", mode="before")
+    @classmethod
+    def _known(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            unknown = [v for v in value if v not in REQUIREMENTS]
+            if unknown:
+                raise ValueError(f"{unknown[0]!r} is not a requirement: use any of {', '.join(REQUIREMENTS)}")
+        return value
+
+
+PERMISSIONS = {"mlflow": ("READ", "EDIT", "MANAGE"), "databricks": ("READ", "EDIT", "MANAGE"),
+               "unity_catalog": ("EXECUTE",)}
+PRINCIPAL_KINDS = {"mlflow": ("user", "role"), "databricks": ("user", "group", "service_principal"),
+                   "unity_catalog": ("user", "group", "service_principal")}
+
+
+class GrantConfig(_Strict):
+    """A permission on every marketplace model whose name matches `models`."""
+
+    principal: str = Field(min_length=1, max_length=255)
+    kind: Literal["user", "role", "group", "service_principal"]
+    permission: str
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    @field_validator("permission", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        if any(not pattern for pattern in value):
+            raise ValueError("an empty glob pattern matches nothing; remove it")
+        return value
+
+
 class WorkspaceConfig(_Strict):
     name: str
     tracking_uri: TrackingUri | None = None
@@ -269,6 +382,7 @@ class WorkspaceConfig(_Strict):
     exclude: list[str] = Field(default_factory=list)
     export: ExportEngineConfig = Field(default_factory=ExportEngineConfig)
     signing: SigningConfig = Field(default_factory=SigningConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @field_validator("name")
     @classmethod
@@ -319,6 +433,10 @@ def databricks_profile(owner: str | None) -> str:
     return "marketplace-registry" if owner is None else f"marketplace-ws-{owner}"
 
 
+_KIND_NAMES = {"mlflow": "an MLflow server", "databricks": "the Databricks workspace registry",
+               "unity_catalog": "Unity Catalog"}
+
+
 class MarketplaceRegistryConfig(_Strict):
     tracking_uri: TrackingUri | None = None
     registry_uri: str | None = None
@@ -328,6 +446,12 @@ class MarketplaceRegistryConfig(_Strict):
     experiment_prefix: str = "/Shared/marketplace"
     # Refuse every export without a valid OpenSSF signature (default: whenever any workspace has a public key).
     require_signatures: bool | None = None
+    # Permissions the sync applies to matching marketplace models (and records, to revoke only its own).
+    grants: list[GrantConfig] = Field(default_factory=list)
+    # An authenticated OSS MLflow server: the variables holding the sync's credentials (never the values).
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    token_env: EnvName | None = None
 
     @field_validator("tracking_uri", "registry_uri")
     @classmethod
@@ -375,7 +499,31 @@ class MarketplaceRegistryConfig(_Strict):
                 )
             if "{model}" not in self.name_template.rsplit(".", 1)[-1]:
                 raise _KeyedError("marketplace.name_template", "{model} belongs in the last (model) level")
+        if (self.username_env is None) != (self.password_env is None):
+            raise _KeyedError("marketplace.password_env" if self.username_env else "marketplace.username_env",
+                              "set username_env and password_env together (or token_env alone)")
+        if self.token_env and self.username_env:
+            raise _KeyedError("marketplace.token_env", "choose username_env/password_env or token_env, not both")
+        if self.databricks is not None and (self.username_env or self.token_env):
+            key = "marketplace.username_env" if self.username_env else "marketplace.token_env"
+            raise _KeyedError(key, "a Databricks marketplace authenticates through its databricks block")
+        kind = self.kind
+        for index, grant in enumerate(self.grants):
+            key = f"marketplace.grants[{index}] ({grant.principal})"
+            if grant.kind not in PRINCIPAL_KINDS[kind]:
+                raise _KeyedError(f"{key}.kind", f"{grant.kind!r} is not a principal on {_KIND_NAMES[kind]}: "
+                                  f"use {' or '.join(PRINCIPAL_KINDS[kind])}")
+            if grant.permission not in PERMISSIONS[kind]:
+                raise _KeyedError(f"{key}.permission", f"{grant.permission!r} is not a permission on "
+                                  f"{_KIND_NAMES[kind]}: use {' or '.join(PERMISSIONS[kind])}")
         return self
+
+    @property
+    def kind(self) -> str:
+        """mlflow (an OSS server), databricks (the workspace registry) or unity_catalog."""
+        uri = self.registry_uri or self.tracking_uri or ""
+        return "unity_catalog" if uri.startswith("databricks-uc") else "databricks" if uri.startswith("databricks") \
+            else "mlflow"
 
     @property
     def is_unity_catalog(self) -> bool:
@@ -386,7 +534,6 @@ class MarketplaceRegistryConfig(_Strict):
         return self.registry_uri or self.tracking_uri
 
 
-EnvName = Annotated[str, Field(pattern=ENV_NAME)]
 # Option names that hold credentials: only ever read from the environment.
 SECRET_OPTION = re.compile(r"(?i)secret|password|token|sas|(^|_)(access_)?key($|_id$)|credential")
 # delta-rs 1.x commits with conditional puts; these belonged to its old S3 locking and do nothing now.
@@ -734,6 +881,7 @@ class MarketplaceConfig(_Strict):
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     _path: Path = PrivateAttr(default=DEFAULT_CONFIG_PATH)
     _base: Path | None = PrivateAttr(default=None)
@@ -838,6 +986,14 @@ class MarketplaceConfig(_Strict):
 
         value = self.workspace(workspace).signing.public_key
         return None if value is None else read_public_key(value, self.base_dir)
+
+    def gate_for(self, workspace: str) -> GateConfig:
+        """The workspace's gate: each key it sets replaces the global one's."""
+        own = self.workspace(workspace).gate
+        merged = {key: getattr(own, key) if getattr(own, key) is not None else getattr(self.gate, key)
+                  for key in GateConfig.model_fields}
+        return GateConfig(require=merged["require"] or [], evaluation=merged["evaluation"] or [],
+                          approval=merged["approval"] or "none")
 
     def workspace(self, name: str) -> WorkspaceConfig:
         for workspace in self.workspaces:

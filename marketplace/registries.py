@@ -9,6 +9,7 @@ from functools import cached_property
 from mlflow import MlflowClient
 
 from marketplace.config import MarketplaceConfig, MarketplaceRegistryConfig, WorkspaceConfig
+from marketplace.credentials import authenticate
 from marketplace.databricks import ensure_profile
 from marketplace.errors import MarketplaceError
 from marketplace.imports import render_name, shorten
@@ -118,6 +119,8 @@ class MarketplaceRegistry:
     def client(self) -> MlflowClient:
         configure_http(self.config.client.timeout_seconds, self.config.client.max_retries)
         ensure_profile("the marketplace", self.tracking_uri, self.databricks)
+        authenticate(self.tracking_uri, username_env=self.settings.username_env,
+                     password_env=self.settings.password_env, token_env=self.settings.token_env)
         return make_client(self.tracking_uri, self.registry_uri)
 
     @property
