@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 STATUS_ACTIVE = "active"
 STATUS_RETIRED = "retired"
+STATUS_HELD = "held"  # never in production: its source's production version is held by the gate
 MAX_ROWS = 12  # rows of a card's table before the rest is counted
 MAX_TEXT = 2000  # characters of a source description on a card
 _MARKER = re.compile(re.escape(MARKER_PREFIX) + r"\d{4}-\d{2}-\d{2}, old description: ")
@@ -170,6 +171,7 @@ class ModelCard:
     marketplace_url: str = ""
     unity_catalog: bool = False
     history: tuple[HistoryEntry, ...] = ()
+    held: str = ""  # what the promotion gate holds back, if anything
 
     @property
     def load_uri(self) -> str:
@@ -218,13 +220,17 @@ def render_card(card: ModelCard) -> str:
     the same facts give the same text, so a sync that changed nothing rewrites nothing."""
     f = card.facts
     out = [f"# {_md(card.marketplace_name)}", ""]
-    out.append("**Status:** active" if card.status == STATUS_ACTIVE
-               else f"**Status:** retired since {_when(card.status_since)}: the workspace has no production version "
-                    "of it any more. Its versions are kept.")
     if card.status == STATUS_ACTIVE:
-        out[-1] += (f" — {card.marker.describe()} is marketplace version {card.marketplace_version}, "
-                    f"the copy of source version {card.source_version}.")
+        out.append(f"**Status:** active — {card.marker.describe()} is marketplace version {card.marketplace_version}, "
+                   f"the copy of source version {card.source_version}.")
+    elif card.status == STATUS_HELD:
+        out.append("**Status:** not in production yet: the promotion gate holds its first version.")
+    else:
+        out.append(f"**Status:** retired since {_when(card.status_since)}: the workspace has no production version "
+                   "of it any more. Its versions are kept.")
     out.append("")
+    if card.held:
+        out += [f"**Held by the promotion gate:** {_md(card.held)}", ""]
     for title, text in (("About the model", f.model_description), ("About this version", f.version_description)):
         if text:
             shown = _md(text[:MAX_TEXT]) + (f" … ({len(text) - MAX_TEXT} more characters)" if len(text) > MAX_TEXT else "")
@@ -307,6 +313,7 @@ def catalog_row(card: ModelCard, *, first_synced_at: dt.datetime, updated_at: dt
         "first_synced_at": first_synced_at,
         "updated_at": updated_at,
         "load_uri": card.load_uri,
+        "held": card.held or None,
     }
 
 
@@ -353,7 +360,7 @@ class Cards:
             return ExportFacts(), ""
 
     def card(self, model_name: str, marketplace_name: str, shown, status: str, since: str,
-             extra: HistoryEntry | None = None) -> ModelCard:
+             extra: HistoryEntry | None = None, held: str = "") -> ModelCard:
         key, version = shown if shown else (None, None)
         facts, checksum = self.facts(model_name, key.version) if key else (ExportFacts(), "")
         tags = (version.tags or {}) if version is not None else {}
@@ -370,12 +377,13 @@ class Cards:
             if version is not None else "",
             unity_catalog=m.is_unity_catalog,
             history=tuple(self.history.get(marketplace_name, [])) + ((extra,) if extra else ()),
+            held=held,
         )
 
-    def maker(self, item, shown, change: HistoryEntry | None):
+    def maker(self, item, shown, change: HistoryEntry | None, held: str = ""):
         """For registration: the card of `item` once the registry shows `status` since `since`."""
         return lambda status, since: render_card(
-            self.card(item.model_name, item.marketplace_name, shown, status, since, change))
+            self.card(item.model_name, item.marketplace_name, shown, status, since, change, held))
 
 
 def _web(url: str) -> str:

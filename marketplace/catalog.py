@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 from mlflow import MlflowClient
 
 from marketplace import summary
-from marketplace.cards import CATALOG_TIMES, STATUS_ACTIVE, STATUS_RETIRED, Cards, ModelCard, catalog_row
+from marketplace.cards import CATALOG_TIMES, STATUS_ACTIVE, STATUS_HELD, STATUS_RETIRED, Cards, ModelCard, catalog_row
 from marketplace.catalog_page import render_page
 from marketplace.imports import marketplace_versions_of
-from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION
+from marketplace.gate import TAG_HELD, held_note, held_versions
+from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION, TAG_SOURCE_MODEL, TAG_SOURCE_WORKSPACE
 from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registry import PAGE_SIZE, registry_errors, searched
 
@@ -55,6 +56,13 @@ def build_catalog(client: MlflowClient, *, marketplace: MarketplaceRegistry, sto
     configured = set(sources.names)
     with registry_errors("the marketplace (building the catalog)", marketplace.tracking_uri):
         registered = _registered(client)
+        # Models whose first version the gate holds are listed too (status held), with the version.
+        for version in held_versions(client):
+            tags = version.tags or {}
+            workspace, model = tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL)
+            if version.name not in latest and workspace in configured and model and version.name in registered:
+                latest[version.name] = {"workspace": workspace, "model_name": model, "source_version": None,
+                                        "previous_source_version": None, "held": True}
         names = sorted(n for n in latest if n in registered and latest[n]["workspace"] in configured)
         known = marketplace_versions_of(client, names)
     cards: dict[str, Cards] = {}
@@ -68,14 +76,20 @@ def build_catalog(client: MlflowClient, *, marketplace: MarketplaceRegistry, sto
         tags = searched(model, "tags") or (client.get_registered_model(name).tags or {})
         status = tags.get(TAG_STATUS) or (STATUS_ACTIVE if row["source_version"] is not None else STATUS_RETIRED)
         versions = known.get(name, {})
+        holds = sorted(((k, v) for k, v in versions.items() if (v.tags or {}).get(TAG_HELD)), key=lambda kv: kv[0].version)
+        held = "; ".join(held_note(k.version, v.version, v.tags or {}) for k, v in holds)
+        if row.get("held"):
+            status = STATUS_HELD
         wanted = tags.get(TAG_PRODUCTION_SOURCE_VERSION) if status == STATUS_ACTIVE else None
         shown = next(((k, v) for k, v in versions.items() if str(k.version) == wanted), None)
+        if row.get("held") and holds:
+            shown = holds[-1]
         if shown is None and versions:
             last = row["source_version"] or row["previous_source_version"]
             shown = next(((k, v) for k, v in versions.items() if k.version == last),
                          max(versions.items(), key=lambda kv: kv[0].version))
         result.cards.append(cards[workspace].card(row["model_name"], name, shown, status,
-                                                  tags.get(TAG_STATUS_CHANGED_AT, "")))
+                                                  tags.get(TAG_STATUS_CHANGED_AT, ""), held=held))
     existing = {r["marketplace_name"]: r for r in storage.read_rows(summary.CATALOG)}
     for card in result.cards:
         before = existing.get(card.marketplace_name)

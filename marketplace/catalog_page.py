@@ -30,6 +30,7 @@ main { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr
 .card h2 { font-size: 16px; margin: 0 0 6px; word-break: break-all; }
 .badge { display: inline-block; font-size: 11px; padding: 2px 8px; border-radius: 10px; margin-right: 6px; }
 .active { background: #e3f9e5; color: #0e5a1c; } .retired { background: #ffe3e3; color: #8a041a; }
+.held { background: #fff3c4; color: #5c4813; } p.held { padding: .3em .5em; border-radius: 4px; }
 .desc { font-size: 13px; color: #334e68; margin: 8px 0; white-space: pre-wrap; word-break: break-word; }
 dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 10px; font-size: 12px; margin: 8px 0; }
 dt { color: #627d98; } dd { margin: 0; word-break: break-all; }
@@ -66,7 +67,8 @@ _SCRIPT = r"""
     const card = el("article", "card");
     card.dataset.name = m.marketplace_name;
     card.appendChild(el("h2", "", m.marketplace_name));
-    card.appendChild(el("span", "badge " + (m.status === "active" ? "active" : "retired"), m.status));
+    card.appendChild(el("span", "badge " + ({active: "active", held: "held"}[m.status] || "retired"), m.status));
+    if (m.held) card.appendChild(el("p", "held", "Held by the promotion gate: " + m.held));
     card.appendChild(el("span", "badge", m.workspace));
     for (const flavor of (m.flavors || "").split(", ").filter(Boolean)) card.appendChild(el("span", "badge", flavor));
     if (m.description) card.appendChild(el("p", "desc", m.description));
@@ -101,7 +103,7 @@ _SCRIPT = r"""
     for (const a of [link(m.marketplace_url, "marketplace MLflow page"), link(m.source_url, "source MLflow page")]) if (a) links.appendChild(a);
     card.appendChild(links);
     const tags = Object.entries(m.source_tags || {}).map(([k, v]) => k + " " + v).join(" ");
-    card._haystack = [m.marketplace_name, m.model_name, m.description, m.workspace, m.owner, m.flavors, tags]
+    card._haystack = [m.marketplace_name, m.model_name, m.description, m.workspace, m.owner, m.flavors, tags, m.held]
       .join("\n").toLowerCase();
     card._workspace = m.workspace; card._status = m.status;
     grid.appendChild(card);
@@ -148,7 +150,7 @@ def render_page(models: Sequence[Mapping], *, generated_at: dt.datetime, title: 
 <div class="controls">
 <input id="q" type="search" placeholder="Search name, description, workspace, owner, tags, flavors" autofocus>
 <select id="workspace" aria-label="workspace"><option value="">all workspaces</option></select>
-<select id="status" aria-label="status"><option value="">any status</option><option value="active">active</option><option value="retired">retired</option></select>
+<select id="status" aria-label="status"><option value="">any status</option><option value="active">active</option><option value="retired">retired</option><option value="held">held</option></select>
 <span id="count"></span>
 </div>
 <main></main>

@@ -89,7 +89,7 @@ def _loadable(path: Path) -> Iterator[str]:
         yield str(link)
 
 
-def _refused(folder: Path, policy: ScanPolicy | None) -> str | None:
+def refused(folder: Path, policy: ScanPolicy | None) -> str | None:
     """What the scan blocks in `folder`, described, or None (no policy, or nothing blocks)."""
     if policy is None or policy.mode == "off":
         return None
@@ -117,8 +117,8 @@ def load_and_predict(
             local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
-        if refused := _refused(Path(local), policy):
-            return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {refused}")
+        if blocked := refused(Path(local), policy):
+            return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {blocked}")
         try:
             model = mlflow.pyfunc.load_model(local)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
@@ -134,9 +134,9 @@ def load_and_predict(
             return LoadResult(True, True, None, f"{model_uri} loads and predicts")
         if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes):
             return LoadResult(True, True, True, f"{model_uri} loads and predicts; its files are the export's")
-        if refused := _refused(reference_dir, policy):
+        if blocked := refused(reference_dir, policy):
             return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export was not loaded to "
-                                                f"compare: the scan blocks {refused}")
+                                                f"compare: the scan blocks {blocked}")
         try:
             with _loadable(reference_dir) as reference:
                 expected = mlflow.pyfunc.load_model(reference).predict(example)

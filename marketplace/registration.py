@@ -20,7 +20,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from marketplace import summary
-from marketplace.cards import Cards, HistoryEntry
+from marketplace.cards import STATUS_HELD, Cards, HistoryEntry
+from marketplace.errors import MarketplaceError
+from marketplace.gate import TAG_HELD, GateKeeper, held_note
 from marketplace.imports import marketplace_versions_of
 from marketplace.provenance import (  # noqa: F401 - registration.provenance_tags and the tags stay importable
     TAG_PRODUCTION_SOURCE_VERSION,
@@ -130,7 +132,9 @@ class Outcome:
     target: ModelVersion | None = None
     registry_changes: int = 0
     waiting: str | None = None  # why production could not move to the source's version yet
+    held: str | None = None  # the gate holds the source's production version (also in `waiting`)
     error: str | None = None
+    grant_error: str | None = None  # registered, but a configured grant could not be applied
 
 
 @dataclass
@@ -240,9 +244,42 @@ CardMaker = Callable[[str, str], "str | None"]
 
 class CardSource(Protocol):
     def maker(self, item: Wanted, shown: tuple[SourceKey, ModelVersion] | None,
-              change: HistoryEntry | None) -> CardMaker | None:
+              change: HistoryEntry | None, held: str = "") -> CardMaker | None:
         """How to write `item`'s card, showing the version `shown`; `change` is the history entry
-        this registration is about to record (the card lists it)."""
+        this registration is about to record (the card lists it), `held` what the gate holds."""
+
+
+class GrantSource(Protocol):
+    def apply(self, client: MlflowClient, name: str, model_tags: Mapping[str, str]) -> int:
+        """Make the registry hold every configured grant on model `name`; changes made."""
+
+
+def _gated(client: MlflowClient, gate: GateKeeper, item: Wanted, target: tuple[SourceKey, ModelVersion],
+           versions: Mapping[SourceKey, ModelVersion], current: str | None, served: set[int],
+           now: dt.datetime) -> tuple[tuple[SourceKey, ModelVersion] | None, str | None, int]:
+    """Where production goes once the gate has judged `target`: (target or the version production
+    stays on, what holds the target or None, registry changes). A version production points at
+    already, or served before (a rollback to it), is not judged again."""
+    key, version = target
+    if str(version.version) == current or key.version in served:
+        return target, None, 0
+    stay = next(((k, v) for k, v in versions.items() if str(v.version) == current), None)
+    admission, tags, changes = gate.admit(client, item.marketplace_name, item.model_name, key.version, version,
+                                          stay[1] if stay else None, now)
+    if admission.move:
+        return target, None, changes
+    return stay, held_note(key.version, version.version, tags), changes
+
+
+def _release_holds(client: MlflowClient, name: str, versions: Mapping[SourceKey, ModelVersion],
+                   wanted: int | None) -> int:
+    """A version stops being held once its source no longer has it in production."""
+    changes = 0
+    for key, version in versions.items():
+        if key.version != wanted and (version.tags or {}).get(TAG_HELD):
+            client.delete_model_version_tag(name, version.version, TAG_HELD)
+            changes += 1
+    return changes
 
 
 def _last_active(versions: Mapping[SourceKey, ModelVersion], recorded: Recorded | None):
@@ -269,14 +306,18 @@ def register_workspace(
     now: dt.datetime | None = None,
     quarantined: Mapping[str, int] | None = None,
     cards: CardSource | None = None,
+    gate: GateKeeper | None = None,
+    served: Mapping[str, set[int]] | None = None,
+    grants: GrantSource | None = None,
 ) -> WorkspaceRegistration:
     """Point each wanted model's production marker at the copy of its source's production version
     (or remove it), and say which history rows record the changes.
 
     `known` holds the marketplace versions of each model by source key, `recorded` the history's
     last state of each. A model whose source version has no copy yet waits where it is; one whose
-    version is `quarantined` (model name -> version the scan blocked) says so in a tag. The
-    caller holds the workspace's registration lock and writes the rows after this returns: a
+    version is `quarantined` (model name -> version the scan blocked) says so in a tag. Under a
+    `gate`, a version production does not point at yet (and never did: `served`, the source
+    versions each model's history records) moves only once the gate admits it. The caller holds the workspace's registration lock and writes the rows after this returns: a
     crash in between leaves the history behind the registry, and the next run records the change
     again (the decision compares with the history, the application with the registry).
     """
@@ -306,8 +347,25 @@ def register_workspace(
                 raise
             return outcome  # deleted from the marketplace by hand: nothing to point
         current = _production_version(model, versions.values(), marker)
+        outcome.registry_changes += _release_holds(client, item.marketplace_name, versions, item.source_version)
+        desired = item.source_version
+        if target is not None and gate is not None:
+            candidate = target
+            target, outcome.held, changes = _gated(client, gate, item, target, versions, current,
+                                                   (served or {}).get(item.marketplace_name, set()), now)
+            outcome.registry_changes += changes
+            if outcome.held:
+                outcome.waiting = outcome.held
+                if target is None:  # never in production: only its card says what holds it
+                    if cards is not None and (card := cards.maker(item, candidate, None, outcome.held)) is not None:
+                        text = card(STATUS_HELD, "")
+                        if text is not None and model.description != text:
+                            client.update_registered_model(item.marketplace_name, description=text)
+                            outcome.registry_changes += 1
+                    return outcome
+                desired = target[0].version
         by_version = {str(v.version): k.version for k, v in versions.items()}
-        outcome.change = decide(item.source_version, recorded.get(item.marketplace_name),
+        outcome.change = decide(desired, recorded.get(item.marketplace_name),
                                 by_version.get(current) if current is not None else None)
         if outcome.change is None and target is None and item.marketplace_name not in recorded:
             return outcome  # imported for a past date only, never in production: leave it alone
@@ -318,9 +376,14 @@ def register_workspace(
             entry = None if outcome.change is None else HistoryEntry(
                 now, outcome.change.kind, outcome.change.source_version,
                 int(outcome.target.version) if outcome.target is not None else None)
-            card = cards.maker(item, shown, entry)
-        outcome.registry_changes = _apply(client, marker, item.marketplace_name, model, versions, workspace,
-                                          item.model_name, target, source_uri, now, card)
+            card = cards.maker(item, shown, entry, outcome.held or "")
+        outcome.registry_changes += _apply(client, marker, item.marketplace_name, model, versions, workspace,
+                                           item.model_name, target, source_uri, now, card)
+        if grants is not None:
+            try:
+                outcome.registry_changes += grants.apply(client, item.marketplace_name, model.tags or {})
+            except MarketplaceError as exc:
+                outcome.grant_error = str(exc)
         return outcome
 
     def guarded(item: Wanted) -> Outcome:
@@ -375,17 +438,18 @@ def marketplace_production(
 
 
 def divergences(workspace: str, source: Mapping[str, int], marketplace: Mapping[str, int | None],
-                marker: Marker) -> list[str]:
+                marker: Marker, held: Mapping[str, int] | None = None) -> list[str]:
     """How a workspace's marketplace models differ from its production versions now.
 
     `source` maps each curated model with a production version to it; `marketplace` maps each
-    model the marketplace holds (or should) to the source version its production marker points at.
+    model the marketplace holds (or should) to the source version its production marker points at;
+    `held`, each model to the source version the promotion gate holds (not a difference).
     """
     mark = f"@{marker.alias}" if marker.has_aliases else "Production version"
     found = []
     for model in sorted(source.keys() | marketplace.keys()):
         wanted, current = source.get(model), marketplace.get(model)
-        if wanted == current:
+        if wanted == current or (wanted is not None and (held or {}).get(model) == wanted):
             continue
         if wanted is None:
             found.append(f"{workspace}/{model}: no production version in the source, "
@@ -429,8 +493,16 @@ def register_partition(
     result = PartitionRegistration(snapshot=snapshot)
     # One registration of a workspace at a time: the history read, the registry changes and the
     # rows written from them must not interleave with another run's.
+    gate = GateKeeper(marketplace.config, workspace, storage, tracking_uri=marketplace.tracking_uri,
+                      registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy, facts=None)
+    if gate.active:
+        gate.check_ready()  # a missing reference data set fails the partition before anything moves
     with storage.lock("register", workspace) as held:
         history = storage.read_rows(summary.PRODUCTION_HISTORY, workspace=workspace)
+        served: dict[str, set[int]] = {}
+        for row in history:
+            if row["source_version"] is not None:
+                served.setdefault(row["marketplace_name"], set()).add(row["source_version"])
         wanted = [Wanted(model, marketplace.model_name(workspace, model), production.get(model))
                   for model in sorted(production.keys() | imported | {r["model_name"] for r in history})]
         with registry_errors(f"the marketplace (registering workspace {workspace})", marketplace.tracking_uri):
@@ -442,12 +514,14 @@ def register_partition(
                 and storage.quarantine(workspace, w.model_name, w.source_version,
                                        policy=marketplace.scan_policy) is not None
             }
+            cards = Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
+                          history_rows=history)
+            gate.facts = lambda model, version: cards.facts(model, version)[0]
             result.done = register_workspace(
                 client, marketplace.marker, workspace, wanted, known, recorded_states(history),
                 source_uri=redact_uri(sources.get(workspace).tracking_uri), run_id=run_id,
                 snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
-                cards=Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
-                            history_rows=history),
+                cards=cards, gate=gate if gate.active else None, served=served, grants=marketplace.grants,
             )
         try:
             held.check()  # the registry moved; the rows that record it are written only while held

@@ -137,6 +137,24 @@ class MarketplaceRegistry:
         """How production is marked here: an alias, and the Production stage except on Unity Catalog."""
         return Marker(self.alias, has_aliases=self.has_aliases, has_stages=not self.is_unity_catalog)
 
+    @cached_property
+    def grants(self):
+        """The access grants applied on every registration (None: none configured)."""
+        if not self.settings.grants:
+            return None
+        from marketplace.grants import Grants
+
+        return Grants(self.settings, self.tracking_uri, workspace_client=self.workspace_client)
+
+    def workspace_client(self):
+        """The Databricks SDK client of a Databricks marketplace, as its service principal."""
+        from databricks.sdk import WorkspaceClient
+
+        if self.databricks is None:
+            raise MarketplaceError("the marketplace is not a Databricks workspace")
+        ensure_profile("the marketplace", self.tracking_uri, self.databricks)
+        return WorkspaceClient(profile=self.tracking_uri.removeprefix("databricks://"))
+
     def model_name(self, workspace: str, model: str) -> str:
         return render_name(self.settings.name_template, workspace, model, unity_catalog=self.is_unity_catalog)
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, Field
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 EXPORT_SUMMARY = "export_summary"
@@ -63,7 +63,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         "status string not null, source_version bigint, marketplace_version bigint, alias string, description string, "
         "flavors string, signature string, metrics string, requirements string, size_bytes bigint, checksum string, "
         "owner string, source_tags string, first_synced_at timestamp not null, updated_at timestamp not null, "
-        "load_uri string"
+        "load_uri string, held string"
     ),
 }
 
@@ -89,9 +89,16 @@ def ensure_table(uri: str, name: str, storage_options: Mapping[str, str] | None 
 
     def open_or_create() -> DeltaTable:
         try:
-            return DeltaTable(uri, storage_options=options)
+            table = DeltaTable(uri, storage_options=options)
         except TableNotFoundError:
             return DeltaTable.create(uri, SCHEMAS[name], mode="ignore", name=name, storage_options=options)
+        # A table written by an older release gains the columns added since (nullable, empty).
+        present = {f.name for f in table.schema().fields}
+        missing = [f for f in SCHEMAS[name] if f.name not in present]
+        if missing:
+            table.alter.add_columns([Field.from_arrow(f) for f in missing])
+            table = DeltaTable(uri, storage_options=options)
+        return table
 
     return _retrying(open_or_create, what=f"creating {uri}")
 

@@ -286,7 +286,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         """Marketplace registered models: production marker, status, provenance and history, following
         what each source has in production now (promotions, rollbacks, retirements, restorations)."""
         report = Report(context, "models", ["marketplace model", "version", "change", "source"])
-        report.zero("models_registered", "registry_changes", *CHANGES, "history_rows_inserted")
+        report.zero("models_registered", "registry_changes", *CHANGES, "history_rows_inserted", "held_by_gate")
         with explained():
             client = marketplace.client()
         withheld: dict[str, str] = {}
@@ -308,6 +308,10 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 if outcome.error:
                     report.fail(f"{label} ({outcome.marketplace_name})", f"not registered: {outcome.error}")
                     continue
+                if outcome.grant_error:
+                    report.fail(f"{label} ({outcome.marketplace_name})", f"grant not applied: {outcome.grant_error}")
+                if outcome.held:
+                    report.count("held_by_gate")
                 if outcome.waiting:
                     waiting[label] = outcome.waiting
                 report.count("registry_changes", outcome.registry_changes)

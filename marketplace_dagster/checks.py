@@ -13,6 +13,7 @@ import dagster as dg
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.layout import EXPORTS_DIR, export_folder_of_file
+from marketplace.gate import FAILED, PENDING, age, holds_of, held_versions
 from marketplace.imports import marketplace_versions_of
 from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
 from marketplace.polling import poll_workspaces
@@ -27,6 +28,8 @@ from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay import
     EXPORTS,
     EXPORTS_MATCH_MANIFESTS,
     EXPORTS_SIGNED_AND_CLEAN,
+    GATE_PASSED,
+    APPROVALS_PENDING,
     IMPORT_SUMMARY,
     IMPORT_SUMMARY_UNIQUE,
     MARKETPLACE_MATCHES_SOURCES,
@@ -140,7 +143,8 @@ def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefin
         name=MARKETPLACE_MATCHES_SOURCES,
         blocking=False,
         description="For every workspace's curated models, the marketplace's production marker points at the "
-        "copy of the source's production version now, and models with none (retired) carry no marker.",
+        "copy of the source's production version now (or the promotion gate holds that version), and models "
+        "with none (retired) carry no marker.",
     )
     def marketplace_matches_sources(
         external_storage: ExternalStorageResource, marketplace: MarketplaceRegistryResource
@@ -155,6 +159,9 @@ def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefin
         marker = marketplace.marker
         differ, unreachable, compared = [], [], 0
         with registry_time() as spent:
+            gated: dict[str, dict[str, int]] = {}
+            for hold in holds_of(held_versions(client)):
+                gated.setdefault(hold.workspace, {})[hold.model_name] = hold.source_version
             for workspace in config.workspaces:
                 result = polled[workspace.name]
                 if result.error:
@@ -165,7 +172,8 @@ def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefin
                 known = marketplace_versions_of(client, list(names.values()))
                 current = marketplace_production(client, marker, names.values(), known)
                 differ += divergences(workspace.name, result.production,
-                                      {model: current[name] for model, name in names.items()}, marker)
+                                      {model: current[name] for model, name in names.items()}, marker,
+                                      gated.get(workspace.name))
                 compared += len(models)
         problems = ([f"differ: {_listing(differ)}"] if differ else []) + (
             [f"unreachable, not compared: {_listing(unreachable)}"] if unreachable else [])
@@ -235,7 +243,50 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
         PARTITIONS_FRESH: build_freshness_check(config),
         NO_STRAY_EXPORTS: build_stray_exports_check(config),
         EXPORTS_SIGNED_AND_CLEAN: build_signed_and_clean_check(config),
+        GATE_PASSED: gate_passed,
+        APPROVALS_PENDING: approvals_pending,
     }
+
+
+def _holds(marketplace: MarketplaceRegistryResource):
+    with registry_time() as spent:
+        holds = holds_of(held_versions(marketplace.client()))
+    return holds, spent
+
+
+@dg.asset_check(asset=REGISTRATION, name=GATE_PASSED, blocking=False,
+                description="No source's production version is held by the promotion gate (failed its "
+                "required metadata or its evaluation, or was rejected): held versions are listed with why.")
+def gate_passed(marketplace: MarketplaceRegistryResource) -> dg.AssetCheckResult:
+    holds, spent = _holds(marketplace)
+    failed = [h for h in holds if h.state != PENDING]
+    lines = [f"{h.label}: {h.state}" + (f": {h.detail}" if h.detail else "") for h in failed]
+    return dg.AssetCheckResult(
+        passed=not failed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"held: {_listing(lines)}" if failed else "no production version is held by the gate",
+        metadata={"held_versions": len(failed), "failed": sum(h.state == FAILED for h in failed),
+                  "held": dg.MetadataValue.json(lines[:200]), **spent.metadata()},
+    )
+
+
+@dg.asset_check(asset=REGISTRATION, name=APPROVALS_PENDING, blocking=False,
+                description="No version waits for a reviewer's approval (tag marketplace.approval on the "
+                "marketplace version: approved, with marketplace.approved_by, or rejected).")
+def approvals_pending(marketplace: MarketplaceRegistryResource) -> dg.AssetCheckResult:
+    holds, spent = _holds(marketplace)
+    now = dt.datetime.now(dt.timezone.utc)
+    pending = [h for h in holds if h.state == PENDING]
+    lines = [f"{h.label} waiting {age(h.since, now)}" for h in pending]
+    return dg.AssetCheckResult(
+        passed=not pending,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"awaiting approval: {_listing(lines)}" if pending else "no version awaits approval",
+        metadata={"pending_versions": len(pending),
+                  "oldest_hours": round(max(((now - h.since).total_seconds() / 3600 for h in pending if h.since),
+                                            default=0), 2),
+                  "pending": dg.MetadataValue.json(lines[:200]), **spent.metadata()},
+    )
 
 
 def build_signed_and_clean_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:

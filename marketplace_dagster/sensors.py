@@ -13,6 +13,9 @@ import dagster as dg
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.exports import quarantine_of
+from marketplace.gate import held_versions, holds_of, releasable
+from marketplace.gate import is_active as gate_active
+from marketplace.registries import MarketplaceRegistry
 from marketplace.layout import skip_record_key
 from marketplace_dagster.partitions import partition_key
 from marketplace.polling import poll_workspaces
@@ -57,6 +60,34 @@ def _quarantined(storage: Storage, workspace: str, change: str, policy: ScanPoli
         storage, skip_record_key(workspace, model, int(version)), policy=policy) is not None
 
 
+Holds = set[tuple[str, str, int]]
+
+
+def _gate_holds(config: MarketplaceConfig, log) -> tuple[Holds, Holds]:
+    """(workspace, model, source version) of each version the promotion gate holds: those it
+    would still hold, and those it would now release (a new approval). One search of the
+    marketplace per tick, and only where a gate is configured."""
+    if not any(gate_active(config.gate_for(w.name)) for w in config.workspaces):
+        return set(), set()
+    try:
+        versions = held_versions(MarketplaceRegistry(config).client())
+    except Exception as exc:  # noqa: BLE001 - the marketplace down: nothing is excluded this tick
+        log.warning(f"held versions not read from the marketplace: {type(exc).__name__}: {exc}")
+        return set(), set()
+    configured = {w.name for w in config.workspaces}
+    held, released = set(), set()
+    for h in holds_of(versions):
+        if h.workspace in configured:
+            free = releasable(h.tags, config.gate_for(h.workspace).approval)
+            (released if free else held).add((h.workspace, h.model_name, h.source_version))
+    return held, released
+
+
+def _held(holds: set[tuple[str, str, int]], workspace: str, change: str) -> bool:
+    model, _, version = change.rpartition("@")
+    return version.isdigit() and (workspace, model, int(version)) in holds
+
+
 def _run_key(workspace: str, day: dt.date, pending: list[str], attempt: int) -> str:
     digest = hashlib.sha256("\n".join(pending).encode()).hexdigest()[:12]
     return f"{workspace}:{day.isoformat()}:{digest}:{attempt}"
@@ -89,6 +120,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         storage = configured_storage(config)
         recorded = _recorded(storage)
         policy = config.security.policy()
+        holds, released = _gate_holds(config, context.log)
         now = time.time()
         requests, notes, unreachable = [], [], {}
         for workspace in config.workspaces:
@@ -99,8 +131,10 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
                 continue  # keep its cursor entry: an outage is not progress
             pending = [
                 change for change in pending_changes(result.production, recorded.get(workspace.name, {}))
-                if not _quarantined(storage, workspace.name, change, policy)
+                if not _quarantined(storage, workspace.name, change, policy) and not _held(holds, workspace.name, change)
             ]
+            # An approval is news even where the same change was asked for before (a new run key).
+            pending = [f"{c} (approved)" if _held(released, workspace.name, c) else c for c in pending]
             if not pending:
                 cursor.pop(workspace.name, None)
                 continue
