@@ -5,15 +5,19 @@ machine-to-machine discovery and token endpoints; bearer tokens on every API cal
 authenticated MLflow API calls to a real `mlflow server`. With `volumes_root` it also runs jobs:
 the Jobs API's one-time runs (`runs/submit`, `runs/get`, `runs/cancel`) of a `python_wheel_task`
 as a local process of that wheel's entry point, and the Files API of Unity Catalog volumes,
-which the job sees as the local folder `/Volumes` would be on a cluster. What it verifies: that a
-run reaches each workspace with that workspace's own credentials, and what a submitted job holds.
-What it does not: Databricks' own registry behaviour (Unity Catalog, permissions), cluster
-start-up and library installation, which only a real workspace shows.
+which the job sees as the local folder `/Volumes` would be on a cluster. It also holds, in memory,
+the permissions of registered models: the workspace registry's permissions API and Unity Catalog's
+grants API (`RegistryPermissions`), as the marketplace's access grants call them. What it
+verifies: that a run reaches each workspace with that workspace's own credentials, what a
+submitted job holds, and which permission calls the grants make. What it does not: Databricks' own
+registry behaviour (Unity Catalog's registry, who may change permissions, its exact error answers),
+cluster start-up and library installation, which only a real workspace shows.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import os
@@ -30,6 +34,7 @@ from dagster_pipes import decode_param, encode_param
 
 from .faults import LoopbackServer, RelayHandler
 
+TOKEN_OWNER = "token-owner@example.com"  # the user a personal access token belongs to
 ARTIFACT_ENDPOINTS = ("/api/2.0/mlflow/model-versions/list-artifacts",
                       "/api/2.0/mlflow/model-versions/get-signed-download-uri")
 
@@ -44,6 +49,9 @@ class DatabricksStandIn(LoopbackServer):
         self.upstream = upstream.rstrip("/")
         self.auth = auth
         self.expected = {"token": token, "client_id": client_id, "client_secret": client_secret}
+        # Whoever calls creates the models, and so holds CAN_MANAGE on them.
+        self.permissions = RegistryPermissions(
+            self.upstream, ("service_principal_name", client_id) if auth == "oauth-m2m" else ("user_name", TOKEN_OWNER))
         self.issued: set[str] = set()
         self.api_calls = 0
         self.refused: list[str] = []
@@ -117,6 +125,8 @@ class DatabricksStandIn(LoopbackServer):
                 standin.api_calls += 1
                 if standin.jobs is not None and path.startswith(JobRunner.PREFIXES):
                     return self.answer(*standin.jobs.serve(self.command, path, self.path.partition("?")[2], body))
+                if path.startswith(RegistryPermissions.PREFIXES):
+                    return self.answer(*standin.permissions.serve(self.command, path, self.path.partition("?")[2], body))
                 if path in ARTIFACT_ENDPOINTS:
                     return self.answer(200, standin._model_version_artifacts(path, parse_qs(self.path.partition("?")[2])))
                 self.relay(self.forward(standin.upstream, body, drop=("authorization",)))
@@ -238,3 +248,108 @@ class JobRunner:
             state = {"life_cycle_state": "TERMINATED", "result_state": "SUCCESS" if code == 0 else "FAILED",
                      "state_message": "" if code == 0 else f"the task exited with {code}"}
         return {"state": state, "run_page_url": f"{self.standin.host}/#job/runs/{id(run)}"}
+
+
+class RegistryPermissions:
+    """Registered models' permissions, in memory: the workspace registry's permissions API (an ACL
+    per model id, each principal holding one level directly; the `admins` group holds CAN_MANAGE
+    by inheritance) and Unity Catalog's grants API (privileges per principal on a FUNCTION
+    securable). A model exists when the upstream server has it. Principals named in `unknown` do
+    not exist: a request naming one fails whole, as Databricks answers (by public reports; not
+    checked against a workspace). `writes` lists every PATCH and PUT."""
+
+    PREFIXES = ("/api/2.0/mlflow/databricks/registered-models/get", "/api/2.0/permissions/registered-models/",
+                "/api/2.1/unity-catalog/permissions/")
+    FIELDS = ("user_name", "group_name", "service_principal_name")
+    LEVELS = ("CAN_READ", "CAN_EDIT", "CAN_MANAGE_STAGING_VERSIONS", "CAN_MANAGE_PRODUCTION_VERSIONS", "CAN_MANAGE")
+    FUNCTION_PRIVILEGES = ("EXECUTE", "APPLY_TAG", "MANAGE", "ALL_PRIVILEGES")
+
+    def __init__(self, upstream: str, owner: tuple[str, str]):
+        self.upstream = upstream
+        self.owner = owner  # (ACL field, name) of the caller, who creates the models
+        self.unknown: set[str] = set()
+        self.acls: dict[str, dict[tuple[str, str], str]] = {}  # model id -> {(field, principal): level}
+        self.grants: dict[str, dict[str, set[str]]] = {}  # UC full name -> {principal: privileges}
+        self.writes: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def model_id(name: str) -> str:
+        return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+    def acl(self, name: str) -> dict[tuple[str, str], str]:
+        """The direct ACL of workspace model `name` (for a test to read or prepare)."""
+        return self.acls.setdefault(self.model_id(name), {self.owner: "CAN_MANAGE"})
+
+    def uc_grants(self, full_name: str) -> dict[str, set[str]]:
+        return self.grants.setdefault(full_name, {})
+
+    def _exists(self, name: str) -> bool:
+        return requests.get(f"{self.upstream}/api/2.0/mlflow/registered-models/get", params={"name": name},
+                            timeout=30).ok
+
+    def serve(self, method: str, path: str, query: str, body: bytes) -> tuple[int, dict]:
+        request = json.loads(body or b"{}")
+        with self._lock:
+            if method in ("PATCH", "PUT"):
+                self.writes.append((method, path))
+            if path.startswith("/api/2.0/mlflow/databricks/"):
+                name = parse_qs(query).get("name", [""])[0]
+                if not self._exists(name):
+                    return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Model '{name}' does not exist."}
+                self.acl(name)
+                return 200, {"registered_model_databricks": {"id": self.model_id(name), "name": name,
+                                                             "permission_level": "CAN_MANAGE"}}
+            if path.startswith("/api/2.0/permissions/"):
+                return self._workspace(method, path.rpartition("/")[2], request)
+            securable, _, full_name = unquote(path.removeprefix("/api/2.1/unity-catalog/permissions/")).partition("/")
+            return self._unity_catalog(method, securable, full_name, request)
+
+    def _workspace(self, method: str, model_id: str, request: dict) -> tuple[int, dict]:
+        acl = self.acls.get(model_id)
+        if acl is None:
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Registered model {model_id} does not exist."}
+        if method in ("PATCH", "PUT"):
+            entries = {}
+            for entry in request.get("access_control_list", []):
+                (field,) = [f for f in self.FIELDS if entry.get(f)]
+                if entry[field] in self.unknown:
+                    label = {"user_name": "UserName", "group_name": "GroupName",
+                             "service_principal_name": "ServicePrincipalName"}[field]
+                    return 400, {"error_code": "INVALID_PARAMETER_VALUE",
+                                 "message": f"Principal: {label}({entry[field]}) does not exist"}
+                if entry.get("permission_level") not in self.LEVELS:
+                    return 400, {"error_code": "INVALID_PARAMETER_VALUE",
+                                 "message": f"Permission {entry.get('permission_level')} is not valid for registered models"}
+                entries[(field, entry[field])] = entry["permission_level"]
+            if method == "PUT":
+                acl.clear()
+            acl.update(entries)
+        listed = [{field: principal, "all_permissions": [{"permission_level": level, "inherited": False}]}
+                  for (field, principal), level in sorted(acl.items())]
+        listed.append({"group_name": "admins", "all_permissions": [
+            {"permission_level": "CAN_MANAGE", "inherited": True, "inherited_from_object": ["/registered-models/"]}]})
+        return 200, {"object_id": f"/registered-models/{model_id}", "object_type": "registered-model",
+                     "access_control_list": listed}
+
+    def _unity_catalog(self, method: str, securable: str, full_name: str, request: dict) -> tuple[int, dict]:
+        if securable.upper() != "FUNCTION" or not self._exists(full_name):
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST",
+                         "message": f"{securable} '{full_name}' does not exist (a registered model is a FUNCTION)."}
+        grants = self.uc_grants(full_name)
+        if method == "PATCH":
+            changes = request.get("changes", [])
+            for change in changes:
+                if change.get("principal") in self.unknown:
+                    return 400, {"error_code": "PRINCIPAL_DOES_NOT_EXIST",
+                                 "message": f"Could not find principal with name {change['principal']}"}
+                stray = set(change.get("add", []) + change.get("remove", [])) - set(self.FUNCTION_PRIVILEGES)
+                if stray:
+                    return 400, {"error_code": "INVALID_PARAMETER_VALUE",
+                                 "message": f"Privilege {sorted(stray)[0]} is not applicable to this entity"}
+            for change in changes:
+                held = grants.setdefault(change["principal"], set())
+                held.update(change.get("add", []))
+                held.difference_update(change.get("remove", []))
+        return 200, {"privilege_assignments": [{"principal": principal, "privileges": sorted(held)}
+                                               for principal, held in sorted(grants.items()) if held]}

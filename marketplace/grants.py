@@ -1,0 +1,414 @@
+"""Access grants on marketplace models: the configured permissions, made on every registration,
+and only the sync's own ever taken away.
+
+What the sync created on a model is recorded in the model's tag `marketplace.grants`; a
+permission somebody else made is never changed, recorded or removed. Which grants to make and
+which to revoke is `plan`, a plain function; the registries' own permission APIs sit at the
+edges: an OSS MLflow server started with `--app-name basic-auth` (users and roles), the
+Databricks workspace registry (its permissions API) and Unity Catalog (its grants API).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from marketplace.config import PERMISSIONS, MarketplaceRegistryConfig
+from marketplace.credentials import authenticate
+from marketplace.errors import MarketplaceError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+TAG_GRANTS = "marketplace.grants"
+
+Holder = tuple[str, str]  # (kind, principal)
+
+
+class GrantError(MarketplaceError):
+    """A configured grant the registry cannot hold on a model: its principal does not exist."""
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """One principal's permission on one marketplace model."""
+
+    kind: str  # user | role | group | service_principal
+    principal: str
+    permission: str  # READ | EDIT | MANAGE | EXECUTE
+
+    @property
+    def holder(self) -> Holder:
+        return (self.kind, self.principal)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.principal}:{self.permission}"
+
+    @classmethod
+    def parse(cls, text: str) -> Grant | None:
+        """The grant a `marketplace.grants` entry names (a principal may hold ':'); None if malformed."""
+        kind, _, rest = text.partition(":")
+        principal, _, permission = rest.rpartition(":")
+        if not (kind and principal and permission):
+            return None
+        return cls(kind, principal, permission)
+
+    def describe(self) -> str:
+        return f"{self.permission} for {self.kind.replace('_', ' ')} {self.principal!r}"
+
+
+def wanted_grants(settings: MarketplaceRegistryConfig, name: str) -> list[Grant]:
+    """The configured grants whose patterns match marketplace model `name` (case-sensitive globs),
+    one per principal: where several match, the strongest permission."""
+    ranks = PERMISSIONS[settings.kind]
+    strongest: dict[Holder, str] = {}
+    for rule in settings.grants:
+        if not any(fnmatchcase(name, pattern) for pattern in rule.models):
+            continue
+        holder = (rule.kind, rule.principal)
+        held = strongest.get(holder)
+        if held is None or ranks.index(rule.permission) > ranks.index(held):
+            strongest[holder] = rule.permission
+    return sorted(Grant(kind, principal, permission) for (kind, principal), permission in strongest.items())
+
+
+class Plan(NamedTuple):
+    grant: tuple[Grant, ...]  # to make, after the revocations
+    revoke: tuple[Grant, ...]  # the sync's own, no longer configured
+    record: frozenset[Grant]  # what the sync will have created once both are done
+
+
+def plan(wanted: Iterable[Grant], recorded: Iterable[Grant], existing: Mapping[Holder, Iterable[str]]) -> Plan:
+    """What to change on one model.
+
+    `existing` holds, per principal, the permissions it holds directly on the model now. A
+    recorded grant is the sync's own only while the registry still holds it as recorded; one
+    changed or removed by somebody else is theirs and is forgotten. A principal already holding
+    a permission that is not the sync's is left alone (never updated, never recorded).
+    """
+    wanted = set(wanted)
+    ours = {g for g in recorded if g.permission in set(existing.get(g.holder, ()))}
+    revoke = ours - wanted
+    freed = {g.holder for g in revoke}
+    grant = {g for g in wanted - ours if not set(existing.get(g.holder, ())) or g.holder in freed}
+    return Plan(tuple(sorted(grant)), tuple(sorted(revoke)), frozenset((ours & wanted) | grant))
+
+
+def recorded_grants(tags: Mapping[str, str]) -> frozenset[Grant]:
+    """What the sync created on a model, from its tag; an entry it cannot read is not its own."""
+    try:
+        entries = json.loads(tags.get(TAG_GRANTS) or "[]")
+    except ValueError:
+        return frozenset()
+    if not isinstance(entries, list):
+        return frozenset()
+    return frozenset(g for g in (Grant.parse(e) for e in entries if isinstance(e, str)) if g is not None)
+
+
+def record_value(grants: Iterable[Grant]) -> str:
+    return json.dumps(sorted(str(g) for g in grants))
+
+
+class _Missing(Exception):
+    """The grant's principal does not exist in the registry."""
+
+
+class Access(Protocol):
+    """One registry's permissions on one model, for the length of one apply."""
+
+    def existing(self, name: str, holders: set[Holder]) -> dict[Holder, set[str]]: ...
+
+    def grant(self, name: str, grant: Grant) -> None: ...
+
+    def revoke(self, name: str, grant: Grant) -> None: ...
+
+
+class Grants:
+    """The configured grants of the marketplace registry, applied model by model (from several
+    threads at once: each apply reads the registry afresh)."""
+
+    def __init__(self, settings: MarketplaceRegistryConfig, tracking_uri: str, workspace_client=None):
+        self.settings = settings
+        self.tracking_uri = tracking_uri
+        self._workspace_client = workspace_client
+        self._lock = threading.Lock()
+
+    def wanted(self, name: str) -> list[Grant]:
+        return wanted_grants(self.settings, name)
+
+    def apply(self, client: MlflowClient, name: str, model_tags: Mapping[str, str]) -> int:
+        """Make the registry hold every wanted grant on model `name` and revoke the sync's own that
+        are no longer configured; the number of permissions granted or revoked. Raises GrantError
+        naming each principal that does not exist, after making the other changes."""
+        wanted = self.wanted(name)
+        recorded = recorded_grants(model_tags)
+        if not wanted and not recorded:
+            return 0
+        access = self._access()
+        holders = {g.holder for g in wanted} | {g.holder for g in recorded}
+        steps = plan(wanted, recorded, access.existing(name, holders))
+        changes, missing = 0, []
+        for grant in steps.revoke:
+            access.revoke(name, grant)
+            changes += 1
+        for grant in steps.grant:
+            try:
+                access.grant(name, grant)
+                changes += 1
+            except _Missing:
+                missing.append(grant)
+        record = steps.record - set(missing)
+        value = record_value(record)
+        if value != model_tags.get(TAG_GRANTS, record_value(())):
+            if record:
+                client.set_registered_model_tag(name, TAG_GRANTS, value)
+            else:
+                client.delete_registered_model_tag(name, TAG_GRANTS)
+        if missing:
+            where = {"mlflow": "the marketplace's MLflow server", "databricks": "the Databricks workspace",
+                     "unity_catalog": "Unity Catalog"}[self.settings.kind]
+            raise GrantError(f"marketplace model {name!r}: marketplace.grants: "
+                             + "; ".join(f"{g.kind.replace('_', ' ')} {g.principal!r} does not exist in {where} "
+                                         f"(granting {g.permission})" for g in missing))
+        return changes
+
+    def _access(self) -> Access:
+        kind = self.settings.kind
+        if kind == "mlflow":
+            return MlflowAccess(self._auth_client())
+        if kind == "databricks":
+            return WorkspaceAccess(self._databricks())
+        return UnityCatalogAccess(self._databricks())
+
+    def _auth_client(self):
+        # The same request auth as the marketplace's MlflowClient: the credentials go to its origin only.
+        authenticate(self.tracking_uri, username_env=self.settings.username_env,
+                     password_env=self.settings.password_env, token_env=self.settings.token_env)
+        from mlflow.server import get_app_client
+
+        return get_app_client("basic-auth", tracking_uri=self.tracking_uri)
+
+    def _databricks(self):
+        with self._lock:
+            if self._workspace_client is None:
+                from databricks.sdk import WorkspaceClient
+
+                from marketplace.databricks import ensure_profile
+
+                ensure_profile("the marketplace", self.settings.tracking_uri, self.settings.databricks)
+                self._workspace_client = WorkspaceClient(
+                    profile=self.settings.tracking_uri.removeprefix("databricks://"))
+            return self._workspace_client
+
+
+REGISTERED_MODEL = "registered_model"
+
+
+class MlflowAccess:
+    """An OSS MLflow server's basic-auth permissions. A user's own grants live in MLflow's
+    per-user role `__user_<id>__` (3.17; `get_user_permission` answers the effective permission,
+    roles and default included, so it cannot tell a direct grant); a role's, in the role."""
+
+    def __init__(self, auth):
+        self._auth = auth
+        self._roles = None
+        self._role_permission_ids: dict[Holder, int] = {}
+
+    def _all_roles(self):
+        if self._roles is None:
+            from mlflow.utils.workspace_utils import DEFAULT_WORKSPACE_NAME
+
+            self._roles = [r for r in self._call(self._auth.list_all_roles) if r.workspace == DEFAULT_WORKSPACE_NAME]
+        return self._roles
+
+    def _role(self, holder: Holder):
+        kind, principal = holder
+        if kind == "role":
+            wanted = principal
+        else:
+            user = self._user(principal)
+            if user is None:
+                return None
+            wanted = f"__user_{user.id}__"
+        return next((r for r in self._all_roles() if r.name == wanted), None)
+
+    def _user(self, username: str):
+        from mlflow.exceptions import RestException
+
+        try:
+            return self._call(self._auth.get_user, username)
+        except RestException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def existing(self, name: str, holders: set[Holder]) -> dict[Holder, set[str]]:
+        found: dict[Holder, set[str]] = {}
+        for holder in holders:
+            role = self._role(holder)
+            for permission in role.permissions if role is not None else ():
+                if permission.resource_type == REGISTERED_MODEL and permission.resource_pattern == name:
+                    found[holder] = {permission.permission}
+                    self._role_permission_ids[holder] = permission.id
+        return found
+
+    def grant(self, name: str, grant: Grant) -> None:
+        from mlflow.exceptions import RestException
+
+        if grant.kind == "user":
+            try:
+                self._call(self._auth.grant_user_permission, grant.principal, REGISTERED_MODEL, name, grant.permission)
+            except RestException as exc:
+                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    raise _Missing() from None
+                raise
+            return
+        role = self._role(grant.holder)
+        if role is None:
+            raise _Missing()
+        self._call(self._auth.add_role_permission, role.id, REGISTERED_MODEL, name, grant.permission)
+
+    def revoke(self, name: str, grant: Grant) -> None:
+        if grant.kind == "user":
+            self._call(self._auth.revoke_user_permission, grant.principal, REGISTERED_MODEL, name)
+        else:
+            self._call(self._auth.remove_role_permission, self._role_permission_ids[grant.holder])
+
+    @staticmethod
+    def _call(method, *args):
+        from mlflow.exceptions import RestException
+
+        try:
+            return method(*args)
+        except RestException as exc:
+            if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+                raise MarketplaceError(
+                    "marketplace.grants: the marketplace's MLflow user may not manage permissions (it needs "
+                    f"to be an admin of its server, marketplace.username_env): {exc.message}") from None
+            raise
+
+
+# The workspace registry's permission levels for the marketplace's permissions.
+WORKSPACE_LEVELS = {"READ": "CAN_READ", "EDIT": "CAN_EDIT", "MANAGE": "CAN_MANAGE"}
+WORKSPACE_OBJECT = "registered-models"
+_ACL_FIELDS = {"user": "user_name", "group": "group_name", "service_principal": "service_principal_name"}
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_MISSING_PRINCIPAL = re.compile(r"(?i)could not find principal|principal\b.*\bdoes not exist")
+
+
+def _missing_principal(exc: Exception) -> bool:
+    """Databricks' answer for a principal it does not know (matched on its code or message)."""
+    return getattr(exc, "error_code", None) == "PRINCIPAL_DOES_NOT_EXIST" or bool(_MISSING_PRINCIPAL.search(str(exc)))
+
+
+class WorkspaceAccess:
+    """The Databricks workspace registry's permissions API on registered models."""
+
+    def __init__(self, workspace_client):
+        self._w = workspace_client
+        self._ids: dict[str, str] = {}
+
+    def _id(self, name: str) -> str:
+        if name not in self._ids:
+            model_id = self._w.model_registry.get_model(name).registered_model_databricks.id
+            if not _ID.fullmatch(str(model_id or "")):
+                raise MarketplaceError(f"marketplace model {name!r}: the workspace answered no usable id ({model_id!r})")
+            self._ids[name] = model_id
+        return self._ids[name]
+
+    def _direct(self, name: str) -> list[tuple[Holder, str]]:
+        """Every (principal, level) the model's ACL holds directly (not inherited)."""
+        acl = self._w.permissions.get(WORKSPACE_OBJECT, self._id(name)).access_control_list or []
+        pairs = []
+        for entry in acl:
+            kind = next((k for k, field in _ACL_FIELDS.items() if getattr(entry, field, None)), None)
+            if kind is None:
+                continue
+            holder = (kind, getattr(entry, _ACL_FIELDS[kind]))
+            pairs += [(holder, p.permission_level.value) for p in entry.all_permissions or []
+                      if not p.inherited and p.permission_level is not None]
+        return pairs
+
+    def existing(self, name: str, holders: set[Holder]) -> dict[Holder, set[str]]:
+        marketplace = {level: permission for permission, level in WORKSPACE_LEVELS.items()}
+        found: dict[Holder, set[str]] = {}
+        for holder, level in self._direct(name):
+            if holder in holders:
+                found.setdefault(holder, set()).add(marketplace.get(level, level))
+        return found
+
+    def grant(self, name: str, grant: Grant) -> None:
+        from databricks.sdk.errors import DatabricksError
+
+        try:
+            self._w.permissions.update(WORKSPACE_OBJECT, self._id(name),
+                                       access_control_list=[_request(grant.holder, WORKSPACE_LEVELS[grant.permission])])
+        except DatabricksError as exc:
+            if _missing_principal(exc):
+                raise _Missing() from None
+            raise
+
+    def revoke(self, name: str, grant: Grant) -> None:
+        # `update` only adds or raises a level; the ACL without this entry is set whole, read just before.
+        level = WORKSPACE_LEVELS[grant.permission]
+        remaining = [_request(holder, held) for holder, held in self._direct(name)
+                     if (holder, held) != (grant.holder, level)]
+        self._w.permissions.set(WORKSPACE_OBJECT, self._id(name), access_control_list=remaining)
+
+
+def _request(holder: Holder, level: str):
+    from databricks.sdk.service.iam import AccessControlRequest, PermissionLevel
+
+    kind, principal = holder
+    return AccessControlRequest(permission_level=PermissionLevel(level), **{_ACL_FIELDS[kind]: principal})
+
+
+# Unity Catalog's grants API takes a registered model as a FUNCTION securable.
+UC_SECURABLE = "FUNCTION"
+UC_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}\.[A-Za-z0-9_-]{1,255}\.[A-Za-z0-9_-]{1,255}$")
+# Privileges that already give a principal what EXECUTE would.
+UC_HOLDING = {"EXECUTE", "ALL_PRIVILEGES"}
+
+
+class UnityCatalogAccess:
+    """Unity Catalog's grants API on a registered model: EXECUTE, by principal name (a user's
+    e-mail, a group's name, a service principal's application id)."""
+
+    def __init__(self, workspace_client):
+        self._w = workspace_client
+
+    @staticmethod
+    def _full_name(name: str) -> str:
+        # The SDK puts the name into the request path: only a catalog.schema.model name goes there.
+        if not UC_NAME.fullmatch(name):
+            raise MarketplaceError(f"marketplace model {name!r} is not a Unity Catalog name (catalog.schema.model)")
+        return name
+
+    def existing(self, name: str, holders: set[Holder]) -> dict[Holder, set[str]]:
+        assignments = self._w.grants.get(UC_SECURABLE, self._full_name(name)).privilege_assignments or []
+        held = {a.principal: {p.value for p in a.privileges or []} & UC_HOLDING for a in assignments}
+        return {holder: held[holder[1]] for holder in holders if held.get(holder[1])}
+
+    def grant(self, name: str, grant: Grant) -> None:
+        self._change(name, grant, add=True)
+
+    def revoke(self, name: str, grant: Grant) -> None:
+        self._change(name, grant, add=False)
+
+    def _change(self, name: str, grant: Grant, *, add: bool) -> None:
+        from databricks.sdk.errors import DatabricksError
+        from databricks.sdk.service.catalog import PermissionsChange, Privilege
+
+        privilege = [Privilege(grant.permission)]
+        change = PermissionsChange(principal=grant.principal, **({"add": privilege} if add else {"remove": privilege}))
+        try:
+            self._w.grants.update(UC_SECURABLE, self._full_name(name), changes=[change])
+        except DatabricksError as exc:
+            if add and _missing_principal(exc):
+                raise _Missing() from None
+            raise
