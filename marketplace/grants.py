@@ -136,6 +136,7 @@ class Grants:
         self.settings = settings
         self.tracking_uri = tracking_uri
         self._workspace_client = workspace_client
+        self._app_client = None
         self._lock = threading.Lock()
 
     def wanted(self, name: str) -> list[Grant]:
@@ -186,12 +187,16 @@ class Grants:
         return UnityCatalogAccess(self._databricks())
 
     def _auth_client(self):
-        # The same request auth as the marketplace's MlflowClient: the credentials go to its origin only.
-        authenticate(self.tracking_uri, username_env=self.settings.username_env,
-                     password_env=self.settings.password_env, token_env=self.settings.token_env)
-        from mlflow.server import get_app_client
+        with self._lock:
+            if self._app_client is None:
+                # The client sends through MLflow's request auth, as the marketplace's MlflowClient
+                # does: the credentials go to the marketplace's origin only.
+                authenticate(self.tracking_uri, username_env=self.settings.username_env,
+                             password_env=self.settings.password_env, token_env=self.settings.token_env)
+                from mlflow.server import get_app_client
 
-        return get_app_client("basic-auth", tracking_uri=self.tracking_uri)
+                self._app_client = get_app_client("basic-auth", tracking_uri=self.tracking_uri)
+            return self._app_client
 
     def _databricks(self):
         with self._lock:
@@ -317,7 +322,8 @@ class WorkspaceAccess:
         if name not in self._ids:
             model_id = self._w.model_registry.get_model(name).registered_model_databricks.id
             if not _ID.fullmatch(str(model_id or "")):
-                raise MarketplaceError(f"marketplace model {name!r}: the workspace answered no usable id ({model_id!r})")
+                raise MarketplaceError(
+                    f"marketplace model {name!r}: the workspace answered no usable id ({model_id!r})")
             self._ids[name] = model_id
         return self._ids[name]
 

@@ -308,7 +308,8 @@ class RegistryPermissions:
     def _workspace(self, method: str, model_id: str, request: dict) -> tuple[int, dict]:
         acl = self.acls.get(model_id)
         if acl is None:
-            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Registered model {model_id} does not exist."}
+            return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST",
+                         "message": f"Registered model {model_id} does not exist."}
         if method in ("PATCH", "PUT"):
             entries = {}
             for entry in request.get("access_control_list", []):
@@ -319,8 +320,8 @@ class RegistryPermissions:
                     return 400, {"error_code": "INVALID_PARAMETER_VALUE",
                                  "message": f"Principal: {label}({entry[field]}) does not exist"}
                 if entry.get("permission_level") not in self.LEVELS:
-                    return 400, {"error_code": "INVALID_PARAMETER_VALUE",
-                                 "message": f"Permission {entry.get('permission_level')} is not valid for registered models"}
+                    return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": (
+                        f"Permission {entry.get('permission_level')} is not valid for registered models")}
                 entries[(field, entry[field])] = entry["permission_level"]
             if method == "PUT":
                 acl.clear()

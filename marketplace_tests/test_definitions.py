@@ -52,12 +52,15 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         checks.EXPORTS_SIGNED_AND_CLEAN,
         checks.PARTITIONS_FRESH,
         checks.NO_STRAY_EXPORTS,
+        "gate_passed",
+        "approvals_pending",
     }
     assert {j.name for j in definitions.resolve_all_job_defs()} >= {
         "marketplace_sync_job", "marketplace_checks_job", "marketplace_freshness_job", "marketplace_maintenance_job",
     }
     sync_checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
     assert checks.EXPORTS_MATCH_MANIFESTS not in sync_checks and assets.IMPORT_LOADS_CHECK in sync_checks
+    assert {"gate_passed", "approvals_pending"} <= sync_checks  # each sync says what the gate holds
     assert checks.MARKETPLACE_MATCHES_SOURCES not in sync_checks and checks.EXPORTS_SIGNED_AND_CLEAN not in sync_checks  # it reads every workspace: the checks job's
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")

@@ -18,7 +18,7 @@ import sys
 import pytest
 import requests
 from mlflow import MlflowClient
-from mlflow.exceptions import RestException
+from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
 from harness import local_servers
@@ -197,7 +197,7 @@ def reads(server: AuthenticatedServer, user: str, name: str) -> int:
     with as_user(user, PASSWORDS[user]):
         try:
             MlflowClient(server.uri).get_registered_model(name)
-        except RestException as exc:
+        except MlflowException as exc:  # the server answers 403 in plain text
             return exc.get_http_status_code()
     return 200
 
@@ -238,6 +238,7 @@ def _tags(client: MlflowClient, name: str) -> dict:
     return client.get_registered_model(name).tags
 
 
+@pytest.mark.servers
 def test_a_user_grant_lets_that_user_read_and_load_the_model_and_nobody_else(auth_server, marketplace, uid):
     name = f"dev01.{uid}_fraud"
     with as_user("admin", auth_server.admin_password):
@@ -253,10 +254,12 @@ def test_a_user_grant_lets_that_user_read_and_load_the_model_and_nobody_else(aut
     assert "PERMISSION_DENIED" in loaded["bob"] or "403" in loaded["bob"], loaded["bob"]
 
 
+@pytest.mark.servers
 def test_a_role_grant_reaches_the_users_assigned_to_the_role(auth_server, marketplace, uid):
     name = f"dev01.{uid}_churn"
     _create(auth_server, name)
-    grants, client, _ = marketplace([_grant(ROLE, "role", "READ", "dev01.*"), _grant("alice", "user", "READ", "dev02.*")])
+    grants, client, _ = marketplace([_grant(ROLE, "role", "READ", "dev01.*"),
+                                     _grant("alice", "user", "READ", "dev02.*")])
     assert reads(auth_server, "dana", name) == 403
 
     assert grants.apply(client, name, _tags(client, name)) == 1
@@ -264,6 +267,7 @@ def test_a_role_grant_reaches_the_users_assigned_to_the_role(auth_server, market
     assert [reads(auth_server, user, name) for user in ("dana", "erin", "alice")] == [200, 403, 403]
 
 
+@pytest.mark.servers
 def test_a_second_apply_with_nothing_changed_makes_no_change_and_writes_nothing(auth_server, marketplace, uid):
     name = f"dev01.{uid}_again"
     _create(auth_server, name)
@@ -278,6 +282,7 @@ def test_a_second_apply_with_nothing_changed_makes_no_change_and_writes_nothing(
     assert _tags(client, name) == tags
 
 
+@pytest.mark.servers
 def test_a_principal_that_does_not_exist_fails_naming_it_and_the_others_are_granted(auth_server, marketplace, uid):
     name = f"dev01.{uid}_ghost"
     _create(auth_server, name)
@@ -291,6 +296,7 @@ def test_a_principal_that_does_not_exist_fails_naming_it_and_the_others_are_gran
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == ["user:alice:READ"]
 
 
+@pytest.mark.servers
 def test_a_grant_removed_from_the_configuration_revokes_only_what_the_sync_created(auth_server, marketplace, uid):
     name = f"dev01.{uid}_revoke"
     _create(auth_server, name)
@@ -332,6 +338,7 @@ class _HeaderRecorder(LoopbackServer):
         super().__init__(Handler)
 
 
+@pytest.mark.servers
 def test_the_marketplace_credentials_go_to_its_origin_only(auth_server, marketplace, uid):
     grants, client, _ = marketplace([_grant("alice", "user", "READ")])
     name = f"dev01.{uid}_origin"
@@ -377,6 +384,7 @@ def _databricks(standin: DatabricksStandIn, grants: list[dict], *, unity_catalog
     return Grants(config.marketplace, config.marketplace.tracking_uri), MarketplaceRegistry(config)
 
 
+@pytest.mark.servers
 def test_databricks_workspace_registry_grants_and_revokes_only_its_own(standin, upstream, uid):
     name = f"dev01.{uid}_fraud"
     MlflowClient(upstream.uri).create_registered_model(name)
@@ -404,6 +412,7 @@ def test_databricks_workspace_registry_grants_and_revokes_only_its_own(standin, 
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:READ"]
 
 
+@pytest.mark.servers
 def test_databricks_workspace_registry_principal_that_does_not_exist(standin, upstream, uid):
     name = f"dev01.{uid}_ghost"
     MlflowClient(upstream.uri).create_registered_model(name)
@@ -417,6 +426,7 @@ def test_databricks_workspace_registry_principal_that_does_not_exist(standin, up
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:READ"]
 
 
+@pytest.mark.servers
 def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream, uid):
     name = f"marketplace.dev01.{uid}_fraud"
     # The stand-in does not serve Unity Catalog's registry API: the model and its tags live upstream.
@@ -424,12 +434,14 @@ def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream
     client.create_registered_model(name)
     held = standin.permissions.uc_grants(name)
     held.update({"auditors": {"EXECUTE"}, ROLE: {"APPLY_TAG"}})  # made by hand
-    grants, _ = _databricks(standin, [_grant(ROLE, "group", "EXECUTE"), _grant("app-0001", "service_principal", "EXECUTE"),
-                                      _grant("auditors", "group", "EXECUTE")], unity_catalog=True)
+    configured = [_grant(ROLE, "group", "EXECUTE"), _grant("app-0001", "service_principal", "EXECUTE"),
+                  _grant("auditors", "group", "EXECUTE")]
+    grants, _ = _databricks(standin, configured, unity_catalog=True)
 
     assert grants.apply(client, name, _tags(client, name)) == 2
     assert held == {"auditors": {"EXECUTE"}, ROLE: {"APPLY_TAG", "EXECUTE"}, "app-0001": {"EXECUTE"}}
-    assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:EXECUTE", "service_principal:app-0001:EXECUTE"]
+    assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:EXECUTE",
+                                                            "service_principal:app-0001:EXECUTE"]
     writes = len(standin.permissions.writes)
     assert grants.apply(client, name, _tags(client, name)) == 0
     assert len(standin.permissions.writes) == writes
