@@ -114,6 +114,17 @@ def record_value(grants: Iterable[Grant]) -> str:
     return json.dumps(sorted(str(g) for g in grants))
 
 
+def _record(client: MlflowClient, name: str, model_tags: Mapping[str, str], grants: frozenset[Grant]) -> None:
+    """Write the model's `marketplace.grants` tag, only when it changes."""
+    value = record_value(grants)
+    if value == model_tags.get(TAG_GRANTS, record_value(())):
+        return
+    if grants:
+        client.set_registered_model_tag(name, TAG_GRANTS, value)
+    else:
+        client.delete_registered_model_tag(name, TAG_GRANTS)
+
+
 class _Missing(Exception):
     """The grant's principal does not exist in the registry."""
 
@@ -130,7 +141,9 @@ class Access(Protocol):
 
 class Grants:
     """The configured grants of the marketplace registry, applied model by model (from several
-    threads at once: each apply reads the registry afresh)."""
+    threads at once: each apply reads the registry afresh). `workspace_client`, for a Databricks
+    marketplace: a databricks-sdk WorkspaceClient, or a function making one (called once, when
+    first needed); without it, one is made from the marketplace's `databricks` block."""
 
     def __init__(self, settings: MarketplaceRegistryConfig, tracking_uri: str, workspace_client=None):
         self.settings = settings
@@ -153,30 +166,29 @@ class Grants:
         access = self._access()
         holders = {g.holder for g in wanted} | {g.holder for g in recorded}
         steps = plan(wanted, recorded, access.existing(name, holders))
-        changes, missing = 0, []
-        for grant in steps.revoke:
-            access.revoke(name, grant)
-            changes += 1
-        for grant in steps.grant:
-            try:
-                access.grant(name, grant)
-                changes += 1
-            except _Missing:
-                missing.append(grant)
-        record = steps.record - set(missing)
-        value = record_value(record)
-        if value != model_tags.get(TAG_GRANTS, record_value(())):
-            if record:
-                client.set_registered_model_tag(name, TAG_GRANTS, value)
-            else:
-                client.delete_registered_model_tag(name, TAG_GRANTS)
+        revoked, granted, missing = [], [], []
+        try:
+            for grant in steps.revoke:
+                access.revoke(name, grant)
+                revoked.append(grant)
+            for grant in steps.grant:
+                try:
+                    access.grant(name, grant)
+                    granted.append(grant)
+                except _Missing:
+                    missing.append(grant)
+        finally:
+            # What was done is recorded even when a call fails halfway: a grant made but not
+            # recorded would never be the sync's to revoke.
+            done = (steps.record - set(steps.grant)) | set(granted) | (set(steps.revoke) - set(revoked))
+            _record(client, name, model_tags, done)
         if missing:
             where = {"mlflow": "the marketplace's MLflow server", "databricks": "the Databricks workspace",
                      "unity_catalog": "Unity Catalog"}[self.settings.kind]
             raise GrantError(f"marketplace model {name!r}: marketplace.grants: "
                              + "; ".join(f"{g.kind.replace('_', ' ')} {g.principal!r} does not exist in {where} "
                                          f"(granting {g.permission})" for g in missing))
-        return changes
+        return len(revoked) + len(granted)
 
     def _access(self) -> Access:
         kind = self.settings.kind
@@ -200,6 +212,8 @@ class Grants:
 
     def _databricks(self):
         with self._lock:
+            if callable(self._workspace_client):
+                self._workspace_client = self._workspace_client()
             if self._workspace_client is None:
                 from databricks.sdk import WorkspaceClient
 

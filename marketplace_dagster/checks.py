@@ -243,50 +243,55 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
         PARTITIONS_FRESH: build_freshness_check(config),
         NO_STRAY_EXPORTS: build_stray_exports_check(config),
         EXPORTS_SIGNED_AND_CLEAN: build_signed_and_clean_check(config),
-        GATE_PASSED: gate_passed,
-        APPROVALS_PENDING: approvals_pending,
+        **dict(zip((GATE_PASSED, APPROVALS_PENDING), build_gate_checks(config))),
     }
 
 
-def _holds(marketplace: MarketplaceRegistryResource):
+def _holds(config: MarketplaceConfig, marketplace: MarketplaceRegistryResource):
+    """The held versions of the configured workspaces (one search of the marketplace)."""
+    configured = {w.name for w in config.workspaces}
     with registry_time() as spent:
-        holds = holds_of(held_versions(marketplace.client()))
+        holds = [h for h in holds_of(held_versions(marketplace.client())) if h.workspace in configured]
     return holds, spent
 
 
-@dg.asset_check(asset=REGISTRATION, name=GATE_PASSED, blocking=False,
-                description="No source's production version is held by the promotion gate (failed its "
-                "required metadata or its evaluation, or was rejected): held versions are listed with why.")
-def gate_passed(marketplace: MarketplaceRegistryResource) -> dg.AssetCheckResult:
-    holds, spent = _holds(marketplace)
-    failed = [h for h in holds if h.state != PENDING]
-    lines = [f"{h.label}: {h.state}" + (f": {h.detail}" if h.detail else "") for h in failed]
-    return dg.AssetCheckResult(
-        passed=not failed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"held: {_listing(lines)}" if failed else "no production version is held by the gate",
-        metadata={"held_versions": len(failed), "failed": sum(h.state == FAILED for h in failed),
-                  "held": dg.MetadataValue.json(lines[:200]), **spent.metadata()},
-    )
+def build_gate_checks(config: MarketplaceConfig) -> tuple[dg.AssetChecksDefinition, dg.AssetChecksDefinition]:
+    """What the promotion gate holds: failed or rejected versions, and those awaiting approval."""
 
+    @dg.asset_check(asset=REGISTRATION, name=GATE_PASSED, blocking=False,
+                    description="No source's production version is held by the promotion gate (failed its "
+                    "required metadata or its evaluation, or was rejected): held versions are listed with why.")
+    def gate_passed(marketplace: MarketplaceRegistryResource) -> dg.AssetCheckResult:
+        holds, spent = _holds(config, marketplace)
+        failed = [h for h in holds if h.state != PENDING]
+        lines = [f"{h.label}: {h.state}" + (f": {h.detail}" if h.detail else "") for h in failed]
+        return dg.AssetCheckResult(
+            passed=not failed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"held: {_listing(lines)}" if failed else "no production version is held by the gate",
+            metadata={"held_versions": len(failed), "failed": sum(h.state == FAILED for h in failed),
+                      "held": dg.MetadataValue.json(lines[:200]), **spent.metadata()},
+        )
 
-@dg.asset_check(asset=REGISTRATION, name=APPROVALS_PENDING, blocking=False,
-                description="No version waits for a reviewer's approval (tag marketplace.approval on the "
-                "marketplace version: approved, with marketplace.approved_by, or rejected).")
-def approvals_pending(marketplace: MarketplaceRegistryResource) -> dg.AssetCheckResult:
-    holds, spent = _holds(marketplace)
-    now = dt.datetime.now(dt.timezone.utc)
-    pending = [h for h in holds if h.state == PENDING]
-    lines = [f"{h.label} waiting {age(h.since, now)}" for h in pending]
-    return dg.AssetCheckResult(
-        passed=not pending,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"awaiting approval: {_listing(lines)}" if pending else "no version awaits approval",
-        metadata={"pending_versions": len(pending),
-                  "oldest_hours": round(max(((now - h.since).total_seconds() / 3600 for h in pending if h.since),
-                                            default=0), 2),
-                  "pending": dg.MetadataValue.json(lines[:200]), **spent.metadata()},
-    )
+    @dg.asset_check(asset=REGISTRATION, name=APPROVALS_PENDING, blocking=False,
+                    description="No version waits for a reviewer's approval (tag marketplace.approval on the "
+                    "marketplace version: approved, with marketplace.approved_by, or rejected).")
+    def approvals_pending(marketplace: MarketplaceRegistryResource) -> dg.AssetCheckResult:
+        holds, spent = _holds(config, marketplace)
+        now = dt.datetime.now(dt.timezone.utc)
+        pending = [h for h in holds if h.state == PENDING]
+        lines = [f"{h.label} waiting {age(h.since, now)}" for h in pending]
+        return dg.AssetCheckResult(
+            passed=not pending,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"awaiting approval: {_listing(lines)}" if pending else "no version awaits approval",
+            metadata={"pending_versions": len(pending),
+                      "oldest_hours": round(max(((now - h.since).total_seconds() / 3600
+                                                 for h in pending if h.since), default=0), 2),
+                      "pending": dg.MetadataValue.json(lines[:200]), **spent.metadata()},
+        )
+
+    return gate_passed, approvals_pending
 
 
 def build_signed_and_clean_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:

@@ -62,7 +62,7 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert set(found) == {
         checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE, checks.EXPORTS_MATCH_MANIFESTS,
         checks.PRODUCTION_VERSIONS_SYNCED, checks.MARKETPLACE_MATCHES_SOURCES, checks.NO_STRAY_EXPORTS,
-        checks.EXPORTS_SIGNED_AND_CLEAN,
+        checks.EXPORTS_SIGNED_AND_CLEAN, checks.GATE_PASSED, checks.APPROVALS_PENDING,
     }
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
     for name in (checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE):

@@ -392,8 +392,8 @@ def test_databricks_workspace_registry_grants_and_revokes_only_its_own(standin, 
     acl[("group_name", "auditors")] = "CAN_READ"  # made by hand
     configured = [_grant(ROLE, "group", "READ"), _grant("alice@example.com", "user", "EDIT"),
                   _grant("app-0001", "service_principal", "MANAGE"), _grant("auditors", "group", "MANAGE")]
-    grants, registry = _databricks(standin, configured)
-    client = registry.client()
+    _, registry = _databricks(standin, configured)
+    grants, client = registry.grants, registry.client()  # as registration gets them
 
     assert grants.apply(client, name, _tags(client, name)) == 3
     assert acl == {("user_name", TOKEN_OWNER): "CAN_MANAGE", ("group_name", "auditors"): "CAN_READ",
@@ -405,7 +405,7 @@ def test_databricks_workspace_registry_grants_and_revokes_only_its_own(standin, 
     assert grants.apply(client, name, _tags(client, name)) == 0
     assert len(standin.permissions.writes) == writes
 
-    grants, _ = _databricks(standin, [_grant(ROLE, "group", "READ")])
+    grants = _databricks(standin, [_grant(ROLE, "group", "READ")])[1].grants
     assert grants.apply(client, name, _tags(client, name)) == 2
     assert acl == {("user_name", TOKEN_OWNER): "CAN_MANAGE", ("group_name", "auditors"): "CAN_READ",
                    ("group_name", ROLE): "CAN_READ"}
