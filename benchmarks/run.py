@@ -31,6 +31,7 @@ from marketplace_dagster.assets import CHAIN
 from marketplace.config import load_config
 from marketplace_dagster.definitions import build_definitions
 from benchmarks.catalog import bench_catalog
+from benchmarks.gate import bench_gate
 from harness.local_dagster import DagsterDev
 from harness.local_servers import LocalServer, free_port, start, stop
 from marketplace_dagster.partitions import partition_tags, split_partition_key
@@ -481,6 +482,15 @@ The catalog asset's work (`catalog.build_catalog`: every model's card facts from
 keystroke of a typed query in the page in headless Chromium (`benchmarks/catalog.py`).
 
 {table([results['catalog']] if results.get('catalog') else [])}
+## The promotion gate
+
+What judging one version costs (`gate.GateKeeper.judge`, `benchmarks/gate.py`): download and scan
+the candidate and the current production version, MLflow's evaluation of each (a scikit-learn
+classifier, the default evaluator without explainability) on {results['gate']['reference_rows']} reference rows,
+logged to their runs, and MLflow's validation of the thresholds. A version is judged once per set
+of rules; a sync that finds nothing new judges nothing.
+
+{table([results['gate']] if results.get('gate') else [])}
 ## Targets
 
 {table(results['targets'])}"""
@@ -502,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "large_bytes": 1024**3 if not smoke else 8 * 1024**2,
         "backfill_days": 30 if not smoke else 2,
         "catalog": [10, 20] if not smoke else [2, 3],
+        "gate": [10_000, 3] if not smoke else [500, 1],
     }
     results: dict = {
         "command": "make bench" if not smoke else "python -m benchmarks.run --smoke",
@@ -533,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
             catalog_dir = Path(tmp) / "catalog"
             catalog_dir.mkdir()
             results["catalog"] = bench_catalog(catalog_dir, *sizes["catalog"])
+            print("7. promotion gate", flush=True)
+            gate_dir = Path(tmp) / "gate"
+            gate_dir.mkdir()
+            results["gate"] = bench_gate(gate_dir, *sizes["gate"])
         finally:
             bench.close()
     idle = results["nothing_new"]

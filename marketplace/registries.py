@@ -139,9 +139,8 @@ class MarketplaceRegistry:
 
     @cached_property
     def grants(self):
-        """The access grants applied on every registration (None: none configured)."""
-        if not self.settings.grants:
-            return None
+        """The access grants applied on every registration; with none configured, it still
+        revokes those the sync recorded earlier (and makes no call where it recorded none)."""
         from marketplace.grants import Grants
 
         return Grants(self.settings, self.tracking_uri, workspace_client=self.workspace_client)

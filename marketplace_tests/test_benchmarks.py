@@ -27,9 +27,11 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert len(results["targets"]) == 8 and all(isinstance(t["met"], bool) for t in results["targets"])
     catalog = results["catalog"]
     assert (catalog["models"], catalog["rows_updated_again"]) == (6, 0) and catalog["page_bytes"] > 0
+    gate = results["gate"]
+    assert (gate["reference_rows"], gate["versions_judged"]) == (500, 1) and gate["seconds_per_gated_version"] > 0
     assert results["sync_vs_bare"][0]["scan_seconds_per_model"] > 0 and results["large_artifact"]["scan_seconds"] >= 0
     report = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "sync_ratio" in report and "export_models(" in report and "## The catalog" in report
+    assert "sync_ratio" in report and "export_models(" in report and "## The catalog" in report and "## The promotion gate" in report
     assert (tmp_path / "sync_time.png").stat().st_size > 0
     after = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
     assert after == committed

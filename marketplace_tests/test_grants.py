@@ -34,6 +34,7 @@ from marketplace.grants import (
     record_value,
     recorded_grants,
 )
+from marketplace.external import ExternalStorage
 from marketplace.registries import MarketplaceRegistry
 
 from .conftest import register_version
@@ -454,3 +455,46 @@ def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream
     assert "group 'ghosts' does not exist in Unity Catalog" in str(raised.value), str(raised.value)
     assert held == {"auditors": {"EXECUTE"}, ROLE: {"APPLY_TAG"}, "app-0001": {"EXECUTE"}}
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == ["service_principal:app-0001:EXECUTE"]
+
+
+@pytest.mark.servers
+def test_a_sync_into_an_authenticated_marketplace_grants_each_model_and_a_missing_principal_fails_only_its_model(
+        auth_server, servers, tmp_path, uid, monkeypatch):
+    """The whole chain into an authenticated marketplace: the sync logs in with the configured
+    variables, registers every model, and grants as configured; a grant to nobody fails the
+    registration step naming the principal, and the other model is registered and granted."""
+    from .conftest import _deployments, step_failure_message
+
+    monkeypatch.setattr(credentials, "_headers", {})
+    monkeypatch.delenv(credentials.AUTH_ENV, raising=False)
+    monkeypatch.setenv("MARKETPLACE_MLFLOW_USER", MARKET_USER)
+    monkeypatch.setenv("MARKETPLACE_MLFLOW_PASSWORD", PASSWORDS[MARKET_USER])
+    register_version(servers["ws_a"].uri, f"{uid}_fraud", stage="Production")
+    register_version(servers["ws_a"].uri, f"{uid}_churn", stage="Production")
+    ws = f"a{uid}"
+    deployments = _deployments(tmp_path, auth_server.uri)
+    deploy = next(deployments)
+    deployment = deploy(
+        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
+          "include": [f"{uid}_*"]}],
+        marketplace={"username_env": "MARKETPLACE_MLFLOW_USER", "password_env": "MARKETPLACE_MLFLOW_PASSWORD",
+                     "grants": [_grant("alice", "user", "READ", f"{ws}.*"),
+                                _grant("nobody-here", "user", "READ", f"{ws}.{uid}_churn")]},
+    )
+    result = deployment.sync(ws)
+    assert not result.success
+    message = step_failure_message(result)
+    assert "nobody-here" in message and f"{uid}_churn" in message and f"{uid}_fraud" not in message
+    fraud, churn = f"{ws}.{uid}_fraud", f"{ws}.{uid}_churn"
+    with as_user("admin", auth_server.admin_password):
+        admin = MlflowClient(auth_server.uri)
+        assert admin.get_registered_model(fraud).aliases["production"] == "1"
+        assert admin.get_registered_model(churn).aliases["production"] == "1"  # registered; its grant failed
+        assert json.loads(admin.get_registered_model(fraud).tags[TAG_GRANTS]) == ["user:alice:READ"]
+    assert (reads(auth_server, "alice", fraud), reads(auth_server, "bob", fraud)) == (200, 403)
+    assert load_as(auth_server, fraud, ["alice"])["alice"] == 3
+    history = [r for r in ExternalStorage.of(deployment.config).read_rows("production_history")
+               if r["workspace"] == ws]
+    assert len(history) == 2  # both promotions recorded, the grant failure notwithstanding
+    with contextlib.suppress(StopIteration):
+        next(deployments)

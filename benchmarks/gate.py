@@ -1,0 +1,95 @@
+"""The promotion gate's evaluation at size: what judging one version costs (`gate.GateKeeper.judge`:
+download and scan the candidate and the current production version, MLflow's evaluation of each
+on the reference data, logged to their runs, and MLflow's validation of the thresholds).
+
+    .venv/bin/python -m benchmarks.gate [ROWS] [VERSIONS]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+
+from harness.local_servers import LocalServer, free_port, start, stop
+from marketplace.cards import ExportFacts
+from marketplace.config import load_config
+from marketplace.external import ExternalStorage
+from marketplace.gate import GateKeeper
+from marketplace.registry import process_tracking_uri
+
+THRESHOLDS = {"roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
+              "accuracy_score": {"threshold": 0.6, "greater_is_better": True}}
+
+
+def _frame(rows: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.normal(size=(rows, 8)), columns=[f"f{i}" for i in range(8)])
+    frame["label"] = (frame.f0 + 0.9 * frame.f1 + 0.3 * rng.normal(size=rows) > 0).astype(int)
+    return frame
+
+
+def _register(uri: str, name: str, count: int) -> list:
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    train = _frame(2000, 1)
+    features = train.drop(columns="label")
+    versions = []
+    with process_tracking_uri(uri):
+        mlflow.set_experiment(f"/bench/{name}")
+        for n in range(count):
+            model = LogisticRegression(C=1.0 / (n + 1)).fit(features, train["label"])
+            with mlflow.start_run():
+                info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
+                                                input_example=features.head(3))
+            versions.append(MlflowClient(uri).get_model_version(name, str(info.registered_model_version)))
+    return versions
+
+
+def bench_gate(folder: Path, rows: int, versions: int) -> dict:
+    market = LocalServer("gate_market", folder / "market", free_port())
+    start(market)
+    try:
+        storage = folder / "storage"
+        (storage / "evaluation").mkdir(parents=True)
+        _frame(rows, 7).to_parquet(storage / "evaluation" / "reference.parquet")
+        config_path = folder / "marketplace.yaml"
+        config_path.write_text(yaml.safe_dump({
+            "external_storage": {"uri": str(storage)},
+            "marketplace": {"tracking_uri": market.uri},
+            "workspaces": [{"name": "bench", "tracking_uri": market.uri, "production": {"stage": "Production"}}],
+            "gate": {"evaluation": [{"models": ["*"], "data": "evaluation/reference.parquet", "targets": "label",
+                                     "model_type": "classifier", "thresholds": THRESHOLDS}]},
+        }))
+        config = load_config(config_path)
+        registered = _register(market.uri, "bench.gated", versions + 1)
+        keeper = GateKeeper(config, "bench", ExternalStorage.of(config), tracking_uri=market.uri, registry_uri=None,
+                            policy=config.security.policy(), facts=lambda model, version: ExportFacts())
+        keeper.check_ready()
+        seconds, verdicts = [], []
+        for baseline, candidate in zip(registered, registered[1:]):
+            started = time.perf_counter()
+            verdict = keeper.judge("bench.gated", "gated", int(candidate.version), candidate, baseline)
+            seconds.append(time.perf_counter() - started)
+            verdicts.append(verdict.passed)
+        return {"reference_rows": rows, "versions_judged": len(seconds),
+                "seconds_per_gated_version": round(sum(seconds) / len(seconds), 2),
+                "seconds_first": round(seconds[0], 2), "seconds_max": round(max(seconds), 2),
+                "evaluations_per_version": 2, "passed": sum(verdicts)}
+    finally:
+        stop(market)
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:3]]
+    rows, count = (args + [10_000, 3][len(args):])[:2]
+    with tempfile.TemporaryDirectory(prefix="marketplace-gate-bench-") as tmp:
+        print(json.dumps(bench_gate(Path(tmp), rows, count), indent=1))
