@@ -260,6 +260,12 @@ class SecurityConfig(_Strict):
         return value
 
 
+def _glob_patterns(value: list[str]) -> list[str]:
+    if any(not pattern for pattern in value):
+        raise ValueError("an empty glob pattern matches nothing; remove it")
+    return value
+
+
 REQUIREMENTS = ("signature", "input_example", "description", "owner")
 THRESHOLD_FIELDS = ("threshold", "min_absolute_change", "min_relative_change", "greater_is_better")
 
@@ -311,12 +317,7 @@ class EvaluationRule(_Strict):
     model_type: Literal["classifier", "regressor"]
     thresholds: dict[str, ThresholdConfig] = Field(min_length=1)
 
-    @field_validator("models")
-    @classmethod
-    def _patterns(cls, value: list[str]) -> list[str]:
-        if any(not pattern for pattern in value):
-            raise ValueError("an empty glob pattern matches nothing; remove it")
-        return value
+    _patterns = field_validator("models")(classmethod(lambda cls, v: _glob_patterns(v)))
 
     @field_validator("thresholds")
     @classmethod
@@ -364,12 +365,7 @@ class GrantConfig(_Strict):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("models")
-    @classmethod
-    def _patterns(cls, value: list[str]) -> list[str]:
-        if any(not pattern for pattern in value):
-            raise ValueError("an empty glob pattern matches nothing; remove it")
-        return value
+    _patterns = field_validator("models")(classmethod(lambda cls, v: _glob_patterns(v)))
 
 
 class WorkspaceConfig(_Strict):
@@ -399,13 +395,7 @@ class WorkspaceConfig(_Strict):
     def _uri(cls, value: str | None) -> str | None:
         return None if value is None else _check_tracking_uri(value)
 
-    @field_validator("include", "exclude")
-    @classmethod
-    def _patterns(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            if not pattern:
-                raise ValueError("an empty glob pattern matches nothing; remove it")
-        return value
+    _patterns = field_validator("include", "exclude")(classmethod(lambda cls, v: _glob_patterns(v)))
 
     @model_validator(mode="after")
     def _databricks(self) -> WorkspaceConfig:
