@@ -15,7 +15,7 @@ from marketplace import summary
 from marketplace.cards import CATALOG_TIMES, STATUS_ACTIVE, STATUS_HELD, STATUS_RETIRED, Cards, ModelCard, catalog_row
 from marketplace.catalog_page import render_page
 from marketplace.imports import marketplace_versions_of
-from marketplace.gate import TAG_HELD, held_note, held_versions
+from marketplace.gate import TAG_HELD, held_note, held_versions, is_active
 from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION, TAG_SOURCE_MODEL, TAG_SOURCE_WORKSPACE
 from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registry import PAGE_SIZE, registry_errors, searched
@@ -57,7 +57,8 @@ def build_catalog(client: MlflowClient, *, marketplace: MarketplaceRegistry, sto
     with registry_errors("the marketplace (building the catalog)", marketplace.tracking_uri):
         registered = _registered(client)
         # Models whose first version the gate holds are listed too (status held), with the version.
-        for version in held_versions(client):
+        gated = any(is_active(marketplace.config.gate_for(w)) for w in configured)
+        for version in held_versions(client) if gated else []:
             tags = version.tags or {}
             workspace, model = tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL)
             if version.name not in latest and workspace in configured and model and version.name in registered:
