@@ -352,12 +352,16 @@ class Cards:
 
     def facts(self, model_name: str, version: int) -> tuple[ExportFacts, str]:
         """The export's facts and its manifest checksum ((empty, "") if it cannot be read)."""
-        key = export_key(self.workspace, model_name, version)
         try:
-            manifest, checksum = read_manifest(Tree(self.storage.storage, key))
-            return read_export_facts(self.storage.storage, key, manifest), checksum
+            return self.export_facts(model_name, version)
         except (ManifestError, StorageError):
             return ExportFacts(), ""
+
+    def export_facts(self, model_name: str, version: int) -> tuple[ExportFacts, str]:
+        """The export's facts and its manifest checksum; raises if the export cannot be read."""
+        key = export_key(self.workspace, model_name, version)
+        manifest, checksum = read_manifest(Tree(self.storage.storage, key))
+        return read_export_facts(self.storage.storage, key, manifest), checksum
 
     def card(self, model_name: str, marketplace_name: str, shown, status: str, since: str,
              extra: HistoryEntry | None = None, held: str = "") -> ModelCard:

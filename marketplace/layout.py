@@ -27,6 +27,7 @@ SKIP_SUFFIX = ".skipped.json"
 SNAPSHOT_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 MAX_COMPONENT_BYTES = 180
+SHORTENED_MARK = "+"
 # A write in progress (`write_atomically`) leaves `<name>.tmp-<random>` if it dies.
 TEMPORARY_MARK = ".tmp-"
 
@@ -35,16 +36,19 @@ def path_component(name: str) -> str:
     """A model name as one safe folder name: percent-encoded, reversible by `model_of`, with a
     stable hash instead of the tail when too long."""
     component = quote(name, safe="-_")
-    if component in (".", ".."):
-        component = component.replace(".", "%2E")
+    if component.startswith("."):  # never hidden, never taken for a staging folder or debris
+        component = "%2E" + component[1:]
     if len(component.encode()) > MAX_COMPONENT_BYTES:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        component = f"{component[:MAX_COMPONENT_BYTES - 17].rstrip('%')}-{digest}"
+        # '+' is what `quote` never leaves bare: no name's own folder looks like a shortened one.
+        component = f"{component[:MAX_COMPONENT_BYTES - 17].rstrip('%')}{SHORTENED_MARK}{digest}"
     return component
 
 
 def model_of(component: str) -> str | None:
     """The model name a folder name stands for; None for a shortened (hashed) one."""
+    if SHORTENED_MARK in component:
+        return None
     name = unquote(component)
     return name if path_component(name) == component else None
 

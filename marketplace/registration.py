@@ -516,7 +516,8 @@ def register_partition(
             }
             cards = Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
                           history_rows=history)
-            gate.facts = lambda model, version: cards.facts(model, version)[0]
+            # Unreadable facts fail the model's registration this run, never the version's verdict.
+            gate.facts = lambda model, version: cards.export_facts(model, version)[0]
             result.done = register_workspace(
                 client, marketplace.marker, workspace, wanted, known, recorded_states(history),
                 source_uri=redact_uri(sources.get(workspace).tracking_uri), run_id=run_id,

@@ -230,4 +230,4 @@ def test_reference_data_as_a_delta_table_is_read(servers, gated, uid, tmp_path):
     register_classifier(servers["ws_a"].uri, f"{uid}_fraud", "good")
     assert deployment.sync(f"g{uid}").success
     version = MlflowClient(servers["marketplace"].uri).get_model_version(f"g{uid}.{uid}_fraud", "1")
-    assert version.tags[gate.TAG_GATE] == "passed"
+    assert version.tags[gate.TAG_GATE] == "passed", version.tags.get(gate.TAG_GATE_REASONS)
