@@ -13,11 +13,13 @@ the registry, the export and the reference data, and evaluates. No Dagster here.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -267,12 +269,33 @@ def evaluate_version(tracking_uri: str, registry_uri: str | None, version: Model
             raise RegistryUnavailable(f"{uri} could not be downloaded to evaluate it: {redact_text(str(exc))}") from exc
         if blocked := refused(Path(local), policy):
             raise GateError(f"{uri} not loaded for evaluation: the scan blocks {blocked}")
-        with mlflow.start_run(run_id=version.run_id) if version.run_id else mlflow.start_run():
+        with _resumed(version.run_id):
             result = mlflow.models.evaluate(
                 local, data, targets=rule.targets, model_type=rule.model_type, evaluators="default",
                 evaluator_config={"log_model_explainability": False},
             )
     return {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+
+
+@contextlib.contextmanager
+def _resumed(run_id: str | None):
+    """`run_id` (the version's imported run) as the active run, for the evaluation to log into.
+    MLflow refuses to resume a run of another experiment than the one the process set active
+    (`mlflow.set_experiment`, which mlflow-export-import and others call): that is cleared for
+    the block and put back after."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    saved = fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID")
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    try:
+        with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run() as run:
+            yield run
+    finally:
+        fluent._active_experiment_id = saved[0]
+        if saved[1] is not None:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = saved[1]
 
 
 def compare(rule: EvaluationRule, candidate: Mapping[str, float], baseline: Mapping[str, float] | None) -> list[str]:

@@ -222,12 +222,17 @@ def test_reference_data_that_does_not_exist_fails_the_partition_naming_the_key(s
         f"g{uid}.{uid}_fraud").aliases.get(ALIAS) is None
 
 
-def test_reference_data_as_a_delta_table_is_read(servers, gated, uid, tmp_path):
+def test_reference_data_as_a_delta_table_is_read(servers, gated, uid, tmp_path, monkeypatch):
     from deltalake import write_deltalake
+    from mlflow.tracking import fluent
 
     write_deltalake(str(tmp_path / "external" / "evaluation" / "fraud_delta"), fraud_frame(rows=3000, seed=9))
     deployment = gated(evaluation=evaluation(uid, data="evaluation/fraud_delta"))
     register_classifier(servers["ws_a"].uri, f"{uid}_fraud", "good")
+    # The process has another experiment active (as after any mlflow.set_experiment): MLflow would
+    # refuse to resume the imported run for the evaluation unless the gate sets that aside.
+    monkeypatch.setattr(fluent, "_active_experiment_id", "424242")
     assert deployment.sync(f"g{uid}").success
     version = MlflowClient(servers["marketplace"].uri).get_model_version(f"g{uid}.{uid}_fraud", "1")
     assert version.tags[gate.TAG_GATE] == "passed", version.tags.get(gate.TAG_GATE_REASONS)
+    assert fluent._active_experiment_id == "424242"  # put back
