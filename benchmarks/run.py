@@ -497,6 +497,46 @@ of rules; a sync that finds nothing new judges nothing.
     markdown.write_text(text)
 
 
+def _log_to(path: Path) -> None:
+    """MLflow's, mlflow-export-import's and Dagster's logs (and warnings) of the benchmark go to
+    `path`; the terminal shows one progress line per item."""
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("", "mlflow", "mlflow_export_import", "dagster", "alembic", "py.warnings"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = name == ""
+    logging.getLogger().setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+
+class _Progress:
+    """`[n/total] item ... done in s` lines, flushed as they happen."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def item():
+            self.done += 1
+            began = time.perf_counter()
+            print(f"[{self.done}/{self.total}] {name} ...", flush=True)
+            yield
+            print(f"[{self.done}/{self.total}] {name}: done in {time.perf_counter() - began:.0f} s "
+                  f"({time.perf_counter() - self.started:.0f} s so far)", flush=True)
+
+        return item()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
@@ -522,32 +562,37 @@ def main(argv: list[str] | None = None) -> int:
         "notes": {"nothing_new": "Up to 30 workspaces share 3 tracking servers here (round robin), "
                                  "each workspace owning its own slice of a server's models."},
     }
+    log = args.out / "bench.log"
+    _log_to(log)
+    print(f"make bench: 7 items, about {'15-20 minutes' if not smoke else 'a few minutes'}; "
+          f"MLflow and Dagster logs in {log}", flush=True)
+    step = _Progress(7)
     with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
         bench = Bench(Path(tmp))
         try:
-            print("1. sync vs bare", flush=True)
-            results["sync_vs_bare"] = bench_sync_vs_bare(bench, sizes["workspaces"], sizes["models"], Path(tmp))
+            with step("sync vs the bare export tool"):
+                results["sync_vs_bare"] = bench_sync_vs_bare(bench, sizes["workspaces"], sizes["models"], Path(tmp))
             largest = results["sync_vs_bare"][-1]
             results["sync_ratio"] = largest["ratio"]
             results["sync_ratio_by_size"] = {
                 f"{r['workspaces']}x{r['models_per_workspace']}": r["ratio"] for r in results["sync_vs_bare"]
             }
-            print("2-3. nothing new, sensor tick", flush=True)
-            results["nothing_new"], results["sensor_tick"] = bench_nothing_new(
-                bench, sizes["idle"], sizes["idle_models"], Path(tmp)
-            )
-            print("4. large artifact", flush=True)
-            results["large_artifact"] = bench_large_artifact(bench, sizes["large_bytes"], Path(tmp))
-            print("5. backfill", flush=True)
-            results["backfill"] = bench_backfill(bench, sizes["backfill_days"], Path(tmp))
-            print("6. catalog", flush=True)
-            catalog_dir = Path(tmp) / "catalog"
-            catalog_dir.mkdir()
-            results["catalog"] = bench_catalog(catalog_dir, *sizes["catalog"])
-            print("7. promotion gate", flush=True)
-            gate_dir = Path(tmp) / "gate"
-            gate_dir.mkdir()
-            results["gate"] = bench_gate(gate_dir, *sizes["gate"])
+            with step("a cycle with nothing new, and a sensor tick"):
+                results["nothing_new"], results["sensor_tick"] = bench_nothing_new(
+                    bench, sizes["idle"], sizes["idle_models"], Path(tmp)
+                )
+            with step("a large artifact"):
+                results["large_artifact"] = bench_large_artifact(bench, sizes["large_bytes"], Path(tmp))
+            with step("a backfill"):
+                results["backfill"] = bench_backfill(bench, sizes["backfill_days"], Path(tmp))
+            with step("the catalog"):
+                catalog_dir = Path(tmp) / "catalog"
+                catalog_dir.mkdir()
+                results["catalog"] = bench_catalog(catalog_dir, *sizes["catalog"])
+            with step("the promotion gate's evaluation"):
+                gate_dir = Path(tmp) / "gate"
+                gate_dir.mkdir()
+                results["gate"] = bench_gate(gate_dir, *sizes["gate"])
         finally:
             bench.close()
     idle = results["nothing_new"]
