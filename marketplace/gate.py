@@ -461,6 +461,8 @@ def holds_of(versions: Sequence[ModelVersion]) -> list[Held]:
             since = dt.datetime.fromisoformat(tags[TAG_APPROVAL_REQUESTED_AT])
         except (KeyError, ValueError):
             pass
+        if since is not None and since.tzinfo is None:  # a tag edited by hand: read as UTC
+            since = since.replace(tzinfo=dt.timezone.utc)
         found.append(Held(version.name, str(version.version), tags[TAG_SOURCE_WORKSPACE],
                           tags.get(TAG_SOURCE_MODEL, ""), int(source), state, detail, since, dict(tags)))
     return sorted(found, key=lambda h: (h.marketplace_name, int(h.version)))

@@ -142,6 +142,9 @@ def test_holds_say_what_each_version_waits_on():
     assert [(h.version, h.state, h.detail) for h in holds] == [
         ("3", "failed", "roc_auc fell"), ("4", "pending", ""), ("5", "rejected", "bo")]
     assert gate.age(holds[1].since, NOW) == "2h 30m"
+    edited = gate.holds_of([version("dev01.fraud", 6, **{gate.TAG_APPROVAL_REQUESTED_AT: "2026-12-01T12:00:00"})])
+    assert gate.age(edited[0].since, NOW) == "2d 0h 00m"  # a naive time edited by hand reads as UTC
+    assert gate.age(None, NOW) == "?"
     assert "dev01/fraud v4" in holds[1].label
     assert "failed the gate: roc_auc fell" in gate.held_note(3, 3, versions[0].tags)
     assert "awaits approval since 2026-12-03T09:30" in gate.held_note(4, 4, versions[1].tags)

@@ -1,0 +1,96 @@
+"""Where a sync's time goes: one workspace's partition synced in this process under cProfile,
+against fresh local servers, then the top costs per model.
+
+    .venv/bin/python -m benchmarks.profile_sync [MODELS] [--out FILE.pstats]
+
+Prints the functions with the most time of their own, and the time spent per area (our code,
+MLflow, mlflow-export-import, Dagster, Delta, HTTP and sockets, the rest), each per model. The
+run process's start-up (a few seconds a run) is not in it: this is the steps' own work.
+cProfile sees the main thread only: work in a step's thread pools (registration's calls) shows
+as the main thread's wait for them ("builtins").
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import pstats
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import dagster as dg
+
+from benchmarks.run import Bench, _model_names, seed, write_config
+from marketplace.config import load_config
+from marketplace_dagster.definitions import build_definitions
+from marketplace_dagster.partitions import partition_key
+
+AREAS = [  # first match wins: a path fragment, and the area it counts for
+    ("/marketplace/", "marketplace"), ("/marketplace_dagster/", "marketplace_dagster"),
+    ("mlflow_export_import", "mlflow-export-import"), ("/mlflow/", "mlflow"), ("/dagster", "dagster"),
+    ("deltalake", "delta-rs"), ("pyarrow", "pyarrow"), ("modelscan", "modelscan"), ("model_signing", "signing"),
+    ("urllib3", "http"), ("requests", "http"), ("socket", "http"), ("ssl", "http"), ("sklearn", "scikit-learn"),
+]
+
+
+def area_of(filename: str) -> str:
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins (C calls, sleeps, waits)"
+    return next((area for fragment, area in AREAS if fragment in filename), "other Python")
+
+
+def profile(models: int, folder: Path, out: Path | None = None) -> dict:
+    bench = Bench(folder)
+    try:
+        market, source = bench.server("market"), bench.server("ws")
+        bench.start_all([market, source])
+        seed(source, _model_names(models))
+        config = load_config(write_config(folder / "marketplace.yaml", folder / "storage", market, [
+            {"name": "ws", "tracking_uri": source.uri, "production": {"stage": "Production"}}]))
+        job = build_definitions(config).resolve_job_def("marketplace_sync_job")
+        today = dt.datetime.now(dt.timezone.utc).date()
+        with dg.DagsterInstance.ephemeral() as instance:
+            profiler = cProfile.Profile()
+            started = time.perf_counter()
+            profiler.enable()
+            result = job.execute_in_process(partition_key=partition_key(today, "ws"), instance=instance,
+                                            raise_on_error=True)
+            profiler.disable()
+            wall = time.perf_counter() - started
+        assert result.success
+    finally:
+        bench.close()
+    stats = pstats.Stats(profiler)
+    if out:
+        stats.dump_stats(str(out))
+    own: dict[str, float] = defaultdict(float)
+    functions = []
+    for (filename, line, name), (_, _, tottime, cumtime, _) in stats.stats.items():
+        own[area_of(filename)] += tottime
+        functions.append((tottime, cumtime, f"{Path(filename).name}:{line} {name}", area_of(filename)))
+    functions.sort(reverse=True)
+    return {
+        "models": models, "wall_seconds": round(wall, 2), "seconds_per_model": round(wall / models, 3),
+        "own_seconds_per_model_by_area": {k: round(v / models, 4) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
+        "top_functions_per_model": [
+            {"function": f, "area": a, "own_s": round(t / models, 4), "cumulative_s": round(c / models, 4)}
+            for t, c, f, a in functions[:25]],
+    }
+
+
+def main() -> None:
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("models", type=int, nargs="?", default=20)
+    parser.add_argument("--out", type=Path, default=None, help="write the raw profile (pstats) here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="marketplace-profile-") as tmp:
+        print(json.dumps(profile(args.models, Path(tmp), args.out), indent=1))
+
+
+if __name__ == "__main__":
+    main()
