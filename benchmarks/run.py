@@ -254,7 +254,7 @@ def bench_sync_vs_bare(bench: Bench, workspaces: int, models: list[int], folder:
             "scan_seconds_per_model": round(scan["seconds"] / max(1, scan["exports"]), 4),
             "scan_share_of_sync": round(scan["seconds"] / wall, 4),
         })
-        print(f"  {workspaces} x {count}: bare {bare_seconds:.1f} s, marketplace {wall:.1f} s", flush=True)
+        print(f"  {workspaces} x {count}: bare {bare_seconds:.1f} s, marketplace {wall:.1f} s", file=sys.__stdout__, flush=True)
         bench.stop_all()
     return rows
 
@@ -307,7 +307,7 @@ def bench_nothing_new(bench: Bench, counts: list[int], models_per_server: int, f
             tick = time.perf_counter() - started
         tick_rows.append({"workspaces": count, "tick_seconds": round(tick, 3),
                           "run_requests": len(result.run_requests or [])})
-        print(f"  idle cycle over {count} workspaces: {wall:.1f} s; tick {tick:.2f} s", flush=True)
+        print(f"  idle cycle over {count} workspaces: {wall:.1f} s; tick {tick:.2f} s", file=sys.__stdout__, flush=True)
     bench.stop_all()
     return cycle_rows, tick_rows
 
@@ -346,7 +346,7 @@ def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path) -> dict:
         "scan_seconds": round(scan["seconds"], 3),
         "scan_seconds_per_gb": round(scan["seconds"] / (size_bytes / 1024**3), 3),
     }
-    print(f"  {mb:.0f} MB artifact: raw {raw_seconds:.1f} s, marketplace {wall:.1f} s, peak {row['peak_rss_mb']} MB", flush=True)
+    print(f"  {mb:.0f} MB artifact: raw {raw_seconds:.1f} s, marketplace {wall:.1f} s, peak {row['peak_rss_mb']} MB", file=sys.__stdout__, flush=True)
     bench.stop_all()
     return row
 
@@ -376,7 +376,7 @@ def bench_backfill(bench: Bench, days: int, folder: Path) -> dict:
         dev.stop()
     row = {"days": days, "workspaces": 3, "partitions": len(partitions), "wall_seconds": round(wall, 1),
            "runs": len(status["runs"]), "status": status["status"]}
-    print(f"  backfill {days} x 3: {wall:.0f} s, {row['runs']} runs", flush=True)
+    print(f"  backfill {days} x 3: {wall:.0f} s, {row['runs']} runs", file=sys.__stdout__, flush=True)
     bench.stop_all()
     return row
 
@@ -517,10 +517,14 @@ def _log_to(path: Path) -> None:
 
 
 class _Progress:
-    """`[n/total] item ... done in s` lines, flushed as they happen."""
+    """`[n/total] item ... done in s` lines on the terminal, flushed as they happen, while
+    everything else the items print (MLflow's run links, mlflow-export-import's tables, Dagster's
+    sensor logs) goes to the log file."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, log: Path):
         self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.terminal = sys.stdout
+        self.log = open(log, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
 
     def __call__(self, name: str):
         import contextlib
@@ -529,10 +533,11 @@ class _Progress:
         def item():
             self.done += 1
             began = time.perf_counter()
-            print(f"[{self.done}/{self.total}] {name} ...", flush=True)
-            yield
+            print(f"[{self.done}/{self.total}] {name} ...", file=self.terminal, flush=True)
+            with contextlib.redirect_stdout(self.log), contextlib.redirect_stderr(self.log):
+                yield
             print(f"[{self.done}/{self.total}] {name}: done in {time.perf_counter() - began:.0f} s "
-                  f"({time.perf_counter() - self.started:.0f} s so far)", flush=True)
+                  f"({time.perf_counter() - self.started:.0f} s so far)", file=self.terminal, flush=True)
 
         return item()
 
@@ -564,9 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     log = args.out / "bench.log"
     _log_to(log)
-    print(f"make bench: 7 items, about {'15-20 minutes' if not smoke else 'a few minutes'}; "
+    print(f"make bench: 6 items, about {'15-20 minutes' if not smoke else 'a few minutes'}; "
           f"MLflow and Dagster logs in {log}", flush=True)
-    step = _Progress(7)
+    step = _Progress(6, log)
     with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
         bench = Bench(Path(tmp))
         try:
