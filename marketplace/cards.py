@@ -129,6 +129,13 @@ def read_export_facts(storage: Storage, export_key: str, manifest: Manifest) -> 
     )
 
 
+def export_facts(storage: Storage, workspace: str, model_name: str, version: int) -> tuple[ExportFacts, str]:
+    """A version's export facts and its manifest checksum; raises if the export cannot be read."""
+    key = export_key(workspace, model_name, version)
+    manifest, checksum = read_manifest(Tree(storage, key))
+    return read_export_facts(storage, key, manifest), checksum
+
+
 def _tag_dict(tags) -> dict:
     """Tags as a mapping, whether exported as one or as REST's list of {key, value}."""
     if isinstance(tags, list):
@@ -358,10 +365,7 @@ class Cards:
             return ExportFacts(), ""
 
     def export_facts(self, model_name: str, version: int) -> tuple[ExportFacts, str]:
-        """The export's facts and its manifest checksum; raises if the export cannot be read."""
-        key = export_key(self.workspace, model_name, version)
-        manifest, checksum = read_manifest(Tree(self.storage.storage, key))
-        return read_export_facts(self.storage.storage, key, manifest), checksum
+        return export_facts(self.storage.storage, self.workspace, model_name, version)
 
     def card(self, model_name: str, marketplace_name: str, shown, status: str, since: str,
              extra: HistoryEntry | None = None, held: str = "") -> ModelCard:

@@ -15,8 +15,8 @@ from marketplace import summary
 from marketplace.cards import CATALOG_TIMES, STATUS_ACTIVE, STATUS_HELD, STATUS_RETIRED, Cards, ModelCard, catalog_row
 from marketplace.catalog_page import render_page
 from marketplace.imports import marketplace_versions_of
-from marketplace.gate import TAG_HELD, held_note, held_versions, is_active
-from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION, TAG_SOURCE_MODEL, TAG_SOURCE_WORKSPACE
+from marketplace.gate import TAG_HELD, configured_holds, held_note
+from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION
 from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registry import PAGE_SIZE, registry_errors, searched
 
@@ -57,13 +57,11 @@ def build_catalog(client: MlflowClient, *, marketplace: MarketplaceRegistry, sto
     with registry_errors("the marketplace (building the catalog)", marketplace.tracking_uri):
         registered = _registered(client)
         # Models whose first version the gate holds are listed too (status held), with the version.
-        gated = any(is_active(marketplace.config.gate_for(w)) for w in configured)
-        for version in held_versions(client) if gated else []:
-            tags = version.tags or {}
-            workspace, model = tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL)
-            if version.name not in latest and workspace in configured and model and version.name in registered:
-                latest[version.name] = {"workspace": workspace, "model_name": model, "source_version": None,
-                                        "previous_source_version": None, "held": True}
+        for hold in configured_holds(marketplace.config, client):
+            if hold.marketplace_name not in latest and hold.model_name and hold.marketplace_name in registered:
+                latest[hold.marketplace_name] = {"workspace": hold.workspace, "model_name": hold.model_name,
+                                                 "source_version": None, "previous_source_version": None,
+                                                 "held": True}
         names = sorted(n for n in latest if n in registered and latest[n]["workspace"] in configured)
         known = marketplace_versions_of(client, names)
     cards: dict[str, Cards] = {}

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from marketplace.cards import export_facts
 from marketplace.errors import MarketplaceError
 from marketplace.registry import RegistryUnavailable
 
@@ -133,15 +134,25 @@ def admit(verdict: Verdict, approval: str, tags: Mapping[str, str], now: dt.date
                      {k: v for k, v in wanted.items() if tags.get(k) != v})
 
 
+def hold_state(tags: Mapping[str, str]) -> tuple[str, str]:
+    """What a held version waits on, from its tags: (failed, its reasons), (rejected or approved,
+    who), or (pending, "")."""
+    if tags.get(TAG_GATE) == FAILED:
+        return FAILED, tags.get(TAG_GATE_REASONS, "")
+    approval = (tags.get(TAG_APPROVAL) or "").strip().lower()
+    if approval in (REJECTED, APPROVED):
+        return approval, (tags.get(TAG_APPROVED_BY) or "").strip()
+    return PENDING, ""
+
+
 def held_note(source_version: int, marketplace_version: str | int, tags: Mapping[str, str]) -> str:
     """How a held version is described on its model's card, in the catalog and in the checks."""
-    state = (tags.get(TAG_APPROVAL) or "").lower()
-    if tags.get(TAG_GATE) == FAILED:
-        why = f"failed the gate: {tags.get(TAG_GATE_REASONS, '')}"
+    state, detail = hold_state(tags)
+    if state == FAILED:
+        why = f"failed the gate: {detail}"
     elif state == REJECTED:
-        who = tags.get(TAG_APPROVED_BY, "")
-        why = "rejected" + (f" by {who}" if who else "")
-    elif state == APPROVED and not (tags.get(TAG_APPROVED_BY) or "").strip():
+        why = "rejected" + (f" by {detail}" if detail else "")
+    elif state == APPROVED and not detail:
         why = f"approved without {TAG_APPROVED_BY}"
     else:
         why = f"awaits approval since {tags.get(TAG_APPROVAL_REQUESTED_AT, '?')}"
@@ -330,12 +341,14 @@ class GateKeeper:
     """The gate of one workspace's models: judges a version once per set of rules and records it."""
 
     def __init__(self, config: MarketplaceConfig, workspace: str, storage: ExternalStorage, *,
-                 tracking_uri: str, registry_uri: str | None, policy: ScanPolicy | None, facts):
+                 tracking_uri: str, registry_uri: str | None, policy: ScanPolicy | None, facts=None):
         self.gate = config.gate_for(workspace)
         self.workspace = workspace
         self.data = ReferenceData(storage)
         self.tracking_uri, self.registry_uri, self.policy = tracking_uri, registry_uri, policy
-        self.facts = facts  # (model_name, source_version) -> ExportFacts
+        # (model_name, source_version) -> ExportFacts; by default read from the version's export,
+        # raising if it cannot be read (that fails the model's registration this run, never its verdict).
+        self.facts = facts or (lambda model, version: export_facts(storage.storage, workspace, model, version)[0])
         self.key = "gate" if config.workspace(workspace).gate.evaluation is None else f"workspaces ({workspace}).gate"
 
     @property
@@ -449,13 +462,7 @@ def holds_of(versions: Sequence[ModelVersion]) -> list[Held]:
         source = tags.get(TAG_SOURCE_VERSION, "")
         if not source.isdigit() or not tags.get(TAG_SOURCE_WORKSPACE):
             continue
-        approval = (tags.get(TAG_APPROVAL) or "").strip().lower()
-        if tags.get(TAG_GATE) == FAILED:
-            state, detail = FAILED, tags.get(TAG_GATE_REASONS, "")
-        elif approval in (REJECTED, APPROVED):
-            state, detail = approval, tags.get(TAG_APPROVED_BY, "")
-        else:
-            state, detail = PENDING, ""
+        state, detail = hold_state(tags)
         since = None
         try:
             since = dt.datetime.fromisoformat(tags[TAG_APPROVAL_REQUESTED_AT])
@@ -474,3 +481,12 @@ def age(since: dt.datetime | None, now: dt.datetime) -> str:
     seconds = max(0, int((now - since).total_seconds()))
     days, rest = divmod(seconds, 86400)
     return (f"{days}d " if days else "") + f"{rest // 3600}h {rest % 3600 // 60:02d}m"
+
+
+def configured_holds(config: MarketplaceConfig, client: MlflowClient) -> list[Held]:
+    """The held versions of the configured workspaces: one search of the marketplace, and none
+    at all where no workspace has a gate."""
+    configured = {w.name for w in config.workspaces}
+    if not any(is_active(config.gate_for(name)) for name in configured):
+        return []
+    return [h for h in holds_of(held_versions(client)) if h.workspace in configured]

@@ -317,8 +317,8 @@ def register_workspace(
     last state of each. A model whose source version has no copy yet waits where it is; one whose
     version is `quarantined` (model name -> version the scan blocked) says so in a tag. Under a
     `gate`, a version production does not point at yet (and never did: `served`, the source
-    versions each model's history records) moves only once the gate admits it. The caller holds the workspace's registration lock and writes the rows after this returns: a
-    crash in between leaves the history behind the registry, and the next run records the change
+    versions each model's history records) moves only once the gate admits it. The caller holds
+    the workspace's registration lock and writes the rows after this returns: a crash in between leaves the history behind the registry, and the next run records the change
     again (the decision compares with the history, the application with the registry).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -494,7 +494,7 @@ def register_partition(
     # One registration of a workspace at a time: the history read, the registry changes and the
     # rows written from them must not interleave with another run's.
     gate = GateKeeper(marketplace.config, workspace, storage, tracking_uri=marketplace.tracking_uri,
-                      registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy, facts=None)
+                      registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy)
     if gate.active:
         gate.check_ready()  # a missing reference data set fails the partition before anything moves
     with storage.lock("register", workspace) as held:
@@ -516,8 +516,6 @@ def register_partition(
             }
             cards = Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
                           history_rows=history)
-            # Unreadable facts fail the model's registration this run, never the version's verdict.
-            gate.facts = lambda model, version: cards.export_facts(model, version)[0]
             result.done = register_workspace(
                 client, marketplace.marker, workspace, wanted, known, recorded_states(history),
                 source_uri=redact_uri(sources.get(workspace).tracking_uri), run_id=run_id,

@@ -13,8 +13,7 @@ import dagster as dg
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.layout import EXPORTS_DIR, export_folder_of_file
-from marketplace.gate import FAILED, PENDING, age, holds_of, held_versions
-from marketplace.gate import is_active as gate_active
+from marketplace.gate import FAILED, PENDING, age, configured_holds
 from marketplace.imports import marketplace_versions_of
 from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
 from marketplace.polling import poll_workspaces
@@ -161,8 +160,7 @@ def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefin
         differ, unreachable, compared = [], [], 0
         with registry_time() as spent:
             gated: dict[str, dict[str, int]] = {}
-            searched = any(gate_active(config.gate_for(w.name)) for w in config.workspaces)
-            for hold in holds_of(held_versions(client)) if searched else []:
+            for hold in configured_holds(config, client):
                 gated.setdefault(hold.workspace, {})[hold.model_name] = hold.source_version
             for workspace in config.workspaces:
                 result = polled[workspace.name]
@@ -252,11 +250,8 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
 def _holds(config: MarketplaceConfig, marketplace: MarketplaceRegistryResource):
     """The held versions of the configured workspaces (one search of the marketplace; none
     where no gate is configured)."""
-    configured = {w.name for w in config.workspaces}
     with registry_time() as spent:
-        if not any(gate_active(config.gate_for(name)) for name in configured):
-            return [], spent
-        holds = [h for h in holds_of(held_versions(marketplace.client())) if h.workspace in configured]
+        holds = configured_holds(config, marketplace.client())
     return holds, spent
 
 

@@ -13,7 +13,7 @@ import dagster as dg
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.exports import quarantine_of
-from marketplace.gate import held_versions, holds_of, releasable
+from marketplace.gate import configured_holds, releasable
 from marketplace.gate import is_active as gate_active
 from marketplace.registries import MarketplaceRegistry
 from marketplace.layout import skip_record_key
@@ -68,18 +68,16 @@ def _gate_holds(config: MarketplaceConfig, log) -> tuple[Holds, Holds]:
     would still hold, and those it would now release (a new approval). One search of the
     marketplace per tick, and only where a gate is configured."""
     if not any(gate_active(config.gate_for(w.name)) for w in config.workspaces):
-        return set(), set()
+        return set(), set()  # no client made, no call
     try:
-        versions = held_versions(MarketplaceRegistry(config).client())
+        holds = configured_holds(config, MarketplaceRegistry(config).client())
     except Exception as exc:  # noqa: BLE001 - the marketplace down: nothing is excluded this tick
         log.warning(f"held versions not read from the marketplace: {type(exc).__name__}: {exc}")
         return set(), set()
-    configured = {w.name for w in config.workspaces}
     held, released = set(), set()
-    for h in holds_of(versions):
-        if h.workspace in configured:
-            free = releasable(h.tags, config.gate_for(h.workspace).approval)
-            (released if free else held).add((h.workspace, h.model_name, h.source_version))
+    for h in holds:
+        free = releasable(h.tags, config.gate_for(h.workspace).approval)
+        (released if free else held).add((h.workspace, h.model_name, h.source_version))
     return held, released
 
 
