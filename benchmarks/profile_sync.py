@@ -16,12 +16,16 @@ import argparse
 import cProfile
 import datetime as dt
 import pstats
+import re
+import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import dagster as dg
+import requests
+import requests.adapters
 
 from benchmarks.run import Bench, _model_names, seed, write_config
 from marketplace.config import load_config
@@ -42,6 +46,48 @@ def area_of(filename: str) -> str:
     return next((area for fragment, area in AREAS if fragment in filename), "other Python")
 
 
+def _endpoint(request) -> str:
+    """`GET /api/2.0/mlflow/runs/get`: a request's method and path, artifact paths cut short."""
+    path = request.path_url.split("?", 1)[0]
+    path = re.sub(r"/mlflow-artifacts/artifacts/.*", "/mlflow-artifacts/artifacts/...", path)
+    return f"{request.method} {path}"
+
+
+def _caller() -> str:
+    """The innermost function of ours on the stack: who made a request."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "/marketplace/" in name or "/marketplace_dagster/" in name:
+            if "telemetry.py" not in name:
+                return f"{Path(name).stem}.{frame.f_code.co_name}"
+        frame = frame.f_back
+    return "?"
+
+
+class _Requests:
+    """Every HTTP request this process sends (all threads), counted by endpoint."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = defaultdict(int)
+        self.callers: dict[str, int] = defaultdict(int)
+        self._send = requests.adapters.HTTPAdapter.send
+
+    def __enter__(self):
+        counts, callers, send = self.counts, self.callers, self._send
+
+        def counted(adapter, request, *args, **kwargs):
+            counts[_endpoint(request)] += 1
+            callers[f"{_endpoint(request)} <- {_caller()}"] += 1
+            return send(adapter, request, *args, **kwargs)
+
+        requests.adapters.HTTPAdapter.send = counted
+        return self
+
+    def __exit__(self, *exc):
+        requests.adapters.HTTPAdapter.send = self._send
+
+
 def profile(models: int, folder: Path, out: Path | None = None) -> dict:
     bench = Bench(folder)
     try:
@@ -55,10 +101,11 @@ def profile(models: int, folder: Path, out: Path | None = None) -> dict:
         with dg.DagsterInstance.ephemeral() as instance:
             profiler = cProfile.Profile()
             started = time.perf_counter()
-            profiler.enable()
-            result = job.execute_in_process(partition_key=partition_key(today, "ws"), instance=instance,
-                                            raise_on_error=True)
-            profiler.disable()
+            with _Requests() as sent:
+                profiler.enable()
+                result = job.execute_in_process(partition_key=partition_key(today, "ws"), instance=instance,
+                                                raise_on_error=True)
+                profiler.disable()
             wall = time.perf_counter() - started
         assert result.success
     finally:
@@ -75,6 +122,11 @@ def profile(models: int, folder: Path, out: Path | None = None) -> dict:
     return {
         "models": models, "wall_seconds": round(wall, 2), "seconds_per_model": round(wall / models, 3),
         "own_seconds_per_model_by_area": {k: round(v / models, 4) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
+        "requests_per_model": round(sum(sent.counts.values()) / models, 1),
+        "requests_per_model_by_endpoint": {k: round(v / models, 2) for k, v in
+                                           sorted(sent.counts.items(), key=lambda kv: -kv[1]) if v >= models / 2},
+        "requests_per_model_by_caller": {k: round(v / models, 2) for k, v in
+                                         sorted(sent.callers.items(), key=lambda kv: -kv[1]) if v >= models / 2},
         "top_functions_per_model": [
             {"function": f, "area": a, "own_s": round(t / models, 4), "cumulative_s": round(c / models, 4)}
             for t, c, f, a in functions[:25]],

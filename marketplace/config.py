@@ -767,7 +767,8 @@ class ClientConfig(_Strict):
 
     timeout_seconds: int = Field(default=15, ge=1, le=600)
     max_retries: int = Field(default=2, ge=0, le=10)
-    # Marketplace registration calls in flight at once, per run.
+    # Registry work in flight at once, per run: versions of a workspace exported, imported and
+    # load-checked at once; marketplace registration calls.
     max_workers: int = Field(default=4, ge=1, le=32)
 
 

@@ -30,6 +30,7 @@ from marketplace.manifest import (
     verify_export,
     write_manifest,
 )
+from marketplace.pool import in_pool
 from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
 from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
@@ -179,6 +180,8 @@ class LocalCopies:
         self.storage = storage
         self.stack = stack
         self._paths: dict[str, Path] = {}
+        self._lock = threading.Lock()  # the stack is shared by the import pool's threads
+        self.hashed: set[str] = set()  # locations hashed against their manifests by `verified`
 
     def __call__(self, location: str) -> Path:
         if self.storage.is_local:
@@ -187,7 +190,11 @@ class LocalCopies:
             key = self.storage.key_of(location)
             if key is None:
                 raise ManifestError(f"{location} is not in external storage {self.storage.root}")
-            self._paths[location] = self.stack.enter_context(self.storage.local_tree(key))
+            tree = self.storage.local_tree(key)
+            local = tree.__enter__()
+            with self._lock:
+                self.stack.push(tree.__exit__)
+            self._paths[location] = local
         return self._paths[location]
 
     def verified(self, location: str, **checks) -> Path:
@@ -198,6 +205,7 @@ class LocalCopies:
             verify_export(local, **checks)
         except ManifestError as exc:
             raise ManifestError(str(exc).replace(str(local), location)) from None
+        self.hashed.add(location)
         return local
 
 
@@ -409,15 +417,17 @@ def export_versions(
     source_marker: bool,
     log: logging.Logger,
     private_key: str | None = None,
+    max_workers: int = 1,
 ) -> list[Outcome]:
     """Export each version that has no valid export yet, then mark it in its workspace.
 
-    One version at a time under its export lock (shared by every process using this storage).
-    A version at fault is skipped with its reason recorded; one that fails is reported failed;
-    neither stops the others. This is the whole export, in the Dagster process or in a job.
+    Up to `max_workers` versions at a time, each under its export lock (shared by every process
+    using this storage); outcomes in the order of `versions`. A version at fault is skipped with
+    its reason recorded; one that fails is reported failed; neither stops the others. This is the
+    whole export, in the Dagster process or in a job.
     """
-    outcomes = []
-    for version in versions:
+
+    def one(version: ProductionVersion) -> Outcome:
         outcome = Outcome(version.model_name, version.version, "failed")
         try:
             with storage.lock(lock_name("export", workspace, version.model_name, str(version.version)),
@@ -434,8 +444,9 @@ def export_versions(
         except (ExportError, *EXPORT_ERRORS) as exc:
             outcome.status = "failed"
             outcome.detail = redact_text(f"export failed: {type(exc).__name__}: {exc}")
-        outcomes.append(outcome)
-    return outcomes
+        return outcome
+
+    return in_pool(one, versions, max_workers, "export")
 
 
 def _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key, source_marker,

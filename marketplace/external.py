@@ -188,6 +188,9 @@ class ExternalStorage:
     def read_rows(self, table: str, workspace: str | None = None, columns: list[str] | None = None) -> list[dict]:
         return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns)
 
+    def row_count(self, table: str) -> int:
+        return summary.row_count(self.table_uri(table), self.delta_options())
+
     def merge_catalog(self, rows: list[Mapping]) -> dict[str, int]:
         return summary.upsert_rows(self.table_uri(summary.CATALOG), summary.CATALOG, rows, self.delta_options())
 

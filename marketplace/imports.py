@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.prompt.registry_utils import has_prompt_tag
 from mlflow_export_import.common import model_utils, utils
 from mlflow_export_import.model.import_model import ModelImporter
 
@@ -41,6 +42,7 @@ from marketplace.registry import (
     registry_errors,
     searched,
 )
+from marketplace.pool import in_pool
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 
@@ -181,6 +183,9 @@ def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str
             return
         raise
     tags = registered.tags or {}
+    if has_prompt_tag(tags):
+        raise NameCollision(f"marketplace name {name!r} is held by an MLflow prompt, not a model; "
+                            f"{workspace}/{model} maps to it: change marketplace.name_template")
     owner = (tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL))
     if owner != (None, None) and owner != (workspace, model):
         raise NameCollision(
@@ -281,7 +286,8 @@ def import_versions(
 ) -> list[ImportOutcome]:
     """Import each of a workspace's production versions into the marketplace, once: verified
     against its manifest and the export summary's checksum (`recorded`), its signature checked,
-    scanned (a blocking finding quarantines it) and imported under a lock per marketplace model.
+    scanned (a blocking finding quarantines it) and imported under a lock per marketplace model,
+    `marketplace.max_workers` at a time.
     One version's failure is its outcome; a marketplace that cannot be read fails them all
     (RegistryUnavailable)."""
     log = log or logging.getLogger(__name__)
@@ -289,16 +295,15 @@ def import_versions(
     with registry_errors(f"the marketplace (syncing workspace {workspace})", uri):
         known = marketplace_versions_of(client, [marketplace.model_name(workspace, v.model_name) for v in versions])
     source_uri = redact_uri(sources.get(workspace).tracking_uri)
-    outcomes = []
-    for version in versions:
+
+    def one(version: ProductionVersion) -> ImportOutcome:
         source = SourceKey(workspace, version.model_name, version.version)
         mp_name = marketplace.model_name(workspace, version.model_name)
         row = recorded.get((workspace, version.model_name, version.version))
         if row is None:
             reason = storage.skip_reason(workspace, version.model_name, version.version)
-            outcomes.append(ImportOutcome(source, "skipped", detail=f"not exported: {reason}") if reason is not None
-                            else ImportOutcome(source, "failed", detail="not in the export summary (export it first)"))
-            continue
+            return (ImportOutcome(source, "skipped", detail=f"not exported: {reason}") if reason is not None
+                    else ImportOutcome(source, "failed", detail="not in the export summary (export it first)"))
         location = row["export_path"]
         done = ImportOutcome(source, "already_imported", mp_name, export_location=location)
         held = storage.quarantine(workspace, version.model_name, version.version, row["checksum"],
@@ -317,8 +322,10 @@ def import_versions(
                 done.status = "failed"
                 done.detail = "not imported: " + (str(exc) if isinstance(exc, MarketplaceError)
                                                   else f"{type(exc).__name__}: {exc}")
-        outcomes.append(done)
-    return outcomes
+        return done
+
+    # Versions of different models at once (each model's import holds its own lock).
+    return in_pool(one, versions, marketplace.max_workers, "import")
 
 
 def _import_verified(client, marketplace, storage, sources, source: SourceKey, mp_name: str, row: Mapping,

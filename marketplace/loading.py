@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import numpy as np
@@ -19,6 +22,7 @@ from mlflow.models import Model
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
+from marketplace.pool import in_pool
 from marketplace.registry import REGISTRY_ERRORS, process_tracking_uri, redact_text
 from marketplace.scanning import ScanPolicy, scan_folder
 from marketplace.storage import StorageError
@@ -49,27 +53,53 @@ def _same(a, b) -> bool:
 def artifact_fingerprint(tracking_uri: str, model_uri: str, registry_uri: str | None = None) -> str:
     """SHA-256 of the model's artifact listing (every file's path and size), read without downloading."""
     with process_tracking_uri(tracking_uri, registry_uri):
-        repo = get_artifact_repository(model_uri)
-        lines, pending = [], [None]
-        while pending:
-            for entry in repo.list_artifacts(pending.pop()):
-                if entry.is_dir:
-                    pending.append(entry.path)
-                else:
-                    lines.append(f"{entry.path}\t{entry.file_size}")
-    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+        return _fingerprint(_listing(model_uri))
 
 
-def _identical_to_export(local: Path, reference_dir: Path, reference_hashes: dict[str, str]) -> bool:
-    """The downloaded copy holds the export's bytes (MLmodel aside, whose paths an import rewrites)."""
-    downloaded = {p.relative_to(local).as_posix(): p for p in local.rglob("*") if p.is_file()}
-    if set(downloaded) != set(reference_hashes):
+def _fingerprint(listing: dict[str, int]) -> str:
+    return hashlib.sha256("\n".join(sorted(f"{p}\t{s}" for p, s in listing.items())).encode()).hexdigest()
+
+
+def _listing(artifact_uri: str) -> dict[str, int]:
+    """Every file under `artifact_uri` with its size."""
+    local = local_folder(artifact_uri)
+    if local is not None:
+        return {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+    repo = get_artifact_repository(artifact_uri)
+    sizes, pending = {}, [None]
+    while pending:
+        for entry in repo.list_artifacts(pending.pop()):
+            if entry.is_dir:
+                pending.append(entry.path)
+            else:
+                sizes[entry.path] = entry.file_size
+    return sizes
+
+
+def local_folder(artifact_uri: str) -> Path | None:
+    """The folder an artifact location names when it is on this machine's filesystem (a registry
+    whose artifact store clients write to directly), else None: read there, not downloaded."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file") or (parsed.scheme == "file" and parsed.netloc not in ("", "localhost")):
+        return None
+    path = Path(url2pathname(parsed.path) if parsed.scheme == "file" else artifact_uri)
+    return path if path.is_absolute() and path.is_dir() else None
+
+
+def _identical_to_export(local: Path, reference_dir: Path, reference: dict[str, dict],
+                         hashed_at_import: bool = False) -> bool:
+    """The marketplace copy holds the export's bytes (MLmodel aside, whose paths an import
+    rewrites): each file hashed against the manifest (`reference`: path -> its sha256 and size),
+    or, for a copy this step imported from an export it hashed (`hashed_at_import`), the sizes."""
+    copied = {p.relative_to(local).as_posix(): p for p in local.rglob("*") if p.is_file()}
+    if set(copied) != set(reference):
         return False
     if _flavors(local) != _flavors(reference_dir):
         return False
-    return all(
-        name == "MLmodel" or file_sha256(path) == reference_hashes[name] for name, path in downloaded.items()
-    )
+    if hashed_at_import:
+        return all(name == "MLmodel" or path.stat().st_size == reference[name]["size"]
+                   for name, path in copied.items())
+    return all(name == "MLmodel" or file_sha256(path) == reference[name]["sha256"] for name, path in copied.items())
 
 
 def _flavors(model_dir: Path) -> dict:
@@ -102,28 +132,36 @@ def load_and_predict(
     tracking_uri: str,
     model_uri: str,
     reference_dir: Path | None,
-    reference_hashes: dict[str, str] | None = None,
+    reference_hashes: dict[str, dict] | None = None,
     registry_uri: str | None = None,
     policy: ScanPolicy | None = None,
+    *,
+    location: str | None = None,
+    hashed_at_import: bool = False,
 ) -> LoadResult:
     """Load `model_uri` with mlflow.pyfunc, predict its input example, compare with the export's copy.
 
-    `reference_hashes` (the export manifest's SHA-256 of each file under `reference_dir`) spares
-    loading the export too when the marketplace copy holds the same bytes. Under `policy`, nothing
-    is loaded whose files the scan blocks.
+    `reference_hashes` (the export manifest's entry, SHA-256 and size, of each file under
+    `reference_dir`) spares loading the export too when the marketplace copy holds the same bytes.
+    `location` (the version's artifact location, if known) on this machine's filesystem is read
+    where it is, not downloaded. Under `policy`, nothing is loaded whose files the scan blocks.
     """
     with process_tracking_uri(tracking_uri, registry_uri), tempfile.TemporaryDirectory() as tmp:
+        in_place = local_folder(location) if location else None
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+            local = str(in_place) if in_place else mlflow.artifacts.download_artifacts(
+                artifact_uri=location or model_uri, dst_path=tmp)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
+        hashed_at_import = hashed_at_import and in_place is not None
         if blocked := refused(Path(local), policy):
             return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {blocked}")
         try:
-            model = mlflow.pyfunc.load_model(local)
+            with _loadable(Path(local)) as loadable:
+                model = mlflow.pyfunc.load_model(loadable)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
             return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
-        example = Model.load(local).load_input_example(local)
+        example = Model.load(os.path.join(local, "MLmodel")).load_input_example(local)
         if example is None:
             return LoadResult(True, False, None, f"{model_uri} loads but has no input example to predict")
         try:
@@ -132,7 +170,7 @@ def load_and_predict(
             return LoadResult(True, False, None, f"{model_uri} loads but fails to predict: {type(exc).__name__}: {exc}")
         if reference_dir is None or not (reference_dir / "MLmodel").exists():
             return LoadResult(True, True, None, f"{model_uri} loads and predicts")
-        if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes):
+        if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes, hashed_at_import):
             return LoadResult(True, True, True, f"{model_uri} loads and predicts; its files are the export's")
         if blocked := refused(reference_dir, policy):
             return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export was not loaded to "
@@ -167,34 +205,42 @@ class Checked:
 
 
 def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
-                 copies: Callable[[str], Path], policy: ScanPolicy) -> dict[str, LoadResult]:
+                 copies: Callable[[str], Path], policy: ScanPolicy, hashed: Collection[str] = (),
+                 max_workers: int = 1) -> dict[str, LoadResult]:
     """Load and predict each version imported now, or whose files changed since it last passed
-    (each copy is scanned before it is loaded); a pass is recorded on the version (TAG_VERIFIED)."""
-    results: dict[str, LoadResult] = {}
-    for item in checked:
+    (each copy is scanned before it is loaded), `max_workers` at a time; a pass is recorded on the
+    version (TAG_VERIFIED).
+
+    `hashed`: the export locations this step hashed against their manifests before importing
+    them; a copy imported from one, read in place, is compared with the manifest by size."""
+
+    def one(item: Checked) -> LoadResult:
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
-        if recorded and not item.new and _fingerprint_or_none(tracking_uri, registry_uri, item.uri) == recorded:
-            results[item.label] = LoadResult(
-                True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted", unchanged=True
-            )
-            continue
+        location, fingerprint = _located(client, tracking_uri, registry_uri, item)
+        if recorded and not item.new and fingerprint == recorded:
+            return LoadResult(True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted",
+                              unchanged=True)
         reference, hashes = _reference(item.export_location, copies)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy,
+                                  location=location, hashed_at_import=item.new and item.export_location in hashed)
         result = dataclasses.replace(result, detail=redact_text(result.detail))
-        results[item.label] = result
-        if result.loaded and result.matches_export is not False:
-            fingerprint = _fingerprint_or_none(tracking_uri, registry_uri, item.uri)
-            if fingerprint and fingerprint != recorded:
-                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
-                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
-    return results
+        if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
+            with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
+                client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
+        return result
+
+    return {item.label: result for item, result in zip(checked, in_pool(one, checked, max_workers, "load"))}
 
 
-def _fingerprint_or_none(tracking_uri: str, registry_uri: str | None, model_uri: str) -> str | None:
+def _located(client, tracking_uri: str, registry_uri: str | None, item: Checked) -> tuple[str | None, str | None]:
+    """The version's artifact location and the fingerprint of its listing, read once; (None, None)
+    when unreadable (the load is tried, and reports what fails)."""
     try:
-        return artifact_fingerprint(tracking_uri, model_uri, registry_uri)
+        with process_tracking_uri(tracking_uri, registry_uri):
+            location = client.get_model_version_download_uri(item.name, item.version.version)
+            return location, _fingerprint(_listing(location))
     except Exception:  # noqa: BLE001 - unreadable listing: load it and report what fails
-        return None
+        return None, None
 
 
 def _reference(location: str, copies: Callable[[str], Path]) -> tuple[Path | None, dict[str, str] | None]:
@@ -211,4 +257,4 @@ def _reference(location: str, copies: Callable[[str], Path]) -> tuple[Path | Non
     except ManifestError:
         return reference, None
     prefix = reference.relative_to(export_path).as_posix() + "/"
-    return reference, {k.removeprefix(prefix): v["sha256"] for k, v in manifest.files.items() if k.startswith(prefix)}
+    return reference, {k.removeprefix(prefix): v for k, v in manifest.files.items() if k.startswith(prefix)}

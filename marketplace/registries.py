@@ -28,6 +28,11 @@ class SourceRegistries:
         return self.config.source_marker
 
     @property
+    def max_workers(self) -> int:
+        """Versions of one workspace exported (and imported) at once, per run."""
+        return self.config.client.max_workers
+
+    @property
     def names(self) -> list[str]:
         return [w.name for w in self.config.workspaces]
 

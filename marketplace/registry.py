@@ -25,7 +25,6 @@ MARKER_PREFIX = "Exported Already On "
 EXPORTED_ON_TAG = "marketplace.exported_on"
 PAGE_SIZE = 1000
 
-_process_uri_lock = threading.RLock()
 # What an unreachable or failing registry raises through MLflow's client.
 REGISTRY_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError)
 
@@ -57,7 +56,17 @@ def configure_http(timeout_seconds: int, max_retries: int) -> None:
 
 
 def make_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    # MLflow 3's client reads the registered model before each registry write to refuse writing
+    # to a prompt: a round trip per write, a fifth of a sync's requests. We write only to models
+    # we selected (the registry's model search leaves prompts out) or created, and the import
+    # refuses a marketplace name a prompt holds (imports.check_name_owner).
+    client._raise_if_prompt = _not_checked
+    return client
+
+
+def _not_checked(name: str) -> None:
+    return None
 
 
 def redact_uri(uri: str) -> str:
@@ -77,6 +86,71 @@ def redact_text(text: str) -> str:
     return _URL_USERINFO.sub(r"\g<scheme>", text)
 
 
+class _SharedUris:
+    """The process-wide tracking and registry URIs, shared by every thread that wants the same
+    pair: threads wanting another pair wait until no thread uses the current one. A thread alone
+    may nest a block with another pair (its own, stack-wise); nobody joins while it does."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._levels: list[dict] = []  # {"uris", "saved", "holders"}, the outermost first
+        self._threads: dict[int, int] = {}  # thread -> blocks it holds
+
+    @contextlib.contextmanager
+    def hold(self, uris: tuple[str, str]) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._changed:
+            while True:
+                top = self._levels[-1] if self._levels else None
+                if top is not None and top["uris"] == uris and (len(self._levels) == 1 or set(self._threads) <= {me}):
+                    level = top
+                    break
+                if set(self._threads) <= {me}:
+                    level = {"uris": uris, "saved": _swap_uris(uris), "holders": 0}
+                    self._levels.append(level)
+                    break
+                self._changed.wait()
+            level["holders"] += 1
+            self._threads[me] = self._threads.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                level["holders"] -= 1
+                self._threads[me] -= 1
+                if not self._threads[me]:
+                    del self._threads[me]
+                if not level["holders"]:
+                    self._levels.remove(level)
+                    _restore_uris(level["saved"])
+                self._changed.notify_all()
+
+
+def _swap_uris(uris: tuple[str, str]) -> tuple:
+    """Point MLflow at `uris`; what was there before."""
+    from mlflow.tracking import _model_registry, _tracking_service
+
+    # MLflow's own module state (set_*_uri(None) also clears the variable), then the variables.
+    saved = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri,
+             {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    mlflow.set_tracking_uri(uris[0])
+    mlflow.set_registry_uri(uris[1])
+    return saved
+
+
+def _restore_uris(saved: tuple) -> None:
+    mlflow.set_tracking_uri(saved[0])
+    mlflow.set_registry_uri(saved[1])
+    for name, value in saved[2].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+_process_uris = _SharedUris()
+
+
 @contextlib.contextmanager
 def process_tracking_uri(uri: str, registry_uri: str | None = None) -> Iterator[None]:
     """Point the process-wide tracking and registry URIs at `uri` (and `registry_uri`, by
@@ -84,27 +158,12 @@ def process_tracking_uri(uri: str, registry_uri: str | None = None) -> Iterator[
 
     mlflow-export-import reads the process-wide URI in places (logged-model artifact
     listing, UC version creation), and `models:/` URIs resolve against the process-wide
-    registry (for databricks://, MLflow would pick Unity Catalog); a lock keeps two threads
-    from swapping them under each other.
+    registry (for databricks://, MLflow would pick Unity Catalog). Threads that want the same
+    URIs (the export pool of one workspace, the import pool) run together; a thread that wants
+    others waits until they are free.
     """
-    from mlflow.tracking import _model_registry, _tracking_service
-
-    with _process_uri_lock:
-        # MLflow's own module state (set_*_uri(None) also clears the variable), then the variables.
-        saved = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri)
-        saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(registry_uri or uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(saved[0])
-            mlflow.set_registry_uri(saved[1])
-            for name, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with _process_uris.hold((uri, registry_uri or uri)):
+        yield
 
 
 def searched(result, field: str) -> dict:

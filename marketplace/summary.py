@@ -174,14 +174,31 @@ def read_rows(
     workspace: str | None = None,
     columns: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Every row of the table (optionally of one workspace, only some columns); [] if no table."""
+    """Every row of the table (optionally of one workspace, only some columns); [] if no table.
+
+    One workspace's rows are read with the predicate in the scan (delta-rs's DataFusion skips
+    files whose statistics rule the workspace out), not the whole table filtered afterwards."""
     try:
         table = DeltaTable(uri, storage_options=dict(storage_options or {}))
     except TableNotFoundError:
         return []
-    # Filter after reading, not as a scan filter: MERGE writes string columns as Parquet
-    # string_view, and pyarrow cannot compare those with the table's string type in a scan.
-    data = table.to_pyarrow_table(columns=list(columns) if columns else None)
-    if workspace:
-        data = data.filter(pc.field("workspace") == workspace)
-    return data.to_pylist()
+    if workspace is None:
+        return table.to_pyarrow_table(columns=list(columns) if columns else None).to_pylist()
+    # Files whose statistics rule the workspace out are not read. The rows are compared as
+    # strings: MERGE writes string columns as Parquet string_view, which pyarrow's scan filter
+    # cannot compare with the table's string type as they are.
+    files = table.to_pyarrow_dataset(file_pruning_predicate=[("workspace", "=", workspace)])
+    return files.to_table(columns=list(columns) if columns else None,
+                          filter=pc.field("workspace").cast(pa.string()) == workspace).to_pylist()
+
+
+def row_count(uri: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """The table's rows, from its log's file statistics (no data read); 0 if no table."""
+    try:
+        table = DeltaTable(uri, storage_options=dict(storage_options or {}))
+    except TableNotFoundError:
+        return 0
+    counts = pa.table(table.get_add_actions(flatten=True)).column("num_records")
+    if counts.null_count:  # a file written without statistics: count its rows
+        return table.to_pyarrow_table(columns=[table.schema().fields[0].name]).num_rows
+    return int(pc.sum(counts).as_py() or 0)

@@ -198,12 +198,12 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         newest: list[Checked] = []
         with explained():
             client = marketplace.client()
-            recorded = {(r["workspace"], r["model_name"], r["version"]): r
-                        for r in external_storage.read_rows(summary.EXPORT_SUMMARY)}
 
         def import_partition(day: dt.date, name: str) -> None:
             nonlocal scan_seconds
             versions = external_storage.read_snapshot(name, day).versions
+            recorded = {(r["workspace"], r["model_name"], r["version"]): r
+                        for r in external_storage.read_rows(summary.EXPORT_SUMMARY, workspace=name)}
             for outcome in import_versions(client, marketplace=marketplace, storage=external_storage,
                                            sources=workspaces, workspace=name, versions=versions, recorded=recorded,
                                            copies=copies, day=day, log=context.log):
@@ -239,7 +239,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             )
             with registry_time() as spent:
                 results = verify_loads(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies,
-                                       policy)
+                                       policy, hashed=copies.hashed, max_workers=marketplace.max_workers)
             yield load_check_result(IMPORT_LOADS_CHECK, results, spent)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)

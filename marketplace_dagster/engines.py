@@ -48,7 +48,8 @@ def job_extras(workspaces, name: str, external_storage, versions: Sequence[Produ
         "day": day.isoformat(),
         "source_marker": workspaces.source_marker,
         "client": {"timeout_seconds": workspaces.config.client.timeout_seconds,
-                   "max_retries": workspaces.config.client.max_retries},
+                   "max_retries": workspaces.config.client.max_retries,
+                   "max_workers": workspaces.config.client.max_workers},
     }
 
 
@@ -135,6 +136,7 @@ def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, extern
             source_marker=workspaces.source_marker,
             log=context.log,
             private_key=workspaces.private_key(name),
+            max_workers=workspaces.max_workers,
         )
     external_storage.storage  # noqa: B018 - fail here, naming a missing storage variable, not in the job
     extras = job_extras(workspaces, name, external_storage, versions, day,

@@ -88,7 +88,7 @@ def table_metadata(external_storage: ExternalStorage, table: str) -> dict:
         for f in summary.SCHEMAS[table]
     ])
     return {
-        "dagster/row_count": len(external_storage.read_rows(table)),
+        "dagster/row_count": external_storage.row_count(table),
         "table_uri": dg.MetadataValue.path(external_storage.table_uri(table)),
         "dagster/column_schema": schema,
     }

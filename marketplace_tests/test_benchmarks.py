@@ -18,16 +18,23 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     # One progress line per item on the terminal; MLflow's and Dagster's logs in a file.
-    assert "[1/6] sync vs the bare export tool ..." in done.stdout and "[6/6] the promotion gate" in done.stdout
+    assert "[1/7] sync vs the bare export tool" in done.stdout and "[7/7] the promotion gate" in done.stdout
     assert (tmp_path / "bench.log").stat().st_size > 0 and "INFO" not in done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["sync_ratio"] > 0
-    assert [r["versions"] for r in results["sync_vs_bare"]] == [4]
-    assert [r["workspaces"] for r in results["nothing_new"]] == [2, 3]
+    assert [r["versions"] for r in results["sync_vs_bare"]] == [4, 6]
+    assert all(r["idle_seconds"] > 0 and r["step_seconds_per_version"] > 0 for r in results["sync_vs_bare"])
+    assert [(r["workspaces"], r["models"]) for r in results["workspaces"]] == [(2, 2), (3, 3)]
     # The idle cycle's registry time comes from the runs' own step metadata: it must be there.
-    assert all(r["registry_seconds_per_workspace"] > 0 for r in results["nothing_new"])
+    assert all(r["registry_seconds_per_workspace"] > 0 for r in results["workspaces"])
+    # The large model: four shards, the floor measured in the same run, every process's peak.
+    big = results["large_model"]
+    assert big["files"] == 4 and big["floor_seconds"] > 0 and big["floor_ratio"] > 0
+    assert big["peak_rss_mb_by_process"]["dagster run process"] > 0
+    assert any(name.startswith("mlflow server") for name in big["peak_rss_mb_by_process"])
+    assert results["large_model_floor_ratio"] == big["floor_ratio"] and results["large_model_peak_rss_mb"] > 0
     assert results["backfill"]["partitions"] == 6 and results["backfill"]["runs"] >= 1
-    assert len(results["targets"]) == 8 and all(isinstance(t["met"], bool) for t in results["targets"])
+    assert len(results["targets"]) == 13 and all(isinstance(t["met"], bool) for t in results["targets"])
     catalog = results["catalog"]
     assert (catalog["models"], catalog["rows_updated_again"]) == (6, 0) and catalog["page_bytes"] > 0
     gate = results["gate"]
@@ -35,6 +42,8 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert results["sync_vs_bare"][0]["scan_seconds_per_model"] > 0 and results["large_artifact"]["scan_seconds"] >= 0
     report = (tmp_path / "BENCHMARKS.md").read_text()
     assert "sync_ratio" in report and "export_models(" in report and "## The catalog" in report and "## The promotion gate" in report
-    assert (tmp_path / "sync_time.png").stat().st_size > 0
+    assert all((tmp_path / f"{name}.png").stat().st_size > 0
+               for name in ("sync_time", "scaling_models", "scaling_workspaces"))
+    assert "scaling_workspaces.png" in report and "verified-copy floor" in report
     after = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
     assert after == committed
