@@ -88,28 +88,40 @@ class _Requests:
         requests.adapters.HTTPAdapter.send = self._send
 
 
-def profile(models: int, folder: Path, out: Path | None = None) -> dict:
+def profile(models: int, folder: Path, out: Path | None = None, workers: int = 4, plain: bool = False,
+            on_disk: bool = False) -> dict:
     bench = Bench(folder)
     try:
         market, source = bench.server("market"), bench.server("ws")
         bench.start_all([market, source])
         seed(source, _model_names(models))
         config = load_config(write_config(folder / "marketplace.yaml", folder / "storage", market, [
-            {"name": "ws", "tracking_uri": source.uri, "production": {"stage": "Production"}}]))
+            {"name": "ws", "tracking_uri": source.uri, "production": {"stage": "Production"}}],
+            client={"max_workers": workers}))
         job = build_definitions(config).resolve_job_def("marketplace_sync_job")
         today = dt.datetime.now(dt.timezone.utc).date()
-        with dg.DagsterInstance.ephemeral() as instance:
+        (folder / "dagster_home").mkdir(exist_ok=True)
+        with (dg.DagsterInstance.local_temp(str(folder / "dagster_home")) if on_disk
+              else dg.DagsterInstance.ephemeral()) as instance:
             profiler = cProfile.Profile()
             started = time.perf_counter()
             with _Requests() as sent:
-                profiler.enable()
+                if not plain:
+                    profiler.enable()
                 result = job.execute_in_process(partition_key=partition_key(today, "ws"), instance=instance,
                                                 raise_on_error=True)
                 profiler.disable()
             wall = time.perf_counter() - started
         assert result.success
+        steps = {}
+        for event in result.all_events:
+            if event.event_type_value == "STEP_SUCCESS":
+                steps[event.step_key] = round(event.event_specific_data.duration_ms / 1000, 2)
     finally:
         bench.close()
+    if plain:
+        profiler.enable()  # an empty profile: the tables below come out empty
+        profiler.disable()
     stats = pstats.Stats(profiler)
     if out:
         stats.dump_stats(str(out))
@@ -120,7 +132,7 @@ def profile(models: int, folder: Path, out: Path | None = None) -> dict:
         functions.append((tottime, cumtime, f"{Path(filename).name}:{line} {name}", area_of(filename)))
     functions.sort(reverse=True)
     return {
-        "models": models, "wall_seconds": round(wall, 2), "seconds_per_model": round(wall / models, 3),
+        "models": models, "workers": workers, "wall_seconds": round(wall, 2), "step_seconds": steps, "seconds_per_model": round(wall / models, 3),
         "own_seconds_per_model_by_area": {k: round(v / models, 4) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
         "requests_per_model": round(sum(sent.counts.values()) / models, 1),
         "requests_per_model_by_endpoint": {k: round(v / models, 2) for k, v in
@@ -139,9 +151,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("models", type=int, nargs="?", default=20)
     parser.add_argument("--out", type=Path, default=None, help="write the raw profile (pstats) here")
+    parser.add_argument("--workers", type=int, default=4, help="client.max_workers")
+    parser.add_argument("--plain", action="store_true", help="no cProfile: wall and step times as they are")
+    parser.add_argument("--on-disk", action="store_true", help="a Dagster instance on disk (SQLite), as a deployment has")
+    parser.add_argument("--save", default=None, help="also write it to benchmarks/profiles/SAVE.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="marketplace-profile-") as tmp:
-        print(json.dumps(profile(args.models, Path(tmp), args.out), indent=1))
+        found = profile(args.models, Path(tmp), args.out, args.workers, args.plain, args.on_disk)
+    print(json.dumps(found, indent=1))
+    if args.save:
+        (Path(__file__).parent / "profiles" / f"{args.save}.json").write_text(json.dumps(found, indent=1))
 
 
 if __name__ == "__main__":

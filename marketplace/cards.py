@@ -33,9 +33,15 @@ STATUS_ACTIVE = "active"
 STATUS_RETIRED = "retired"
 STATUS_HELD = "held"  # never in production: its source's production version is held by the gate
 MAX_ROWS = 12  # rows of a card's table before the rest is counted
+
 MAX_TEXT = 2000  # characters of a source description on a card
 _MARKER = re.compile(re.escape(MARKER_PREFIX) + r"\d{4}-\d{2}-\d{2}, old description: ")
 _MAIN_PARAMS = 8
+
+
+def parse_yaml(text: str | bytes):
+    """YAML (an MLmodel) read safely, with LibYAML's loader where PyYAML has it: a tenth of the time."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
 
 
 def strip_marker(text: str | None) -> str:
@@ -98,7 +104,7 @@ def read_export_facts(storage: Storage, export_key: str, manifest: Manifest) -> 
     run = _json(storage, f"{export_key}/{manifest.run_id}/run.json").get("mlflow", {}) if manifest.run_id else {}
     mlmodel_key = next((k for k in sorted(manifest.files) if k.endswith("/artifacts/MLmodel")), None)
     try:
-        mlmodel = yaml.safe_load(storage.read(f"{export_key}/{mlmodel_key}") or b"") if mlmodel_key else {}
+        mlmodel = parse_yaml(storage.read(f"{export_key}/{mlmodel_key}") or b"") if mlmodel_key else {}
     except yaml.YAMLError:
         mlmodel = {}
     mlmodel = mlmodel if isinstance(mlmodel, dict) else {}

@@ -30,7 +30,7 @@ from marketplace.manifest import (
     verify_export,
     write_manifest,
 )
-from marketplace.pool import in_pool
+from marketplace.pool import OneAtATime, in_pool
 from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
 from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
@@ -426,6 +426,7 @@ def export_versions(
     its reason recorded; one that fails is reported failed; neither stops the others. This is the
     whole export, in the Dagster process or in a job.
     """
+    log = OneAtATime(log)
 
     def one(version: ProductionVersion) -> Outcome:
         outcome = Outcome(version.model_name, version.version, "failed")

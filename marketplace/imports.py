@@ -42,7 +42,7 @@ from marketplace.registry import (
     registry_errors,
     searched,
 )
-from marketplace.pool import in_pool
+from marketplace.pool import OneAtATime, in_pool
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 
@@ -290,7 +290,7 @@ def import_versions(
     `marketplace.max_workers` at a time.
     One version's failure is its outcome; a marketplace that cannot be read fails them all
     (RegistryUnavailable)."""
-    log = log or logging.getLogger(__name__)
+    log = OneAtATime(log or logging.getLogger(__name__))
     uri = marketplace.tracking_uri
     with registry_errors(f"the marketplace (syncing workspace {workspace})", uri):
         known = marketplace_versions_of(client, [marketplace.model_name(workspace, v.model_name) for v in versions])

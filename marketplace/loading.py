@@ -16,11 +16,11 @@ from urllib.request import url2pathname
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+from marketplace.cards import parse_yaml
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
 from marketplace.pool import in_pool
 from marketplace.registry import REGISTRY_ERRORS, process_tracking_uri, redact_text
@@ -104,7 +104,8 @@ def _identical_to_export(local: Path, reference_dir: Path, reference: dict[str, 
 
 def _flavors(model_dir: Path) -> dict:
     # Read directly: MLflow's loaders take a local path with "%" in it for a URI and decode it.
-    return (yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8")) or {}).get("flavors", {})
+    text = (model_dir / "MLmodel").read_text(encoding="utf-8")
+    return (parse_yaml(text) or {}).get("flavors", {})
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import argparse
 import datetime as dt
 import os
 import sys
-import threading
 
 from dagster_pipes import (
     PipesCliArgsParamsLoader,
@@ -70,23 +69,6 @@ def _environment(variable: str | None, what: str, references: dict[str, str]) ->
     return value
 
 
-class _OneAtATime:
-    """A Pipes logger for the export pool's threads: a stream channel writes a message in two
-    writes, which two threads could interleave."""
-
-    def __init__(self, log):
-        self._log, self._lock = log, threading.Lock()
-
-    def __getattr__(self, level: str):
-        method = getattr(self._log, level)
-
-        def logged(*args, **kwargs):
-            with self._lock:
-                return method(*args, **kwargs)
-
-        return logged
-
-
 def export_from_extras(pipes: PipesContext) -> list[dict]:
     """Do the export the extras describe; the outcome of each version, as dicts."""
     from marketplace.exports import export_versions
@@ -123,7 +105,7 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
         day=dt.date.fromisoformat(extras["day"]),
         signing_key=signing_key,
         source_marker=extras["source_marker"],
-        log=_OneAtATime(pipes.log),
+        log=pipes.log,
         private_key=private_key,
         max_workers=extras["client"].get("max_workers", 1),  # absent in a job an older release submitted
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -17,3 +18,22 @@ def in_pool(work: Callable[[Item], Result], items: Sequence[Item], max_workers: 
         return [work(item) for item in items]
     with ThreadPoolExecutor(min(max_workers, len(items)), thread_name_prefix=name) as pool:
         return list(pool.map(work, items))
+
+
+class OneAtATime:
+    """A logger the pool's threads share, writing one message at a time. Dagster's logger writes
+    each message as an event into the run's own SQLite file (one writer at a time: threads
+    writing at once wait on its lock), and a Pipes stream writes a message in two writes that two
+    threads could interleave."""
+
+    def __init__(self, log: Any):
+        self._log, self._lock = log, threading.Lock()
+
+    def __getattr__(self, level: str) -> Callable[..., Any]:
+        method = getattr(self._log, level)
+
+        def logged(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return method(*args, **kwargs)
+
+        return logged
