@@ -50,6 +50,7 @@ def _endpoint(request) -> str:
     """`GET /api/2.0/mlflow/runs/get`: a request's method and path, artifact paths cut short."""
     path = request.path_url.split("?", 1)[0]
     path = re.sub(r"/mlflow-artifacts/artifacts/.*", "/mlflow-artifacts/artifacts/...", path)
+    path = re.sub(r"/logged-models/m-[0-9a-f]+", "/logged-models/{id}", path)
     return f"{request.method} {path}"
 
 

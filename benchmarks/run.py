@@ -171,14 +171,22 @@ def materialize_partitions(config_path: Path, home: Path, partitions: list[str],
                  "--tags", json.dumps(partition_tags(*split_partition_key(partition)))],
                 env=env, cwd=config_path.parent, stdout=output, stderr=subprocess.STDOUT,
             )
-            # wait4: this run process's own peak resident set (ru_maxrss, KB), not the bench's children's.
-            _, status, usage = os.wait4(process.pid, 0)
+            # Its peak resident set is its VmHWM, read until it exits: wait4's ru_maxrss counts the
+            # moment between fork and exec, when the child still maps this (large) process.
+            peak = 0
+            while True:
+                peak = max(peak, _vm_hwm_kb(process.pid))
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.1)
             process.returncode = os.waitstatus_to_exitcode(status)
+            cpu = usage.ru_utime + usage.ru_stime
             if process.returncode != 0:
                 output.seek(0)
                 raise RuntimeError(f"{partition} failed:\n{output.read().decode(errors='replace')[-4000:]}")
         return {"partition": partition, "wall_seconds": time.perf_counter() - started,
-                "peak_rss_mb": round(usage.ru_maxrss / 1024), "cpu_seconds": usage.ru_utime + usage.ru_stime}
+                "peak_rss_mb": round(peak / 1024), "cpu_seconds": cpu}
 
     started = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
@@ -186,6 +194,15 @@ def materialize_partitions(config_path: Path, home: Path, partitions: list[str],
     wall = time.perf_counter() - started
     _attach_step_times(home, runs)
     return wall, runs
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """A live process's peak resident set so far (VmHWM, KB); 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def _attach_step_times(home: Path, runs: list[dict]) -> None:
@@ -380,12 +397,10 @@ def peak_rss_mb(pid: int) -> dict[str, int]:
         try:
             if os.getpgid(int(entry.name)) != pid:
                 continue
-            status = (entry / "status").read_text()
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, ProcessLookupError):
             continue
-        high = next((line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")), "0")
-        peaks[f"{entry.name} {command[:60]}"] = round(int(high) / 1024)
+        peaks[f"{entry.name} {command[:60]}"] = round(_vm_hwm_kb(int(entry.name)) / 1024)
     return peaks
 
 
@@ -561,36 +576,36 @@ def _plots(results: dict, out: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots = {name: out / f"{name}.png" for name in ("sync_time", "scaling_models", "scaling_workspaces")}
+    def plot(name: str, x: list, series: list[tuple[list, str, str]], xlabel: str, ylabel: str, title: str) -> Path:
+        fig, axis = plt.subplots(figsize=(6, 4))
+        for y, style, label in series:
+            axis.plot(x, y, style, label=label)
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        axis.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
+        return out / f"{name}.png"
+
     rows, spread = results["sync_vs_bare"], results["workspaces"]
-    fig, axis = plt.subplots(figsize=(6, 4))
-    versions = [r["versions"] for r in rows]
-    axis.plot(versions, [r["bare_seconds"] for r in rows], "o-", label="bare mlflow-export-import")
-    axis.plot(versions, [r["marketplace_seconds"] for r in rows], "s-", label="marketplace")
-    axis.set(xlabel="model versions synced (3 workspaces)", ylabel="seconds", title="Sync, fresh marketplace")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(plots["sync_time"], dpi=100)
-    fig, axis = plt.subplots(figsize=(6, 4))
     sizes = [r["models_per_workspace"] for r in rows]
-    axis.plot(sizes, [r["seconds_per_version"] for r in rows], "s-", label="sync, wall s per version")
-    axis.plot(sizes, [r["step_seconds_per_version"] for r in rows], "^-", label="sync, step s per version")
-    axis.plot(sizes, [r["idle_seconds"] / r["versions"] for r in rows], "o-", label="idle cycle, wall s per version")
-    axis.set(xlabel="models per workspace (3 workspaces)", ylabel="seconds per version", title="Cost per model")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(plots["scaling_models"], dpi=100)
-    fig, axis = plt.subplots(figsize=(6, 4))
-    counts = [r["workspaces"] for r in spread]
-    axis.plot(counts, [r["sync_seconds"] for r in spread], "s-", label="sync (wall)")
-    axis.plot(counts, [r["idle_seconds"] for r in spread], "o-", label="idle cycle (wall)")
-    axis.plot(counts, [r["tick_seconds"] for r in results["sensor_tick"]], "^-", label="sensor tick")
-    axis.set(xlabel="workspaces", ylabel="seconds", title="Cost per workspace (2 runs at a time)")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(plots["scaling_workspaces"], dpi=100)
-    plt.close("all")
-    return plots
+    return {
+        "sync_time": plot("sync_time", [r["versions"] for r in rows], [
+            ([r["bare_seconds"] for r in rows], "o-", "bare mlflow-export-import"),
+            ([r["marketplace_seconds"] for r in rows], "s-", "marketplace"),
+        ], "model versions synced (3 workspaces)", "seconds", "Sync, fresh marketplace"),
+        "scaling_models": plot("scaling_models", sizes, [
+            ([r["seconds_per_version"] for r in rows], "s-", "sync, wall s per version"),
+            ([r["step_seconds_per_version"] for r in rows], "^-", "sync, step s per version"),
+            ([r["cpu_seconds_per_version"] for r in rows], "d-", "sync, CPU s per version"),
+            ([r["idle_seconds"] / r["versions"] for r in rows], "o-", "idle cycle, wall s per version"),
+        ], "models per workspace (3 workspaces)", "seconds per version", "Cost per model"),
+        "scaling_workspaces": plot("scaling_workspaces", [r["workspaces"] for r in spread], [
+            ([r["sync_seconds"] for r in spread], "s-", "sync (wall)"),
+            ([r["idle_seconds"] for r in spread], "o-", "idle cycle (wall)"),
+            ([r["tick_seconds"] for r in results["sensor_tick"]], "^-", "sensor tick"),
+        ], "workspaces", "seconds", "Cost per workspace (2 runs at a time)"),
+    }
 
 
 def _table(rows: list[dict]) -> str:
