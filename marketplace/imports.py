@@ -177,13 +177,14 @@ def settle_duplicates(
 def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str) -> None:
     """Refuse to import into a marketplace model that belongs to another source model."""
     try:
-        registered = client.get_registered_model(name)
+        # The registry client's read: MlflowClient's answers "not found" for a prompt.
+        registered = client._get_registry_client().get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return
         raise
     tags = registered.tags or {}
-    if has_prompt_tag(tags):
+    if has_prompt_tag(getattr(registered, "_tags", None) or tags):  # `tags` leaves the prompt tag out
         raise NameCollision(f"marketplace name {name!r} is held by an MLflow prompt, not a model; "
                             f"{workspace}/{model} maps to it: change marketplace.name_template")
     owner = (tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL))

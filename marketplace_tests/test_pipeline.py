@@ -178,6 +178,22 @@ def test_name_owned_by_another_source_is_refused(two_workspaces, servers, uid):
     assert market.search_model_versions(f"name='{ws_a}.{uid}_iris'") == []
 
 
+def test_a_name_a_prompt_holds_is_refused(two_workspaces, servers, uid):
+    # Our clients skip MLflow's read-before-write prompt check; the import makes it once itself.
+    import mlflow
+
+    from marketplace.registry import process_tracking_uri
+
+    deployment, ws_a, _ = two_workspaces
+    market = MlflowClient(servers["marketplace"].uri)
+    with process_tracking_uri(servers["marketplace"].uri):
+        mlflow.genai.register_prompt(name=f"{ws_a}.{uid}_iris", template="Classify {{flower}}")
+    result = deployment.sync(ws_a)
+    assert not result.success
+    assert "is held by an MLflow prompt" in step_failure_message(result)
+    assert market.search_model_versions(f"name='{ws_a}.{uid}_iris'") == []
+
+
 def test_bulk_read_of_marketplace_versions_matches_reading_each_model(servers, uid):
     from marketplace.imports import SourceKey, marketplace_versions, marketplace_versions_of
 
