@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -31,7 +30,13 @@ from marketplace.manifest import (
     write_manifest,
 )
 from marketplace.pool import OneAtATime, in_pool
-from marketplace.registry import ProductionVersion, mark_exported, process_tracking_uri, redact_text
+from marketplace.registry import (
+    ProductionVersion,
+    artifact_listing,
+    mark_exported,
+    process_tracking_uri,
+    redact_text,
+)
 from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
 from marketplace.errors import MarketplaceError
@@ -209,21 +214,6 @@ class LocalCopies:
         return local
 
 
-def _listing(client: MlflowClient, artifact_uri: str) -> dict[str, int]:
-    """Every file under an artifact URI with its size, listed recursively."""
-    sizes: dict[str, int] = {}
-    pending = [""]
-    repo = mlflow.store.artifact.artifact_repository_registry.get_artifact_repository(artifact_uri)
-    while pending:
-        prefix = pending.pop()
-        for info in repo.list_artifacts(prefix or None):
-            if info.is_dir:
-                pending.append(info.path)
-            else:
-                sizes[info.path] = info.file_size or 0
-    return sizes
-
-
 def _check_source(client: MlflowClient, version: ProductionVersion) -> None:
     """Refuse, before any work, a version mlflow-export-import cannot export faithfully."""
     if "'" in version.model_name:
@@ -266,7 +256,7 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
         if not (model_dir / "logged_model.json").exists():
             raise ExportError(f"the logged model {model_id} was not exported")
         logged = client.get_logged_model(model_id)
-        expected = _listing(client, logged.artifact_location)
+        expected = {path: size or 0 for path, size in artifact_listing(logged.artifact_location).items()}
         if not expected:
             raise SourceProblem(f"the files of its logged model {model_id} are missing in the source workspace")
         for relative, size in expected.items():

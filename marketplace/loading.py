@@ -10,20 +10,23 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from marketplace.cards import parse_yaml
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
 from marketplace.pool import in_pool
-from marketplace.registry import REGISTRY_ERRORS, process_tracking_uri, redact_text
+from marketplace.registry import (  # noqa: F401 - loading.local_folder stays importable
+    REGISTRY_ERRORS,
+    artifact_listing,
+    local_folder,
+    process_tracking_uri,
+    redact_text,
+)
 from marketplace.scanning import ScanPolicy, scan_folder
 from marketplace.storage import StorageError
 
@@ -53,37 +56,11 @@ def _same(a, b) -> bool:
 def artifact_fingerprint(tracking_uri: str, model_uri: str, registry_uri: str | None = None) -> str:
     """SHA-256 of the model's artifact listing (every file's path and size), read without downloading."""
     with process_tracking_uri(tracking_uri, registry_uri):
-        return _fingerprint(_listing(model_uri))
+        return _fingerprint(artifact_listing(model_uri))
 
 
 def _fingerprint(listing: dict[str, int]) -> str:
     return hashlib.sha256("\n".join(sorted(f"{p}\t{s}" for p, s in listing.items())).encode()).hexdigest()
-
-
-def _listing(artifact_uri: str) -> dict[str, int]:
-    """Every file under `artifact_uri` with its size."""
-    local = local_folder(artifact_uri)
-    if local is not None:
-        return {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
-    repo = get_artifact_repository(artifact_uri)
-    sizes, pending = {}, [None]
-    while pending:
-        for entry in repo.list_artifacts(pending.pop()):
-            if entry.is_dir:
-                pending.append(entry.path)
-            else:
-                sizes[entry.path] = entry.file_size
-    return sizes
-
-
-def local_folder(artifact_uri: str) -> Path | None:
-    """The folder an artifact location names when it is on this machine's filesystem (a registry
-    whose artifact store clients write to directly), else None: read there, not downloaded."""
-    parsed = urlparse(artifact_uri)
-    if parsed.scheme not in ("", "file") or (parsed.scheme == "file" and parsed.netloc not in ("", "localhost")):
-        return None
-    path = Path(url2pathname(parsed.path) if parsed.scheme == "file" else artifact_uri)
-    return path if path.is_absolute() and path.is_dir() else None
 
 
 def _identical_to_export(local: Path, reference_dir: Path, reference: dict[str, dict],
@@ -239,7 +216,7 @@ def _located(client, tracking_uri: str, registry_uri: str | None, item: Checked)
     try:
         with process_tracking_uri(tracking_uri, registry_uri):
             location = client.get_model_version_download_uri(item.name, item.version.version)
-            return location, _fingerprint(_listing(location))
+            return location, _fingerprint(artifact_listing(location))
     except Exception:  # noqa: BLE001 - unreadable listing: load it and report what fails
         return None, None
 

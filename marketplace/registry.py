@@ -10,13 +10,16 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from urllib.parse import quote
+from pathlib import Path
+from urllib.parse import quote, urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from marketplace.errors import MarketplaceError
 
@@ -349,6 +352,34 @@ def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -
         client.set_model_version_tag(name, str(version), EXPORTED_ON_TAG, day.isoformat())
         changed = True
     return changed
+
+
+def artifact_listing(artifact_uri: str) -> dict[str, int | None]:
+    """Every file under `artifact_uri` with its size (None where the store does not say), read
+    where it is for a folder on this machine; for any other store, with the process-wide URIs
+    (a `models:/` URI resolves against them)."""
+    local = local_folder(artifact_uri)
+    if local is not None:
+        return {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+    repo = get_artifact_repository(artifact_uri)
+    sizes, pending = {}, [None]
+    while pending:
+        for entry in repo.list_artifacts(pending.pop()):
+            if entry.is_dir:
+                pending.append(entry.path)
+            else:
+                sizes[entry.path] = entry.file_size
+    return sizes
+
+
+def local_folder(artifact_uri: str) -> Path | None:
+    """The folder an artifact location names when it is on this machine's filesystem (a registry
+    whose artifact store clients write to directly), else None: read there, not downloaded."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file") or (parsed.scheme == "file" and parsed.netloc not in ("", "localhost")):
+        return None
+    path = Path(url2pathname(parsed.path) if parsed.scheme == "file" else artifact_uri)
+    return path if path.is_absolute() and path.is_dir() else None
 
 
 def model_version_url(tracking_uri: str, name: str, version: int | str, host: str | None = None) -> str:
