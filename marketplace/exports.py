@@ -255,8 +255,10 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
         model_dir = staging / model_id
         if not (model_dir / "logged_model.json").exists():
             raise ExportError(f"the logged model {model_id} was not exported")
-        logged = client.get_logged_model(model_id)
-        expected = {path: size or 0 for path, size in artifact_listing(logged.artifact_location).items()}
+        # Where the library read the files from, as the registry told it moments ago.
+        location = json.loads((model_dir / "logged_model.json").read_text()).get("mlflow", {}).get("artifact_location")
+        location = location or client.get_logged_model(model_id).artifact_location
+        expected = {path: size or 0 for path, size in artifact_listing(location).items()}
         if not expected:
             raise SourceProblem(f"the files of its logged model {model_id} are missing in the source workspace")
         for relative, size in expected.items():
@@ -465,7 +467,7 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
     clear_skip_record(storage, skip_record_key(workspace, version.model_name, version.version),
                       keep_quarantine=outcome.status == "already_exported")
     # Marked only once the export verifies; a re-run writes a marker a crash left out.
-    if source_marker:
+    if source_marker and not version.marked:
         ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
         outcome.marker_written = mark_exported(client, version.model_name, version.version, ran_on)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
+from mlflow.entities import Experiment, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.prompt.registry_utils import has_prompt_tag
@@ -195,6 +196,54 @@ def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str
         )
 
 
+class _ImportClient:
+    """The marketplace client as mlflow-export-import's import of one version sees it, without
+    the calls the library repeats: it creates (or, that failing, looks up) the experiment twice
+    per version, terminates the run twice with one status, and reads the run twice in a row.
+    Experiments are remembered in `experiments`, which one step's imports share; every other
+    call goes to `client` and forgets the run last read."""
+
+    def __init__(self, client: MlflowClient, experiments: dict[str, Experiment]):
+        self._client, self._experiments = client, experiments
+        self._terminated: dict[str, str] = {}
+        self._last_run: Run | None = None
+
+    def __getattr__(self, name: str):
+        self.__dict__["_last_run"] = None  # any other call may change the run
+        return getattr(self.__dict__["_client"], name)
+
+    def create_experiment(self, name: str, artifact_location: str | None = None, tags=None) -> str:
+        known = self._experiments.get(name)
+        if known is not None:  # the library only wants the experiment to exist
+            return known.experiment_id
+        return self._client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        known = next((e for e in self._experiments.values() if e.experiment_id == experiment_id), None)
+        return known or self._remember(self._client.get_experiment(experiment_id))
+
+    def get_experiment_by_name(self, name: str) -> Experiment | None:
+        known = self._experiments.get(name)
+        return known or self._remember(self._client.get_experiment_by_name(name))
+
+    def _remember(self, experiment: Experiment | None) -> Experiment | None:
+        if experiment is not None and experiment.lifecycle_stage == "active":
+            self._experiments[experiment.name] = experiment
+        return experiment
+
+    def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
+        self._last_run = None
+        status = status or "FINISHED"
+        if self._terminated.get(run_id) != status:
+            self._client.set_terminated(run_id, status, end_time)
+            self._terminated[run_id] = status
+
+    def get_run(self, run_id: str) -> Run:
+        if self._last_run is None or self._last_run.info.run_id != run_id:
+            self._last_run = self._client.get_run(run_id)
+        return self._last_run
+
+
 def import_export(
     client: MlflowClient,
     tracking_uri: str,
@@ -208,12 +257,14 @@ def import_export(
     model_tags: dict[str, str] | None = None,
     model_description: str | None = None,
     registry_uri: str | None = None,
+    experiments: dict[str, Experiment] | None = None,
 ) -> ModelVersion:
     """Import one verified export as a new version of `marketplace_name`, tagged with its source.
 
     The caller checks first that no version of the same source exists; the tags are set when
     the version is created, so a version never exists without them. A new registered model is
     created with `model_tags` and `model_description` (registration then has less to change).
+    `experiments`: the marketplace's experiments this step already knows, by name.
     """
     exported = json.loads((export_path / "model.json").read_text())["mlflow"]["registered_model"]
     model_dict = {
@@ -241,6 +292,7 @@ def import_export(
         TAG_SOURCE_RUN_ID: source_version.get("run_id", ""),
         TAG_IMPORT_DATE: import_date.isoformat(),
     }
+    client = _ImportClient(client, {} if experiments is None else experiments)
     with process_tracking_uri(tracking_uri, registry_uri):
         importer = ModelImporter(mlflow_client=client, import_source_tags=True)
         model_utils.create_model(client, marketplace_name, model_dict, True)  # what _import_model does, minus permissions
@@ -296,6 +348,7 @@ def import_versions(
     with registry_errors(f"the marketplace (syncing workspace {workspace})", uri):
         known = marketplace_versions_of(client, [marketplace.model_name(workspace, v.model_name) for v in versions])
     source_uri = redact_uri(sources.get(workspace).tracking_uri)
+    experiments: dict[str, Experiment] = {}
 
     def one(version: ProductionVersion) -> ImportOutcome:
         source = SourceKey(workspace, version.model_name, version.version)
@@ -316,7 +369,7 @@ def import_versions(
         else:
             try:
                 _import_verified(client, marketplace, storage, sources, source, mp_name, row, copies, day,
-                                 source_uri, done, log)
+                                 source_uri, done, log, experiments)
             except RegistryUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
@@ -330,7 +383,8 @@ def import_versions(
 
 
 def _import_verified(client, marketplace, storage, sources, source: SourceKey, mp_name: str, row: Mapping,
-                     copies: LocalCopies, day: dt.date, source_uri: str, done: ImportOutcome, log) -> None:
+                     copies: LocalCopies, day: dt.date, source_uri: str, done: ImportOutcome, log,
+                     experiments: dict[str, Experiment]) -> None:
     """Verify, check the signature of, scan and import one export; `done` records what happened."""
     workspace, policy, location = source.workspace, marketplace.scan_policy, row["export_path"]
     # One importer per marketplace model at a time, across processes: the check for an
@@ -361,7 +415,8 @@ def _import_verified(client, marketplace, storage, sources, source: SourceKey, m
                 log.warning(f"{done.label}: scan findings that do not block: {scan.describe()}")
         log.info(f"importing {done.label} as {mp_name}")
         lock.check()  # a lost lock imports nothing
-        done.version = _import_once(client, marketplace, row["checksum"], local, mp_name, source, day, source_uri)
+        done.version = _import_once(client, marketplace, row["checksum"], local, mp_name, source, day, source_uri,
+                                    experiments)
         done.status = "imported"
 
 
@@ -379,7 +434,7 @@ def _check_signature(local: Path, location: str, workspace: str, public_key: str
 
 
 def _import_once(client, marketplace, checksum: str, local: Path, mp_name: str, source: SourceKey, day: dt.date,
-                 source_uri: str) -> ModelVersion:
+                 source_uri: str, experiments: dict[str, Experiment]) -> ModelVersion:
     model_tags = {**provenance_tags(source.workspace, source.model_name, source_uri),
                   TAG_PRODUCTION_SOURCE_VERSION: str(source.version)}
     model_description = description(source.workspace, source.model_name, source.version,
@@ -397,6 +452,7 @@ def _import_once(client, marketplace, checksum: str, local: Path, mp_name: str, 
             model_tags=model_tags,
             model_description=model_description,
             registry_uri=marketplace.registry_uri,
+            experiments=experiments,
         )
     except Exception:
         # The version may exist although the call failed (its answer was lost): look again.

@@ -18,6 +18,7 @@ import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -65,6 +66,8 @@ def make_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowCli
     # we selected (the registry's model search leaves prompts out) or created, and the import
     # refuses a marketplace name a prompt holds (imports.check_name_owner).
     client._raise_if_prompt = _not_checked
+    # Terminating a run reads it again only to print its URL; the imports terminate one per version.
+    os.environ.setdefault(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name, "true")
     return client
 
 
@@ -197,6 +200,8 @@ class ProductionVersion:
     source: str
     created_at: dt.datetime
     selected_by: str
+    # The registry's answer already carried the export marker and tag: nothing to read or write.
+    marked: bool = False
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -331,6 +336,7 @@ def select_production_versions(
                 source=version.source or "",
                 created_at=_ms_to_datetime(version.creation_timestamp),
                 selected_by=selector,
+                marked=is_marked(version),
             )
         )
     return Selection(versions=versions, skipped=skipped, models_seen=len(names))
@@ -341,9 +347,16 @@ def marker_description(day: dt.date, old_description: str | None) -> str:
     return f"{MARKER_PREFIX}{day.isoformat()}, old description: {old_description or ''}"
 
 
+def is_marked(version: ModelVersion) -> bool:
+    """The version carries the export marker and tag (False where its search result leaves tags out)."""
+    return (version.description or "").startswith(MARKER_PREFIX) and EXPORTED_ON_TAG in searched(version, "tags")
+
+
 def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -> bool:
     """Write the seed's description marker and our tag on a source version; False if already marked."""
     current = client.get_model_version(name, str(version))
+    if is_marked(current):
+        return False
     changed = False
     if not (current.description or "").startswith(MARKER_PREFIX):
         client.update_model_version(name, str(version), description=marker_description(day, current.description))

@@ -14,6 +14,7 @@ out the signature file itself on its own.)
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -21,14 +22,17 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from model_signing import hashing, manifest, signing, verifying
 
 from marketplace.errors import MarketplaceError
 from marketplace.manifest import SIGNATURE_NAME
+
+if TYPE_CHECKING:
+    from model_signing import manifest
 
 # The curves model_signing accepts (Sigstore's).
 CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
@@ -136,31 +140,36 @@ def _key_file(pem: str) -> Iterator[Path]:
         os.unlink(name)
 
 
-class _ExportHashing(hashing.Config):
-    """How an export is hashed, for signing and verifying alike: every file but model.sig, git
-    files included. Notes how far verification got, since model_signing raises plain errors: what
-    fails before the files are hashed is the signature itself."""
+@functools.cache
+def _export_hashing() -> type:
+    """The hashing config class; model_signing (and Sigstore under it) is imported only by the
+    processes that sign or verify: half a second and 26 MB for each run that does not."""
+    from model_signing import hashing
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.set_ignored_paths(paths=[SIGNATURE_NAME], ignore_git_paths=False)
-        self.started = False
-        self.actual: manifest.Manifest | None = None
+    class ExportHashing(hashing.Config):
+        """How an export is hashed, for signing and verifying alike: every file but model.sig, git
+        files included. Notes how far verification got, since model_signing raises plain errors:
+        what fails before the files are hashed is the signature itself."""
 
-    def hash(
-        self,
-        model_path: hashing.PathLike,
-        *,
-        files_to_hash: Iterable[hashing.PathLike] | None = None,
-    ) -> manifest.Manifest:
-        self.started = True
-        self.actual = super().hash(model_path, files_to_hash=files_to_hash)
-        return self.actual
+        def __init__(self) -> None:
+            super().__init__()
+            self.set_ignored_paths(paths=[SIGNATURE_NAME], ignore_git_paths=False)
+            self.started = False
+            self.actual: manifest.Manifest | None = None
+
+        def hash(self, model_path, *, files_to_hash: Iterable | None = None) -> manifest.Manifest:
+            self.started = True
+            self.actual = super().hash(model_path, files_to_hash=files_to_hash)
+            return self.actual
+
+    return ExportHashing
 
 
 def sign_export(folder: Path, private_key_pem: str) -> Path:
     """Sign every file under `folder` but model.sig; write `folder`/model.sig, return its path."""
     check_private_key(private_key_pem)
+    from model_signing import signing
+
     with _key_file(private_key_pem) as key_file:
         config = signing.Config().use_elliptic_key_signer(private_key=key_file)
     target = folder / SIGNATURE_NAME
@@ -168,7 +177,7 @@ def sign_export(folder: Path, private_key_pem: str) -> Path:
     # bundle after hashing, so the temporary name is not among the signed files.
     staged = folder / f".{SIGNATURE_NAME}.tmp"
     staged.unlink(missing_ok=True)
-    config.set_hashing_config(_ExportHashing()).sign(folder, staged)
+    config.set_hashing_config(_export_hashing()()).sign(folder, staged)
     with open(staged, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(staged, target)
@@ -183,16 +192,18 @@ def verify_export_signature(folder: Path, public_key_pem: str) -> None:
     if not signature.is_file():
         raise SignatureError(f"{folder}: it is not signed (no {SIGNATURE_NAME})")
     _load_public_key(public_key_pem, "the public key")
+    from model_signing import verifying
+
     with _key_file(public_key_pem) as key_file:
         config = verifying.Config().use_elliptic_key_verifier(public_key=key_file)
-    hashed = _ExportHashing()
+    hashed = _export_hashing()()
     try:
         config.set_hashing_config(hashed).verify(folder, signature)
     except Exception as exc:
         raise SignatureError(f"{folder}: {_reason(exc, hashed, signature)}") from exc
 
 
-def _reason(exc: Exception, hashed: _ExportHashing, signature: Path) -> str:
+def _reason(exc: Exception, hashed, signature: Path) -> str:
     if hashed.actual is not None:
         return f"its signature does not match its files ({_differences(signature, hashed.actual)})"
     if hashed.started:

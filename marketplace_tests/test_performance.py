@@ -1,20 +1,35 @@
 """The pieces issue 16's speed rests on, without servers: threads sharing MLflow's process-wide
 URIs, the bounded pool, the predicate read of one workspace's summary rows, the log's row count,
-and which artifact locations the load check reads in place."""
+which artifact locations the load check reads in place, the calls the import no longer repeats
+(against a real SQLite store), the export marker read from the selection, and the signing
+library imported only where it is used."""
 
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+from mlflow_export_import.common import mlflow_utils
 
+from marketplace.imports import _ImportClient
 from marketplace.loading import _identical_to_export, local_folder
 from marketplace.pool import in_pool
-from marketplace.registry import process_tracking_uri
+from marketplace.registry import (
+    EXPORTED_ON_TAG,
+    ProductionVersion,
+    is_marked,
+    marker_description,
+    process_tracking_uri,
+)
 from marketplace.summary import EXPORT_SUMMARY, merge_rows, read_rows, row_count
 from marketplace_tests.test_summary import export_row
 
@@ -128,3 +143,73 @@ def test_a_copy_hashed_at_import_is_compared_by_size_and_any_other_by_hash(tmp_p
     assert not _identical_to_export(copy, export, reference, hashed_at_import=True)
     (copy / "extra.txt").write_text("not in the export")
     assert not _identical_to_export(Path(copy), export, reference, hashed_at_import=True)
+
+
+class _Counting:
+    """A real client, with each call it receives counted by name."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, Counter()
+
+    def __getattr__(self, name):
+        self.calls[name] += 1
+        return getattr(self.client, name)
+
+
+@pytest.fixture
+def sqlite_client(tmp_path):
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_the_import_looks_an_experiment_up_once_per_step(sqlite_client):
+    counted = _Counting(sqlite_client)
+    experiments: dict = {}
+    first = mlflow_utils.set_experiment(_ImportClient(counted, experiments), None, "/marketplace/m")
+    again = mlflow_utils.set_experiment(_ImportClient(counted, experiments), None, "/marketplace/m")
+    assert first.experiment_id == again.experiment_id == sqlite_client.get_experiment_by_name("/marketplace/m").experiment_id
+    assert counted.calls["create_experiment"] == 1 and counted.calls["get_experiment_by_name"] == 0
+    # A step that knows nothing yet takes the library's own path (its create fails with a REST
+    # error, and it looks the experiment up): the syncs against servers cover it.
+
+
+def test_a_deleted_experiment_is_not_remembered(sqlite_client):
+    deleted = sqlite_client.create_experiment("/marketplace/gone")
+    sqlite_client.delete_experiment(deleted)
+    experiments: dict = {}
+    _ImportClient(sqlite_client, experiments).get_experiment_by_name("/marketplace/gone")
+    assert experiments == {}
+
+
+def test_a_run_is_terminated_once_per_status_and_read_again_after_any_other_call(sqlite_client):
+    counted = _Counting(sqlite_client)
+    client = _ImportClient(counted, {})
+    run_id = sqlite_client.create_run(sqlite_client.create_experiment("e")).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED")
+    assert counted.calls["set_terminated"] == 1
+    client.set_terminated(run_id, "FAILED")
+    assert counted.calls["set_terminated"] == 2 and sqlite_client.get_run(run_id).info.status == "FAILED"
+
+    assert client.get_run(run_id) is client.get_run(run_id)  # twice in a row: one read
+    assert counted.calls["get_run"] == 1
+    client.set_tag(run_id, "k", "v")  # any other call: the next read is fresh
+    assert client.get_run(run_id).data.tags["k"] == "v" and counted.calls["get_run"] == 2
+
+
+def test_a_version_whose_search_result_carries_marker_and_tag_is_marked():
+    marker = marker_description(dt.date(2026, 12, 3), "old")
+    version = ModelVersion("m", "1", 0, description=marker, tags=[ModelVersionTag(EXPORTED_ON_TAG, "2026-12-03")])
+    assert is_marked(version)
+    assert not is_marked(ModelVersion("m", "1", 0, description=marker))  # tags left out: read it
+    assert not is_marked(ModelVersion("m", "1", 0, description="old", tags=[ModelVersionTag(EXPORTED_ON_TAG, "x")]))
+    # A snapshot written before the field existed reads as not marked (the marker is checked).
+    old = {"model_name": "m", "version": 1, "run_id": "r", "source": "s",
+           "created_at": "2026-12-03T00:00:00+00:00", "selected_by": "stage Production"}
+    assert ProductionVersion.from_dict(old).marked is False
+
+
+def test_a_run_process_imports_no_signing_library_until_it_signs_or_verifies():
+    code = ("import sys, marketplace_dagster.definitions; "
+            "print(sorted(m for m in ('model_signing', 'sigstore') if m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]", found.stdout
