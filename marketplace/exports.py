@@ -214,6 +214,30 @@ class LocalCopies:
         return local
 
 
+class _ReadOnce:
+    """The source registry's client as one version's export sees it: the run, logged model and
+    registered model that our check and mlflow-export-import's run and logged-model exports each
+    read (the source run four times) are read once. An export only reads the source."""
+
+    READS = frozenset({"get_run", "get_logged_model", "get_registered_model", "get_experiment"})
+
+    def __init__(self, client: MlflowClient):
+        self._client, self._answers = client, {}
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.__dict__["_client"], name)
+        if name not in _ReadOnce.READS:
+            return attr
+
+        def read(*args, **kwargs):
+            key = (name, args, tuple(sorted(kwargs.items())))
+            if key not in self._answers:
+                self._answers[key] = attr(*args, **kwargs)
+            return self._answers[key]
+
+        return read
+
+
 def _check_source(client: MlflowClient, version: ProductionVersion) -> None:
     """Refuse, before any work, a version mlflow-export-import cannot export faithfully."""
     if "'" in version.model_name:
@@ -319,6 +343,7 @@ def export_version(
     object store, every file uploaded and the manifest last). The caller holds the export lock.
     """
     storage = _storage(storage)
+    client = _ReadOnce(client)
     _check_source(client, version)
     key = export_key(workspace, version.model_name, version.version)
     destination = Tree(storage, key)

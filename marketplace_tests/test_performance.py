@@ -18,8 +18,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+from mlflow.exceptions import MlflowException
 from mlflow_export_import.common import mlflow_utils
 
+from marketplace.exports import _ReadOnce
 from marketplace.imports import _ImportClient
 from marketplace.loading import _identical_to_export, local_folder
 from marketplace.pool import in_pool
@@ -152,8 +154,15 @@ class _Counting:
         self.client, self.calls = client, Counter()
 
     def __getattr__(self, name):
-        self.calls[name] += 1
-        return getattr(self.client, name)
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return call
 
 
 @pytest.fixture
@@ -213,3 +222,18 @@ def test_a_run_process_imports_no_signing_library_until_it_signs_or_verifies():
             "print(sorted(m for m in ('model_signing', 'sigstore') if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]", found.stdout
+
+
+def test_an_export_reads_each_source_object_once_and_passes_everything_else_through(sqlite_client):
+    counted = _Counting(sqlite_client)
+    source = _ReadOnce(counted)
+    run_id = sqlite_client.create_run(sqlite_client.create_experiment("e")).info.run_id
+    assert source.get_run(run_id) is source.get_run(run_id)
+    assert counted.calls["get_run"] == 1
+    assert source.search_experiments()[0].name in {"e", "Default"}  # not a read it keeps
+    source.search_experiments()
+    assert counted.calls["search_experiments"] == 2
+    with pytest.raises(MlflowException):  # a failed read is not kept either
+        source.get_run("no-such-run")
+    with pytest.raises(MlflowException):
+        source.get_run("no-such-run")
