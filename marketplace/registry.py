@@ -355,8 +355,6 @@ def is_marked(version: ModelVersion) -> bool:
 def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -> bool:
     """Write the seed's description marker and our tag on a source version; False if already marked."""
     current = client.get_model_version(name, str(version))
-    if is_marked(current):
-        return False
     changed = False
     if not (current.description or "").startswith(MARKER_PREFIX):
         client.update_model_version(name, str(version), description=marker_description(day, current.description))
