@@ -139,9 +139,9 @@ def profile(models: int, folder: Path, out: Path | None = None, workers: int = 4
         "own_seconds_per_model_by_area": {k: round(v / models, 4) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
         "requests_per_model": round(sum(sent.counts.values()) / models, 1),
         "requests_per_model_by_endpoint": {k: round(v / models, 2) for k, v in
-                                           sorted(sent.counts.items(), key=lambda kv: -kv[1]) if v >= min(models / 2, 1)},
+                                           sorted(sent.counts.items(), key=lambda kv: -kv[1])},
         "requests_per_model_by_caller": {k: round(v / models, 2) for k, v in
-                                         sorted(sent.callers.items(), key=lambda kv: -kv[1]) if v >= min(models / 2, 1)},
+                                         sorted(sent.callers.items(), key=lambda kv: -kv[1])},
         "top_functions_per_model": [
             {"function": f, "area": a, "own_s": round(t / models, 4), "cumulative_s": round(c / models, 4)}
             for t, c, f, a in functions[:25]],
