@@ -33,6 +33,7 @@ from marketplace.pool import OneAtATime, in_pool
 from marketplace.registry import (
     ProductionVersion,
     artifact_listing,
+    files_at,
     mark_exported,
     process_tracking_uri,
     redact_text,
@@ -217,7 +218,8 @@ class LocalCopies:
 class _ReadOnce:
     """The source registry's client as one version's export sees it: the run, logged model and
     registered model that our check and mlflow-export-import's run and logged-model exports each
-    read (the source run four times) are read once. An export only reads the source."""
+    read (the source run four times) are read once, and the run's top folder is listed without
+    reading the run again. An export only reads the source."""
 
     READS = frozenset({"get_run", "get_logged_model", "get_registered_model", "get_experiment"})
 
@@ -236,6 +238,12 @@ class _ReadOnce:
             return self._answers[key]
 
         return read
+
+    def list_artifacts(self, run_id: str, path: str | None = None):
+        # MlflowClient reads the run again to list its top folder; below it, it resolves runs:/ URIs.
+        if path:
+            return self._client.list_artifacts(run_id, path)
+        return files_at(self.get_run(run_id).info.artifact_uri, self._client.tracking_uri).list_artifacts(None)
 
 
 def _check_source(client: MlflowClient, version: ProductionVersion) -> None:

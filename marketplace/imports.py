@@ -8,18 +8,20 @@ import hashlib
 import json
 import re
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
-from mlflow.entities import Experiment, Run
+from mlflow.entities import Experiment, LoggedModel, Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.prompt.registry_utils import has_prompt_tag
 from mlflow_export_import.common import model_utils, utils
 from mlflow_export_import.model.import_model import ModelImporter
+from mlflow_export_import.model_version.import_model_version import _import_model_version
 
 from marketplace.errors import MarketplaceError
 from marketplace.provenance import (  # noqa: F401 - imports.SourceKey and the tags stay importable
@@ -37,6 +39,7 @@ from marketplace.provenance import (  # noqa: F401 - imports.SourceKey and the t
 from marketplace.registry import (
     ProductionVersion,
     RegistryUnavailable,
+    files_at,
     filter_literal,
     process_tracking_uri,
     redact_uri,
@@ -175,14 +178,15 @@ def settle_duplicates(
     return copies[0] if copies else None
 
 
-def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str) -> None:
-    """Refuse to import into a marketplace model that belongs to another source model."""
+def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str) -> bool:
+    """Refuse to import into a marketplace model that belongs to another source model; True if
+    the model exists."""
     try:
         # The registry client's read: MlflowClient's answers "not found" for a prompt.
         registered = client._get_registry_client().get_registered_model(name)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return
+            return False
         raise
     tags = registered.tags or {}
     if has_prompt_tag(getattr(registered, "_tags", None) or tags):  # `tags` leaves the prompt tag out
@@ -194,22 +198,28 @@ def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str
             f"marketplace model {name!r} already holds {owner[0]}/{owner[1]}; "
             f"{workspace}/{model} maps to the same name: change marketplace.name_template"
         )
+    return True
 
 
 class _ImportClient:
     """The marketplace client as mlflow-export-import's import of one version sees it, without
     the calls the library repeats: it creates (or, that failing, looks up) the experiment twice
-    per version, terminates the run twice with one status, and reads the run twice in a row.
-    Experiments are remembered in `experiments`, which one step's imports share; every other
-    call goes to `client` and forgets the run last read."""
+    per version, terminates the run twice with one status, reads the run twice in a row, reads
+    the run and logged model it has just created to find where their files go, and reads the
+    version it has just created. Experiments are remembered in `experiments`, which one step's imports share; every
+    other call goes to `client` and forgets the run and the version last read."""
 
     def __init__(self, client: MlflowClient, experiments: dict[str, Experiment]):
         self._client, self._experiments = client, experiments
         self._terminated: dict[str, str] = {}
         self._last_run: Run | None = None
+        self._last_version: ModelVersion | None = None
+        self.logged_models: list[LoggedModel] = []  # created by this import, in order
+        self._locations: dict[str, str] = {}  # of the runs and logged models it created, by id
 
     def __getattr__(self, name: str):
-        self.__dict__["_last_run"] = None  # any other call may change the run
+        # Any other call may change the run or the version.
+        self.__dict__["_last_run"] = self.__dict__["_last_version"] = None
         return getattr(self.__dict__["_client"], name)
 
     def create_experiment(self, name: str, artifact_location: str | None = None, tags=None) -> str:
@@ -242,6 +252,71 @@ class _ImportClient:
         if self._last_run is None or self._last_run.info.run_id != run_id:
             self._last_run = self._client.get_run(run_id)
         return self._last_run
+
+    # MLflow finds the files of a run or logged model by reading it (a request per upload or
+    # listing); where this import created it, its location is known and never changes.
+    def create_run(self, *args, **kwargs) -> Run:
+        self._last_run = self._last_version = None
+        created = self._client.create_run(*args, **kwargs)
+        self._locations[created.info.run_id] = created.info.artifact_uri
+        return created
+
+    def create_logged_model(self, *args, **kwargs) -> LoggedModel:
+        self._last_run = self._last_version = None
+        created = self._client.create_logged_model(*args, **kwargs)
+        self.logged_models.append(created)
+        self._locations[created.model_id] = created.artifact_location
+        return created
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        files = self._files_of(run_id)
+        if files is None:
+            return self._client.log_artifacts(run_id, local_dir, artifact_path)
+        files.log_artifacts(local_dir, artifact_path)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        files = None if os.path.isdir(local_path) else self._files_of(run_id)
+        if files is None:
+            return self._client.log_artifact(run_id, local_path, artifact_path)
+        files.log_artifact(local_path, artifact_path)
+
+    def list_artifacts(self, run_id: str, path: str | None = None):
+        files = None if path else self._files_of(run_id)  # below the root MLflow resolves runs:/ URIs
+        if files is None:
+            return self._client.list_artifacts(run_id, path)
+        return files.list_artifacts(None)
+
+    def log_model_artifacts(self, model_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        files = self._files_of(model_id)
+        if files is None:
+            return self._client.log_model_artifacts(model_id, local_dir, artifact_path)
+        files.log_artifacts(local_dir, artifact_path)
+
+    def log_model_artifact(self, model_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        files = self._files_of(model_id)
+        if files is None:
+            return self._client.log_model_artifact(model_id, local_path, artifact_path)
+        files.log_artifact(local_path, artifact_path)
+
+    def _files_of(self, created_id: str):
+        """The artifact store of a run or logged model this import created, as MlflowClient
+        finds it; None for any other."""
+        self._last_run = self._last_version = None
+        location = self._locations.get(created_id)
+        if not location:
+            return None
+        return files_at(location, self._client.tracking_uri)
+
+    def create_model_version(self, *args, **kwargs) -> ModelVersion:
+        self._last_run = None
+        self._last_version = self._client.create_model_version(*args, **kwargs)  # returned once READY
+        return self._last_version
+
+    def get_model_version(self, name: str, version: str) -> ModelVersion:
+        last = self._last_version
+        if last is not None and (last.name, str(last.version)) == (name, str(version)):
+            return last
+        return self._client.get_model_version(name, version)
 
 
 def import_export(
@@ -299,10 +374,22 @@ def import_export(
         run_id = importer._import_run(str(export_path), experiment_name, version_dict)
         if not run_id:
             raise ImportError_(f"{source.describe()}: the export at {export_path} has no run folder")
-        version = importer.import_version(marketplace_name, version_dict, run_id)
+        version = _import_version(client, importer, marketplace_name, version_dict, run_id)
     if version is None:
         raise ImportError_(f"{source.describe()}: mlflow-export-import created no version")
     return version
+
+
+def _import_version(client: _ImportClient, importer: ModelImporter, name: str, version: dict, run_id: str):
+    """The library's ModelImporter.import_version, which reads the run again for its logged model
+    and the logged model for its location: this import created that model, and knows both."""
+    created = client.logged_models
+    if "models" not in version["source"] or len(created) != 1:  # a run's files, or several models
+        return importer.import_version(name, version, run_id)
+    (logged,) = created
+    return _import_model_version(mlflow_client=client, model_name=name, src_vr=version, dst_run_id=run_id,
+                                 dst_source=logged.artifact_location, import_source_tags=True,
+                                 model_id=logged.model_id)
 
 
 @dataclass
@@ -390,12 +477,12 @@ def _import_verified(client, marketplace, storage, sources, source: SourceKey, m
     # One importer per marketplace model at a time, across processes: the check for an
     # existing version and the import must not interleave.
     with storage.lock("import", mp_name) as lock:
+        exists = check_name_owner(client, mp_name, workspace, source.model_name)
         with registry_errors(f"the marketplace (syncing workspace {workspace})", marketplace.tracking_uri):
-            existing = marketplace_versions(client, mp_name)
+            existing = marketplace_versions(client, mp_name) if exists else {}  # no model, no version
         if source in existing:  # imported by a concurrent run since the search above
             done.version = existing[source]
             return
-        check_name_owner(client, mp_name, workspace, source.model_name)
         local = copies.verified(location, expected_checksum=row["checksum"],
                                 identity=(workspace, source.model_name, source.version),
                                 signing_key=storage.signing_key)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import importlib.util
 import os
 import re
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from marketplace.errors import MarketplaceError
 
@@ -68,11 +71,25 @@ def make_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowCli
     client._raise_if_prompt = _not_checked
     # Terminating a run reads it again only to print its URL; the imports terminate one per version.
     os.environ.setdefault(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name, "true")
+    _record_absent_probes()
     return client
 
 
 def _not_checked(name: str) -> None:
     return None
+
+
+# Each REST call asks whether it runs in a Databricks notebook or job by importing Databricks'
+# runtime and IPython. Where they are not installed, each failed import searches sys.path again
+# (0.5 ms a call, 6 % of a run's CPU). Marked absent, the same imports fail at once; where they
+# are installed (on Databricks), nothing changes.
+DATABRICKS_PROBES = ("dbruntime", "IPython")
+
+
+def _record_absent_probes() -> None:
+    for name in DATABRICKS_PROBES:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None  # `import name` raises ModuleNotFoundError, as it did
 
 
 def redact_uri(uri: str) -> str:
@@ -363,6 +380,13 @@ def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -
         client.set_model_version_tag(name, str(version), EXPORTED_ON_TAG, day.isoformat())
         changed = True
     return changed
+
+
+def files_at(artifact_location: str, tracking_uri: str):
+    """The artifact store of a run or logged model whose location is known, as MlflowClient
+    finds it after reading the run or model for that location."""
+    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_location, tracking_uri),
+                                   tracking_uri=tracking_uri)
 
 
 def artifact_listing(artifact_uri: str) -> dict[str, int | None]:

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_export_import.common import mlflow_utils
 
 from marketplace.exports import _ReadOnce
-from marketplace.imports import _ImportClient
+from marketplace.imports import _ImportClient, check_name_owner
 from marketplace.loading import _identical_to_export, local_folder
 from marketplace.pool import in_pool
 from marketplace.registry import (
@@ -237,3 +237,83 @@ def test_an_export_reads_each_source_object_once_and_passes_everything_else_thro
         source.get_run("no-such-run")
     with pytest.raises(MlflowException):
         source.get_run("no-such-run")
+
+
+def test_the_import_uploads_to_the_run_and_logged_model_it_created_without_reading_them_again(sqlite_client, tmp_path):
+    counted = _Counting(sqlite_client)
+    client = _ImportClient(counted, {})
+    experiment = sqlite_client.create_experiment("e", artifact_location=(tmp_path / "store").as_uri())
+    created = client.create_logged_model(experiment_id=experiment, name="model")
+    files = tmp_path / "files"
+    (files / "sub").mkdir(parents=True)
+    (files / "MLmodel").write_text("flavors: {}\n")
+    (files / "sub" / "weights.bin").write_bytes(b"w" * 10)
+    client.log_model_artifacts(created.model_id, str(files))
+    (files / "MLmodel").write_text("flavors: {python_function: {}}\n")
+    client.log_model_artifact(created.model_id, str(files / "MLmodel"))  # as the library's MLmodel fix
+    assert counted.calls["get_logged_model"] == counted.calls["log_model_artifacts"] == 0
+    stored = local_folder(sqlite_client.get_logged_model(created.model_id).artifact_location)
+    assert (stored / "sub" / "weights.bin").read_bytes() == b"w" * 10
+    assert (stored / "MLmodel").read_text() == "flavors: {python_function: {}}\n"
+    assert client.logged_models == [created]
+
+    # The run it created: uploaded to, listed and its MLmodel rewritten without reading it.
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(files))
+    client.log_artifact(run.info.run_id, str(files / "MLmodel"), "sub")
+    assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == ["MLmodel", "sub"]
+    assert counted.calls["get_run"] == counted.calls["log_artifacts"] == counted.calls["list_artifacts"] == 0
+    assert sorted(f.path for f in sqlite_client.list_artifacts(run.info.run_id, "sub")) == ["sub/MLmodel", "sub/weights.bin"]
+    client.list_artifacts(run.info.run_id, "sub")  # below the root: MLflow's own path
+    assert counted.calls["list_artifacts"] == 1
+
+    # A logged model this import did not create: MLflow's own path, which reads it.
+    other = sqlite_client.create_logged_model(experiment_id=experiment, name="other")
+    client.log_model_artifacts(other.model_id, str(files))
+    assert counted.calls["log_model_artifacts"] == 1
+    assert (local_folder(other.artifact_location) / "sub" / "weights.bin").exists()
+
+
+def test_the_version_the_import_just_created_is_not_read_again(sqlite_client):
+    counted = _Counting(sqlite_client)
+    client = _ImportClient(counted, {})
+    sqlite_client.create_registered_model("m")
+    created = client.create_model_version("m", "file:///nowhere", tags={"k": "v"})
+    assert client.get_model_version("m", created.version) is created
+    assert counted.calls["get_model_version"] == 0
+    client.set_model_version_tag("m", created.version, "k", "w")  # any other call: read it again
+    assert client.get_model_version("m", created.version).tags["k"] == "w"
+    assert counted.calls["get_model_version"] == 1
+
+
+def test_the_name_check_says_whether_the_marketplace_model_exists(sqlite_client):
+    assert check_name_owner(sqlite_client, "ws.m", "ws", "m") is False  # then no version to search for
+    sqlite_client.create_registered_model("ws.m")
+    assert check_name_owner(sqlite_client, "ws.m", "ws", "m") is True
+
+
+def test_the_databricks_probes_of_each_request_fail_at_once_where_databricks_is_absent():
+    code = ("import sys; from marketplace.registry import make_client; make_client('http://127.0.0.1:1'); "
+            "from mlflow.utils import databricks_utils as d; "
+            "print(sys.modules['dbruntime'], d.is_in_databricks_notebook(), d.is_in_databricks_job(), "
+            "'json' in sys.modules and sys.modules['json'] is not None)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["None", "False", "False", "True"], found.stdout + found.stderr
+
+
+def test_an_export_lists_the_runs_top_folder_without_reading_the_run_again(sqlite_client, tmp_path):
+    counted = _Counting(sqlite_client)
+    source = _ReadOnce(counted)
+    experiment = sqlite_client.create_experiment("e", artifact_location=(tmp_path / "store").as_uri())
+    run_id = sqlite_client.create_run(experiment).info.run_id
+    files = tmp_path / "files"
+    (files / "model").mkdir(parents=True)
+    (files / "model" / "MLmodel").write_text("flavors: {}\n")
+    (files / "notes.txt").write_text("n")
+    sqlite_client.log_artifacts(run_id, str(files))
+    source.get_run(run_id)  # as our check does first
+    listed = source.list_artifacts(run_id)
+    assert [(f.path, f.is_dir) for f in listed] == [(f.path, f.is_dir) for f in sqlite_client.list_artifacts(run_id)]
+    assert counted.calls["get_run"] == 1 and counted.calls["list_artifacts"] == 0
+    assert [f.path for f in source.list_artifacts(run_id, "model")] == ["model/MLmodel"]  # below it: MLflow's path
+    assert counted.calls["list_artifacts"] == 1
