@@ -269,34 +269,31 @@ class _ImportClient:
         return created
 
     def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
-        files = self._files_of(run_id)
-        if files is None:
-            return self._client.log_artifacts(run_id, local_dir, artifact_path)
-        files.log_artifacts(local_dir, artifact_path)
+        self._upload("log_artifacts", "log_artifacts", run_id, local_dir, artifact_path)
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        files = None if os.path.isdir(local_path) else self._files_of(run_id)
+        # MlflowClient uploads a folder given here under the folder's own name: left to it.
+        store_method = None if os.path.isdir(local_path) else "log_artifact"
+        self._upload("log_artifact", store_method, run_id, local_path, artifact_path)
+
+    def log_model_artifacts(self, model_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self._upload("log_model_artifacts", "log_artifacts", model_id, local_dir, artifact_path)
+
+    def log_model_artifact(self, model_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        self._upload("log_model_artifact", "log_artifact", model_id, local_path, artifact_path)
+
+    def _upload(self, method: str, store_method: str | None, created_id: str, local_path: str,
+                artifact_path: str | None) -> None:
+        files = self._files_of(created_id) if store_method else None
         if files is None:
-            return self._client.log_artifact(run_id, local_path, artifact_path)
-        files.log_artifact(local_path, artifact_path)
+            return getattr(self._client, method)(created_id, local_path, artifact_path)
+        getattr(files, store_method)(local_path, artifact_path)
 
     def list_artifacts(self, run_id: str, path: str | None = None):
         files = None if path else self._files_of(run_id)  # below the root MLflow resolves runs:/ URIs
         if files is None:
             return self._client.list_artifacts(run_id, path)
         return files.list_artifacts(None)
-
-    def log_model_artifacts(self, model_id: str, local_dir: str, artifact_path: str | None = None) -> None:
-        files = self._files_of(model_id)
-        if files is None:
-            return self._client.log_model_artifacts(model_id, local_dir, artifact_path)
-        files.log_artifacts(local_dir, artifact_path)
-
-    def log_model_artifact(self, model_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        files = self._files_of(model_id)
-        if files is None:
-            return self._client.log_model_artifact(model_id, local_path, artifact_path)
-        files.log_artifact(local_path, artifact_path)
 
     def _files_of(self, created_id: str):
         """The artifact store of a run or logged model this import created, as MlflowClient
