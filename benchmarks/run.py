@@ -866,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log = args.out / "bench.log"
     _log_to(log)
-    print(f"make bench: {ITEMS} items, about {'30 minutes' if not smoke else 'a few minutes'}; "
+    print(f"make bench: {ITEMS} items, about {'35-40 minutes' if not smoke else 'a few minutes'}; "
           f"MLflow and Dagster logs in {log}", flush=True)
     step = _Progress(ITEMS, log)
     with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
