@@ -206,8 +206,9 @@ class _ImportClient:
     the calls the library repeats: it creates (or, that failing, looks up) the experiment twice
     per version, terminates the run twice with one status, reads the run twice in a row, reads
     the run and logged model it has just created to find where their files go, and reads the
-    version it has just created. Experiments are remembered in `experiments`, which one step's imports share; every
-    other call goes to `client` and forgets the run and the version last read."""
+    version it has just created. Experiments are remembered in `experiments`, which one step's
+    imports share; every other call goes to `client` and forgets the run and the version last
+    read."""
 
     def __init__(self, client: MlflowClient, experiments: dict[str, Experiment]):
         self._client, self._experiments = client, experiments
@@ -218,9 +219,12 @@ class _ImportClient:
         self._locations: dict[str, str] = {}  # of the runs and logged models it created, by id
 
     def __getattr__(self, name: str):
-        # Any other call may change the run or the version.
-        self.__dict__["_last_run"] = self.__dict__["_last_version"] = None
+        self._forget()
         return getattr(self.__dict__["_client"], name)
+
+    def _forget(self) -> None:
+        """Any call but a read answered here may change the run or the version."""
+        self.__dict__["_last_run"] = self.__dict__["_last_version"] = None
 
     def create_experiment(self, name: str, artifact_location: str | None = None, tags=None) -> str:
         known = self._experiments.get(name)
@@ -242,7 +246,7 @@ class _ImportClient:
         return experiment
 
     def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
-        self._last_run = None
+        self._forget()
         status = status or "FINISHED"
         if self._terminated.get(run_id) != status:
             self._client.set_terminated(run_id, status, end_time)
@@ -256,13 +260,13 @@ class _ImportClient:
     # MLflow finds the files of a run or logged model by reading it (a request per upload or
     # listing); where this import created it, its location is known and never changes.
     def create_run(self, *args, **kwargs) -> Run:
-        self._last_run = self._last_version = None
+        self._forget()
         created = self._client.create_run(*args, **kwargs)
         self._locations[created.info.run_id] = created.info.artifact_uri
         return created
 
     def create_logged_model(self, *args, **kwargs) -> LoggedModel:
-        self._last_run = self._last_version = None
+        self._forget()
         created = self._client.create_logged_model(*args, **kwargs)
         self.logged_models.append(created)
         self._locations[created.model_id] = created.artifact_location
@@ -284,12 +288,14 @@ class _ImportClient:
 
     def _upload(self, method: str, store_method: str | None, created_id: str, local_path: str,
                 artifact_path: str | None) -> None:
+        self._forget()
         files = self._files_of(created_id) if store_method else None
         if files is None:
             return getattr(self._client, method)(created_id, local_path, artifact_path)
         getattr(files, store_method)(local_path, artifact_path)
 
     def list_artifacts(self, run_id: str, path: str | None = None):
+        self._forget()
         files = None if path else self._files_of(run_id)  # below the root MLflow resolves runs:/ URIs
         if files is None:
             return self._client.list_artifacts(run_id, path)
@@ -298,14 +304,13 @@ class _ImportClient:
     def _files_of(self, created_id: str):
         """The artifact store of a run or logged model this import created, as MlflowClient
         finds it; None for any other."""
-        self._last_run = self._last_version = None
         location = self._locations.get(created_id)
         if not location:
             return None
         return files_at(location, self._client.tracking_uri)
 
     def create_model_version(self, *args, **kwargs) -> ModelVersion:
-        self._last_run = None
+        self._forget()
         self._last_version = self._client.create_model_version(*args, **kwargs)  # returned once READY
         return self._last_version
 
@@ -377,7 +382,8 @@ def import_export(
     return version
 
 
-def _import_version(client: _ImportClient, importer: ModelImporter, name: str, version: dict, run_id: str):
+def _import_version(client: _ImportClient, importer: ModelImporter, name: str, version: dict,
+                    run_id: str) -> ModelVersion:
     """The library's ModelImporter.import_version, which reads the run again for its logged model
     and the logged model for its location: this import created that model, and knows both."""
     created = client.logged_models

@@ -203,6 +203,10 @@ def test_a_run_is_terminated_once_per_status_and_read_again_after_any_other_call
     assert counted.calls["get_run"] == 1
     client.set_tag(run_id, "k", "v")  # any other call: the next read is fresh
     assert client.get_run(run_id).data.tags["k"] == "v" and counted.calls["get_run"] == 2
+    client.get_run(run_id)
+    client.list_artifacts(run_id, "sub")  # calls the client answers itself forget the run too
+    client.get_run(run_id)
+    assert counted.calls["get_run"] == 3
 
 
 def test_a_version_whose_search_result_carries_marker_and_tag_is_marked():
