@@ -321,3 +321,20 @@ def test_an_export_lists_the_runs_top_folder_without_reading_the_run_again(sqlit
     assert counted.calls["get_run"] == 1 and counted.calls["list_artifacts"] == 0
     assert [f.path for f in source.list_artifacts(run_id, "model")] == ["model/MLmodel"]  # below it: MLflow's path
     assert counted.calls["list_artifacts"] == 1
+
+
+def test_the_ufuncs_skops_names_on_import_are_named_first_with_the_module_its_own_scan_finds():
+    # In the order a run process meets them: MLflow and our code loaded, then skops (whose
+    # scan gives the expected names), then the one-pass naming, which must agree with it.
+    code = ("import marketplace.loading as loading, numpy as np, scipy.special, skops.io; "
+            "from skops.io._utils import whichmodule; "
+            "ufuncs = {id(o): o for m in (np, scipy.special) for a in dir(m) "
+            "          if isinstance(o := getattr(m, a), np.ufunc) and getattr(o, '__module__', None) is None}; "
+            "expected = {i: whichmodule(o, o.__name__) for i, o in ufuncs.items()}; "
+            "print(len(ufuncs), loading._name_ufuncs(), loading._name_ufuncs(), "
+            "     sum(o.__module__ == expected[i] for i, o in ufuncs.items()), sorted(set(expected.values())))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, named, again, agreeing, modules = found.stdout.split(" ", 4)
+    assert int(count) > 100 and int(named) == int(count) == int(agreeing), found.stdout + found.stderr
+    assert again == named  # once per process
+    assert "__main__" not in modules
