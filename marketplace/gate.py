@@ -267,7 +267,7 @@ def evaluate_version(tracking_uri: str, registry_uri: str | None, version: Model
     Its files are scanned before anything loads them."""
     import mlflow
 
-    from marketplace.loading import refused
+    from marketplace.loading import before_loading, refused
     from marketplace.registry import REGISTRY_ERRORS, RegistryUnavailable, process_tracking_uri, redact_text
 
     if rule.targets not in data.columns:
@@ -280,6 +280,7 @@ def evaluate_version(tracking_uri: str, registry_uri: str | None, version: Model
             raise RegistryUnavailable(f"{uri} could not be downloaded to evaluate it: {redact_text(str(exc))}") from exc
         if blocked := refused(Path(local), policy):
             raise GateError(f"{uri} not loaded for evaluation: the scan blocks {blocked}")
+        before_loading(Path(local))
         with _resumed(version.run_id):
             result = mlflow.models.evaluate(
                 local, data, targets=rule.targets, model_type=rule.model_type, evaluators="default",

@@ -90,7 +90,7 @@ def _flavors(model_dir: Path) -> dict:
     return (parse_yaml(text) or {}).get("flavors", {})
 
 
-def _before_loading(model_dir: Path) -> None:
+def before_loading(model_dir: Path) -> None:
     """What makes loading `model_dir` cheaper and changes nothing it loads."""
     if "skops.io" in sys.modules or not importlib.util.find_spec("skops"):
         return
@@ -202,7 +202,7 @@ def load_and_predict(
         if blocked := refused(Path(local), policy):
             return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {blocked}")
         try:
-            _before_loading(Path(local))
+            before_loading(Path(local))
             with _loadable(Path(local)) as loadable:
                 model = mlflow.pyfunc.load_model(loadable)
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
