@@ -7,6 +7,7 @@ library imported only where it is used."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from mlflow_export_import.common import mlflow_utils
 
 from marketplace.exports import _ReadOnce
 from marketplace.imports import _ImportClient, check_name_owner
-from marketplace.loading import _identical_to_export, local_folder
+from marketplace.loading import _identical_to_export, load_and_predict, local_folder
 from marketplace.pool import in_pool
 from marketplace.registry import (
     EXPORTED_ON_TAG,
@@ -338,3 +339,31 @@ def test_the_ufuncs_skops_names_on_import_are_named_first_with_the_module_its_ow
     assert int(count) > 100 and int(named) == int(count) == int(agreeing), found.stdout + found.stderr
     assert again == named  # once per process
     assert "__main__" not in modules
+
+
+class _Doubles(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input * 2
+
+
+def test_mlflows_environment_warnings_are_logged_only_for_a_model_that_fails_here(sqlite_client, tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "model"
+    mlflow.pyfunc.save_model(folder, python_model=_Doubles(), input_example=pd.DataFrame({"x": [1.0]}),
+                             pip_requirements=["surely-absent-distribution==9.9"])
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logger = logging.getLogger("mlflow.utils.requirements_utils")
+    logger.addHandler(handler)
+    try:
+        uri = sqlite_client.tracking_uri
+        passed = load_and_predict(uri, "models:/m/1", None, location=str(folder))
+        assert (passed.loaded, passed.predicted) == (True, True) and logged == []
+        (folder / "python_model.pkl").write_bytes(b"not a pickle")
+        failed = load_and_predict(uri, "models:/m/1", None, location=str(folder))
+    finally:
+        logger.removeHandler(handler)
+    assert not failed.loaded and "does not load" in failed.detail
+    assert any("surely-absent-distribution" in message for message in logged), logged
