@@ -67,20 +67,27 @@ def _caller() -> str:
 
 
 class _Requests:
-    """Every HTTP request this process sends (all threads), counted by endpoint."""
+    """Every HTTP request this process sends (all threads), counted and timed by endpoint. With
+    one worker the time is the server's answer; with more it includes the wait for a turn."""
 
     def __init__(self):
         self.counts: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
         self.callers: dict[str, int] = defaultdict(int)
         self._send = requests.adapters.HTTPAdapter.send
 
     def __enter__(self):
-        counts, callers, send = self.counts, self.callers, self._send
+        counts, seconds, callers, send = self.counts, self.seconds, self.callers, self._send
 
         def counted(adapter, request, *args, **kwargs):
-            counts[_endpoint(request)] += 1
-            callers[f"{_endpoint(request)} <- {_caller()}"] += 1
-            return send(adapter, request, *args, **kwargs)
+            endpoint = _endpoint(request)
+            counts[endpoint] += 1
+            callers[f"{endpoint} <- {_caller()}"] += 1
+            started = time.perf_counter()
+            try:
+                return send(adapter, request, *args, **kwargs)
+            finally:
+                seconds[endpoint] += time.perf_counter() - started
 
         requests.adapters.HTTPAdapter.send = counted
         return self
@@ -140,6 +147,9 @@ def profile(models: int, folder: Path, out: Path | None = None, workers: int = 4
         "requests_per_model": round(sum(sent.counts.values()) / models, 1),
         "requests_per_model_by_endpoint": {k: round(v / models, 2) for k, v in
                                            sorted(sent.counts.items(), key=lambda kv: -kv[1])},
+        "request_seconds_per_model": round(sum(sent.seconds.values()) / models, 3),
+        "request_ms_by_endpoint": {k: round(1000 * sent.seconds[k] / sent.counts[k], 1) for k in
+                                   sorted(sent.counts, key=lambda k: -sent.seconds[k])},
         "requests_per_model_by_caller": {k: round(v / models, 2) for k, v in
                                          sorted(sent.callers.items(), key=lambda kv: -kv[1])},
         "top_functions_per_model": [

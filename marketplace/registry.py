@@ -248,15 +248,16 @@ def is_curated(name: str, include: Sequence[str], exclude: Sequence[str]) -> boo
     return matches(include) and not matches(exclude)
 
 
-def list_model_names(client: MlflowClient) -> list[str]:
-    names: list[str] = []
+def list_models(client: MlflowClient) -> list:
+    """Every registered model, as search returns it (with each stage's newest version)."""
+    models: list = []
     token = None
     while True:
         page = client.search_registered_models(max_results=PAGE_SIZE, page_token=token)
-        names.extend(model.name for model in page)
+        models.extend(page)
         token = page.token
         if not token:
-            return names
+            return models
 
 
 def versions_of(client: MlflowClient, name: str) -> list[ModelVersion]:
@@ -306,9 +307,11 @@ def newest_production_version(
     stage: str | None,
     alias: str | None,
     registered_by: dt.datetime | None = None,
+    searched_model=None,
 ) -> ModelVersion | None:
     """`name`'s production version: the one holding `alias`, or the newest READY one in `stage`;
-    registered by `registered_by`, if given."""
+    registered by `registered_by`, if given. `searched_model` (its search result) spares reading
+    the versions where its newest version in `stage` is the answer."""
     if alias is not None:
         version = aliased_version(client, name, alias)
         if version is None or (registered_by is not None
@@ -316,6 +319,15 @@ def newest_production_version(
             return None
         return version
     assert stage is not None
+    latest = (searched_model.latest_versions or []) if searched_model is not None else []
+    if latest:  # each stage's newest version; a result without any is read in full
+        newest = [v for v in latest if in_stage(v, stage)]
+        if not newest:
+            return None
+        chosen = choose_production(newest, registered_by)
+        if chosen is not None:
+            return chosen
+        # Not READY, or registered later: an older version in the stage may be the answer.
     return choose_production([v for v in versions_of(client, name) if in_stage(v, stage)], registered_by)
 
 
@@ -329,16 +341,16 @@ def select_production_versions(
     registered_by: dt.datetime | None = None,
 ) -> Selection:
     """For each curated registered model, its newest production version; models with none skipped."""
-    names = list_model_names(client)
+    models = {model.name: model for model in list_models(client)}
     selector = f"stage {stage}" if stage else f"alias @{alias}"
     versions: list[ProductionVersion] = []
     skipped: dict[str, str] = {}
-    for name in sorted(names):
+    for name in sorted(models):
         if not is_curated(name, include, exclude):
             skipped[name] = "not curated (include/exclude)"
             continue
         version = newest_production_version(
-            client, name, stage=stage, alias=alias, registered_by=registered_by
+            client, name, stage=stage, alias=alias, registered_by=registered_by, searched_model=models[name]
         )
         if version is None:
             skipped[name] = f"no version in {selector}" + (
@@ -356,7 +368,7 @@ def select_production_versions(
                 marked=is_marked(version),
             )
         )
-    return Selection(versions=versions, skipped=skipped, models_seen=len(names))
+    return Selection(versions=versions, skipped=skipped, models_seen=len(models))
 
 
 def marker_description(day: dt.date, old_description: str | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from mlflow import MlflowClient
 
@@ -14,6 +15,18 @@ from marketplace.registry import (
 )
 
 from .conftest import register_version
+
+
+class _CountingClient(MlflowClient):
+    """A real client that counts the version searches it makes, by model."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        self.version_searches: list[str] = []
+
+    def search_model_versions(self, filter_string=None, *args, **kwargs):
+        self.version_searches.append(filter_string)
+        return super().search_model_versions(filter_string, *args, **kwargs)
 
 
 def _select(uri: str, uid: str, **kwargs):
@@ -32,6 +45,40 @@ def test_stage_selects_the_newest_production_version_only(servers, uid):
     mine = {name: why for name, why in selection.skipped.items() if name.startswith(uid)}
     assert mine == {f"{uid}_none": "no version in stage Production"}
     assert selection.versions[0].source.startswith("models:/")
+
+
+def test_stage_takes_the_newest_production_version_from_search_without_reading_versions(servers, uid):
+    uri = servers["ws_b"].uri
+    for stage in ("Production", "Production", "Staging"):
+        register_version(uri, f"{uid}_m", stage=stage)
+    register_version(uri, f"{uid}_none", stage="Archived")
+    assert mark_exported(MlflowClient(uri), f"{uid}_m", 2, dt.date(2026, 11, 25))
+    client = _CountingClient(uri)
+
+    selection = select_production_versions(client, include=[f"{uid}_*"], stage="Production", alias=None)
+
+    (version,) = selection.versions
+    assert (version.model_name, version.version, version.marked) == (f"{uid}_m", 2, True)
+    assert version.run_id and version.source.startswith("models:/")
+    assert selection.skipped == {f"{uid}_none": "no version in stage Production"}
+    assert client.version_searches == []  # search answered for both models
+
+
+def test_stage_reads_the_versions_where_the_newest_in_stage_was_registered_too_late(servers, uid):
+    uri = servers["ws_b"].uri
+    register_version(uri, f"{uid}_m", stage="Production")
+    first = MlflowClient(uri).get_model_version(f"{uid}_m", "1")
+    time.sleep(0.01)
+    register_version(uri, f"{uid}_m", stage="Production")
+    registered_by = (dt.datetime.fromtimestamp(first.creation_timestamp / 1000, dt.timezone.utc)
+                     + dt.timedelta(milliseconds=1))
+    client = _CountingClient(uri)
+
+    selection = select_production_versions(client, include=[f"{uid}_*"], stage="Production", alias=None,
+                                           registered_by=registered_by)
+
+    assert [(v.model_name, v.version) for v in selection.versions] == [(f"{uid}_m", 1)]
+    assert len(client.version_searches) == 1 and f"{uid}_m" in client.version_searches[0]
 
 
 def test_alias_selects_the_aliased_version_even_if_older(servers, uid):
