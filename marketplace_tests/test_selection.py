@@ -60,7 +60,8 @@ def test_stage_takes_the_newest_production_version_from_search_without_reading_v
     (version,) = selection.versions
     assert (version.model_name, version.version, version.marked) == (f"{uid}_m", 2, True)
     assert version.run_id and version.source.startswith("models:/")
-    assert selection.skipped == {f"{uid}_none": "no version in stage Production"}
+    mine = {name: why for name, why in selection.skipped.items() if name.startswith(uid)}
+    assert mine == {f"{uid}_none": "no version in stage Production"}
     assert client.version_searches == []  # search answered for both models
 
 
