@@ -24,6 +24,13 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert results["sync_ratio"] > 0
     assert [r["versions"] for r in results["sync_vs_bare"]] == [4, 6]
     assert all(r["idle_seconds"] > 0 and r["step_seconds_per_version"] > 0 for r in results["sync_vs_bare"])
+    # The headline size ran as two pairs on fresh servers, the median kept; the other size once.
+    first, second = results["sync_vs_bare"]
+    assert len(first["ratio_runs"].split()) == 2 and str(first["ratio"]) in first["ratio_runs"].split()
+    assert second["ratio_runs"] == str(second["ratio"])
+    # Sampled during the sync: the machine's busy cores, and how long the marketplace server was saturated.
+    assert all(0 < r["busy_cores"] <= results["machine"]["cores"] + 0.5 and 0 <= r["marketplace_saturated_share"] <= 1
+               for r in results["sync_vs_bare"])
     assert [(r["workspaces"], r["models"]) for r in results["workspaces"]] == [(2, 2), (3, 3)]
     # The idle cycle's registry time comes from the runs' own step metadata: it must be there.
     assert all(r["registry_seconds_per_workspace"] > 0 for r in results["workspaces"])
