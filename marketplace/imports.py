@@ -24,6 +24,7 @@ from mlflow_export_import.model.import_model import ModelImporter
 from mlflow_export_import.model_version.import_model_version import _import_model_version
 
 from marketplace.errors import MarketplaceError
+from marketplace.loading import warm_up
 from marketplace.provenance import (  # noqa: F401 - imports.SourceKey and the tags stay importable
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
@@ -504,6 +505,7 @@ def _import_verified(client, marketplace, storage, sources, source: SourceKey, m
                 done.findings = [f.to_dict() for f in scan.findings]
                 log.warning(f"{done.label}: scan findings that do not block: {scan.describe()}")
         log.info(f"importing {done.label} as {mp_name}")
+        warm_up(local)  # the load check's imports, on a core this import leaves idle waiting on the registry
         lock.check()  # a lost lock imports nothing
         done.version = _import_once(client, marketplace, row["checksum"], local, mp_name, source, day, source_uri,
                                     experiments)

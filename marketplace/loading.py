@@ -90,16 +90,49 @@ def _flavors(model_dir: Path) -> dict:
     return (parse_yaml(text) or {}).get("flavors", {})
 
 
+def _needs_skops(model_dir: Path) -> bool:
+    """Whether loading `model_dir` imports skops (a scikit-learn model, skops installed, not yet imported)."""
+    if "skops.io" in sys.modules or not importlib.util.find_spec("skops"):
+        return False
+    try:
+        return "sklearn" in _flavors(model_dir)
+    except Exception:  # noqa: BLE001 - an unreadable MLmodel is for the load to report
+        return False
+
+
 def before_loading(model_dir: Path) -> None:
     """What makes loading `model_dir` cheaper and changes nothing it loads."""
-    if "skops.io" in sys.modules or not importlib.util.find_spec("skops"):
-        return
-    try:
-        sklearn = "sklearn" in _flavors(model_dir)
-    except Exception:  # noqa: BLE001 - an unreadable MLmodel is for the load to report
-        return
-    if sklearn:
+    if _warming is not None:
+        _warming.join()  # its imports finish before any load starts its own
+    if _needs_skops(model_dir):
         _name_ufuncs()
+
+
+_warming: threading.Thread | None = None
+_warm_lock = threading.Lock()
+
+
+def warm_up(export_path: Path) -> None:
+    """Start importing what loading the model in `export_path` (an export folder) will import,
+    once per process, in a background thread: scikit-learn and skops take 1.5-2 s of CPU at the
+    first load. Started while the imports wait on the marketplace registry, it runs on a core
+    that would be idle; the load check waits for it. Imports libraries only, nothing of the model."""
+    global _warming
+    with _warm_lock:
+        if _warming is not None:
+            return
+        model_dir = _model_folder(export_path)
+        if model_dir is None or not _needs_skops(model_dir):
+            return
+        _warming = threading.Thread(target=_import_sklearn_loader, name="marketplace-warm-up", daemon=True)
+        _warming.start()
+
+
+def _import_sklearn_loader() -> None:
+    with contextlib.suppress(Exception):  # the load imports them again, and reports what fails
+        _name_ufuncs()
+        for module in ("mlflow.sklearn", "skops.io"):
+            importlib.import_module(module)
 
 
 def _warn_environment(model_dir: Path) -> None:
@@ -310,13 +343,18 @@ def _located(client, tracking_uri: str, registry_uri: str | None, item: Checked)
         return None, None
 
 
+def _model_folder(export_path: Path) -> Path | None:
+    """The model's own folder (its MLmodel) in an export."""
+    return next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
+
+
 def _reference(location: str, copies: Callable[[str], Path]) -> tuple[Path | None, dict[str, str] | None]:
     """The export's copy of the model's artifacts, and their hashes from its manifest."""
     try:
         export_path = copies(location)
     except (ManifestError, *REGISTRY_ERRORS, StorageError):
         return None, None  # not readable: the model is loaded and predicts without the comparison
-    reference = next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
+    reference = _model_folder(export_path)
     if reference is None:
         return None, None
     try:

@@ -341,6 +341,27 @@ def test_the_ufuncs_skops_names_on_import_are_named_first_with_the_module_its_ow
     assert "__main__" not in modules
 
 
+def test_the_load_checks_imports_start_in_the_background_once_and_only_for_a_scikit_learn_export(tmp_path):
+    sklearn_export, pyfunc_export = tmp_path / "sk", tmp_path / "py"
+    for export, flavor in ((sklearn_export, "sklearn"), (pyfunc_export, "python_function")):
+        (export / "m-1" / "artifacts").mkdir(parents=True)
+        (export / "m-1" / "artifacts" / "MLmodel").write_text(f"flavors:\n  {flavor}: {{}}\n")
+    # A fresh process, as a run's: nothing warms for a pyfunc export; a scikit-learn export
+    # starts one thread, once; the load waits for it; the ufuncs carry the names skops finds.
+    code = ("import sys, threading, marketplace.loading as loading; from pathlib import Path; "
+            f"loading.warm_up(Path({str(pyfunc_export)!r})); print(loading._warming is None, 'skops.io' in sys.modules); "
+            f"loading.warm_up(Path({str(sklearn_export)!r})); first = loading._warming; "
+            f"loading.warm_up(Path({str(sklearn_export)!r})); print(first is loading._warming, first is not None); "
+            f"loading.before_loading(Path({str(sklearn_export)!r}) / 'm-1' / 'artifacts'); "
+            "print(first.is_alive(), 'skops.io' in sys.modules, 'mlflow.sklearn' in sys.modules); "
+            "import numpy as np, scipy.special; from skops.io._utils import whichmodule; "
+            "print(all(o.__module__ == whichmodule(o, o.__name__) for m in (np, scipy.special) for a in dir(m) "
+            "          if isinstance(o := getattr(m, a), np.ufunc)))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.split() == ["True", "False", "True", "True", "False", "True", "True", "True"], \
+        found.stdout + found.stderr
+
+
 class _Doubles(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return model_input * 2
