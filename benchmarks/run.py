@@ -58,9 +58,13 @@ class Bench:
     def __init__(self, folder: Path):
         self.folder = folder
         self.servers: list[LocalServer] = []
+        self._ports: set[int] = set()
 
     def server(self, name: str) -> LocalServer:
-        server = LocalServer(name, self.folder / "servers" / name, free_port())
+        # A port of its own for the whole run, not one a server stopped earlier may still hold.
+        port = free_port(avoid=self._ports)
+        self._ports.add(port)
+        server = LocalServer(name, self.folder / "servers" / name, port)
         self.servers.append(server)
         return server
 
@@ -272,6 +276,10 @@ def _sync_pair(bench: Bench, workspaces: int, count: int, folder: Path, *, pool:
     names = _model_names(count)
     for source in sources:
         seed(source, names)
+    for server, expected in [*((s, count) for s in sources), (bare_market, 0), (our_market, 0)]:
+        found = len(MlflowClient(server.uri).search_registered_models(max_results=1000))
+        if found != expected:
+            raise RuntimeError(f"{server.name} ({server.uri}) holds {found} models after seeding, not {expected}")
     ws_names = [f"ws{k}" for k in range(workspaces)]
 
     out = folder / f"bare{tag}"
@@ -944,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log = args.out / "bench.log"
     _log_to(log)
-    print(f"make bench: {ITEMS} items, about {'35-40 minutes' if not smoke else 'a few minutes'}; "
+    print(f"make bench: {ITEMS} items, about {'30-40 minutes' if not smoke else 'a few minutes'}; "
           f"MLflow and Dagster logs in {log}", flush=True)
     step = _Progress(ITEMS, log)
     with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:

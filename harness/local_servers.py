@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +54,15 @@ class LocalServer:
         ]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port free now and not in `avoid`: the ports of servers picked but not started yet (the OS
+    can hand a closed port out again, and `start` reuses whatever server answers on a port)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def is_healthy(uri: str, timeout: float = 2.0) -> bool:

@@ -35,10 +35,10 @@ TODAY = dt.datetime.now(dt.timezone.utc).date()
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory) -> dict[str, local_servers.LocalServer]:
     root = tmp_path_factory.mktemp("mlflow-servers")
-    wanted = {
-        name: local_servers.LocalServer(name, root / name, local_servers.free_port())
-        for name in ("marketplace", "ws_a", "ws_b")
-    }
+    wanted: dict[str, local_servers.LocalServer] = {}
+    for name in ("marketplace", "ws_a", "ws_b"):
+        port = local_servers.free_port(avoid={s.port for s in wanted.values()})
+        wanted[name] = local_servers.LocalServer(name, root / name, port)
     with ThreadPoolExecutor(len(wanted)) as pool:
         list(pool.map(local_servers.start, wanted.values()))
     yield wanted
