@@ -28,6 +28,10 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     first, second = results["sync_vs_bare"]
     assert len(first["ratio_runs"].split()) == 2 and str(first["ratio"]) in first["ratio_runs"].split()
     assert second["ratio_runs"] == str(second["ratio"])
+    # At the smallest size, the same sync once more, each run forked from a warm process.
+    assert first["warm_worker_seconds"] > 0 and first["warm_worker_step_seconds_per_version"] > 0
+    assert first["warm_worker_ratio"] > 0  # against its own pair's bare time (this size also repeats here)
+    assert second["warm_worker_seconds"] == "" and results["small_sync_warm_worker_ratio"] == first["warm_worker_ratio"]
     # Sampled during the sync: the machine's busy cores, and how long the marketplace server was saturated.
     assert all(0 < r["busy_cores"] <= results["machine"]["cores"] + 0.5 and 0 <= r["marketplace_saturated_share"] <= 1
                for r in results["sync_vs_bare"])
