@@ -31,6 +31,14 @@ from marketplace.errors import MarketplaceError
 from marketplace.layout import LOCK_SUFFIX, LOCKS_DIR
 
 CHUNK = 1024 * 1024
+# A file larger than this downloads as parallel ranged requests of this size: an object store
+# serves one stream more slowly than several (AWS advises ranged GETs in parallel for throughput).
+RANGE_BYTES = 64 * 1024 * 1024
+# Multipart uploads: S3 and GCS take at most 10,000 parts, so a file's part size grows with it
+# (obstore's default, 5 MB, would stop a single upload at 50 GB).
+MAX_PARTS = 10_000
+MIN_PART_BYTES = 5 * 1024 * 1024
+TRANSFER_THREADS = 8
 S3_SCHEMES = ("s3",)
 AZURE_SCHEMES = ("az", "abfs", "abfss")
 # object_store's HTTP client settings: passed to obstore as client options (in its store config
@@ -258,6 +266,25 @@ def split_options(options: Mapping[str, str]) -> tuple[dict[str, object], dict[s
     return config, client
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One request of a download: a whole file, or one range of a large one."""
+
+    key: str
+    target: Path
+    start: int
+    end: int  # exclusive
+    ranged: bool
+    etag: str | None
+
+
+def part_bytes(size: int) -> int:
+    """A multipart upload's part size for a file of `size` bytes: at most MAX_PARTS parts, each a
+    whole number of MiB and at least MIN_PART_BYTES."""
+    needed = -(-size // MAX_PARTS)
+    return max(MIN_PART_BYTES, -(-needed // (1024 * 1024)) * 1024 * 1024)
+
+
 class ObjectStorage(Storage):
     """A bucket or container (with an optional prefix) reached through obstore, which is the same
     object_store crate that delta-rs writes the tables with, so both read the same options."""
@@ -324,16 +351,17 @@ class ObjectStorage(Storage):
         return self.head(key) is not None
 
     def list(self, prefix: str) -> dict[str, Entry]:
+        return {relative: Entry(int(item["size"]), item["last_modified"].timestamp())
+                for relative, item in self._listing(prefix)}
+
+    def _listing(self, prefix: str) -> list[tuple[str, dict]]:
+        """Every object under `prefix`: its key relative to `prefix`, and obstore's metadata."""
         import obstore
 
         base = prefix.strip("/")
-        found: dict[str, Entry] = {}
         with self._errors(f"listing {prefix or '/'}"):
-            for batch in obstore.list(self._store, f"{base}/" if base else None):
-                for item in batch:
-                    relative = item["path"][len(base) + 1:] if base else item["path"]
-                    found[relative] = Entry(int(item["size"]), item["last_modified"].timestamp())
-        return found
+            return [(item["path"][len(base) + 1:] if base else item["path"], item)
+                    for batch in obstore.list(self._store, f"{base}/" if base else None) for item in batch]
 
     def delete(self, keys: Iterable[str]) -> None:
         import obstore
@@ -363,17 +391,38 @@ class ObjectStorage(Storage):
         return digest.hexdigest()
 
     def download(self, prefix: str, destination: Path) -> None:
+        """Every file under `prefix` into `destination`, files and the ranges of large files in
+        parallel; each request is served only if the object is still the one listed (its ETag)."""
         import obstore
 
-        def fetch(relative: str) -> None:
+        tasks: list[_Part] = []
+        for relative, item in self._listing(prefix):  # object_store refuses keys with ".." parts
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            with self._errors(f"downloading {_join(prefix, relative)}"), open(target, "wb") as handle:
-                for chunk in obstore.get(self._store, _join(prefix, relative)).stream(CHUNK):
-                    handle.write(chunk)
+            size = int(item["size"])
+            with open(target, "wb") as handle:
+                handle.truncate(size)
+            ranged = size > RANGE_BYTES
+            tasks += [_Part(item["path"], target, start, min(start + RANGE_BYTES, size), ranged, item.get("e_tag"))
+                      for start in (range(0, size, RANGE_BYTES) if ranged else [0])]
 
-        with ThreadPoolExecutor(8, thread_name_prefix="download") as pool:
-            list(pool.map(fetch, self.list(prefix)))
+        def fetch(part: _Part) -> None:
+            options: dict = {"if_match": part.etag} if part.etag else {}
+            if part.ranged:
+                options["range"] = (part.start, part.end)
+            where = f"downloading {part.key}" + (f" (bytes {part.start}-{part.end - 1})" if part.ranged else "")
+            offset = part.start
+            with self._errors(where), open(part.target, "r+b") as handle:
+                handle.seek(offset)
+                for chunk in obstore.get(self._store, part.key, options=options).stream(CHUNK):
+                    handle.write(chunk)
+                    offset += len(chunk)
+            if offset != part.end:
+                raise StorageError(f"external storage {self.root}: {where}: got {offset - part.start} bytes, "
+                                   f"not the {part.end - part.start} listed")
+
+        with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="download") as pool:
+            list(pool.map(fetch, tasks))
 
     @contextlib.contextmanager
     def local_tree(self, prefix: str) -> Iterator[Path]:
@@ -402,9 +451,10 @@ class ObjectStorage(Storage):
         def upload(path: Path) -> None:
             target = _join(key, path.relative_to(staging).as_posix())
             with self._errors(f"uploading {target}"):
-                obstore.put(self._store, target, path)
+                # A multipart upload above one part (obstore's choice), in parts S3 can count.
+                obstore.put(self._store, target, path, chunk_size=part_bytes(path.stat().st_size))
 
-        with ThreadPoolExecutor(8, thread_name_prefix="upload") as pool:
+        with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="upload") as pool:
             list(pool.map(upload, files))
         with self._errors(f"uploading {_join(key, commit_file)}"):
             obstore.put(self._store, _join(key, commit_file), staging / commit_file)

@@ -121,3 +121,14 @@ def test_wrong_storage_settings_name_the_key(storage, key, says):
     with pytest.raises(ConfigError) as raised:
         _config(storage)
     assert raised.value.key == key and says in str(raised.value), str(raised.value)
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * 1024**2, 49 * 1024**3, 50 * 1024**3, 51 * 1024**3, 1024**4, 5 * 1024**4])
+def test_multipart_parts_stay_within_what_object_stores_take(size):
+    from marketplace.storage import MAX_PARTS, MIN_PART_BYTES, part_bytes
+
+    part = part_bytes(size)
+    assert part >= MIN_PART_BYTES and part % (1024 * 1024) == 0
+    assert -(-size // part) <= MAX_PARTS
+    if size <= MAX_PARTS * MIN_PART_BYTES:
+        assert part == MIN_PART_BYTES  # obstore's own part size wherever it suffices
