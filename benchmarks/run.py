@@ -206,7 +206,7 @@ def materialize_partitions_warm(config_path: Path, home: Path, partitions: list[
     everything already (benchmarks.warm_worker): the seconds from the first fork to the last
     exit, and the runs' step seconds."""
     env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
-    done = subprocess.run([sys.executable, "-m", "benchmarks.warm_worker", str(config_path), str(home), *partitions],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.warm_worker", *partitions],
                           env=env, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the warm worker failed:\n{(done.stdout + done.stderr)[-4000:]}")
@@ -273,12 +273,12 @@ def bench_sync_vs_bare(bench: Bench, workspaces: int, models: list[int], folder:
             pairs += [_sync_pair(bench, workspaces, count, folder, suffix=f"r{k}") for k in range(1, repeats)]
         row = sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2]
         rows.append({**row, "ratio_runs": " ".join(str(r["ratio"]) for r in pairs),
-                     "pool_of_4_seconds": pairs[0]["pool_of_4_seconds"],
-                     "pool_of_4_cpu_seconds_per_version": pairs[0]["pool_of_4_cpu_seconds_per_version"],
-                     **{k: pairs[0][k] for k in WARM_KEYS}})
+                     # Measured once per size, with its first pair.
+                     **{k: pairs[0][k] for k in (*POOL_KEYS, *WARM_KEYS)}})
     return rows
 
 
+POOL_KEYS = ("pool_of_4_seconds", "pool_of_4_cpu_seconds_per_version")
 WARM_KEYS = ("warm_worker_seconds", "warm_worker_ratio", "warm_worker_step_seconds_per_version")
 
 
@@ -300,6 +300,9 @@ def _sync_pair(bench: Bench, workspaces: int, count: int, folder: Path, *, pool:
         if found != expected:
             raise RuntimeError(f"{server.name} ({server.uri}) holds {found} models after seeding, not {expected}")
     ws_names = [f"ws{k}" for k in range(workspaces)]
+    # Every marketplace of this pair (and the pool's and the warm worker's) syncs the same sources.
+    ws_config = [{"name": n, "tracking_uri": s.uri, "production": {"stage": "Production"}} for n, s in zip(ws_names, sources)]
+    partitions = [f"{TODAY.isoformat()}|{n}" for n in ws_names]
 
     out = folder / f"bare{tag}"
     bare_cpu = -_own_cpu() - cpu_seconds(sources + [bare_market])
@@ -318,45 +321,34 @@ def _sync_pair(bench: Bench, workspaces: int, count: int, folder: Path, *, pool:
 
     config = write_config(
         folder / f"sync{tag}.yaml", folder / f"storage{tag}", our_market,
-        [{"name": n, "tracking_uri": s.uri, "production": {"stage": "Production"}} for n, s in zip(ws_names, sources)],
+        ws_config,
     )
     home = _home(folder / f"sync{tag}")
     servers_before = cpu_seconds(sources + [our_market])
     with BusySampler(our_market) as busy:
-        wall, runs = materialize_partitions(config, home, [f"{TODAY.isoformat()}|{n}" for n in ws_names],
+        wall, runs = materialize_partitions(config, home, partitions,
                                             parallel=workspaces)
     servers_cpu = cpu_seconds(sources + [our_market]) - servers_before
     our_versions = len(MlflowClient(our_market.uri).search_model_versions(max_results=10000))
     if (bare_versions, our_versions) != (count * workspaces,) * 2:
         raise RuntimeError(f"expected {count * workspaces} versions each, bare {bare_versions}, ours {our_versions}")
     scan = _scan_exports(folder / f"storage{tag}")
-    idle_wall, idle_runs = materialize_partitions(config, home,
-                                                  [f"{TODAY.isoformat()}|{n}" for n in ws_names], parallel=workspaces)
-    pooled = {"pool_of_4_seconds": "", "pool_of_4_cpu_seconds_per_version": ""}
+    idle_wall, idle_runs = materialize_partitions(config, home, partitions, parallel=workspaces)
+    pooled = dict.fromkeys(POOL_KEYS, "")
     if pool:
         # The same sync with the default pool (client.max_workers 4) into another fresh marketplace.
-        pool_market = bench.server(f"pool{count}")
-        bench.start_all([pool_market])
-        pool_config = write_config(
-            folder / f"pool{count}.yaml", folder / f"pool_storage{count}", pool_market,
-            [{"name": n, "tracking_uri": s.uri, "production": {"stage": "Production"}} for n, s in zip(ws_names, sources)],
-            client={"max_workers": 4})
+        pool_market, pool_config, pool_home = _another_marketplace(bench, f"pool{count}", folder, ws_config,
+                                                                   client={"max_workers": 4})
         before = cpu_seconds(sources + [pool_market])
-        pool_wall, pool_runs = materialize_partitions(pool_config, _home(folder / f"pool{count}"),
-                                                      [f"{TODAY.isoformat()}|{n}" for n in ws_names], parallel=workspaces)
+        pool_wall, pool_runs = materialize_partitions(pool_config, pool_home, partitions, parallel=workspaces)
         pool_cpu = sum(r["cpu_seconds"] for r in pool_runs) + cpu_seconds(sources + [pool_market]) - before
         pooled = {"pool_of_4_seconds": round(pool_wall, 2),
                   "pool_of_4_cpu_seconds_per_version": round(pool_cpu / (count * workspaces), 3)}
     warmed = dict.fromkeys(WARM_KEYS, "")
     if warm:
         # The same sync into another fresh marketplace, each run forked from a warm process.
-        warm_market = bench.server(f"warm{count}")
-        bench.start_all([warm_market])
-        warm_config = write_config(
-            folder / f"warm{count}.yaml", folder / f"warm_storage{count}", warm_market,
-            [{"name": n, "tracking_uri": s.uri, "production": {"stage": "Production"}} for n, s in zip(ws_names, sources)])
-        warm_wall, warm_steps = materialize_partitions_warm(warm_config, _home(folder / f"warm{count}"),
-                                                [f"{TODAY.isoformat()}|{n}" for n in ws_names])
+        warm_market, warm_config, warm_home = _another_marketplace(bench, f"warm{count}", folder, ws_config)
+        warm_wall, warm_steps = materialize_partitions_warm(warm_config, warm_home, partitions)
         warm_versions = len(MlflowClient(warm_market.uri).search_model_versions(max_results=10000))
         if warm_versions != count * workspaces:
             raise RuntimeError(f"the warm worker's sync made {warm_versions} versions, not {count * workspaces}")
@@ -383,6 +375,15 @@ def _sync_pair(bench: Bench, workspaces: int, count: int, folder: Path, *, pool:
     print(f"  {workspaces} x {count}: bare {bare_seconds:.1f} s, marketplace {wall:.1f} s", file=sys.__stdout__, flush=True)
     bench.stop_all()
     return row
+
+
+def _another_marketplace(bench: Bench, name: str, folder: Path, workspaces: list[dict],
+                         **extra) -> tuple[LocalServer, Path, Path]:
+    """A fresh marketplace server, started, with its configuration (the same sources) and Dagster home."""
+    market = bench.server(name)
+    bench.start_all([market])
+    config = write_config(folder / f"{name}.yaml", folder / f"{name}_storage", market, workspaces, **extra)
+    return market, config, _home(folder / name)
 
 
 def _scan_exports(storage: Path) -> dict:
