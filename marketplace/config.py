@@ -368,6 +368,14 @@ class GrantConfig(_Strict):
     _patterns = field_validator("models")(classmethod(lambda cls, v: _glob_patterns(v)))
 
 
+class WebhookConfig(_Strict):
+    """A source registry's pushes: the receiver verifies each delivery with the secret in `secret_env`."""
+
+    secret_env: EnvName
+    # The marketplace creates or updates its own webhook on the source (MLflow 3 registries).
+    manage: bool = True
+
+
 class WorkspaceConfig(_Strict):
     name: str
     tracking_uri: TrackingUri | None = None
@@ -379,6 +387,7 @@ class WorkspaceConfig(_Strict):
     export: ExportEngineConfig = Field(default_factory=ExportEngineConfig)
     signing: SigningConfig = Field(default_factory=SigningConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    webhook: WebhookConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -797,13 +806,64 @@ def _schedulable(value: str) -> bool:
 
 
 class SensorConfig(_Strict):
-    """production_version_sensor: polls every workspace for production versions not yet synced."""
+    """production_version_sensor: reads webhook events every tick, and polls every workspace for
+    production versions not yet synced every `minimum_interval_seconds`."""
 
-    minimum_interval_seconds: int = Field(default=60, ge=10, le=86400)
+    minimum_interval_seconds: int = Field(default=20, ge=10, le=86400)
     default_status: Status = "stopped"
     max_workers: int = Field(default=16, ge=1, le=128)
     request_timeout_seconds: int = Field(default=5, ge=1, le=60)
     retry_backoff_seconds: int = Field(default=300, ge=0, le=86400)
+
+
+_LISTEN = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
+_EVERY_ADDRESS = ("0.0.0.0", "[::]")
+
+
+class WebhooksConfig(_Strict):
+    """The webhook receiver (`marketplace-webhooks`): where it listens, and the URL sources call."""
+
+    listen: str = "127.0.0.1:8765"
+    url: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        match = _LISTEN.fullmatch(value)
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8765 or 0.0.0.0:8765)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise ValueError(f"{value!r} is not an http(s) base URL without query (e.g. https://hooks.example.com)")
+        if parsed.username or parsed.password:
+            raise ValueError("the URL must not carry credentials: deliveries are signed instead")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> WebhooksConfig:
+        if self.url is None and self.host in _EVERY_ADDRESS:
+            raise _KeyedError("webhooks.url", f"required when webhooks.listen binds every address ({self.listen}): "
+                              "give the URL the sources call, e.g. https://marketplace-hooks.example.com")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        return self.url or f"http://{self.listen}"
 
 
 class ScheduleConfig(_Strict):
@@ -866,6 +926,7 @@ class MarketplaceConfig(_Strict):
     source_marker: bool = True
     client: ClientConfig = Field(default_factory=ClientConfig)
     sensor: SensorConfig = Field(default_factory=SensorConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     freshness: FreshnessConfig = Field(default_factory=FreshnessConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)

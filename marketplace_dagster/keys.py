@@ -25,3 +25,6 @@ NO_STRAY_EXPORTS = "no_stray_exports"
 EXPORTS_SIGNED_AND_CLEAN = "exports_signed_and_clean"
 GATE_PASSED = "gate_passed"
 APPROVALS_PENDING = "approvals_pending"
+SOURCE_WEBHOOKS_REGISTERED = "source_webhooks_registered"
+# The metadata key that marks an observation of PRODUCTION_MODELS as a webhook event.
+DELIVERY_ID = "delivery_id"

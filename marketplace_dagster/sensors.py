@@ -1,12 +1,17 @@
 """production_version_sensor: a run for each workspace whose production versions (or their absence)
-differ from where the marketplace's production marker points."""
+differ from where the marketplace's production marker points.
+
+It evaluates every few seconds. Each tick it reads the webhook events recorded since its cursor
+and polls the workspaces they name; every `sensor.minimum_interval_seconds` it polls every
+workspace, the safety net for stage-selected workspaces, sources that send no webhooks and
+deliveries lost on the way. What to ask for, and under which run key, is decided by
+marketplace.sync_requests.
+"""
 
 
 import datetime as dt
-import hashlib
 import json
 import time
-from collections.abc import Mapping
 
 import dagster as dg
 
@@ -24,13 +29,28 @@ from marketplace.registry import configure_http
 from marketplace.external import configured_storage
 from marketplace.scanning import ScanPolicy
 from marketplace.storage import Storage
+from marketplace.sync_requests import FINISHED as RUN_FINISHED
+from marketplace.sync_requests import (
+    IN_FLIGHT,
+    decide,
+    due_again,
+    new_epoch,
+    pending_changes,
+    poll_due,
+    waiting_note,
+)
+from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
+
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
 TICK_BUDGET_SECONDS = 40
+# The daemon evaluates a sensor at most this often; webhook events wait at most one tick.
+EVENT_TICK_SECONDS = 5
 PENDING_TAG = "marketplace/pending_versions"
-FINISHED_BAD = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-# A requested run that never showed up (e.g. its launch was refused) is asked for again after this.
-LOST_REQUEST_SECONDS = 900
+WORKSPACE_TAG = "marketplace/workspace"
+TRIGGER_TAG = "marketplace/trigger"
+FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+EVENT_PAGE = 1000
 
 
 def _recorded(storage: Storage) -> dict[str, dict[str, Recorded]]:
@@ -41,16 +61,6 @@ def _recorded(storage: Storage) -> dict[str, dict[str, Recorded]]:
     for row in rows:
         by_workspace.setdefault(row["workspace"], []).append(row)
     return {workspace: recorded_states(found, by="model_name") for workspace, found in by_workspace.items()}
-
-
-def pending_changes(production: Mapping[str, int], recorded: Mapping[str, Recorded]) -> list[str]:
-    """What the marketplace must still do for a workspace: `model@version` for each production
-    version it does not point at, `model@retired` for each model it serves that has none now."""
-    pending = [f"{model}@{version}" for model, version in production.items()
-               if (state := recorded.get(model)) is None or state.source_version != version]
-    pending += [f"{model}@retired" for model, state in recorded.items()
-                if state.source_version is not None and model not in production]
-    return sorted(pending)
 
 
 def _quarantined(storage: Storage, workspace: str, change: str, policy: ScanPolicy) -> bool:
@@ -86,90 +96,132 @@ def _held(holds: set[tuple[str, str, int]], workspace: str, change: str) -> bool
     return version.isdigit() and (workspace, model, int(version)) in holds
 
 
-def _run_key(workspace: str, day: dt.date, pending: list[str], attempt: int) -> str:
-    digest = hashlib.sha256("\n".join(pending).encode()).hexdigest()[:12]
-    return f"{workspace}:{day.isoformat()}:{digest}:{attempt}"
+
+def _read_cursor(raw: str | None) -> dict:
+    """The cursor: `{"epoch", "events_after", "polled_at", "workspaces": {name: entry}}`. A cursor
+    of the earlier shape (entries alone) keeps its entries."""
+    cursor = json.loads(raw) if raw else {}
+    if "workspaces" not in cursor:
+        cursor = {"workspaces": {name: {"generation": 0, **entry} for name, entry in cursor.items()}}
+    cursor.setdefault("epoch", new_epoch())
+    return cursor
 
 
-def _latest_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
-    return runs[0] if runs else None
+def _new_events(instance: dg.DagsterInstance, after: int | None) -> tuple[dict[str, int], int | None]:
+    """Per workspace, how many webhook events were recorded after storage id `after`; and the
+    storage id to read after next time. With no cursor yet, only where the log ends now."""
+    if after is None:
+        latest = instance.fetch_observations(PRODUCTION_MODELS, limit=1).records
+        return {}, latest[0].storage_id if latest else 0
+    counts: dict[str, int] = {}
+    for _ in range(10):  # at most 10,000 events a tick; the rest wait for the next
+        records = instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS, after_storage_id=after), limit=EVENT_PAGE,
+            ascending=True).records
+        for record in records:
+            after = record.storage_id
+            observation = record.asset_observation
+            if observation is None or DELIVERY_ID not in observation.metadata:
+                continue
+            workspace = observation.metadata["workspace"].value
+            counts[workspace] = counts.get(workspace, 0) + 1
+        if len(records) < EVENT_PAGE:
+            break
+    return counts, after
+
+
+def _run_state(instance: dg.DagsterInstance, entry: dict) -> str | None:
+    key = entry.get("run_key")
+    if not key:
+        return None
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": key}), limit=1)
+    if not runs:
+        return None
+    return RUN_FINISHED if runs[0].status in FINISHED else IN_FLIGHT
 
 
 def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.SensorDefinition:
     settings = config.sensor
+    by_name = {w.name: w for w in config.workspaces}
 
     @dg.sensor(
         name="production_version_sensor",
         job=job,
-        minimum_interval_seconds=settings.minimum_interval_seconds,
+        minimum_interval_seconds=EVENT_TICK_SECONDS,
         default_status=dg.DefaultSensorStatus(settings.default_status.upper()),
         description="Requests marketplace_sync_job for (today, workspace) when a workspace's production "
-        "versions differ from the marketplace's: a promotion, a rollback, a retirement or a restoration.",
+        "versions differ from the marketplace's: a promotion, a rollback, a retirement or a restoration. "
+        f"Webhook events within one tick; every workspace polled every {settings.minimum_interval_seconds} s.",
     )
     def production_version_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         started = time.monotonic()
-        configure_http(settings.request_timeout_seconds, 0)
+        now = time.time()
         today = dt.datetime.now(dt.timezone.utc).date()
-        cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
-        polled = poll_workspaces(
-            config.workspaces, max_workers=settings.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
-        )
+        cursor = _read_cursor(context.cursor)
+        entries: dict[str, dict] = {k: v for k, v in cursor["workspaces"].items() if k in by_name}
+        events, cursor["events_after"] = _new_events(context.instance, cursor.get("events_after"))
+        full = poll_due(cursor.get("polled_at"), now, settings.minimum_interval_seconds)
+        states = {name: _run_state(context.instance, entry) for name, entry in entries.items() if entry.get("pending")}
+        targets = set(by_name) if full else {name for name in events if name in by_name} | {
+            name for name, entry in entries.items()
+            if due_again(entry, states.get(name), now, settings.retry_backoff_seconds)}
+        if not targets:
+            cursor["workspaces"] = entries
+            waiting = "; ".join(waiting_note(name, entry, states.get(name)) for name, entry in sorted(entries.items())
+                                if entry.get("pending"))
+            down = "; ".join(f"{name} unreachable ({error})" for name, error in sorted(cursor.get("unreachable", {}).items()))
+            return dg.SensorResult(
+                skip_reason=dg.SkipReason(
+                    f"nothing new: no webhook event; every workspace polled again within "
+                    f"{settings.minimum_interval_seconds} s" + "".join(f"; {part}" for part in (waiting, down) if part)),
+                cursor=json.dumps(cursor, sort_keys=True))
+        configure_http(settings.request_timeout_seconds, 0)
+        polled = poll_workspaces([by_name[n] for n in sorted(targets)], max_workers=settings.max_workers,
+                                 deadline_seconds=TICK_BUDGET_SECONDS)
+        if full:
+            cursor["polled_at"] = now
         storage = configured_storage(config)
         recorded = _recorded(storage)
         policy = config.security.policy()
         holds, released = _gate_holds(config, context.log)
-        now = time.time()
         requests, notes, unreachable = [], [], {}
-        for workspace in config.workspaces:
-            result = polled[workspace.name]
+        for name in sorted(targets):
+            result = polled[name]
             if result.error:
-                unreachable[workspace.name] = result.error
-                context.log.warning(f"workspace {workspace.name} unreachable: {result.error}")
+                unreachable[name] = result.error
+                context.log.warning(f"workspace {name} unreachable: {result.error}")
                 continue  # keep its cursor entry: an outage is not progress
             pending = [
-                change for change in pending_changes(result.production, recorded.get(workspace.name, {}))
-                if not _quarantined(storage, workspace.name, change, policy) and not _held(holds, workspace.name, change)
+                change for change in pending_changes(result.production, recorded.get(name, {}))
+                if not _quarantined(storage, name, change, policy) and not _held(holds, name, change)
             ]
             # An approval is news even where the same change was asked for before (a new run key).
-            pending = [f"{c} (approved)" if _held(released, workspace.name, c) else c for c in pending]
-            if not pending:
-                cursor.pop(workspace.name, None)
-                continue
-            entry = cursor.get(workspace.name)
-            if entry and entry["pending"] == pending and entry["day"] == today.isoformat():
-                run = _latest_run(context.instance, entry["run_key"])
-                if run is None and now - entry["requested_at"] < LOST_REQUEST_SECONDS:
-                    notes.append(f"{workspace.name}: run {entry['run_key']} already requested")
-                    continue
-                if run is not None and run.status not in FINISHED_BAD and run.status != dg.DagsterRunStatus.SUCCESS:
-                    notes.append(f"{workspace.name}: run {run.run_id[:8]} is {run.status.value.lower()}")
-                    continue
-                # Failed, canceled, lost, or succeeded without syncing everything: try again, with backoff.
-                retry_at = entry.get("retry_at")
-                if retry_at is None:
-                    backoff = min(settings.retry_backoff_seconds * 2 ** entry["attempt"], 6 * 3600)
-                    entry["retry_at"] = retry_at = now + backoff
-                if now < retry_at:
-                    notes.append(f"{workspace.name}: last run did not sync; retrying after {dt.datetime.fromtimestamp(retry_at, dt.timezone.utc):%H:%M:%S} UTC")
-                    continue
-                attempt = entry["attempt"] + 1
+            pending = [f"{c} (approved)" if _held(released, name, c) else c for c in pending]
+            decision = decide(name, entries.get(name), pending, day=today, now=now, epoch=cursor["epoch"],
+                              evented=name in events, run_state=states.get(name),
+                              backoff_seconds=settings.retry_backoff_seconds)
+            if decision.entry.get("pending") or decision.entry.get("generation"):
+                entries[name] = decision.entry
             else:
-                attempt = 0
-            run_key = _run_key(workspace.name, today, pending, attempt)
-            cursor[workspace.name] = {
-                "pending": pending, "day": today.isoformat(), "attempt": attempt, "run_key": run_key, "requested_at": now,
-            }
-            requests.append(
-                dg.RunRequest(
-                    run_key=run_key,
-                    partition_key=partition_key(today, workspace.name),
-                    tags={PENDING_TAG: ", ".join(pending)[:1000], "marketplace/attempt": str(attempt)},
-                )
-            )
+                entries.pop(name, None)
+            if decision.note:
+                notes.append(decision.note)
+            if decision.ask is None:
+                continue
+            trigger = "webhook" if name in events else "poll"
+            requests.append(dg.RunRequest(
+                run_key=decision.ask.run_key,
+                partition_key=partition_key(today, name),
+                tags={PENDING_TAG: ", ".join(pending)[:1000], "marketplace/attempt": str(decision.ask.attempt),
+                      WORKSPACE_TAG: name, TRIGGER_TAG: trigger},
+            ))
+        cursor["workspaces"] = entries
+        down = {} if full else {k: v for k, v in cursor.get("unreachable", {}).items() if k not in targets}
+        cursor["unreachable"] = {**down, **unreachable}
         elapsed = time.monotonic() - started
         context.log.info(
-            f"polled {len(polled)} workspace(s) in {elapsed:.1f} s; {len(requests)} run(s) requested; "
+            f"{'polled every' if full else 'polled'} {len(polled)} workspace(s) in {elapsed:.1f} s "
+            f"({sum(events.values())} webhook event(s)); {len(requests)} run(s) requested; "
             f"{len(unreachable)} unreachable"
         )
         new_cursor = json.dumps(cursor, sort_keys=True)

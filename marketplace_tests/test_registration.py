@@ -18,7 +18,7 @@ from marketplace.registration import (
     divergences,
     recorded_states,
 )
-from marketplace_dagster.sensors import pending_changes
+from marketplace.sync_requests import pending_changes
 
 ACTIVE_2 = Recorded(sequence=2, source_version=2, last_active_version=2)
 RETIRED_AFTER_2 = Recorded(sequence=3, source_version=None, last_active_version=2)

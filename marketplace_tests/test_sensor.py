@@ -102,7 +102,7 @@ def test_unreachable_workspace_is_reported_and_others_are_requested(servers, dep
     )
     tick, cursor = _tick(deployment)
     assert [r.partition_key for r in tick.run_requests] == [partition_key(TODAY, f"s{uid}")]
-    assert "down" not in json.loads(cursor)
+    assert "down" not in json.loads(cursor)["workspaces"]
 
     # With nothing else to do, the skip reason names the unreachable workspace and its URI.
     tick, _ = _tick(deployment, cursor)
@@ -152,4 +152,4 @@ def test_tick_over_65_workspaces_answers_for_every_one(servers, deploy, uid):
     tick, cursor = _tick(deployment)
     requested = sorted(str(r.partition_key).split("|")[1] for r in tick.run_requests)
     assert requested == [f"w{i:02d}" for i in range(0, 65, 2)]  # the workspaces on ws_a
-    assert len(json.loads(cursor)) == 33
+    assert len(json.loads(cursor)["workspaces"]) == 33
