@@ -26,9 +26,13 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-$(DAGSTER_HOME)/dagster.yaml:
-	mkdir -p $(DAGSTER_HOME)
-	printf 'telemetry:\n  enabled: false\n' > $@
+# The embedded instance (no telemetry, queued runs dequeued within a second); settings a user
+# added to the file are kept.
+$(DAGSTER_HOME)/dagster.yaml: harness/local_dagster.py | $(STAMP)
+	@$(PY) -m harness.local_dagster $(DAGSTER_HOME) >/dev/null
+
+# The demo's webhook secret (local loopback servers only); set your own in the environment.
+export MARKETPLACE_DEMO_WEBHOOK_SECRET ?= demo-webhook-secret-not-for-production
 
 ## make demo: local MLflow servers, demo models, today's partitions synced, a summary printed.
 demo: install $(DAGSTER_HOME)/dagster.yaml
@@ -41,11 +45,13 @@ demo-rollback: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m harness.demo seed
 	$(PY) -m harness.demo rollback
 
-## make dev: the Dagster UI (http://127.0.0.1:3000) on the same demo and instance.
+## make dev: the Dagster UI (http://127.0.0.1:3000) on the same demo and instance, with the webhook
+## receiver (marketplace-webhooks) beside it.
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m harness.demo up
 	$(PY) -m harness.demo seed
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(PY) -m harness.demo webhooks
+	$(PY) -m harness.demo dev
 
 ## make test: the whole test suite (starts its own MLflow servers, an S3 and an Azure Storage emulator on free ports).
 test: install $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml

@@ -1,7 +1,7 @@
 """The embedded default: local MLflow servers, demo models, a sync of today's partitions, a summary.
 
 Used by `make demo`, `make demo-rollback`, `make dev` and `make stop`:
-    python -m harness.demo up | seed | sync | summary | rollback | stop
+    python -m harness.demo up | seed | sync | webhooks | summary | rollback | dev | stop
 """
 
 from __future__ import annotations
@@ -233,6 +233,40 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
     return failures
 
 
+def webhooks(config: MarketplaceConfig) -> int:
+    """Create or update each workspace's `marketplace-sync` webhook (what the receiver does at start)."""
+    from marketplace.webhooks import register_webhooks
+
+    states = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
+    for state in states:
+        say(f"  {state.workspace:<12} {state.action}" + (f" ({state.detail})" if state.detail else "")
+            + (f" -> {config.webhooks.base_url}/mlflow/{state.workspace}" if state.registered else ""))
+    if not states:
+        say("  no workspace has a webhook configured: the sensor polls every workspace")
+    return 0  # a source without webhooks still syncs, by polling
+
+
+def dev(config: MarketplaceConfig) -> int:
+    """`make dev`: the webhook receiver beside `dagster dev` (webserver, daemon, code server)."""
+    import subprocess
+
+    from harness.local_dagster import DAGSTER, WebhookReceiver
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir(config) / "dagster_home")))
+    receiver = WebhookReceiver(config.path, home, f"http://{config.webhooks.listen}", cwd=Path.cwd())
+    try:
+        receiver.wait_until_up()
+        say(f"Webhook receiver on {config.webhooks.listen} (log: {receiver.log})")
+    except (RuntimeError, TimeoutError) as exc:
+        say(f"Webhook receiver not started; the sensor still polls: {str(exc).splitlines()[0]}")
+    try:
+        return subprocess.call([str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"])
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        receiver.stop()
+
+
 ROLLBACK_WORKSPACE, ROLLBACK_MODEL = "dev01", "iris_classifier"
 
 
@@ -333,16 +367,19 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__)
-    parser.add_argument("command", choices=["up", "seed", "sync", "summary", "rollback", "stop", "all"])
+    parser.add_argument("command",
+                        choices=["up", "seed", "sync", "webhooks", "summary", "rollback", "dev", "stop", "all"])
     args = parser.parse_args(argv)
     config = load_config()
-    steps = ["up", "seed", "sync", "summary"] if args.command == "all" else [args.command]
+    if args.command == "dev":
+        return dev(config)
+    steps = ["up", "seed", "sync", "webhooks", "summary"] if args.command == "all" else [args.command]
     log = state_dir(config) / "demo.log"
     failures = 0
     with logs_to(log):
         for step in steps:
             say({"up": "MLflow servers:", "seed": "Demo models:", "sync": "Syncing today's partitions:",
-                 "summary": "", "rollback": "Rolling a demo model back in its workspace:",
+                 "webhooks": "Webhooks on the demo's servers:", "summary": "", "rollback": "Rolling a demo model back in its workspace:",
                  "stop": "MLflow servers:"}[step])
             if step == "up":
                 up(config)
@@ -350,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed(config)
             elif step == "sync":
                 failures += sync(config)
+            elif step == "webhooks":
+                failures += webhooks(config)
             elif step == "summary":
                 summary(config)
             elif step == "rollback":

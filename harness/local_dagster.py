@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 
-from harness.local_servers import free_port
+from harness.local_servers import free_port, is_healthy
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 
@@ -38,15 +39,69 @@ query($id: String!) {
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
+# The embedded instance: no telemetry, and queued runs dequeued within a second (Dagster's
+# default waits up to 5 s, a third of the propagation target).
+INSTANCE_SETTINGS = {"telemetry": {"enabled": False}, "run_queue": {"dequeue_interval_seconds": 1}}
+
+
+def ensure_instance(home: Path, extra: dict | None = None) -> Path:
+    """`home/dagster.yaml` with INSTANCE_SETTINGS (and `extra`), keeping whatever else it holds."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    settings = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    for key, value in {**INSTANCE_SETTINGS, **(extra or {})}.items():
+        settings[key] = {**value, **settings.get(key, {})} if isinstance(value, dict) else settings.get(key, value)
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+class WebhookReceiver:
+    """`marketplace-webhooks` for one configuration and instance, its output in `home/webhooks.log`."""
+
+    def __init__(self, config_path: Path, home: Path, listen_url: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None):
+        self.url = listen_url.rstrip("/")
+        self.log = home / "webhooks.log"
+        env = {**os.environ, **(env or {}), "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "marketplace_dagster.webhooks"], cwd=cwd or Path(config_path).resolve().parent,
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_until_up(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"marketplace-webhooks exited:\n{self.log.read_text()[-3000:]}")
+            if is_healthy(self.url):
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"marketplace-webhooks did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        _stop_group(self.process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Interrupt the process group as Ctrl-C does, then kill."""
+    for sig, wait_seconds in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait_seconds)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class DagsterDev:
     """`dagster dev -m marketplace_dagster.definitions` on a free port with its own DAGSTER_HOME."""
 
     def __init__(self, config_path: Path, home: Path, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/graphql"
-        home.mkdir(parents=True, exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        ensure_instance(home)
         self.log = home / "dagster_dev.log"
         env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
         cwd = cwd or Path(config_path).resolve().parent
@@ -97,12 +152,8 @@ class DagsterDev:
 
     def stop(self) -> None:
         """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then kill."""
-        for sig, wait_seconds in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=wait_seconds)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        _stop_group(self.process)
+
+
+if __name__ == "__main__":  # `python -m harness.local_dagster HOME`: the Makefile's embedded instance
+    print(ensure_instance(Path(sys.argv[1])))

@@ -54,6 +54,26 @@ class LocalServer:
         ]  # fmt: skip
 
 
+def webhook_env(server: LocalServer) -> dict[str, str]:
+    """What a local server needs to deliver webhooks to the receiver on loopback: private addresses
+    and plain http allowed, the webhook list re-read every second (MLflow caches it for 60 s), and
+    a secret-encryption key of its own, kept beside its database so a restart still reads its
+    webhooks' secrets."""
+    from cryptography.fernet import Fernet
+
+    key_file = server.root / "webhook.key"
+    if not key_file.exists():
+        server.root.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(Fernet.generate_key().decode())
+        key_file.chmod(0o600)
+    return {
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": key_file.read_text().strip(),
+    }
+
+
 def free_port(avoid: Collection[int] = ()) -> int:
     """A port free now and not in `avoid`: the ports of servers picked but not started yet (the OS
     can hand a closed port out again, and `start` reuses whatever server answers on a port)."""
@@ -91,7 +111,7 @@ def start(server: LocalServer, *, wait_seconds: float = 120) -> subprocess.Popen
     if is_healthy(server.uri):
         return None
     server.artifact_root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **webhook_env(server)}
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(server.log_path, "ab") as log:
         process = subprocess.Popen(

@@ -65,7 +65,9 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # the embedded default turns it on
-    assert sensor.minimum_interval_seconds == 30
+    # Evaluated every daemon tick for webhook events; every workspace polled every 20 s.
+    assert sensor.minimum_interval_seconds == 5
+    assert "every workspace polled every 20 s" in sensor.description
     assert definitions.resolve_sensor_def("marketplace_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
     schedule = definitions.resolve_schedule_def("daily_marketplace_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")
@@ -87,7 +89,7 @@ def test_sensor_is_stopped_unless_configured(tmp_path):
     )
     sensor = build_definitions(load_config(path)).resolve_sensor_def("production_version_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert sensor.minimum_interval_seconds == 60
+    assert "every workspace polled every 20 s" in sensor.description  # the default poll interval
 
 
 def test_configuration_is_read_when_definitions_load_not_at_import(tmp_path):
