@@ -235,8 +235,10 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
 
 def webhooks(config: MarketplaceConfig) -> int:
     """Create or update each workspace's `marketplace-sync` webhook (what the receiver does at start)."""
+    from marketplace.registry import configure_http
     from marketplace.webhooks import register_webhooks
 
+    configure_http(config.sensor.request_timeout_seconds, 0)
     states = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
     for state in states:
         say(f"  {state.workspace:<12} {state.action}" + (f" ({state.detail})" if state.detail else "")

@@ -7,6 +7,7 @@ alone from the UI; the load check, which needs the partition's imports, lives in
 
 import datetime as dt
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
@@ -22,6 +23,7 @@ from marketplace.registry import configure_http
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.telemetry import registry_time
+from marketplace.webhooks import inspect_webhook
 from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay importable
     EXPORT_SUMMARY,
     EXPORT_SUMMARY_UNIQUE,
@@ -35,8 +37,10 @@ from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay import
     MARKETPLACE_MATCHES_SOURCES,
     NO_STRAY_EXPORTS,
     PARTITIONS_FRESH,
+    PRODUCTION_MODELS,
     PRODUCTION_VERSIONS_SYNCED,
     REGISTRATION,
+    SOURCE_WEBHOOKS_REGISTERED,
 )
 from marketplace_dagster.partitions import partition_key
 from marketplace_dagster.resources import ExternalStorageResource, MarketplaceRegistryResource
@@ -244,7 +248,44 @@ def build_checks(config: MarketplaceConfig) -> dict[str, dg.AssetChecksDefinitio
         NO_STRAY_EXPORTS: build_stray_exports_check(config),
         EXPORTS_SIGNED_AND_CLEAN: build_signed_and_clean_check(config),
         **dict(zip((GATE_PASSED, APPROVALS_PENDING), build_gate_checks(config))),
+        SOURCE_WEBHOOKS_REGISTERED: build_webhooks_check(config),
     }
+
+
+def build_webhooks_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
+    """Is each source that should push changes set up to? A source that cannot (a file store, an older
+    MLflow, Unity Catalog) or whose webhook is missing still syncs, by polling: a warning, not an error."""
+    interval = config.sensor.minimum_interval_seconds
+
+    @dg.asset_check(
+        asset=PRODUCTION_MODELS,
+        name=SOURCE_WEBHOOKS_REGISTERED,
+        blocking=False,
+        description="Every workspace with a `webhook` holds an active marketplace-sync webhook to the receiver "
+        f"({config.webhooks.base_url}); the others are polled every {interval} s.",
+    )
+    def source_webhooks_registered() -> dg.AssetCheckResult:
+        configure_http(config.sensor.request_timeout_seconds, 0)
+        hooked = [w for w in config.workspaces if w.webhook is not None]
+        with ThreadPoolExecutor(max(1, min(config.sensor.max_workers, len(hooked)))) as pool:
+            states = list(pool.map(lambda w: inspect_webhook(w, config.webhooks.base_url), hooked))
+        bad = [f"{s.workspace}: {s.action}" + (f" ({s.detail})" if s.detail else "") for s in states if not s.registered]
+        polling_only = sorted(w.name for w in config.workspaces if w.webhook is None)
+        return dg.AssetCheckResult(
+            passed=not bad,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(f"polled every {interval} s instead: {_listing(bad)}" if bad else
+                         f"{len(states)} workspace(s) push changes; {len(polling_only)} polled every {interval} s"),
+            metadata={
+                "workspaces_with_webhook": len(hooked),
+                "webhooks_registered": len(states) - len(bad),
+                "webhooks_not_registered": len(bad),
+                "polling_only": len(polling_only),
+                "problems": dg.MetadataValue.json(bad[:200]),
+            },
+        )
+
+    return source_webhooks_registered
 
 
 def _holds(config: MarketplaceConfig, marketplace: MarketplaceRegistryResource):

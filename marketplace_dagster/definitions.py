@@ -17,6 +17,7 @@ from marketplace_dagster.keys import (
     MARKETPLACE_MATCHES_SOURCES,
     NO_STRAY_EXPORTS,
     PARTITIONS_FRESH,
+    SOURCE_WEBHOOKS_REGISTERED,
 )
 from marketplace_dagster.jobs import build_checks_job, build_maintenance_job, build_marketplace_sync_job
 from marketplace_dagster.partitions import build_marketplace_partitions_def
@@ -32,7 +33,7 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     # audit run on their own schedules, not in each partition's sync.
     sync_job = build_marketplace_sync_job(
         [checks[name] for name in (EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, MARKETPLACE_MATCHES_SOURCES,
-                                   EXPORTS_SIGNED_AND_CLEAN)]
+                                   EXPORTS_SIGNED_AND_CLEAN, SOURCE_WEBHOOKS_REGISTERED)]
     )
     audit_job = build_checks_job(
         "marketplace_checks_job",
