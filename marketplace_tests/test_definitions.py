@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from marketplace_dagster import assets, checks
@@ -54,6 +55,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         checks.NO_STRAY_EXPORTS,
         "gate_passed",
         "approvals_pending",
+        "source_webhooks_registered",
     }
     assert {j.name for j in definitions.resolve_all_job_defs()} >= {
         "marketplace_sync_job", "marketplace_checks_job", "marketplace_freshness_job", "marketplace_maintenance_job",
@@ -62,6 +64,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     assert checks.EXPORTS_MATCH_MANIFESTS not in sync_checks and assets.IMPORT_LOADS_CHECK in sync_checks
     assert {"gate_passed", "approvals_pending"} <= sync_checks  # each sync says what the gate holds
     assert checks.MARKETPLACE_MATCHES_SOURCES not in sync_checks and checks.EXPORTS_SIGNED_AND_CLEAN not in sync_checks  # it reads every workspace: the checks job's
+    assert "source_webhooks_registered" not in sync_checks  # it reads every source too
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # the embedded default turns it on
@@ -140,3 +143,17 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.fetch_materializations(assets.REGISTRATION, limit=5).records
         assert [r.partition_key for r in records] == [f"{TODAY.isoformat()}|cli"]
+
+
+def test_embedded_instance_dequeues_within_a_second_and_keeps_what_a_user_set(tmp_path):
+    from harness.local_dagster import ensure_instance
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: true\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n")
+    ensure_instance(tmp_path)
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
+        settings = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
+        assert settings["telemetry"] == {"enabled": True} and settings["concurrency"]["runs"]["max_concurrent_runs"] == 3
+    finally:
+        instance.dispose()
