@@ -66,15 +66,18 @@ def decide(workspace: str, entry: Mapping | None, pending: list[str], *, day: dt
     the entry's last requested run is (IN_FLIGHT, FINISHED, or None where no such run exists)."""
     entry = dict(entry or {})
     generation = int(entry.get("generation", 0))
+    if run_state == IN_FLIGHT and entry.get("day") == day.isoformat():
+        # A change seen meanwhile (an event, or other pending versions) may have come after the
+        # run read the registry: ask again once it ends, never two runs of a partition at once.
+        entry["dirty"] = entry.get("dirty", False) or evented or entry.get("pending") != pending
+        return Decision(entry, note=waiting_note(workspace, entry, run_state))
     if not pending:
         return Decision({"generation": generation})
     same = entry.get("pending") == pending and entry.get("day") == day.isoformat()
     if not same:
         return _ask(workspace, pending, day, now, epoch, generation + 1, 0, "change")
-    if run_state == IN_FLIGHT or (
-            run_state is None and now - float(entry.get("requested_at", 0)) < LOST_REQUEST_SECONDS):
-        # A change reported meanwhile may have come after the run read the registry: ask again
-        # once it ends, never two at once.
+    if run_state is None and now - float(entry.get("requested_at", 0)) < LOST_REQUEST_SECONDS:
+        # Asked for, and not seen yet: its run may still be about to start.
         entry["dirty"] = entry.get("dirty", False) or evented
         return Decision(entry, note=waiting_note(workspace, entry, run_state))
     if evented or entry.get("dirty"):

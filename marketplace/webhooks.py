@@ -113,7 +113,7 @@ def verify_mlflow(workspace: str, secret: str, headers: Mapping[str, str], body:
     expected = base64.b64encode(_digest(secret, f"{delivery_id}.{timestamp}.".encode() + body)).decode()
     if version != "v1" or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Rejected(401, "the signature does not match this workspace's secret")
-    if not timestamp.isdigit():
+    if not (timestamp.isascii() and timestamp.isdigit()):  # "²".isdigit(), but float("²") raises
         raise Rejected(400, f"{MLFLOW_TIMESTAMP}: {timestamp!r} is not a Unix time")
     _fresh(float(timestamp), now)
     if len(delivery_id) > 128:
@@ -223,7 +223,7 @@ def _all_webhooks(client) -> list:
 def ensure_mlflow_webhook(client, workspace: str, url: str, secret: str) -> WebhookState:
     """Create the source's `marketplace-sync` webhook, or bring it to `url`, our events and the
     current secret. A source that cannot hold webhooks (a file store, MLflow before 3.3, Unity
-    Catalog, a Databricks workspace) is reported, not raised: that workspace keeps polling."""
+    Catalog) is reported, not raised: that workspace keeps polling."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -240,13 +240,6 @@ def ensure_mlflow_webhook(client, workspace: str, url: str, secret: str) -> Webh
         return WebhookState(workspace, "updated", first.webhook_id)
     except MlflowException as exc:
         return _failure(workspace, exc)
-
-
-def _unsupported(workspace) -> str | None:
-    if workspace.databricks is not None:
-        return ("a Databricks workspace takes registry webhooks through its own API: create one to "
-                f"<webhooks.url>/databricks/{workspace.name} (docs/operations.md)")
-    return None
 
 
 def _failure(workspace: str, exc: Exception) -> WebhookState:
@@ -271,13 +264,16 @@ def register_webhooks(workspaces, base_url: str, environ: Mapping[str, str]) -> 
     for workspace in workspaces:
         if workspace.webhook is None or not workspace.webhook.manage:
             continue
-        if (why := _unsupported(workspace)) is not None:
-            states.append(WebhookState(workspace.name, "unsupported", detail=why))
-            continue
         secret = environ.get(workspace.webhook.secret_env)
         if not secret:
             states.append(WebhookState(workspace.name, "failed",
                                        detail=f"webhook.secret_env: {workspace.webhook.secret_env} is not set"))
+            continue
+        if workspace.databricks is not None:  # registry webhooks, through Databricks' own API
+            from marketplace.databricks_webhooks import ensure_databricks_webhook
+
+            url = webhook_url(base_url, workspace.name, "databricks")
+            states.append(ensure_databricks_webhook(workspace, url, secret))
             continue
         try:
             ensure_profile(f"workspace {workspace.name}", workspace.tracking_uri, workspace.databricks)
@@ -294,8 +290,10 @@ def inspect_webhook(workspace, base_url: str) -> WebhookState:
     from marketplace.databricks import ensure_profile
     from marketplace.registry import make_client
 
-    if (why := _unsupported(workspace)) is not None:
-        return WebhookState(workspace.name, "unsupported", detail=why)
+    if workspace.databricks is not None:  # registry webhooks, through Databricks' own API
+        from marketplace.databricks_webhooks import inspect_databricks_webhook
+
+        return inspect_databricks_webhook(workspace, webhook_url(base_url, workspace.name, "databricks"))
     url = webhook_url(base_url, workspace.name)
     try:
         ensure_profile(f"workspace {workspace.name}", workspace.tracking_uri, workspace.databricks)

@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from marketplace.config import MarketplaceConfig, WorkspaceConfig, load_config
+from marketplace.registry import configure_http
 from marketplace.webhooks import (
     MAX_AGE_SECONDS,
     MAX_BODY_BYTES,
@@ -140,6 +141,7 @@ def build_app(config: MarketplaceConfig, instance: dg.DagsterInstance, *,
 
 def register(config: MarketplaceConfig, environ: Mapping[str, str] = os.environ) -> int:
     """Ensure every managed workspace's webhook; 0 when each is registered."""
+    configure_http(config.sensor.request_timeout_seconds, 0)  # a source down costs seconds, not minutes
     states = register_webhooks(config.workspaces, config.webhooks.base_url, environ)
     for state in states:
         line = f"{state.workspace}: {state.action}" + (f" ({state.detail})" if state.detail else "")
