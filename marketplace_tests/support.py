@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,3 +65,14 @@ def start_authenticated(server: AuthenticatedServer) -> None:
         env.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", server.admin_password)
         env.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16))  # the auth app's CSRF key
         local_servers.start(server)
+
+
+def poll_all_next(cursor: str | None) -> str | None:
+    """production_version_sensor's cursor with its full poll due, as it is once
+    `sensor.minimum_interval_seconds` have passed (between full polls a tick polls only the
+    workspaces a webhook event named)."""
+    if cursor is None:
+        return None
+    state = json.loads(cursor)
+    state.pop("polled_at", None)
+    return json.dumps(state)

@@ -18,7 +18,7 @@ from marketplace_dagster import assets
 from marketplace.registry import process_tracking_uri
 
 from .conftest import materializations, sklearn_requirements, step_failure_message
-from .support import table_rows
+from .support import poll_all_next, table_rows
 from .test_lifecycle import Cli
 
 ALIAS = "production"
@@ -166,7 +166,8 @@ def test_manual_approval_waits_for_a_reviewer_and_the_sensor_runs_the_move(serve
 
     def tick():
         nonlocal cursor
-        result = sensor(dg.build_sensor_context(instance=deployment.instance, cursor=cursor))
+        # An approval is seen by the next full poll of every workspace (webhooks come from sources).
+        result = sensor(dg.build_sensor_context(instance=deployment.instance, cursor=poll_all_next(cursor)))
         cursor = result.cursor
         return [r.tags["marketplace/pending_versions"] for r in result.run_requests]
 
