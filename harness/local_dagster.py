@@ -39,9 +39,14 @@ query($id: String!) {
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
-# The embedded instance: no telemetry, and queued runs dequeued within a second (Dagster's
-# default waits up to 5 s, a third of the propagation target).
-INSTANCE_SETTINGS = {"telemetry": {"enabled": False}, "run_queue": {"dequeue_interval_seconds": 1}}
+# The embedded instance: no telemetry; queued runs dequeued within a second (Dagster's default
+# waits up to 5 s, a third of the propagation target); and the sensor's skipped ticks (one every
+# 5 s, 17,280 a day) kept a day rather than Dagster's 7.
+INSTANCE_SETTINGS = {
+    "telemetry": {"enabled": False},
+    "run_queue": {"dequeue_interval_seconds": 1},
+    "retention": {"sensor": {"purge_after_days": {"skipped": 1, "failure": 30, "success": -1}}},
+}
 
 
 def ensure_instance(home: Path, extra: dict | None = None) -> Path:
