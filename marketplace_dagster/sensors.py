@@ -44,8 +44,10 @@ from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
 TICK_BUDGET_SECONDS = 40
-# The daemon evaluates a sensor at most this often; webhook events wait at most one tick.
-EVENT_TICK_SECONDS = 5
+# The daemon's sensor loop runs every 5 s and skips a sensor whose last tick started less than its
+# minimum interval ago; at 5, a tick that started a moment late skips the next loop (10 s). Below
+# the loop period, every loop evaluates it: webhook events wait at most one loop.
+EVENT_TICK_SECONDS = 1
 PENDING_TAG = "marketplace/pending_versions"
 WORKSPACE_TAG = "marketplace/workspace"
 TRIGGER_TAG = "marketplace/trigger"
