@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -252,7 +253,7 @@ def dev(config: MarketplaceConfig) -> int:
     """`make dev`: the webhook receiver beside `dagster dev` (webserver, daemon, code server)."""
     import subprocess
 
-    from harness.local_dagster import DAGSTER, WebhookReceiver
+    from harness.local_dagster import DAGSTER, WebhookReceiver, default_interrupt, stop_group
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir(config) / "dagster_home")))
     receiver = WebhookReceiver(config.path, home, f"http://{config.webhooks.listen}", cwd=Path.cwd())
@@ -261,12 +262,23 @@ def dev(config: MarketplaceConfig) -> int:
         say(f"Webhook receiver on {config.webhooks.listen} (log: {receiver.log})")
     except (RuntimeError, TimeoutError) as exc:
         say(f"Webhook receiver not started; the sensor still polls: {str(exc).splitlines()[0]}")
+    # Its own process group, so that stopping it reaches its webserver, daemon and code server
+    # however this process was stopped (Ctrl-C, or a `kill` of this process alone).
+    process = subprocess.Popen([str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
+                               start_new_session=True, preexec_fn=default_interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
-        return subprocess.call([str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"])
+        return process.wait()
     except KeyboardInterrupt:
+        stop_group(process)
         return 0
     finally:
         receiver.stop()
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 ROLLBACK_WORKSPACE, ROLLBACK_MODEL = "dev01", "iris_classifier"

@@ -71,7 +71,8 @@ class WebhookReceiver:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "marketplace_dagster.webhooks"], cwd=cwd or Path(config_path).resolve().parent,
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=default_interrupt)
 
     def wait_until_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -84,10 +85,16 @@ class WebhookReceiver:
         raise TimeoutError(f"marketplace-webhooks did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        _stop_group(self.process)
+        stop_group(self.process)
 
 
-def _stop_group(process: subprocess.Popen) -> None:
+def default_interrupt() -> None:
+    """For a child's preexec_fn: SIGINT as a terminal gives it. A shell's background job (CI, a
+    detached `make dev`) inherits it ignored, and stop_group's SIGINT would then wait out its 30 s."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stop_group(process: subprocess.Popen) -> None:
     """Interrupt the process group as Ctrl-C does, then kill."""
     for sig, wait_seconds in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
         try:
@@ -114,6 +121,7 @@ class DagsterDev:
             self.process = subprocess.Popen(
                 [str(DAGSTER), "dev", "-m", "marketplace_dagster.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
                 cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=default_interrupt,
             )
 
     def query(self, query: str, variables: dict | None = None) -> dict:
@@ -157,7 +165,7 @@ class DagsterDev:
 
     def stop(self) -> None:
         """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then kill."""
-        _stop_group(self.process)
+        stop_group(self.process)
 
 
 if __name__ == "__main__":  # `python -m harness.local_dagster HOME`: the Makefile's embedded instance
