@@ -312,3 +312,13 @@ def materialize_in_processes(deployment: Deployment, workspaces, tmp_path: Path,
     for process, log in zip(processes, logs):
         process.wait(timeout=600)
         assert process.returncode == 0, log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def own_databricks_profiles(monkeypatch):
+    """Each test writes its own Databricks profile file; the process environment is put back after."""
+    from marketplace import databricks
+
+    monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
+    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
+    monkeypatch.delenv(databricks.CONFIG_FILE_ENV)

@@ -26,12 +26,7 @@ from .conftest import materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
 
 
-@pytest.fixture(autouse=True)
-def _own_profiles(monkeypatch):
-    """Each test writes its own profile file; the process environment is put back after."""
-    monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
-    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
-    monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
+pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
 
 def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(servers, deploy, uid, monkeypatch):

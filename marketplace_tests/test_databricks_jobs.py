@@ -15,7 +15,6 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import databricks
 from marketplace_dagster import assets
 from marketplace.config import ConfigError, parse_config
 from marketplace.config import ExportEngineConfig
@@ -39,11 +38,7 @@ COMPUTE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _own_profiles(monkeypatch):
-    monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
-    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
-    monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
+pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import uvicorn
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
-from marketplace import databricks
 from marketplace.databricks_webhooks import DESCRIPTION
 from marketplace.webhooks import DATABRICKS_EVENTS, WEBHOOK_NAME, inspect_webhook, register_webhooks
 from marketplace_dagster.keys import PRODUCTION_MODELS
@@ -32,12 +31,7 @@ HOOK_SECRET = "hook-secret-one"
 HOOKS = RegistryWebhooks.PREFIX
 
 
-@pytest.fixture(autouse=True)
-def _own_profiles(monkeypatch):
-    """Each test writes its own profile file; the process environment is put back after."""
-    monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
-    monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
-    monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
+pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
 
 @pytest.fixture
@@ -149,7 +143,8 @@ def test_inspect_reports_missing_registered_and_wrong(source, deploy, uid):
     assert "it is DISABLED" in wrong.detail
 
 
-def test_a_stage_transition_is_delivered_signed_verified_and_recorded(source, deploy, uid):
+def _registered(source, deploy, uid):
+    """A model with one version in the workspace, and the marketplace's webhook registered there."""
     model = f"{uid}_m"
     register_version(source.upstream, model)
     port = free_port()
@@ -157,6 +152,12 @@ def test_a_stage_transition_is_delivered_signed_verified_and_recorded(source, de
     config = deployment.config
     (state,) = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
     assert state.registered, state.detail
+    return model, port, deployment
+
+
+def test_a_stage_transition_is_delivered_signed_verified_and_recorded(source, deploy, uid):
+    model, port, deployment = _registered(source, deploy, uid)
+    config = deployment.config
 
     with _receiver(build_app(config, deployment.instance, environ=os.environ), port):
         _promote(source, model, "1")
@@ -172,13 +173,8 @@ def test_a_stage_transition_is_delivered_signed_verified_and_recorded(source, de
 
 
 def test_a_delivery_signed_with_another_secret_is_refused_and_nothing_is_recorded(source, deploy, uid):
-    model = f"{uid}_m"
-    register_version(source.upstream, model)
-    port = free_port()
-    deployment = deploy([_workspace(source, uid)], webhooks={"listen": f"127.0.0.1:{port}"})
+    model, port, deployment = _registered(source, deploy, uid)
     config = deployment.config
-    (state,) = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
-    assert state.registered, state.detail
 
     # The receiver holds a secret the workspace's webhook was not given.
     with _receiver(build_app(config, deployment.instance, environ={"DEV01_HOOK_SECRET": "not-the-one"}), port):
