@@ -848,6 +848,9 @@ logged to their runs, and MLflow's validation of the thresholds. A version is ju
 of rules; a sync that finds nothing new judges nothing.
 
 {_table([results['gate']] if results.get('gate') else [])}
+## Propagation: from a change at a source until the marketplace serves it
+
+{_propagation(results['propagation']) if results.get('propagation') else '(not measured)'}
 ## Where a sync's time goes: profiles
 
 `python -m benchmarks.profile_sync 20 --save NAME` syncs one workspace of 20 models in one
@@ -856,6 +859,28 @@ that made it (`benchmarks/profiles/NAME.json`, not rerun by `make bench`). Reque
 
 {_profiles(ROOT / "benchmarks" / "profiles")}"""
     markdown.write_text(text)
+
+
+def _propagation(found: dict) -> str:
+    from benchmarks.propagation import table  # here: it imports this module's helpers
+
+    changes = found["alias_webhooks"]["changes"]
+    return f"""`dagster dev` (webserver and daemon) with production_version_sensor running at its default poll
+interval ({found['poll_interval_seconds']} s), schedules and automation stopped, and the webhook receiver
+(`benchmarks/propagation.py`). One workspace selects production by alias and sends webhooks; the
+other selects it by stage, which no MLflow webhook reports, and is polled. In each, {changes} changes
+one after another: a promotion of a newly registered version, then a rollback to the version
+before, and so on. Each starts at a random point of the period that starts a sync after the
+previous one was served: 0-{found['alias_webhooks']['start_offset_max_seconds']} s by alias (the daemon's sensor
+loop), 0-{found['stage_polling']['start_offset_max_seconds']} s by stage (the poll interval). Seconds from the registry call until the
+marketplace's `@production` serves the version (read every 0.25 s); p50 and p95 interpolated
+between samples.
+
+{_table(table(found))}
+Registry load of the full poll: {found['poll_requests']} requests for {found['poll_load_workspaces']} workspaces every
+{found['poll_interval_seconds']} s, **{found['poll_requests_per_second_per_workspace']} requests per second per workspace**
+(webhook events add a poll of their workspace only).
+"""
 
 
 def _log_to(path: Path) -> None:
@@ -919,6 +944,12 @@ def _targets(results: dict) -> list[dict]:
             results[key] = measured
         return {"target": name, "measured": measured, "met": bool(met)}
 
+    def propagated(mode: str, how: str) -> dict:
+        found = results["propagation"][mode]
+        slowest = max(found[kind]["p95_seconds"] for kind in ("promotion", "rollback"))
+        return target(f"a promotion or rollback {how}: served within {found['target_p95_seconds']} s at p95 "
+                      "(the slower kind)", slowest, found["met"])
+
     largest_sync = by_size.get(50, results["sync_vs_bare"][-1])
     small = results["sync_vs_bare"][0]
     catalog = results["catalog"]
@@ -952,10 +983,12 @@ def _targets(results: dict) -> list[dict]:
                largest_sync["scan_share_of_sync"], largest_sync["scan_share_of_sync"] < 0.5),
         target(f"catalog page of {catalog['models']} models: a keystroke filters in < 100 ms", catalog["keystroke_ms_max"],
                catalog["keystroke_ms_max"] is not None and catalog["keystroke_ms_max"] < 100),
+        propagated("alias_webhooks", "by alias, with webhooks"),
+        propagated("stage_polling", f"by stage, polled every {results['propagation']['poll_interval_seconds']} s"),
     ]
 
 
-ITEMS = 7
+ITEMS = 8
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -982,6 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
         "backfill_days": 10 if not smoke else 2,
         "catalog": [10, 20] if not smoke else [2, 3],
         "gate": [10_000, 3] if not smoke else [500, 1],
+        "propagation_changes": 10 if not smoke else 2,
     }
     results: dict = {
         "command": "make bench" if not smoke else "python -m benchmarks.run --smoke",
@@ -993,7 +1027,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log = args.out / "bench.log"
     _log_to(log)
-    print(f"make bench: {ITEMS} items, about {'30-40 minutes' if not smoke else 'a few minutes'}; "
+    print(f"make bench: {ITEMS} items, about {'40-50 minutes' if not smoke else 'a few minutes'}; "
           f"MLflow and Dagster logs in {log}", flush=True)
     step = _Progress(ITEMS, log)
     with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
@@ -1029,6 +1063,11 @@ def main(argv: list[str] | None = None) -> int:
                 gate_dir = Path(tmp) / "gate"
                 gate_dir.mkdir()
                 results["gate"] = bench_gate(gate_dir, *sizes["gate"])
+            with step("propagation: a promotion or rollback until the marketplace serves it"):
+                # Imported here: it imports this module's helpers.
+                from benchmarks.propagation import bench_propagation
+
+                results["propagation"] = bench_propagation(bench, sizes["propagation_changes"], Path(tmp))
         finally:
             bench.close()
     results["targets"] = _targets(results)
