@@ -109,17 +109,16 @@ def _retry_at(attempt: int, now: float, backoff_seconds: int) -> float:
     return now + min(backoff_seconds * 2 ** attempt, MAX_BACKOFF_SECONDS)
 
 
-def due_again(entry: dict, run_state: str | None, now: float, backoff_seconds: int) -> bool:
-    """Between full polls: should a workspace with work outstanding be polled now? Yes once its run
-    has ended and a change came in meanwhile, or its retry is due. Sets the entry's `retry_at` the
-    first time its run is seen ended (decide() honours it)."""
+def due_again(entry: dict, run_state: str | None, now: float) -> bool:
+    """Between full polls: should a workspace with work outstanding be polled now? Yes as soon as
+    its run has ended (to see what it left: decide() then clears the entry or sets its retry), when
+    a change came in meanwhile, and when its retry is due."""
     if not entry.get("pending") or run_state == IN_FLIGHT:
         return False
     if run_state is None and now - float(entry.get("requested_at", 0)) < LOST_REQUEST_SECONDS:
         return False
-    if entry.get("dirty"):
+    if entry.get("dirty") or "retry_at" not in entry:
         return True
-    entry.setdefault("retry_at", _retry_at(int(entry.get("attempt", 0)), now, backoff_seconds))
     return now >= entry["retry_at"]
 
 

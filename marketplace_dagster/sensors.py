@@ -166,7 +166,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         states = {name: _run_state(context.instance, entry) for name, entry in entries.items() if entry.get("pending")}
         targets = set(by_name) if full else {name for name in events if name in by_name} | {
             name for name, entry in entries.items()
-            if due_again(entry, states.get(name), now, settings.retry_backoff_seconds)}
+            if due_again(entry, states.get(name), now)}
         if not targets:
             cursor["workspaces"] = entries
             waiting = "; ".join(waiting_note(name, entry, states.get(name)) for name, entry in sorted(entries.items())

@@ -79,7 +79,7 @@ def test_an_event_during_a_run_asks_once_when_the_run_ends():
     entry, asks = _during_a_run([["m@2"]], evented=True)
     assert asks == []  # never two runs of a partition at once
 
-    assert due_again(entry, FINISHED, START + 20, BACKOFF)  # polled at the next tick, not the next full poll
+    assert due_again(entry, FINISHED, START + 20)  # polled at the next tick, not the next full poll
     after = tick(entry, ["m@2"], at=20, run_state=FINISHED)
     assert after.ask is not None and after.ask.why == "event"
     assert tick(after.entry, ["m@2"], at=25, run_state=IN_FLIGHT).ask is None
@@ -90,7 +90,7 @@ def test_other_versions_seen_during_a_run_ask_once_when_the_run_ends():
     entry, asks = _during_a_run([["m@2", "n@5"], ["n@5"], []], evented=False)
     assert asks == []
 
-    assert due_again(entry, FINISHED, START + 20, BACKOFF)
+    assert due_again(entry, FINISHED, START + 20)
     after = tick(entry, ["n@5"], at=20, run_state=FINISHED)
     assert after.ask is not None and after.ask.why == "change"
 
@@ -121,3 +121,13 @@ def test_a_new_cursor_epoch_names_the_same_change_differently():
     before = tick(None, ["m@2"], at=0, epoch="e1").ask
     after = tick(None, ["m@2"], at=0, epoch="e2").ask
     assert before.run_key != after.run_key
+
+
+def test_a_workspace_is_polled_once_its_run_ends_and_then_only_when_its_retry_is_due():
+    asked = tick(None, ["m@2"], at=0).entry
+    assert not due_again(asked, IN_FLIGHT, START + 10)
+    assert due_again(asked, FINISHED, START + 20)  # see what the run left, not wait for the full poll
+    unsynced = tick(asked, ["m@2"], at=20, run_state=FINISHED).entry  # it did not sync: a retry is set
+    assert not due_again(unsynced, FINISHED, START + 21)
+    assert due_again(unsynced, FINISHED, START + 20 + BACKOFF)
+    assert tick(asked, [], at=20, run_state=FINISHED).entry == {"generation": 1}  # it synced: nothing waits
