@@ -62,9 +62,11 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     assert set(found) == {
         checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE, checks.EXPORTS_MATCH_MANIFESTS,
         checks.PRODUCTION_VERSIONS_SYNCED, checks.MARKETPLACE_MATCHES_SOURCES, checks.NO_STRAY_EXPORTS,
-        checks.EXPORTS_SIGNED_AND_CLEAN, checks.GATE_PASSED, checks.APPROVALS_PENDING,
+        checks.EXPORTS_SIGNED_AND_CLEAN, checks.GATE_PASSED, checks.APPROVALS_PENDING, checks.SOURCE_WEBHOOKS_REGISTERED,
     }
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
+    hooks = meta(found[checks.SOURCE_WEBHOOKS_REGISTERED])  # no webhook configured: polled, nothing to warn of
+    assert (hooks["workspaces_with_webhook"], hooks["polling_only"]) == (0, 1)
     for name in (checks.EXPORT_SUMMARY_UNIQUE, checks.IMPORT_SUMMARY_UNIQUE):
         assert meta(found[name]) == {"rows": 1, "keys": 1, "duplicated_keys": 0}
     exported = table_rows(deployment, summary.EXPORT_SUMMARY)
