@@ -29,7 +29,7 @@ from marketplace.config import MarketplaceConfig, load_config
 from marketplace.polling import poll_workspaces
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace.registries import MarketplaceRegistry
-from marketplace.webhooks import inspect_webhook
+from marketplace.source_webhooks import inspect_webhook
 from marketplace_dagster.sensors import TICK_BUDGET_SECONDS
 
 ALIAS, STAGE = "alias_webhooks", "stage_polling"

@@ -237,7 +237,7 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
 def webhooks(config: MarketplaceConfig) -> int:
     """Create or update each workspace's `marketplace-sync` webhook (what the receiver does at start)."""
     from marketplace.registry import configure_http
-    from marketplace.webhooks import register_webhooks
+    from marketplace.source_webhooks import register_webhooks
 
     configure_http(config.sensor.request_timeout_seconds, 0)
     states = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)

@@ -23,7 +23,7 @@ from marketplace.registry import configure_http
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.telemetry import registry_time
-from marketplace.webhooks import inspect_webhook
+from marketplace.source_webhooks import inspect_webhook
 from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay importable
     EXPORT_SUMMARY,
     EXPORT_SUMMARY_UNIQUE,

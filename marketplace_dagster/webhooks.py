@@ -26,13 +26,13 @@ from starlette.routing import Route
 
 from marketplace.config import MarketplaceConfig, WorkspaceConfig, load_config
 from marketplace.registry import configure_http
+from marketplace.source_webhooks import register_webhooks
 from marketplace.webhooks import (
     MAX_AGE_SECONDS,
     MAX_BODY_BYTES,
     Rejected,
     ReplayGuard,
     SourceEvent,
-    register_webhooks,
     verify_databricks,
     verify_mlflow,
 )

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 
 from harness.local_servers import free_port
 from marketplace.databricks_webhooks import DESCRIPTION
-from marketplace.webhooks import DATABRICKS_EVENTS, WEBHOOK_NAME, inspect_webhook, register_webhooks
+from marketplace.source_webhooks import inspect_webhook, register_webhooks
+from marketplace.webhooks import DATABRICKS_EVENTS, WEBHOOK_NAME
 from marketplace_dagster.keys import PRODUCTION_MODELS
 from marketplace_dagster.webhooks import build_app
 

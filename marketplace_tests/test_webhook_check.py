@@ -7,7 +7,8 @@ from mlflow import MlflowClient
 
 from harness.local_servers import free_port
 from marketplace.registry import configure_http
-from marketplace.webhooks import WEBHOOK_NAME, register_webhooks
+from marketplace.source_webhooks import register_webhooks
+from marketplace.webhooks import WEBHOOK_NAME
 from marketplace_dagster.keys import PRODUCTION_MODELS, SOURCE_WEBHOOKS_REGISTERED
 
 from .conftest import step_failure_message
