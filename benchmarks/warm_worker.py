@@ -20,11 +20,8 @@ import time
 
 
 def _warm() -> None:
-    """Import what a run imports, and what its first scikit-learn load imports."""
+    """Import what a run imports (models load in the run's sandbox, not here)."""
     import marketplace_dagster.definitions  # noqa: F401
-    from marketplace import loading
-
-    loading._import_sklearn_loader()
 
 
 def _run(partition: str) -> bool:

@@ -12,10 +12,18 @@ from typing import TYPE_CHECKING
 from mlflow import MlflowClient
 
 from marketplace import summary
-from marketplace.cards import CATALOG_TIMES, STATUS_ACTIVE, STATUS_HELD, STATUS_RETIRED, Cards, ModelCard, catalog_row
+from marketplace.cards import (
+    CATALOG_TIMES,
+    STATUS_ACTIVE,
+    STATUS_HELD,
+    STATUS_RETIRED,
+    Cards,
+    ModelCard,
+    catalog_row,
+)
 from marketplace.catalog_page import render_page
-from marketplace.imports import marketplace_versions_of
 from marketplace.gate import TAG_HELD, configured_holds, held_note
+from marketplace.imports import marketplace_versions_of
 from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION
 from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registry import PAGE_SIZE, registry_errors, searched

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from marketplace.errors import MarketplaceError
+from marketplace.sandbox.settings import SandboxSettings
 
 CONFIG_ENV_VAR = "MARKETPLACE_CONFIG"
 # The embedded default (the demo's local servers), shipped in the package; its relative paths
@@ -232,13 +233,25 @@ class SigningConfig(_Strict):
 GLOBAL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
+class SandboxConfig(_Strict):
+    """Where a source's model loads: only ever in a sandbox (`security.sandbox`)."""
+
+    mode: Literal["namespaces", "process"] = "namespaces"
+    timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
+    memory_mb: int = Field(default=4096, ge=256, le=1_048_576)
+
+    def settings(self) -> SandboxSettings:
+        return SandboxSettings(mode=self.mode, timeout_seconds=self.timeout_seconds, memory_mb=self.memory_mb)
+
+
 class SecurityConfig(_Strict):
-    """Scanning every export before anything loads it."""
+    """Scanning every export before anything loads it, and loading it only in a sandbox."""
 
     scan: Literal["block", "warn", "off"] = "block"
     block_severity: Literal["low", "medium", "high", "critical"] = "high"
     # Reviewed "module.name" globals a finding may name and still pass.
     allow_globals: list[str] = Field(default_factory=list)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
     @field_validator("block_severity", mode="before")
     @classmethod
@@ -1034,7 +1047,9 @@ class MarketplaceConfig(_Strict):
 
     def public_key(self, workspace: str) -> str | None:
         """The PEM of the workspace's signing public key, if it has one."""
-        from marketplace.signatures import read_public_key  # model_signing loads sigstore: only when needed
+        from marketplace.signatures import (
+            read_public_key,  # model_signing loads sigstore: only when needed
+        )
 
         value = self.workspace(workspace).signing.public_key
         return None if value is None else read_public_key(value, self.base_dir)

@@ -19,8 +19,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from marketplace.errors import MarketplaceError
 from marketplace.config import SDK_ENV, DatabricksConnection
+from marketplace.errors import MarketplaceError
 
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
 SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret": "azure_client_secret"}

@@ -18,6 +18,17 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow_export_import.model.export_model import export_model
 
+from marketplace.errors import MarketplaceError
+from marketplace.layout import (  # noqa: F401 - exports.export_key and friends stay importable
+    EXPORTS_DIR,
+    SKIP_SUFFIX,
+    STAGING_PREFIX,
+    export_key,
+    lock_name,
+    path_component,
+    skip_record_key,
+    staging_prefix,
+)
 from marketplace.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -40,17 +51,6 @@ from marketplace.registry import (
 )
 from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
-from marketplace.errors import MarketplaceError
-from marketplace.layout import (  # noqa: F401 - exports.export_key and friends stay importable
-    EXPORTS_DIR,
-    SKIP_SUFFIX,
-    STAGING_PREFIX,
-    export_key,
-    lock_name,
-    path_component,
-    skip_record_key,
-    staging_prefix,
-)
 from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError
 
 EXPORT_LOCK_SECONDS = 900
@@ -108,11 +108,13 @@ def read_skip_record(storage: Storage, key: str) -> dict | None:
 
 
 def record_quarantine(storage: Storage, key: str, *, checksum: str, findings: list[dict], reason: str,
-                      day: dt.date) -> None:
-    """Why an exported version is never imported: its scan found what blocks it. Kept while the
-    export stays the same (its manifest checksum); a new export of the version is scanned again."""
+                      day: dt.date, blocked_by: str = "scan") -> None:
+    """Why an exported version never reaches production: its scan found what blocks it, or the
+    sandbox stopped what it did while loading (`blocked_by`). Kept while the export stays the same
+    (its manifest checksum); a new export of the version is scanned and loaded again."""
     storage.write(key, json.dumps({"reason": reason, "date": day.isoformat(), "quarantined": True,
-                                   "checksum": checksum, "findings": findings}, ensure_ascii=False))
+                                   "blocked_by": blocked_by, "checksum": checksum, "findings": findings},
+                                  ensure_ascii=False))
 
 
 def quarantine_of(storage: Storage, key: str, checksum: str | None = None,
@@ -124,7 +126,7 @@ def quarantine_of(storage: Storage, key: str, checksum: str | None = None,
         return None
     if checksum is not None and record.get("checksum") != checksum:
         return None
-    if policy is not None:
+    if policy is not None and record.get("blocked_by") != "sandbox":  # what a model did is not a policy
         try:
             if not ScanReport.of_record(record.get("findings") or []).blocking(policy):
                 return None

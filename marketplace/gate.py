@@ -13,15 +13,14 @@ the registry, the export and the reference data, and evaluates. No Dagster here.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import io
 import json
 import logging
-import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -32,6 +31,7 @@ from urllib.parse import unquote, urlparse
 from marketplace.cards import export_facts
 from marketplace.errors import MarketplaceError
 from marketplace.registry import RegistryUnavailable
+from marketplace.sandbox import Sandbox
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -257,18 +257,32 @@ class ReferenceData:
 
 # --- evaluation --------------------------------------------------------------------------------
 
-# MLflow's evaluation uses the process-wide active run and matplotlib: one at a time.
+# One evaluation at a time: the gate's sandbox loads one model at a time.
 _evaluating = threading.Lock()
 
 
-def evaluate_version(tracking_uri: str, registry_uri: str | None, version: ModelVersion, rule: EvaluationRule,
-                     data: pd.DataFrame, policy: ScanPolicy | None) -> dict[str, float]:
-    """MLflow's evaluation of one marketplace version on `data`, logged to its imported run.
-    Its files are scanned before anything loads them."""
-    import mlflow
+class SandboxBlocked(GateError):
+    """The sandbox stopped what the version did while it was evaluated."""
 
-    from marketplace.loading import before_loading, refused
-    from marketplace.registry import REGISTRY_ERRORS, RegistryUnavailable, process_tracking_uri, redact_text
+    def __init__(self, uri: str, events: tuple[str, ...]):
+        super().__init__(f"{uri} blocked in the sandbox: {'; '.join(events)}")
+        self.events = events
+
+
+def evaluate_version(tracking_uri: str, registry_uri: str | None, version: ModelVersion, rule: EvaluationRule,
+                     data: pd.DataFrame, policy: ScanPolicy | None, sandbox: Sandbox) -> dict[str, float]:
+    """MLflow's evaluation of one marketplace version on `data`, run in `sandbox` (its files are
+    scanned first); the metrics come back as data and are logged here to its imported run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from marketplace.loading import refused
+    from marketplace.registry import (
+        REGISTRY_ERRORS,
+        RegistryUnavailable,
+        process_tracking_uri,
+        redact_text,
+    )
 
     if rule.targets not in data.columns:
         raise GateError(f"the reference data has no column {rule.targets!r} (targets)")
@@ -280,34 +294,21 @@ def evaluate_version(tracking_uri: str, registry_uri: str | None, version: Model
             raise RegistryUnavailable(f"{uri} could not be downloaded to evaluate it: {redact_text(str(exc))}") from exc
         if blocked := refused(Path(local), policy):
             raise GateError(f"{uri} not loaded for evaluation: the scan blocks {blocked}")
-        before_loading(Path(local))
-        with _resumed(version.run_id):
-            result = mlflow.models.evaluate(
-                local, data, targets=rule.targets, model_type=rule.model_type, evaluators="default",
-                evaluator_config={"log_model_explainability": False},
-            )
-    return {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-
-
-@contextlib.contextmanager
-def _resumed(run_id: str | None):
-    """`run_id` (the version's imported run) as the active run, for the evaluation to log into.
-    MLflow refuses to resume a run of another experiment than the one the process set active
-    (`mlflow.set_experiment`, which mlflow-export-import and others call): that is cleared for
-    the block and put back after."""
-    import mlflow
-    from mlflow.tracking import fluent
-
-    saved = fluent._active_experiment_id, os.environ.get("MLFLOW_EXPERIMENT_ID")
-    fluent._active_experiment_id = None
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    try:
-        with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run() as run:
-            yield run
-    finally:
-        fluent._active_experiment_id = saved[0]
-        if saved[1] is not None:
-            os.environ["MLFLOW_EXPERIMENT_ID"] = saved[1]
+        result = sandbox.evaluate(Path(local), data, targets=rule.targets, model_type=rule.model_type)
+        if result.blocked:
+            raise SandboxBlocked(uri, result.events)
+        if result.status != "ok":
+            raise GateError(f"{uri} could not be evaluated: {result.error}")
+        metrics = dict(result.metrics)
+        if version.run_id and metrics:
+            now = int(time.time() * 1000)
+            try:
+                mlflow.MlflowClient(tracking_uri, registry_uri).log_batch(
+                    version.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())])
+            except REGISTRY_ERRORS as exc:
+                raise RegistryUnavailable(f"{uri}: its evaluation's metrics could not be logged: "
+                                          f"{redact_text(str(exc))}") from exc
+    return metrics
 
 
 def compare(rule: EvaluationRule, candidate: Mapping[str, float], baseline: Mapping[str, float] | None) -> list[str]:
@@ -351,6 +352,10 @@ class GateKeeper:
         # raising if it cannot be read (that fails the model's registration this run, never its verdict).
         self.facts = facts or (lambda model, version: export_facts(storage.storage, workspace, model, version)[0])
         self.key = "gate" if config.workspace(workspace).gate.evaluation is None else f"workspaces ({workspace}).gate"
+        self.sandbox = Sandbox(config.security.sandbox.settings(), log)  # started at the first evaluation
+
+    def close(self) -> None:
+        self.sandbox.close()
 
     @property
     def active(self) -> bool:
@@ -375,16 +380,21 @@ class GateKeeper:
             label = f"evaluation[{index}] ({rule.data})"
             try:
                 frame = self.data.frame(rule.data)
-                metrics = evaluate_version(self.tracking_uri, self.registry_uri, candidate, rule, frame, self.policy)
+                metrics = evaluate_version(self.tracking_uri, self.registry_uri, candidate, rule, frame, self.policy,
+                                           self.sandbox)
             except RegistryUnavailable:
                 raise  # the registry, not the model: judged again on the next run
+            except SandboxBlocked as exc:
+                reasons.append(f"{label}: the candidate was blocked in the sandbox: {'; '.join(exc.events)}")
+                continue
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot be evaluated does not pass
                 reasons.append(f"{label}: the candidate could not be evaluated: {type(exc).__name__}: {exc}")
                 continue
             base = None
             if baseline is not None:
                 try:
-                    base = evaluate_version(self.tracking_uri, self.registry_uri, baseline, rule, frame, self.policy)
+                    base = evaluate_version(self.tracking_uri, self.registry_uri, baseline, rule, frame, self.policy,
+                                            self.sandbox)
                 except RegistryUnavailable:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a broken baseline leaves the absolute thresholds

@@ -11,7 +11,14 @@ from pathlib import Path
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from marketplace.layout import EXPORTS_DIR, SKIP_SUFFIX, SNAPSHOTS_DIR, STAGING_PREFIX, TEMPORARY_MARK, export_folder_of_file
+from marketplace.layout import (
+    EXPORTS_DIR,
+    SKIP_SUFFIX,
+    SNAPSHOTS_DIR,
+    STAGING_PREFIX,
+    TEMPORARY_MARK,
+    export_folder_of_file,
+)
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.storage import Storage
 

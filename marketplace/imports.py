@@ -6,9 +6,9 @@ import copy
 import datetime as dt
 import hashlib
 import json
-import re
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from mlflow_export_import.model.import_model import ModelImporter
 from mlflow_export_import.model_version.import_model_version import _import_model_version
 
 from marketplace.errors import MarketplaceError
-from marketplace.loading import warm_up
+from marketplace.pool import OneAtATime, in_pool
 from marketplace.provenance import (  # noqa: F401 - imports.SourceKey and the tags stay importable
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
@@ -47,7 +47,6 @@ from marketplace.registry import (
     registry_errors,
     searched,
 )
-from marketplace.pool import OneAtATime, in_pool
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 
@@ -405,6 +404,7 @@ class ImportOutcome:
     marketplace_name: str | None = None
     version: ModelVersion | None = None  # the marketplace version (imported or already there)
     export_location: str | None = None
+    checksum: str | None = None  # of the export it was imported from
     detail: str = ""
     findings: list[dict] = field(default_factory=list)  # blocking (quarantined) or not (imported)
     files_scanned: int = 0
@@ -450,7 +450,7 @@ def import_versions(
             return (ImportOutcome(source, "skipped", detail=f"not exported: {reason}") if reason is not None
                     else ImportOutcome(source, "failed", detail="not in the export summary (export it first)"))
         location = row["export_path"]
-        done = ImportOutcome(source, "already_imported", mp_name, export_location=location)
+        done = ImportOutcome(source, "already_imported", mp_name, export_location=location, checksum=row["checksum"])
         held = storage.quarantine(workspace, version.model_name, version.version, row["checksum"],
                                   marketplace.scan_policy)
         if held is not None:  # not scanned again until its export changes
@@ -505,7 +505,6 @@ def _import_verified(client, marketplace, storage, sources, source: SourceKey, m
                 done.findings = [f.to_dict() for f in scan.findings]
                 log.warning(f"{done.label}: scan findings that do not block: {scan.describe()}")
         log.info(f"importing {done.label} as {mp_name}")
-        warm_up(local)  # the load check's imports, on a core this import leaves idle waiting on the registry
         lock.check()  # a lost lock imports nothing
         done.version = _import_once(client, marketplace, row["checksum"], local, mp_name, source, day, source_uri,
                                     experiments)

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
-import importlib.util
-import os
-import sys
+import logging
 import tempfile
-import threading
-import warnings
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model
 
 from marketplace.cards import parse_yaml
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
-from marketplace.pool import in_pool
+from marketplace.provenance import SourceKey
 from marketplace.registry import (  # noqa: F401 - loading.local_folder stays importable
     REGISTRY_ERRORS,
     artifact_listing,
@@ -32,6 +25,7 @@ from marketplace.registry import (  # noqa: F401 - loading.local_folder stays im
     process_tracking_uri,
     redact_text,
 )
+from marketplace.sandbox import Sandbox, SandboxSettings, SandboxUnavailable
 from marketplace.scanning import ScanPolicy, scan_folder
 from marketplace.storage import StorageError
 
@@ -47,15 +41,11 @@ class LoadResult:
     matches_export: bool | None
     detail: str
     unchanged: bool = False  # not loaded again: its files are as when it last passed
+    denied: tuple[str, ...] = ()  # what the sandbox stopped it doing: blocked like a scan finding
 
-
-def _same(a, b) -> bool:
-    if isinstance(a, pd.DataFrame | pd.Series):
-        return a.equals(b)
-    try:
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-    except Exception:  # noqa: BLE001 - unusual prediction types compare by repr
-        return repr(a) == repr(b)
+    @property
+    def blocked(self) -> bool:
+        return bool(self.denied)
 
 
 def artifact_fingerprint(tracking_uri: str, model_uri: str, registry_uri: str | None = None) -> str:
@@ -90,58 +80,10 @@ def _flavors(model_dir: Path) -> dict:
     return (parse_yaml(text) or {}).get("flavors", {})
 
 
-def _needs_skops(model_dir: Path) -> bool:
-    """Whether loading `model_dir` imports skops (a scikit-learn model, skops installed, not yet imported)."""
-    if "skops.io" in sys.modules or not importlib.util.find_spec("skops"):
-        return False
-    try:
-        return "sklearn" in _flavors(model_dir)
-    except Exception:  # noqa: BLE001 - an unreadable MLmodel is for the load to report
-        return False
-
-
-def before_loading(model_dir: Path) -> None:
-    """What makes loading `model_dir` cheaper and changes nothing it loads."""
-    if _warming is not None:
-        _warming.join()  # its imports finish before any load starts its own
-    if _needs_skops(model_dir):
-        _name_ufuncs()
-
-
-_warming: threading.Thread | None = None
-_warm_lock = threading.Lock()
-
-
-def warm_up(export_path: Path) -> None:
-    """Start importing what loading the model in `export_path` (an export folder) will import,
-    once per process, in a background thread: scikit-learn and skops take 1.5-2 s of CPU at the
-    first load. Started while the imports wait on the marketplace registry, it runs on a core
-    that would be idle; the load check waits for it. Imports libraries only, nothing of the model."""
-    global _warming
-    with _warm_lock:
-        if _warming is not None:
-            return
-        model_dir = _model_folder(export_path)
-        if model_dir is None or not _needs_skops(model_dir):
-            return
-        _warming = threading.Thread(target=_import_sklearn_loader, name="marketplace-warm-up", daemon=True)
-        _warming.start()
-
-
-def _import_sklearn_loader() -> None:
-    with contextlib.suppress(Exception):  # the load imports them again, and reports what fails
-        _name_ufuncs()
-        for module in ("mlflow.sklearn", "skops.io"):
-            importlib.import_module(module)
-
-
 def _warn_environment(model_dir: Path) -> None:
     """MLflow's warnings of how this Python environment differs from the model's (its
-    requirements, its Python version), for a model that failed here.
-
-    Loads pass `suppress_warnings=True`: the check runs in the orchestrator's environment, not
-    the deployer's, and MLflow's comparison of it with each model's requirements cost every
-    run 0.4-0.8 s (it maps every installed distribution to its modules on first use)."""
+    requirements, its Python version), for a model that failed to load here. Reads its MLmodel
+    and requirements only: nothing of the model runs."""
     with contextlib.suppress(Exception):  # a warning, never a second failure
         from mlflow.pyfunc import (
             _get_pip_requirements_from_model_path,
@@ -152,68 +94,6 @@ def _warn_environment(model_dir: Path) -> None:
         warn_dependency_requirement_mismatches(_get_pip_requirements_from_model_path(str(model_dir)))
         conf = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
         _warn_potentially_incompatible_py_version_if_necessary(conf.get("python_version"))
-
-
-_naming = threading.Lock()
-
-
-@functools.cache
-def _name_ufuncs_locked() -> int:
-    """Give each ufunc of NumPy and scipy.special that has no `__module__` the module skops
-    would find for it, in one pass over the loaded modules; returns how many were named.
-
-    skops.io, on import, names ~230 such ufuncs (to trust them) by scanning every loaded module
-    for each one, in order, until it finds it. In a run process (Dagster and MLflow loaded, 2,700+
-    modules) that is 2 s of CPU per run; named here first, it takes 0.05 s, and each name is the
-    one skops's own scan returns: the first module in sys.modules that holds the object."""
-    import numpy as np
-    import scipy.special
-
-    wanted: dict[str, dict[int, object]] = {}
-    for module in (np, scipy.special):
-        for attr in dir(module):
-            obj = getattr(module, attr, None)
-            if isinstance(obj, np.ufunc) and getattr(obj, "__module__", None) is None:
-                wanted.setdefault(obj.__name__, {})[id(obj)] = obj
-    named = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # as skops's scan: deprecated module attributes
-        for module_name, module in sys.modules.copy().items():
-            if not wanted:
-                break
-            if module_name in ("__main__", "__mp_main__") or module is None:
-                continue
-            plain = type(module) is type(np) and "__getattr__" not in vars(module)
-            # A plain module's attributes are its __dict__; any other is asked, name by name.
-            names = wanted.keys() & vars(module).keys() if plain else list(wanted)
-            for name in names:
-                try:
-                    found = getattr(module, name, None)
-                except (AttributeError, ImportError):
-                    continue
-                if (obj := wanted.get(name, {}).pop(id(found), None)) is not None:
-                    obj.__module__ = module_name
-                    named += 1
-                    if not wanted[name]:
-                        del wanted[name]
-    return named
-
-
-def _name_ufuncs() -> int:
-    with _naming:
-        return _name_ufuncs_locked()
-
-
-@contextlib.contextmanager
-def _loadable(path: Path) -> Iterator[str]:
-    """`path` as MLflow can load it: export folders of odd model names hold "%" (see path_component)."""
-    if "%" not in str(path):
-        yield str(path)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        link = Path(tmp) / "model"
-        link.symlink_to(path, target_is_directory=True)
-        yield str(link)
 
 
 def refused(folder: Path, policy: ScanPolicy | None) -> str | None:
@@ -233,11 +113,14 @@ def load_and_predict(
     registry_uri: str | None = None,
     policy: ScanPolicy | None = None,
     *,
+    sandbox: Sandbox,
     location: str | None = None,
     hashed_at_import: bool = False,
 ) -> LoadResult:
-    """Load `model_uri` with mlflow.pyfunc, predict its input example, compare with the export's copy.
+    """Load `model_uri` with mlflow.pyfunc in `sandbox`, predict its input example, compare with the export's copy.
 
+    The copy is downloaded here (the sandbox has no network) and handed to the sandbox read-only;
+    what comes back is data: loaded, predicted, a digest of the predictions, what was denied.
     `reference_hashes` (the export manifest's entry, SHA-256 and size, of each file under
     `reference_dir`) spares loading the export too when the marketplace copy holds the same bytes.
     `location` (the version's artifact location, if known) on this machine's filesystem is read
@@ -254,20 +137,20 @@ def load_and_predict(
         if blocked := refused(Path(local), policy):
             return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {blocked}")
         try:
-            before_loading(Path(local))
-            with _loadable(Path(local)) as loadable:
-                model = mlflow.pyfunc.load_model(loadable, suppress_warnings=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
+            loaded = sandbox.load_and_predict(Path(local))
+        except SandboxUnavailable as exc:
+            return LoadResult(False, False, None, f"{model_uri} not loaded: {exc}")
+        if loaded.blocked:
+            return LoadResult(False, False, None, f"{model_uri} blocked in the sandbox: {loaded.describe()}",
+                              denied=loaded.events)
+        if not loaded.loaded:
             _warn_environment(Path(local))
-            return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
-        example = Model.load(os.path.join(local, "MLmodel")).load_input_example(local)
-        if example is None:
+            return LoadResult(False, False, None, f"{model_uri} does not load: {loaded.error}")
+        if loaded.stage in ("example", "predict"):
+            _warn_environment(Path(local))
+            return LoadResult(True, False, None, f"{model_uri} loads but fails to predict: {loaded.error}")
+        if not loaded.predicted:
             return LoadResult(True, False, None, f"{model_uri} loads but has no input example to predict")
-        try:
-            prediction = model.predict(example)
-        except Exception as exc:  # noqa: BLE001
-            _warn_environment(Path(local))
-            return LoadResult(True, False, None, f"{model_uri} loads but fails to predict: {type(exc).__name__}: {exc}")
         if reference_dir is None or not (reference_dir / "MLmodel").exists():
             return LoadResult(True, True, None, f"{model_uri} loads and predicts")
         if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes, hashed_at_import):
@@ -275,13 +158,14 @@ def load_and_predict(
         if blocked := refused(reference_dir, policy):
             return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export was not loaded to "
                                                 f"compare: the scan blocks {blocked}")
-        try:
-            with _loadable(reference_dir) as reference:
-                expected = mlflow.pyfunc.load_model(reference, suppress_warnings=True).predict(example)
-        except Exception as exc:  # noqa: BLE001 - the copy loads and predicts; say why we could not compare
+        expected = sandbox.load_and_predict(reference_dir)
+        if expected.blocked:
+            return LoadResult(False, False, None, f"{model_uri}'s export blocked in the sandbox: "
+                                                  f"{expected.describe()}", denied=expected.events)
+        if not expected.predicted:
             return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export could not be "
-                                                f"loaded to compare: {type(exc).__name__}: {exc}")
-        if not _same(prediction, expected):
+                                                f"loaded to compare: {expected.error or 'no prediction'}")
+        if loaded.digest != expected.digest:
             return LoadResult(True, True, False, f"{model_uri} predicts differently from its export")
         return LoadResult(True, True, True, f"{model_uri} loads and predicts the same as its export")
 
@@ -294,6 +178,8 @@ class Checked:
     version: ModelVersion
     export_location: str
     new: bool  # imported by this run
+    source: SourceKey | None = None  # the source version it copies, to quarantine it if the sandbox blocks it
+    checksum: str | None = None  # of the export it was imported from
 
     @property
     def uri(self) -> str:
@@ -305,31 +191,33 @@ class Checked:
 
 
 def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
-                 copies: Callable[[str], Path], policy: ScanPolicy, hashed: Collection[str] = (),
-                 max_workers: int = 1) -> dict[str, LoadResult]:
-    """Load and predict each version imported now, or whose files changed since it last passed
-    (each copy is scanned before it is loaded), `max_workers` at a time; a pass is recorded on the
-    version (TAG_VERIFIED).
+                 copies: Callable[[str], Path], policy: ScanPolicy, sandbox: SandboxSettings,
+                 hashed: Collection[str] = (), log: logging.Logger | None = None) -> dict[str, LoadResult]:
+    """Load and predict, in one sandbox, each version imported now or whose files changed since it
+    last passed (each copy is scanned before it is loaded), one at a time; a pass is recorded on the
+    version (TAG_VERIFIED). The sandbox starts only when a version needs loading.
 
     `hashed`: the export locations this step hashed against their manifests before importing
     them; a copy imported from one, read in place, is compared with the manifest by size."""
-
-    def one(item: Checked) -> LoadResult:
-        recorded = (item.version.tags or {}).get(TAG_VERIFIED)
-        location, fingerprint = _located(client, tracking_uri, registry_uri, item)
-        if recorded and not item.new and fingerprint == recorded:
-            return LoadResult(True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted",
-                              unchanged=True)
-        reference, hashes = _reference(item.export_location, copies)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy,
-                                  location=location, hashed_at_import=item.new and item.export_location in hashed)
-        result = dataclasses.replace(result, detail=redact_text(result.detail))
-        if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
-            with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
-                client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
-        return result
-
-    return {item.label: result for item, result in zip(checked, in_pool(one, checked, max_workers, "load"))}
+    results: dict[str, LoadResult] = {}
+    with Sandbox(sandbox, log) as box:
+        for item in checked:
+            recorded = (item.version.tags or {}).get(TAG_VERIFIED)
+            location, fingerprint = _located(client, tracking_uri, registry_uri, item)
+            if recorded and not item.new and fingerprint == recorded:
+                results[item.label] = LoadResult(True, True, True, f"{item.uri}: files unchanged since it last "
+                                                 "loaded and predicted", unchanged=True)
+                continue
+            reference, hashes = _reference(item.export_location, copies)
+            result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri,
+                                      policy=policy, sandbox=box, location=location,
+                                      hashed_at_import=item.new and item.export_location in hashed)
+            result = dataclasses.replace(result, detail=redact_text(result.detail))
+            if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
+                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
+                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
+            results[item.label] = result
+    return results
 
 
 def _located(client, tracking_uri: str, registry_uri: str | None, item: Checked) -> tuple[str | None, str | None]:

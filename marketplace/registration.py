@@ -8,6 +8,7 @@ same code runs in a Databricks job.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -329,13 +330,14 @@ def register_workspace(
         target = None
         if item.source_version is not None:
             key = SourceKey(workspace, item.model_name, item.source_version)
+            if (quarantined or {}).get(item.model_name) == item.source_version:
+                why = "its scan blocks it" if key not in versions else "the sandbox blocked what it did"
+                outcome.waiting = (f"source production v{item.source_version} is quarantined ({why}); "
+                                   "production stays on the last safe copy")
+                outcome.registry_changes = _mark_quarantined(client, item.marketplace_name, item.source_version)
+                return outcome
             if key not in versions:
-                if (quarantined or {}).get(item.model_name) == item.source_version:
-                    outcome.waiting = (f"source production v{item.source_version} is quarantined (its scan "
-                                       "blocks it); production stays on the last safe copy")
-                    outcome.registry_changes = _mark_quarantined(client, item.marketplace_name, item.source_version)
-                else:
-                    outcome.waiting = f"source production v{item.source_version} is not in the marketplace yet"
+                outcome.waiting = f"source production v{item.source_version} is not in the marketplace yet"
                 return outcome
             target = (key, versions[key])
         elif not versions and item.marketplace_name not in recorded:
@@ -471,6 +473,18 @@ class PartitionRegistration:
     history_rows_inserted: int = 0
 
 
+def _quarantined(storage, marketplace, known, workspace: str, wanted: Wanted) -> bool:
+    """Whether the wanted source version is quarantined: by its scan (then it was never imported),
+    or by the sandbox (imported, then blocked while it loaded)."""
+    if wanted.source_version is None:
+        return False
+    record = storage.quarantine(workspace, wanted.model_name, wanted.source_version, policy=marketplace.scan_policy)
+    if record is None:
+        return False
+    imported = SourceKey(workspace, wanted.model_name, wanted.source_version) in known.get(wanted.marketplace_name, {})
+    return not imported or record.get("blocked_by") == "sandbox"
+
+
 def register_partition(
     client: MlflowClient,
     *,
@@ -487,7 +501,6 @@ def register_partition(
     if newest is not None and newest > day:
         return PartitionRegistration(withheld=f"production follows the newer snapshot of {newest}")
     snapshot = storage.read_snapshot(workspace, day)
-    production = snapshot.production
     imported = {r["model_name"] for r in storage.read_rows(
         summary.IMPORT_SUMMARY, workspace=workspace, columns=["workspace", "model_name"])}
     result = PartitionRegistration(snapshot=snapshot)
@@ -495,6 +508,14 @@ def register_partition(
     # rows written from them must not interleave with another run's.
     gate = GateKeeper(marketplace.config, workspace, storage, tracking_uri=marketplace.tracking_uri,
                       registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy)
+    with contextlib.closing(gate):  # its sandbox, if an evaluation started one
+        return _register(client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result,
+                         gate)
+
+
+def _register(client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result,
+              gate) -> PartitionRegistration:
+    production = snapshot.production
     if gate.active:
         gate.check_ready()  # a missing reference data set fails the partition before anything moves
     with storage.lock("register", workspace) as held:
@@ -507,13 +528,8 @@ def register_partition(
                   for model in sorted(production.keys() | imported | {r["model_name"] for r in history})]
         with registry_errors(f"the marketplace (registering workspace {workspace})", marketplace.tracking_uri):
             known = marketplace_versions_of(client, [w.marketplace_name for w in wanted])
-            quarantined = {
-                w.model_name: w.source_version for w in wanted
-                if w.source_version is not None
-                and SourceKey(workspace, w.model_name, w.source_version) not in known.get(w.marketplace_name, {})
-                and storage.quarantine(workspace, w.model_name, w.source_version,
-                                       policy=marketplace.scan_policy) is not None
-            }
+            quarantined = {w.model_name: w.source_version for w in wanted
+                           if _quarantined(storage, marketplace, known, workspace, w)}
             cards = Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
                           history_rows=history)
             result.done = register_workspace(

@@ -58,7 +58,9 @@ class SourceRegistries:
 
     def private_key(self, name: str) -> str | None:
         """The PEM the workspace's exports are signed with, read from its variable now."""
-        from marketplace.signatures import check_private_key  # model_signing loads sigstore: only when needed
+        from marketplace.signatures import (
+            check_private_key,  # model_signing loads sigstore: only when needed
+        )
 
         variable = self.get(name).signing.private_key_env
         if variable is None:
@@ -120,6 +122,11 @@ class MarketplaceRegistry:
     def scan_policy(self):
         """Every export is scanned before anything loads it (`security` in the configuration)."""
         return self.config.security.policy()
+
+    @property
+    def sandbox_settings(self):
+        """Where models load (`security.sandbox` in the configuration)."""
+        return self.config.security.sandbox.settings()
 
     def client(self) -> MlflowClient:
         configure_http(self.config.client.timeout_seconds, self.config.client.max_retries)

@@ -27,7 +27,6 @@ from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
 from marketplace.errors import MarketplaceError
 
-
 MARKER_PREFIX = "Exported Already On "
 EXPORTED_ON_TAG = "marketplace.exported_on"
 PAGE_SIZE = 1000

@@ -19,6 +19,7 @@ from marketplace.external import Snapshot
 from marketplace.imports import import_row, import_versions, marketplace_versions_of
 from marketplace.loading import Checked, verify_loads
 from marketplace.provenance import SourceKey
+from marketplace.quarantine import quarantine_blocked
 from marketplace.registration import CHANGES, register_partition
 from marketplace.registry import redact_uri, registry_errors, select_production_versions
 from marketplace.telemetry import registry_time
@@ -36,7 +37,14 @@ from marketplace_dagster.keys import (  # noqa: F401 - assets.GROUP and the keys
     PRODUCTION_MODELS,
     REGISTRATION,
 )
-from marketplace_dagster.reporting import Report, catalog_table, load_check_result, table_metadata, version_link
+from marketplace_dagster.reporting import (
+    Report,
+    catalog_table,
+    load_check_result,
+    sandbox_mode,
+    table_metadata,
+    version_link,
+)
 from marketplace_dagster.resources import (
     ExternalStorageResource,
     MarketplaceRegistryResource,
@@ -220,7 +228,8 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     if outcome.findings:
                         listed["warnings"][outcome.label] = outcome.findings
                     new = outcome.status == "imported"
-                    newest.append(Checked(outcome.marketplace_name, outcome.version, outcome.export_location, new))
+                    newest.append(Checked(outcome.marketplace_name, outcome.version, outcome.export_location, new,
+                                          outcome.source, outcome.checksum))
                     if new:
                         report.rows.append([f"{day}|{name}", outcome.label, version_link(
                             marketplace, outcome.marketplace_name, outcome.version.version), outcome.version.version])
@@ -237,10 +246,14 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 scan_policy=f"{policy.mode}, blocking at {policy.block_severity} and above"
                 + (f", {len(policy.allow_globals)} allowed global(s)" if policy.allow_globals else ""),
             )
+            sandbox = marketplace.sandbox_settings
             with registry_time() as spent:
                 results = verify_loads(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies,
-                                       policy, hashed=copies.hashed, max_workers=marketplace.max_workers)
-            yield load_check_result(IMPORT_LOADS_CHECK, results, spent)
+                                       policy, sandbox, hashed=copies.hashed, log=context.log)
+                with explained():
+                    blocked = quarantine_blocked(client, external_storage, newest, results,
+                                                 dt.datetime.now(dt.timezone.utc).date(), context.log)
+            yield load_check_result(IMPORT_LOADS_CHECK, results, spent, sandbox_mode(sandbox, results), blocked)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(

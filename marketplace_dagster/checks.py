@@ -13,25 +13,25 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
-from marketplace.layout import EXPORTS_DIR, export_folder_of_file
 from marketplace.gate import FAILED, PENDING, age, configured_holds
 from marketplace.imports import marketplace_versions_of
+from marketplace.layout import EXPORTS_DIR, export_folder_of_file
 from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
 from marketplace.polling import poll_workspaces
 from marketplace.registration import divergences, marketplace_production
 from marketplace.registry import configure_http
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
-from marketplace.telemetry import registry_time
 from marketplace.source_webhooks import inspect_webhook
+from marketplace.telemetry import registry_time
 from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay importable
+    APPROVALS_PENDING,
     EXPORT_SUMMARY,
     EXPORT_SUMMARY_UNIQUE,
     EXPORTS,
     EXPORTS_MATCH_MANIFESTS,
     EXPORTS_SIGNED_AND_CLEAN,
     GATE_PASSED,
-    APPROVALS_PENDING,
     IMPORT_SUMMARY,
     IMPORT_SUMMARY_UNIQUE,
     MARKETPLACE_MATCHES_SOURCES,

@@ -9,6 +9,11 @@ import dagster as dg
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace_dagster.assets import build_sync_assets, catalog
 from marketplace_dagster.checks import build_checks
+from marketplace_dagster.jobs import (
+    build_checks_job,
+    build_maintenance_job,
+    build_marketplace_sync_job,
+)
 from marketplace_dagster.keys import (
     CATALOG_GROUP,
     EXPORTS_MATCH_MANIFESTS,
@@ -19,7 +24,6 @@ from marketplace_dagster.keys import (
     PARTITIONS_FRESH,
     SOURCE_WEBHOOKS_REGISTERED,
 )
-from marketplace_dagster.jobs import build_checks_job, build_maintenance_job, build_marketplace_sync_job
 from marketplace_dagster.partitions import build_marketplace_partitions_def
 from marketplace_dagster.resources import build_resources
 from marketplace_dagster.schedules import build_cron_schedule, build_daily_marketplace_schedule

@@ -5,8 +5,8 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import HousekeepingConfig
-from marketplace_dagster.keys import CATALOG, GROUP
 from marketplace.housekeeping import maintain_table, remove_debris
+from marketplace_dagster.keys import CATALOG, GROUP
 from marketplace_dagster.resources import ExternalStorageResource, explained
 
 

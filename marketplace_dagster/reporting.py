@@ -100,17 +100,38 @@ def version_link(registry, name: str, version) -> str:
     return f"[{name}]({model_version_url(registry.tracking_uri, name, version, host)})"
 
 
-def load_check_result(check_name: str, results: dict, spent: RegistryTime) -> dg.AssetCheckResult:
-    """The load check's verdict over `loading.verify_loads` results."""
+def sandbox_mode(settings, results: dict) -> str:
+    """How the models this check loaded were isolated (none loaded: the sandbox never started)."""
+    if all(r.unchanged for r in results.values()):
+        return "none loaded"
+    if settings.mode == "process":
+        return "process: filesystem and network shared with the run (security.sandbox.mode: process)"
+    return "namespaces: no network, read-only model, private scratch"
+
+
+def load_check_result(check_name: str, results: dict, spent: RegistryTime, sandbox: str = "",
+                      quarantined: dict[str, list[str]] | None = None) -> dg.AssetCheckResult:
+    """The load check's verdict over `loading.verify_loads` results. A model the sandbox blocked
+    is quarantined (`quarantined`: label -> what it tried) and does not fail the check: the
+    partition's other models go on, as with a scan finding."""
+    quarantined = quarantined or {}
     unchanged = sum(1 for r in results.values() if r.unchanged)
-    failed = {k: r.detail for k, r in results.items() if not r.loaded or r.matches_export is False}
+    failed = {k: r.detail for k, r in results.items()
+              if k not in quarantined and (not r.loaded or r.matches_export is False)}
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
+    passing = f"{len(results) - len(quarantined)} model(s) load and predict"
+    if quarantined:
+        passing += "; quarantined by the sandbox: " + "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in quarantined.items())
     return dg.AssetCheckResult(
         check_name=check_name,
         passed=not failed,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=("; ".join(failed.values()) if failed else f"{len(results)} model(s) load and predict"),
+        description=("; ".join(failed.values()) if failed else passing),
         metadata={
+            "sandbox": sandbox or "none loaded",
+            "models_quarantined_by_sandbox": len(quarantined),
+            "quarantined_by_sandbox": dg.MetadataValue.json(quarantined),
             "models_checked": len(results),
             "models_loaded": len(results) - unchanged,
             "models_unchanged_since_verified": unchanged,

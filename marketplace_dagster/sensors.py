@@ -18,15 +18,14 @@ import dagster as dg
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.exports import quarantine_of
+from marketplace.external import configured_storage
 from marketplace.gate import configured_holds, releasable
 from marketplace.gate import is_active as gate_active
-from marketplace.registries import MarketplaceRegistry
 from marketplace.layout import skip_record_key
-from marketplace_dagster.partitions import partition_key
 from marketplace.polling import poll_workspaces
 from marketplace.registration import Recorded, recorded_states
+from marketplace.registries import MarketplaceRegistry
 from marketplace.registry import configure_http
-from marketplace.external import configured_storage
 from marketplace.scanning import ScanPolicy
 from marketplace.storage import Storage
 from marketplace.sync_requests import FINISHED as RUN_FINISHED
@@ -40,7 +39,7 @@ from marketplace.sync_requests import (
     waiting_note,
 )
 from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
-
+from marketplace_dagster.partitions import partition_key
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
 TICK_BUDGET_SECONDS = 40

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cloudpickle
 import pytest
 
 from harness import local_servers
@@ -76,3 +80,16 @@ def poll_all_next(cursor: str | None) -> str | None:
     state = json.loads(cursor)
     state.pop("polled_at", None)
     return json.dumps(state)
+
+
+@contextlib.contextmanager
+def by_value(*objects) -> Iterator[None]:
+    """Pickle the modules of `objects` by value while saving a model: a sandbox sees no test module."""
+    modules = {sys.modules[o.__module__] for o in objects}
+    for module in modules:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        for module in modules:
+            cloudpickle.unregister_pickle_by_value(module)

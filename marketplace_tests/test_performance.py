@@ -33,7 +33,9 @@ from marketplace.registry import (
     marker_description,
     process_tracking_uri,
 )
+from marketplace.sandbox import Sandbox, SandboxSettings
 from marketplace.summary import EXPORT_SUMMARY, merge_rows, read_rows, row_count
+from marketplace_tests.support import by_value
 from marketplace_tests.test_summary import export_row
 
 
@@ -324,44 +326,6 @@ def test_an_export_lists_the_runs_top_folder_without_reading_the_run_again(sqlit
     assert counted.calls["list_artifacts"] == 1
 
 
-def test_the_ufuncs_skops_names_on_import_are_named_first_with_the_module_its_own_scan_finds():
-    # In the order a run process meets them: MLflow and our code loaded, then skops (whose
-    # scan gives the expected names), then the one-pass naming, which must agree with it.
-    code = ("import marketplace.loading as loading, numpy as np, scipy.special, skops.io; "
-            "from skops.io._utils import whichmodule; "
-            "ufuncs = {id(o): o for m in (np, scipy.special) for a in dir(m) "
-            "          if isinstance(o := getattr(m, a), np.ufunc) and getattr(o, '__module__', None) is None}; "
-            "expected = {i: whichmodule(o, o.__name__) for i, o in ufuncs.items()}; "
-            "print(len(ufuncs), loading._name_ufuncs(), loading._name_ufuncs(), "
-            "     sum(o.__module__ == expected[i] for i, o in ufuncs.items()), sorted(set(expected.values())))")
-    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    count, named, again, agreeing, modules = found.stdout.split(" ", 4)
-    assert int(count) > 100 and int(named) == int(count) == int(agreeing), found.stdout + found.stderr
-    assert again == named  # once per process
-    assert "__main__" not in modules
-
-
-def test_the_load_checks_imports_start_in_the_background_once_and_only_for_a_scikit_learn_export(tmp_path):
-    sklearn_export, pyfunc_export = tmp_path / "sk", tmp_path / "py"
-    for export, flavor in ((sklearn_export, "sklearn"), (pyfunc_export, "python_function")):
-        (export / "m-1" / "artifacts").mkdir(parents=True)
-        (export / "m-1" / "artifacts" / "MLmodel").write_text(f"flavors:\n  {flavor}: {{}}\n")
-    # A fresh process, as a run's: nothing warms for a pyfunc export; a scikit-learn export
-    # starts one thread, once; the load waits for it; the ufuncs carry the names skops finds.
-    code = ("import sys, threading, marketplace.loading as loading; from pathlib import Path; "
-            f"loading.warm_up(Path({str(pyfunc_export)!r})); print(loading._warming is None, 'skops.io' in sys.modules); "
-            f"loading.warm_up(Path({str(sklearn_export)!r})); first = loading._warming; "
-            f"loading.warm_up(Path({str(sklearn_export)!r})); print(first is loading._warming, first is not None); "
-            f"loading.before_loading(Path({str(sklearn_export)!r}) / 'm-1' / 'artifacts'); "
-            "print(first.is_alive(), 'skops.io' in sys.modules, 'mlflow.sklearn' in sys.modules); "
-            "import numpy as np, scipy.special; from skops.io._utils import whichmodule; "
-            "print(all(o.__module__ == whichmodule(o, o.__name__) for m in (np, scipy.special) for a in dir(m) "
-            "          if isinstance(o := getattr(m, a), np.ufunc)))")
-    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert found.stdout.split() == ["True", "False", "True", "True", "False", "True", "True", "True"], \
-        found.stdout + found.stderr
-
-
 class _Doubles(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         return model_input * 2
@@ -371,8 +335,9 @@ def test_mlflows_environment_warnings_are_logged_only_for_a_model_that_fails_her
     import pandas as pd
 
     folder = tmp_path / "model"
-    mlflow.pyfunc.save_model(folder, python_model=_Doubles(), input_example=pd.DataFrame({"x": [1.0]}),
-                             pip_requirements=["surely-absent-distribution==9.9"])
+    with by_value(_Doubles):
+        mlflow.pyfunc.save_model(folder, python_model=_Doubles(), input_example=pd.DataFrame({"x": [1.0]}),
+                                 pip_requirements=["surely-absent-distribution==9.9"])
     logged = []
     handler = logging.Handler()
     handler.emit = lambda record: logged.append(record.getMessage())
@@ -380,10 +345,11 @@ def test_mlflows_environment_warnings_are_logged_only_for_a_model_that_fails_her
     logger.addHandler(handler)
     try:
         uri = sqlite_client.tracking_uri
-        passed = load_and_predict(uri, "models:/m/1", None, location=str(folder))
-        assert (passed.loaded, passed.predicted) == (True, True) and logged == []
-        (folder / "python_model.pkl").write_bytes(b"not a pickle")
-        failed = load_and_predict(uri, "models:/m/1", None, location=str(folder))
+        with Sandbox(SandboxSettings(mode="process")) as sandbox:
+            passed = load_and_predict(uri, "models:/m/1", None, location=str(folder), sandbox=sandbox)
+            assert (passed.loaded, passed.predicted) == (True, True) and logged == [], passed.detail
+            (folder / "python_model.pkl").write_bytes(b"not a pickle")
+            failed = load_and_predict(uri, "models:/m/1", None, location=str(folder), sandbox=sandbox)
     finally:
         logger.removeHandler(handler)
     assert not failed.loaded and "does not load" in failed.detail
