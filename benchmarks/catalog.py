@@ -24,7 +24,12 @@ from marketplace.catalog import build_catalog
 from marketplace.config import load_config
 from marketplace.external import ExternalStorage
 from marketplace.manifest import build_manifest, write_manifest
-from marketplace.provenance import TAG_CHECKSUM, TAG_PRODUCTION_SOURCE_VERSION, SourceKey, provenance_tags
+from marketplace.provenance import (
+    TAG_CHECKSUM,
+    TAG_PRODUCTION_SOURCE_VERSION,
+    SourceKey,
+    provenance_tags,
+)
 from marketplace.registration import STATUS_ACTIVE, TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registries import MarketplaceRegistry, SourceRegistries
 
@@ -94,9 +99,9 @@ def seed_marketplace(folder: Path, market: LocalServer, workspaces: int, models:
 
 
 def _logged_model_source(market: LocalServer) -> str:
+    import mlflow
     from sklearn.linear_model import LogisticRegression
 
-    import mlflow
     from marketplace.registry import process_tracking_uri
 
     with process_tracking_uri(market.uri), warnings.catch_warnings():

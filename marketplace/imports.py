@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -427,13 +427,15 @@ def import_versions(
     copies: LocalCopies,
     day: dt.date,
     log: logging.Logger | None = None,
+    importing: Callable[[], None] | None = None,
 ) -> list[ImportOutcome]:
     """Import each of a workspace's production versions into the marketplace, once: verified
     against its manifest and the export summary's checksum (`recorded`), its signature checked,
     scanned (a blocking finding quarantines it) and imported under a lock per marketplace model,
     `marketplace.max_workers` at a time.
     One version's failure is its outcome; a marketplace that cannot be read fails them all
-    (RegistryUnavailable)."""
+    (RegistryUnavailable). `importing` is called before each new import (the load check's sandbox
+    starts then, its imports overlapping the registry's)."""
     log = OneAtATime(log or logging.getLogger(__name__))
     uri = marketplace.tracking_uri
     with registry_errors(f"the marketplace (syncing workspace {workspace})", uri):
@@ -458,6 +460,8 @@ def import_versions(
         elif source in known.get(mp_name, {}):
             done.version = known[mp_name][source]
         else:
+            if importing is not None:
+                importing()
             try:
                 _import_verified(client, marketplace, storage, sources, source, mp_name, row, copies, day,
                                  source_uri, done, log, experiments)

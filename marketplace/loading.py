@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import logging
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from marketplace.registry import (  # noqa: F401 - loading.local_folder stays im
     process_tracking_uri,
     redact_text,
 )
-from marketplace.sandbox import Sandbox, SandboxSettings, SandboxUnavailable
+from marketplace.sandbox import Sandbox, SandboxUnavailable
 from marketplace.scanning import ScanPolicy, scan_folder
 from marketplace.storage import StorageError
 
@@ -191,32 +190,31 @@ class Checked:
 
 
 def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
-                 copies: Callable[[str], Path], policy: ScanPolicy, sandbox: SandboxSettings,
-                 hashed: Collection[str] = (), log: logging.Logger | None = None) -> dict[str, LoadResult]:
-    """Load and predict, in one sandbox, each version imported now or whose files changed since it
+                 copies: Callable[[str], Path], policy: ScanPolicy, sandbox: Sandbox,
+                 hashed: Collection[str] = ()) -> dict[str, LoadResult]:
+    """Load and predict, in `sandbox`, each version imported now or whose files changed since it
     last passed (each copy is scanned before it is loaded), one at a time; a pass is recorded on the
-    version (TAG_VERIFIED). The sandbox starts only when a version needs loading.
+    version (TAG_VERIFIED). The sandbox starts only when a version needs loading (or was begun).
 
     `hashed`: the export locations this step hashed against their manifests before importing
     them; a copy imported from one, read in place, is compared with the manifest by size."""
     results: dict[str, LoadResult] = {}
-    with Sandbox(sandbox, log) as box:
-        for item in checked:
-            recorded = (item.version.tags or {}).get(TAG_VERIFIED)
-            location, fingerprint = _located(client, tracking_uri, registry_uri, item)
-            if recorded and not item.new and fingerprint == recorded:
-                results[item.label] = LoadResult(True, True, True, f"{item.uri}: files unchanged since it last "
-                                                 "loaded and predicted", unchanged=True)
-                continue
-            reference, hashes = _reference(item.export_location, copies)
-            result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri,
-                                      policy=policy, sandbox=box, location=location,
-                                      hashed_at_import=item.new and item.export_location in hashed)
-            result = dataclasses.replace(result, detail=redact_text(result.detail))
-            if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
-                with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
-                    client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
-            results[item.label] = result
+    for item in checked:
+        recorded = (item.version.tags or {}).get(TAG_VERIFIED)
+        location, fingerprint = _located(client, tracking_uri, registry_uri, item)
+        if recorded and not item.new and fingerprint == recorded:
+            results[item.label] = LoadResult(True, True, True, f"{item.uri}: files unchanged since it last "
+                                             "loaded and predicted", unchanged=True)
+            continue
+        reference, hashes = _reference(item.export_location, copies)
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri,
+                                  policy=policy, sandbox=sandbox, location=location,
+                                  hashed_at_import=item.new and item.export_location in hashed)
+        result = dataclasses.replace(result, detail=redact_text(result.detail))
+        if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
+            with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
+                client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
+        results[item.label] = result
     return results
 
 

@@ -22,6 +22,7 @@ from marketplace.provenance import SourceKey
 from marketplace.quarantine import quarantine_blocked
 from marketplace.registration import CHANGES, register_partition
 from marketplace.registry import redact_uri, registry_errors, select_production_versions
+from marketplace.sandbox import Sandbox
 from marketplace.telemetry import registry_time
 from marketplace_dagster.engines import run_exports
 from marketplace_dagster.keys import (  # noqa: F401 - assets.GROUP and the keys stay importable
@@ -214,7 +215,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                         for r in external_storage.read_rows(summary.EXPORT_SUMMARY, workspace=name)}
             for outcome in import_versions(client, marketplace=marketplace, storage=external_storage,
                                            sources=workspaces, workspace=name, versions=versions, recorded=recorded,
-                                           copies=copies, day=day, log=context.log):
+                                           copies=copies, day=day, log=context.log, importing=sandbox.begin):
                 report.count(outcome.status)
                 report.count("files_scanned", outcome.files_scanned)
                 scan_seconds += outcome.scan_seconds
@@ -237,6 +238,8 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         # Exports in an object store are downloaded to verify and import them, kept for the load check.
         with contextlib.ExitStack() as stack:
             copies = LocalCopies(external_storage.storage, stack)
+            # Where the load check loads each model; begun by the first new import.
+            sandbox = stack.enter_context(Sandbox(marketplace.sandbox_settings, context.log))
             report.run(import_partition)
             yield report.result(
                 skipped_versions=dg.MetadataValue.json(listed["skipped"]),
@@ -246,14 +249,13 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 scan_policy=f"{policy.mode}, blocking at {policy.block_severity} and above"
                 + (f", {len(policy.allow_globals)} allowed global(s)" if policy.allow_globals else ""),
             )
-            sandbox = marketplace.sandbox_settings
             with registry_time() as spent:
                 results = verify_loads(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies,
-                                       policy, sandbox, hashed=copies.hashed, log=context.log)
+                                       policy, sandbox, hashed=copies.hashed)
                 with explained():
                     blocked = quarantine_blocked(client, external_storage, newest, results,
                                                  dt.datetime.now(dt.timezone.utc).date(), context.log)
-            yield load_check_result(IMPORT_LOADS_CHECK, results, spent, sandbox_mode(sandbox, results), blocked)
+            yield load_check_result(IMPORT_LOADS_CHECK, results, spent, sandbox_mode(sandbox.settings, results), blocked)
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(

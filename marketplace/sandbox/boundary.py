@@ -68,7 +68,9 @@ def process_command(settings: SandboxSettings, scratch: Path) -> list[str]:
 
 def namespaces_command(settings: SandboxSettings, bwrap: str, scratch: Path, models: Path, etc: Path) -> list[str]:
     """The warm process inside bubblewrap (`namespaces` mode)."""
-    command = [bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+    # Not --die-with-parent: its signal follows the thread that started bwrap, and a sandbox may be
+    # begun from a pool thread. The warm process ends when its stdin closes, as the run's process does.
+    command = [bwrap, "--unshare-all", "--unshare-user", "--new-session",
                "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv"]
     for path in _SYSTEM:
         if os.path.islink(path):

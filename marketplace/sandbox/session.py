@@ -82,6 +82,8 @@ class Sandbox:
         self._process: subprocess.Popen | None = None
         self._buffer = b""
         self._requests = 0
+        self._ready = False
+        self._launched_at = 0.0
         self.started_seconds: float | None = None
 
     @property
@@ -112,6 +114,7 @@ class Sandbox:
                                  targets=targets, model_type=model_type)
 
     def close(self) -> None:
+        self._ready = False
         process, self._process = self._process, None
         if process is not None:
             try:
@@ -153,11 +156,47 @@ class Sandbox:
             return str(target)
         return f"{boundary.SANDBOX_MODELS}/{target.relative_to(self._root / 'models').as_posix()}"
 
+    def begin(self) -> None:
+        """Start the warm process now, without waiting for it: its imports then overlap with
+        whatever the caller does before the first load. Idempotent; failures surface at that load."""
+        if self._process is None:
+            try:
+                self._launch()
+            except (OSError, boundary.SandboxUnavailable):
+                self._abandon()
+
     def _start(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            return
-        self._abandon()
-        started = time.monotonic()
+        if self._process is not None and self._ready:
+            if self._process.poll() is None:
+                return
+            self._abandon()
+        if self._process is None:
+            try:
+                self._launch()
+            except BaseException:
+                self._abandon()
+                raise
+        try:
+            ready = self._receive(START_SECONDS)
+        except (OSError, ValueError, TimeoutError) as exc:
+            why = self._stderr() or str(exc)
+            self._abandon()
+            if self.settings.mode == "namespaces":
+                raise boundary.SandboxUnavailable(
+                    f"security.sandbox.mode is 'namespaces' but the sandbox could not be made here: {why} "
+                    "(where Linux user namespaces are not allowed, set security.sandbox.mode: process)") from None
+            raise boundary.SandboxUnavailable(f"the sandboxed process did not start: {why}") from None
+        self._ready = True
+        self.started_seconds = time.monotonic() - self._launched_at
+        self.log.info("sandbox started in %.1f s (%s; imports %.1f s)", self.started_seconds,
+                      self.settings.mode, ready.get("warm_seconds", 0.0))
+        if self.settings.mode == "process":
+            self.log.warning("models load in a separate process only: filesystem and network are shared with "
+                             "the run (security.sandbox.mode: process)")
+
+    def _launch(self) -> None:
+        self._launched_at = time.monotonic()
+        self._ready = False
         self._root = Path(tempfile.mkdtemp(prefix="marketplace-sandbox-"))
         scratch, models, etc = self._root / "scratch", self._root / "models", self._root / "etc"
         for folder in (scratch, models):
@@ -181,22 +220,6 @@ class Sandbox:
         finally:
             stderr.close()
         self._buffer = b""
-        try:
-            ready = self._receive(START_SECONDS)
-        except (OSError, ValueError, TimeoutError) as exc:
-            why = self._stderr() or str(exc)
-            self._abandon()
-            if self.settings.mode == "namespaces":
-                raise boundary.SandboxUnavailable(
-                    f"security.sandbox.mode is 'namespaces' but the sandbox could not be made here: {why} "
-                    "(where Linux user namespaces are not allowed, set security.sandbox.mode: process)") from None
-            raise boundary.SandboxUnavailable(f"the sandboxed process did not start: {why}") from None
-        self.started_seconds = time.monotonic() - started
-        self.log.info("sandbox started in %.1f s (%s; imports %.1f s)", self.started_seconds,
-                      self.settings.mode, ready.get("warm_seconds", 0.0))
-        if self.settings.mode == "process":
-            self.log.warning("models load in a separate process only: filesystem and network are shared with "
-                             "the run (security.sandbox.mode: process)")
 
     def _send(self, message: dict) -> None:
         self._process.stdin.write((json.dumps(message) + "\n").encode())
@@ -229,6 +252,7 @@ class Sandbox:
         return text[-1500:]
 
     def _abandon(self) -> None:
+        self._ready = False
         process, self._process = self._process, None
         if process is not None:
             _stop(process)
