@@ -12,6 +12,7 @@ import selectors
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class Sandbox:
         self._requests = 0
         self._ready = False
         self._launched_at = 0.0
+        self._lock = threading.RLock()
         self.started_seconds: float | None = None
 
     @property
@@ -114,6 +116,10 @@ class Sandbox:
                                  targets=targets, model_type=model_type)
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         self._ready = False
         process, self._process = self._process, None
         if process is not None:
@@ -129,6 +135,10 @@ class Sandbox:
     # ---
 
     def _request(self, task: str, files: dict[str, Path], **fields) -> SandboxResult:
+        with self._lock:  # one model at a time: it sees only its own files
+            return self._request_locked(task, files, **fields)
+
+    def _request_locked(self, task: str, files: dict[str, Path], **fields) -> SandboxResult:
         self._start()
         self._requests += 1
         number = self._requests
@@ -159,11 +169,12 @@ class Sandbox:
     def begin(self) -> None:
         """Start the warm process now, without waiting for it: its imports then overlap with
         whatever the caller does before the first load. Idempotent; failures surface at that load."""
-        if self._process is None:
-            try:
-                self._launch()
-            except (OSError, boundary.SandboxUnavailable):
-                self._abandon()
+        with self._lock:
+            if self._process is None:
+                try:
+                    self._launch()
+                except (OSError, boundary.SandboxUnavailable):
+                    self._abandon()
 
     def _start(self) -> None:
         if self._process is not None and self._ready:
