@@ -343,7 +343,8 @@ class GateKeeper:
     """The gate of one workspace's models: judges a version once per set of rules and records it."""
 
     def __init__(self, config: MarketplaceConfig, workspace: str, storage: ExternalStorage, *,
-                 tracking_uri: str, registry_uri: str | None, policy: ScanPolicy | None, facts=None):
+                 tracking_uri: str, registry_uri: str | None, policy: ScanPolicy | None, facts=None,
+                 sandbox: Sandbox | None = None):
         self.gate = config.gate_for(workspace)
         self.workspace = workspace
         self.data = ReferenceData(storage)
@@ -352,10 +353,14 @@ class GateKeeper:
         # raising if it cannot be read (that fails the model's registration this run, never its verdict).
         self.facts = facts or (lambda model, version: export_facts(storage.storage, workspace, model, version)[0])
         self.key = "gate" if config.workspace(workspace).gate.evaluation is None else f"workspaces ({workspace}).gate"
-        self.sandbox = Sandbox(config.security.sandbox.settings(), log)  # started at the first evaluation
+        # Where candidates and baselines are evaluated: the run's sandbox, else one of its own,
+        # started at the first evaluation and closed by close().
+        self._own_sandbox = sandbox is None
+        self.sandbox = sandbox or Sandbox(config.security.sandbox.settings(), log)
 
     def close(self) -> None:
-        self.sandbox.close()
+        if self._own_sandbox:
+            self.sandbox.close()
 
     @property
     def active(self) -> bool:

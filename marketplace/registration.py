@@ -35,6 +35,7 @@ from marketplace.provenance import (  # noqa: F401 - registration.provenance_tag
     provenance_tags,
 )
 from marketplace.registry import redact_uri, registry_errors
+from marketplace.sandbox import Sandbox
 from marketplace.storage import LockLost
 
 if TYPE_CHECKING:
@@ -494,9 +495,11 @@ def register_partition(
     workspace: str,
     day: dt.date,
     run_id: str,
+    sandbox: Sandbox | None = None,
 ) -> PartitionRegistration:
     """Make the marketplace follow what `workspace` has in production on `day`, and record each
-    change in production_history; only the workspace's newest snapshot moves production."""
+    change in production_history; only the workspace's newest snapshot moves production. The
+    gate evaluates in `sandbox` (the run's), or in one of its own."""
     newest = storage.newest_snapshot_date(workspace)
     if newest is not None and newest > day:
         return PartitionRegistration(withheld=f"production follows the newer snapshot of {newest}")
@@ -507,7 +510,7 @@ def register_partition(
     # One registration of a workspace at a time: the history read, the registry changes and the
     # rows written from them must not interleave with another run's.
     gate = GateKeeper(marketplace.config, workspace, storage, tracking_uri=marketplace.tracking_uri,
-                      registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy)
+                      registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy, sandbox=sandbox)
     with contextlib.closing(gate):  # its sandbox, if an evaluation started one
         return _register(client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result,
                          gate)

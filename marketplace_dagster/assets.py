@@ -22,7 +22,6 @@ from marketplace.provenance import SourceKey
 from marketplace.quarantine import quarantine_blocked
 from marketplace.registration import CHANGES, register_partition
 from marketplace.registry import redact_uri, registry_errors, select_production_versions
-from marketplace.sandbox import Sandbox
 from marketplace.telemetry import registry_time
 from marketplace_dagster.engines import run_exports
 from marketplace_dagster.keys import (  # noqa: F401 - assets.GROUP and the keys stay importable
@@ -49,6 +48,7 @@ from marketplace_dagster.reporting import (
 from marketplace_dagster.resources import (
     ExternalStorageResource,
     MarketplaceRegistryResource,
+    SandboxResource,
     WorkspaceRegistriesResource,
     explained,
 )
@@ -134,6 +134,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         context: dg.AssetExecutionContext,
         workspaces: WorkspaceRegistriesResource,
         external_storage: ExternalStorageResource,
+        sandbox: SandboxResource,
     ) -> dg.MaterializeResult:
         """Export folders in external storage: each production version, once, with its manifest."""
         report = Report(context, "exports", ["model", "version", "files", "bytes", "path"])
@@ -153,6 +154,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     uri = redact_uri(workspaces.get(name).tracking_uri)
                     report.fail(f"workspace {name} ({uri}) {outcome.label}", outcome.detail)
                 elif outcome.status == "exported":
+                    sandbox.begin()  # its imports overlap this run's waits on the registries: the load check comes
                     report.count("bytes_exported", outcome.size_bytes)
                     report.rows.append([f"{day}|{name}", outcome.model_name, outcome.version, outcome.files,
                                         outcome.size_bytes, outcome.location])
@@ -197,6 +199,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         external_storage: ExternalStorageResource,
         workspaces: WorkspaceRegistriesResource,
         marketplace: MarketplaceRegistryResource,
+        sandbox: SandboxResource,
     ):
         """Marketplace model versions: each verified export imported once, tagged with its source."""
         report = Report(context, "imports", ["source", "marketplace model", "version"])
@@ -238,8 +241,6 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         # Exports in an object store are downloaded to verify and import them, kept for the load check.
         with contextlib.ExitStack() as stack:
             copies = LocalCopies(external_storage.storage, stack)
-            # Where the load check loads each model; begun by the first new import.
-            sandbox = stack.enter_context(Sandbox(marketplace.sandbox_settings, context.log))
             report.run(import_partition)
             yield report.result(
                 skipped_versions=dg.MetadataValue.json(listed["skipped"]),
@@ -297,6 +298,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         external_storage: ExternalStorageResource,
         workspaces: WorkspaceRegistriesResource,
         marketplace: MarketplaceRegistryResource,
+        sandbox: SandboxResource,
     ) -> dg.MaterializeResult:
         """Marketplace registered models: production marker, status, provenance and history, following
         what each source has in production now (promotions, rollbacks, retirements, restorations)."""
@@ -310,7 +312,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         def register(day: dt.date, name: str) -> None:
             done = register_partition(client, marketplace=marketplace, storage=external_storage, sources=workspaces,
-                                      workspace=name, day=day, run_id=context.run.run_id)
+                                      workspace=name, day=day, run_id=context.run.run_id, sandbox=sandbox)
             if done.withheld:
                 # A past date's backfill imports what it saw; only the newest snapshot moves production.
                 withheld[f"{day}|{name}"] = done.withheld

@@ -12,11 +12,14 @@ from marketplace.config import MarketplaceConfig
 from marketplace.errors import MarketplaceError
 from marketplace.external import ExternalStorage
 from marketplace.registries import MarketplaceRegistry, SourceRegistries
+from marketplace.sandbox import Sandbox
 
 # How assets, checks and ops ask for them (the names the configurable resources had).
 WorkspaceRegistriesResource = dg.ResourceParam[SourceRegistries]
 MarketplaceRegistryResource = dg.ResourceParam[MarketplaceRegistry]
 ExternalStorageResource = dg.ResourceParam[ExternalStorage]
+# The run's one warm sandbox, where every model loads (started only when a step begins it).
+SandboxResource = dg.ResourceParam[Sandbox]
 
 
 def build_resources(config: MarketplaceConfig) -> dict[str, object]:
@@ -24,6 +27,7 @@ def build_resources(config: MarketplaceConfig) -> dict[str, object]:
         "workspaces": SourceRegistries(config),
         "marketplace": MarketplaceRegistry(config),
         "external_storage": ExternalStorage.of(config),
+        "sandbox": Sandbox(config.security.sandbox.settings()),
     }
 
 

@@ -1,10 +1,11 @@
-"""A sandbox session: one warm sandboxed process per run step, asked to load one model at a time.
+"""A sandbox session: one warm sandboxed process per run, asked to load one model at a time.
 
 Each request's files are staged (hard links where the filesystem allows, else copies) into a
 folder the sandbox sees read-only, and removed when its result is back. Results are JSON."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -86,6 +87,7 @@ class Sandbox:
         self._ready = False
         self._launched_at = 0.0
         self._lock = threading.RLock()
+        self._at_exit = False
         self.started_seconds: float | None = None
 
     @property
@@ -206,6 +208,9 @@ class Sandbox:
                              "the run (security.sandbox.mode: process)")
 
     def _launch(self) -> None:
+        if not self._at_exit:  # a run's sandbox lives as long as its process: its folder goes with it
+            atexit.register(self.close)
+            self._at_exit = True
         self._launched_at = time.monotonic()
         self._ready = False
         self._root = Path(tempfile.mkdtemp(prefix="marketplace-sandbox-"))

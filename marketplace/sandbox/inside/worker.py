@@ -17,27 +17,9 @@ import sys
 import time
 
 import audit
+import warm
 
 GUARD = audit.install()  # before anything of a model is read; armed only in each child
-
-
-def warm_up() -> float:
-    """Import what loading will import, once, in the parent: each child inherits it."""
-    started = time.monotonic()
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import mlflow.pyfunc  # noqa: F401
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-    from mlflow.models import Model  # noqa: F401
-
-    for optional in ("sklearn", "mlflow.sklearn", "skops.io", "cloudpickle", "pyarrow.parquet"):
-        try:
-            __import__(optional)
-        except Exception:  # noqa: BLE001 - a missing library is the load's to report
-            pass
-    return time.monotonic() - started
 
 
 def main() -> None:
@@ -49,8 +31,8 @@ def main() -> None:
     parser.add_argument("--library", action="append", default=[])
     options = parser.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "true")  # MLflow's telemetry: no network, and nothing to report
-    warm = warm_up()
-    reply({"ready": True, "warm_seconds": round(warm, 3), "pid": os.getpid()})
+    seconds = warm.import_libraries()
+    reply({"ready": True, "warm_seconds": round(seconds, 3), "pid": os.getpid()})
     for line in sys.stdin:
         if not line.strip():
             continue
