@@ -18,12 +18,23 @@ NETWORK_EVENTS = frozenset({
     "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
     "socket.sendto", "socket.sendmsg",
 })
-# Events whose arguments name a path the event writes, renames or removes (indexes of those arguments).
+# Events that write, rename or remove: the indexes of the paths they change, and of the folder
+# handles (dir_fd) those paths may be relative to.
 PATH_EVENTS = {
-    "os.rename": (0, 1), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.truncate": (0,),
-    "os.chmod": (0,), "os.chown": (0,), "os.link": (0, 1), "os.symlink": (1,), "os.utime": (0,),
-    "shutil.rmtree": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
+    "os.rename": ((0, 1), (2, 3)), "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)),
+    "os.mkdir": ((0,), (2,)), "os.truncate": ((0,), ()), "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)),
+    "os.link": ((0, 1), (2, 3)), "os.symlink": ((1,), (2,)), "os.utime": ((0,), (3,)), "shutil.rmtree": ((0,), (1,)),
+    "os.chflags": ((0,), ()), "os.lchflags": ((0,), ()), "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,)),
 }
+# C functions ctypes may not look up: what the events above cover, reached around them.
+DENIED_SYMBOLS = frozenset({
+    "system", "popen", "fork", "vfork", "clone", "clone3", "execl", "execlp", "execle", "execv", "execvp",
+    "execvpe", "execve", "execveat", "fexecve", "posix_spawn", "posix_spawnp", "syscall", "socket", "connect",
+    "bind", "sendto", "sendmsg", "getaddrinfo", "gethostbyname", "open", "open64", "openat", "openat64", "creat",
+    "creat64", "fopen", "fopen64", "freopen", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir",
+    "mkdirat", "rmdir", "truncate", "ftruncate", "chmod", "fchmod", "fchmodat", "link", "linkat", "symlink",
+    "symlinkat", "ptrace", "kill", "dlopen", "dlmopen", "mprotect", "prctl", "unshare", "setns", "mount",
+})
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 MAX_RECORDED = 50
 
@@ -88,11 +99,17 @@ class Guard:
             path, mode, flags = (tuple(args) + (None, None, None))[:3]
             writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & _WRITE_FLAGS)
-            if writes and isinstance(path, str | bytes) and not self._writable(path):
+            if not writes or not isinstance(path, str | bytes):
+                return None
+            # os.open (no mode) may be relative to a folder handle the event does not show.
+            if not self._writable(path) or (mode is None and not os.path.isabs(os.fsdecode(path))):
                 return "writes only in its scratch folder"
             return None
         if event in PATH_EVENTS:
-            for index in PATH_EVENTS[event]:
+            paths, handles = PATH_EVENTS[event]
+            if any(i < len(args) and isinstance(args[i], int) and args[i] not in (-1, None) for i in handles):
+                return "changes files only by a path in its scratch folder"
+            for index in paths:
                 if index < len(args) and isinstance(args[index], str | bytes) and not self._writable(args[index]):
                     return "changes files only in its scratch folder"
             return None
@@ -100,6 +117,12 @@ class Guard:
             name = args[0] if args else None
             if not self._library_allowed(name):
                 return "loads shared libraries only from site-packages"
+        if event == "ctypes.dlsym":
+            name = args[1] if len(args) > 1 else None
+            if isinstance(name, bytes):
+                name = name.decode(errors="replace")
+            if name in DENIED_SYMBOLS:
+                return "calls no C function that starts processes, reaches the network or changes files"
         return None
 
     def _writable(self, path: str | bytes) -> bool:
@@ -142,3 +165,15 @@ def install() -> Guard:
     """Install the hook (once per process; hooks cannot be removed). It does nothing until armed."""
     sys.addaudithook(GUARD)
     return GUARD
+
+
+def close_unaudited() -> None:
+    """What starts a process without an audit event, replaced in an armed child by a denial:
+    subprocess's own fork_exec (subprocess.Popen itself is audited)."""
+    import _posixsubprocess
+
+    def fork_exec(*args, **kwargs):
+        GUARD("os.exec", ("_posixsubprocess.fork_exec",))  # records and raises
+        raise Denied("denied by the marketplace sandbox: _posixsubprocess.fork_exec")
+
+    _posixsubprocess.fork_exec = fork_exec

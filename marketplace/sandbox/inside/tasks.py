@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 
 
@@ -54,10 +55,14 @@ def evaluate(request: dict, scratch: str) -> dict:
     import mlflow
     import pandas as pd
 
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # a throwaway store in the scratch folder
     mlflow.set_tracking_uri("file://" + os.path.join(scratch, "mlruns"))
     data = pd.read_parquet(request["data"])
+    # MLflow tags runs and models with the git commit of the main file: here, none (no `git` runs).
+    sys.argv[0] = os.path.join(scratch, "evaluation")
+    run = mlflow.MlflowClient().create_run("0")
     try:
-        with mlflow.start_run():
+        with mlflow.start_run(run_id=run.info.run_id):
             result = mlflow.models.evaluate(
                 request["model"], data, targets=request["targets"], model_type=request["model_type"],
                 evaluators="default", evaluator_config={"log_model_explainability": False},

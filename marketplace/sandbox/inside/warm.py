@@ -3,6 +3,7 @@ Libraries only; nothing of a model."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -13,6 +14,10 @@ OPTIONAL = ("sklearn", "mlflow.sklearn", "skops.io", "cloudpickle", "pyarrow.par
 def import_libraries() -> float:
     """Import MLflow's pyfunc, pandas and (where installed) scikit-learn and skops; seconds taken."""
     started = time.monotonic()
+    # What libraries would otherwise start a process for: GitPython checking `git version` at
+    # import, matplotlib listing fonts with `fc-list` for an interactive backend.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MPLBACKEND", "Agg")
     warnings.filterwarnings("ignore")
     import mlflow.pyfunc  # noqa: F401
     import pandas  # noqa: F401
@@ -28,6 +33,16 @@ def import_libraries() -> float:
         except Exception:  # noqa: BLE001 - a missing library is the load's to report
             pass
     return time.monotonic() - started
+
+
+def import_evaluation() -> None:
+    """What MLflow's evaluation imports (2-3 s), once, before the first evaluation forks its child."""
+    for module in ("mlflow.models.evaluation", "mlflow.models.evaluation.default_evaluator", "git",
+                   "matplotlib.pyplot"):
+        try:
+            __import__(module)
+        except Exception:  # noqa: BLE001 - the evaluation reports what it misses
+            pass
 
 
 def name_ufuncs() -> int:

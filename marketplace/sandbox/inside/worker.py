@@ -19,6 +19,7 @@ import time
 import audit
 import warm
 
+sys.dont_write_bytecode = True  # importing a model's code writes nothing beside it (its folder is read-only)
 GUARD = audit.install()  # before anything of a model is read; armed only in each child
 
 
@@ -47,6 +48,8 @@ def reply(message: dict) -> None:
 
 def serve(request: dict, options) -> dict:
     """Run one request in a fresh child under the limits; its result, or why there is none."""
+    if request.get("task") == "evaluate":
+        warm.import_evaluation()  # once, here, before the hook is armed in a child
     scratch = os.path.join(options.scratch, f"r{request['id']}")
     os.makedirs(os.path.join(scratch, "tmp"), exist_ok=True)
     result_read, result_write = os.pipe()
@@ -141,6 +144,7 @@ def _child(request: dict, options, scratch: str, result_fd: int, events_fd: int)
         import tasks
 
         GUARD.arm(scratch, tuple(options.library), events_fd)
+        audit.close_unaudited()
         result = tasks.run(request, scratch)
     except MemoryError:
         result = {"status": "memory", "error": f"allocated past the memory limit of {options.memory_mb} MB"}
