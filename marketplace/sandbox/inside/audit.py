@@ -107,10 +107,14 @@ class Guard:
             return None
         if event in PATH_EVENTS:
             paths, handles = PATH_EVENTS[event]
-            if any(i < len(args) and isinstance(args[i], int) and args[i] not in (-1, None) for i in handles):
-                return "changes files only by a path in its scratch folder"
-            for index in paths:
-                if index < len(args) and isinstance(args[index], str | bytes) and not self._writable(args[index]):
+            folders = [_folder_of(args[i]) if i < len(args) else None for i in handles]
+            for n, index in enumerate(paths):
+                if index >= len(args) or not isinstance(args[index], str | bytes):
+                    continue
+                path = os.fsdecode(args[index])
+                # A path relative to a folder handle (shutil.rmtree's way) is that folder's.
+                folder = folders[min(n, len(folders) - 1)] if folders else None
+                if folder is False or not self._writable(os.path.join(folder, path) if folder else path):
                     return "changes files only in its scratch folder"
             return None
         if event == "ctypes.dlopen":
@@ -148,6 +152,16 @@ class Guard:
                 os.write(self.events_fd, (json.dumps(text) + "\n").encode())
             except OSError:
                 pass  # the result carries the list too
+
+
+def _folder_of(handle) -> str | None | bool:
+    """The folder an open handle (dir_fd) names; None for none, False when it cannot be told."""
+    if not isinstance(handle, int) or handle == -1:
+        return None
+    try:
+        return os.readlink(f"/proc/self/fd/{handle}")
+    except OSError:
+        return False
 
 
 def _mapped_libraries() -> set[str]:
