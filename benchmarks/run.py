@@ -848,6 +848,16 @@ logged to their runs, and MLflow's validation of the thresholds. A version is ju
 of rules; a sync that finds nothing new judges nothing.
 
 {_table([results['gate']] if results.get('gate') else [])}
+## The sandbox: what loading a model there costs
+
+Every load of a source's model runs in the sandbox (`marketplace/sandbox/`, `benchmarks/sandbox.py`):
+one warm process per run that imports MLflow, pandas and scikit-learn once (`start_seconds`; a
+run begins it at its first new export, so it overlaps the export and the import), then a fresh
+forked child per model (`per_model_*`: staging the files, the fork, the load and the prediction,
+the result back as JSON). Against it, the same scikit-learn model loaded and predicted in this
+process, as the run process did before.
+
+{_table(results['sandbox']) if results.get('sandbox') else '(not measured)'}
 ## Propagation: from a change at a source until the marketplace serves it
 
 {_propagation(results['propagation']) if results.get('propagation') else '(not measured)'}
@@ -1016,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
         "catalog": [10, 20] if not smoke else [2, 3],
         "gate": [10_000, 3] if not smoke else [500, 1],
         "propagation_changes": 10 if not smoke else 2,
+        "sandbox_repeats": 20 if not smoke else 3,
     }
     results: dict = {
         "command": "make bench" if not smoke else "python -m benchmarks.run --smoke",
@@ -1063,6 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
                 gate_dir = Path(tmp) / "gate"
                 gate_dir.mkdir()
                 results["gate"] = bench_gate(gate_dir, *sizes["gate"])
+            with step("the sandbox: what loading a model there costs"):
+                from benchmarks.sandbox import bench_sandbox
+
+                sandbox_dir = Path(tmp) / "sandbox"
+                sandbox_dir.mkdir()
+                results["sandbox"] = bench_sandbox(sizes["sandbox_repeats"], sandbox_dir)
             with step("propagation: a promotion or rollback until the marketplace serves it"):
                 # Imported here: it imports this module's helpers.
                 from benchmarks.propagation import bench_propagation

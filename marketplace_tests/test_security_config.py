@@ -163,3 +163,26 @@ def test_a_missing_or_wrong_private_key_fails_where_the_export_runs_naming_the_k
         workspaces.private_key("dev01")
     monkeypatch.setenv("DEV01_SIGNING_KEY", keys[0])
     assert workspaces.private_key("dev01") == keys[0]
+
+
+def test_models_load_in_namespaces_with_limits_by_default(tmp_path):
+    config = load_config(write_yaml(tmp_path, minimal()))
+    settings = build_resources(config)["sandbox"].settings
+    assert (settings.mode, settings.timeout_seconds, settings.memory_mb) == ("namespaces", 300.0, 4096)
+    data = minimal()
+    data["security"] = {"sandbox": {"mode": "process", "timeout_seconds": 30, "memory_mb": 1024}}
+    settings = load_config(write_yaml(tmp_path, data)).security.sandbox.settings()
+    assert (settings.mode, settings.timeout_seconds, settings.memory_mb) == ("process", 30.0, 1024)
+
+
+@pytest.mark.parametrize(("sandbox", "key"), [
+    ({"mode": "docker"}, "security.sandbox.mode"),
+    ({"timeout_seconds": 0}, "security.sandbox.timeout_seconds"),
+    ({"memory_mb": 64}, "security.sandbox.memory_mb"),
+    ({"network": True}, "security.sandbox.network"),
+])
+def test_a_wrong_sandbox_setting_is_named_by_its_key(tmp_path, sandbox, key):
+    data = minimal()
+    data["security"] = {"sandbox": sandbox}
+    error, path = load_error(tmp_path, data)
+    assert_names(error, path, key)
