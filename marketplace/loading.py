@@ -16,6 +16,7 @@ from mlflow.models import Model
 
 from marketplace.cards import parse_yaml
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
+from marketplace.pool import in_pool
 from marketplace.provenance import SourceKey
 from marketplace.registry import (  # noqa: F401 - loading.local_folder stays importable
     REGISTRY_ERRORS,
@@ -191,31 +192,33 @@ class Checked:
 
 def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
                  copies: Callable[[str], Path], policy: ScanPolicy, sandbox: Sandbox,
-                 hashed: Collection[str] = ()) -> dict[str, LoadResult]:
+                 hashed: Collection[str] = (), max_workers: int = 1) -> dict[str, LoadResult]:
     """Load and predict, in `sandbox`, each version imported now or whose files changed since it
-    last passed (each copy is scanned before it is loaded), one at a time; a pass is recorded on the
-    version (TAG_VERIFIED). The sandbox starts only when a version needs loading (or was begun).
+    last passed (each copy is scanned before it is loaded); a pass is recorded on the version
+    (TAG_VERIFIED). The registry reads and scans run `max_workers` at a time, the loads one at a
+    time (the sandbox shows each model only its own files). The sandbox starts only when a
+    version needs loading (or was begun).
 
     `hashed`: the export locations this step hashed against their manifests before importing
     them; a copy imported from one, read in place, is compared with the manifest by size."""
-    results: dict[str, LoadResult] = {}
-    for item in checked:
+
+    def one(item: Checked) -> LoadResult:
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
         location, fingerprint = _located(client, tracking_uri, registry_uri, item)
         if recorded and not item.new and fingerprint == recorded:
-            results[item.label] = LoadResult(True, True, True, f"{item.uri}: files unchanged since it last "
-                                             "loaded and predicted", unchanged=True)
-            continue
+            return LoadResult(True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted",
+                              unchanged=True)
         reference, hashes = _reference(item.export_location, copies)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri,
-                                  policy=policy, sandbox=sandbox, location=location,
+        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy,
+                                  sandbox=sandbox, location=location,
                                   hashed_at_import=item.new and item.export_location in hashed)
         result = dataclasses.replace(result, detail=redact_text(result.detail))
         if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
             with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
                 client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
-        results[item.label] = result
-    return results
+        return result
+
+    return {item.label: result for item, result in zip(checked, in_pool(one, checked, max_workers, "load"))}
 
 
 def _located(client, tracking_uri: str, registry_uri: str | None, item: Checked) -> tuple[str | None, str | None]:

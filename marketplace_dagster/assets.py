@@ -252,7 +252,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             )
             with registry_time() as spent:
                 results = verify_loads(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies,
-                                       policy, sandbox, hashed=copies.hashed)
+                                       policy, sandbox, hashed=copies.hashed, max_workers=marketplace.max_workers)
                 with explained():
                     blocked = quarantine_blocked(client, external_storage, newest, results,
                                                  dt.datetime.now(dt.timezone.utc).date(), context.log)
