@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -63,6 +63,12 @@ class Snapshot:
                    taken_at=raw.get("taken_at", ""), models_seen=int(raw.get("models_seen", 0)),
                    versions=tuple(ProductionVersion.from_dict(v) for v in raw["versions"]),
                    skipped=raw.get("skipped", {}))
+
+
+def moved(before: Mapping[str, int] | None, versions: Sequence[ProductionVersion]) -> bool:
+    """Whether production moved to a version the newest snapshot did not have (a promotion or
+    rollback: something to export, import and load, unless the marketplace has it already)."""
+    return any((before or {}).get(v.model_name) != v.version for v in versions)
 
 
 def resolve_options(root: str, options: Mapping[str, str], options_env: Mapping[str, str]) -> dict[str, str]:
@@ -156,6 +162,14 @@ class ExternalStorage:
                 "materialize the production_models asset for this partition first"
             )
         return Snapshot.from_json(data)
+
+    def newest_production(self, workspace: str) -> dict[str, int] | None:
+        """Each model's production version in the workspace's newest snapshot (None: no snapshot)."""
+        day = self.newest_snapshot_date(workspace)
+        try:
+            return self.read_snapshot(workspace, day).production if day is not None else None
+        except (MissingSnapshot, ValueError, KeyError, TypeError):
+            return None
 
     def newest_snapshot_date(self, workspace: str) -> dt.date | None:
         """The newest date with a production-model snapshot of `workspace`."""

@@ -15,7 +15,7 @@ import dagster as dg
 from marketplace import summary
 from marketplace.catalog import build_catalog
 from marketplace.exports import LocalCopies, export_row
-from marketplace.external import Snapshot
+from marketplace.external import Snapshot, moved
 from marketplace.imports import import_row, import_versions, marketplace_versions_of
 from marketplace.loading import Checked, verify_loads
 from marketplace.provenance import SourceKey
@@ -96,6 +96,7 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         context: dg.AssetExecutionContext,
         workspaces: WorkspaceRegistriesResource,
         external_storage: ExternalStorageResource,
+        sandbox: SandboxResource,
     ) -> dg.MaterializeResult:
         """The workspace's production models: each registered model's newest production version."""
         report = Report(context, "models", ["model", "version", "selected by", "registered"])
@@ -113,6 +114,9 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     exclude=workspace.exclude,
                     registered_by=_end_of(day) if day < _utc_now().date() else None,
                 )
+            before = external_storage.newest_production(name)
+            if moved(before, selection.versions):
+                sandbox.begin()  # a version to load later in this run, likely: its imports start now, on a core
             external_storage.write_snapshot(Snapshot(
                 workspace=name, date=day, taken_at=_utc_now().isoformat(), models_seen=selection.models_seen,
                 versions=tuple(selection.versions), skipped=selection.skipped,

@@ -4,6 +4,7 @@ and clean models load, predict and evaluate alike in both modes."""
 from __future__ import annotations
 
 import ctypes
+import datetime as dt
 import functools
 import json
 import os
@@ -21,6 +22,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LinearRegression
 
+from marketplace.external import moved
+from marketplace.registry import ProductionVersion
 from marketplace.sandbox import (
     Sandbox,
     SandboxResult,
@@ -429,3 +432,15 @@ def test_the_warm_process_names_the_ufuncs_skops_would_find_first():
                            check=True)
     count, named, agreeing = map(int, found.stdout.split())
     assert count > 100 and named == count == agreeing, found.stdout + found.stderr
+
+
+def test_a_run_begins_its_sandbox_only_when_production_moved():
+    def at(**versions):
+        return [ProductionVersion(m, v, "run", "models:/x", dt.datetime(2026, 12, 7), "stage") for m, v in versions.items()]
+
+    assert moved(None, at(a=1))  # the first snapshot: everything is new
+    assert not moved(None, [])
+    assert not moved({"a": 1, "b": 2}, at(a=1, b=2))  # the idle cycle starts nothing
+    assert not moved({"a": 1, "b": 2}, at(a=1))  # a retirement loads nothing
+    assert moved({"a": 1}, at(a=2)) and moved({"a": 2}, at(a=1))  # promotion, rollback
+    assert moved({"a": 1}, at(a=1, b=1))  # a new model
