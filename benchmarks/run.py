@@ -998,7 +998,7 @@ def _targets(results: dict) -> list[dict]:
     ]
 
 
-ITEMS = 8
+ITEMS = 9
 
 
 def main(argv: list[str] | None = None) -> int:

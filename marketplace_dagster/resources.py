@@ -27,8 +27,20 @@ def build_resources(config: MarketplaceConfig) -> dict[str, object]:
         "workspaces": SourceRegistries(config),
         "marketplace": MarketplaceRegistry(config),
         "external_storage": ExternalStorage.of(config),
-        "sandbox": Sandbox(config.security.sandbox.settings()),
+        "sandbox": sandbox_resource(config),
     }
+
+
+def sandbox_resource(config: MarketplaceConfig) -> dg.ResourceDefinition:
+    """The run's sandbox: made when the run starts (started only when a step begins it), closed
+    when the run ends, so no warm process outlives its run."""
+
+    @dg.resource(description="Where every model of a source is loaded: one warm sandboxed process per run.")
+    def sandbox(_) -> Iterator[Sandbox]:
+        with Sandbox(config.security.sandbox.settings()) as box:
+            yield box
+
+    return sandbox
 
 
 @contextlib.contextmanager

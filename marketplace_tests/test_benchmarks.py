@@ -23,7 +23,7 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     # One progress line per item on the terminal; MLflow's and Dagster's logs in a file.
-    assert "[1/8] sync vs the bare export tool" in done.stdout and "[8/8] propagation" in done.stdout
+    assert "[1/9] sync vs the bare export tool" in done.stdout and "[9/9] propagation" in done.stdout
     assert (tmp_path / "bench.log").stat().st_size > 0 and "INFO" not in done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["sync_ratio"] > 0

@@ -6,8 +6,8 @@ import pytest
 
 from marketplace.config import load_config
 from marketplace.errors import MarketplaceError
-from marketplace_dagster.resources import build_resources
 from marketplace.signatures import generate_key_pair
+from marketplace_dagster.resources import build_resources
 
 from .test_config import assert_names, load_error, minimal, second_workspace, write_yaml
 
@@ -167,7 +167,7 @@ def test_a_missing_or_wrong_private_key_fails_where_the_export_runs_naming_the_k
 
 def test_models_load_in_namespaces_with_limits_by_default(tmp_path):
     config = load_config(write_yaml(tmp_path, minimal()))
-    settings = build_resources(config)["sandbox"].settings
+    settings = build_resources(config)["marketplace"].sandbox_settings
     assert (settings.mode, settings.timeout_seconds, settings.memory_mb) == ("namespaces", 300.0, 4096)
     data = minimal()
     data["security"] = {"sandbox": {"mode": "process", "timeout_seconds": 30, "memory_mb": 1024}}
