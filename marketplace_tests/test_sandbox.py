@@ -9,9 +9,11 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -401,12 +403,28 @@ def test_namespaces_show_no_home_project_or_secret(sandboxes, models, canary):
         assert entries is None or entries == visible, (folder, entries)
     assert "home" not in seen["folders"]["/"] and "opt" not in seen["folders"]["/"]
     assert seen["folders"][str(project / ".marketplace")] is None and seen["folders"][str(secret.parent)] is None
-    assert seen["folders"]["/tmp"] == []
+    # /tmp is the sandbox's own, empty but for the way to an interpreter that lives under it.
+    assert seen["folders"]["/tmp"] == sorted({Path(r).parts[2] for r in roots if r.startswith("/tmp/")})
     assert [line.split(":")[0] for line in seen["passwd"].splitlines()] == ["sandbox"]
     # None of this process's variables (the canary's among them) but those the sandbox sets itself.
     assert not set(seen["environ"]) & (set(os.environ) - SANDBOX_ENV - SET_INSIDE), seen["environ"]
     assert seen["environ"]["HOME"].startswith(boundary.SANDBOX_SCRATCH + "/")
     assert seen["environ"].get("PWD", boundary.SANDBOX_SCRATCH).startswith(boundary.SANDBOX_SCRATCH)
+
+
+def test_an_interpreter_under_tmp_stays_visible(monkeypatch, models):
+    # A clone under /tmp has its venv there; the sandbox's own /tmp must not hide it.
+    venv = Path(tempfile.mkdtemp(prefix="venv-", dir="/tmp"))
+    (venv / "marker").write_text("here")
+    roots = boundary.interpreter_roots()
+    monkeypatch.setattr(boundary, "interpreter_roots", lambda: [*roots, str(venv)])
+    model = save_payload(models / "tmp-view", Payload(functools.partial(report_view, [str(venv), "/tmp"])))
+    with Sandbox(SandboxSettings(mode="namespaces")) as box:
+        result = box.load_and_predict(model)
+    shutil.rmtree(venv)
+    assert result.error.startswith("RuntimeError: "), result
+    seen = json.loads(result.error.removeprefix("RuntimeError: "))
+    assert seen["folders"][str(venv)] == ["marker"] and venv.name in seen["folders"]["/tmp"]
 
 
 def _leads_to(path: str, root: str) -> bool:

@@ -71,7 +71,9 @@ def namespaces_command(settings: SandboxSettings, bwrap: str, scratch: Path, mod
     # Not --die-with-parent: its signal follows the thread that started bwrap, and a sandbox may be
     # begun from a pool thread. The warm process ends when its stdin closes, as the run's process does.
     command = [bwrap, "--unshare-all", "--unshare-user", "--new-session",
-               "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv"]
+               "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv",
+               # First, so that what is bound below shows on top of them (a venv under /tmp, say).
+               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in _SYSTEM:
         if os.path.islink(path):
             command += ["--symlink", os.readlink(path), path]
@@ -84,8 +86,7 @@ def namespaces_command(settings: SandboxSettings, bwrap: str, scratch: Path, mod
         command += ["--ro-bind", str(etc / name), f"/etc/{name}"]
     if os.path.exists("/etc/ld.so.cache"):
         command += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                "--ro-bind", str(INSIDE), SANDBOX_CODE, "--ro-bind", str(models), SANDBOX_MODELS,
+    command += ["--ro-bind", str(INSIDE), SANDBOX_CODE, "--ro-bind", str(models), SANDBOX_MODELS,
                 "--bind", str(scratch), SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH]
     for key, value in environment(SANDBOX_SCRATCH).items():
         command += ["--setenv", key, value]
