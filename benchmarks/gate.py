@@ -19,8 +19,8 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.local_servers import LocalServer, free_port, start, stop
-from marketplace.cards import ExportFacts
 from marketplace.config import load_config
+from marketplace.export_facts import ExportFacts
 from marketplace.external import ExternalStorage
 from marketplace.gate import GateKeeper
 from marketplace.registry import process_tracking_uri

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
-from marketplace.config import MarketplaceConfig, load_config
 from harness.local_servers import LocalServer, start, stop
+from marketplace.config import MarketplaceConfig, load_config
 
 STATE_DIR_ENV = "MARKETPLACE_STATE_DIR"
 # Where the demo's own lines go while Dagster's, MLflow's and the export library's logs go to a file.
@@ -330,11 +330,10 @@ def _counts(result) -> dict[str, int]:
 def summary(config: MarketplaceConfig, history: bool = False) -> None:
     from mlflow import MlflowClient
 
-    from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
-
-    from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
     from marketplace.external import configured_storage
+    from marketplace.imports import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
     from marketplace.layout import CATALOG_PAGE
+    from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
     from marketplace.summary import CATALOG, PRODUCTION_HISTORY, TABLES, read_rows
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)

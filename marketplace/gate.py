@@ -28,20 +28,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from marketplace.cards import export_facts
 from marketplace.errors import MarketplaceError
-from marketplace.registry import RegistryUnavailable
+from marketplace.export_facts import export_facts
+from marketplace.provenance import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
+from marketplace.registry import (
+    PAGE_SIZE,
+    REGISTRY_ERRORS,
+    RegistryUnavailable,
+    process_tracking_uri,
+    redact_text,
+)
 from marketplace.sandbox import Sandbox
+from marketplace.scanning import ScanPolicy, refused
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-    from marketplace.cards import ExportFacts
     from marketplace.config import EvaluationRule, GateConfig, MarketplaceConfig
+    from marketplace.export_facts import ExportFacts
     from marketplace.external import ExternalStorage
-    from marketplace.scanning import ScanPolicy
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +283,6 @@ def evaluate_version(tracking_uri: str, registry_uri: str | None, version: Model
     import mlflow
     from mlflow.entities import Metric
 
-    from marketplace.loading import refused
-    from marketplace.registry import (
-        REGISTRY_ERRORS,
-        RegistryUnavailable,
-        process_tracking_uri,
-        redact_text,
-    )
 
     if rule.targets not in data.columns:
         raise GateError(f"the reference data has no column {rule.targets!r} (targets)")
@@ -438,8 +438,6 @@ class GateKeeper:
 
 def held_versions(client: MlflowClient) -> list[ModelVersion]:
     """Every marketplace version the gate holds now: one paged search."""
-    from marketplace.registry import PAGE_SIZE
-
     found, token = [], None
     while True:
         page = client.search_model_versions(f"tags.`{TAG_HELD}` = 'true'", max_results=PAGE_SIZE, page_token=token)
@@ -470,8 +468,6 @@ class Held:
 
 def holds_of(versions: Sequence[ModelVersion]) -> list[Held]:
     """What each held version waits on, from its tags (versions without source tags are skipped)."""
-    from marketplace.provenance import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
-
     found = []
     for version in versions:
         tags = version.tags or {}

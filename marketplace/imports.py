@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,40 +59,6 @@ class ImportError_(MarketplaceError, RuntimeError):
 
 class NameCollision(ImportError_):
     """Two source models map to one marketplace name."""
-
-
-# MLflow limits experiment names to 500 characters (model names have no limit in MLflow, but
-# registries and databases do); longer names keep their start and end in a stable hash.
-MAX_NAME_LENGTH = 500
-
-
-def shorten(name: str, limit: int = MAX_NAME_LENGTH) -> str:
-    """`name`, or its first characters and a hash of the whole when longer than `limit`: stable,
-    and two long names that differ anywhere never collide."""
-    if len(name) <= limit:
-        return name
-    return f"{name[: limit - 17]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
-
-
-# Unity Catalog object names: no '.', space, '/' or control characters, at most 255 characters,
-# stored in lower case. Kept to letters, digits, '_' and '-' here.
-UC_NAME_LIMIT = 255
-
-
-def uc_component(name: str) -> str:
-    """`name` as one Unity Catalog name level: unchanged if already valid, else cleaned and
-    suffixed with a stable hash of the original (so two names never clean into one)."""
-    cleaned = re.sub(r"[^a-z0-9_-]", "_", name.lower())
-    if cleaned != name or len(cleaned) > UC_NAME_LIMIT:
-        cleaned = f"{cleaned[:UC_NAME_LIMIT - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
-    return cleaned
-
-
-def render_name(template: str, workspace: str, model: str, *, unity_catalog: bool = False) -> str:
-    if unity_catalog:
-        # The configuration checked that the template gives catalog.schema.model.
-        return template.format(workspace=uc_component(workspace), model=uc_component(model))
-    return shorten(template.format(workspace=workspace, model=model))
 
 
 def _source_key(tags: dict[str, str]) -> SourceKey | None:

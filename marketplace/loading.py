@@ -14,7 +14,7 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model
 
-from marketplace.cards import parse_yaml
+from marketplace.export_facts import parse_yaml
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
 from marketplace.pool import in_pool
 from marketplace.provenance import SourceKey
@@ -26,7 +26,7 @@ from marketplace.registry import (  # noqa: F401 - loading.local_folder stays im
     redact_text,
 )
 from marketplace.sandbox import Sandbox, SandboxUnavailable
-from marketplace.scanning import ScanPolicy, scan_folder
+from marketplace.scanning import ScanPolicy, refused
 from marketplace.storage import StorageError
 
 # Set on a marketplace version once it loaded and predicted: a fingerprint of its artifact
@@ -94,15 +94,6 @@ def _warn_environment(model_dir: Path) -> None:
         warn_dependency_requirement_mismatches(_get_pip_requirements_from_model_path(str(model_dir)))
         conf = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
         _warn_potentially_incompatible_py_version_if_necessary(conf.get("python_version"))
-
-
-def refused(folder: Path, policy: ScanPolicy | None) -> str | None:
-    """What the scan blocks in `folder`, described, or None (no policy, or nothing blocks)."""
-    if policy is None or policy.mode == "off":
-        return None
-    report = scan_folder(folder)
-    blocking = report.blocking(policy)
-    return report.describe(blocking) if blocking else None
 
 
 def load_and_predict(

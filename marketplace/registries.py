@@ -12,8 +12,8 @@ from marketplace.config import MarketplaceConfig, MarketplaceRegistryConfig, Wor
 from marketplace.credentials import authenticate
 from marketplace.databricks import ensure_profile
 from marketplace.errors import MarketplaceError
-from marketplace.imports import render_name, shorten
-from marketplace.registration import Marker
+from marketplace.naming import render_name, shorten
+from marketplace.provenance import Marker
 from marketplace.registry import configure_http, make_client
 
 

@@ -349,3 +349,12 @@ def scan_folder(path: Path) -> ScanReport:
         files_scanned=len(scanned),
         seconds=time.perf_counter() - started,
     )
+
+
+def refused(folder: Path, policy: ScanPolicy | None) -> str | None:
+    """What the scan blocks in `folder`, described, or None (no policy, or nothing blocks)."""
+    if policy is None or policy.mode == "off":
+        return None
+    report = scan_folder(folder)
+    blocking = report.blocking(policy)
+    return report.describe(blocking) if blocking else None

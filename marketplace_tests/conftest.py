@@ -22,12 +22,12 @@ from mlflow import MlflowClient
 
 from harness import local_servers
 from marketplace.config import MarketplaceConfig, load_config
+from marketplace.registry import filter_literal, process_tracking_uri
+from marketplace_dagster.assets import build_sync_assets
 from marketplace_dagster.definitions import build_definitions
 from marketplace_dagster.keys import CATALOG
-from marketplace_dagster.assets import build_sync_assets
 from marketplace_dagster.partitions import build_marketplace_partitions_def, partition_key
 from marketplace_dagster.resources import build_resources
-from marketplace.registry import filter_literal, process_tracking_uri
 
 TODAY = dt.datetime.now(dt.timezone.utc).date()
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
+from harness.local_dagster import DagsterDev
 from marketplace.imports import TAG_SOURCE_VERSION
+from marketplace_dagster import assets
 
 from .conftest import TODAY, register_version
 from .faults import FaultProxy
 from .support import table_rows
-from harness.local_dagster import DagsterDev
-
 
 
 def _backdate(server, model: str, version: str, when: dt.datetime) -> None:

@@ -10,9 +10,9 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
 from marketplace.exports import export_dir, skip_record_path
 from marketplace.registry import process_tracking_uri
+from marketplace_dagster import assets
 
 from .conftest import materializations, register_version, step_failure_message
 

@@ -9,15 +9,13 @@ from marketplace.cards import (
     MAX_ROWS,
     STATUS_ACTIVE,
     STATUS_RETIRED,
-    ExportFacts,
     HistoryEntry,
     ModelCard,
     catalog_row,
-    read_export_facts,
     render_card,
-    strip_marker,
 )
 from marketplace.catalog_page import render_page
+from marketplace.export_facts import ExportFacts, read_export_facts, strip_marker
 from marketplace.manifest import Manifest
 from marketplace.provenance import Marker
 from marketplace.storage import LocalStorage

@@ -11,9 +11,9 @@ from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
 from marketplace import loading, summary
-from marketplace_dagster import assets, checks
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME
+from marketplace_dagster import assets, checks
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .support import table_rows

@@ -15,22 +15,22 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace import summary
+from marketplace.exports import export_key
+from marketplace.external import configured_storage
+from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_VERSION
+from marketplace.layout import lock_name
+from marketplace.manifest import MANIFEST_NAME
+from marketplace.storage import LockLost, LockTimeout, ObjectStorage
 from marketplace_dagster import assets
 from marketplace_dagster.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
-from marketplace.exports import export_key
-from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_VERSION
-from marketplace.manifest import MANIFEST_NAME
-from marketplace.external import configured_storage
-from marketplace.layout import lock_name
-from marketplace.storage import LockLost, LockTimeout, ObjectStorage
 
 from .conftest import (
     CLOUD_KEYS,
     TODAY,
     assert_nothing_new,
     assert_predicts_like_source,
-    materialize_in_processes,
     materializations,
+    materialize_in_processes,
     register_version,
     step_failure_message,
 )

@@ -24,13 +24,18 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
 from harness import local_servers
 from marketplace.exports import STAGING_PREFIX, export_dir
-from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
+from marketplace.imports import (
+    TAG_CHECKSUM,
+    TAG_SOURCE_MODEL,
+    TAG_SOURCE_VERSION,
+    TAG_SOURCE_WORKSPACE,
+)
 from marketplace.manifest import MANIFEST_NAME
-from marketplace_dagster.partitions import partition_tags
 from marketplace.registry import EXPORTED_ON_TAG, process_tracking_uri
+from marketplace_dagster import assets
+from marketplace_dagster.partitions import partition_tags
 from marketplace_dagster.resources import build_resources
 
 from .conftest import TODAY, materializations, register_version, step_failure_message

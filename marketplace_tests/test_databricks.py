@@ -17,14 +17,14 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from marketplace import databricks
-from marketplace_dagster import assets
 from marketplace.config import ConfigError, DatabricksConnection, parse_config
-from marketplace.imports import TAG_SOURCE_MODEL, UC_NAME_LIMIT, render_name
+from marketplace.imports import TAG_SOURCE_MODEL
+from marketplace.naming import UC_NAME_LIMIT, render_name
 from marketplace.registry import searched
+from marketplace_dagster import assets
 
 from .conftest import materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
-
 
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 

@@ -15,13 +15,12 @@ import os
 import pytest
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
-from marketplace.config import ConfigError, parse_config
-from marketplace.config import ExportEngineConfig
-from marketplace_dagster.engines import databricks_task
+from marketplace.config import ConfigError, ExportEngineConfig, parse_config
 from marketplace.exports import export_key
 from marketplace.external import configured_storage
 from marketplace.signatures import generate_key_pair, verify_export_signature
+from marketplace_dagster import assets
+from marketplace_dagster.engines import databricks_task
 
 from .conftest import CLOUD_KEYS, materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets, checks
 from marketplace.config import ConfigError, load_config
-from marketplace_dagster.definitions import build_definitions, defs
 from marketplace.imports import TAG_SOURCE_VERSION
+from marketplace_dagster import assets, checks
+from marketplace_dagster.definitions import build_definitions, defs
 
 from .conftest import TODAY, register_version
 

@@ -9,8 +9,8 @@ import yaml
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from marketplace import gate
-from marketplace.cards import ExportFacts
 from marketplace.config import REQUIREMENTS, ConfigError, EvaluationRule, GateConfig, load_config
+from marketplace.export_facts import ExportFacts
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.timezone.utc)
 SIGNATURE = {"inputs": [{"name": "x", "type": "double", "required": True}], "outputs": []}

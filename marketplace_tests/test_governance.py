@@ -13,9 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace import gate
-from marketplace_dagster import assets
-
 from marketplace.registry import process_tracking_uri
+from marketplace_dagster import assets
 
 from .conftest import materializations, sklearn_requirements, step_failure_message
 from .support import poll_all_next, table_rows

@@ -25,6 +25,7 @@ from harness import local_servers
 from marketplace import credentials, databricks
 from marketplace.config import parse_config
 from marketplace.errors import MarketplaceError
+from marketplace.external import ExternalStorage
 from marketplace.grants import (
     TAG_GRANTS,
     Grant,
@@ -34,7 +35,6 @@ from marketplace.grants import (
     record_value,
     recorded_grants,
 )
-from marketplace.external import ExternalStorage
 from marketplace.registries import MarketplaceRegistry
 
 from .conftest import register_version

@@ -3,7 +3,8 @@
 import datetime as dt
 from urllib.parse import quote
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from marketplace import layout
 

@@ -25,8 +25,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from marketplace_dagster import assets
 from marketplace.imports import TAG_SOURCE_VERSION
+from marketplace_dagster import assets
 from marketplace_dagster.partitions import partition_tags
 
 from .conftest import (

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
 from marketplace.exports import export_dir
-from marketplace.imports import MAX_NAME_LENGTH, TAG_SOURCE_MODEL
+from marketplace.imports import TAG_SOURCE_MODEL
+from marketplace.naming import MAX_NAME_LENGTH
+from marketplace_dagster import assets
 
 from .conftest import materializations, register_version, step_failure_message
 

@@ -7,14 +7,26 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
-from marketplace.exports import export_dir
-from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
 from harness.local_servers import free_port
+from marketplace.exports import export_dir
+from marketplace.imports import (
+    TAG_CHECKSUM,
+    TAG_SOURCE_MODEL,
+    TAG_SOURCE_VERSION,
+    TAG_SOURCE_WORKSPACE,
+)
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.registry import MARKER_PREFIX
+from marketplace_dagster import assets
 
-from .conftest import TODAY, assert_nothing_new, assert_predicts_like_source, materializations, register_version, step_failure_message
+from .conftest import (
+    TODAY,
+    assert_nothing_new,
+    assert_predicts_like_source,
+    materializations,
+    register_version,
+    step_failure_message,
+)
 from .support import table_rows
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
-from marketplace.exports import export_key
 from harness.local_servers import free_port
+from marketplace.exports import export_key
+from marketplace.external import configured_storage
 from marketplace.manifest import read_manifest
 from marketplace.registry import MARKER_PREFIX
-from marketplace.external import configured_storage
+from marketplace_dagster import assets
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .support import table_rows

@@ -9,8 +9,8 @@ import pytest
 from dagster._serdes import serialize_value
 from mlflow import MlflowClient
 
-from marketplace import summary
 from harness.local_servers import free_port
+from marketplace import summary
 from marketplace.registry import redact_text
 
 from .conftest import register_version, step_failure_message

@@ -8,9 +8,9 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME, read_manifest
+from marketplace_dagster import assets
 
 from .conftest import materializations, register_version, step_failure_message
 

@@ -7,8 +7,8 @@ import pytest
 from marketplace.config import ConfigError, parse_config
 from marketplace.errors import MarketplaceError
 from marketplace.external import configured_storage
-from marketplace_dagster.resources import build_resources
 from marketplace.storage import ObjectStorage, split_options
+from marketplace_dagster.resources import build_resources
 
 BASE = {"marketplace": {"tracking_uri": "http://127.0.0.1:5000"},
         "workspaces": [{"name": "dev01", "tracking_uri": "http://127.0.0.1:5001", "production": {"stage": "Production"}}]}

@@ -24,14 +24,14 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace import imports, loading
-from marketplace_dagster import assets
-from marketplace_dagster.checks import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
 from marketplace.exports import export_dir, skip_record_path
 from marketplace.imports import TAG_SOURCE_VERSION
 from marketplace.manifest import SIGNATURE_NAME, build_manifest, read_manifest, write_manifest
 from marketplace.registration import TAG_QUARANTINED_VERSION
 from marketplace.registry import process_tracking_uri
 from marketplace.signatures import generate_key_pair, sign_export
+from marketplace_dagster import assets
+from marketplace_dagster.checks import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
 
 from .conftest import materializations, register_version, step_failure_message
 from .test_lifecycle import ALIAS, STAGE, Cli, check_evaluations, promote, versions_of, workspace
