@@ -22,7 +22,7 @@ from benchmarks.demo_workspaces import demo_workspaces
 from harness.local_dagster import DagsterDev
 from harness.local_servers import LocalServer, free_port, start, stop
 from marketplace.config import load_config
-from marketplace_dagster.assets import CHAIN
+from marketplace_dagster.keys import CHAIN
 
 
 def _many_workspaces(count: int, folder: Path, marketplace_uri: str) -> Path:

@@ -33,8 +33,8 @@ from harness.local_dagster import DagsterDev
 from harness.local_servers import LocalServer, free_port, start, stop
 from marketplace.config import load_config
 from marketplace.registry import process_tracking_uri
-from marketplace_dagster.assets import CHAIN
 from marketplace_dagster.definitions import build_definitions
+from marketplace_dagster.keys import CHAIN
 from marketplace_dagster.partitions import partition_tags, split_partition_key
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,13 +19,9 @@ from mlflow.exceptions import MlflowException
 from mlflow_export_import.model.export_model import export_model
 
 from marketplace.errors import MarketplaceError
-from marketplace.layout import (  # noqa: F401 - exports.export_key and friends stay importable
-    EXPORTS_DIR,
-    SKIP_SUFFIX,
-    STAGING_PREFIX,
+from marketplace.layout import (
     export_key,
     lock_name,
-    path_component,
     skip_record_key,
     staging_prefix,
 )

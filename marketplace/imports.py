@@ -23,7 +23,7 @@ from mlflow_export_import.model_version.import_model_version import _import_mode
 
 from marketplace.errors import MarketplaceError
 from marketplace.pool import OneAtATime, in_pool
-from marketplace.provenance import (  # noqa: F401 - imports.SourceKey and the tags stay importable
+from marketplace.provenance import (
     TAG_CHECKSUM,
     TAG_IMPORT_DATE,
     TAG_PRODUCTION_SOURCE_VERSION,

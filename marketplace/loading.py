@@ -18,7 +18,7 @@ from marketplace.export_facts import parse_yaml
 from marketplace.manifest import ManifestError, file_sha256, read_manifest
 from marketplace.pool import in_pool
 from marketplace.provenance import SourceKey
-from marketplace.registry import (  # noqa: F401 - loading.local_folder stays importable
+from marketplace.registry import (
     REGISTRY_ERRORS,
     artifact_listing,
     local_folder,

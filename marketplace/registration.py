@@ -25,10 +25,9 @@ from marketplace.cards import STATUS_HELD, Cards, HistoryEntry
 from marketplace.errors import MarketplaceError
 from marketplace.gate import TAG_HELD, GateKeeper, held_note
 from marketplace.imports import marketplace_versions_of
-from marketplace.provenance import (  # noqa: F401 - registration.provenance_tags and the tags stay importable
+from marketplace.provenance import (
     TAG_PRODUCTION_SOURCE_VERSION,
     TAG_SOURCE_RUN_ID,
-    TAG_SOURCE_TRACKING_URI,
     Marker,
     SourceKey,
     description,

@@ -24,10 +24,9 @@ from marketplace.registration import CHANGES, register_partition
 from marketplace.registry import redact_uri, registry_errors, select_production_versions
 from marketplace.telemetry import registry_time
 from marketplace_dagster.engines import run_exports
-from marketplace_dagster.keys import (  # noqa: F401 - assets.GROUP and the keys stay importable
+from marketplace_dagster.keys import (
     CATALOG,
     CATALOG_GROUP,
-    CHAIN,
     EXPORT_SUMMARY,
     EXPORTS,
     GROUP,

@@ -24,7 +24,7 @@ from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.source_webhooks import inspect_webhook
 from marketplace.telemetry import registry_time
-from marketplace_dagster.keys import (  # noqa: F401 - checks.<NAME> stay importable
+from marketplace_dagster.keys import (
     APPROVALS_PENDING,
     EXPORT_SUMMARY,
     EXPORT_SUMMARY_UNIQUE,

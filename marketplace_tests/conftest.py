@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from harness import local_servers
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace.registry import filter_literal, process_tracking_uri
+from marketplace_dagster import keys
 from marketplace_dagster.assets import build_sync_assets
 from marketplace_dagster.definitions import build_definitions
 from marketplace_dagster.keys import CATALOG
@@ -211,15 +212,13 @@ def materializations(result, asset_key: dg.AssetKey) -> dict:
 
 def assert_nothing_new(result, already_exported: int) -> None:
     """A re-run that found everything done: nothing exported, imported, inserted or changed."""
-    from marketplace_dagster import assets
-
     assert result.success, step_failure_message(result)
-    exported = materializations(result, assets.EXPORTS)
+    exported = materializations(result, keys.EXPORTS)
     assert (exported["exported"], exported["already_exported"]) == (0, already_exported)
-    assert materializations(result, assets.IMPORTS)["imported"] == 0
-    assert materializations(result, assets.EXPORT_SUMMARY)["rows_inserted"] == 0
-    assert materializations(result, assets.IMPORT_SUMMARY)["rows_inserted"] == 0
-    assert materializations(result, assets.REGISTRATION)["registry_changes"] == 0
+    assert materializations(result, keys.IMPORTS)["imported"] == 0
+    assert materializations(result, keys.EXPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(result, keys.IMPORT_SUMMARY)["rows_inserted"] == 0
+    assert materializations(result, keys.REGISTRATION)["registry_changes"] == 0
 
 
 def step_failure_message(result) -> str:

@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.local_dagster import DagsterDev
-from marketplace.imports import TAG_SOURCE_VERSION
-from marketplace_dagster import assets
+from marketplace.provenance import TAG_SOURCE_VERSION
+from marketplace_dagster import keys
 
 from .conftest import TODAY, register_version
 from .faults import FaultProxy
@@ -62,7 +62,7 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
     partitions = [f"{day.isoformat()}|{w}" for day in days for w in (a, b)]
     dev = dagster_dev(deployment.path)
 
-    first = dev.backfill(partitions, [k.path for k in assets.CHAIN])
+    first = dev.backfill(partitions, [k.path for k in keys.CHAIN])
     assert first["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), first
     assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
     assert len(first["runs"]) == len(partitions)  # one run per partition: each fails alone
@@ -79,7 +79,7 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
 
     # Again: nothing changes, and a past date never takes the alias back to v1.
-    second = dev.backfill(partitions, [k.path for k in assets.CHAIN])
+    second = dev.backfill(partitions, [k.path for k in keys.CHAIN])
     assert {r["status"] for r in second["runs"]} == {"SUCCESS"}
     assert len(table_rows(deployment, "export_summary")) == 3
     assert len(table_rows(deployment, "import_summary")) == 3
@@ -87,7 +87,7 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
 
     # Only the past date, after the later one: the alias stays on the newest version.
-    third = dev.backfill([f"{days[0].isoformat()}|{a}"], [k.path for k in assets.CHAIN])
+    third = dev.backfill([f"{days[0].isoformat()}|{a}"], [k.path for k in keys.CHAIN])
     assert {r["status"] for r in third["runs"]} == {"SUCCESS"}
     assert market.get_model_version_by_alias(name, "production").tags[TAG_SOURCE_VERSION] == "2"
 
@@ -122,7 +122,7 @@ def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
         partitions = [f"{day.isoformat()}|{w}" for day in days for w in names]
         dev = dagster_dev(deployment.path)
 
-        first = dev.backfill(partitions, [k.path for k in assets.CHAIN])
+        first = dev.backfill(partitions, [k.path for k in keys.CHAIN])
         ended = _by_partition(first)
         assert {p: s for p, s in ended.items() if p.endswith(names[2])} == {
             f"{day.isoformat()}|{names[2]}": "FAILURE" for day in days}
@@ -136,7 +136,7 @@ def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
         assert market.search_registered_models(filter_string=f"name='{names[2]}.{uid}_{names[2]}_m'") == []
 
         down.fail_first = 0  # the registry is back
-        again = dev.backfill(partitions, [k.path for k in assets.CHAIN])
+        again = dev.backfill(partitions, [k.path for k in keys.CHAIN])
         assert set(_by_partition(again).values()) == {"SUCCESS"}
     imported = table_rows(deployment, "import_summary")
     assert sorted(r["workspace"] for r in imported) == names

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from marketplace.exports import export_dir, skip_record_path
 from marketplace.registry import process_tracking_uri
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import materializations, register_version, step_failure_message
 
@@ -51,13 +51,13 @@ def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest
     result = deployment.sync("bad")
 
     assert result.success, step_failure_message(result)
-    exports = materializations(result, assets.EXPORTS)
+    exports = materializations(result, keys.EXPORTS)
     assert (exports["exported"], exports["skipped"], exports["failed"]) == (1, 3, 0)
     reasons = exports["skipped_versions"]
     assert "was deleted" in reasons[f"bad/{uid}_deleted_run v1"]
     assert "files of its logged model" in reasons[f"bad/{uid}_no_files v1"] and "missing" in reasons[f"bad/{uid}_no_files v1"]
     assert "has no run" in reasons[f"bad/{uid}_no_run v1"]
-    imports = materializations(result, assets.IMPORTS)
+    imports = materializations(result, keys.IMPORTS)
     assert (imports["imported"], imports["skipped"], imports["failed"]) == (1, 3, 0)
     assert "was deleted" in imports["skipped_versions"][f"bad/{uid}_deleted_run v1"]
     market = MlflowClient(servers["marketplace"].uri)
@@ -79,7 +79,7 @@ def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest
     client.restore_run(client.get_model_version(f"{uid}_deleted_run", "1").run_id)
     again = deployment.sync("bad")
     assert again.success, step_failure_message(again)
-    exports = materializations(again, assets.EXPORTS)
+    exports = materializations(again, keys.EXPORTS)
     assert (exports["exported"], exports["already_exported"], exports["skipped"]) == (1, 1, 2)
     assert f"bad/{uid}_deleted_run v1" not in exports["skipped_versions"]
     assert market.get_model_version_by_alias(f"bad.{uid}_deleted_run", "production").version == "1"

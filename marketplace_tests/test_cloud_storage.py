@@ -15,14 +15,13 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace import summary
-from marketplace.exports import export_key
 from marketplace.external import configured_storage
-from marketplace.imports import TAG_CHECKSUM, TAG_SOURCE_VERSION
-from marketplace.layout import lock_name
+from marketplace.layout import export_key, lock_name
 from marketplace.manifest import MANIFEST_NAME
+from marketplace.provenance import TAG_CHECKSUM, TAG_SOURCE_VERSION
 from marketplace.storage import LockLost, LockTimeout, ObjectStorage
-from marketplace_dagster import assets
-from marketplace_dagster.checks import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
+from marketplace_dagster import keys
+from marketplace_dagster.keys import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
 
 from .conftest import (
     CLOUD_KEYS,
@@ -61,10 +60,10 @@ def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
     for workspace in ("cloud-a", "cloud-b"):
         result = deployment.sync(workspace)
         assert result.success, step_failure_message(result)
-        assert materializations(result, assets.EXPORTS)["exported"] == 1
-        assert materializations(result, assets.IMPORTS)["imported"] == 1
+        assert materializations(result, keys.EXPORTS)["exported"] == 1
+        assert materializations(result, keys.IMPORTS)["imported"] == 1
         assert [c.passed for c in result.get_asset_check_evaluations()
-                if c.check_name == assets.IMPORT_LOADS_CHECK] == [True]
+                if c.check_name == keys.IMPORT_LOADS_CHECK] == [True]
 
     exports = {r["workspace"]: r for r in table_rows(deployment, "export_summary")}
     assert sorted(exports) == ["cloud-a", "cloud-b"] and exports["cloud-a"]["version"] == 2
@@ -93,13 +92,13 @@ def test_full_pipeline_on_cloud_storage(synced_pair, servers, uid):
 
     # The catalog's table and page on the same storage; a second refresh changes no row.
     first = deployment.refresh_catalog()
-    assert materializations(first, assets.CATALOG)["rows_inserted"] == 2
+    assert materializations(first, keys.CATALOG)["rows_inserted"] == 2
     assert sorted(r["marketplace_name"] for r in table_rows(deployment, "catalog")) == [
         f"{uid}.cloud-a.{uid}_iris", f"{uid}.cloud-b.{uid}_diabetes"]
     assert f"{uid}.cloud-b.{uid}_diabetes".encode() in storage.read("catalog.html")
     again = deployment.refresh_catalog()
-    assert (materializations(again, assets.CATALOG)["rows_inserted"],
-            materializations(again, assets.CATALOG)["rows_updated"]) == (0, 0)
+    assert (materializations(again, keys.CATALOG)["rows_inserted"],
+            materializations(again, keys.CATALOG)["rows_updated"]) == (0, 0)
 
 
 def test_parallel_partitions_write_the_summary_tables_without_losing_a_row(servers, deploy, uid, cloud, tmp_path):
@@ -127,10 +126,10 @@ def test_an_upload_cut_short_is_not_counted_and_is_replaced(synced_pair, uid):
     key = export_key("cloud-a", f"{uid}_iris", 2)
     storage.write(f"{key}/run-folder/run.json", b"{truncated")  # files, but the manifest never came
 
-    result = deployment.sync("cloud-a", selection=assets.CHAIN[:3])
+    result = deployment.sync("cloud-a", selection=keys.CHAIN[:3])
 
     assert result.success, step_failure_message(result)
-    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert materializations(result, keys.EXPORTS)["exported"] == 1
     stored = storage.list(key)
     assert MANIFEST_NAME in stored and "run-folder/run.json" not in stored
     assert [r["version"] for r in table_rows(deployment, "export_summary")] == [2]
@@ -139,12 +138,12 @@ def test_an_upload_cut_short_is_not_counted_and_is_replaced(synced_pair, uid):
 def test_a_changed_object_is_refused_at_import_and_by_the_manifest_check(synced_pair, servers, uid):
     deployment = synced_pair
     storage = configured_storage(deployment.config)
-    assert deployment.sync("cloud-a", selection=assets.CHAIN[:3]).success
+    assert deployment.sync("cloud-a", selection=keys.CHAIN[:3]).success
     key = export_key("cloud-a", f"{uid}_iris", 2)
     pickled = next(n for n in storage.list(key) if "/artifacts/model." in n and not n.endswith(".json"))
     storage.write(f"{key}/{pickled}", storage.read(f"{key}/{pickled}")[::-1])  # same size, other bytes
 
-    result = deployment.sync("cloud-a", selection=[assets.IMPORTS])
+    result = deployment.sync("cloud-a", selection=[keys.IMPORTS])
 
     assert not result.success
     message = step_failure_message(result)

@@ -25,16 +25,17 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import local_servers
-from marketplace.exports import STAGING_PREFIX, export_dir
-from marketplace.imports import (
+from marketplace.exports import export_dir
+from marketplace.layout import STAGING_PREFIX
+from marketplace.manifest import MANIFEST_NAME
+from marketplace.provenance import (
     TAG_CHECKSUM,
     TAG_SOURCE_MODEL,
     TAG_SOURCE_VERSION,
     TAG_SOURCE_WORKSPACE,
 )
-from marketplace.manifest import MANIFEST_NAME
 from marketplace.registry import EXPORTED_ON_TAG, process_tracking_uri
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 from marketplace_dagster.partitions import partition_tags
 from marketplace_dagster.resources import build_resources
 
@@ -129,7 +130,7 @@ def test_run_killed_mid_export_counts_nothing_and_the_rerun_completes(servers, d
 
         result = deployment.sync("killed")
     assert result.success, step_failure_message(result)
-    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert materializations(result, keys.EXPORTS)["exported"] == 1
     assert (export_dir(root, "killed", f"{uid}_m", 1) / MANIFEST_NAME).exists()
     assert list(model_dir.glob(f"{STAGING_PREFIX}*")) == []  # the dead run's staging folder is gone
     assert EXPORTED_ON_TAG in MlflowClient(ws.uri).get_model_version(f"{uid}_m", "1").tags
@@ -164,7 +165,7 @@ def test_run_killed_mid_import_leaves_no_untagged_or_duplicate_version(servers, 
 
         result = deployment.sync("killed")
     assert result.success, step_failure_message(result)
-    imports = materializations(result, assets.IMPORTS)
+    imports = materializations(result, keys.IMPORTS)
     assert (imports["imported"], imports["already_imported"]) == ((0, 1) if version_created else (1, 0))
     versions = _market_versions(client, f"killed.{uid}_m")
     assert [v.version for v in versions] == ["1"]
@@ -239,8 +240,8 @@ def test_workspace_server_down_then_dying_mid_run_then_back(servers, deploy, uid
     finally:
         local_servers.stop(server)
     assert back.success, step_failure_message(back)
-    assert materializations(back, assets.IMPORTS)["imported"] == 1
-    assert again.success and materializations(again, assets.IMPORTS)["already_imported"] == 1
+    assert materializations(back, keys.IMPORTS)["imported"] == 1
+    assert again.success and materializations(again, keys.IMPORTS)["already_imported"] == 1
     versions = _market_versions(MlflowClient(servers["marketplace"].uri), f"dying.{uid}_m")
     assert [v.version for v in versions] == ["1"]
     assert _keys(root, "import_summary") == [("dying", f"{uid}_m", 1)]
@@ -280,9 +281,9 @@ def test_same_partition_from_two_cli_processes_syncs_once(servers, deploy, uid, 
                 process.wait(timeout=600)
                 assert process.returncode == 0, _tail(process)
             exports = {r.run_id: r.asset_materialization.metadata
-                       for r in instance.fetch_materializations(assets.EXPORTS, limit=10).records}
+                       for r in instance.fetch_materializations(keys.EXPORTS, limit=10).records}
             imports = {r.run_id: r.asset_materialization.metadata
-                       for r in instance.fetch_materializations(assets.IMPORTS, limit=10).records}
+                       for r in instance.fetch_materializations(keys.IMPORTS, limit=10).records}
         finally:
             instance.dispose()
     counts = lambda meta, *names: tuple(meta[run][n].value for run in (first_run, second_run) for n in names)  # noqa: E731
@@ -345,7 +346,7 @@ def test_external_storage_out_of_space_mid_export(servers, deploy, uid, record_p
 
         again = deployment.sync("full")
         assert again.success, step_failure_message(again)
-        assert materializations(again, assets.EXPORTS)["exported"] == 1
+        assert materializations(again, keys.EXPORTS)["exported"] == 1
         assert _keys(root, "import_summary") == [("full", f"{uid}_big", 1)]
     finally:
         if mounted:

@@ -18,10 +18,10 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from marketplace import databricks
 from marketplace.config import ConfigError, DatabricksConnection, parse_config
-from marketplace.imports import TAG_SOURCE_MODEL
 from marketplace.naming import UC_NAME_LIMIT, render_name
+from marketplace.provenance import TAG_SOURCE_MODEL
 from marketplace.registry import searched
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import materializations, register_version, step_failure_message
 from .databricks_standin import DatabricksStandIn
@@ -52,7 +52,7 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
         retired = deployment.sync("dev01")
     assert result.success, step_failure_message(result)
     assert retired.success, step_failure_message(retired)
-    assert materializations(retired, assets.REGISTRATION)["retired"] == 1
+    assert materializations(retired, keys.REGISTRATION)["retired"] == 1
     (archived,) = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
     assert archived.current_stage == "Archived"
     assert MlflowClient(servers["marketplace"].uri).get_registered_model(f"dev01.{uid}_m").tags["marketplace.status"] == "retired"
@@ -61,7 +61,7 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
     # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (docs/databricks.md).
     assert set(source.refused + market.refused) <= {"/api/2.0/clusters/list-node-types"}
     # The Databricks workspace registry has stages only (MLflow refuses aliases there).
-    version = materializations(result, assets.REGISTRATION)
+    version = materializations(result, keys.REGISTRATION)
     assert version["promoted"] == 1 and version["models_registered"] == 1
     (version,) = promoted
     assert version.current_stage == "Production" and version.tags[TAG_SOURCE_MODEL] == f"{uid}_m"

@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace.config import ConfigError, ExportEngineConfig, parse_config
-from marketplace.exports import export_key
 from marketplace.external import configured_storage
+from marketplace.layout import export_key
 from marketplace.signatures import generate_key_pair, verify_export_signature
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 from marketplace_dagster.engines import databricks_task
 
 from .conftest import CLOUD_KEYS, materializations, register_version, step_failure_message
@@ -71,7 +71,7 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
         assert result.success, step_failure_message(result) + "\n" + "\n".join(
             run["log"].read_text(errors="replace")[-3000:] for run in workspace.jobs.runs.values())
 
-    exported = materializations(result, assets.EXPORTS)
+    exported = materializations(result, keys.EXPORTS)
     assert exported["engines"] == ["databricks"]
     assert (exported["exported"], exported["failed"], exported["markers_written"]) == (1, 0, 1)
     # The job: this package's wheel by its entry point, the Pipes context through the volume,
@@ -106,7 +106,7 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
     assert (row["workspace"], row["model_name"], row["version"], row["run_id"]) == ("dev01", f"{uid}_m", 1, version.run_id)
     assert row["export_path"] == storage.location(export_key("dev01", f"{uid}_m", 1)) and row["file_count"] > 3
     assert version.description.startswith("Exported Already On ")  # the job wrote the marker
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
 
 
 def test_the_job_signs_the_export_with_a_key_read_from_a_secret(servers, deploy, uid, s3_storage, tmp_path, monkeypatch):
@@ -139,7 +139,7 @@ def test_the_job_signs_the_export_with_a_key_read_from_a_secret(servers, deploy,
     storage = configured_storage(deployment.config)
     with storage.local_tree(export_key("dev01", f"{uid}_m", 1)) as local:
         verify_export_signature(local, public)
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
     assert MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"{uid}.dev01.{uid}_m", "production")
 
 
@@ -232,7 +232,7 @@ def test_a_missing_job_variable_in_the_dagster_process_fails_before_submitting(d
     with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi", volumes_root=tmp_path) as ws:
         deployment = deploy([{"name": "dev01", "databricks": {**DBX, "host": ws.host}, "production": {"stage": "Production"},
                               "include": [f"{uid}_*"], "export": GOOD}], external_storage=S3_STORAGE)
-        result = deployment.sync("dev01", selection=[assets.EXPORTS])
+        result = deployment.sync("dev01", selection=[keys.EXPORTS])
     assert not result.success
     assert "K_SECRET" in step_failure_message(result)
     assert ws.jobs.submitted == []

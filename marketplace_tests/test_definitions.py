@@ -13,8 +13,8 @@ import yaml
 from mlflow import MlflowClient
 
 from marketplace.config import ConfigError, load_config
-from marketplace.imports import TAG_SOURCE_VERSION
-from marketplace_dagster import assets, checks
+from marketplace.provenance import TAG_SOURCE_VERSION
+from marketplace_dagster import keys
 from marketplace_dagster.definitions import build_definitions, defs
 
 from .conftest import TODAY, register_version
@@ -26,13 +26,13 @@ DAGSTER = Path(sys.executable).parent / "dagster"
 def test_project_defines_the_chain_the_job_and_the_partitions():
     definitions = build_definitions(load_config(ROOT / "marketplace.yaml"))
     graph = definitions.resolve_asset_graph()
-    chain = assets.CHAIN
-    assert set(graph.get_all_asset_keys()) == {*chain, assets.CATALOG}
+    chain = keys.CHAIN
+    assert set(graph.get_all_asset_keys()) == {*chain, keys.CATALOG}
     for upstream, downstream in zip(chain, chain[1:]):
         assert graph.get(downstream).parent_keys == {upstream}
     # The catalog: the whole marketplace, unpartitioned, after registration, not in the sync job.
-    catalog = graph.get(assets.CATALOG)
-    assert catalog.parent_keys == {assets.REGISTRATION} and catalog.partitions_def is None
+    catalog = graph.get(keys.CATALOG)
+    assert catalog.parent_keys == {keys.REGISTRATION} and catalog.partitions_def is None
     assert catalog.group_name == "marketplace_catalog" and catalog.kinds >= {"delta", "html"}
     assert chain[2].path[-1] == "export_summary" and chain[4].path[-1] == "import_summary"
 
@@ -40,19 +40,19 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     partitions = job.partitions_def
     assert isinstance(partitions, dg.MultiPartitionsDefinition)
     assert {d.name for d in partitions.partitions_defs} == {"date", "workspace"}
-    keys = partitions.get_partition_keys()
-    assert f"{TODAY.isoformat()}|dev01" in keys and "2026-10-01|dev03" in keys
+    partition_keys = partitions.get_partition_keys()
+    assert f"{TODAY.isoformat()}|dev01" in partition_keys and "2026-10-01|dev03" in partition_keys
     check_keys = {key.name for key in graph.asset_check_keys}
     assert check_keys == {
-        assets.IMPORT_LOADS_CHECK,
-        checks.EXPORT_SUMMARY_UNIQUE,
-        checks.IMPORT_SUMMARY_UNIQUE,
-        checks.EXPORTS_MATCH_MANIFESTS,
-        checks.PRODUCTION_VERSIONS_SYNCED,
-        checks.MARKETPLACE_MATCHES_SOURCES,
-        checks.EXPORTS_SIGNED_AND_CLEAN,
-        checks.PARTITIONS_FRESH,
-        checks.NO_STRAY_EXPORTS,
+        keys.IMPORT_LOADS_CHECK,
+        keys.EXPORT_SUMMARY_UNIQUE,
+        keys.IMPORT_SUMMARY_UNIQUE,
+        keys.EXPORTS_MATCH_MANIFESTS,
+        keys.PRODUCTION_VERSIONS_SYNCED,
+        keys.MARKETPLACE_MATCHES_SOURCES,
+        keys.EXPORTS_SIGNED_AND_CLEAN,
+        keys.PARTITIONS_FRESH,
+        keys.NO_STRAY_EXPORTS,
         "gate_passed",
         "approvals_pending",
         "source_webhooks_registered",
@@ -61,9 +61,9 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         "marketplace_sync_job", "marketplace_checks_job", "marketplace_freshness_job", "marketplace_maintenance_job",
     }
     sync_checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
-    assert checks.EXPORTS_MATCH_MANIFESTS not in sync_checks and assets.IMPORT_LOADS_CHECK in sync_checks
+    assert keys.EXPORTS_MATCH_MANIFESTS not in sync_checks and keys.IMPORT_LOADS_CHECK in sync_checks
     assert {"gate_passed", "approvals_pending"} <= sync_checks  # each sync says what the gate holds
-    assert checks.MARKETPLACE_MATCHES_SOURCES not in sync_checks and checks.EXPORTS_SIGNED_AND_CLEAN not in sync_checks  # it reads every workspace: the checks job's
+    assert keys.MARKETPLACE_MATCHES_SOURCES not in sync_checks and keys.EXPORTS_SIGNED_AND_CLEAN not in sync_checks  # it reads every workspace: the checks job's
     assert "source_webhooks_registered" not in sync_checks  # it reads every source too
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")
@@ -80,7 +80,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
     for key in chain[1:]:
         assert graph.get(key).automation_condition is not None
-    for key in (assets.EXPORT_SUMMARY, assets.IMPORT_SUMMARY, assets.REGISTRATION):
+    for key in (keys.EXPORT_SUMMARY, keys.IMPORT_SUMMARY, keys.REGISTRATION):
         assert graph.get(key).freshness_policy is not None
 
 
@@ -141,7 +141,7 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
     version = MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"cli-cli.{uid}_m", "production")
     assert version.tags[TAG_SOURCE_VERSION] == "1"
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        records = instance.fetch_materializations(assets.REGISTRATION, limit=5).records
+        records = instance.fetch_materializations(keys.REGISTRATION, limit=5).records
         assert [r.partition_key for r in records] == [f"{TODAY.isoformat()}|cli"]
 
 

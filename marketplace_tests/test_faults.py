@@ -7,7 +7,7 @@ import time
 
 from mlflow import MlflowClient
 
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import materializations, register_version, step_failure_message
 from .faults import FaultProxy, Hold
@@ -24,7 +24,7 @@ def test_transient_server_errors_are_retried_and_the_sync_completes(servers, dep
         result = deployment.sync("flaky")
     assert result.success, step_failure_message(result)
     assert proxy.failed == 2 and proxy.forwarded > 0  # the faults were served, then retried past
-    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert materializations(result, keys.EXPORTS)["exported"] == 1
     assert MlflowClient(servers["marketplace"].uri).get_model_version(f"flaky.{uid}_m", "1")
 
 

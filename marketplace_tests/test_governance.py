@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from marketplace import gate
 from marketplace.registry import process_tracking_uri
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import materializations, sklearn_requirements, step_failure_message
 from .support import poll_all_next, table_rows
@@ -217,7 +217,7 @@ def test_reference_data_that_does_not_exist_fails_the_partition_naming_the_key(s
     message = step_failure_message(result)
     assert "gate.evaluation[0].data" in message and "evaluation/missing.parquet" in message
     # Imported all the same; nothing moved.
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
     assert MlflowClient(servers["marketplace"].uri).get_registered_model(
         f"g{uid}.{uid}_fraud").aliases.get(ALIAS) is None
 

@@ -25,8 +25,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from marketplace.imports import TAG_SOURCE_VERSION
-from marketplace_dagster import assets
+from marketplace.provenance import TAG_SOURCE_VERSION
+from marketplace_dagster import keys
 from marketplace_dagster.partitions import partition_tags
 
 from .conftest import (
@@ -177,7 +177,7 @@ def check_evaluations(deployment) -> dict[str, dg.AssetCheckEvaluation]:
         instance=deployment.instance, raise_on_error=False)
     assert result.success, step_failure_message(result)  # a failing check does not fail the run
     found = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert found[MATCHES_SOURCES].asset_key == assets.REGISTRATION
+    assert found[MATCHES_SOURCES].asset_key == keys.REGISTRATION
     return found
 
 
@@ -223,7 +223,7 @@ class Cli:
     def sync(self, workspace_name: str, day: dt.date = TODAY) -> dict:
         """One run, which must succeed; the metadata of its registration."""
         self.launch(workspace_name, day).finish()
-        return self.newest_metadata(assets.REGISTRATION)
+        return self.newest_metadata(keys.REGISTRATION)
 
     def newest_metadata(self, asset_key: dg.AssetKey) -> dict:
         """The metadata of the asset's newest materialization on this persistent instance."""
@@ -311,8 +311,8 @@ def test_rollback_to_a_version_never_imported_imports_it_and_moves_the_alias_bac
     promote(source, model, 1, CHAMPION)
     result = deployment.sync(ws)
     assert result.success, step_failure_message(result)
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
-    assert lifecycle_counts(materializations(result, assets.REGISTRATION)) == only("rolled_back")
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
+    assert lifecycle_counts(materializations(result, keys.REGISTRATION)) == only("rolled_back")
     rows = history(deployment, mp)
     assert changes(rows) == [("promoted", 2, None), ("rolled_back", 1, 2)]
     assert_history_well_formed(rows, market, ws, model, mp)
@@ -370,7 +370,7 @@ def test_two_concurrent_runs_after_a_rollback_record_it_once(servers, deploy, ui
 
     instance = dg.DagsterInstance.from_config(str(cli.home))
     try:
-        records = instance.fetch_materializations(assets.REGISTRATION, limit=10).records
+        records = instance.fetch_materializations(keys.REGISTRATION, limit=10).records
     finally:
         instance.dispose()
     # One run moved the alias; the other found it moved.
@@ -400,14 +400,14 @@ def test_past_date_sync_after_a_rollback_imports_but_never_moves_the_alias(serve
 
     past = deployment.sync(ws, day=TODAY - dt.timedelta(days=2))
     assert past.success, step_failure_message(past)
-    assert lifecycle_counts(materializations(past, assets.REGISTRATION)) == only()
+    assert lifecycle_counts(materializations(past, keys.REGISTRATION)) == only()
     assert len(versions_of(market, mp)) == 2  # v1 imported...
     assert_serves(market, mp, 2)  # ...but today's snapshot still says v2
     assert changes(history(deployment, mp)) == [("promoted", 2, None)]
 
     again = deployment.sync(ws)
     assert again.success, step_failure_message(again)
-    assert lifecycle_counts(materializations(again, assets.REGISTRATION)) == only("rolled_back")
+    assert lifecycle_counts(materializations(again, keys.REGISTRATION)) == only("rolled_back")
     assert changes(history(deployment, mp)) == [("promoted", 2, None), ("rolled_back", 1, 2)]
     assert len(versions_of(market, mp)) == 2
     assert_serves(market, mp, 1)
@@ -429,7 +429,7 @@ def test_a_model_excluded_by_curation_is_retired_and_restored_when_put_back(serv
 
     result = narrowed.sync(ws)
     assert result.success, step_failure_message(result)
-    assert lifecycle_counts(materializations(result, assets.REGISTRATION)) == only("retired")
+    assert lifecycle_counts(materializations(result, keys.REGISTRATION)) == only("retired")
     assert changes(history(narrowed, drop)) == [("promoted", 1, None), ("retired", None, 1)]
     assert changes(history(narrowed, keep)) == [("promoted", 1, None)]
     assert_retired(market, drop, was_serving=1)
@@ -438,7 +438,7 @@ def test_a_model_excluded_by_curation_is_retired_and_restored_when_put_back(serv
 
     result = curated.sync(ws)
     assert result.success, step_failure_message(result)
-    assert lifecycle_counts(materializations(result, assets.REGISTRATION)) == only("restored")
+    assert lifecycle_counts(materializations(result, keys.REGISTRATION)) == only("restored")
     rows = history(curated, drop)
     assert changes(rows) == [("promoted", 1, None), ("retired", None, 1), ("restored", 1, ANY)]
     assert_history_well_formed(rows, market, ws, f"{uid}_drop", drop)
@@ -477,13 +477,13 @@ def test_a_re_sync_that_finds_nothing_new_adds_no_history_and_touches_no_model(s
     deployment = deploy([workspace(ws, source, CHAMPION, uid)])
     first = deployment.sync(ws)
     assert first.success, step_failure_message(first)
-    assert lifecycle_counts(materializations(first, assets.REGISTRATION)) == only("promoted")
+    assert lifecycle_counts(materializations(first, keys.REGISTRATION)) == only("promoted")
     rows = history(deployment, mp)
     before = market.get_registered_model(mp)
 
     again = deployment.sync(ws)
     assert_nothing_new(again, already_exported=1)
-    assert lifecycle_counts(materializations(again, assets.REGISTRATION)) == only()
+    assert lifecycle_counts(materializations(again, keys.REGISTRATION)) == only()
     assert history(deployment, mp) == rows
     after = market.get_registered_model(mp)
     assert after.last_updated_timestamp == before.last_updated_timestamp

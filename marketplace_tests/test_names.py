@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace.exports import export_dir
-from marketplace.imports import TAG_SOURCE_MODEL
 from marketplace.naming import MAX_NAME_LENGTH
-from marketplace_dagster import assets
+from marketplace.provenance import TAG_SOURCE_MODEL
+from marketplace_dagster import keys
 
 from .conftest import materializations, register_version, step_failure_message
 
@@ -27,7 +27,7 @@ def test_odd_model_name_is_exported_imported_and_traceable(servers, deploy, uid,
     )
     result = deployment.sync("odd")
     assert result.success, step_failure_message(result)
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
     market = MlflowClient(servers["marketplace"].uri)
     (model,) = [m for m in market.search_registered_models(max_results=1000)
                 if (m.tags or {}).get(TAG_SOURCE_MODEL) == name]
@@ -39,7 +39,7 @@ def test_odd_model_name_is_exported_imported_and_traceable(servers, deploy, uid,
     if len(f"odd.{name}") > MAX_NAME_LENGTH:  # shortened with a stable hash, still traceable by its tags
         assert model.name.startswith(f"odd.{name}"[:100]) and model.name != f"odd.{name}"[:MAX_NAME_LENGTH]
     again = deployment.sync("odd")
-    assert again.success and materializations(again, assets.IMPORTS)["already_imported"] == 1
+    assert again.success and materializations(again, keys.IMPORTS)["already_imported"] == 1
 
 
 def test_name_the_export_library_cannot_handle_is_skipped_clearly_and_the_rest_synced(servers, deploy, uid):
@@ -51,7 +51,7 @@ def test_name_the_export_library_cannot_handle_is_skipped_clearly_and_the_rest_s
     )
     result = deployment.sync("quotes")
     assert result.success, step_failure_message(result)
-    reason = materializations(result, assets.EXPORTS)["skipped_versions"][f"quotes/{uid}_it's v1"]
+    reason = materializations(result, keys.EXPORTS)["skipped_versions"][f"quotes/{uid}_it's v1"]
     assert "contains a single quote" in reason
     # The partition's other model is synced; nothing of the refused one is written.
     assert MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"quotes.{uid}_fine", "production")

@@ -24,12 +24,13 @@ from mlflow_export_import.common import mlflow_utils
 
 from marketplace.exports import _ReadOnce
 from marketplace.imports import _ImportClient, check_name_owner
-from marketplace.loading import _identical_to_export, load_and_predict, local_folder
+from marketplace.loading import _identical_to_export, load_and_predict
 from marketplace.pool import in_pool
 from marketplace.registry import (
     EXPORTED_ON_TAG,
     ProductionVersion,
     is_marked,
+    local_folder,
     marker_description,
     process_tracking_uri,
 )

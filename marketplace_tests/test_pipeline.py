@@ -9,15 +9,15 @@ from mlflow import MlflowClient
 
 from harness.local_servers import free_port
 from marketplace.exports import export_dir
-from marketplace.imports import (
+from marketplace.manifest import MANIFEST_NAME
+from marketplace.provenance import (
     TAG_CHECKSUM,
     TAG_SOURCE_MODEL,
     TAG_SOURCE_VERSION,
     TAG_SOURCE_WORKSPACE,
 )
-from marketplace.manifest import MANIFEST_NAME
 from marketplace.registry import MARKER_PREFIX
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import (
     TODAY,
@@ -52,12 +52,12 @@ def test_sync_exports_imports_and_registers_the_newest_production_version(two_wo
     result = deployment.sync(ws_a)
     assert result.success, step_failure_message(result)
 
-    seen = materializations(result, assets.PRODUCTION_MODELS)
+    seen = materializations(result, keys.PRODUCTION_MODELS)
     assert seen["production_versions"] == 1
     assert seen["models_seen"] >= 2  # the server is shared with other tests
     assert seen["skipped"][f"{uid}_draft"] == "no version in stage Production"
-    assert materializations(result, assets.EXPORTS)["exported"] == 1
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert materializations(result, keys.EXPORTS)["exported"] == 1
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
 
     source = MlflowClient(servers["ws_a"].uri)
     marked = source.get_model_version(f"{uid}_iris", "2")
@@ -92,7 +92,7 @@ def test_marketplace_model_predicts_the_same_as_its_source(two_workspaces, serve
     result = deployment.sync(ws_b)
     assert result.success, step_failure_message(result)
     check = result.get_asset_check_evaluations()
-    assert [c.passed for c in check if c.check_name == assets.IMPORT_LOADS_CHECK] == [True]
+    assert [c.passed for c in check if c.check_name == keys.IMPORT_LOADS_CHECK] == [True]
 
     assert_predicts_like_source(servers["ws_b"].uri, f"models:/{uid}_diabetes@champion",
                                 servers["marketplace"].uri, f"models:/{ws_b}.{uid}_diabetes@production")
@@ -133,7 +133,7 @@ def test_new_production_version_is_imported_and_takes_the_alias(two_workspaces, 
 
 def test_corrupted_export_is_refused_at_import(two_workspaces, servers, uid):
     deployment, ws_a, _ = two_workspaces
-    upto_summary = [assets.PRODUCTION_MODELS, assets.EXPORTS, assets.EXPORT_SUMMARY]
+    upto_summary = [keys.PRODUCTION_MODELS, keys.EXPORTS, keys.EXPORT_SUMMARY]
     assert deployment.sync(ws_a, selection=upto_summary).success
     path = export_dir(deployment.config.storage_root, ws_a, f"{uid}_iris", 2)
     target = next(p for p in path.rglob("*") if p.is_file() and p.name.startswith("model.") and p.suffix != ".json")
@@ -154,7 +154,7 @@ def test_debris_of_an_interrupted_export_is_replaced(two_workspaces, uid):
     (debris / "half" / "run.json").write_text("{truncated")
     result = deployment.sync(ws_a)
     assert result.success, step_failure_message(result)
-    assert materializations(result, assets.EXPORTS)["exported"] == 1
+    assert materializations(result, keys.EXPORTS)["exported"] == 1
     assert not (debris / "half").exists() and (debris / MANIFEST_NAME).exists()
 
 
@@ -207,7 +207,8 @@ def test_a_name_a_prompt_holds_is_refused(two_workspaces, servers, uid):
 
 
 def test_bulk_read_of_marketplace_versions_matches_reading_each_model(servers, uid):
-    from marketplace.imports import SourceKey, marketplace_versions, marketplace_versions_of
+    from marketplace.imports import marketplace_versions, marketplace_versions_of
+    from marketplace.provenance import SourceKey
 
     market = MlflowClient(servers["marketplace"].uri)
     seed = market.get_model_version(f"{uid}_seed", register_version(servers["marketplace"].uri, f"{uid}_seed"))
@@ -236,7 +237,7 @@ def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, u
         [{"name": "prov", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
           "include": [f"{uid}_*"]}]
     )
-    result = deployment.sync("prov", selection=assets.CHAIN[:4])  # up to the import, no registration
+    result = deployment.sync("prov", selection=keys.CHAIN[:4])  # up to the import, no registration
     assert result.success, step_failure_message(result)
     created = MlflowClient(servers["marketplace"].uri).get_registered_model(f"prov.{uid}_prov")
     assert created.tags[TAG_SOURCE_WORKSPACE] == "prov" and created.tags[TAG_SOURCE_MODEL] == f"{uid}_prov"
@@ -245,12 +246,12 @@ def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, u
     # Registration then promotes it: the alias, the stage, its status (active, since when) and its model card.
     result = deployment.sync("prov")
     assert result.success, step_failure_message(result)
-    registration = materializations(result, assets.REGISTRATION)
+    registration = materializations(result, keys.REGISTRATION)
     assert registration["registry_changes"] == 5
     # Each step reports its registry traffic: the Delta-only step makes none.
     assert registration["registry_requests"] >= 3 and registration["registry_seconds"] > 0
-    assert materializations(result, assets.IMPORT_SUMMARY)["registry_requests"] >= 1
-    assert materializations(result, assets.EXPORT_SUMMARY)["registry_requests"] == 0
+    assert materializations(result, keys.IMPORT_SUMMARY)["registry_requests"] >= 1
+    assert materializations(result, keys.EXPORT_SUMMARY)["registry_requests"] == 0
 
 
 def test_every_kind_of_tampering_is_refused_at_import_saying_what_differs(servers, deploy, uid):
@@ -259,7 +260,7 @@ def test_every_kind_of_tampering_is_refused_at_import_saying_what_differs(server
         register_version(servers["ws_a"].uri, f"{uid}_{kind}", stage="Production")
     deployment = deploy([{"name": "tamper", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
                           "include": [f"{uid}_*"]}])
-    assert deployment.sync("tamper", selection=assets.CHAIN[:3]).success
+    assert deployment.sync("tamper", selection=keys.CHAIN[:3]).success
     folder = {kind: export_dir(deployment.config.storage_root, "tamper", f"{uid}_{kind}", 1) for kind in kinds}
     pickled = {kind: next(p for p in folder[kind].rglob("model.*") if p.suffix != ".json") for kind in kinds}
     pickled["changed"].write_bytes(pickled["changed"].read_bytes()[::-1])
@@ -270,7 +271,7 @@ def test_every_kind_of_tampering_is_refused_at_import_saying_what_differs(server
     manifest = folder["manifest_edited"] / MANIFEST_NAME
     manifest.write_text(manifest.read_text().replace('"exported_at": "', '"exported_at": "1'))
 
-    result = deployment.sync("tamper", selection=[assets.IMPORTS])
+    result = deployment.sync("tamper", selection=[keys.IMPORTS])
 
     assert not result.success
     failures = _failures(result)

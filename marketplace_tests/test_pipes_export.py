@@ -13,11 +13,11 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
-from marketplace.exports import export_key
 from marketplace.external import configured_storage
+from marketplace.layout import export_key
 from marketplace.manifest import read_manifest
 from marketplace.registry import MARKER_PREFIX
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .support import table_rows
@@ -44,7 +44,7 @@ def test_the_pipes_export_gives_the_same_summary_rows_as_the_in_process_one(serv
         assert result.success, step_failure_message(result)
         runs[engine] = (deployment, result)
 
-    exported = {e: materializations(r, assets.EXPORTS) for e, (_, r) in runs.items()}
+    exported = {e: materializations(r, keys.EXPORTS) for e, (_, r) in runs.items()}
     assert exported["subprocess"]["engines"] == ["subprocess"] and exported["in_process"]["engines"] == ["in_process"]
     assert {k: exported["subprocess"][k] for k in EXPORT_COUNTS} == {k: exported["in_process"][k] for k in EXPORT_COUNTS}
     assert exported["subprocess"]["exported"] == 2
@@ -64,7 +64,7 @@ def test_the_pipes_export_gives_the_same_summary_rows_as_the_in_process_one(serv
         assert {k: v["sha256"] for k, v in ours.files.items() if "/artifacts/" in k} == {
             k: v["sha256"] for k, v in theirs.files.items() if "/artifacts/" in k}
     # And the rest of the chain took them as its own.
-    imported = materializations(runs["subprocess"][1], assets.IMPORTS)
+    imported = materializations(runs["subprocess"][1], keys.IMPORTS)
     assert imported["imported"] == 2 and imported["failed"] == 0
 
 
@@ -87,19 +87,19 @@ def test_the_pipes_export_marks_the_source_and_reports_skips_and_failures(server
     result = deployment.sync("piped")
 
     assert result.success, step_failure_message(result)
-    exported = materializations(result, assets.EXPORTS)
+    exported = materializations(result, keys.EXPORTS)
     assert (exported["exported"], exported["skipped"], exported["markers_written"]) == (1, 1, 1)
     assert "was deleted" in exported["skipped_versions"][f"piped/{uid}_orphan v1"]
     marked = source.get_model_version(f"{uid}_good", "1")
     assert marked.description == f"{MARKER_PREFIX}{TODAY.isoformat()}, old description: fine"
-    assert materializations(result, assets.IMPORTS)["imported"] == 1
+    assert materializations(result, keys.IMPORTS)["imported"] == 1
 
     # The workspace gone: the job reports each version failed; the partition fails naming them.
     dead = f"http://127.0.0.1:{free_port()}"
     down = deploy([{**_workspace(servers, uid, "subprocess"), "tracking_uri": dead}], external_storage=storage_config)
     register_version(servers["ws_a"].uri, f"{uid}_good", stage="Production")  # v2: not exported yet
-    assert deployment.sync("piped", selection=[assets.PRODUCTION_MODELS]).success
-    failed = down.sync("piped", selection=[assets.EXPORTS])
+    assert deployment.sync("piped", selection=[keys.PRODUCTION_MODELS]).success
+    failed = down.sync("piped", selection=[keys.EXPORTS])
     assert not failed.success
     message = step_failure_message(failed)
     assert f"workspace piped ({dead}) {uid}_good v2: export failed" in message

@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from harness.local_dagster import DagsterDev, WebhookReceiver, ensure_instance
 from harness.local_servers import free_port
 from marketplace.config import load_config
-from marketplace.imports import TAG_SOURCE_VERSION
+from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace.source_webhooks import inspect_webhook
 from marketplace.webhooks import WEBHOOK_NAME
 from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS

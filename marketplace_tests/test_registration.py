@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from marketplace.provenance import Marker, description
 from marketplace.registration import (
     PROMOTED,
     RESTORED,
     RETIRED,
     ROLLED_BACK,
     Change,
-    Marker,
     Recorded,
     decide,
-    description,
     divergences,
     recorded_states,
 )

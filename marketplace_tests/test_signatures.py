@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from model_signing import signing
 
+from marketplace.manifest import SIGNATURE_NAME
 from marketplace.signatures import (
-    SIGNATURE_NAME,
     SignatureError,
     check_private_key,
     generate_key_pair,

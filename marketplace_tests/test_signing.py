@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from marketplace.exports import export_dir
 from marketplace.manifest import MANIFEST_NAME, read_manifest
-from marketplace_dagster import assets
+from marketplace_dagster import keys
 
 from .conftest import materializations, register_version, step_failure_message
 
@@ -47,7 +47,7 @@ def test_signed_exports_import_and_their_signature_is_checked(signed, uid, serve
 def test_planted_or_replayed_export_is_refused_at_import(signed, uid, servers):
     # Model a is exported and signed; b's folder is then filled by someone with storage access
     # alone: a's signed export relabelled as b (a replay), before b is exported.
-    result = signed.sync("signed", selection=assets.CHAIN[:2])
+    result = signed.sync("signed", selection=keys.CHAIN[:2])
     assert result.success, step_failure_message(result)
     planted = _export(signed, uid, "b")
     shutil.rmtree(planted)
@@ -66,7 +66,7 @@ def test_planted_or_replayed_export_is_refused_at_import(signed, uid, servers):
 
 
 def test_unsigned_export_is_refused_when_a_key_is_configured(signed, uid, servers):
-    result = signed.sync("signed", selection=assets.CHAIN[:2])
+    result = signed.sync("signed", selection=keys.CHAIN[:2])
     assert result.success, step_failure_message(result)
     manifest_path = _export(signed, uid, "b") / MANIFEST_NAME
     document = json.loads(manifest_path.read_text())
@@ -96,15 +96,15 @@ def test_export_copied_into_another_versions_place_is_replaced_not_counted(serve
         [{"name": "signed", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
           "include": [f"{uid}_*"]}]
     )
-    result = deployment.sync("signed", selection=assets.CHAIN[:2])
+    result = deployment.sync("signed", selection=keys.CHAIN[:2])
     assert result.success, step_failure_message(result)
     planted = _export(deployment, uid, "b")
     shutil.rmtree(planted)
     shutil.copytree(_export(deployment, uid, "a"), planted)  # a's export, manifest and all, in b's place
 
-    result = deployment.sync("signed", selection=assets.CHAIN[:2])
+    result = deployment.sync("signed", selection=keys.CHAIN[:2])
     assert result.success, step_failure_message(result)
-    exported = materializations(result, assets.EXPORTS)
+    exported = materializations(result, keys.EXPORTS)
     assert (exported["exports_replaced"], exported["exported"], exported["already_exported"]) == (1, 1, 1)
     manifest, _ = read_manifest(planted)
     assert manifest.identity == ("signed", f"{uid}_b", 1)

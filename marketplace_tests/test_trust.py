@@ -25,13 +25,13 @@ from mlflow import MlflowClient
 
 from marketplace import imports, loading
 from marketplace.exports import export_dir, skip_record_path
-from marketplace.imports import TAG_SOURCE_VERSION
 from marketplace.manifest import SIGNATURE_NAME, build_manifest, read_manifest, write_manifest
+from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace.registration import TAG_QUARANTINED_VERSION
 from marketplace.registry import process_tracking_uri
 from marketplace.signatures import generate_key_pair, sign_export
-from marketplace_dagster import assets
-from marketplace_dagster.checks import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
+from marketplace_dagster import keys
+from marketplace_dagster.keys import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
 
 from .conftest import materializations, register_version, step_failure_message
 from .test_lifecycle import ALIAS, STAGE, Cli, check_evaluations, promote, versions_of, workspace
@@ -114,7 +114,7 @@ def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(serv
     assert market.get_model_version_by_alias(f"{ws}.{clean}", ALIAS).tags[TAG_SOURCE_VERSION] == "1"
     assert "quarantined" in registered["waiting"][f"{ws}/{unsafe}"]
 
-    imported = cli.newest_metadata(assets.IMPORTS)
+    imported = cli.newest_metadata(keys.IMPORTS)
     assert (imported["imported"], imported["quarantined"]) == (1, 1)
     assert imported["files_scanned"] > 0
     findings = imported["quarantined_versions"][f"{ws}/{unsafe} v1"]
@@ -128,7 +128,7 @@ def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(serv
 
     # The same export again: counted as quarantined from its record, not scanned again.
     cli.sync(ws)
-    again = cli.newest_metadata(assets.IMPORTS)
+    again = cli.newest_metadata(keys.IMPORTS)
     assert (again["imported"], again["already_imported"], again["quarantined"]) == (0, 1, 1)
     assert again["files_scanned"] == 0
     assert again["quarantined_versions"] == {f"{ws}/{unsafe} v1": findings}
@@ -151,7 +151,7 @@ def test_an_unsafe_new_production_version_leaves_production_on_the_last_safe_cop
     register_unsafe_version(source, model, marker)  # v2
     result = deployment.sync(ws)
     assert result.success, step_failure_message(result)
-    assert materializations(result, assets.IMPORTS)["quarantined"] == 1
+    assert materializations(result, keys.IMPORTS)["quarantined"] == 1
     assert market.get_model_version_by_alias(mp, ALIAS).version == safe_copy
     assert market.get_registered_model(mp).tags[TAG_QUARANTINED_VERSION] == "2"
     assert [v.tags[TAG_SOURCE_VERSION] for v in versions_of(market, mp)] == ["1"]
@@ -190,10 +190,10 @@ def test_with_scanning_off_nothing_is_scanned(servers, deploy, uid, monkeypatch)
 
     result = deployment.sync(ws)
     assert result.success, step_failure_message(result)
-    imported = materializations(result, assets.IMPORTS)
+    imported = materializations(result, keys.IMPORTS)
     assert (imported["imported"], imported["files_scanned"], imported["scan_seconds"]) == (1, 0, 0)
     assert imported["scan_policy"].startswith("off")
-    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == assets.IMPORT_LOADS_CHECK]
+    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == keys.IMPORT_LOADS_CHECK]
     assert check.passed, check.description
 
 
@@ -223,7 +223,7 @@ def test_each_workspace_signs_its_exports_and_imports_refuse_what_its_key_did_no
     for ws in (ws_a, ws_b):
         result = deployment.sync(ws)
         assert result.success, step_failure_message(result)
-        assert materializations(result, assets.IMPORTS)["imported"] == 1
+        assert materializations(result, keys.IMPORTS)["imported"] == 1
         assert (export_dir(root, ws, f"{uid}_m", 1) / SIGNATURE_NAME).is_file()
         # The model card names the signer: the workspace's key, by its fingerprint.
         card = market.get_registered_model(f"{ws}.{uid}_m").description
@@ -237,7 +237,7 @@ def test_each_workspace_signs_its_exports_and_imports_refuse_what_its_key_did_no
         register_version(servers["ws_b"].uri, f"{uid}_{case}", alias="champion")
     # Exported, not yet in the export summary: it records each manifest's checksum, which would
     # refuse the tampered export's rebuilt manifest before its signature is looked at.
-    prepared = deployment.sync(ws_b, selection=assets.CHAIN[:2])
+    prepared = deployment.sync(ws_b, selection=keys.CHAIN[:2])
     assert prepared.success, step_failure_message(prepared)
     folders = {case: export_dir(root, ws_b, f"{uid}_{case}", 1) for case in reasons}
     shutil.copyfile(export_dir(root, ws_a, f"{uid}_m", 1) / SIGNATURE_NAME, folders["swapped"] / SIGNATURE_NAME)
