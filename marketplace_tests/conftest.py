@@ -292,7 +292,7 @@ def materialize_in_processes(deployment: Deployment, workspaces, tmp_path: Path,
     each, on one persistent instance; each must succeed."""
     import subprocess
 
-    from .test_definitions import DAGSTER, ROOT
+    from .support import DAGSTER, ROOT
 
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -19,6 +19,9 @@ from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.external import ExternalStorage
 
+ROOT = Path(__file__).resolve().parent.parent
+DAGSTER = Path(sys.executable).parent / "dagster"  # the CLI of this interpreter's environment
+
 
 class HasConfig(Protocol):
     """A test deployment (conftest.Deployment), or anything else holding a configuration."""

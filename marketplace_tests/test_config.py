@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from pathlib import Path
 
@@ -11,46 +10,16 @@ import yaml
 
 from marketplace import config as config_module
 from marketplace.config import CONFIG_ENV_VAR, ConfigError, load_config, parse_config
+from marketplace_tests.config_files import (
+    assert_names,
+    load_error,
+    minimal,
+    second_workspace,
+    write_yaml,
+)
 
 REPOSITORY_CONFIG = Path(__file__).resolve().parent.parent / "marketplace.yaml"
 PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "marketplace" / "marketplace.yaml"
-
-MINIMAL = {
-    "external_storage": {"uri": "external"},
-    "marketplace": {"tracking_uri": "http://127.0.0.1:5000"},
-    "workspaces": [
-        {"name": "dev01", "tracking_uri": "http://127.0.0.1:5001", "production": {"stage": "Production"}},
-    ],
-}
-
-
-def minimal() -> dict:
-    return copy.deepcopy(MINIMAL)
-
-
-def second_workspace(name: str = "dev02") -> dict:
-    return {"name": name, "tracking_uri": "http://127.0.0.1:5002", "production": {"alias": "champion"}}
-
-
-def write_yaml(tmp_path: Path, data, name: str = "marketplace.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def load_error(tmp_path: Path, data) -> tuple[ConfigError, Path]:
-    path = write_yaml(tmp_path, data)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    return info.value, path
-
-
-def assert_names(error: ConfigError, path: Path, key: str) -> None:
-    """The error carries the file and the key, and its text starts with '<file>: <key>: '."""
-    assert error.path == str(path)
-    assert error.key == key
-    assert str(error).startswith(f"{path}: {key}: ")
-
 
 # --- a valid file and its defaults -----------------------------------------------------------
 

@@ -41,8 +41,7 @@ from marketplace_dagster.resources import build_resources
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
 from .faults import FaultProxy, Hold
-from .support import table_rows
-from .test_definitions import DAGSTER, ROOT
+from .support import DAGSTER, ROOT, table_rows
 
 SYNC_JOB = "marketplace_sync_job"
 CREATE_VERSION = "/model-versions/create"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,11 +15,9 @@ from marketplace.config import ConfigError, load_config
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
 from marketplace_dagster.definitions import build_definitions, defs
+from marketplace_tests.support import DAGSTER, ROOT
 
 from .conftest import TODAY, register_version
-
-ROOT = Path(__file__).resolve().parent.parent
-DAGSTER = Path(sys.executable).parent / "dagster"
 
 
 def test_project_defines_the_chain_the_job_and_the_partitions():

@@ -17,8 +17,8 @@ from marketplace.registry import process_tracking_uri
 from marketplace_dagster import keys
 
 from .conftest import materializations, sklearn_requirements, step_failure_message
+from .driving import Cli
 from .support import poll_all_next, table_rows
-from .test_lifecycle import Cli
 
 ALIAS = "production"
 THRESHOLDS = {"roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},

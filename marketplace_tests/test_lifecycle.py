@@ -10,14 +10,8 @@ compares the sources with the marketplace.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
-import signal
 import sqlite3
-import subprocess
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from unittest.mock import ANY
 
 import dagster as dg
@@ -27,7 +21,6 @@ from mlflow.exceptions import MlflowException
 
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
-from marketplace_dagster.partitions import partition_tags
 
 from .conftest import (
     TODAY,
@@ -37,39 +30,28 @@ from .conftest import (
     register_version,
     step_failure_message,
 )
+from .driving import (
+    ALIAS,
+    CHAMPION,
+    MATCHES_SOURCES,
+    STAGE,
+    Cli,
+    check_evaluations,
+    copy_of,
+    promote,
+    versions_of,
+    workspace,
+)
 from .faults import FaultProxy
 from .support import table_rows
-from .test_definitions import DAGSTER, ROOT
 
-ALIAS = "production"
 HISTORY = "production_history"
 CHANGES = ("promoted", "rolled_back", "retired", "restored")
 STATUS = "marketplace.status"
 STATUS_CHANGED_AT = "marketplace.status_changed_at"
-MATCHES_SOURCES = "marketplace_matches_sources"
-CHECKS_JOB = "marketplace_checks_job"
 
-STAGE = {"stage": "Production"}
-CHAMPION = {"alias": "champion"}
 # The two ways a source marks its production version: the server that holds it, and its config.
 SOURCES = {"stage": ("ws_a", STAGE), "alias": ("ws_b", CHAMPION)}
-
-
-def workspace(name: str, uri: str, production: dict, uid: str, **curation) -> dict:
-    """A workspace entry of the configuration, scoped to this test's models."""
-    return {"name": name, "tracking_uri": uri, "production": production, "include": [f"{uid}_*"], **curation}
-
-
-def promote(uri: str, model: str, version: int | str, production: dict) -> None:
-    """Make `version` the source's production version: the alias moves, or it becomes the only
-    version in stage Production (the one there before is archived)."""
-    client = MlflowClient(uri)
-    if "alias" in production:
-        client.set_registered_model_alias(model, production["alias"], str(version))
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
-        client.transition_model_version_stage(model, str(version), "Production", archive_existing_versions=True)
 
 
 def retire_in_source(uri: str, model: str, production: dict) -> None:
@@ -126,16 +108,6 @@ def assert_history_well_formed(rows: list[dict], market: MlflowClient, workspace
     assert times == sorted(times)
 
 
-def versions_of(market: MlflowClient, mp: str) -> list:
-    return market.search_model_versions(f"name='{mp}'")
-
-
-def copy_of(market: MlflowClient, mp: str, source_version: int) -> str:
-    """The marketplace version imported from `source_version` (exactly one)."""
-    (found,) = [v.version for v in versions_of(market, mp) if v.tags.get(TAG_SOURCE_VERSION) == str(source_version)]
-    return found
-
-
 def assert_serves(market: MlflowClient, mp: str, source_version: int) -> dt.datetime:
     """The alias is on the copy of `source_version`, which alone is in stage Production; the model
     is active and says which source version it serves. Returns its status change time."""
@@ -169,70 +141,6 @@ def lifecycle_counts(metadata: dict) -> dict[str, int]:
 def only(change: str | None = None) -> dict[str, int]:
     """Registration counts with one `change` (or none)."""
     return {c: int(c == change) for c in CHANGES}
-
-
-def check_evaluations(deployment) -> dict[str, dg.AssetCheckEvaluation]:
-    """Run the checks job in process; its evaluations by check name."""
-    result = deployment.defs.resolve_job_def(CHECKS_JOB).execute_in_process(
-        instance=deployment.instance, raise_on_error=False)
-    assert result.success, step_failure_message(result)  # a failing check does not fail the run
-    found = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert found[MATCHES_SOURCES].asset_key == keys.REGISTRATION
-    return found
-
-
-@dataclass
-class Launched:
-    process: subprocess.Popen
-    log: Path
-
-    def finish(self) -> None:
-        try:
-            self.process.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        assert self.process.returncode == 0, self.log.read_text(errors="replace")[-3000:]
-
-
-class Cli:
-    """marketplace_sync_job runs in `dagster job execute` processes, as a run worker runs them,
-    on one persistent Dagster instance."""
-
-    def __init__(self, deployment, folder: Path):
-        self.deployment = deployment
-        self.folder = folder
-        self.home = folder / "dagster_home"
-        self.home.mkdir()
-        # Dagster creates its SQLite storage on first use, and racing first uses collide: create it once.
-        dg.DagsterInstance.from_config(str(self.home)).dispose()
-        self.launched = 0
-
-    def launch(self, workspace_name: str, day: dt.date = TODAY) -> Launched:
-        self.launched += 1
-        log = self.folder / f"run-{self.launched}.log"
-        env = {**os.environ, "MARKETPLACE_CONFIG": str(self.deployment.path), "DAGSTER_HOME": str(self.home)}
-        with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
-            process = subprocess.Popen(
-                [str(DAGSTER), "job", "execute", "-m", "marketplace_dagster.definitions", "-j", "marketplace_sync_job",
-                 "--tags", json.dumps(partition_tags(day, workspace_name))],
-                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        return Launched(process, log)
-
-    def sync(self, workspace_name: str, day: dt.date = TODAY) -> dict:
-        """One run, which must succeed; the metadata of its registration."""
-        self.launch(workspace_name, day).finish()
-        return self.newest_metadata(keys.REGISTRATION)
-
-    def newest_metadata(self, asset_key: dg.AssetKey) -> dict:
-        """The metadata of the asset's newest materialization on this persistent instance."""
-        instance = dg.DagsterInstance.from_config(str(self.home))
-        try:
-            record = instance.fetch_materializations(asset_key, limit=1).records[0]
-        finally:
-            instance.dispose()
-        return {k: v.value for k, v in record.asset_materialization.metadata.items()}
 
 
 def synced_at_v2(deploy, source: str, ws: str, model: str, uid: str):

@@ -36,8 +36,8 @@ from marketplace.registry import (
 )
 from marketplace.sandbox import Sandbox, SandboxSettings
 from marketplace.summary import EXPORT_SUMMARY, merge_rows, read_rows, row_count
+from marketplace_tests.driving import export_row
 from marketplace_tests.support import by_value
-from marketplace_tests.test_summary import export_row
 
 
 def test_threads_wanting_the_same_uris_run_together_and_others_wait():

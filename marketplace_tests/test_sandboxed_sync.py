@@ -27,8 +27,8 @@ from marketplace.registration import TAG_QUARANTINED_VERSION
 from marketplace.registry import process_tracking_uri
 
 from .conftest import register_version, step_failure_message
+from .driving import ALIAS, STAGE, promote, versions_of, workspace
 from .support import by_value
-from .test_lifecycle import ALIAS, STAGE, promote, versions_of, workspace
 
 pytestmark = pytest.mark.servers
 BUILDING = "MARKETPLACE_BUILDING_PAYLOAD"  # MLflow predicts while saving: payloads fire only elsewhere

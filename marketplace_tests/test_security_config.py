@@ -8,8 +8,13 @@ from marketplace.config import load_config
 from marketplace.errors import MarketplaceError
 from marketplace.signatures import generate_key_pair
 from marketplace_dagster.resources import build_resources
-
-from .test_config import assert_names, load_error, minimal, second_workspace, write_yaml
+from marketplace_tests.config_files import (
+    assert_names,
+    load_error,
+    minimal,
+    second_workspace,
+    write_yaml,
+)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,8 @@ from marketplace.signatures import (
     sign_export,
     verify_export_signature,
 )
+
+from .driving import model_signing_verify
 
 CLI = Path(sys.executable).parent / "model_signing"
 NOT_SIGNED = "it is not signed (no model.sig)"
@@ -353,14 +354,6 @@ def test_check_private_key_refuses(keys, pem, says):
 # Anyone can verify with the standard command line
 
 
-def _cli_verify(folder: Path, public_key: Path, *, git_files: bool = True) -> subprocess.CompletedProcess:
-    command = [
-        str(CLI), "verify", "key", "--signature", str(folder / SIGNATURE_NAME),
-        "--public_key", str(public_key), *(["--no-ignore-git-paths"] if git_files else []), str(folder),
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
 def test_the_model_signing_cli_verifies_an_export(tmp_path, keys):
     private, public = keys["ws_a"]
     # A .gitignore too: the standard CLI skips git files unless told not to.
@@ -369,18 +362,18 @@ def test_the_model_signing_cli_verifies_an_export(tmp_path, keys):
     (tmp_path / "ws_a.pub").write_text(public)
     (tmp_path / "ws_b.pub").write_text(keys["ws_b"][1])
 
-    verified = _cli_verify(folder, tmp_path / "ws_a.pub")
+    verified = model_signing_verify(folder, tmp_path / "ws_a.pub")
     assert verified.returncode == 0, verified.stderr
     assert "Verification succeeded" in verified.stdout
 
-    without_git_files = _cli_verify(folder, tmp_path / "ws_a.pub", git_files=False)
+    without_git_files = model_signing_verify(folder, tmp_path / "ws_a.pub", git_files=False)
     assert without_git_files.returncode != 0 and "Missing files" in without_git_files.stderr
 
-    other_key = _cli_verify(folder, tmp_path / "ws_b.pub")
+    other_key = model_signing_verify(folder, tmp_path / "ws_b.pub")
     assert other_key.returncode != 0 and "Key mismatch" in other_key.stderr
 
     (folder / "model.pkl").write_bytes(b"tampered")
-    tampered = _cli_verify(folder, tmp_path / "ws_a.pub")
+    tampered = model_signing_verify(folder, tmp_path / "ws_a.pub")
     assert tampered.returncode != 0
     assert "Hash mismatch for 'model.pkl'" in tampered.stderr
 

@@ -20,26 +20,9 @@ from marketplace.summary import (
     read_rows,
 )
 
-DAY_1 = dt.date(2026, 11, 2)
+from .driving import DAY_1, export_row
+
 DAY_2 = dt.date(2026, 11, 3)
-
-
-def export_row(workspace: str, model_name: str, version: int, day: dt.date = DAY_1, **overrides) -> dict:
-    row = {
-        "workspace": workspace,
-        "model_name": model_name,
-        "version": version,
-        "run_id": f"run-{workspace}-{model_name}-{version}",
-        "source": f"models:/{model_name}/{version}",
-        "export_date": day,
-        "exported_at": dt.datetime.combine(day, dt.time(3, 4, 5, 123456), tzinfo=dt.timezone.utc),
-        "export_path": f"/exports/{workspace}/{model_name}/{version}",
-        "checksum": f"{version:064x}",
-        "size_bytes": 1000 + version,
-        "file_count": 3,
-    }
-    row.update(overrides)
-    return row
 
 
 def import_row(workspace: str, model_name: str, version: int, day: dt.date = DAY_1) -> dict:

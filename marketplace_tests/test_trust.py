@@ -34,11 +34,19 @@ from marketplace_dagster import keys
 from marketplace_dagster.keys import EXPORTS_SIGNED_AND_CLEAN, PRODUCTION_VERSIONS_SYNCED
 
 from .conftest import materializations, register_version, step_failure_message
-from .test_lifecycle import ALIAS, STAGE, Cli, check_evaluations, promote, versions_of, workspace
-from .test_sensor import _tick
-from .test_signatures import _cli_verify
+from .driving import (
+    ALIAS,
+    CHAMPION,
+    STAGE,
+    Cli,
+    check_evaluations,
+    model_signing_verify,
+    promote,
+    sensor_tick,
+    versions_of,
+    workspace,
+)
 
-CHAMPION = {"alias": "champion"}
 NOT_SIGNED = "it is not signed (no model.sig)"
 WRONG_KEY = "its signature was not made with the key configured for it"
 FILES_DIFFER = "its signature does not match its files"
@@ -156,7 +164,7 @@ def test_an_unsafe_new_production_version_leaves_production_on_the_last_safe_cop
     assert market.get_registered_model(mp).tags[TAG_QUARANTINED_VERSION] == "2"
     assert [v.tags[TAG_SOURCE_VERSION] for v in versions_of(market, mp)] == ["1"]
 
-    tick, _ = _tick(deployment)
+    tick, _ = sensor_tick(deployment)
     assert tick.run_requests == []  # a quarantined version is not asked for again
 
     found = check_evaluations(deployment)
@@ -274,12 +282,12 @@ def test_the_model_signing_cli_verifies_a_synced_export(servers, deploy, uid, tm
     assert result.success, step_failure_message(result)
     folder = export_dir(deployment.config.storage_root, ws, model, 1)
 
-    verified = _cli_verify(folder, tmp_path / "a.pub.pem")
+    verified = model_signing_verify(folder, tmp_path / "a.pub.pem")
     assert verified.returncode == 0, verified.stderr
     assert "Verification succeeded" in verified.stdout
 
     target = next(folder.rglob("MLmodel"))
     target.write_text(target.read_text() + "\n")
-    tampered = _cli_verify(folder, tmp_path / "a.pub.pem")
+    tampered = model_signing_verify(folder, tmp_path / "a.pub.pem")
     assert tampered.returncode != 0
     assert "Hash mismatch" in tampered.stderr and "MLmodel" in tampered.stderr
