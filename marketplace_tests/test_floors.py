@@ -58,3 +58,11 @@ def test_the_package_without_extras_installs_no_dagster_orchestrator():
     assert not [d for d in base if d.startswith("dagster") and d != "dagster-pipes"], base
     assert {"dagster", "dagster-webserver", "dagster-databricks"} <= {
         d.split(">")[0].split("<")[0].strip() for d in project["optional-dependencies"]["dagster"]}
+
+
+def test_the_import_contracts_hold():
+    # pyproject.toml's [tool.importlinter]: no Dagster in the domain, and its layers import only downward.
+    done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "2 kept, 0 broken" in done.stdout, done.stdout[-2000:]
