@@ -23,7 +23,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from marketplace import imports, loading
+from marketplace import imports, scanning
 from marketplace.exports import export_dir, skip_record_path
 from marketplace.manifest import SIGNATURE_NAME, build_manifest, read_manifest, write_manifest
 from marketplace.provenance import TAG_SOURCE_VERSION
@@ -190,7 +190,7 @@ def test_with_scanning_off_nothing_is_scanned(servers, deploy, uid, monkeypatch)
         raise AssertionError(f"{path} was scanned with security.scan off")
 
     monkeypatch.setattr(imports, "scan_folder", no_scan)
-    monkeypatch.setattr(loading, "scan_folder", no_scan)
+    monkeypatch.setattr(scanning, "scan_folder", no_scan)  # the load check and the gate scan through scanning.refused
     source = servers["ws_a"].uri
     ws = f"a{uid}"
     register_version(source, f"{uid}_m", stage="Production")
