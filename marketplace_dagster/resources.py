@@ -12,7 +12,7 @@ from marketplace.config import MarketplaceConfig
 from marketplace.errors import MarketplaceError
 from marketplace.external import ExternalStorage
 from marketplace.registries import MarketplaceRegistry, SourceRegistries
-from marketplace.sandbox import Sandbox
+from marketplace.sandbox import Sandbox, SandboxSettings
 
 # How assets, checks and ops ask for them (the names the configurable resources had).
 WorkspaceRegistriesResource = dg.ResourceParam[SourceRegistries]
@@ -27,17 +27,17 @@ def build_resources(config: MarketplaceConfig) -> dict[str, object]:
         "workspaces": SourceRegistries(config),
         "marketplace": MarketplaceRegistry(config),
         "external_storage": ExternalStorage.of(config),
-        "sandbox": sandbox_resource(config),
+        "sandbox": sandbox_resource(config.security.sandbox.settings()),
     }
 
 
-def sandbox_resource(config: MarketplaceConfig) -> dg.ResourceDefinition:
+def sandbox_resource(settings: SandboxSettings) -> dg.ResourceDefinition:
     """The run's sandbox: made when the run starts (started only when a step begins it), closed
     when the run ends, so no warm process outlives its run."""
 
     @dg.resource(description="Where every model of a source is loaded: one warm sandboxed process per run.")
     def sandbox(_) -> Iterator[Sandbox]:
-        with Sandbox(config.security.sandbox.settings()) as box:
+        with Sandbox(settings) as box:
             yield box
 
     return sandbox

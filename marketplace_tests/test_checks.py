@@ -16,9 +16,9 @@ from marketplace.manifest import MANIFEST_NAME
 from marketplace_dagster import keys
 
 from .conftest import TODAY, materializations, register_version, step_failure_message
+from .driving import CHECKS_JOB
 from .support import table_rows
 
-CHECKS_JOB = "marketplace_checks_job"
 FRESHNESS_JOB = "marketplace_freshness_job"
 
 

@@ -37,10 +37,9 @@ from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
 from marketplace_dagster.sensors import PENDING_TAG, TRIGGER_TAG, WORKSPACE_TAG
 
 from .conftest import TODAY, register_version
-from .driving import ALIAS, CHAMPION, STAGE, copy_of, promote
+from .driving import ALIAS, CHAMPION, SENSOR, STAGE, copy_of, promote
 
 SECRET_ENV = "MARKETPLACE_TEST_WEBHOOK_SECRET"
-SENSOR = "production_version_sensor"
 POLL_SECONDS = 10
 # Generous for CI on two cores; `make bench` measures the real numbers.
 WEBHOOK_LATENCY_BOUND = 60
