@@ -27,7 +27,7 @@ from marketplace_dagster.keys import CHAIN
 
 def _many_workspaces(count: int, folder: Path, marketplace_uri: str) -> Path:
     raw = {
-        "start_date": (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=60)).isoformat(),
+        "start_date": (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=60)).isoformat(),
         "external_storage": {"uri": str(folder / "external")},
         "marketplace": {"tracking_uri": marketplace_uri},
         "sensor": {"default_status": "stopped"},
@@ -50,13 +50,14 @@ def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
             config = load_config(_many_workspaces(workspaces, folder, market.uri))
         else:
             config = load_config()
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         dates = [today - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
         partitions = [f"{d.isoformat()}|{w.name}" for d in dates for w in config.workspaces]
         home = folder / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").write_text(
-            f"telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: {max_concurrent_runs}\n")
+            f"telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: {max_concurrent_runs}\n"
+        )
         dev = DagsterDev(config.path, home, cwd=config.base_dir)
         try:
             dev.wait_until_loaded()
@@ -68,7 +69,8 @@ def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
                 print(
                     f"{attempt}: {len(dates)} days x {len(config.workspaces)} workspaces = {len(partitions)} partitions, "
                     f"at most {max_concurrent_runs} runs at once: {elapsed:.0f} s wall, {len(status['runs'])} runs "
-                    f"({', '.join(statuses)}), backfill {status['status']}", flush=True,
+                    f"({', '.join(statuses)}), backfill {status['status']}",
+                    flush=True,
                 )
         finally:
             dev.stop()

@@ -33,7 +33,7 @@ from marketplace.provenance import (
 from marketplace.registration import STATUS_ACTIVE, TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registries import MarketplaceRegistry, SourceRegistries
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 MLMODEL = """flavors:
   python_function: {{loader_module: mlflow.sklearn, python_version: 3.11.7}}
   sklearn: {{sklearn_version: 1.9.1}}
@@ -50,18 +50,47 @@ def _export(root: Path, workspace: str, model: str, n: int) -> str:
     folder = root / layout.export_key(workspace, model, 1)
     (folder / "r1").mkdir(parents=True)
     (folder / f"m-{n}" / "artifacts").mkdir(parents=True)
-    (folder / "model.json").write_text(json.dumps({"mlflow": {"registered_model": {
-        "name": model, "description": f"Predicts {model.split('_')[0]} for the {workspace} team, model {n}.",
-        "tags": [{"key": "owner", "value": f"team-{n % 7}"}], "versions": [{"version": "1", "description": "v1"}]}}}))
-    (folder / "r1" / "run.json").write_text(json.dumps({"mlflow": {
-        "info": {"user_id": "bench"}, "params": {f"p{i}": i for i in range(12)},
-        "metrics": {"accuracy": 0.9 + n / 10000, "f1": 0.8, "auc": 0.95}}}))
+    (folder / "model.json").write_text(
+        json.dumps(
+            {
+                "mlflow": {
+                    "registered_model": {
+                        "name": model,
+                        "description": f"Predicts {model.split('_')[0]} for the {workspace} team, model {n}.",
+                        "tags": [{"key": "owner", "value": f"team-{n % 7}"}],
+                        "versions": [{"version": "1", "description": "v1"}],
+                    }
+                }
+            }
+        )
+    )
+    (folder / "r1" / "run.json").write_text(
+        json.dumps(
+            {
+                "mlflow": {
+                    "info": {"user_id": "bench"},
+                    "params": {f"p{i}": i for i in range(12)},
+                    "metrics": {"accuracy": 0.9 + n / 10000, "f1": 0.8, "auc": 0.95},
+                }
+            }
+        )
+    )
     cols = ", ".join(f'{{"type": "double", "name": "f{i}", "required": true}}' for i in range(8))
     (folder / f"m-{n}" / "artifacts" / "MLmodel").write_text(MLMODEL.format(n=n, cols=cols))
-    (folder / f"m-{n}" / "artifacts" / "requirements.txt").write_text("mlflow==3.17.2\nscikit-learn==1.9.1\n")
+    (folder / f"m-{n}" / "artifacts" / "requirements.txt").write_text(
+        "mlflow==3.17.2\nscikit-learn==1.9.1\n"
+    )
     (folder / f"m-{n}" / "artifacts" / "model.skops").write_bytes(b"\0" * 4096)
-    manifest = build_manifest(folder, workspace=workspace, model_name=model, version=1, run_id="r1",
-                              source=f"models:/m-{n}", export_date=NOW.date().isoformat(), exported_at=NOW.isoformat())
+    manifest = build_manifest(
+        folder,
+        workspace=workspace,
+        model_name=model,
+        version=1,
+        run_id="r1",
+        source=f"models:/m-{n}",
+        export_date=NOW.date().isoformat(),
+        exported_at=NOW.isoformat(),
+    )
     return write_manifest(folder, manifest)
 
 
@@ -70,10 +99,22 @@ def seed_marketplace(folder: Path, market: LocalServer, workspaces: int, models:
     storage = folder / "external"
     names = [f"ws{w:02d}" for w in range(workspaces)]
     config = folder / "marketplace.yaml"
-    config.write_text(yaml.safe_dump({
-        "external_storage": {"uri": str(storage)}, "marketplace": {"tracking_uri": market.uri},
-        "workspaces": [{"name": w, "tracking_uri": f"http://127.0.0.1:{free_port()}", "production": {"stage": "Production"}}
-                       for w in names]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "external_storage": {"uri": str(storage)},
+                "marketplace": {"tracking_uri": market.uri},
+                "workspaces": [
+                    {
+                        "name": w,
+                        "tracking_uri": f"http://127.0.0.1:{free_port()}",
+                        "production": {"stage": "Production"},
+                    }
+                    for w in names
+                ],
+            }
+        )
+    )
     client = MlflowClient(market.uri)
     history, n = [], 0
     source, model_id = _logged_model_source(market)
@@ -84,17 +125,37 @@ def seed_marketplace(folder: Path, market: LocalServer, workspaces: int, models:
             checksum = _export(storage, workspace, model, n)
             name = f"{workspace}.{model}"
             key = SourceKey(workspace, model, 1)
-            client.create_registered_model(name, tags={
-                **provenance_tags(workspace, model, "http://source"), TAG_STATUS: STATUS_ACTIVE,
-                TAG_STATUS_CHANGED_AT: NOW.isoformat(timespec="seconds"), TAG_PRODUCTION_SOURCE_VERSION: "1"})
-            version = client.create_model_version(name, source, tags={**key.tags(), TAG_CHECKSUM: checksum},
-                                                  model_id=model_id)
+            client.create_registered_model(
+                name,
+                tags={
+                    **provenance_tags(workspace, model, "http://source"),
+                    TAG_STATUS: STATUS_ACTIVE,
+                    TAG_STATUS_CHANGED_AT: NOW.isoformat(timespec="seconds"),
+                    TAG_PRODUCTION_SOURCE_VERSION: "1",
+                },
+            )
+            version = client.create_model_version(
+                name, source, tags={**key.tags(), TAG_CHECKSUM: checksum}, model_id=model_id
+            )
             client.set_registered_model_alias(name, "production", version.version)
-            history.append({"workspace": workspace, "model_name": model, "marketplace_name": name, "sequence": 1,
-                            "change": "promoted", "source_version": 1, "previous_source_version": None,
-                            "marketplace_version": int(version.version), "changed_at": NOW, "run_id": "bench",
-                            "snapshot_date": NOW.date()})
-    summary.merge_rows(str(storage / summary.PRODUCTION_HISTORY), summary.PRODUCTION_HISTORY, history)
+            history.append(
+                {
+                    "workspace": workspace,
+                    "model_name": model,
+                    "marketplace_name": name,
+                    "sequence": 1,
+                    "change": "promoted",
+                    "source_version": 1,
+                    "previous_source_version": None,
+                    "marketplace_version": int(version.version),
+                    "changed_at": NOW,
+                    "run_id": "bench",
+                    "snapshot_date": NOW.date(),
+                }
+            )
+    summary.merge_rows(
+        str(storage / summary.PRODUCTION_HISTORY), summary.PRODUCTION_HISTORY, history
+    )
     return config
 
 
@@ -108,7 +169,9 @@ def _logged_model_source(market: LocalServer) -> str:
         warnings.simplefilter("ignore")
         mlflow.set_experiment("/bench-catalog")
         with mlflow.start_run():
-            info = mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model")
+            info = mlflow.sklearn.log_model(
+                LogisticRegression().fit([[0], [1]], [0, 1]), name="model"
+            )
     return info.model_uri, info.model_id
 
 
@@ -121,7 +184,8 @@ def keystroke_ms(page_path: Path) -> float | None:
     with browser_page() as page:
         page.goto(page_path.as_uri())
         page.wait_for_selector("article.card")
-        return max(page.evaluate("""() => {
+        return max(
+            page.evaluate("""() => {
             const input = document.getElementById("q"), times = [];
             for (const text of ["p", "pr", "pre", "pred", "predi", "predic", "predict", "predicts", "predicts f"]) {
                 const started = performance.now();
@@ -130,7 +194,8 @@ def keystroke_ms(page_path: Path) -> float | None:
                 times.push(performance.now() - started);
             }
             return times;
-        }"""))
+        }""")
+        )
 
 
 def bench_catalog(folder: Path, workspaces: int, models: int) -> dict:
@@ -142,13 +207,23 @@ def bench_catalog(folder: Path, workspaces: int, models: int) -> dict:
         timings = []
         for _ in range(2):  # the first writes every row; the second finds nothing changed
             started = time.perf_counter()
-            built = build_catalog(registry.client(), marketplace=registry, storage=storage,
-                                  sources=SourceRegistries(config))
+            built = build_catalog(
+                registry.client(),
+                marketplace=registry,
+                storage=storage,
+                sources=SourceRegistries(config),
+            )
             timings.append(time.perf_counter() - started)
         page = Path(storage.storage.root) / layout.CATALOG_PAGE
-        return {"workspaces": workspaces, "models": len(built.rows), "catalog_seconds_first": round(timings[0], 2),
-                "catalog_seconds_again": round(timings[1], 2), "rows_updated_again": built.updated,
-                "page_bytes": built.page_bytes, "keystroke_ms_max": _rounded(keystroke_ms(page))}
+        return {
+            "workspaces": workspaces,
+            "models": len(built.rows),
+            "catalog_seconds_first": round(timings[0], 2),
+            "catalog_seconds_again": round(timings[1], 2),
+            "rows_updated_again": built.updated,
+            "page_bytes": built.page_bytes,
+            "keystroke_ms_max": _rounded(keystroke_ms(page)),
+        }
     finally:
         stop(market)
 

@@ -25,8 +25,10 @@ from marketplace.external import ExternalStorage
 from marketplace.gate import GateKeeper
 from marketplace.registry import process_tracking_uri
 
-THRESHOLDS = {"roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
-              "accuracy_score": {"threshold": 0.6, "greater_is_better": True}}
+THRESHOLDS = {
+    "roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
+    "accuracy_score": {"threshold": 0.6, "greater_is_better": True},
+}
 
 
 def _frame(rows: int, seed: int) -> pd.DataFrame:
@@ -48,9 +50,12 @@ def _register(uri: str, name: str, count: int) -> list:
         for n in range(count):
             model = LogisticRegression(C=1.0 / (n + 1)).fit(features, train["label"])
             with mlflow.start_run():
-                info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
-                                                input_example=features.head(3))
-            versions.append(MlflowClient(uri).get_model_version(name, str(info.registered_model_version)))
+                info = mlflow.sklearn.log_model(
+                    model, name="model", registered_model_name=name, input_example=features.head(3)
+                )
+            versions.append(
+                MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
+            )
     return versions
 
 
@@ -62,34 +67,67 @@ def bench_gate(folder: Path, rows: int, versions: int) -> dict:
         (storage / "evaluation").mkdir(parents=True)
         _frame(rows, 7).to_parquet(storage / "evaluation" / "reference.parquet")
         config_path = folder / "marketplace.yaml"
-        config_path.write_text(yaml.safe_dump({
-            "external_storage": {"uri": str(storage)},
-            "marketplace": {"tracking_uri": market.uri},
-            "workspaces": [{"name": "bench", "tracking_uri": market.uri, "production": {"stage": "Production"}}],
-            "gate": {"evaluation": [{"models": ["*"], "data": "evaluation/reference.parquet", "targets": "label",
-                                     "model_type": "classifier", "thresholds": THRESHOLDS}]},
-        }))
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "external_storage": {"uri": str(storage)},
+                    "marketplace": {"tracking_uri": market.uri},
+                    "workspaces": [
+                        {
+                            "name": "bench",
+                            "tracking_uri": market.uri,
+                            "production": {"stage": "Production"},
+                        }
+                    ],
+                    "gate": {
+                        "evaluation": [
+                            {
+                                "models": ["*"],
+                                "data": "evaluation/reference.parquet",
+                                "targets": "label",
+                                "model_type": "classifier",
+                                "thresholds": THRESHOLDS,
+                            }
+                        ]
+                    },
+                }
+            )
+        )
         config = load_config(config_path)
         registered = _register(market.uri, "bench.gated", versions + 1)
-        keeper = GateKeeper(config, "bench", ExternalStorage.of(config), tracking_uri=market.uri, registry_uri=None,
-                            policy=config.security.policy(), facts=lambda model, version: ExportFacts())
+        keeper = GateKeeper(
+            config,
+            "bench",
+            ExternalStorage.of(config),
+            tracking_uri=market.uri,
+            registry_uri=None,
+            policy=config.security.policy(),
+            facts=lambda model, version: ExportFacts(),
+        )
         keeper.check_ready()
         seconds, verdicts = [], []
         for baseline, candidate in zip(registered, registered[1:]):
             started = time.perf_counter()
-            verdict = keeper.judge("bench.gated", "gated", int(candidate.version), candidate, baseline)
+            verdict = keeper.judge(
+                "bench.gated", "gated", int(candidate.version), candidate, baseline
+            )
             seconds.append(time.perf_counter() - started)
             verdicts.append(verdict.passed)
-        return {"reference_rows": rows, "versions_judged": len(seconds),
-                "seconds_per_gated_version": round(sum(seconds) / len(seconds), 2),
-                "seconds_first": round(seconds[0], 2), "seconds_max": round(max(seconds), 2),
-                "evaluations_per_version": 2, "passed": sum(verdicts)}
+        return {
+            "reference_rows": rows,
+            "versions_judged": len(seconds),
+            "seconds_per_gated_version": round(sum(seconds) / len(seconds), 2),
+            "seconds_first": round(seconds[0], 2),
+            "seconds_max": round(max(seconds), 2),
+            "evaluations_per_version": 2,
+            "passed": sum(verdicts),
+        }
     finally:
         stop(market)
 
 
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:3]]
-    rows, count = (args + [10_000, 3][len(args):])[:2]
+    rows, count = (args + [10_000, 3][len(args) :])[:2]
     with tempfile.TemporaryDirectory(prefix="marketplace-gate-bench-") as tmp:
         print(json.dumps(bench_gate(Path(tmp), rows, count), indent=1))

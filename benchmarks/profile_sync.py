@@ -33,10 +33,20 @@ from marketplace_dagster.definitions import build_definitions
 from marketplace_dagster.partitions import partition_key
 
 AREAS = [  # first match wins: a path fragment, and the area it counts for
-    ("/marketplace/", "marketplace"), ("/marketplace_dagster/", "marketplace_dagster"),
-    ("mlflow_export_import", "mlflow-export-import"), ("/mlflow/", "mlflow"), ("/dagster", "dagster"),
-    ("deltalake", "delta-rs"), ("pyarrow", "pyarrow"), ("modelscan", "modelscan"), ("model_signing", "signing"),
-    ("urllib3", "http"), ("requests", "http"), ("socket", "http"), ("ssl", "http"), ("sklearn", "scikit-learn"),
+    ("/marketplace/", "marketplace"),
+    ("/marketplace_dagster/", "marketplace_dagster"),
+    ("mlflow_export_import", "mlflow-export-import"),
+    ("/mlflow/", "mlflow"),
+    ("/dagster", "dagster"),
+    ("deltalake", "delta-rs"),
+    ("pyarrow", "pyarrow"),
+    ("modelscan", "modelscan"),
+    ("model_signing", "signing"),
+    ("urllib3", "http"),
+    ("requests", "http"),
+    ("socket", "http"),
+    ("ssl", "http"),
+    ("sklearn", "scikit-learn"),
 ]
 
 
@@ -96,30 +106,51 @@ class _Requests:
         requests.adapters.HTTPAdapter.send = self._send
 
 
-def profile(models: int, folder: Path, out: Path | None = None, workers: int = 4, plain: bool = False,
-            on_disk: bool = False, idle: bool = False) -> dict:
+def profile(
+    models: int,
+    folder: Path,
+    out: Path | None = None,
+    workers: int = 4,
+    plain: bool = False,
+    on_disk: bool = False,
+    idle: bool = False,
+) -> dict:
     bench = Bench(folder)
     try:
         market, source = bench.server("market"), bench.server("ws")
         bench.start_all([market, source])
         seed(source, _model_names(models))
-        config = load_config(write_config(folder / "marketplace.yaml", folder / "storage", market, [
-            {"name": "ws", "tracking_uri": source.uri, "production": {"stage": "Production"}}],
-            client={"max_workers": workers}))
+        config = load_config(
+            write_config(
+                folder / "marketplace.yaml",
+                folder / "storage",
+                market,
+                [{"name": "ws", "tracking_uri": source.uri, "production": {"stage": "Production"}}],
+                client={"max_workers": workers},
+            )
+        )
         job = build_definitions(config).resolve_job_def("marketplace_sync_job")
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         (folder / "dagster_home").mkdir(exist_ok=True)
-        with (dg.DagsterInstance.local_temp(str(folder / "dagster_home")) if on_disk
-              else dg.DagsterInstance.ephemeral()) as instance:
-            if idle:  # the sync first, untimed: what is profiled is the cycle that finds nothing new
-                job.execute_in_process(partition_key=partition_key(today, "ws"), instance=instance, raise_on_error=True)
+        with (
+            dg.DagsterInstance.local_temp(str(folder / "dagster_home"))
+            if on_disk
+            else dg.DagsterInstance.ephemeral()
+        ) as instance:
+            if (
+                idle
+            ):  # the sync first, untimed: what is profiled is the cycle that finds nothing new
+                job.execute_in_process(
+                    partition_key=partition_key(today, "ws"), instance=instance, raise_on_error=True
+                )
             profiler = cProfile.Profile()
             started = time.perf_counter()
             with _Requests() as sent:
                 if not plain:
                     profiler.enable()
-                result = job.execute_in_process(partition_key=partition_key(today, "ws"), instance=instance,
-                                                raise_on_error=True)
+                result = job.execute_in_process(
+                    partition_key=partition_key(today, "ws"), instance=instance, raise_on_error=True
+                )
                 profiler.disable()
             wall = time.perf_counter() - started
         assert result.success
@@ -139,22 +170,40 @@ def profile(models: int, folder: Path, out: Path | None = None, workers: int = 4
     functions = []
     for (filename, line, name), (_, _, tottime, cumtime, _) in stats.stats.items():
         own[area_of(filename)] += tottime
-        functions.append((tottime, cumtime, f"{Path(filename).name}:{line} {name}", area_of(filename)))
+        functions.append(
+            (tottime, cumtime, f"{Path(filename).name}:{line} {name}", area_of(filename))
+        )
     functions.sort(reverse=True)
     return {
-        "models": models, "workers": workers, "wall_seconds": round(wall, 2), "step_seconds": steps, "seconds_per_model": round(wall / models, 3),
-        "own_seconds_per_model_by_area": {k: round(v / models, 4) for k, v in sorted(own.items(), key=lambda kv: -kv[1])},
+        "models": models,
+        "workers": workers,
+        "wall_seconds": round(wall, 2),
+        "step_seconds": steps,
+        "seconds_per_model": round(wall / models, 3),
+        "own_seconds_per_model_by_area": {
+            k: round(v / models, 4) for k, v in sorted(own.items(), key=lambda kv: -kv[1])
+        },
         "requests_per_model": round(sum(sent.counts.values()) / models, 1),
-        "requests_per_model_by_endpoint": {k: round(v / models, 2) for k, v in
-                                           sorted(sent.counts.items(), key=lambda kv: -kv[1])},
+        "requests_per_model_by_endpoint": {
+            k: round(v / models, 2) for k, v in sorted(sent.counts.items(), key=lambda kv: -kv[1])
+        },
         "request_seconds_per_model": round(sum(sent.seconds.values()) / models, 3),
-        "request_ms_by_endpoint": {k: round(1000 * sent.seconds[k] / sent.counts[k], 1) for k in
-                                   sorted(sent.counts, key=lambda k: -sent.seconds[k])},
-        "requests_per_model_by_caller": {k: round(v / models, 2) for k, v in
-                                         sorted(sent.callers.items(), key=lambda kv: -kv[1])},
+        "request_ms_by_endpoint": {
+            k: round(1000 * sent.seconds[k] / sent.counts[k], 1)
+            for k in sorted(sent.counts, key=lambda k: -sent.seconds[k])
+        },
+        "requests_per_model_by_caller": {
+            k: round(v / models, 2) for k, v in sorted(sent.callers.items(), key=lambda kv: -kv[1])
+        },
         "top_functions_per_model": [
-            {"function": f, "area": a, "own_s": round(t / models, 4), "cumulative_s": round(c / models, 4)}
-            for t, c, f, a in functions[:25]],
+            {
+                "function": f,
+                "area": a,
+                "own_s": round(t / models, 4),
+                "cumulative_s": round(c / models, 4),
+            }
+            for t, c, f, a in functions[:25]
+        ],
     }
 
 
@@ -163,18 +212,36 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("models", type=int, nargs="?", default=20)
-    parser.add_argument("--out", type=Path, default=None, help="write the raw profile (pstats) here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the raw profile (pstats) here"
+    )
     parser.add_argument("--workers", type=int, default=4, help="client.max_workers")
-    parser.add_argument("--plain", action="store_true", help="no cProfile: wall and step times as they are")
-    parser.add_argument("--on-disk", action="store_true", help="a Dagster instance on disk (SQLite), as a deployment has")
-    parser.add_argument("--idle", action="store_true", help="profile the idle cycle: a second sync that finds nothing new")
-    parser.add_argument("--save", default=None, help="also write it to benchmarks/profiles/SAVE.json")
+    parser.add_argument(
+        "--plain", action="store_true", help="no cProfile: wall and step times as they are"
+    )
+    parser.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="a Dagster instance on disk (SQLite), as a deployment has",
+    )
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="profile the idle cycle: a second sync that finds nothing new",
+    )
+    parser.add_argument(
+        "--save", default=None, help="also write it to benchmarks/profiles/SAVE.json"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="marketplace-profile-") as tmp:
-        found = profile(args.models, Path(tmp), args.out, args.workers, args.plain, args.on_disk, args.idle)
+        found = profile(
+            args.models, Path(tmp), args.out, args.workers, args.plain, args.on_disk, args.idle
+        )
     print(json.dumps(found, indent=1))
     if args.save:
-        (Path(__file__).parent / "profiles" / f"{args.save}.json").write_text(json.dumps(found, indent=1))
+        (Path(__file__).parent / "profiles" / f"{args.save}.json").write_text(
+            json.dumps(found, indent=1)
+        )
 
 
 if __name__ == "__main__":

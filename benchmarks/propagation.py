@@ -60,21 +60,46 @@ def bench_propagation(bench: Bench, changes: int, folder: Path, *, rng_seed: int
     stopped = {"default_status": "stopped"}
     # The sensor running at its default poll interval; everything else that could start a run, stopped.
     config_path = write_config(
-        folder / "propagation.yaml", folder / "prop_storage", market,
-        [{"name": WORKSPACE[ALIAS], "tracking_uri": source.uri, "production": {"alias": SOURCE_ALIAS},
-          "include": [MODEL[ALIAS]], "webhook": {"secret_env": SECRET_ENV}},
-         {"name": WORKSPACE[STAGE], "tracking_uri": source.uri, "production": {"stage": "Production"},
-          "include": [MODEL[STAGE]]}],
-        sensor={"default_status": "running"}, webhooks={"listen": listen},
-        schedule=stopped, freshness=stopped, checks=stopped, housekeeping=stopped, automation=stopped,
+        folder / "propagation.yaml",
+        folder / "prop_storage",
+        market,
+        [
+            {
+                "name": WORKSPACE[ALIAS],
+                "tracking_uri": source.uri,
+                "production": {"alias": SOURCE_ALIAS},
+                "include": [MODEL[ALIAS]],
+                "webhook": {"secret_env": SECRET_ENV},
+            },
+            {
+                "name": WORKSPACE[STAGE],
+                "tracking_uri": source.uri,
+                "production": {"stage": "Production"},
+                "include": [MODEL[STAGE]],
+            },
+        ],
+        sensor={"default_status": "running"},
+        webhooks={"listen": listen},
+        schedule=stopped,
+        freshness=stopped,
+        checks=stopped,
+        housekeeping=stopped,
+        automation=stopped,
     )
     config = load_config(config_path)
     home = folder / "prop_home"
     with contextlib.ExitStack() as running:
-        dev = DagsterDev(config_path, home, cwd=folder)  # writes home/dagster.yaml before the receiver reads it
+        dev = DagsterDev(
+            config_path, home, cwd=folder
+        )  # writes home/dagster.yaml before the receiver reads it
         running.callback(dev.stop)
-        receiver = WebhookReceiver(config_path, home, f"http://{listen}", env={SECRET_ENV: secrets.token_hex(16)},
-                                   cwd=folder)
+        receiver = WebhookReceiver(
+            config_path,
+            home,
+            f"http://{listen}",
+            env={SECRET_ENV: secrets.token_hex(16)},
+            cwd=folder,
+        )
         running.callback(receiver.stop)
         # Seeded while dagster dev loads: a full poll after it finds version 1 of each.
         seed(source, list(MODEL.values()))
@@ -85,24 +110,37 @@ def bench_propagation(bench: Bench, changes: int, folder: Path, *, rng_seed: int
         watch = _Watch(config, dev, receiver)
         for mode in (ALIAS, STAGE):
             watch.until_served(mode, "1", began, FIRST_SYNC_WITHIN_SECONDS)
-        print(f"  servers, dagster dev, the receiver and the first sync: {time.monotonic() - began:.0f} s",
-              file=sys.__stdout__, flush=True)
+        print(
+            f"  servers, dagster dev, the receiver and the first sync: {time.monotonic() - began:.0f} s",
+            file=sys.__stdout__,
+            flush=True,
+        )
         rng = random.Random(rng_seed)
         result = {"poll_interval_seconds": config.sensor.minimum_interval_seconds}
         for mode in (ALIAS, STAGE):
             # What starts a sync: the daemon's next loop for a webhook event, the next full poll otherwise.
-            period = DAEMON_LOOP_SECONDS if mode == ALIAS else config.sensor.minimum_interval_seconds
+            period = (
+                DAEMON_LOOP_SECONDS if mode == ALIAS else config.sensor.minimum_interval_seconds
+            )
             result[mode] = _measure(mode, MlflowClient(source.uri), watch, changes, rng, period)
-            print(f"  {mode}: " + "; ".join(f"{kind}s p50 {result[mode][kind]['p50_seconds']} s, "
-                                             f"p95 {result[mode][kind]['p95_seconds']} s" for kind in KINDS),
-                  file=sys.__stdout__, flush=True)
+            print(
+                f"  {mode}: "
+                + "; ".join(
+                    f"{kind}s p50 {result[mode][kind]['p50_seconds']} s, "
+                    f"p95 {result[mode][kind]['p95_seconds']} s"
+                    for kind in KINDS
+                ),
+                file=sys.__stdout__,
+                flush=True,
+            )
         result.update(poll_load(config, LOAD_WORKSPACES))
     bench.stop_all()
     return result
 
 
-def _measure(mode: str, source: MlflowClient, watch: _Watch, changes: int, rng: random.Random,
-             period: float) -> dict:
+def _measure(
+    mode: str, source: MlflowClient, watch: _Watch, changes: int, rng: random.Random, period: float
+) -> dict:
     """Seconds from each registry call until the marketplace serves it, by kind; p50 and p95.
     Each change starts at a random point of `period` after the last was served: a change served
     at the end of a run keeps the phase of the poll that started it, and a shorter offset would
@@ -119,11 +157,17 @@ def _measure(mode: str, source: MlflowClient, watch: _Watch, changes: int, rng: 
         took = watch.until_served(mode, target, started, SERVED_WITHIN_SECONDS, strict=False)
         not_served += took is None
         seconds[kind].append(round(took if took is not None else SERVED_WITHIN_SECONDS, 2))
-    row: dict = {"changes": changes, "not_served": not_served, "target_p95_seconds": TARGET_P95_SECONDS[mode],
-                 "start_offset_max_seconds": period}
+    row: dict = {
+        "changes": changes,
+        "not_served": not_served,
+        "target_p95_seconds": TARGET_P95_SECONDS[mode],
+        "start_offset_max_seconds": period,
+    }
     for kind, found in seconds.items():
         row[kind] = {"changes": len(found), **_percentiles(found), "seconds": found}
-    row["met"] = not_served == 0 and all(row[k]["p95_seconds"] <= TARGET_P95_SECONDS[mode] for k in KINDS)
+    row["met"] = not_served == 0 and all(
+        row[k]["p95_seconds"] <= TARGET_P95_SECONDS[mode] for k in KINDS
+    )
     return row
 
 
@@ -136,7 +180,9 @@ def _new_version(source: MlflowClient, model: str) -> str:
     first = source.get_model_version(model, "1")
     # Read over REST, a version carries no model_id; its source (models:/<id>) names the logged model.
     model_id = first.model_id or first.source.removeprefix("models:/")
-    return source.create_model_version(model, first.source, run_id=first.run_id, model_id=model_id).version
+    return source.create_model_version(
+        model, first.source, run_id=first.run_id, model_id=model_id
+    ).version
 
 
 def _make_production(source: MlflowClient, mode: str, version: str) -> None:
@@ -145,7 +191,9 @@ def _make_production(source: MlflowClient, mode: str, version: str) -> None:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
-        source.transition_model_version_stage(MODEL[mode], version, "Production", archive_existing_versions=True)
+        source.transition_model_version_stage(
+            MODEL[mode], version, "Production", archive_existing_versions=True
+        )
 
 
 class _Watch:
@@ -153,18 +201,25 @@ class _Watch:
 
     def __init__(self, config: MarketplaceConfig, dev: DagsterDev, receiver: WebhookReceiver):
         registry = MarketplaceRegistry(config)
-        self.client, self.alias, self.name = MlflowClient(registry.tracking_uri), registry.alias, registry.model_name
+        self.client, self.alias, self.name = (
+            MlflowClient(registry.tracking_uri),
+            registry.alias,
+            registry.model_name,
+        )
         self.dev, self.receiver = dev, receiver
 
     def serving(self, mode: str) -> str | None:
         try:
-            found = self.client.get_model_version_by_alias(self.name(WORKSPACE[mode], MODEL[mode]), self.alias)
+            found = self.client.get_model_version_by_alias(
+                self.name(WORKSPACE[mode], MODEL[mode]), self.alias
+            )
         except MlflowException:
             return None  # not in the marketplace yet
         return (found.tags or {}).get(TAG_SOURCE_VERSION)
 
-    def until_served(self, mode: str, version: str, started: float, within: float,
-                     strict: bool = True) -> float | None:
+    def until_served(
+        self, mode: str, version: str, started: float, within: float, strict: bool = True
+    ) -> float | None:
         """Seconds since `started` until @production serves `version`; None (or raise, if
         `strict`) when it does not within `within` seconds."""
         while time.monotonic() - started < within:
@@ -172,9 +227,11 @@ class _Watch:
                 return time.monotonic() - started
             time.sleep(LOOK_EVERY_SECONDS)
         if strict:
-            raise TimeoutError(f"{WORKSPACE[mode]}: the marketplace did not serve v{version} within {within} s\n"
-                               f"dagster dev:\n{self.dev.log.read_text()[-3000:]}\n"
-                               f"receiver:\n{self.receiver.log.read_text()[-2000:]}")
+            raise TimeoutError(
+                f"{WORKSPACE[mode]}: the marketplace did not serve v{version} within {within} s\n"
+                f"dagster dev:\n{self.dev.log.read_text()[-3000:]}\n"
+                f"receiver:\n{self.receiver.log.read_text()[-2000:]}"
+            )
         return None
 
 
@@ -183,7 +240,9 @@ def _wait_registered(config: MarketplaceConfig, workspace, timeout: float = 60) 
     deadline = time.monotonic() + timeout
     while not (state := inspect_webhook(workspace, config.webhooks.base_url)).registered:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"webhook of {workspace.name} not registered: {state.action} {state.detail}")
+            raise TimeoutError(
+                f"webhook of {workspace.name} not registered: {state.action} {state.detail}"
+            )
         time.sleep(0.5)
 
 
@@ -191,28 +250,50 @@ def poll_load(config: MarketplaceConfig, count: int) -> dict:
     """The registry requests of one full poll (the sensor's poll_workspaces) of `count`
     workspaces spread round robin over the configured ones, and what the default interval
     makes of it: requests per second per workspace."""
-    workspaces = [config.workspaces[i % len(config.workspaces)].model_copy(update={"name": f"load{i:02d}"})
-                  for i in range(count)]
-    polled = poll_workspaces(workspaces, max_workers=config.sensor.max_workers, deadline_seconds=TICK_BUDGET_SECONDS)
+    workspaces = [
+        config.workspaces[i % len(config.workspaces)].model_copy(update={"name": f"load{i:02d}"})
+        for i in range(count)
+    ]
+    polled = poll_workspaces(
+        workspaces, max_workers=config.sensor.max_workers, deadline_seconds=TICK_BUDGET_SECONDS
+    )
     if failed := [p.error for p in polled.values() if p.error]:
         raise RuntimeError(f"{len(failed)} of {count} workspaces not polled: {failed[0]}")
     calls = sum(p.calls for p in polled.values())
-    return {"poll_load_workspaces": count, "poll_requests": calls,
-            "poll_requests_per_second_per_workspace": round(calls / count / config.sensor.minimum_interval_seconds, 4)}
+    return {
+        "poll_load_workspaces": count,
+        "poll_requests": calls,
+        "poll_requests_per_second_per_workspace": round(
+            calls / count / config.sensor.minimum_interval_seconds, 4
+        ),
+    }
 
 
 def table(result: dict) -> list[dict]:
     """BENCHMARKS.md's rows: one per mode and kind."""
-    return [{"mode": mode, "kind": kind, "changes": result[mode][kind]["changes"],
-             "p50_seconds": result[mode][kind]["p50_seconds"], "p95_seconds": result[mode][kind]["p95_seconds"],
-             "target_p95_seconds": result[mode]["target_p95_seconds"],
-             "met": result[mode][kind]["p95_seconds"] <= result[mode]["target_p95_seconds"]}
-            for mode in (ALIAS, STAGE) for kind in KINDS]
+    return [
+        {
+            "mode": mode,
+            "kind": kind,
+            "changes": result[mode][kind]["changes"],
+            "p50_seconds": result[mode][kind]["p50_seconds"],
+            "p95_seconds": result[mode][kind]["p95_seconds"],
+            "target_p95_seconds": result[mode]["target_p95_seconds"],
+            "met": result[mode][kind]["p95_seconds"] <= result[mode]["target_p95_seconds"],
+        }
+        for mode in (ALIAS, STAGE)
+        for kind in KINDS
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--changes", type=int, default=10, help="changes per mode, alternating promotion and rollback")
+    parser.add_argument(
+        "--changes",
+        type=int,
+        default=10,
+        help="changes per mode, alternating promotion and rollback",
+    )
     parser.add_argument("--seed", type=int, default=0, help="of the random offsets between changes")
     args = parser.parse_args(argv)
     if args.changes < 2:

@@ -24,7 +24,9 @@ def _model(folder: Path) -> Path:
 
     x = pd.DataFrame({"a": np.linspace(0, 1, 50), "b": np.linspace(1, 0, 50)})
     path = folder / "model"
-    mlflow.sklearn.save_model(LogisticRegression().fit(x, (x.a > 0.5).astype(int)), path, input_example=x.head(3))
+    mlflow.sklearn.save_model(
+        LogisticRegression().fit(x, (x.a > 0.5).astype(int)), path, input_example=x.head(3)
+    )
     return path
 
 
@@ -42,9 +44,14 @@ def bench_sandbox(repeats: int, folder: Path) -> list[dict]:
         model = mlflow.pyfunc.load_model(str(path), suppress_warnings=True)
         model.predict(Model.load(str(path / "MLmodel")).load_input_example(str(path)))
         in_process.append(time.perf_counter() - started)
-    rows.append({"where": "in the run process (before)", "start_seconds": 0.0,
-                 "per_model_p50_seconds": round(statistics.median(in_process), 3),
-                 "per_model_max_seconds": round(max(in_process), 3)})
+    rows.append(
+        {
+            "where": "in the run process (before)",
+            "start_seconds": 0.0,
+            "per_model_p50_seconds": round(statistics.median(in_process), 3),
+            "per_model_max_seconds": round(max(in_process), 3),
+        }
+    )
     for mode in ("process", "namespaces"):
         with Sandbox(SandboxSettings(mode=mode)) as box:
             started = time.perf_counter()
@@ -56,9 +63,14 @@ def bench_sandbox(repeats: int, folder: Path) -> list[dict]:
                 result = box.load_and_predict(path)
                 times.append(time.perf_counter() - began)
                 assert result.predicted, result
-        rows.append({"where": f"sandbox, {mode}", "start_seconds": round(start, 2),
-                     "per_model_p50_seconds": round(statistics.median(times), 3),
-                     "per_model_max_seconds": round(max(times), 3)})
+        rows.append(
+            {
+                "where": f"sandbox, {mode}",
+                "start_seconds": round(start, 2),
+                "per_model_p50_seconds": round(statistics.median(times), 3),
+                "per_model_max_seconds": round(max(times), 3),
+            }
+        )
     return rows
 
 

@@ -36,8 +36,11 @@ def _run(partition: str) -> bool:
     job = build_definitions(load_config()).resolve_job_def("marketplace_sync_job")
     gc.freeze()  # as the code location's `defs` does
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False,
-                                        tags=partition_tags(*split_partition_key(partition)))
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags=partition_tags(*split_partition_key(partition)),
+        )
     return result.success
 
 

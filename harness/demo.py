@@ -81,7 +81,9 @@ def up(config: MarketplaceConfig) -> None:
     with ThreadPoolExecutor(max(1, len(servers))) as pool:
         started = list(pool.map(start, servers))
     for server, process in zip(servers, started):
-        say(f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  (log: {server.log_path})")
+        say(
+            f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  (log: {server.log_path})"
+        )
 
 
 def down(config: MarketplaceConfig) -> None:
@@ -110,16 +112,29 @@ def _train(dataset: str, seed: int):
 # workspace's own production setting ("prod"), archived ("archived") or left alone ("none").
 # What each demo model predicts and who owns it, as its registered model says (its card shows it).
 DEMO_DESCRIPTIONS = {
-    "iris_classifier": ("Predicts the species of an iris flower (setosa, versicolor, virginica) from its sepal and "
-                        "petal measurements in centimetres.", "flora-team"),
-    "churn_model": ("Flags customers likely to leave; still in development, with no version in production.",
-                    "growth-ml"),
-    "diabetes_regressor": ("Predicts a quantitative measure of diabetes progression one year after baseline, from "
-                           "age, sex, BMI, blood pressure and six blood serum measurements.", "health-ml"),
-    "wine_classifier": ("Predicts which of three cultivars a wine comes from, from 13 results of its chemical "
-                        "analysis.", "cellar-analytics"),
-    "scratch_experiment": ("A scratch experiment; dev03's exclude pattern keeps it out of the marketplace.",
-                           "cellar-analytics"),
+    "iris_classifier": (
+        "Predicts the species of an iris flower (setosa, versicolor, virginica) from its sepal and "
+        "petal measurements in centimetres.",
+        "flora-team",
+    ),
+    "churn_model": (
+        "Flags customers likely to leave; still in development, with no version in production.",
+        "growth-ml",
+    ),
+    "diabetes_regressor": (
+        "Predicts a quantitative measure of diabetes progression one year after baseline, from "
+        "age, sex, BMI, blood pressure and six blood serum measurements.",
+        "health-ml",
+    ),
+    "wine_classifier": (
+        "Predicts which of three cultivars a wine comes from, from 13 results of its chemical "
+        "analysis.",
+        "cellar-analytics",
+    ),
+    "scratch_experiment": (
+        "A scratch experiment; dev03's exclude pattern keeps it out of the marketplace.",
+        "cellar-analytics",
+    ),
 }
 
 DEMO_MODELS = {
@@ -153,12 +168,24 @@ def seed_workspace(tracking_uri: str, production, models) -> list[str]:
             for index, action in enumerate(plan, start=1):
                 fitted, example, metrics = _train(dataset, index)
                 with mlflow.start_run(run_name=f"{model_name}-v{index}"):
-                    mlflow.log_params({"dataset": dataset, "estimator": type(fitted).__name__,
-                                       **{k: v for k, v in fitted.get_params().items() if k in ("C", "max_iter")}})
+                    mlflow.log_params(
+                        {
+                            "dataset": dataset,
+                            "estimator": type(fitted).__name__,
+                            **{
+                                k: v
+                                for k, v in fitted.get_params().items()
+                                if k in ("C", "max_iter")
+                            },
+                        }
+                    )
                     mlflow.log_metrics(metrics)
                     # Requirements given: inferring them loads the model in a subprocess, seconds each.
                     info = mlflow.sklearn.log_model(
-                        fitted, name="model", input_example=example, registered_model_name=model_name,
+                        fitted,
+                        name="model",
+                        input_example=example,
+                        registered_model_name=model_name,
                         pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
                     )
                 version = info.registered_model_version
@@ -166,7 +193,9 @@ def seed_workspace(tracking_uri: str, production, models) -> list[str]:
                     about, owner = DEMO_DESCRIPTIONS[model_name]
                     client.update_registered_model(model_name, description=about)
                     client.set_registered_model_tag(model_name, "owner", owner)
-                client.update_model_version(model_name, version, description=f"Demo {dataset} model, version {index}.")
+                client.update_model_version(
+                    model_name, version, description=f"Demo {dataset} model, version {index}."
+                )
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
                     if action == "archived":
@@ -185,7 +214,9 @@ def seed(config: MarketplaceConfig) -> None:
         if models is None:
             continue
         created = seed_workspace(workspace.tracking_uri, workspace.production, models)
-        say(f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}")
+        say(
+            f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}"
+        )
 
 
 def sync(config: MarketplaceConfig, only: str | None = None) -> int:
@@ -201,7 +232,7 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
     home.mkdir(parents=True, exist_ok=True)
     defs = build_definitions(config)
     job = defs.resolve_job_def("marketplace_sync_job")
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     failures = 0
     with dg.DagsterInstance.get() as instance:
         for workspace in config.workspaces:
@@ -209,25 +240,39 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
                 continue
             key = partition_key(today, workspace.name)
             result = job.execute_in_process(
-                instance=instance, partition_key=key, raise_on_error=False, tags={"marketplace/launched_by": "make demo"}
+                instance=instance,
+                partition_key=key,
+                raise_on_error=False,
+                tags={"marketplace/launched_by": "make demo"},
             )
             counts = _counts(result)
             status = "ok" if result.success else "FAILED"
-            news = ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in counts.items() if n) or "nothing new"
+            news = (
+                ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in counts.items() if n)
+                or "nothing new"
+            )
             say(f"  {key}: {status}  {news}  (run {result.run_id[:8]})")
             for event in result.all_events:
                 if event.is_step_failure and event.event_specific_data.error:
-                    say(f"      {event.step_key}: {event.event_specific_data.error.message.strip()}")
+                    say(
+                        f"      {event.step_key}: {event.event_specific_data.error.message.strip()}"
+                    )
             failures += not result.success
         # What the automation sensor does after any sync under `make dev`.
         catalog = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={CATALOG})
-        result = catalog.execute_in_process(instance=instance, raise_on_error=False,
-                                            tags={"marketplace/launched_by": "make demo"})
-        materialized = [e.step_materialization_data.materialization for e in result.get_asset_materialization_events()]
+        result = catalog.execute_in_process(
+            instance=instance, raise_on_error=False, tags={"marketplace/launched_by": "make demo"}
+        )
+        materialized = [
+            e.step_materialization_data.materialization
+            for e in result.get_asset_materialization_events()
+        ]
         if result.success and materialized:
             metadata = materialized[0].metadata
-            say(f"  catalog: ok  {metadata['models'].value} model(s), {metadata['rows_updated'].value} changed, "
-                f"{metadata['rows_inserted'].value} new  (run {result.run_id[:8]})")
+            say(
+                f"  catalog: ok  {metadata['models'].value} model(s), {metadata['rows_updated'].value} changed, "
+                f"{metadata['rows_inserted'].value} new  (run {result.run_id[:8]})"
+            )
         else:
             say(f"  catalog: FAILED  (run {result.run_id[:8]})")
         failures += not result.success
@@ -242,8 +287,15 @@ def webhooks(config: MarketplaceConfig) -> int:
     configure_http(config.sensor.request_timeout_seconds, 0)
     states = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
     for state in states:
-        say(f"  {state.workspace:<12} {state.action}" + (f" ({state.detail})" if state.detail else "")
-            + (f" -> {config.webhooks.base_url}/mlflow/{state.workspace}" if state.registered else ""))
+        say(
+            f"  {state.workspace:<12} {state.action}"
+            + (f" ({state.detail})" if state.detail else "")
+            + (
+                f" -> {config.webhooks.base_url}/mlflow/{state.workspace}"
+                if state.registered
+                else ""
+            )
+        )
     if not states:
         say("  no workspace has a webhook configured: the sensor polls every workspace")
     return 0  # a source without webhooks still syncs, by polling
@@ -256,7 +308,9 @@ def dev(config: MarketplaceConfig) -> int:
     from harness.local_dagster import DAGSTER, WebhookReceiver, default_interrupt, stop_group
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir(config) / "dagster_home")))
-    receiver = WebhookReceiver(config.path, home, f"http://{config.webhooks.listen}", cwd=Path.cwd())
+    receiver = WebhookReceiver(
+        config.path, home, f"http://{config.webhooks.listen}", cwd=Path.cwd()
+    )
     try:
         receiver.wait_until_up()
         say(f"Webhook receiver on {config.webhooks.listen} (log: {receiver.log})")
@@ -264,8 +318,11 @@ def dev(config: MarketplaceConfig) -> int:
         say(f"Webhook receiver not started; the sensor still polls: {str(exc).splitlines()[0]}")
     # Its own process group, so that stopping it reaches its webserver, daemon and code server
     # however this process was stopped (Ctrl-C, or a `kill` of this process alone).
-    process = subprocess.Popen([str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
-                               start_new_session=True, preexec_fn=default_interrupt)
+    process = subprocess.Popen(
+        [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
+        start_new_session=True,
+        preexec_fn=default_interrupt,
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
@@ -293,7 +350,9 @@ def rollback(config: MarketplaceConfig) -> int:
 
     workspace = next((w for w in config.workspaces if w.name == ROLLBACK_WORKSPACE), None)
     if workspace is None or workspace.production.stage is None:
-        say(f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by stage")
+        say(
+            f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by stage"
+        )
         return 1
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
     stage = workspace.production.stage
@@ -305,9 +364,13 @@ def rollback(config: MarketplaceConfig) -> int:
     summary(config, history=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        client.transition_model_version_stage(ROLLBACK_MODEL, str(target), stage, archive_existing_versions=True)
-    say(f"\n{'Rolled back' if target < now else 'Rolled forward'}: {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} "
-          f"v{target} is in {stage} now (v{now} archived). Syncing {ROLLBACK_WORKSPACE}:")
+        client.transition_model_version_stage(
+            ROLLBACK_MODEL, str(target), stage, archive_existing_versions=True
+        )
+    say(
+        f"\n{'Rolled back' if target < now else 'Rolled forward'}: {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} "
+        f"v{target} is in {stage} now (v{now} archived). Syncing {ROLLBACK_WORKSPACE}:"
+    )
     failures = sync(config, only=ROLLBACK_WORKSPACE)
     say("\nAfter:")
     summary(config, history=True)
@@ -365,12 +428,16 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
         rows = read_rows(storage.location(PRODUCTION_HISTORY), storage.delta_options())
         say("\nProduction history (newest last):")
         for row in sorted(rows, key=lambda r: r["changed_at"]):
-            say(f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} {row['change']:<12} "
-                  f"source v{row['source_version'] if row['source_version'] is not None else '-'} "
-                  f"(was v{row['previous_source_version'] if row['previous_source_version'] is not None else '-'})")
+            say(
+                f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} {row['change']:<12} "
+                f"source v{row['source_version'] if row['source_version'] is not None else '-'} "
+                f"(was v{row['previous_source_version'] if row['previous_source_version'] is not None else '-'})"
+            )
         return
     say("\nUIs:")
-    say(f"  catalog page:       {storage.location(CATALOG_PAGE)} (open it in a browser; it needs no network)")
+    say(
+        f"  catalog page:       {storage.location(CATALOG_PAGE)} (open it in a browser; it needs no network)"
+    )
     say(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
     for workspace in config.workspaces:
         say(f"  {workspace.name} MLflow:      {workspace.tracking_uri}")
@@ -380,20 +447,32 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__)
-    parser.add_argument("command",
-                        choices=["up", "seed", "sync", "webhooks", "summary", "rollback", "dev", "stop", "all"])
+    parser.add_argument(
+        "command",
+        choices=["up", "seed", "sync", "webhooks", "summary", "rollback", "dev", "stop", "all"],
+    )
     args = parser.parse_args(argv)
     config = load_config()
     if args.command == "dev":
         return dev(config)
-    steps = ["up", "seed", "sync", "webhooks", "summary"] if args.command == "all" else [args.command]
+    steps = (
+        ["up", "seed", "sync", "webhooks", "summary"] if args.command == "all" else [args.command]
+    )
     log = state_dir(config) / "demo.log"
     failures = 0
     with logs_to(log):
         for step in steps:
-            say({"up": "MLflow servers:", "seed": "Demo models:", "sync": "Syncing today's partitions:",
-                 "webhooks": "Webhooks on the demo's servers:", "summary": "", "rollback": "Rolling a demo model back in its workspace:",
-                 "stop": "MLflow servers:"}[step])
+            say(
+                {
+                    "up": "MLflow servers:",
+                    "seed": "Demo models:",
+                    "sync": "Syncing today's partitions:",
+                    "webhooks": "Webhooks on the demo's servers:",
+                    "summary": "",
+                    "rollback": "Rolling a demo model back in its workspace:",
+                    "stop": "MLflow servers:",
+                }[step]
+            )
             if step == "up":
                 up(config)
             elif step == "seed":

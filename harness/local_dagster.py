@@ -55,7 +55,11 @@ def ensure_instance(home: Path, extra: dict | None = None) -> Path:
     path = home / "dagster.yaml"
     settings = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
     for key, value in {**INSTANCE_SETTINGS, **(extra or {})}.items():
-        settings[key] = {**value, **settings.get(key, {})} if isinstance(value, dict) else settings.get(key, value)
+        settings[key] = (
+            {**value, **settings.get(key, {})}
+            if isinstance(value, dict)
+            else settings.get(key, value)
+        )
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
 
@@ -63,16 +67,32 @@ def ensure_instance(home: Path, extra: dict | None = None) -> Path:
 class WebhookReceiver:
     """`marketplace-webhooks` for one configuration and instance, its output in `home/webhooks.log`."""
 
-    def __init__(self, config_path: Path, home: Path, listen_url: str, env: dict[str, str] | None = None,
-                 cwd: Path | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        home: Path,
+        listen_url: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
         self.url = listen_url.rstrip("/")
         self.log = home / "webhooks.log"
-        env = {**os.environ, **(env or {}), "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+        env = {
+            **os.environ,
+            **(env or {}),
+            "MARKETPLACE_CONFIG": str(config_path),
+            "DAGSTER_HOME": str(home),
+        }
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "marketplace_dagster.webhooks"], cwd=cwd or Path(config_path).resolve().parent,
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=default_interrupt)
+                [sys.executable, "-m", "marketplace_dagster.webhooks"],
+                cwd=cwd or Path(config_path).resolve().parent,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=default_interrupt,
+            )
 
     def wait_until_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -82,7 +102,9 @@ class WebhookReceiver:
             if is_healthy(self.url):
                 return
             time.sleep(0.25)
-        raise TimeoutError(f"marketplace-webhooks did not answer on {self.url}:\n{self.log.read_text()[-3000:]}")
+        raise TimeoutError(
+            f"marketplace-webhooks did not answer on {self.url}:\n{self.log.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         stop_group(self.process)
@@ -119,13 +141,28 @@ class DagsterDev:
         cwd = cwd or Path(config_path).resolve().parent
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [str(DAGSTER), "dev", "-m", "marketplace_dagster.definitions", "-h", "127.0.0.1", "-p", str(self.port)],
-                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    str(DAGSTER),
+                    "dev",
+                    "-m",
+                    "marketplace_dagster.definitions",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+                cwd=cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=default_interrupt,
             )
 
     def query(self, query: str, variables: dict | None = None) -> dict:
-        response = requests.post(self.url, json={"query": query, "variables": variables or {}}, timeout=60)
+        response = requests.post(
+            self.url, json={"query": query, "variables": variables or {}}, timeout=60
+        )
         response.raise_for_status()
         body = response.json()
         if "errors" in body:
@@ -138,35 +175,54 @@ class DagsterDev:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dagster dev exited:\n{self.log.read_text()[-3000:]}")
             try:
-                data = self.query("{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }")
+                data = self.query(
+                    "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"
+                )
                 if data["repositoriesOrError"].get("nodes"):
                     return
             except (requests.RequestException, RuntimeError, KeyError):
                 pass
             time.sleep(1)
-        raise TimeoutError(f"dagster dev did not load in {timeout} s:\n{self.log.read_text()[-3000:]}")
+        raise TimeoutError(
+            f"dagster dev did not load in {timeout} s:\n{self.log.read_text()[-3000:]}"
+        )
 
-    def backfill(self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 1800) -> dict:
+    def backfill(
+        self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 1800
+    ) -> dict:
         """Launch an asset backfill and wait for it to finish; returns its status and runs."""
         launched = self.query(
             LAUNCH_BACKFILL,
-            {"params": {"partitionNames": partitions, "assetSelection": [{"path": k} for k in asset_keys]}},
+            {
+                "params": {
+                    "partitionNames": partitions,
+                    "assetSelection": [{"path": k} for k in asset_keys],
+                }
+            },
         )["launchPartitionBackfill"]
         if launched["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"backfill not launched: {launched}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.query(BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
-            runs_done = all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in status["runs"])
+            status = self.query(BACKFILL_STATUS, {"id": launched["backfillId"]})[
+                "partitionBackfillOrError"
+            ]
+            runs_done = all(
+                r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in status["runs"]
+            )
             if status["status"] in DONE and runs_done:
                 return status
             time.sleep(2)
-        raise TimeoutError(f"backfill {launched['backfillId']} did not finish:\n{self.log.read_text()[-3000:]}")
+        raise TimeoutError(
+            f"backfill {launched['backfillId']} did not finish:\n{self.log.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then kill."""
         stop_group(self.process)
 
 
-if __name__ == "__main__":  # `python -m harness.local_dagster HOME`: the Makefile's embedded instance
+if (
+    __name__ == "__main__"
+):  # `python -m harness.local_dagster HOME`: the Makefile's embedded instance
     print(ensure_instance(Path(sys.argv[1])))

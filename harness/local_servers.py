@@ -128,12 +128,16 @@ def start(server: LocalServer, *, wait_seconds: float = 120) -> subprocess.Popen
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = server.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"mlflow server {server.name} on port {server.port} exited; log {server.log_path}:\n{tail}")
+            raise RuntimeError(
+                f"mlflow server {server.name} on port {server.port} exited; log {server.log_path}:\n{tail}"
+            )
         if is_healthy(server.uri):
             return process
         time.sleep(0.25)
     stop(server)
-    raise TimeoutError(f"mlflow server {server.name} did not answer on {server.uri} within {wait_seconds:.0f} s; see {server.log_path}")
+    raise TimeoutError(
+        f"mlflow server {server.name} did not answer on {server.uri} within {wait_seconds:.0f} s; see {server.log_path}"
+    )
 
 
 def stop(server: LocalServer, *, wait_seconds: float = 15) -> bool:

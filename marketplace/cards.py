@@ -72,7 +72,11 @@ class ModelCard:
     @property
     def load_uri(self) -> str:
         if self.status != STATUS_ACTIVE:
-            return f"models:/{self.marketplace_name}/{self.marketplace_version}" if self.marketplace_version else ""
+            return (
+                f"models:/{self.marketplace_name}/{self.marketplace_version}"
+                if self.marketplace_version
+                else ""
+            )
         if self.marker.has_aliases:
             return f"models:/{self.marketplace_name}@{self.marker.alias}"
         return f"models:/{self.marketplace_name}/Production"
@@ -117,30 +121,53 @@ def render_card(card: ModelCard) -> str:
     f = card.facts
     out = [f"# {_md(card.marketplace_name)}", ""]
     if card.status == STATUS_ACTIVE:
-        out.append(f"**Status:** active — {card.marker.describe()} is marketplace version {card.marketplace_version}, "
-                   f"the copy of source version {card.source_version}.")
+        out.append(
+            f"**Status:** active — {card.marker.describe()} is marketplace version {card.marketplace_version}, "
+            f"the copy of source version {card.source_version}."
+        )
     elif card.status == STATUS_HELD:
         out.append("**Status:** not in production yet: the promotion gate holds its first version.")
     else:
-        out.append(f"**Status:** retired since {_when(card.status_since)}: the workspace has no production version "
-                   "of it any more. Its versions are kept.")
+        out.append(
+            f"**Status:** retired since {_when(card.status_since)}: the workspace has no production version "
+            "of it any more. Its versions are kept."
+        )
     out.append("")
     if card.held:
         out += [f"**Held by the promotion gate:** {_md(card.held)}", ""]
-    for title, text in (("About the model", f.model_description), ("About this version", f.version_description)):
+    for title, text in (
+        ("About the model", f.model_description),
+        ("About this version", f.version_description),
+    ):
         if text:
-            shown = _md(text[:MAX_TEXT]) + (f" … ({len(text) - MAX_TEXT} more characters)" if len(text) > MAX_TEXT else "")
+            shown = _md(text[:MAX_TEXT]) + (
+                f" … ({len(text) - MAX_TEXT} more characters)" if len(text) > MAX_TEXT else ""
+            )
             out += [f"**{title}:** {shown}", ""]
-    out += ["## How to load it", "", "```python", "import mlflow", "",
-            f"model = mlflow.pyfunc.load_model({card.load_uri!r})", "```", ""]
+    out += [
+        "## How to load it",
+        "",
+        "```python",
+        "import mlflow",
+        "",
+        f"model = mlflow.pyfunc.load_model({card.load_uri!r})",
+        "```",
+        "",
+    ]
     if card.unity_catalog:
-        out += ["(Unity Catalog: call `mlflow.set_registry_uri(\"databricks-uc\")` first.)", ""]
+        out += ['(Unity Catalog: call `mlflow.set_registry_uri("databricks-uc")` first.)', ""]
     out += ["## Provenance", ""]
     provenance = [
-        ("Source", f"workspace `{_md(card.workspace)}`, model `{_md(card.model_name)}`, version "
-                   f"{card.source_version}" + (f" ([open]({card.source_url}))" if card.source_url else "")),
-        ("Marketplace version", f"{card.marketplace_version}"
-         + (f" ([open]({card.marketplace_url}))" if card.marketplace_url else "")),
+        (
+            "Source",
+            f"workspace `{_md(card.workspace)}`, model `{_md(card.model_name)}`, version "
+            f"{card.source_version}" + (f" ([open]({card.source_url}))" if card.source_url else ""),
+        ),
+        (
+            "Marketplace version",
+            f"{card.marketplace_version}"
+            + (f" ([open]({card.marketplace_url}))" if card.marketplace_url else ""),
+        ),
         ("Run", f"`{_md(f.run_id)}`" if f.run_id else ""),
         ("Logged model", f"`{_md(f.logged_model_id)}`" if f.logged_model_id else ""),
         ("Owner", _md(f.owner)),
@@ -153,16 +180,34 @@ def render_card(card: ModelCard) -> str:
     if card.history:
         out += ["## Production history", ""]
         entries = sorted(card.history, key=lambda h: h.changed_at, reverse=True)
-        out += _table(["when (UTC)", "change", "source version", "marketplace version"],
-                      [[f"{h.changed_at:%Y-%m-%d %H:%M}", h.change, str(h.source_version or "—"),
-                        str(h.marketplace_version or "—")] for h in entries], "changes") + [""]
+        out += _table(
+            ["when (UTC)", "change", "source version", "marketplace version"],
+            [
+                [
+                    f"{h.changed_at:%Y-%m-%d %H:%M}",
+                    h.change,
+                    str(h.source_version or "—"),
+                    str(h.marketplace_version or "—"),
+                ]
+                for h in entries
+            ],
+            "changes",
+        ) + [""]
     if f.metrics or f.params:
         out += ["## Metrics and parameters of the source run", ""]
-        out += _table(["metric", "value"], [[_md(k), f"{v:.6g}"] for k, v in sorted(f.metrics.items())], "metrics")
+        out += _table(
+            ["metric", "value"],
+            [[_md(k), f"{v:.6g}"] for k, v in sorted(f.metrics.items())],
+            "metrics",
+        )
         if f.metrics:
             out.append("")
         params = sorted(f.params.items())
-        out += _table(["parameter", "value"], [[_md(k), _md(v[:200])] for k, v in params[:_MAIN_PARAMS]], "parameters")
+        out += _table(
+            ["parameter", "value"],
+            [[_md(k), _md(v[:200])] for k, v in params[:_MAIN_PARAMS]],
+            "parameters",
+        )
         if len(params) > _MAIN_PARAMS:
             out.append(f"\n*{len(params) - _MAIN_PARAMS} more parameters not shown.*")
         out.append("")
@@ -170,15 +215,27 @@ def render_card(card: ModelCard) -> str:
     for side in ("inputs", "outputs"):
         columns = f.signature.get(side) or []
         out += [f"**{side.capitalize()}:**" + ("" if columns else " not recorded"), ""]
-        out += _table(["name", "type", "required"],
-                      [[_md(c["name"]) or "—", _md(c["type"]), "yes" if c["required"] else "no"] for c in columns],
-                      side) + ([""] if columns else [])
+        out += _table(
+            ["name", "type", "required"],
+            [
+                [_md(c["name"]) or "—", _md(c["type"]), "yes" if c["required"] else "no"]
+                for c in columns
+            ],
+            side,
+        ) + ([""] if columns else [])
     environment = [
         ("Input example", "yes" if f.has_input_example else "no"),
         ("Flavors", ", ".join(_md(x) for x in f.flavors)),
         ("Python", _md(f.python_version)),
-        ("Requirements", ", ".join(f"`{_md(r)}`" for r in f.requirements[:MAX_ROWS])
-         + (f" and {len(f.requirements) - MAX_ROWS} more" if len(f.requirements) > MAX_ROWS else "")),
+        (
+            "Requirements",
+            ", ".join(f"`{_md(r)}`" for r in f.requirements[:MAX_ROWS])
+            + (
+                f" and {len(f.requirements) - MAX_ROWS} more"
+                if len(f.requirements) > MAX_ROWS
+                else ""
+            ),
+        ),
         ("Artifact size", _size(f.size_bytes) if f.size_bytes else ""),
     ]
     out += _table(["", ""], [[k, v] for k, v in environment if v], "facts")
@@ -196,7 +253,9 @@ def catalog_row(card: ModelCard, *, first_synced_at: dt.datetime, updated_at: dt
         "status": card.status,
         "source_version": card.source_version,
         "marketplace_version": card.marketplace_version,
-        "alias": card.marker.alias if card.status == STATUS_ACTIVE and card.marker.has_aliases else None,
+        "alias": card.marker.alias
+        if card.status == STATUS_ACTIVE and card.marker.has_aliases
+        else None,
         "description": f.model_description or f.version_description,
         "flavors": ", ".join(f.flavors),
         "signature": json.dumps(dict(f.signature), sort_keys=True),
@@ -225,7 +284,8 @@ def signer_of(workspace: str, public_key: str | None) -> str:
 
     try:
         der = serialization.load_pem_public_key(public_key.encode()).public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     except ValueError:
         return f"workspace {workspace}'s key"
     return f"workspace {workspace}'s key (SHA-256 {hashlib.sha256(der).hexdigest()[:16]})"
@@ -235,16 +295,32 @@ class Cards:
     """Model cards for one workspace's marketplace models, from their exports, the registries
     and production_history (`history_rows`: the workspace's rows)."""
 
-    def __init__(self, *, storage: ExternalStorage, marketplace: MarketplaceRegistry, sources: SourceRegistries,
-                 workspace: str, history_rows: Sequence[Mapping]):
+    def __init__(
+        self,
+        *,
+        storage: ExternalStorage,
+        marketplace: MarketplaceRegistry,
+        sources: SourceRegistries,
+        workspace: str,
+        history_rows: Sequence[Mapping],
+    ):
         self.storage, self.marketplace, self.workspace = storage, marketplace, workspace
         settings = sources.get(workspace)
-        self.source_uri, self.source_host = settings.tracking_uri, settings.databricks.host if settings.databricks else None
+        self.source_uri, self.source_host = (
+            settings.tracking_uri,
+            settings.databricks.host if settings.databricks else None,
+        )
         self.signer = signer_of(workspace, sources.public_key(workspace))
         self.history: dict[str, list[HistoryEntry]] = {}
         for row in sorted(history_rows, key=lambda r: r["sequence"]):
-            self.history.setdefault(row["marketplace_name"], []).append(HistoryEntry(
-                row["changed_at"], row["change"], row["source_version"], row["marketplace_version"]))
+            self.history.setdefault(row["marketplace_name"], []).append(
+                HistoryEntry(
+                    row["changed_at"],
+                    row["change"],
+                    row["source_version"],
+                    row["marketplace_version"],
+                )
+            )
 
     def facts(self, model_name: str, version: int) -> tuple[ExportFacts, str]:
         """The export's facts and its manifest checksum ((empty, "") if it cannot be read)."""
@@ -256,22 +332,44 @@ class Cards:
     def export_facts(self, model_name: str, version: int) -> tuple[ExportFacts, str]:
         return export_facts(self.storage.storage, self.workspace, model_name, version)
 
-    def card(self, model_name: str, marketplace_name: str, shown, status: str, since: str,
-             extra: HistoryEntry | None = None, held: str = "") -> ModelCard:
+    def card(
+        self,
+        model_name: str,
+        marketplace_name: str,
+        shown,
+        status: str,
+        since: str,
+        extra: HistoryEntry | None = None,
+        held: str = "",
+    ) -> ModelCard:
         key, version = shown if shown else (None, None)
         facts, checksum = self.facts(model_name, key.version) if key else (ExportFacts(), "")
         tags = (version.tags or {}) if version is not None else {}
         m = self.marketplace
         host = m.databricks.host if m.databricks else None
         return ModelCard(
-            marketplace_name=marketplace_name, workspace=self.workspace, model_name=model_name, status=status,
-            status_since=since or "", source_version=key.version if key else None,
-            marketplace_version=int(version.version) if version is not None else None, marker=m.marker,
-            facts=facts, checksum=tags.get(TAG_CHECKSUM, checksum), import_date=tags.get(TAG_IMPORT_DATE, ""),
+            marketplace_name=marketplace_name,
+            workspace=self.workspace,
+            model_name=model_name,
+            status=status,
+            status_since=since or "",
+            source_version=key.version if key else None,
+            marketplace_version=int(version.version) if version is not None else None,
+            marker=m.marker,
+            facts=facts,
+            checksum=tags.get(TAG_CHECKSUM, checksum),
+            import_date=tags.get(TAG_IMPORT_DATE, ""),
             signer=self.signer if key else "",
-            source_url=_web(model_version_url(self.source_uri, model_name, key.version, self.source_host)) if key else "",
-            marketplace_url=_web(model_version_url(m.tracking_uri, marketplace_name, version.version, host))
-            if version is not None else "",
+            source_url=_web(
+                model_version_url(self.source_uri, model_name, key.version, self.source_host)
+            )
+            if key
+            else "",
+            marketplace_url=_web(
+                model_version_url(m.tracking_uri, marketplace_name, version.version, host)
+            )
+            if version is not None
+            else "",
             unity_catalog=m.is_unity_catalog,
             history=tuple(self.history.get(marketplace_name, [])) + ((extra,) if extra else ()),
             held=held,
@@ -280,7 +378,8 @@ class Cards:
     def maker(self, item, shown, change: HistoryEntry | None, held: str = ""):
         """For registration: the card of `item` once the registry shows `status` since `since`."""
         return lambda status, since: render_card(
-            self.card(item.model_name, item.marketplace_name, shown, status, since, change, held))
+            self.card(item.model_name, item.marketplace_name, shown, status, since, change, held)
+        )
 
 
 def _web(url: str) -> str:

@@ -13,7 +13,9 @@ import html
 import json
 from collections.abc import Mapping, Sequence
 
-_SAFE_JSON = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+_SAFE_JSON = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
 _STYLE = """
 :root { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933; }
@@ -131,10 +133,14 @@ _SCRIPT = r"""
 """
 
 
-def render_page(models: Sequence[Mapping], *, generated_at: dt.datetime, title: str = "Model marketplace") -> str:
+def render_page(
+    models: Sequence[Mapping], *, generated_at: dt.datetime, title: str = "Model marketplace"
+) -> str:
     """The whole page for `models` (catalog rows, with `metrics`, `signature` and `source_tags`
     as objects, and `marketplace_url` / `source_url` where known)."""
-    data = json.dumps(list(models), sort_keys=True, default=str, ensure_ascii=False).translate(_SAFE_JSON)
+    data = json.dumps(list(models), sort_keys=True, default=str, ensure_ascii=False).translate(
+        _SAFE_JSON
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

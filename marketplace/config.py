@@ -73,9 +73,13 @@ class ProductionSelector(_Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> ProductionSelector:
         if (self.stage is None) == (self.alias is None):
-            raise ValueError("set exactly one of 'stage' (e.g. Production) or 'alias' (e.g. champion)")
+            raise ValueError(
+                "set exactly one of 'stage' (e.g. Production) or 'alias' (e.g. champion)"
+            )
         if self.stage is not None and self.stage.lower() not in ("production", "staging"):
-            raise ValueError(f"stage {self.stage!r} is not a selectable stage (Production or Staging)")
+            raise ValueError(
+                f"stage {self.stage!r} is not a selectable stage (Production or Staging)"
+            )
         if self.alias is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", self.alias):
             raise ValueError(f"alias {self.alias!r} may contain only letters, digits, '_' and '-'")
         return self
@@ -88,8 +92,17 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 EnvName = Annotated[str, Field(pattern=ENV_NAME)]
 # Variables the Databricks SDK reads itself, over any profile: the run clears them, so a secret
 # cannot live in one of them.
-SDK_ENV = ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET",
-           "DATABRICKS_AUTH_TYPE", "DATABRICKS_CONFIG_PROFILE", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_TENANT_ID")
+SDK_ENV = (
+    "DATABRICKS_HOST",
+    "DATABRICKS_TOKEN",
+    "DATABRICKS_CLIENT_ID",
+    "DATABRICKS_CLIENT_SECRET",
+    "DATABRICKS_AUTH_TYPE",
+    "DATABRICKS_CONFIG_PROFILE",
+    "ARM_CLIENT_ID",
+    "ARM_CLIENT_SECRET",
+    "ARM_TENANT_ID",
+)
 
 
 class DatabricksConnection(_Strict):
@@ -130,12 +143,19 @@ class DatabricksConnection(_Strict):
 
     @model_validator(mode="after")
     def _fields_of_auth(self) -> DatabricksConnection:
-        needed = {"oauth-m2m": ["client_id"], "azure-client-secret": ["azure_client_id", "azure_tenant_id"], "pat": []}
+        needed = {
+            "oauth-m2m": ["client_id"],
+            "azure-client-secret": ["azure_client_id", "azure_tenant_id"],
+            "pat": [],
+        }
         for key in needed[self.auth]:
             if not getattr(self, key):
                 raise ValueError(f"auth {self.auth!r} needs {key}")
-        stray = [k for k in ("client_id", "azure_client_id", "azure_tenant_id")
-                 if getattr(self, k) and k not in needed[self.auth]]
+        stray = [
+            k
+            for k in ("client_id", "azure_client_id", "azure_tenant_id")
+            if getattr(self, k) and k not in needed[self.auth]
+        ]
         if stray:
             raise ValueError(f"{', '.join(stray)}: not used with auth {self.auth!r}")
         return self
@@ -145,8 +165,14 @@ def _connect_databricks(owner: Any, profile: str, key: str | None = None) -> Non
     """With a `databricks` block, the URIs name the profile the run writes for it."""
     if owner.databricks is None:
         if owner.tracking_uri is None:
-            message = "required key is missing (or give a databricks block for a Databricks workspace)"
-            raise _KeyedError(f"{key}.tracking_uri", message) if key else ValueError(f"tracking_uri: {message}")
+            message = (
+                "required key is missing (or give a databricks block for a Databricks workspace)"
+            )
+            raise (
+                _KeyedError(f"{key}.tracking_uri", message)
+                if key
+                else ValueError(f"tracking_uri: {message}")
+            )
         return
     if owner.tracking_uri is not None or owner.registry_uri is not None:
         raise ValueError("set either tracking_uri/registry_uri or databricks, not both")
@@ -167,7 +193,9 @@ class ExportEngineConfig(_Strict):
     # databricks: the job runs this package's wheel (`make wheel`) from a volume or workspace path.
     wheel: str | None = None
     libraries: list[str] = Field(default_factory=list)  # further pip requirements of the job
-    new_cluster: dict[str, Any] | None = None  # a Databricks cluster spec (spark_version, node_type_id, ...)
+    new_cluster: dict[str, Any] | None = (
+        None  # a Databricks cluster spec (spark_version, node_type_id, ...)
+    )
     existing_cluster_id: str | None = None
     serverless: bool = False
     environment_version: str = "3"  # of a serverless job's environment
@@ -185,38 +213,61 @@ class ExportEngineConfig(_Strict):
             if not re.fullmatch(ENV_NAME, name):
                 raise ValueError(f"{name!r} is not an environment variable name")
             if not SECRET_REFERENCE.fullmatch(reference):
-                raise ValueError(f"{name}: give a Databricks secret reference, {{{{secrets/<scope>/<key>}}}}, "
-                                 "never a value (the job's settings travel in the job's parameters)")
+                raise ValueError(
+                    f"{name}: give a Databricks secret reference, {{{{secrets/<scope>/<key>}}}}, "
+                    "never a value (the job's settings travel in the job's parameters)"
+                )
         return value
 
     @field_validator("volume_path")
     @classmethod
     def _volume(cls, value: str | None) -> str | None:
         if value is not None and not VOLUME_PATH.fullmatch(value.rstrip("/")):
-            raise ValueError(f"{value!r} is not a Unity Catalog volume path (/Volumes/<catalog>/<schema>/<volume>)")
+            raise ValueError(
+                f"{value!r} is not a Unity Catalog volume path (/Volumes/<catalog>/<schema>/<volume>)"
+            )
         return None if value is None else value.rstrip("/")
 
     @model_validator(mode="after")
     def _databricks_settings(self) -> ExportEngineConfig:
         job_keys = ("wheel", "new_cluster", "existing_cluster_id", "volume_path")
         if self.engine != "databricks":
-            stray = [k for k in job_keys if getattr(self, k)] + (["serverless"] if self.serverless else []) + (
-                ["env"] if self.env else []) + (["libraries"] if self.libraries else [])
+            stray = (
+                [k for k in job_keys if getattr(self, k)]
+                + (["serverless"] if self.serverless else [])
+                + (["env"] if self.env else [])
+                + (["libraries"] if self.libraries else [])
+            )
             if stray:
                 raise ValueError(f"{', '.join(stray)}: only for engine: databricks")
             return self
         if not self.wheel:
-            raise ValueError("engine databricks needs wheel: where the job finds this package's wheel "
-                             "(for example /Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl)")
-        computes = [k for k, on in (("new_cluster", self.new_cluster), ("existing_cluster_id", self.existing_cluster_id),
-                                    ("serverless", self.serverless)) if on]
+            raise ValueError(
+                "engine databricks needs wheel: where the job finds this package's wheel "
+                "(for example /Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl)"
+            )
+        computes = [
+            k
+            for k, on in (
+                ("new_cluster", self.new_cluster),
+                ("existing_cluster_id", self.existing_cluster_id),
+                ("serverless", self.serverless),
+            )
+            if on
+        ]
         if len(computes) != 1:
-            raise ValueError("engine databricks needs exactly one of new_cluster, existing_cluster_id or serverless: true"
-                             + (f" (got {', '.join(computes)})" if computes else ""))
+            raise ValueError(
+                "engine databricks needs exactly one of new_cluster, existing_cluster_id or serverless: true"
+                + (f" (got {', '.join(computes)})" if computes else "")
+            )
         if self.serverless and not self.volume_path:
-            raise ValueError("a serverless job talks to Dagster through a Unity Catalog volume: set volume_path")
+            raise ValueError(
+                "a serverless job talks to Dagster through a Unity Catalog volume: set volume_path"
+            )
         if self.new_cluster is not None and not {"spark_version"} <= set(self.new_cluster):
-            raise ValueError("new_cluster needs at least spark_version (and node_type_id or instance_pool_id)")
+            raise ValueError(
+                "new_cluster needs at least spark_version (and node_type_id or instance_pool_id)"
+            )
         return self
 
 
@@ -241,7 +292,9 @@ class SandboxConfig(_Strict):
     memory_mb: int = Field(default=4096, ge=256, le=1_048_576)
 
     def settings(self) -> SandboxSettings:
-        return SandboxSettings(mode=self.mode, timeout_seconds=self.timeout_seconds, memory_mb=self.memory_mb)
+        return SandboxSettings(
+            mode=self.mode, timeout_seconds=self.timeout_seconds, memory_mb=self.memory_mb
+        )
 
 
 class SecurityConfig(_Strict):
@@ -269,7 +322,9 @@ class SecurityConfig(_Strict):
     def _globals(cls, value: list[str]) -> list[str]:
         for name in value:
             if not GLOBAL_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a global as module.name (for example 'posix.system')")
+                raise ValueError(
+                    f"{name!r} is not a global as module.name (for example 'posix.system')"
+                )
         return value
 
 
@@ -318,14 +373,18 @@ class ThresholdConfig(_Strict):
         try:
             return MetricThreshold(**self.model_dump())
         except MlflowException as exc:
-            raise ValueError(exc.message.removeprefix("Could not instantiate MetricThreshold class: ")) from None
+            raise ValueError(
+                exc.message.removeprefix("Could not instantiate MetricThreshold class: ")
+            ) from None
 
 
 class EvaluationRule(_Strict):
     """No regression on reference data: the candidate against the current marketplace version."""
 
     models: list[str] = Field(min_length=1)  # marketplace-name glob patterns
-    data: str = Field(min_length=1)  # Parquet or Delta, relative to external storage, or a full URI/path
+    data: str = Field(
+        min_length=1
+    )  # Parquet or Delta, relative to external storage, or a full URI/path
     targets: str = Field(min_length=1)
     model_type: Literal["classifier", "regressor"]
     thresholds: dict[str, ThresholdConfig] = Field(min_length=1)
@@ -355,14 +414,22 @@ class GateConfig(_Strict):
         if isinstance(value, list):
             unknown = [v for v in value if v not in REQUIREMENTS]
             if unknown:
-                raise ValueError(f"{unknown[0]!r} is not a requirement: use any of {', '.join(REQUIREMENTS)}")
+                raise ValueError(
+                    f"{unknown[0]!r} is not a requirement: use any of {', '.join(REQUIREMENTS)}"
+                )
         return value
 
 
-PERMISSIONS = {"mlflow": ("READ", "EDIT", "MANAGE"), "databricks": ("READ", "EDIT", "MANAGE"),
-               "unity_catalog": ("EXECUTE",)}
-PRINCIPAL_KINDS = {"mlflow": ("user", "role"), "databricks": ("user", "group", "service_principal"),
-                   "unity_catalog": ("user", "group", "service_principal")}
+PERMISSIONS = {
+    "mlflow": ("READ", "EDIT", "MANAGE"),
+    "databricks": ("READ", "EDIT", "MANAGE"),
+    "unity_catalog": ("EXECUTE",),
+}
+PRINCIPAL_KINDS = {
+    "mlflow": ("user", "role"),
+    "databricks": ("user", "group", "service_principal"),
+    "unity_catalog": ("user", "group", "service_principal"),
+}
 
 
 class GrantConfig(_Strict):
@@ -430,8 +497,10 @@ class WorkspaceConfig(_Strict):
                 "by stage, or set databricks.unity_catalog: true for a Unity Catalog registry"
             )
         if self.export.engine == "databricks" and self.databricks is None:
-            raise ValueError("export.engine: a Databricks job runs in a Databricks workspace: give the workspace "
-                             "a databricks block")
+            raise ValueError(
+                "export.engine: a Databricks job runs in a Databricks workspace: give the workspace "
+                "a databricks block"
+            )
         return self
 
     @property
@@ -445,8 +514,11 @@ def databricks_profile(owner: str | None) -> str:
     return "marketplace-registry" if owner is None else f"marketplace-ws-{owner}"
 
 
-_KIND_NAMES = {"mlflow": "an MLflow server", "databricks": "the Databricks workspace registry",
-               "unity_catalog": "Unity Catalog"}
+_KIND_NAMES = {
+    "mlflow": "an MLflow server",
+    "databricks": "the Databricks workspace registry",
+    "unity_catalog": "Unity Catalog",
+}
 
 
 class MarketplaceRegistryConfig(_Strict):
@@ -510,32 +582,51 @@ class MarketplaceRegistryConfig(_Strict):
                     "digits, '_' and '-'",
                 )
             if "{model}" not in self.name_template.rsplit(".", 1)[-1]:
-                raise _KeyedError("marketplace.name_template", "{model} belongs in the last (model) level")
+                raise _KeyedError(
+                    "marketplace.name_template", "{model} belongs in the last (model) level"
+                )
         if (self.username_env is None) != (self.password_env is None):
-            raise _KeyedError("marketplace.password_env" if self.username_env else "marketplace.username_env",
-                              "set username_env and password_env together (or token_env alone)")
+            raise _KeyedError(
+                "marketplace.password_env" if self.username_env else "marketplace.username_env",
+                "set username_env and password_env together (or token_env alone)",
+            )
         if self.token_env and self.username_env:
-            raise _KeyedError("marketplace.token_env", "choose username_env/password_env or token_env, not both")
+            raise _KeyedError(
+                "marketplace.token_env", "choose username_env/password_env or token_env, not both"
+            )
         if self.databricks is not None and (self.username_env or self.token_env):
             key = "marketplace.username_env" if self.username_env else "marketplace.token_env"
-            raise _KeyedError(key, "a Databricks marketplace authenticates through its databricks block")
+            raise _KeyedError(
+                key, "a Databricks marketplace authenticates through its databricks block"
+            )
         kind = self.kind
         for index, grant in enumerate(self.grants):
             key = f"marketplace.grants[{index}] ({grant.principal})"
             if grant.kind not in PRINCIPAL_KINDS[kind]:
-                raise _KeyedError(f"{key}.kind", f"{grant.kind!r} is not a principal on {_KIND_NAMES[kind]}: "
-                                  f"use {' or '.join(PRINCIPAL_KINDS[kind])}")
+                raise _KeyedError(
+                    f"{key}.kind",
+                    f"{grant.kind!r} is not a principal on {_KIND_NAMES[kind]}: "
+                    f"use {' or '.join(PRINCIPAL_KINDS[kind])}",
+                )
             if grant.permission not in PERMISSIONS[kind]:
-                raise _KeyedError(f"{key}.permission", f"{grant.permission!r} is not a permission on "
-                                  f"{_KIND_NAMES[kind]}: use {' or '.join(PERMISSIONS[kind])}")
+                raise _KeyedError(
+                    f"{key}.permission",
+                    f"{grant.permission!r} is not a permission on "
+                    f"{_KIND_NAMES[kind]}: use {' or '.join(PERMISSIONS[kind])}",
+                )
         return self
 
     @property
     def kind(self) -> str:
         """mlflow (an OSS server), databricks (the workspace registry) or unity_catalog."""
         uri = self.registry_uri or self.tracking_uri or ""
-        return "unity_catalog" if uri.startswith("databricks-uc") else "databricks" if uri.startswith("databricks") \
+        return (
+            "unity_catalog"
+            if uri.startswith("databricks-uc")
+            else "databricks"
+            if uri.startswith("databricks")
             else "mlflow"
+        )
 
     @property
     def is_unity_catalog(self) -> bool:
@@ -549,7 +640,9 @@ class MarketplaceRegistryConfig(_Strict):
 # Option names that hold credentials: only ever read from the environment.
 SECRET_OPTION = re.compile(r"(?i)secret|password|token|sas|(^|_)(access_)?key($|_id$)|credential")
 # delta-rs 1.x commits with conditional puts; these belonged to its old S3 locking and do nothing now.
-OBSOLETE_OPTIONS = re.compile(r"(?i)^(aws_)?(s3_locking_provider|dynamo\w*|s3_allow_unsafe_rename|allow_unsafe_rename)$")
+OBSOLETE_OPTIONS = re.compile(
+    r"(?i)^(aws_)?(s3_locking_provider|dynamo\w*|s3_allow_unsafe_rename|allow_unsafe_rename)$"
+)
 S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 AZURE_CONTAINER = re.compile(r"^(\$root|[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9])$")
 AZURE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
@@ -563,7 +656,9 @@ def _endpoint(value: str | None) -> str | None:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError(f"{value!r} is not an endpoint URL (https://host[:port])")
     if parsed.username or parsed.password:
-        raise ValueError("the endpoint must not carry credentials; name their environment variables")
+        raise ValueError(
+            "the endpoint must not carry credentials; name their environment variables"
+        )
     return value.rstrip("/")
 
 
@@ -583,19 +678,31 @@ class S3StorageConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> S3StorageConfig:
         if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
-            raise ValueError("set access_key_id_env and secret_access_key_env together (or neither, for the "
-                             "AWS default credential chain)")
+            raise ValueError(
+                "set access_key_id_env and secret_access_key_env together (or neither, for the "
+                "AWS default credential chain)"
+            )
         if self.session_token_env and not self.access_key_id_env:
-            raise ValueError("session_token_env goes with access_key_id_env and secret_access_key_env")
+            raise ValueError(
+                "session_token_env goes with access_key_id_env and secret_access_key_env"
+            )
         if self.endpoint and self.endpoint.startswith("http://") and not self.allow_http:
-            raise ValueError(f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant")
+            raise ValueError(
+                f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant"
+            )
         return self
 
     def options(self) -> tuple[dict[str, str], dict[str, str]]:
-        plain = {"aws_region": self.region, "aws_endpoint": self.endpoint,
-                 "aws_allow_http": "true" if self.allow_http else None}
-        secret = {"aws_access_key_id": self.access_key_id_env, "aws_secret_access_key": self.secret_access_key_env,
-                  "aws_session_token": self.session_token_env}
+        plain = {
+            "aws_region": self.region,
+            "aws_endpoint": self.endpoint,
+            "aws_allow_http": "true" if self.allow_http else None,
+        }
+        secret = {
+            "aws_access_key_id": self.access_key_id_env,
+            "aws_secret_access_key": self.secret_access_key_env,
+            "aws_session_token": self.session_token_env,
+        }
         return _present(plain), _present(secret)
 
 
@@ -611,7 +718,9 @@ class AzureStorageConfig(_Strict):
     client_secret_env: EnvName | None = None
     use_azure_cli: bool = False
     endpoint: str | None = None  # e.g. Azurite: http://127.0.0.1:10000/devstoreaccount1
-    use_emulator: bool = False  # Azurite at $AZURITE_BLOB_STORAGE_URL (default http://127.0.0.1:10000)
+    use_emulator: bool = (
+        False  # Azurite at $AZURITE_BLOB_STORAGE_URL (default http://127.0.0.1:10000)
+    )
     allow_http: bool = False
 
     _endpoint = field_validator("endpoint")(classmethod(lambda cls, v: _endpoint(v)))
@@ -620,31 +729,51 @@ class AzureStorageConfig(_Strict):
     @classmethod
     def _account(cls, value: str | None) -> str | None:
         if value is not None and not AZURE_ACCOUNT.fullmatch(value):
-            raise ValueError(f"{value!r} is not a storage account name (3-24 lower-case letters and digits)")
+            raise ValueError(
+                f"{value!r} is not a storage account name (3-24 lower-case letters and digits)"
+            )
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> AzureStorageConfig:
-        methods = [k for k in ("account_key_env", "sas_token_env", "client_secret_env") if getattr(self, k)]
+        methods = [
+            k for k in ("account_key_env", "sas_token_env", "client_secret_env") if getattr(self, k)
+        ]
         if len(methods) > 1:
             raise ValueError(f"{' and '.join(methods)}: choose one way to authenticate")
-        if (self.client_secret_env is not None) != (self.client_id is not None and self.tenant_id is not None):
-            raise ValueError("a service principal needs client_id, tenant_id and client_secret_env together")
+        if (self.client_secret_env is not None) != (
+            self.client_id is not None and self.tenant_id is not None
+        ):
+            raise ValueError(
+                "a service principal needs client_id, tenant_id and client_secret_env together"
+            )
         if self.endpoint and self.endpoint.startswith("http://") and not self.allow_http:
-            raise ValueError(f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant")
+            raise ValueError(
+                f"endpoint {self.endpoint} is plain HTTP: set allow_http: true if that is meant"
+            )
         if self.use_emulator and self.endpoint:
-            raise ValueError("use_emulator reads its URL from AZURITE_BLOB_STORAGE_URL; give endpoint or use_emulator")
+            raise ValueError(
+                "use_emulator reads its URL from AZURITE_BLOB_STORAGE_URL; give endpoint or use_emulator"
+            )
         _not_azurite_endpoint(self.endpoint)
         return self
 
     def options(self) -> tuple[dict[str, str], dict[str, str]]:
-        flag = lambda on: "true" if on else None  # noqa: E731
-        plain = {"azure_storage_account_name": self.account_name, "azure_storage_client_id": self.client_id,
-                 "azure_storage_tenant_id": self.tenant_id, "azure_use_azure_cli": flag(self.use_azure_cli),
-                 "azure_storage_endpoint": self.endpoint, "azure_storage_use_emulator": flag(self.use_emulator),
-                 "azure_allow_http": flag(self.allow_http)}
-        secret = {"azure_storage_account_key": self.account_key_env, "azure_storage_sas_key": self.sas_token_env,
-                  "azure_storage_client_secret": self.client_secret_env}
+        flag = lambda on: "true" if on else None
+        plain = {
+            "azure_storage_account_name": self.account_name,
+            "azure_storage_client_id": self.client_id,
+            "azure_storage_tenant_id": self.tenant_id,
+            "azure_use_azure_cli": flag(self.use_azure_cli),
+            "azure_storage_endpoint": self.endpoint,
+            "azure_storage_use_emulator": flag(self.use_emulator),
+            "azure_allow_http": flag(self.allow_http),
+        }
+        secret = {
+            "azure_storage_account_key": self.account_key_env,
+            "azure_storage_sas_key": self.sas_token_env,
+            "azure_storage_client_secret": self.client_secret_env,
+        }
         return _present(plain), _present(secret)
 
 
@@ -653,11 +782,15 @@ def _not_azurite_endpoint(endpoint: str | None) -> None:
     which Azurite ignores: every commit after a table's second failed ("Invalid table version").
     Emulator mode lists without it."""
     parsed = urlparse(endpoint or "")
-    if parsed.hostname in ("127.0.0.1", "localhost", "::1") and parsed.path.strip("/") == "devstoreaccount1":
+    if (
+        parsed.hostname in ("127.0.0.1", "localhost", "::1")
+        and parsed.path.strip("/") == "devstoreaccount1"
+    ):
         raise ValueError(
             f"{endpoint} is Azurite: set use_emulator: true and AZURITE_BLOB_STORAGE_URL="
             f"{parsed.scheme}://{parsed.netloc} instead (through an endpoint, Delta commits fail there "
-            "after a table's second)")
+            "after a table's second)"
+        )
 
 
 def _present(options: dict[str, str | None]) -> dict[str, str]:
@@ -684,12 +817,16 @@ class ExternalStorageConfig(_Strict):
         scheme = parsed.scheme.lower()
         if scheme in ("s3",):
             if not S3_BUCKET.fullmatch(parsed.netloc or ""):
-                raise ValueError(f"{value!r}: expected s3://<bucket>[/prefix] with a valid bucket name")
+                raise ValueError(
+                    f"{value!r}: expected s3://<bucket>[/prefix] with a valid bucket name"
+                )
         elif scheme in ("az", "abfs", "abfss"):
             container, _, host = (parsed.netloc or "").partition("@")
             if not AZURE_CONTAINER.fullmatch(container):
-                raise ValueError(f"{value!r}: expected {scheme}://<container>[@<account>.dfs.core.windows.net]"
-                                 "[/prefix] with a valid container name")
+                raise ValueError(
+                    f"{value!r}: expected {scheme}://<container>[@<account>.dfs.core.windows.net]"
+                    "[/prefix] with a valid container name"
+                )
             if host and not AZURE_HOST.fullmatch(host):
                 raise ValueError(f"{value!r}: {host!r} is not <account>.dfs.core.windows.net")
         elif scheme and len(scheme) > 1 and scheme != "file":
@@ -704,7 +841,9 @@ class ExternalStorageConfig(_Strict):
                 "give a relative folder without file://"
             )
         if scheme in ("s3", "az", "abfs", "abfss") and ("?" in value or "#" in value):
-            raise ValueError(f"{value!r}: no query or fragment; give options under s3, azure or storage_options")
+            raise ValueError(
+                f"{value!r}: no query or fragment; give options under s3, azure or storage_options"
+            )
         return value
 
     @field_validator("storage_options", "storage_options_env")
@@ -714,16 +853,27 @@ class ExternalStorageConfig(_Strict):
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,127}", key):
                 raise ValueError(f"{key!r} is not an object_store option name")
             if OBSOLETE_OPTIONS.fullmatch(key):
-                raise ValueError(f"{key}: delta-rs 1.x commits with conditional writes and ignores this (there is "
-                                 "no DynamoDB locking any more); remove it")
+                raise ValueError(
+                    f"{key}: delta-rs 1.x commits with conditional writes and ignores this (there is "
+                    "no DynamoDB locking any more); remove it"
+                )
             if info.field_name == "storage_options" and SECRET_OPTION.search(key):
-                raise ValueError(f"{key} holds a credential: name the environment variable that holds it in "
-                                 "storage_options_env instead")
+                raise ValueError(
+                    f"{key} holds a credential: name the environment variable that holds it in "
+                    "storage_options_env instead"
+                )
         for key, option in value.items():
-            if key.lower() in ("azure_storage_endpoint", "azure_endpoint", "endpoint") and info.field_name == "storage_options":
+            if (
+                key.lower() in ("azure_storage_endpoint", "azure_endpoint", "endpoint")
+                and info.field_name == "storage_options"
+            ):
                 _not_azurite_endpoint(option)
-        if "disabled" in {str(v).lower() for k, v in value.items() if "conditional_put" in k.lower()}:
-            raise ValueError("conditional_put: disabled makes every Delta commit fail; leave it unset (etag)")
+        if "disabled" in {
+            str(v).lower() for k, v in value.items() if "conditional_put" in k.lower()
+        }:
+            raise ValueError(
+                "conditional_put: disabled makes every Delta commit fail; leave it unset (etag)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -732,21 +882,30 @@ class ExternalStorageConfig(_Strict):
         if self.s3 is not None and backend != "s3":
             raise _KeyedError("external_storage.s3", f"only for an s3:// uri, not {self.uri!r}")
         if self.azure is not None and backend != "azure":
-            raise _KeyedError("external_storage.azure", f"only for an abfss:// or az:// uri, not {self.uri!r}")
+            raise _KeyedError(
+                "external_storage.azure", f"only for an abfss:// or az:// uri, not {self.uri!r}"
+            )
         if backend == "local" and (self.storage_options or self.storage_options_env):
-            raise _KeyedError("external_storage.storage_options", "only for s3://, abfss:// or az:// storage")
+            raise _KeyedError(
+                "external_storage.storage_options", "only for s3://, abfss:// or az:// storage"
+            )
         if backend == "azure":
             uri_account = self._uri_account
             settings = self.azure or AzureStorageConfig()
             if uri_account and settings.account_name and uri_account != settings.account_name:
-                raise _KeyedError("external_storage.azure.account_name",
-                                  f"{settings.account_name!r} differs from the account in the uri ({uri_account!r})")
-            named = "azure_storage_account_name" in {k.lower() for k in self.storage_options} or any(
-                "account_name" in k.lower() for k in self.storage_options)
+                raise _KeyedError(
+                    "external_storage.azure.account_name",
+                    f"{settings.account_name!r} differs from the account in the uri ({uri_account!r})",
+                )
+            named = "azure_storage_account_name" in {
+                k.lower() for k in self.storage_options
+            } or any("account_name" in k.lower() for k in self.storage_options)
             if not (uri_account or settings.account_name or settings.use_emulator or named):
-                raise _KeyedError("external_storage.azure.account_name",
-                                  "required for an az:// uri (or name the account in the uri: "
-                                  "abfss://<container>@<account>.dfs.core.windows.net/...)")
+                raise _KeyedError(
+                    "external_storage.azure.account_name",
+                    "required for an az:// uri (or name the account in the uri: "
+                    "abfss://<container>@<account>.dfs.core.windows.net/...)",
+                )
         if backend != "local":
             self._check_options()
         return self
@@ -762,8 +921,14 @@ class ExternalStorageConfig(_Strict):
         try:
             ObjectStorage(self.uri, plain)
         except (StorageError, BaseError, ValueError) as exc:
-            key = "external_storage.storage_options" if self.storage_options else f"external_storage.{self.backend}"
-            raise _KeyedError(key, str(exc).removeprefix(f"external storage {self.uri.rstrip('/')}: ")) from None
+            key = (
+                "external_storage.storage_options"
+                if self.storage_options
+                else f"external_storage.{self.backend}"
+            )
+            raise _KeyedError(
+                key, str(exc).removeprefix(f"external storage {self.uri.rstrip('/')}: ")
+            ) from None
 
     @property
     def backend(self) -> str:
@@ -779,7 +944,11 @@ class ExternalStorageConfig(_Strict):
         """(object_store options, {option: environment variable holding its value}) for this storage."""
         block = self.s3 or self.azure
         plain, secret = block.options() if block is not None else ({}, {})
-        if self.backend == "azure" and "azure_storage_account_name" not in plain and self._uri_account:
+        if (
+            self.backend == "azure"
+            and "azure_storage_account_name" not in plain
+            and self._uri_account
+        ):
             plain["azure_storage_account_name"] = self._uri_account
         return {**plain, **self.storage_options}, {**secret, **self.storage_options_env}
 
@@ -853,8 +1022,15 @@ class WebhooksConfig(_Strict):
         if value is None:
             return None
         parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
-            raise ValueError(f"{value!r} is not an http(s) base URL without query (e.g. https://hooks.example.com)")
+        if (
+            parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or parsed.query
+            or parsed.fragment
+        ):
+            raise ValueError(
+                f"{value!r} is not an http(s) base URL without query (e.g. https://hooks.example.com)"
+            )
         if parsed.username or parsed.password:
             raise ValueError("the URL must not carry credentials: deliveries are signed instead")
         return value.rstrip("/")
@@ -862,8 +1038,11 @@ class WebhooksConfig(_Strict):
     @model_validator(mode="after")
     def _reachable(self) -> WebhooksConfig:
         if self.url is None and self.host in _EVERY_ADDRESS:
-            raise _KeyedError("webhooks.url", f"required when webhooks.listen binds every address ({self.listen}): "
-                              "give the URL the sources call, e.g. https://marketplace-hooks.example.com")
+            raise _KeyedError(
+                "webhooks.url",
+                f"required when webhooks.listen binds every address ({self.listen}): "
+                "give the URL the sources call, e.g. https://marketplace-hooks.example.com",
+            )
         return self
 
     @property
@@ -966,7 +1145,7 @@ class MarketplaceConfig(_Strict):
     @field_validator("start_date")
     @classmethod
     def _not_future(cls, value: dt.date) -> dt.date:
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         if value > today:
             raise ValueError(f"{value} is in the future (today is {today} UTC)")
         return value
@@ -976,32 +1155,53 @@ class MarketplaceConfig(_Strict):
         seen: set[str] = set()
         for index, workspace in enumerate(self.workspaces):
             if workspace.name in seen:
-                raise _KeyedError(f"workspaces[{index}].name", f"duplicate workspace name {workspace.name!r}")
+                raise _KeyedError(
+                    f"workspaces[{index}].name", f"duplicate workspace name {workspace.name!r}"
+                )
             seen.add(workspace.name)
         for index, workspace in enumerate(self.workspaces):
             if workspace.export.engine != "databricks":
                 continue
             key = f"workspaces[{index}] ({workspace.name}).export"
             if self.external_storage.backend == "local":
-                raise _KeyedError(f"{key}.engine", "a Databricks job cannot write to a local folder: put "
-                                  "external_storage on s3:// or abfss://")
+                raise _KeyedError(
+                    f"{key}.engine",
+                    "a Databricks job cannot write to a local folder: put "
+                    "external_storage on s3:// or abfss://",
+                )
             _, secret = self.external_storage.options()
-            needed = {**{v: f"external_storage ({o})" for o, v in secret.items()},
-                      **({self.external_storage.signing_key_env: "external_storage.signing_key_env"}
-                         if self.external_storage.signing_key_env else {}),
-                      **({workspace.signing.private_key_env: "signing.private_key_env"}
-                         if workspace.signing.private_key_env else {})}
+            needed = {
+                **{v: f"external_storage ({o})" for o, v in secret.items()},
+                **(
+                    {self.external_storage.signing_key_env: "external_storage.signing_key_env"}
+                    if self.external_storage.signing_key_env
+                    else {}
+                ),
+                **(
+                    {workspace.signing.private_key_env: "signing.private_key_env"}
+                    if workspace.signing.private_key_env
+                    else {}
+                ),
+            }
             missing = sorted(set(needed) - set(workspace.export.env))
             if missing:
-                raise _KeyedError(f"{key}.env", "the job reads " + ", ".join(f"{v} ({needed[v]})" for v in missing)
-                                  + ": map each to a Databricks secret, e.g. {{secrets/marketplace/<key>}}")
+                raise _KeyedError(
+                    f"{key}.env",
+                    "the job reads "
+                    + ", ".join(f"{v} ({needed[v]})" for v in missing)
+                    + ": map each to a Databricks secret, e.g. {{secrets/marketplace/<key>}}",
+                )
         if self.require_signatures:
             for index, workspace in enumerate(self.workspaces):
                 if not workspace.signing.public_key:
                     raise _KeyedError(
                         f"workspaces[{index}] ({workspace.name}).signing.public_key",
                         "required: marketplace.require_signatures is "
-                        + ("true" if self.marketplace.require_signatures else "on because another workspace has a key")
+                        + (
+                            "true"
+                            if self.marketplace.require_signatures
+                            else "on because another workspace has a key"
+                        )
                         + " and this workspace's exports could not be verified (give its public key, or set "
                         "marketplace.require_signatures: false)",
                     )
@@ -1057,10 +1257,15 @@ class MarketplaceConfig(_Strict):
     def gate_for(self, workspace: str) -> GateConfig:
         """The workspace's gate: each key it sets replaces the global one's."""
         own = self.workspace(workspace).gate
-        merged = {key: getattr(own, key) if getattr(own, key) is not None else getattr(self.gate, key)
-                  for key in GateConfig.model_fields}
-        return GateConfig(require=merged["require"] or [], evaluation=merged["evaluation"] or [],
-                          approval=merged["approval"] or "none")
+        merged = {
+            key: getattr(own, key) if getattr(own, key) is not None else getattr(self.gate, key)
+            for key in GateConfig.model_fields
+        }
+        return GateConfig(
+            require=merged["require"] or [],
+            evaluation=merged["evaluation"] or [],
+            approval=merged["approval"] or "none",
+        )
 
     def workspace(self, name: str) -> WorkspaceConfig:
         for workspace in self.workspaces:
@@ -1101,7 +1306,11 @@ def parse_config(raw: Any, path: Path | str) -> MarketplaceConfig:
     """Validate an already-parsed YAML document; errors name `path` and the key."""
     path = Path(path)
     if not isinstance(raw, dict):
-        raise ConfigError(path, "", "the file must hold a mapping with external_storage, marketplace and workspaces")
+        raise ConfigError(
+            path,
+            "",
+            "the file must hold a mapping with external_storage, marketplace and workspaces",
+        )
     try:
         config = MarketplaceConfig.model_validate(raw)
     except ValidationError as exc:
@@ -1129,7 +1338,9 @@ def parse_config(raw: Any, path: Path | str) -> MarketplaceConfig:
             try:
                 config.public_key(workspace.name)
             except ValueError as exc:
-                raise ConfigError(path, f"workspaces[{index}] ({workspace.name}).signing.public_key", str(exc)) from None
+                raise ConfigError(
+                    path, f"workspaces[{index}] ({workspace.name}).signing.public_key", str(exc)
+                ) from None
     if config.external_storage.signing_key_env:
         warnings.warn(
             f"{path}: external_storage.signing_key_env (an HMAC shared by every workspace) is deprecated and "
@@ -1149,7 +1360,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MarketplaceConfig
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, "", f"configuration file not found (set {CONFIG_ENV_VAR} to a readable file)") from None
+        raise ConfigError(
+            path, "", f"configuration file not found (set {CONFIG_ENV_VAR} to a readable file)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "", f"cannot read the configuration file: {exc}") from None
     try:

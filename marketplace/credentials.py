@@ -52,8 +52,13 @@ class MarketplaceAuthProvider(RequestAuthProvider):
         return OriginAuth()
 
 
-def authenticate(tracking_uri: str, *, username_env: str | None = None, password_env: str | None = None,
-                 token_env: str | None = None) -> bool:
+def authenticate(
+    tracking_uri: str,
+    *,
+    username_env: str | None = None,
+    password_env: str | None = None,
+    token_env: str | None = None,
+) -> bool:
     """Send the credentials held by the named variables with every request to `tracking_uri`'s
     origin. False when none are configured. Raises naming the key and variable that is unset."""
     if not (username_env or token_env):
@@ -65,8 +70,10 @@ def authenticate(tracking_uri: str, *, username_env: str | None = None, password
         header = "Basic " + base64.b64encode(pair.encode()).decode()
     current = os.environ.get(AUTH_ENV)
     if current not in (None, "", PROVIDER_NAME):
-        raise MarketplaceError(f"marketplace.username_env/token_env: {AUTH_ENV} is set to {current!r}; the "
-                               f"marketplace's credentials need it unset (it becomes {PROVIDER_NAME!r})")
+        raise MarketplaceError(
+            f"marketplace.username_env/token_env: {AUTH_ENV} is set to {current!r}; the "
+            f"marketplace's credentials need it unset (it becomes {PROVIDER_NAME!r})"
+        )
     with _lock:
         _headers[origin(tracking_uri)] = header
         os.environ[AUTH_ENV] = PROVIDER_NAME
@@ -76,6 +83,8 @@ def authenticate(tracking_uri: str, *, username_env: str | None = None, password
 def _read(key: str, variable: str | None) -> str:
     value = os.environ.get(variable or "")
     if not value:
-        raise MarketplaceError(f"{key}: the environment variable {variable} is not set (it holds the "
-                               "marketplace's credential for its MLflow server)")
+        raise MarketplaceError(
+            f"{key}: the environment variable {variable} is not set (it holds the "
+            "marketplace's credential for its MLflow server)"
+        )
     return value

@@ -23,7 +23,11 @@ from marketplace.config import SDK_ENV, DatabricksConnection
 from marketplace.errors import MarketplaceError
 
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
-SECRET_KEY = {"pat": "token", "oauth-m2m": "client_secret", "azure-client-secret": "azure_client_secret"}
+SECRET_KEY = {
+    "pat": "token",
+    "oauth-m2m": "client_secret",
+    "azure-client-secret": "azure_client_secret",
+}
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,10 @@ class _Profiles:
         # Set, these win over every profile's values (the SDK loads the environment first).
         cleared = [name for name in SDK_ENV if os.environ.pop(name, None) is not None]
         if cleared:
-            log.warning("cleared %s from this process: set, they would override every workspace's profile",
-                        ", ".join(cleared))
+            log.warning(
+                "cleared %s from this process: set, they would override every workspace's profile",
+                ", ".join(cleared),
+            )
 
 
 _profiles = _Profiles()

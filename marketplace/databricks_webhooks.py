@@ -14,9 +14,13 @@ import re
 from marketplace.databricks import ensure_profile
 from marketplace.webhooks import DATABRICKS_EVENTS, WEBHOOK_NAME, WebhookState
 
-DESCRIPTION = f"{WEBHOOK_NAME}: the model marketplace's sync; a change here is synced within seconds."
-UNITY_CATALOG = ("Unity Catalog has no registry webhooks (Databricks offers them on the workspace registry "
-                 "only): this workspace is polled")
+DESCRIPTION = (
+    f"{WEBHOOK_NAME}: the model marketplace's sync; a change here is synced within seconds."
+)
+UNITY_CATALOG = (
+    "Unity Catalog has no registry webhooks (Databricks offers them on the workspace registry "
+    "only): this workspace is polled"
+)
 _MARKED = re.compile(rf"^{re.escape(WEBHOOK_NAME)}(?=$|[\s:])")
 
 
@@ -26,7 +30,9 @@ def _registry(workspace):
     from databricks.sdk import WorkspaceClient
 
     ensure_profile(f"workspace {workspace.name}", workspace.tracking_uri, workspace.databricks)
-    return WorkspaceClient(profile=workspace.tracking_uri.removeprefix("databricks://")).model_registry
+    return WorkspaceClient(
+        profile=workspace.tracking_uri.removeprefix("databricks://")
+    ).model_registry
 
 
 def _url(hook) -> str | None:
@@ -73,8 +79,10 @@ def _failed(workspace: str, exc: Exception, secret: str | None = None) -> Webhoo
         text = text.replace(secret, "***")
     detail = f"{type(exc).__name__}: {text[:300]}"
     if isinstance(exc, PermissionDenied):
-        detail += (" (a registry-wide webhook needs a workspace admin: grant it, or set webhook.manage: false "
-                   "and create the webhook by hand, docs/databricks.md)")
+        detail += (
+            " (a registry-wide webhook needs a workspace admin: grant it, or set webhook.manage: false "
+            "and create the webhook by hand, docs/databricks.md)"
+        )
     return WebhookState(workspace, "failed", detail=detail)
 
 
@@ -93,12 +101,17 @@ def ensure_databricks_webhook(workspace, url: str, secret: str) -> WebhookState:
         for hook in ours:
             if hook is not keep and _marked(hook):  # two marketplaces' races, or one made per model
                 registry.delete_webhook(hook.id)
-        settings = {"events": [RegistryWebhookEvent(event) for event in DATABRICKS_EVENTS],
-                    "description": DESCRIPTION, "http_url_spec": HttpUrlSpec(url=url, secret=secret),
-                    "status": RegistryWebhookStatus.ACTIVE}
+        settings = {
+            "events": [RegistryWebhookEvent(event) for event in DATABRICKS_EVENTS],
+            "description": DESCRIPTION,
+            "http_url_spec": HttpUrlSpec(url=url, secret=secret),
+            "status": RegistryWebhookStatus.ACTIVE,
+        }
         if keep is None:
             made = registry.create_webhook(**settings)
-            return WebhookState(workspace.name, "created", made.webhook.id if made.webhook else None)
+            return WebhookState(
+                workspace.name, "created", made.webhook.id if made.webhook else None
+            )
         registry.update_webhook(keep.id, **settings)
         return WebhookState(workspace.name, "updated", keep.id)
     except Exception as exc:  # noqa: BLE001 - one workspace's failure is reported; it keeps polling
@@ -115,7 +128,14 @@ def inspect_databricks_webhook(workspace, url: str) -> WebhookState:
     except Exception as exc:  # noqa: BLE001 - reported by the check
         return _failed(workspace.name, exc)
     if not ours:
-        return WebhookState(workspace.name, "missing",
-                            detail=f"no registry webhook described as {WEBHOOK_NAME} or calling {url}")
-    hook, problems = min(((hook, _problems(hook, url)) for hook in ours), key=lambda found: len(found[1]))
-    return WebhookState(workspace.name, "wrong" if problems else "registered", hook.id, "; ".join(problems))
+        return WebhookState(
+            workspace.name,
+            "missing",
+            detail=f"no registry webhook described as {WEBHOOK_NAME} or calling {url}",
+        )
+    hook, problems = min(
+        ((hook, _problems(hook, url)) for hook in ours), key=lambda found: len(found[1])
+    )
+    return WebhookState(
+        workspace.name, "wrong" if problems else "registered", hook.id, "; ".join(problems)
+    )

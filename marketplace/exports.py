@@ -51,7 +51,13 @@ from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError
 
 EXPORT_LOCK_SECONDS = 900
 # What fails one version's export, not the partition: the others are still exported.
-EXPORT_ERRORS = (MlflowException, requests.exceptions.RequestException, OSError, StorageError, LockTimeout)
+EXPORT_ERRORS = (
+    MlflowException,
+    requests.exceptions.RequestException,
+    OSError,
+    StorageError,
+    LockTimeout,
+)
 
 
 class ExportError(MarketplaceError, RuntimeError):
@@ -72,7 +78,9 @@ def _storage(storage: Storage | str | Path) -> Storage:
     return storage if isinstance(storage, Storage) else LocalStorage(storage)
 
 
-def remove_staging(storage: Storage | str | Path, workspace: str, model_name: str, version: int) -> int:
+def remove_staging(
+    storage: Storage | str | Path, workspace: str, model_name: str, version: int
+) -> int:
     """Remove the version's staging folders on this machine. Only for a caller holding the
     version's export lock: then no export of it is in progress, and any staging folder is a dead
     run's debris."""
@@ -83,7 +91,9 @@ def remove_staging(storage: Storage | str | Path, workspace: str, model_name: st
     return len(found)
 
 
-def skip_record_path(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
+def skip_record_path(
+    storage_root: str | Path, workspace: str, model_name: str, version: int
+) -> Path:
     return Path(storage_root) / skip_record_key(workspace, model_name, version)
 
 
@@ -103,18 +113,38 @@ def read_skip_record(storage: Storage, key: str) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("reason"), str) else None
 
 
-def record_quarantine(storage: Storage, key: str, *, checksum: str, findings: list[dict], reason: str,
-                      day: dt.date, blocked_by: str = "scan") -> None:
+def record_quarantine(
+    storage: Storage,
+    key: str,
+    *,
+    checksum: str,
+    findings: list[dict],
+    reason: str,
+    day: dt.date,
+    blocked_by: str = "scan",
+) -> None:
     """Why an exported version never reaches production: its scan found what blocks it, or the
     sandbox stopped what it did while loading (`blocked_by`). Kept while the export stays the same
     (its manifest checksum); a new export of the version is scanned and loaded again."""
-    storage.write(key, json.dumps({"reason": reason, "date": day.isoformat(), "quarantined": True,
-                                   "blocked_by": blocked_by, "checksum": checksum, "findings": findings},
-                                  ensure_ascii=False))
+    storage.write(
+        key,
+        json.dumps(
+            {
+                "reason": reason,
+                "date": day.isoformat(),
+                "quarantined": True,
+                "blocked_by": blocked_by,
+                "checksum": checksum,
+                "findings": findings,
+            },
+            ensure_ascii=False,
+        ),
+    )
 
 
-def quarantine_of(storage: Storage, key: str, checksum: str | None = None,
-                  policy: ScanPolicy | None = None) -> dict | None:
+def quarantine_of(
+    storage: Storage, key: str, checksum: str | None = None, policy: ScanPolicy | None = None
+) -> dict | None:
     """The version's quarantine record (of the export with `checksum`, if given), if any, and, given
     `policy`, only while its findings still block under it (an allowlist or a lower severity since)."""
     record = read_skip_record(storage, key)
@@ -122,7 +152,9 @@ def quarantine_of(storage: Storage, key: str, checksum: str | None = None,
         return None
     if checksum is not None and record.get("checksum") != checksum:
         return None
-    if policy is not None and record.get("blocked_by") != "sandbox":  # what a model did is not a policy
+    if (
+        policy is not None and record.get("blocked_by") != "sandbox"
+    ):  # what a model did is not a policy
         try:
             if not ScanReport.of_record(record.get("findings") or []).blocking(policy):
                 return None
@@ -155,7 +187,10 @@ class ExportRecord:
 
 
 def inspect_export(
-    root: Path | Tree, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
+    root: Path | Tree,
+    *,
+    identity: tuple[str, str, int] | None = None,
+    signing_key: str | None = None,
 ) -> tuple[ExportRecord | None, str | None]:
     """The export at `root` if its manifest is there, sizes match and (given) it is of `identity`
     and signed with `signing_key`; else None and why a manifest there does not count (no reason
@@ -164,14 +199,19 @@ def inspect_export(
     if not tree.storage.exists(tree.file(MANIFEST_NAME)):
         return None, None
     try:
-        manifest, checksum = check_export(tree, full=False, identity=identity, signing_key=signing_key)
+        manifest, checksum = check_export(
+            tree, full=False, identity=identity, signing_key=signing_key
+        )
     except ManifestError as exc:
         return None, str(exc)
     return ExportRecord(location=tree.where, manifest=manifest, checksum=checksum), None
 
 
 def existing_export(
-    root: Path | Tree, *, identity: tuple[str, str, int] | None = None, signing_key: str | None = None
+    root: Path | Tree,
+    *,
+    identity: tuple[str, str, int] | None = None,
+    signing_key: str | None = None,
 ) -> ExportRecord | None:
     return inspect_export(root, identity=identity, signing_key=signing_key)[0]
 
@@ -241,7 +281,9 @@ class _ReadOnce:
         # MlflowClient reads the run again to list its top folder; below it, it resolves runs:/ URIs.
         if path:
             return self._client.list_artifacts(run_id, path)
-        return files_at(self.get_run(run_id).info.artifact_uri, self._client.tracking_uri).list_artifacts(None)
+        return files_at(
+            self.get_run(run_id).info.artifact_uri, self._client.tracking_uri
+        ).list_artifacts(None)
 
 
 def _check_source(client: MlflowClient, version: ProductionVersion) -> None:
@@ -261,10 +303,14 @@ def _check_source(client: MlflowClient, version: ProductionVersion) -> None:
         run = client.get_run(version.run_id)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise SourceProblem(f"its run {version.run_id} no longer exists in the workspace") from None
+            raise SourceProblem(
+                f"its run {version.run_id} no longer exists in the workspace"
+            ) from None
         raise
     if run.info.lifecycle_stage == "deleted":
-        raise SourceProblem(f"its run {version.run_id} was deleted in the workspace; restore the run to sync it")
+        raise SourceProblem(
+            f"its run {version.run_id} was deleted in the workspace; restore the run to sync it"
+        )
 
 
 def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVersion) -> None:
@@ -276,7 +322,9 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
     versions = [str(v["version"]) for v in exported.get("versions", [])]
     if versions != [str(version.version)]:
         failed = json.loads(model_json.read_text()).get("info", {}).get("failed_versions")
-        raise ExportError(f"version {version.version} missing from the export (exported {versions}; failures: {failed})")
+        raise ExportError(
+            f"version {version.version} missing from the export (exported {versions}; failures: {failed})"
+        )
     run_dir = staging / version.run_id
     if not (run_dir / "run.json").exists():
         raise ExportError(f"the run {version.run_id} was not exported")
@@ -286,15 +334,23 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
         if not (model_dir / "logged_model.json").exists():
             raise ExportError(f"the logged model {model_id} was not exported")
         # Where the library read the files from, as the registry told it moments ago.
-        location = json.loads((model_dir / "logged_model.json").read_text()).get("mlflow", {}).get("artifact_location")
+        location = (
+            json.loads((model_dir / "logged_model.json").read_text())
+            .get("mlflow", {})
+            .get("artifact_location")
+        )
         location = location or client.get_logged_model(model_id).artifact_location
         expected = {path: size or 0 for path, size in artifact_listing(location).items()}
         if not expected:
-            raise SourceProblem(f"the files of its logged model {model_id} are missing in the source workspace")
+            raise SourceProblem(
+                f"the files of its logged model {model_id} are missing in the source workspace"
+            )
         for relative, size in expected.items():
             local = model_dir / "artifacts" / relative
             if not local.is_file() or local.stat().st_size != size:
-                raise ExportError(f"the logged model file {relative} is missing or truncated in the export")
+                raise ExportError(
+                    f"the logged model file {relative} is missing or truncated in the export"
+                )
 
 
 @contextlib.contextmanager
@@ -320,7 +376,11 @@ def _library_errors() -> Iterator[list[str]]:
 
 def _scrub_credentials(staging: Path) -> None:
     """mlflow-export-import records the tracking URI, credentials included, in its JSON files."""
-    for path in [staging / "model.json", *staging.glob("*/run.json"), *staging.glob("*/logged_model.json")]:
+    for path in [
+        staging / "model.json",
+        *staging.glob("*/run.json"),
+        *staging.glob("*/logged_model.json"),
+    ]:
         if path.is_file():
             text = path.read_text(encoding="utf-8")
             scrubbed = redact_text(text)
@@ -366,7 +426,9 @@ def export_version(
                 mlflow_client=client,
             )
             if not ok:
-                raise ExportError(f"mlflow-export-import failed: {'; '.join(errors) or 'see the run logs'}")
+                raise ExportError(
+                    f"mlflow-export-import failed: {'; '.join(errors) or 'see the run logs'}"
+                )
             _verify_contents(staging, client, version)
         _scrub_credentials(staging)
         manifest = build_manifest(
@@ -377,7 +439,7 @@ def export_version(
             run_id=version.run_id,
             source=version.source,
             export_date=export_date.isoformat(),
-            exported_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            exported_at=dt.datetime.now(dt.UTC).isoformat(),
         )
         write_manifest(staging, manifest.signed(signing_key) if signing_key else manifest)
         if private_key:
@@ -392,11 +454,15 @@ def export_version(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if not storage.is_local:
-            with contextlib.suppress(OSError):  # the per-version area in the temp folder, if now empty
+            with contextlib.suppress(
+                OSError
+            ):  # the per-version area in the temp folder, if now empty
                 area.rmdir()
     record, problem = inspect_export(destination, identity=identity, signing_key=signing_key)
     if record is None:
-        raise ExportError(f"{destination.where}: the export does not verify after it was published: {problem}")
+        raise ExportError(
+            f"{destination.where}: the export does not verify after it was published: {problem}"
+        )
     return record
 
 
@@ -454,17 +520,36 @@ def export_versions(
     def one(version: ProductionVersion) -> Outcome:
         outcome = Outcome(version.model_name, version.version, "failed")
         try:
-            with storage.lock(lock_name("export", workspace, version.model_name, str(version.version)),
-                              EXPORT_LOCK_SECONDS) as held:
+            with storage.lock(
+                lock_name("export", workspace, version.model_name, str(version.version)),
+                EXPORT_LOCK_SECONDS,
+            ) as held:
                 try:
-                    _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key,
-                                source_marker, outcome, log, private_key, held.check)
+                    _export_one(
+                        client,
+                        tracking_uri,
+                        registry_uri,
+                        storage,
+                        workspace,
+                        version,
+                        day,
+                        signing_key,
+                        source_marker,
+                        outcome,
+                        log,
+                        private_key,
+                        held.check,
+                    )
                 except SourceProblem as exc:
                     # The version itself is at fault: skip it, say why, and sync the others.
                     outcome.status, outcome.detail = "skipped", redact_text(str(exc))
                     log.warning(f"{workspace}: skipped {outcome.label}: {outcome.detail}")
-                    record_skip(storage, skip_record_key(workspace, version.model_name, version.version),
-                                outcome.detail, day)
+                    record_skip(
+                        storage,
+                        skip_record_key(workspace, version.model_name, version.version),
+                        outcome.detail,
+                        day,
+                    )
         except (ExportError, *EXPORT_ERRORS) as exc:
             outcome.status = "failed"
             outcome.detail = redact_text(f"export failed: {type(exc).__name__}: {exc}")
@@ -473,8 +558,21 @@ def export_versions(
     return in_pool(one, versions, max_workers, "export")
 
 
-def _export_one(client, tracking_uri, registry_uri, storage, workspace, version, day, signing_key, source_marker,
-                outcome: Outcome, log, private_key: str | None, still_held: Callable[[], None]) -> None:
+def _export_one(
+    client,
+    tracking_uri,
+    registry_uri,
+    storage,
+    workspace,
+    version,
+    day,
+    signing_key,
+    source_marker,
+    outcome: Outcome,
+    log,
+    private_key: str | None,
+    still_held: Callable[[], None],
+) -> None:
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
     # Signatures are checked at import, which refuses a planted export saying why (docs/pipeline.md).
@@ -482,21 +580,39 @@ def _export_one(client, tracking_uri, registry_uri, storage, workspace, version,
     if record is None:
         if problem:
             outcome.replaced = redact_text(problem)
-            log.warning(f"{workspace}: {outcome.label}: replacing the export folder: {outcome.replaced}")
+            log.warning(
+                f"{workspace}: {outcome.label}: replacing the export folder: {outcome.replaced}"
+            )
         log.info(f"{workspace}: exporting {outcome.label}")
-        outcome.staging_removed = remove_staging(storage, workspace, version.model_name, version.version)
+        outcome.staging_removed = remove_staging(
+            storage, workspace, version.model_name, version.version
+        )
         if outcome.staging_removed:
-            log.info(f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging folder(s) a dead run left")
-        record = export_version(client, tracking_uri, storage=storage, workspace=workspace, version=version,
-                                export_date=day, signing_key=signing_key, registry_uri=registry_uri,
-                                private_key=private_key, still_held=still_held)
+            log.info(
+                f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging folder(s) a dead run left"
+            )
+        record = export_version(
+            client,
+            tracking_uri,
+            storage=storage,
+            workspace=workspace,
+            version=version,
+            export_date=day,
+            signing_key=signing_key,
+            registry_uri=registry_uri,
+            private_key=private_key,
+            still_held=still_held,
+        )
         outcome.status = "exported"
         outcome.files, outcome.size_bytes = len(record.manifest.files), record.manifest.size_bytes
     else:
         outcome.status = "already_exported"
     outcome.location = record.location
-    clear_skip_record(storage, skip_record_key(workspace, version.model_name, version.version),
-                      keep_quarantine=outcome.status == "already_exported")
+    clear_skip_record(
+        storage,
+        skip_record_key(workspace, version.model_name, version.version),
+        keep_quarantine=outcome.status == "already_exported",
+    )
     # Marked only once the export verifies; a re-run writes a marker a crash left out.
     if source_marker and not version.marked:
         ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()

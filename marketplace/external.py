@@ -52,17 +52,30 @@ class Snapshot:
         return {v.model_name: v.version for v in self.versions}
 
     def to_json(self) -> str:
-        return json.dumps({"workspace": self.workspace, "date": self.date.isoformat(), "taken_at": self.taken_at,
-                           "models_seen": self.models_seen, "versions": [v.to_dict() for v in self.versions],
-                           "skipped": dict(self.skipped)}, indent=1, ensure_ascii=False)
+        return json.dumps(
+            {
+                "workspace": self.workspace,
+                "date": self.date.isoformat(),
+                "taken_at": self.taken_at,
+                "models_seen": self.models_seen,
+                "versions": [v.to_dict() for v in self.versions],
+                "skipped": dict(self.skipped),
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Snapshot:
         raw = json.loads(data)
-        return cls(workspace=raw["workspace"], date=dt.date.fromisoformat(raw["date"]),
-                   taken_at=raw.get("taken_at", ""), models_seen=int(raw.get("models_seen", 0)),
-                   versions=tuple(ProductionVersion.from_dict(v) for v in raw["versions"]),
-                   skipped=raw.get("skipped", {}))
+        return cls(
+            workspace=raw["workspace"],
+            date=dt.date.fromisoformat(raw["date"]),
+            taken_at=raw.get("taken_at", ""),
+            models_seen=int(raw.get("models_seen", 0)),
+            versions=tuple(ProductionVersion.from_dict(v) for v in raw["versions"]),
+            skipped=raw.get("skipped", {}),
+        )
 
 
 def moved(before: Mapping[str, int] | None, versions: Sequence[ProductionVersion]) -> bool:
@@ -71,14 +84,18 @@ def moved(before: Mapping[str, int] | None, versions: Sequence[ProductionVersion
     return any((before or {}).get(v.model_name) != v.version for v in versions)
 
 
-def resolve_options(root: str, options: Mapping[str, str], options_env: Mapping[str, str]) -> dict[str, str]:
+def resolve_options(
+    root: str, options: Mapping[str, str], options_env: Mapping[str, str]
+) -> dict[str, str]:
     """The storage options with credentials read from their environment variables now."""
     resolved = dict(options)
     for option, variable in options_env.items():
         value = os.environ.get(variable)
         if not value:
-            raise MarketplaceError(f"external storage {redact_uri(root)}: the environment variable {variable} "
-                                   f"(holding its {option}) is not set")
+            raise MarketplaceError(
+                f"external storage {redact_uri(root)}: the environment variable {variable} "
+                f"(holding its {option}) is not set"
+            )
         resolved[option] = value
     return resolved
 
@@ -110,7 +127,9 @@ class ExternalStorage:
             return None
         value = os.environ.get(variable)
         if not value:
-            raise MarketplaceError(f"external_storage.signing_key_env: the environment variable {variable} is not set")
+            raise MarketplaceError(
+                f"external_storage.signing_key_env: the environment variable {variable} is not set"
+            )
         return value
 
     # exports and skip records
@@ -125,19 +144,31 @@ class ExternalStorage:
             raise ManifestError(f"{location} is not in external storage {self.root}")
         return Tree(self.storage, key)
 
-    def inspect_export(self, workspace: str, model: str, version: int) -> tuple[ExportRecord | None, str | None]:
+    def inspect_export(
+        self, workspace: str, model: str, version: int
+    ) -> tuple[ExportRecord | None, str | None]:
         """The export of exactly this version, if complete (sizes checked; imports hash it and
         check its signature, and refuse it saying why), else None and why a manifest there does not count."""
-        return inspect_export(self.export_tree(workspace, model, version), identity=(workspace, model, version))
+        return inspect_export(
+            self.export_tree(workspace, model, version), identity=(workspace, model, version)
+        )
 
     def existing_export(self, workspace: str, model: str, version: int) -> ExportRecord | None:
         return self.inspect_export(workspace, model, version)[0]
 
-    def quarantine(self, workspace: str, model: str, version: int, checksum: str | None = None,
-                   policy: ScanPolicy | None = None) -> dict | None:
+    def quarantine(
+        self,
+        workspace: str,
+        model: str,
+        version: int,
+        checksum: str | None = None,
+        policy: ScanPolicy | None = None,
+    ) -> dict | None:
         """The version's quarantine record (of its export with `checksum`, if given; still blocking
         under `policy`, if given): never imported."""
-        return quarantine_of(self.storage, layout.skip_record_key(workspace, model, version), checksum, policy)
+        return quarantine_of(
+            self.storage, layout.skip_record_key(workspace, model, version), checksum, policy
+        )
 
     def record_quarantine(self, workspace: str, model: str, version: int, **record) -> None:
         record_quarantine(self.storage, layout.skip_record_key(workspace, model, version), **record)
@@ -173,8 +204,10 @@ class ExternalStorage:
 
     def newest_snapshot_date(self, workspace: str) -> dt.date | None:
         """The newest date with a production-model snapshot of `workspace`."""
-        found = (layout.parse_snapshot_key(f"{workspace}/{name}")
-                 for name in self.storage.list(f"{layout.SNAPSHOTS_DIR}/{workspace}"))
+        found = (
+            layout.parse_snapshot_key(f"{workspace}/{name}")
+            for name in self.storage.list(f"{layout.SNAPSHOTS_DIR}/{workspace}")
+        )
         return max((day for parsed in found if parsed for _, day in [parsed]), default=None)
 
     def snapshots(self, since: dt.date) -> list[Snapshot]:
@@ -199,14 +232,20 @@ class ExternalStorage:
     def merge_rows(self, table: str, rows: list[Mapping]) -> int:
         return summary.merge_rows(self.table_uri(table), table, rows, self.delta_options())
 
-    def read_rows(self, table: str, workspace: str | None = None, columns: list[str] | None = None) -> list[dict]:
-        return summary.read_rows(self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns)
+    def read_rows(
+        self, table: str, workspace: str | None = None, columns: list[str] | None = None
+    ) -> list[dict]:
+        return summary.read_rows(
+            self.table_uri(table), self.delta_options(), workspace=workspace, columns=columns
+        )
 
     def row_count(self, table: str) -> int:
         return summary.row_count(self.table_uri(table), self.delta_options())
 
     def merge_catalog(self, rows: list[Mapping]) -> dict[str, int]:
-        return summary.upsert_rows(self.table_uri(summary.CATALOG), summary.CATALOG, rows, self.delta_options())
+        return summary.upsert_rows(
+            self.table_uri(summary.CATALOG), summary.CATALOG, rows, self.delta_options()
+        )
 
     def write_page(self, page: str) -> str:
         """Write the catalog page; its location."""

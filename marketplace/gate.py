@@ -55,7 +55,9 @@ log = logging.getLogger(__name__)
 TAG_GATE = "marketplace.gate"  # passed | failed
 TAG_GATE_REASONS = "marketplace.gate_reasons"
 TAG_GATE_RULES = "marketplace.gate_rules"  # digest of the rules the verdict was given under
-TAG_APPROVAL = "marketplace.approval"  # pending (set by the sync) | approved | rejected (set by a reviewer)
+TAG_APPROVAL = (
+    "marketplace.approval"  # pending (set by the sync) | approved | rejected (set by a reviewer)
+)
 TAG_APPROVED_BY = "marketplace.approved_by"  # who approved: required with approved
 TAG_APPROVAL_REQUESTED_AT = "marketplace.approval_requested_at"
 # On every version the gate holds while it is its source's production version: the sensor's one search.
@@ -71,6 +73,7 @@ class GateError(MarketplaceError):
 
 
 # --- decisions -------------------------------------------------------------------------------
+
 
 def missing_metadata(require: Sequence[str], facts: ExportFacts) -> list[str]:
     """The required metadata the export lacks, each as a reason."""
@@ -98,7 +101,11 @@ class Verdict:
         text = "; ".join(self.reasons)
         if len(text) > MAX_REASONS_CHARS:
             text = text[:MAX_REASONS_CHARS] + " …"
-        return {TAG_GATE: PASSED if self.passed else FAILED, TAG_GATE_REASONS: text, TAG_GATE_RULES: digest}
+        return {
+            TAG_GATE: PASSED if self.passed else FAILED,
+            TAG_GATE_REASONS: text,
+            TAG_GATE_RULES: digest,
+        }
 
 
 def recorded_verdict(tags: Mapping[str, str], digest: str) -> Verdict | None:
@@ -132,13 +139,20 @@ def admit(verdict: Verdict, approval: str, tags: Mapping[str, str], now: dt.date
     if state == APPROVED:
         return Admission(False, f"approved without {TAG_APPROVED_BY}: set it to who approved")
     if state == REJECTED:
-        return Admission(False, "rejected" + (f" by {who}" if who else "") + " (final for this version)")
+        return Admission(
+            False, "rejected" + (f" by {who}" if who else "") + " (final for this version)"
+        )
     if state and state != PENDING:
-        return Admission(False, f"{TAG_APPROVAL} is {state!r}: a reviewer sets {APPROVED} or {REJECTED}")
+        return Admission(
+            False, f"{TAG_APPROVAL} is {state!r}: a reviewer sets {APPROVED} or {REJECTED}"
+        )
     since = tags.get(TAG_APPROVAL_REQUESTED_AT) or now.isoformat(timespec="seconds")
     wanted = {TAG_APPROVAL: PENDING, TAG_APPROVAL_REQUESTED_AT: since}
-    return Admission(False, f"awaits approval since {since}",
-                     {k: v for k, v in wanted.items() if tags.get(k) != v})
+    return Admission(
+        False,
+        f"awaits approval since {since}",
+        {k: v for k, v in wanted.items() if tags.get(k) != v},
+    )
 
 
 def hold_state(tags: Mapping[str, str]) -> tuple[str, str]:
@@ -170,19 +184,30 @@ def releasable(tags: Mapping[str, str], approval: str) -> bool:
     """Whether a held version would move now (for the sensor: a new approval)."""
     if tags.get(TAG_GATE) != PASSED:
         return False
-    return approval != "manual" or admit(Verdict(True), approval, tags, dt.datetime.now(dt.timezone.utc)).move
+    return (
+        approval != "manual"
+        or admit(Verdict(True), approval, tags, dt.datetime.now(dt.UTC)).move
+    )
 
 
-def rules_for(gate: GateConfig, marketplace_name: str) -> tuple[list[str], list[tuple[int, EvaluationRule]]]:
+def rules_for(
+    gate: GateConfig, marketplace_name: str
+) -> tuple[list[str], list[tuple[int, EvaluationRule]]]:
     """The requirements and the evaluation entries (with their index) that apply to a model."""
-    evaluations = [(i, rule) for i, rule in enumerate(gate.evaluation or [])
-                   if any(fnmatchcase(marketplace_name, pattern) for pattern in rule.models)]
+    evaluations = [
+        (i, rule)
+        for i, rule in enumerate(gate.evaluation or [])
+        if any(fnmatchcase(marketplace_name, pattern) for pattern in rule.models)
+    ]
     return list(gate.require or []), evaluations
 
 
 def rules_digest(gate: GateConfig, marketplace_name: str) -> str:
     require, evaluations = rules_for(gate, marketplace_name)
-    payload = {"require": sorted(require), "evaluation": [rule.model_dump(mode="json") for _, rule in evaluations]}
+    payload = {
+        "require": sorted(require),
+        "evaluation": [rule.model_dump(mode="json") for _, rule in evaluations],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -191,6 +216,7 @@ def is_active(gate: GateConfig) -> bool:
 
 
 # --- reference data ----------------------------------------------------------------------------
+
 
 class ReferenceData:
     """The evaluation entries' data: Parquet files or Delta tables, relative to external storage
@@ -276,25 +302,39 @@ class SandboxBlocked(GateError):
         self.events = events
 
 
-def evaluate_version(tracking_uri: str, registry_uri: str | None, version: ModelVersion, rule: EvaluationRule,
-                     data: pd.DataFrame, policy: ScanPolicy | None, sandbox: Sandbox) -> dict[str, float]:
+def evaluate_version(
+    tracking_uri: str,
+    registry_uri: str | None,
+    version: ModelVersion,
+    rule: EvaluationRule,
+    data: pd.DataFrame,
+    policy: ScanPolicy | None,
+    sandbox: Sandbox,
+) -> dict[str, float]:
     """MLflow's evaluation of one marketplace version on `data`, run in `sandbox` (its files are
     scanned first); the metrics come back as data and are logged here to its imported run."""
     import mlflow
     from mlflow.entities import Metric
 
-
     if rule.targets not in data.columns:
         raise GateError(f"the reference data has no column {rule.targets!r} (targets)")
     uri = f"models:/{version.name}/{version.version}"
-    with _evaluating, process_tracking_uri(tracking_uri, registry_uri), tempfile.TemporaryDirectory() as tmp:
+    with (
+        _evaluating,
+        process_tracking_uri(tracking_uri, registry_uri),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         except REGISTRY_ERRORS as exc:
-            raise RegistryUnavailable(f"{uri} could not be downloaded to evaluate it: {redact_text(str(exc))}") from exc
+            raise RegistryUnavailable(
+                f"{uri} could not be downloaded to evaluate it: {redact_text(str(exc))}"
+            ) from exc
         if blocked := refused(Path(local), policy):
             raise GateError(f"{uri} not loaded for evaluation: the scan blocks {blocked}")
-        result = sandbox.evaluate(Path(local), data, targets=rule.targets, model_type=rule.model_type)
+        result = sandbox.evaluate(
+            Path(local), data, targets=rule.targets, model_type=rule.model_type
+        )
         if result.blocked:
             raise SandboxBlocked(uri, result.events)
         if result.status != "ok":
@@ -304,14 +344,19 @@ def evaluate_version(tracking_uri: str, registry_uri: str | None, version: Model
             now = int(time.time() * 1000)
             try:
                 mlflow.MlflowClient(tracking_uri, registry_uri).log_batch(
-                    version.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())])
+                    version.run_id,
+                    metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics.items())],
+                )
             except REGISTRY_ERRORS as exc:
-                raise RegistryUnavailable(f"{uri}: its evaluation's metrics could not be logged: "
-                                          f"{redact_text(str(exc))}") from exc
+                raise RegistryUnavailable(
+                    f"{uri}: its evaluation's metrics could not be logged: {redact_text(str(exc))}"
+                ) from exc
     return metrics
 
 
-def compare(rule: EvaluationRule, candidate: Mapping[str, float], baseline: Mapping[str, float] | None) -> list[str]:
+def compare(
+    rule: EvaluationRule, candidate: Mapping[str, float], baseline: Mapping[str, float] | None
+) -> list[str]:
     """MLflow's validation of the candidate's metrics against the thresholds (and the baseline's
     metrics, when there is a baseline: without one, or for a metric the baseline lacks, only
     absolute thresholds apply)."""
@@ -323,17 +368,22 @@ def compare(rule: EvaluationRule, candidate: Mapping[str, float], baseline: Mapp
     for name, settings in rule.thresholds.items():
         if baseline is not None and name in baseline:
             compared[name] = settings.metric_threshold()
-        elif settings.threshold is not None:  # (MLflow's validation raises KeyError on a metric the baseline lacks)
-            alone[name] = settings.model_copy(update={"min_absolute_change": None,
-                                                      "min_relative_change": None}).metric_threshold()
+        elif (
+            settings.threshold is not None
+        ):  # (MLflow's validation raises KeyError on a metric the baseline lacks)
+            alone[name] = settings.model_copy(
+                update={"min_absolute_change": None, "min_relative_change": None}
+            ).metric_threshold()
     reasons = []
     for thresholds, against in ((compared, baseline), (alone, None)):
         if not thresholds:
             continue
         try:
             mlflow.validate_evaluation_results(
-                thresholds, EvaluationResult(dict(candidate), {}),
-                EvaluationResult(dict(against), {}) if against is not None else None)
+                thresholds,
+                EvaluationResult(dict(candidate), {}),
+                EvaluationResult(dict(against), {}) if against is not None else None,
+            )
         except ModelValidationFailedException as exc:
             reasons += [line.strip() for line in exc.message.splitlines() if line.strip()]
     return reasons
@@ -342,17 +392,32 @@ def compare(rule: EvaluationRule, candidate: Mapping[str, float], baseline: Mapp
 class GateKeeper:
     """The gate of one workspace's models: judges a version once per set of rules and records it."""
 
-    def __init__(self, config: MarketplaceConfig, workspace: str, storage: ExternalStorage, *,
-                 tracking_uri: str, registry_uri: str | None, policy: ScanPolicy | None, facts=None,
-                 sandbox: Sandbox | None = None):
+    def __init__(
+        self,
+        config: MarketplaceConfig,
+        workspace: str,
+        storage: ExternalStorage,
+        *,
+        tracking_uri: str,
+        registry_uri: str | None,
+        policy: ScanPolicy | None,
+        facts=None,
+        sandbox: Sandbox | None = None,
+    ):
         self.gate = config.gate_for(workspace)
         self.workspace = workspace
         self.data = ReferenceData(storage)
         self.tracking_uri, self.registry_uri, self.policy = tracking_uri, registry_uri, policy
         # (model_name, source_version) -> ExportFacts; by default read from the version's export,
         # raising if it cannot be read (that fails the model's registration this run, never its verdict).
-        self.facts = facts or (lambda model, version: export_facts(storage.storage, workspace, model, version)[0])
-        self.key = "gate" if config.workspace(workspace).gate.evaluation is None else f"workspaces ({workspace}).gate"
+        self.facts = facts or (
+            lambda model, version: export_facts(storage.storage, workspace, model, version)[0]
+        )
+        self.key = (
+            "gate"
+            if config.workspace(workspace).gate.evaluation is None
+            else f"workspaces ({workspace}).gate"
+        )
         # Where candidates and baselines are evaluated: the run's sandbox, else one of its own,
         # started at the first evaluation and closed by close().
         self._own_sandbox = sandbox is None
@@ -372,45 +437,84 @@ class GateKeeper:
             try:
                 found = self.data.exists(rule.data)
             except Exception as exc:  # noqa: BLE001 - a storage error is named with its key
-                raise GateError(f"{self.key}.evaluation[{index}].data: {rule.data} cannot be read: {exc}") from None
+                raise GateError(
+                    f"{self.key}.evaluation[{index}].data: {rule.data} cannot be read: {exc}"
+                ) from None
             if not found:
-                raise GateError(f"{self.key}.evaluation[{index}].data: {rule.data} does not exist (a Parquet "
-                                "file or a Delta table, relative to external storage, or a full URI)")
+                raise GateError(
+                    f"{self.key}.evaluation[{index}].data: {rule.data} does not exist (a Parquet "
+                    "file or a Delta table, relative to external storage, or a full URI)"
+                )
 
-    def judge(self, marketplace_name: str, model_name: str, source_version: int, candidate: ModelVersion,
-              baseline: ModelVersion | None) -> Verdict:
+    def judge(
+        self,
+        marketplace_name: str,
+        model_name: str,
+        source_version: int,
+        candidate: ModelVersion,
+        baseline: ModelVersion | None,
+    ) -> Verdict:
         require, evaluations = rules_for(self.gate, marketplace_name)
         reasons = missing_metadata(require, self.facts(model_name, source_version))
         for index, rule in evaluations:
             label = f"evaluation[{index}] ({rule.data})"
             try:
                 frame = self.data.frame(rule.data)
-                metrics = evaluate_version(self.tracking_uri, self.registry_uri, candidate, rule, frame, self.policy,
-                                           self.sandbox)
+                metrics = evaluate_version(
+                    self.tracking_uri,
+                    self.registry_uri,
+                    candidate,
+                    rule,
+                    frame,
+                    self.policy,
+                    self.sandbox,
+                )
             except RegistryUnavailable:
                 raise  # the registry, not the model: judged again on the next run
             except SandboxBlocked as exc:
-                reasons.append(f"{label}: the candidate was blocked in the sandbox: {'; '.join(exc.events)}")
+                reasons.append(
+                    f"{label}: the candidate was blocked in the sandbox: {'; '.join(exc.events)}"
+                )
                 continue
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot be evaluated does not pass
-                reasons.append(f"{label}: the candidate could not be evaluated: {type(exc).__name__}: {exc}")
+                reasons.append(
+                    f"{label}: the candidate could not be evaluated: {type(exc).__name__}: {exc}"
+                )
                 continue
             base = None
             if baseline is not None:
                 try:
-                    base = evaluate_version(self.tracking_uri, self.registry_uri, baseline, rule, frame, self.policy,
-                                            self.sandbox)
+                    base = evaluate_version(
+                        self.tracking_uri,
+                        self.registry_uri,
+                        baseline,
+                        rule,
+                        frame,
+                        self.policy,
+                        self.sandbox,
+                    )
                 except RegistryUnavailable:
                     raise
                 except Exception as exc:  # noqa: BLE001 - a broken baseline leaves the absolute thresholds
-                    log.warning("%s: baseline v%s could not be evaluated (%s); absolute thresholds only",
-                                marketplace_name, baseline.version, exc)
+                    log.warning(
+                        "%s: baseline v%s could not be evaluated (%s); absolute thresholds only",
+                        marketplace_name,
+                        baseline.version,
+                        exc,
+                    )
             reasons += [f"{label}: {r}" for r in compare(rule, metrics, base)]
         return Verdict(not reasons, tuple(reasons))
 
-    def admit(self, client: MlflowClient, marketplace_name: str, model_name: str, source_version: int,
-              candidate: ModelVersion, baseline: ModelVersion | None,
-              now: dt.datetime) -> tuple[Admission, dict[str, str], int]:
+    def admit(
+        self,
+        client: MlflowClient,
+        marketplace_name: str,
+        model_name: str,
+        source_version: int,
+        candidate: ModelVersion,
+        baseline: ModelVersion | None,
+        now: dt.datetime,
+    ) -> tuple[Admission, dict[str, str], int]:
         """Whether `candidate` may become production: (admission, its tags now, registry changes)."""
         tags = dict(candidate.tags or {})
         digest = rules_digest(self.gate, marketplace_name)
@@ -440,7 +544,9 @@ def held_versions(client: MlflowClient) -> list[ModelVersion]:
     """Every marketplace version the gate holds now: one paged search."""
     found, token = [], None
     while True:
-        page = client.search_model_versions(f"tags.`{TAG_HELD}` = 'true'", max_results=PAGE_SIZE, page_token=token)
+        page = client.search_model_versions(
+            f"tags.`{TAG_HELD}` = 'true'", max_results=PAGE_SIZE, page_token=token
+        )
         found += list(page)
         token = page.token
         if not token:
@@ -481,9 +587,20 @@ def holds_of(versions: Sequence[ModelVersion]) -> list[Held]:
         except (KeyError, ValueError):
             pass
         if since is not None and since.tzinfo is None:  # a tag edited by hand: read as UTC
-            since = since.replace(tzinfo=dt.timezone.utc)
-        found.append(Held(version.name, str(version.version), tags[TAG_SOURCE_WORKSPACE],
-                          tags.get(TAG_SOURCE_MODEL, ""), int(source), state, detail, since, dict(tags)))
+            since = since.replace(tzinfo=dt.UTC)
+        found.append(
+            Held(
+                version.name,
+                str(version.version),
+                tags[TAG_SOURCE_WORKSPACE],
+                tags.get(TAG_SOURCE_MODEL, ""),
+                int(source),
+                state,
+                detail,
+                since,
+                dict(tags),
+            )
+        )
     return sorted(found, key=lambda h: (h.marketplace_name, int(h.version)))
 
 

@@ -74,7 +74,9 @@ def wanted_grants(settings: MarketplaceRegistryConfig, name: str) -> list[Grant]
         held = strongest.get(holder)
         if held is None or ranks.index(rule.permission) > ranks.index(held):
             strongest[holder] = rule.permission
-    return sorted(Grant(kind, principal, permission) for (kind, principal), permission in strongest.items())
+    return sorted(
+        Grant(kind, principal, permission) for (kind, principal), permission in strongest.items()
+    )
 
 
 class Plan(NamedTuple):
@@ -83,7 +85,9 @@ class Plan(NamedTuple):
     record: frozenset[Grant]  # what the sync will have created once both are done
 
 
-def plan(wanted: Iterable[Grant], recorded: Iterable[Grant], existing: Mapping[Holder, Iterable[str]]) -> Plan:
+def plan(
+    wanted: Iterable[Grant], recorded: Iterable[Grant], existing: Mapping[Holder, Iterable[str]]
+) -> Plan:
     """What to change on one model.
 
     `existing` holds, per principal, the permissions it holds directly on the model now. A
@@ -107,14 +111,18 @@ def recorded_grants(tags: Mapping[str, str]) -> frozenset[Grant]:
         return frozenset()
     if not isinstance(entries, list):
         return frozenset()
-    return frozenset(g for g in (Grant.parse(e) for e in entries if isinstance(e, str)) if g is not None)
+    return frozenset(
+        g for g in (Grant.parse(e) for e in entries if isinstance(e, str)) if g is not None
+    )
 
 
 def record_value(grants: Iterable[Grant]) -> str:
     return json.dumps(sorted(str(g) for g in grants))
 
 
-def _record(client: MlflowClient, name: str, model_tags: Mapping[str, str], grants: frozenset[Grant]) -> None:
+def _record(
+    client: MlflowClient, name: str, model_tags: Mapping[str, str], grants: frozenset[Grant]
+) -> None:
     """Write the model's `marketplace.grants` tag, only when it changes."""
     value = record_value(grants)
     if value == model_tags.get(TAG_GRANTS, record_value(())):
@@ -145,7 +153,9 @@ class Grants:
     marketplace: a databricks-sdk WorkspaceClient, or a function making one (called once, when
     first needed); without it, one is made from the marketplace's `databricks` block."""
 
-    def __init__(self, settings: MarketplaceRegistryConfig, tracking_uri: str, workspace_client=None):
+    def __init__(
+        self, settings: MarketplaceRegistryConfig, tracking_uri: str, workspace_client=None
+    ):
         self.settings = settings
         self.tracking_uri = tracking_uri
         self._workspace_client = workspace_client
@@ -180,14 +190,26 @@ class Grants:
         finally:
             # What was done is recorded even when a call fails halfway: a grant made but not
             # recorded would never be the sync's to revoke.
-            done = (steps.record - set(steps.grant)) | set(granted) | (set(steps.revoke) - set(revoked))
+            done = (
+                (steps.record - set(steps.grant))
+                | set(granted)
+                | (set(steps.revoke) - set(revoked))
+            )
             _record(client, name, model_tags, done)
         if missing:
-            where = {"mlflow": "the marketplace's MLflow server", "databricks": "the Databricks workspace",
-                     "unity_catalog": "Unity Catalog"}[self.settings.kind]
-            raise GrantError(f"marketplace model {name!r}: marketplace.grants: "
-                             + "; ".join(f"{g.kind.replace('_', ' ')} {g.principal!r} does not exist in {where} "
-                                         f"(granting {g.permission})" for g in missing))
+            where = {
+                "mlflow": "the marketplace's MLflow server",
+                "databricks": "the Databricks workspace",
+                "unity_catalog": "Unity Catalog",
+            }[self.settings.kind]
+            raise GrantError(
+                f"marketplace model {name!r}: marketplace.grants: "
+                + "; ".join(
+                    f"{g.kind.replace('_', ' ')} {g.principal!r} does not exist in {where} "
+                    f"(granting {g.permission})"
+                    for g in missing
+                )
+            )
         return len(revoked) + len(granted)
 
     def _access(self) -> Access:
@@ -203,8 +225,12 @@ class Grants:
             if self._app_client is None:
                 # The client sends through MLflow's request auth, as the marketplace's MlflowClient
                 # does: the credentials go to the marketplace's origin only.
-                authenticate(self.tracking_uri, username_env=self.settings.username_env,
-                             password_env=self.settings.password_env, token_env=self.settings.token_env)
+                authenticate(
+                    self.tracking_uri,
+                    username_env=self.settings.username_env,
+                    password_env=self.settings.password_env,
+                    token_env=self.settings.token_env,
+                )
                 from mlflow.server import get_app_client
 
                 self._app_client = get_app_client("basic-auth", tracking_uri=self.tracking_uri)
@@ -219,9 +245,12 @@ class Grants:
 
                 from marketplace.databricks import ensure_profile
 
-                ensure_profile("the marketplace", self.settings.tracking_uri, self.settings.databricks)
+                ensure_profile(
+                    "the marketplace", self.settings.tracking_uri, self.settings.databricks
+                )
                 self._workspace_client = WorkspaceClient(
-                    profile=self.settings.tracking_uri.removeprefix("databricks://"))
+                    profile=self.settings.tracking_uri.removeprefix("databricks://")
+                )
             return self._workspace_client
 
 
@@ -242,7 +271,11 @@ class MlflowAccess:
         if self._roles is None:
             from mlflow.utils.workspace_utils import DEFAULT_WORKSPACE_NAME
 
-            self._roles = [r for r in self._call(self._auth.list_all_roles) if r.workspace == DEFAULT_WORKSPACE_NAME]
+            self._roles = [
+                r
+                for r in self._call(self._auth.list_all_roles)
+                if r.workspace == DEFAULT_WORKSPACE_NAME
+            ]
         return self._roles
 
     def _role(self, holder: Holder):
@@ -271,7 +304,10 @@ class MlflowAccess:
         for holder in holders:
             role = self._role(holder)
             for permission in role.permissions if role is not None else ():
-                if permission.resource_type == REGISTERED_MODEL and permission.resource_pattern == name:
+                if (
+                    permission.resource_type == REGISTERED_MODEL
+                    and permission.resource_pattern == name
+                ):
                     found[holder] = {permission.permission}
                     self._role_permission_ids[holder] = permission.id
         return found
@@ -281,7 +317,13 @@ class MlflowAccess:
 
         if grant.kind == "user":
             try:
-                self._call(self._auth.grant_user_permission, grant.principal, REGISTERED_MODEL, name, grant.permission)
+                self._call(
+                    self._auth.grant_user_permission,
+                    grant.principal,
+                    REGISTERED_MODEL,
+                    name,
+                    grant.permission,
+                )
             except RestException as exc:
                 if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                     raise _Missing() from None
@@ -290,7 +332,9 @@ class MlflowAccess:
         role = self._role(grant.holder)
         if role is None:
             raise _Missing()
-        self._call(self._auth.add_role_permission, role.id, REGISTERED_MODEL, name, grant.permission)
+        self._call(
+            self._auth.add_role_permission, role.id, REGISTERED_MODEL, name, grant.permission
+        )
 
     def revoke(self, name: str, grant: Grant) -> None:
         if grant.kind == "user":
@@ -308,21 +352,28 @@ class MlflowAccess:
             if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
                 raise MarketplaceError(
                     "marketplace.grants: the marketplace's MLflow user may not manage permissions (it needs "
-                    f"to be an admin of its server, marketplace.username_env): {exc.message}") from None
+                    f"to be an admin of its server, marketplace.username_env): {exc.message}"
+                ) from None
             raise
 
 
 # The workspace registry's permission levels for the marketplace's permissions.
 WORKSPACE_LEVELS = {"READ": "CAN_READ", "EDIT": "CAN_EDIT", "MANAGE": "CAN_MANAGE"}
 WORKSPACE_OBJECT = "registered-models"
-_ACL_FIELDS = {"user": "user_name", "group": "group_name", "service_principal": "service_principal_name"}
+_ACL_FIELDS = {
+    "user": "user_name",
+    "group": "group_name",
+    "service_principal": "service_principal_name",
+}
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _MISSING_PRINCIPAL = re.compile(r"(?i)could not find principal|principal\b.*\bdoes not exist")
 
 
 def _missing_principal(exc: Exception) -> bool:
     """Databricks' answer for a principal it does not know (matched on its code or message)."""
-    return getattr(exc, "error_code", None) == "PRINCIPAL_DOES_NOT_EXIST" or bool(_MISSING_PRINCIPAL.search(str(exc)))
+    return getattr(exc, "error_code", None) == "PRINCIPAL_DOES_NOT_EXIST" or bool(
+        _MISSING_PRINCIPAL.search(str(exc))
+    )
 
 
 class WorkspaceAccess:
@@ -337,7 +388,8 @@ class WorkspaceAccess:
             model_id = self._w.model_registry.get_model(name).registered_model_databricks.id
             if not _ID.fullmatch(str(model_id or "")):
                 raise MarketplaceError(
-                    f"marketplace model {name!r}: the workspace answered no usable id ({model_id!r})")
+                    f"marketplace model {name!r}: the workspace answered no usable id ({model_id!r})"
+                )
             self._ids[name] = model_id
         return self._ids[name]
 
@@ -346,12 +398,17 @@ class WorkspaceAccess:
         acl = self._w.permissions.get(WORKSPACE_OBJECT, self._id(name)).access_control_list or []
         pairs = []
         for entry in acl:
-            kind = next((k for k, field in _ACL_FIELDS.items() if getattr(entry, field, None)), None)
+            kind = next(
+                (k for k, field in _ACL_FIELDS.items() if getattr(entry, field, None)), None
+            )
             if kind is None:
                 continue
             holder = (kind, getattr(entry, _ACL_FIELDS[kind]))
-            pairs += [(holder, p.permission_level.value) for p in entry.all_permissions or []
-                      if not p.inherited and p.permission_level is not None]
+            pairs += [
+                (holder, p.permission_level.value)
+                for p in entry.all_permissions or []
+                if not p.inherited and p.permission_level is not None
+            ]
         return pairs
 
     def existing(self, name: str, holders: set[Holder]) -> dict[Holder, set[str]]:
@@ -366,8 +423,11 @@ class WorkspaceAccess:
         from databricks.sdk.errors import DatabricksError
 
         try:
-            self._w.permissions.update(WORKSPACE_OBJECT, self._id(name),
-                                       access_control_list=[_request(grant.holder, WORKSPACE_LEVELS[grant.permission])])
+            self._w.permissions.update(
+                WORKSPACE_OBJECT,
+                self._id(name),
+                access_control_list=[_request(grant.holder, WORKSPACE_LEVELS[grant.permission])],
+            )
         except DatabricksError as exc:
             if _missing_principal(exc):
                 raise _Missing() from None
@@ -376,8 +436,11 @@ class WorkspaceAccess:
     def revoke(self, name: str, grant: Grant) -> None:
         # `update` only adds or raises a level; the ACL without this entry is set whole, read just before.
         level = WORKSPACE_LEVELS[grant.permission]
-        remaining = [_request(holder, held) for holder, held in self._direct(name)
-                     if (holder, held) != (grant.holder, level)]
+        remaining = [
+            _request(holder, held)
+            for holder, held in self._direct(name)
+            if (holder, held) != (grant.holder, level)
+        ]
         self._w.permissions.set(WORKSPACE_OBJECT, self._id(name), access_control_list=remaining)
 
 
@@ -385,7 +448,9 @@ def _request(holder: Holder, level: str):
     from databricks.sdk.service.iam import AccessControlRequest, PermissionLevel
 
     kind, principal = holder
-    return AccessControlRequest(permission_level=PermissionLevel(level), **{_ACL_FIELDS[kind]: principal})
+    return AccessControlRequest(
+        permission_level=PermissionLevel(level), **{_ACL_FIELDS[kind]: principal}
+    )
 
 
 # Unity Catalog's grants API takes a registered model as a FUNCTION securable.
@@ -406,12 +471,18 @@ class UnityCatalogAccess:
     def _full_name(name: str) -> str:
         # The SDK puts the name into the request path: only a catalog.schema.model name goes there.
         if not UC_NAME.fullmatch(name):
-            raise MarketplaceError(f"marketplace model {name!r} is not a Unity Catalog name (catalog.schema.model)")
+            raise MarketplaceError(
+                f"marketplace model {name!r} is not a Unity Catalog name (catalog.schema.model)"
+            )
         return name
 
     def existing(self, name: str, holders: set[Holder]) -> dict[Holder, set[str]]:
-        assignments = self._w.grants.get(UC_SECURABLE, self._full_name(name)).privilege_assignments or []
-        held = {a.principal: {p.value for p in a.privileges or []} & UC_HOLDING for a in assignments}
+        assignments = (
+            self._w.grants.get(UC_SECURABLE, self._full_name(name)).privilege_assignments or []
+        )
+        held = {
+            a.principal: {p.value for p in a.privileges or []} & UC_HOLDING for a in assignments
+        }
         return {holder: held[holder[1]] for holder in holders if held.get(holder[1])}
 
     def grant(self, name: str, grant: Grant) -> None:
@@ -425,7 +496,9 @@ class UnityCatalogAccess:
         from databricks.sdk.service.catalog import PermissionsChange, Privilege
 
         privilege = [Privilege(grant.permission)]
-        change = PermissionsChange(principal=grant.principal, **({"add": privilege} if add else {"remove": privilege}))
+        change = PermissionsChange(
+            principal=grant.principal, **({"add": privilege} if add else {"remove": privilege})
+        )
         try:
             self._w.grants.update(UC_SECURABLE, self._full_name(name), changes=[change])
         except DatabricksError as exc:

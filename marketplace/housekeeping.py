@@ -40,7 +40,9 @@ class DebrisReport:
     kept_young: int = 0
 
 
-def maintain_table(uri: str, name: str, retention_hours: int, storage_options: dict | None = None) -> TableMaintenance:
+def maintain_table(
+    uri: str, name: str, retention_hours: int, storage_options: dict | None = None
+) -> TableMaintenance:
     try:
         table = DeltaTable(uri, storage_options=storage_options or {})
     except TableNotFoundError:
@@ -52,7 +54,10 @@ def maintain_table(uri: str, name: str, retention_hours: int, storage_options: d
         enforce_retention_duration=retention_hours >= DEFAULT_DELTA_RETENTION_HOURS,
     )
     return TableMaintenance(
-        name, exists=True, files_compacted=int(compacted.get("numFilesRemoved", 0)), files_vacuumed=len(vacuumed)
+        name,
+        exists=True,
+        files_compacted=int(compacted.get("numFilesRemoved", 0)),
+        files_vacuumed=len(vacuumed),
     )
 
 
@@ -97,8 +102,10 @@ def remove_debris(storage: Storage | str | Path, retention_hours: float) -> Debr
                 continue
             shutil.rmtree(entry, ignore_errors=True)
             report.removed.append(str(entry.relative_to(storage_root)))
-    leftovers = [*(Path(storage_root) / SNAPSHOTS_DIR).glob(f"*/*{TEMPORARY_MARK}*"),
-                 *exports.glob(f"*/*/*{SKIP_SUFFIX}{TEMPORARY_MARK}*")]  # interrupted snapshot and skip-record writes
+    leftovers = [
+        *(Path(storage_root) / SNAPSHOTS_DIR).glob(f"*/*{TEMPORARY_MARK}*"),
+        *exports.glob(f"*/*/*{SKIP_SUFFIX}{TEMPORARY_MARK}*"),
+    ]  # interrupted snapshot and skip-record writes
     for leftover in leftovers:
         try:
             old = leftover.lstat().st_mtime <= cutoff

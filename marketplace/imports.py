@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from marketplace.external import ExternalStorage
     from marketplace.registries import MarketplaceRegistry, SourceRegistries
 
+
 class ImportError_(MarketplaceError, RuntimeError):
     """An import that failed or would break the marketplace's invariants."""
 
@@ -63,7 +64,9 @@ class NameCollision(ImportError_):
 
 def _source_key(tags: dict[str, str]) -> SourceKey | None:
     try:
-        return SourceKey(tags[TAG_SOURCE_WORKSPACE], tags[TAG_SOURCE_MODEL], int(tags[TAG_SOURCE_VERSION]))
+        return SourceKey(
+            tags[TAG_SOURCE_WORKSPACE], tags[TAG_SOURCE_MODEL], int(tags[TAG_SOURCE_VERSION])
+        )
     except (KeyError, ValueError):
         return None
 
@@ -99,22 +102,32 @@ def marketplace_versions_of(
     return found
 
 
-def _search(client: MlflowClient, filter_string: str, found: dict[str, dict[SourceKey, ModelVersion]]) -> None:
+def _search(
+    client: MlflowClient, filter_string: str, found: dict[str, dict[SourceKey, ModelVersion]]
+) -> None:
     for key, version in _tagged_versions(client, filter_string):
         versions = found.setdefault(version.name, {})
         if key not in versions or int(version.version) < int(versions[key].version):
             versions[key] = version  # the first; settle_duplicates removes any later copy
 
 
-def _tagged_versions(client: MlflowClient, filter_string: str) -> Iterator[tuple[SourceKey, ModelVersion]]:
+def _tagged_versions(
+    client: MlflowClient, filter_string: str
+) -> Iterator[tuple[SourceKey, ModelVersion]]:
     """Every version matching `filter_string` that carries our source tags, with its source."""
     token = None
     while True:
-        page = client.search_model_versions(filter_string=filter_string, max_results=1000, page_token=token)
+        page = client.search_model_versions(
+            filter_string=filter_string, max_results=1000, page_token=token
+        )
         for result in page:
             # Some registries leave tags out of search results (Unity Catalog raises on reading
             # them): read those versions.
-            version = result if _source_key(searched(result, "tags")) else client.get_model_version(result.name, result.version)
+            version = (
+                result
+                if _source_key(searched(result, "tags"))
+                else client.get_model_version(result.name, result.version)
+            )
             key = _source_key(version.tags or {})
             if key is not None:
                 yield key, version
@@ -133,7 +146,11 @@ def settle_duplicates(
     is kept; later ones, which nothing points at yet, are deleted. `created` is the version the
     import call returned, if it returned.
     """
-    found = {v.version: v for key, v in _tagged_versions(client, f"name={filter_literal(name)}") if key == source}
+    found = {
+        v.version: v
+        for key, v in _tagged_versions(client, f"name={filter_literal(name)}")
+        if key == source
+    }
     if created is not None:
         found.setdefault(created.version, created)  # a search that lags behind still has this one
     copies = sorted(found.values(), key=lambda v: int(v.version))
@@ -153,9 +170,13 @@ def check_name_owner(client: MlflowClient, name: str, workspace: str, model: str
             return False
         raise
     tags = registered.tags or {}
-    if has_prompt_tag(getattr(registered, "_tags", None) or tags):  # `tags` leaves the prompt tag out
-        raise NameCollision(f"marketplace name {name!r} is held by an MLflow prompt, not a model; "
-                            f"{workspace}/{model} maps to it: change marketplace.name_template")
+    if has_prompt_tag(
+        getattr(registered, "_tags", None) or tags
+    ):  # `tags` leaves the prompt tag out
+        raise NameCollision(
+            f"marketplace name {name!r} is held by an MLflow prompt, not a model; "
+            f"{workspace}/{model} maps to it: change marketplace.name_template"
+        )
     owner = (tags.get(TAG_SOURCE_WORKSPACE), tags.get(TAG_SOURCE_MODEL))
     if owner != (None, None) and owner != (workspace, model):
         raise NameCollision(
@@ -197,7 +218,9 @@ class _ImportClient:
         return self._client.create_experiment(name, artifact_location=artifact_location, tags=tags)
 
     def get_experiment(self, experiment_id: str) -> Experiment:
-        known = next((e for e in self._experiments.values() if e.experiment_id == experiment_id), None)
+        known = next(
+            (e for e in self._experiments.values() if e.experiment_id == experiment_id), None
+        )
         return known or self._remember(self._client.get_experiment(experiment_id))
 
     def get_experiment_by_name(self, name: str) -> Experiment | None:
@@ -209,7 +232,9 @@ class _ImportClient:
             self._experiments[experiment.name] = experiment
         return experiment
 
-    def set_terminated(self, run_id: str, status: str | None = None, end_time: int | None = None) -> None:
+    def set_terminated(
+        self, run_id: str, status: str | None = None, end_time: int | None = None
+    ) -> None:
         self._forget()
         status = status or "FINISHED"
         if self._terminated.get(run_id) != status:
@@ -244,14 +269,24 @@ class _ImportClient:
         store_method = None if os.path.isdir(local_path) else "log_artifact"
         self._upload("log_artifact", store_method, run_id, local_path, artifact_path)
 
-    def log_model_artifacts(self, model_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+    def log_model_artifacts(
+        self, model_id: str, local_dir: str, artifact_path: str | None = None
+    ) -> None:
         self._upload("log_model_artifacts", "log_artifacts", model_id, local_dir, artifact_path)
 
-    def log_model_artifact(self, model_id: str, local_path: str, artifact_path: str | None = None) -> None:
+    def log_model_artifact(
+        self, model_id: str, local_path: str, artifact_path: str | None = None
+    ) -> None:
         self._upload("log_model_artifact", "log_artifact", model_id, local_path, artifact_path)
 
-    def _upload(self, method: str, store_method: str | None, created_id: str, local_path: str,
-                artifact_path: str | None) -> None:
+    def _upload(
+        self,
+        method: str,
+        store_method: str | None,
+        created_id: str,
+        local_path: str,
+        artifact_path: str | None,
+    ) -> None:
         self._forget()
         files = self._files_of(created_id) if store_method else None
         if files is None:
@@ -260,7 +295,9 @@ class _ImportClient:
 
     def list_artifacts(self, run_id: str, path: str | None = None):
         self._forget()
-        files = None if path else self._files_of(run_id)  # below the root MLflow resolves runs:/ URIs
+        files = (
+            None if path else self._files_of(run_id)
+        )  # below the root MLflow resolves runs:/ URIs
         if files is None:
             return self._client.list_artifacts(run_id, path)
         return files.list_artifacts(None)
@@ -275,7 +312,9 @@ class _ImportClient:
 
     def create_model_version(self, *args, **kwargs) -> ModelVersion:
         self._forget()
-        self._last_version = self._client.create_model_version(*args, **kwargs)  # returned once READY
+        self._last_version = self._client.create_model_version(
+            *args, **kwargs
+        )  # returned once READY
         return self._last_version
 
     def get_model_version(self, name: str, version: str) -> ModelVersion:
@@ -314,7 +353,9 @@ def import_export(
             {"key": k, "value": v}
             for k, v in {**utils.mk_tags_dict(exported.get("tags")), **(model_tags or {})}.items()
         ],
-        "description": model_description if model_description is not None else exported.get("description"),
+        "description": model_description
+        if model_description is not None
+        else exported.get("description"),
     }
     (source_version,) = exported["versions"]
     version_dict = copy.deepcopy(source_version)
@@ -336,27 +377,38 @@ def import_export(
     client = _ImportClient(client, {} if experiments is None else experiments)
     with process_tracking_uri(tracking_uri, registry_uri):
         importer = ModelImporter(mlflow_client=client, import_source_tags=True)
-        model_utils.create_model(client, marketplace_name, model_dict, True)  # what _import_model does, minus permissions
+        model_utils.create_model(
+            client, marketplace_name, model_dict, True
+        )  # what _import_model does, minus permissions
         run_id = importer._import_run(str(export_path), experiment_name, version_dict)
         if not run_id:
-            raise ImportError_(f"{source.describe()}: the export at {export_path} has no run folder")
+            raise ImportError_(
+                f"{source.describe()}: the export at {export_path} has no run folder"
+            )
         version = _import_version(client, importer, marketplace_name, version_dict, run_id)
     if version is None:
         raise ImportError_(f"{source.describe()}: mlflow-export-import created no version")
     return version
 
 
-def _import_version(client: _ImportClient, importer: ModelImporter, name: str, version: dict,
-                    run_id: str) -> ModelVersion:
+def _import_version(
+    client: _ImportClient, importer: ModelImporter, name: str, version: dict, run_id: str
+) -> ModelVersion:
     """The library's ModelImporter.import_version, which reads the run again for its logged model
     and the logged model for its location: this import created that model, and knows both."""
     created = client.logged_models
     if "models" not in version["source"] or len(created) != 1:  # a run's files, or several models
         return importer.import_version(name, version, run_id)
     (logged,) = created
-    return _import_model_version(mlflow_client=client, model_name=name, src_vr=version, dst_run_id=run_id,
-                                 dst_source=logged.artifact_location, import_source_tags=True,
-                                 model_id=logged.model_id)
+    return _import_model_version(
+        mlflow_client=client,
+        model_name=name,
+        src_vr=version,
+        dst_run_id=run_id,
+        dst_source=logged.artifact_location,
+        import_source_tags=True,
+        model_id=logged.model_id,
+    )
 
 
 @dataclass
@@ -403,7 +455,9 @@ def import_versions(
     log = OneAtATime(log or logging.getLogger(__name__))
     uri = marketplace.tracking_uri
     with registry_errors(f"the marketplace (syncing workspace {workspace})", uri):
-        known = marketplace_versions_of(client, [marketplace.model_name(workspace, v.model_name) for v in versions])
+        known = marketplace_versions_of(
+            client, [marketplace.model_name(workspace, v.model_name) for v in versions]
+        )
     source_uri = redact_uri(sources.get(workspace).tracking_uri)
     experiments: dict[str, Experiment] = {}
 
@@ -413,12 +467,20 @@ def import_versions(
         row = recorded.get((workspace, version.model_name, version.version))
         if row is None:
             reason = storage.skip_reason(workspace, version.model_name, version.version)
-            return (ImportOutcome(source, "skipped", detail=f"not exported: {reason}") if reason is not None
-                    else ImportOutcome(source, "failed", detail="not in the export summary (export it first)"))
+            return (
+                ImportOutcome(source, "skipped", detail=f"not exported: {reason}")
+                if reason is not None
+                else ImportOutcome(
+                    source, "failed", detail="not in the export summary (export it first)"
+                )
+            )
         location = row["export_path"]
-        done = ImportOutcome(source, "already_imported", mp_name, export_location=location, checksum=row["checksum"])
-        held = storage.quarantine(workspace, version.model_name, version.version, row["checksum"],
-                                  marketplace.scan_policy)
+        done = ImportOutcome(
+            source, "already_imported", mp_name, export_location=location, checksum=row["checksum"]
+        )
+        held = storage.quarantine(
+            workspace, version.model_name, version.version, row["checksum"], marketplace.scan_policy
+        )
         if held is not None:  # not scanned again until its export changes
             done.status, done.findings = "quarantined", held.get("findings", [])
         elif source in known.get(mp_name, {}):
@@ -427,46 +489,93 @@ def import_versions(
             if importing is not None:
                 importing()
             try:
-                _import_verified(client, marketplace, storage, sources, source, mp_name, row, copies, day,
-                                 source_uri, done, log, experiments)
+                _import_verified(
+                    client,
+                    marketplace,
+                    storage,
+                    sources,
+                    source,
+                    mp_name,
+                    row,
+                    copies,
+                    day,
+                    source_uri,
+                    done,
+                    log,
+                    experiments,
+                )
             except RegistryUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
                 done.status = "failed"
-                done.detail = "not imported: " + (str(exc) if isinstance(exc, MarketplaceError)
-                                                  else f"{type(exc).__name__}: {exc}")
+                done.detail = "not imported: " + (
+                    str(exc)
+                    if isinstance(exc, MarketplaceError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
         return done
 
     # Versions of different models at once (each model's import holds its own lock).
     return in_pool(one, versions, marketplace.max_workers, "import")
 
 
-def _import_verified(client, marketplace, storage, sources, source: SourceKey, mp_name: str, row: Mapping,
-                     copies: LocalCopies, day: dt.date, source_uri: str, done: ImportOutcome, log,
-                     experiments: dict[str, Experiment]) -> None:
+def _import_verified(
+    client,
+    marketplace,
+    storage,
+    sources,
+    source: SourceKey,
+    mp_name: str,
+    row: Mapping,
+    copies: LocalCopies,
+    day: dt.date,
+    source_uri: str,
+    done: ImportOutcome,
+    log,
+    experiments: dict[str, Experiment],
+) -> None:
     """Verify, check the signature of, scan and import one export; `done` records what happened."""
     workspace, policy, location = source.workspace, marketplace.scan_policy, row["export_path"]
     # One importer per marketplace model at a time, across processes: the check for an
     # existing version and the import must not interleave.
     with storage.lock("import", mp_name) as lock:
         exists = check_name_owner(client, mp_name, workspace, source.model_name)
-        with registry_errors(f"the marketplace (syncing workspace {workspace})", marketplace.tracking_uri):
-            existing = marketplace_versions(client, mp_name) if exists else {}  # no model, no version
+        with registry_errors(
+            f"the marketplace (syncing workspace {workspace})", marketplace.tracking_uri
+        ):
+            existing = (
+                marketplace_versions(client, mp_name) if exists else {}
+            )  # no model, no version
         if source in existing:  # imported by a concurrent run since the search above
             done.version = existing[source]
             return
-        local = copies.verified(location, expected_checksum=row["checksum"],
-                                identity=(workspace, source.model_name, source.version),
-                                signing_key=storage.signing_key)
-        _check_signature(local, location, workspace, sources.public_key(workspace), marketplace.require_signatures)
+        local = copies.verified(
+            location,
+            expected_checksum=row["checksum"],
+            identity=(workspace, source.model_name, source.version),
+            signing_key=storage.signing_key,
+        )
+        _check_signature(
+            local,
+            location,
+            workspace,
+            sources.public_key(workspace),
+            marketplace.require_signatures,
+        )
         if policy.mode != "off":
             scan = scan_folder(local)
             done.files_scanned, done.scan_seconds = scan.files_scanned, scan.seconds
             if blocking := scan.blocking(policy):
                 done.status, done.findings = "quarantined", [f.to_dict() for f in blocking]
-                storage.record_quarantine(workspace, source.model_name, source.version, checksum=row["checksum"],
-                                          findings=done.findings, reason=f"quarantined: {scan.describe(blocking)}",
-                                          day=day)
+                storage.record_quarantine(
+                    workspace,
+                    source.model_name,
+                    source.version,
+                    checksum=row["checksum"],
+                    findings=done.findings,
+                    reason=f"quarantined: {scan.describe(blocking)}",
+                    day=day,
+                )
                 log.error(f"{done.label} quarantined, not imported: {scan.describe(blocking)}")
                 return
             if scan.findings:
@@ -474,30 +583,57 @@ def _import_verified(client, marketplace, storage, sources, source: SourceKey, m
                 log.warning(f"{done.label}: scan findings that do not block: {scan.describe()}")
         log.info(f"importing {done.label} as {mp_name}")
         lock.check()  # a lost lock imports nothing
-        done.version = _import_once(client, marketplace, row["checksum"], local, mp_name, source, day, source_uri,
-                                    experiments)
+        done.version = _import_once(
+            client,
+            marketplace,
+            row["checksum"],
+            local,
+            mp_name,
+            source,
+            day,
+            source_uri,
+            experiments,
+        )
         done.status = "imported"
 
 
-def _check_signature(local: Path, location: str, workspace: str, public_key: str | None, required: bool) -> None:
+def _check_signature(
+    local: Path, location: str, workspace: str, public_key: str | None, required: bool
+) -> None:
     """The export carries a valid signature of its workspace's key, where signatures are required."""
     if public_key is not None:
         try:
             verify_export_signature(local, public_key)
         except SignatureError as exc:
-            raise SignatureError(f"signature refused: {str(exc).replace(str(local), location)} "
-                                 f"(workspace {workspace}'s key)") from None
+            raise SignatureError(
+                f"signature refused: {str(exc).replace(str(local), location)} "
+                f"(workspace {workspace}'s key)"
+            ) from None
     elif required:
-        raise SignatureError(f"signature refused: {location}: workspace {workspace} has no public key, and "
-                             "marketplace.require_signatures is on")
+        raise SignatureError(
+            f"signature refused: {location}: workspace {workspace} has no public key, and "
+            "marketplace.require_signatures is on"
+        )
 
 
-def _import_once(client, marketplace, checksum: str, local: Path, mp_name: str, source: SourceKey, day: dt.date,
-                 source_uri: str, experiments: dict[str, Experiment]) -> ModelVersion:
-    model_tags = {**provenance_tags(source.workspace, source.model_name, source_uri),
-                  TAG_PRODUCTION_SOURCE_VERSION: str(source.version)}
-    model_description = description(source.workspace, source.model_name, source.version,
-                                                 marketplace.marker, source_uri)
+def _import_once(
+    client,
+    marketplace,
+    checksum: str,
+    local: Path,
+    mp_name: str,
+    source: SourceKey,
+    day: dt.date,
+    source_uri: str,
+    experiments: dict[str, Experiment],
+) -> ModelVersion:
+    model_tags = {
+        **provenance_tags(source.workspace, source.model_name, source_uri),
+        TAG_PRODUCTION_SOURCE_VERSION: str(source.version),
+    }
+    model_description = description(
+        source.workspace, source.model_name, source.version, marketplace.marker, source_uri
+    )
     try:
         returned = import_export(
             client,
@@ -522,11 +658,15 @@ def _import_once(client, marketplace, checksum: str, local: Path, mp_name: str, 
     # A retried create may have made two copies of the version: keep the first.
     created = settle_duplicates(client, mp_name, source, returned)
     if created is None:
-        raise ImportError_(f"{source.describe()}: imported, but no version of {mp_name!r} carries its source tags")
+        raise ImportError_(
+            f"{source.describe()}: imported, but no version of {mp_name!r} carries its source tags"
+        )
     return created
 
 
-def import_row(workspace: str, model: str, version: int, mp_name: str, found: ModelVersion, day: dt.date) -> dict:
+def import_row(
+    workspace: str, model: str, version: int, mp_name: str, found: ModelVersion, day: dt.date
+) -> dict:
     """The import summary's row of an imported version."""
     tags = found.tags or {}
     return {
@@ -536,7 +676,9 @@ def import_row(workspace: str, model: str, version: int, mp_name: str, found: Mo
         "marketplace_model": mp_name,
         "marketplace_version": int(found.version),
         "import_date": dt.date.fromisoformat(tags.get(TAG_IMPORT_DATE, day.isoformat())),
-        "imported_at": dt.datetime.fromtimestamp(found.creation_timestamp / 1000, tz=dt.timezone.utc),
+        "imported_at": dt.datetime.fromtimestamp(
+            found.creation_timestamp / 1000, tz=dt.UTC
+        ),
         "checksum": tags.get(TAG_CHECKSUM, ""),
         "run_id": found.run_id,
     }

@@ -41,7 +41,7 @@ def path_component(name: str) -> str:
     if len(component.encode()) > MAX_COMPONENT_BYTES:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
         # '+' is what `quote` never leaves bare: no name's own folder looks like a shortened one.
-        component = f"{component[:MAX_COMPONENT_BYTES - 17].rstrip('%')}{SHORTENED_MARK}{digest}"
+        component = f"{component[: MAX_COMPONENT_BYTES - 17].rstrip('%')}{SHORTENED_MARK}{digest}"
     return component
 
 

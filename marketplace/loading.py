@@ -55,11 +55,14 @@ def artifact_fingerprint(tracking_uri: str, model_uri: str, registry_uri: str | 
 
 
 def _fingerprint(listing: dict[str, int]) -> str:
-    return hashlib.sha256("\n".join(sorted(f"{p}\t{s}" for p, s in listing.items())).encode()).hexdigest()
+    return hashlib.sha256(
+        "\n".join(sorted(f"{p}\t{s}" for p, s in listing.items())).encode()
+    ).hexdigest()
 
 
-def _identical_to_export(local: Path, reference_dir: Path, reference: dict[str, dict],
-                         hashed_at_import: bool = False) -> bool:
+def _identical_to_export(
+    local: Path, reference_dir: Path, reference: dict[str, dict], hashed_at_import: bool = False
+) -> bool:
     """The marketplace copy holds the export's bytes (MLmodel aside, whose paths an import
     rewrites): each file hashed against the manifest (`reference`: path -> its sha256 and size),
     or, for a copy this step imported from an export it hashed (`hashed_at_import`), the sizes."""
@@ -69,9 +72,14 @@ def _identical_to_export(local: Path, reference_dir: Path, reference: dict[str, 
     if _flavors(local) != _flavors(reference_dir):
         return False
     if hashed_at_import:
-        return all(name == "MLmodel" or path.stat().st_size == reference[name]["size"]
-                   for name, path in copied.items())
-    return all(name == "MLmodel" or file_sha256(path) == reference[name]["sha256"] for name, path in copied.items())
+        return all(
+            name == "MLmodel" or path.stat().st_size == reference[name]["size"]
+            for name, path in copied.items()
+        )
+    return all(
+        name == "MLmodel" or file_sha256(path) == reference[name]["sha256"]
+        for name, path in copied.items()
+    )
 
 
 def _flavors(model_dir: Path) -> dict:
@@ -91,7 +99,9 @@ def _warn_environment(model_dir: Path) -> None:
         )
         from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
 
-        warn_dependency_requirement_mismatches(_get_pip_requirements_from_model_path(str(model_dir)))
+        warn_dependency_requirement_mismatches(
+            _get_pip_requirements_from_model_path(str(model_dir))
+        )
         conf = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
         _warn_potentially_incompatible_py_version_if_necessary(conf.get("python_version"))
 
@@ -120,45 +130,86 @@ def load_and_predict(
     with process_tracking_uri(tracking_uri, registry_uri), tempfile.TemporaryDirectory() as tmp:
         in_place = local_folder(location) if location else None
         try:
-            local = str(in_place) if in_place else mlflow.artifacts.download_artifacts(
-                artifact_uri=location or model_uri, dst_path=tmp)
+            local = (
+                str(in_place)
+                if in_place
+                else mlflow.artifacts.download_artifacts(
+                    artifact_uri=location or model_uri, dst_path=tmp
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - any failure to load is the finding
-            return LoadResult(False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}")
+            return LoadResult(
+                False, False, None, f"{model_uri} does not load: {type(exc).__name__}: {exc}"
+            )
         hashed_at_import = hashed_at_import and in_place is not None
         if blocked := refused(Path(local), policy):
-            return LoadResult(False, False, None, f"{model_uri} not loaded: the scan blocks {blocked}")
+            return LoadResult(
+                False, False, None, f"{model_uri} not loaded: the scan blocks {blocked}"
+            )
         try:
             loaded = sandbox.load_and_predict(Path(local))
         except SandboxUnavailable as exc:
             return LoadResult(False, False, None, f"{model_uri} not loaded: {exc}")
         if loaded.blocked:
-            return LoadResult(False, False, None, f"{model_uri} blocked in the sandbox: {loaded.describe()}",
-                              denied=loaded.events)
+            return LoadResult(
+                False,
+                False,
+                None,
+                f"{model_uri} blocked in the sandbox: {loaded.describe()}",
+                denied=loaded.events,
+            )
         if not loaded.loaded:
             _warn_environment(Path(local))
             return LoadResult(False, False, None, f"{model_uri} does not load: {loaded.error}")
         if loaded.stage in ("example", "predict"):
             _warn_environment(Path(local))
-            return LoadResult(True, False, None, f"{model_uri} loads but fails to predict: {loaded.error}")
+            return LoadResult(
+                True, False, None, f"{model_uri} loads but fails to predict: {loaded.error}"
+            )
         if not loaded.predicted:
-            return LoadResult(True, False, None, f"{model_uri} loads but has no input example to predict")
+            return LoadResult(
+                True, False, None, f"{model_uri} loads but has no input example to predict"
+            )
         if reference_dir is None or not (reference_dir / "MLmodel").exists():
             return LoadResult(True, True, None, f"{model_uri} loads and predicts")
-        if reference_hashes and _identical_to_export(Path(local), reference_dir, reference_hashes, hashed_at_import):
-            return LoadResult(True, True, True, f"{model_uri} loads and predicts; its files are the export's")
+        if reference_hashes and _identical_to_export(
+            Path(local), reference_dir, reference_hashes, hashed_at_import
+        ):
+            return LoadResult(
+                True, True, True, f"{model_uri} loads and predicts; its files are the export's"
+            )
         if blocked := refused(reference_dir, policy):
-            return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export was not loaded to "
-                                                f"compare: the scan blocks {blocked}")
+            return LoadResult(
+                True,
+                True,
+                None,
+                f"{model_uri} loads and predicts; its export was not loaded to "
+                f"compare: the scan blocks {blocked}",
+            )
         expected = sandbox.load_and_predict(reference_dir)
         if expected.blocked:
-            return LoadResult(False, False, None, f"{model_uri}'s export blocked in the sandbox: "
-                                                  f"{expected.describe()}", denied=expected.events)
+            return LoadResult(
+                False,
+                False,
+                None,
+                f"{model_uri}'s export blocked in the sandbox: {expected.describe()}",
+                denied=expected.events,
+            )
         if not expected.predicted:
-            return LoadResult(True, True, None, f"{model_uri} loads and predicts; its export could not be "
-                                                f"loaded to compare: {expected.error or 'no prediction'}")
+            return LoadResult(
+                True,
+                True,
+                None,
+                f"{model_uri} loads and predicts; its export could not be "
+                f"loaded to compare: {expected.error or 'no prediction'}",
+            )
         if loaded.digest != expected.digest:
-            return LoadResult(True, True, False, f"{model_uri} predicts differently from its export")
-        return LoadResult(True, True, True, f"{model_uri} loads and predicts the same as its export")
+            return LoadResult(
+                True, True, False, f"{model_uri} predicts differently from its export"
+            )
+        return LoadResult(
+            True, True, True, f"{model_uri} loads and predicts the same as its export"
+        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +220,9 @@ class Checked:
     version: ModelVersion
     export_location: str
     new: bool  # imported by this run
-    source: SourceKey | None = None  # the source version it copies, to quarantine it if the sandbox blocks it
+    source: SourceKey | None = (
+        None  # the source version it copies, to quarantine it if the sandbox blocks it
+    )
     checksum: str | None = None  # of the export it was imported from
 
     @property
@@ -181,9 +234,17 @@ class Checked:
         return f"{self.name} v{self.version.version}"
 
 
-def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: list[Checked],
-                 copies: Callable[[str], Path], policy: ScanPolicy, sandbox: Sandbox,
-                 hashed: Collection[str] = (), max_workers: int = 1) -> dict[str, LoadResult]:
+def verify_loads(
+    client,
+    tracking_uri: str,
+    registry_uri: str | None,
+    checked: list[Checked],
+    copies: Callable[[str], Path],
+    policy: ScanPolicy,
+    sandbox: Sandbox,
+    hashed: Collection[str] = (),
+    max_workers: int = 1,
+) -> dict[str, LoadResult]:
     """Load and predict, in `sandbox`, each version imported now or whose files changed since it
     last passed (each copy is scanned before it is loaded); a pass is recorded on the version
     (TAG_VERIFIED). The registry reads and scans run `max_workers` at a time, the loads one at a
@@ -197,22 +258,47 @@ def verify_loads(client, tracking_uri: str, registry_uri: str | None, checked: l
         recorded = (item.version.tags or {}).get(TAG_VERIFIED)
         location, fingerprint = _located(client, tracking_uri, registry_uri, item)
         if recorded and not item.new and fingerprint == recorded:
-            return LoadResult(True, True, True, f"{item.uri}: files unchanged since it last loaded and predicted",
-                              unchanged=True)
+            return LoadResult(
+                True,
+                True,
+                True,
+                f"{item.uri}: files unchanged since it last loaded and predicted",
+                unchanged=True,
+            )
         reference, hashes = _reference(item.export_location, copies)
-        result = load_and_predict(tracking_uri, item.uri, reference, hashes, registry_uri=registry_uri, policy=policy,
-                                  sandbox=sandbox, location=location,
-                                  hashed_at_import=item.new and item.export_location in hashed)
+        result = load_and_predict(
+            tracking_uri,
+            item.uri,
+            reference,
+            hashes,
+            registry_uri=registry_uri,
+            policy=policy,
+            sandbox=sandbox,
+            location=location,
+            hashed_at_import=item.new and item.export_location in hashed,
+        )
         result = dataclasses.replace(result, detail=redact_text(result.detail))
-        if result.loaded and result.matches_export is not False and fingerprint and fingerprint != recorded:
+        if (
+            result.loaded
+            and result.matches_export is not False
+            and fingerprint
+            and fingerprint != recorded
+        ):
             with contextlib.suppress(*REGISTRY_ERRORS):  # without it, the next run loads it again
-                client.set_model_version_tag(item.name, item.version.version, TAG_VERIFIED, fingerprint)
+                client.set_model_version_tag(
+                    item.name, item.version.version, TAG_VERIFIED, fingerprint
+                )
         return result
 
-    return {item.label: result for item, result in zip(checked, in_pool(one, checked, max_workers, "load"))}
+    return {
+        item.label: result
+        for item, result in zip(checked, in_pool(one, checked, max_workers, "load"))
+    }
 
 
-def _located(client, tracking_uri: str, registry_uri: str | None, item: Checked) -> tuple[str | None, str | None]:
+def _located(
+    client, tracking_uri: str, registry_uri: str | None, item: Checked
+) -> tuple[str | None, str | None]:
     """The version's artifact location and the fingerprint of its listing, read once; (None, None)
     when unreadable (the load is tried, and reports what fails)."""
     try:
@@ -228,7 +314,9 @@ def _model_folder(export_path: Path) -> Path | None:
     return next((p for p in export_path.glob("m-*/artifacts") if (p / "MLmodel").exists()), None)
 
 
-def _reference(location: str, copies: Callable[[str], Path]) -> tuple[Path | None, dict[str, str] | None]:
+def _reference(
+    location: str, copies: Callable[[str], Path]
+) -> tuple[Path | None, dict[str, str] | None]:
     """The export's copy of the model's artifacts, and their hashes from its manifest."""
     try:
         export_path = copies(location)
@@ -242,4 +330,6 @@ def _reference(location: str, copies: Callable[[str], Path]) -> tuple[Path | Non
     except ManifestError:
         return reference, None
     prefix = reference.relative_to(export_path).as_posix() + "/"
-    return reference, {k.removeprefix(prefix): v for k, v in manifest.files.items() if k.startswith(prefix)}
+    return reference, {
+        k.removeprefix(prefix): v for k, v in manifest.files.items() if k.startswith(prefix)
+    }

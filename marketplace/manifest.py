@@ -91,7 +91,9 @@ class Manifest:
 
     def _signed_payload(self) -> bytes:
         unsigned = {k: v for k, v in self.__dict__.items() if k != "signature"}
-        return json.dumps(unsigned, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(
+            unsigned, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        ).encode()
 
     def signed(self, key: str) -> Manifest:
         digest = hmac.new(key.encode(), self._signed_payload(), hashlib.sha256).hexdigest()
@@ -194,7 +196,9 @@ def check_export(
             f"{root}: manifest checksum {checksum[:12]}… differs from the recorded {expected_checksum[:12]}…"
             " (the manifest was edited or replaced)"
         )
-    stored = {name: entry for name, entry in tree.storage.list(tree.key).items() if name not in NOT_LISTED}
+    stored = {
+        name: entry for name, entry in tree.storage.list(tree.key).items() if name not in NOT_LISTED
+    }
     missing = sorted(set(manifest.files) - set(stored))
     added = sorted(set(stored) - set(manifest.files))
     changed = []

@@ -29,7 +29,9 @@ def uc_component(name: str) -> str:
     suffixed with a stable hash of the original (so two names never clean into one)."""
     cleaned = re.sub(r"[^a-z0-9_-]", "_", name.lower())
     if cleaned != name or len(cleaned) > UC_NAME_LIMIT:
-        cleaned = f"{cleaned[:UC_NAME_LIMIT - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+        cleaned = (
+            f"{cleaned[: UC_NAME_LIMIT - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+        )
     return cleaned
 
 

@@ -50,7 +50,11 @@ def _transport(name: str):
 def _params_loader(argv: list[str]):
     # On an existing cluster or serverless, Pipes passes its parameters as arguments; on a new
     # cluster or a local process, as environment variables.
-    return PipesCliArgsParamsLoader() if "--dagster-pipes-context" in argv else PipesEnvVarParamsLoader()
+    return (
+        PipesCliArgsParamsLoader()
+        if "--dagster-pipes-context" in argv
+        else PipesEnvVarParamsLoader()
+    )
 
 
 def _environment(variable: str | None, what: str, references: dict[str, str]) -> str | None:
@@ -65,7 +69,9 @@ def _environment(variable: str | None, what: str, references: dict[str, str]) ->
         scope, key = references[variable].split("/", 1)
         value = dbutils.secrets.get(scope=scope, key=key)
     if not value:
-        raise JobSettingsError(f"the environment variable {variable} ({what}) is not set in the export job")
+        raise JobSettingsError(
+            f"the environment variable {variable} ({what}) is not set in the export job"
+        )
     return value
 
 
@@ -82,16 +88,23 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
     for option, variable in storage_settings["options_env"].items():
         options[option] = _environment(variable, f"external storage {option}", references)
     storage = open_storage(storage_settings["root"], options)
-    signing_key = _environment(extras.get("signing_key_env"), "the manifest signing key", references)
-    private_key = _environment(extras.get("private_key_env"), "the workspace's signing key (signing.private_key_env)",
-                               references)
+    signing_key = _environment(
+        extras.get("signing_key_env"), "the manifest signing key", references
+    )
+    private_key = _environment(
+        extras.get("private_key_env"),
+        "the workspace's signing key (signing.private_key_env)",
+        references,
+    )
     if private_key:
         from marketplace.signatures import check_private_key
 
         try:
             check_private_key(private_key)
         except ValueError as exc:
-            raise JobSettingsError(f"{extras.get('private_key_env')} (signing.private_key_env): {exc}") from None
+            raise JobSettingsError(
+                f"{extras.get('private_key_env')} (signing.private_key_env): {exc}"
+            ) from None
     configure_http(extras["client"]["timeout_seconds"], extras["client"]["max_retries"])
     client = make_client(extras["tracking_uri"], extras["registry_uri"])
     versions = [ProductionVersion.from_dict(v) for v in extras["versions"]]
@@ -107,7 +120,9 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
         source_marker=extras["source_marker"],
         log=pipes.log,
         private_key=private_key,
-        max_workers=extras["client"].get("max_workers", 1),  # absent in a job an older release submitted
+        max_workers=extras["client"].get(
+            "max_workers", 1
+        ),  # absent in a job an older release submitted
     )
     return [o.to_dict() for o in outcomes]
 
@@ -115,19 +130,28 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="marketplace-export", description=__doc__.splitlines()[0])
-    parser.add_argument("--transport", choices=TRANSPORTS, default="local",
-                        help="how the Pipes context and messages travel (local files, a UC volume, DBFS)")
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="local",
+        help="how the Pipes context and messages travel (local files, a UC volume, DBFS)",
+    )
     args, _ = parser.parse_known_args(argv)  # Pipes adds its own --dagster-pipes-* arguments
     params_loader = _params_loader(argv)
     if not params_loader.is_dagster_pipes_process():
-        parser.error("not started by Dagster Pipes: this runs as the exports asset's job, not by hand")
+        parser.error(
+            "not started by Dagster Pipes: this runs as the exports asset's job, not by hand"
+        )
     context_loader, message_writer = _transport(args.transport)
-    with open_dagster_pipes(context_loader=context_loader, message_writer=message_writer,
-                            params_loader=params_loader) as pipes:
+    with open_dagster_pipes(
+        context_loader=context_loader, message_writer=message_writer, params_loader=params_loader
+    ) as pipes:
         outcomes = export_from_extras(pipes)
         pipes.report_custom_message({OUTCOMES_MESSAGE: outcomes})
         failed = sum(1 for o in outcomes if o["status"] == "failed")
-        pipes.log.info(f"{len(outcomes)} version(s): {len(outcomes) - failed} done, {failed} failed")
+        pipes.log.info(
+            f"{len(outcomes)} version(s): {len(outcomes) - failed} done, {failed} failed"
+        )
     return 0
 
 

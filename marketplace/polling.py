@@ -54,7 +54,9 @@ def _poll_one(target: WorkspaceConfig) -> PollResult:
                     candidates = [v for v in model.latest_versions or [] if in_stage(v, stage)]
                     if any(not is_ready(v) for v in candidates):
                         result.calls += 1
-                        candidates = [v for v in versions_of(client, model.name) if in_stage(v, stage)]
+                        candidates = [
+                            v for v in versions_of(client, model.name) if in_stage(v, stage)
+                        ]
                     chosen = choose_production(candidates)
                     chosen = int(chosen.version) if chosen is not None else None
                 else:
@@ -82,7 +84,9 @@ def poll_workspaces(
     """Poll all workspaces at once with a bounded pool; those not done by the deadline time out."""
     targets = list(targets)
     results: dict[str, PollResult] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(targets) or 1)), thread_name_prefix="poll")
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(max_workers, len(targets) or 1)), thread_name_prefix="poll"
+    )
     futures = {pool.submit(_poll_one, target): target for target in targets}
     done, pending = wait(futures, timeout=deadline_seconds)
     for future in done:
@@ -92,7 +96,8 @@ def poll_workspaces(
         target = futures[future]
         future.cancel()
         results[target.name] = PollResult(
-            target.name, error=f"{redact_uri(target.tracking_uri)}: no answer within {deadline_seconds:.0f} s"
+            target.name,
+            error=f"{redact_uri(target.tracking_uri)}: no answer within {deadline_seconds:.0f} s",
         )
     pool.shutdown(wait=False, cancel_futures=True)
     return results

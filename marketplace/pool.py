@@ -11,7 +11,9 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def in_pool(work: Callable[[Item], Result], items: Sequence[Item], max_workers: int, name: str) -> list[Result]:
+def in_pool(
+    work: Callable[[Item], Result], items: Sequence[Item], max_workers: int, name: str
+) -> list[Result]:
     """`work` of each item, `max_workers` at a time (in this thread when 1): the results in the
     items' order. The first exception `work` raises is raised, once every item is done."""
     if max_workers <= 1 or len(items) <= 1:

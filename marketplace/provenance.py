@@ -11,7 +11,9 @@ TAG_CHECKSUM = "marketplace.checksum"
 TAG_SOURCE_RUN_ID = "marketplace.source_run_id"
 TAG_IMPORT_DATE = "marketplace.import_date"
 TAG_SOURCE_TRACKING_URI = "marketplace.source_tracking_uri"
-TAG_PRODUCTION_SOURCE_VERSION = "marketplace.latest_source_version"  # the source version at production
+TAG_PRODUCTION_SOURCE_VERSION = (
+    "marketplace.latest_source_version"  # the source version at production
+)
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,11 @@ class SourceKey:
 
 def provenance_tags(workspace: str, model_name: str, source_uri: str) -> dict[str, str]:
     """The registered model's tags that say where it comes from."""
-    return {TAG_SOURCE_WORKSPACE: workspace, TAG_SOURCE_MODEL: model_name, TAG_SOURCE_TRACKING_URI: source_uri}
+    return {
+        TAG_SOURCE_WORKSPACE: workspace,
+        TAG_SOURCE_MODEL: model_name,
+        TAG_SOURCE_TRACKING_URI: source_uri,
+    }
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,15 @@ class Marker:
         return f"@{self.alias}" if self.has_aliases else "The Production version"
 
 
-def description(workspace: str, model_name: str, source_version: int | None, marker: Marker, source_uri: str,
-                *, retired_since: str | None = None) -> str:
+def description(
+    workspace: str,
+    model_name: str,
+    source_version: int | None,
+    marker: Marker,
+    source_uri: str,
+    *,
+    retired_since: str | None = None,
+) -> str:
     """The registered model's description: what it is and where production points, or since when
     it is retired (`source_version` None)."""
     head = f"Marketplace copy of model '{model_name}' from workspace '{workspace}' ({source_uri})."

@@ -76,7 +76,9 @@ class Change:
     previous_source_version: int | None
 
 
-def decide(desired: int | None, recorded: Recorded | None, aliased: int | None = None) -> Change | None:
+def decide(
+    desired: int | None, recorded: Recorded | None, aliased: int | None = None
+) -> Change | None:
     """The change that takes a model from its recorded production state to `desired` (the
     source's production version now, None when it has none), or None when there is nothing to record.
 
@@ -86,7 +88,11 @@ def decide(desired: int | None, recorded: Recorded | None, aliased: int | None =
     if recorded is None:
         current, was_retired, last = aliased, False, aliased
     else:
-        current, was_retired, last = recorded.source_version, recorded.source_version is None, recorded.last_active_version
+        current, was_retired, last = (
+            recorded.source_version,
+            recorded.source_version is None,
+            recorded.last_active_version,
+        )
     if desired is None:
         return Change(RETIRED, None, current) if current is not None else None
     if was_retired:
@@ -110,7 +116,9 @@ def recorded_states(rows: Iterable[Mapping], by: str = "marketplace_name") -> di
         history.sort(key=lambda r: r["sequence"])
         active = [r["source_version"] for r in history if r["source_version"] is not None]
         last = history[-1]
-        states[name] = Recorded(last["sequence"], last["source_version"], active[-1] if active else None)
+        states[name] = Recorded(
+            last["sequence"], last["source_version"], active[-1] if active else None
+        )
     return states
 
 
@@ -182,8 +190,9 @@ def _apply(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
             if target is not None and target[1].current_stage != PRODUCTION_STAGE:
-                client.transition_model_version_stage(name, target[1].version, PRODUCTION_STAGE,
-                                                      archive_existing_versions=True)
+                client.transition_model_version_stage(
+                    name, target[1].version, PRODUCTION_STAGE, archive_existing_versions=True
+                )
                 changes += 1
             elif target is None:
                 for version in versions.values():
@@ -203,8 +212,14 @@ def _apply(
             changes += 1
     text = card(status, since) if card is not None else None
     if text is None:
-        text = description(workspace, model_name, target[0].version if target else None, marker, source_uri,
-                           retired_since=since)
+        text = description(
+            workspace,
+            model_name,
+            target[0].version if target else None,
+            marker,
+            source_uri,
+            retired_since=since,
+        )
     if model.description != text:
         client.update_registered_model(name, description=text)
         changes += 1
@@ -213,7 +228,10 @@ def _apply(
         changes += 1
     if target is not None:
         key, version = target
-        version_tags = {**key.tags(), TAG_SOURCE_RUN_ID: (version.tags or {}).get(TAG_SOURCE_RUN_ID, "")}
+        version_tags = {
+            **key.tags(),
+            TAG_SOURCE_RUN_ID: (version.tags or {}).get(TAG_SOURCE_RUN_ID, ""),
+        }
         for tag, value in version_tags.items():
             if value and (version.tags or {}).get(tag) != value:
                 client.set_model_version_tag(name, version.version, tag, value)
@@ -244,8 +262,13 @@ CardMaker = Callable[[str, str], "str | None"]
 
 
 class CardSource(Protocol):
-    def maker(self, item: Wanted, shown: tuple[SourceKey, ModelVersion] | None,
-              change: HistoryEntry | None, held: str = "") -> CardMaker | None:
+    def maker(
+        self,
+        item: Wanted,
+        shown: tuple[SourceKey, ModelVersion] | None,
+        change: HistoryEntry | None,
+        held: str = "",
+    ) -> CardMaker | None:
         """How to write `item`'s card, showing the version `shown`; `change` is the history entry
         this registration is about to record (the card lists it), `held` what the gate holds."""
 
@@ -255,9 +278,16 @@ class GrantSource(Protocol):
         """Make the registry hold every configured grant on model `name`; changes made."""
 
 
-def _gated(client: MlflowClient, gate: GateKeeper, item: Wanted, target: tuple[SourceKey, ModelVersion],
-           versions: Mapping[SourceKey, ModelVersion], current: str | None, served: set[int],
-           now: dt.datetime) -> tuple[tuple[SourceKey, ModelVersion] | None, str | None, int]:
+def _gated(
+    client: MlflowClient,
+    gate: GateKeeper,
+    item: Wanted,
+    target: tuple[SourceKey, ModelVersion],
+    versions: Mapping[SourceKey, ModelVersion],
+    current: str | None,
+    served: set[int],
+    now: dt.datetime,
+) -> tuple[tuple[SourceKey, ModelVersion] | None, str | None, int]:
     """Where production goes once the gate has judged `target`: (target or the version production
     stays on, what holds the target or None, registry changes). A version production points at
     already, or served before (a rollback to it), is not judged again."""
@@ -265,15 +295,23 @@ def _gated(client: MlflowClient, gate: GateKeeper, item: Wanted, target: tuple[S
     if str(version.version) == current or key.version in served:
         return target, None, 0
     stay = next(((k, v) for k, v in versions.items() if str(v.version) == current), None)
-    admission, tags, changes = gate.admit(client, item.marketplace_name, item.model_name, key.version, version,
-                                          stay[1] if stay else None, now)
+    admission, tags, changes = gate.admit(
+        client,
+        item.marketplace_name,
+        item.model_name,
+        key.version,
+        version,
+        stay[1] if stay else None,
+        now,
+    )
     if admission.move:
         return target, None, changes
     return stay, held_note(key.version, version.version, tags), changes
 
 
-def _release_holds(client: MlflowClient, name: str, versions: Mapping[SourceKey, ModelVersion],
-                   wanted: int | None) -> int:
+def _release_holds(
+    client: MlflowClient, name: str, versions: Mapping[SourceKey, ModelVersion], wanted: int | None
+) -> int:
     """A version stops being held once its source no longer has it in production."""
     changes = 0
     for key, version in versions.items():
@@ -288,7 +326,9 @@ def _last_active(versions: Mapping[SourceKey, ModelVersion], recorded: Recorded 
     if not versions:
         return None
     last = recorded.last_active_version if recorded else None
-    chosen = [k for k in versions if k.version == last] or sorted(versions, key=lambda k: k.version)[-1:]
+    chosen = [k for k in versions if k.version == last] or sorted(
+        versions, key=lambda k: k.version
+    )[-1:]
     return chosen[0], versions[chosen[0]]
 
 
@@ -322,7 +362,7 @@ def register_workspace(
     the workspace's registration lock and writes the rows after this returns: a crash in between leaves the history behind the registry, and the next run records the change
     again (the decision compares with the history, the application with the registry).
     """
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
 
     def one(item: Wanted) -> Outcome:
         outcome = Outcome(item.marketplace_name, item.model_name)
@@ -331,13 +371,23 @@ def register_workspace(
         if item.source_version is not None:
             key = SourceKey(workspace, item.model_name, item.source_version)
             if (quarantined or {}).get(item.model_name) == item.source_version:
-                why = "its scan blocks it" if key not in versions else "the sandbox blocked what it did"
-                outcome.waiting = (f"source production v{item.source_version} is quarantined ({why}); "
-                                   "production stays on the last safe copy")
-                outcome.registry_changes = _mark_quarantined(client, item.marketplace_name, item.source_version)
+                why = (
+                    "its scan blocks it"
+                    if key not in versions
+                    else "the sandbox blocked what it did"
+                )
+                outcome.waiting = (
+                    f"source production v{item.source_version} is quarantined ({why}); "
+                    "production stays on the last safe copy"
+                )
+                outcome.registry_changes = _mark_quarantined(
+                    client, item.marketplace_name, item.source_version
+                )
                 return outcome
             if key not in versions:
-                outcome.waiting = f"source production v{item.source_version} is not in the marketplace yet"
+                outcome.waiting = (
+                    f"source production v{item.source_version} is not in the marketplace yet"
+                )
                 return outcome
             target = (key, versions[key])
         elif not versions and item.marketplace_name not in recorded:
@@ -349,17 +399,30 @@ def register_workspace(
                 raise
             return outcome  # deleted from the marketplace by hand: nothing to point
         current = _production_version(model, versions.values(), marker)
-        outcome.registry_changes += _release_holds(client, item.marketplace_name, versions, item.source_version)
+        outcome.registry_changes += _release_holds(
+            client, item.marketplace_name, versions, item.source_version
+        )
         desired = item.source_version
         if target is not None and gate is not None:
             candidate = target
-            target, outcome.held, changes = _gated(client, gate, item, target, versions, current,
-                                                   (served or {}).get(item.marketplace_name, set()), now)
+            target, outcome.held, changes = _gated(
+                client,
+                gate,
+                item,
+                target,
+                versions,
+                current,
+                (served or {}).get(item.marketplace_name, set()),
+                now,
+            )
             outcome.registry_changes += changes
             if outcome.held:
                 outcome.waiting = outcome.held
                 if target is None:  # never in production: only its card says what holds it
-                    if cards is not None and (card := cards.maker(item, candidate, None, outcome.held)) is not None:
+                    if (
+                        cards is not None
+                        and (card := cards.maker(item, candidate, None, outcome.held)) is not None
+                    ):
                         text = card(STATUS_HELD, "")
                         if text is not None and model.description != text:
                             client.update_registered_model(item.marketplace_name, description=text)
@@ -367,23 +430,46 @@ def register_workspace(
                     return outcome
                 desired = target[0].version
         by_version = {str(v.version): k.version for k, v in versions.items()}
-        outcome.change = decide(desired, recorded.get(item.marketplace_name),
-                                by_version.get(current) if current is not None else None)
+        outcome.change = decide(
+            desired,
+            recorded.get(item.marketplace_name),
+            by_version.get(current) if current is not None else None,
+        )
         if outcome.change is None and target is None and item.marketplace_name not in recorded:
             return outcome  # imported for a past date only, never in production: leave it alone
         outcome.target = target[1] if target else None
         card = None
         if cards is not None:
             shown = target or _last_active(versions, recorded.get(item.marketplace_name))
-            entry = None if outcome.change is None else HistoryEntry(
-                now, outcome.change.kind, outcome.change.source_version,
-                int(outcome.target.version) if outcome.target is not None else None)
+            entry = (
+                None
+                if outcome.change is None
+                else HistoryEntry(
+                    now,
+                    outcome.change.kind,
+                    outcome.change.source_version,
+                    int(outcome.target.version) if outcome.target is not None else None,
+                )
+            )
             card = cards.maker(item, shown, entry, outcome.held or "")
-        outcome.registry_changes += _apply(client, marker, item.marketplace_name, model, versions, workspace,
-                                           item.model_name, target, source_uri, now, card)
+        outcome.registry_changes += _apply(
+            client,
+            marker,
+            item.marketplace_name,
+            model,
+            versions,
+            workspace,
+            item.model_name,
+            target,
+            source_uri,
+            now,
+            card,
+        )
         if grants is not None:
             try:
-                outcome.registry_changes += grants.apply(client, item.marketplace_name, model.tags or {})
+                outcome.registry_changes += grants.apply(
+                    client, item.marketplace_name, model.tags or {}
+                )
             except MarketplaceError as exc:
                 outcome.grant_error = str(exc)
         return outcome
@@ -392,7 +478,9 @@ def register_workspace(
         try:
             return one(item)
         except Exception as exc:  # noqa: BLE001 - one model's failure must not hide the others'
-            return Outcome(item.marketplace_name, item.model_name, error=f"{type(exc).__name__}: {exc}")
+            return Outcome(
+                item.marketplace_name, item.model_name, error=f"{type(exc).__name__}: {exc}"
+            )
 
     # Models are independent: their registry calls overlap (each one waits on a round trip).
     with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="register") as pool:
@@ -402,24 +490,31 @@ def register_workspace(
         if outcome.change is None or outcome.error:
             continue
         previous = recorded.get(outcome.marketplace_name)
-        result.history_rows.append({
-            "workspace": workspace,
-            "model_name": outcome.model_name,
-            "marketplace_name": outcome.marketplace_name,
-            "sequence": (previous.sequence if previous else 0) + 1,
-            "change": outcome.change.kind,
-            "source_version": outcome.change.source_version,
-            "previous_source_version": outcome.change.previous_source_version,
-            "marketplace_version": int(outcome.target.version) if outcome.target is not None else None,
-            "changed_at": now,
-            "run_id": run_id,
-            "snapshot_date": snapshot_date,
-        })
+        result.history_rows.append(
+            {
+                "workspace": workspace,
+                "model_name": outcome.model_name,
+                "marketplace_name": outcome.marketplace_name,
+                "sequence": (previous.sequence if previous else 0) + 1,
+                "change": outcome.change.kind,
+                "source_version": outcome.change.source_version,
+                "previous_source_version": outcome.change.previous_source_version,
+                "marketplace_version": int(outcome.target.version)
+                if outcome.target is not None
+                else None,
+                "changed_at": now,
+                "run_id": run_id,
+                "snapshot_date": snapshot_date,
+            }
+        )
     return result
 
 
 def marketplace_production(
-    client: MlflowClient, marker: Marker, names: Iterable[str], known: Mapping[str, Mapping[SourceKey, ModelVersion]]
+    client: MlflowClient,
+    marker: Marker,
+    names: Iterable[str],
+    known: Mapping[str, Mapping[SourceKey, ModelVersion]],
 ) -> dict[str, int | None]:
     """For each marketplace model, the source version whose copy its production marker points at
     (None: no marker, or no such model)."""
@@ -434,13 +529,21 @@ def marketplace_production(
             found[name] = None
             continue
         current = _production_version(model, versions.values(), marker)
-        found[name] = next((k.version for k, v in versions.items() if str(v.version) == current), None) \
-            if current is not None else None
+        found[name] = (
+            next((k.version for k, v in versions.items() if str(v.version) == current), None)
+            if current is not None
+            else None
+        )
     return found
 
 
-def divergences(workspace: str, source: Mapping[str, int], marketplace: Mapping[str, int | None],
-                marker: Marker, held: Mapping[str, int] | None = None) -> list[str]:
+def divergences(
+    workspace: str,
+    source: Mapping[str, int],
+    marketplace: Mapping[str, int | None],
+    marker: Marker,
+    held: Mapping[str, int] | None = None,
+) -> list[str]:
     """How a workspace's marketplace models differ from its production versions now.
 
     `source` maps each curated model with a production version to it; `marketplace` maps each
@@ -454,12 +557,18 @@ def divergences(workspace: str, source: Mapping[str, int], marketplace: Mapping[
         if wanted == current or (wanted is not None and (held or {}).get(model) == wanted):
             continue
         if wanted is None:
-            found.append(f"{workspace}/{model}: no production version in the source, "
-                         f"marketplace {mark} is the copy of v{current}")
+            found.append(
+                f"{workspace}/{model}: no production version in the source, "
+                f"marketplace {mark} is the copy of v{current}"
+            )
         elif current is None:
-            found.append(f"{workspace}/{model}: source production v{wanted}, marketplace has no {mark}")
+            found.append(
+                f"{workspace}/{model}: source production v{wanted}, marketplace has no {mark}"
+            )
         else:
-            found.append(f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy of v{current}")
+            found.append(
+                f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy of v{current}"
+            )
     return found
 
 
@@ -478,10 +587,14 @@ def _quarantined(storage, marketplace, known, workspace: str, wanted: Wanted) ->
     or by the sandbox (imported, then blocked while it loaded)."""
     if wanted.source_version is None:
         return False
-    record = storage.quarantine(workspace, wanted.model_name, wanted.source_version, policy=marketplace.scan_policy)
+    record = storage.quarantine(
+        workspace, wanted.model_name, wanted.source_version, policy=marketplace.scan_policy
+    )
     if record is None:
         return False
-    imported = SourceKey(workspace, wanted.model_name, wanted.source_version) in known.get(wanted.marketplace_name, {})
+    imported = SourceKey(workspace, wanted.model_name, wanted.source_version) in known.get(
+        wanted.marketplace_name, {}
+    )
     return not imported or record.get("blocked_by") == "sandbox"
 
 
@@ -503,20 +616,43 @@ def register_partition(
     if newest is not None and newest > day:
         return PartitionRegistration(withheld=f"production follows the newer snapshot of {newest}")
     snapshot = storage.read_snapshot(workspace, day)
-    imported = {r["model_name"] for r in storage.read_rows(
-        summary.IMPORT_SUMMARY, workspace=workspace, columns=["workspace", "model_name"])}
+    imported = {
+        r["model_name"]
+        for r in storage.read_rows(
+            summary.IMPORT_SUMMARY, workspace=workspace, columns=["workspace", "model_name"]
+        )
+    }
     result = PartitionRegistration(snapshot=snapshot)
     # One registration of a workspace at a time: the history read, the registry changes and the
     # rows written from them must not interleave with another run's.
-    gate = GateKeeper(marketplace.config, workspace, storage, tracking_uri=marketplace.tracking_uri,
-                      registry_uri=marketplace.registry_uri, policy=marketplace.scan_policy, sandbox=sandbox)
+    gate = GateKeeper(
+        marketplace.config,
+        workspace,
+        storage,
+        tracking_uri=marketplace.tracking_uri,
+        registry_uri=marketplace.registry_uri,
+        policy=marketplace.scan_policy,
+        sandbox=sandbox,
+    )
     with contextlib.closing(gate):  # its sandbox, if an evaluation started one
-        return _register(client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result,
-                         gate)
+        return _register(
+            client,
+            marketplace,
+            storage,
+            sources,
+            workspace,
+            day,
+            run_id,
+            snapshot,
+            imported,
+            result,
+            gate,
+        )
 
 
-def _register(client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result,
-              gate) -> PartitionRegistration:
+def _register(
+    client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result, gate
+) -> PartitionRegistration:
     production = snapshot.production
     if gate.active:
         gate.check_ready()  # a missing reference data set fails the partition before anything moves
@@ -526,23 +662,48 @@ def _register(client, marketplace, storage, sources, workspace, day, run_id, sna
         for row in history:
             if row["source_version"] is not None:
                 served.setdefault(row["marketplace_name"], set()).add(row["source_version"])
-        wanted = [Wanted(model, marketplace.model_name(workspace, model), production.get(model))
-                  for model in sorted(production.keys() | imported | {r["model_name"] for r in history})]
-        with registry_errors(f"the marketplace (registering workspace {workspace})", marketplace.tracking_uri):
+        wanted = [
+            Wanted(model, marketplace.model_name(workspace, model), production.get(model))
+            for model in sorted(production.keys() | imported | {r["model_name"] for r in history})
+        ]
+        with registry_errors(
+            f"the marketplace (registering workspace {workspace})", marketplace.tracking_uri
+        ):
             known = marketplace_versions_of(client, [w.marketplace_name for w in wanted])
-            quarantined = {w.model_name: w.source_version for w in wanted
-                           if _quarantined(storage, marketplace, known, workspace, w)}
-            cards = Cards(storage=storage, marketplace=marketplace, sources=sources, workspace=workspace,
-                          history_rows=history)
+            quarantined = {
+                w.model_name: w.source_version
+                for w in wanted
+                if _quarantined(storage, marketplace, known, workspace, w)
+            }
+            cards = Cards(
+                storage=storage,
+                marketplace=marketplace,
+                sources=sources,
+                workspace=workspace,
+                history_rows=history,
+            )
             result.done = register_workspace(
-                client, marketplace.marker, workspace, wanted, known, recorded_states(history),
-                source_uri=redact_uri(sources.get(workspace).tracking_uri), run_id=run_id,
-                snapshot_date=day, max_workers=marketplace.max_workers, quarantined=quarantined,
-                cards=cards, gate=gate if gate.active else None, served=served, grants=marketplace.grants,
+                client,
+                marketplace.marker,
+                workspace,
+                wanted,
+                known,
+                recorded_states(history),
+                source_uri=redact_uri(sources.get(workspace).tracking_uri),
+                run_id=run_id,
+                snapshot_date=day,
+                max_workers=marketplace.max_workers,
+                quarantined=quarantined,
+                cards=cards,
+                gate=gate if gate.active else None,
+                served=served,
+                grants=marketplace.grants,
             )
         try:
             held.check()  # the registry moved; the rows that record it are written only while held
         except LockLost as exc:
             raise LockLost(f"workspace {workspace}: history not recorded: {exc}") from None
-        result.history_rows_inserted = storage.merge_rows(summary.PRODUCTION_HISTORY, result.done.history_rows)
+        result.history_rows_inserted = storage.merge_rows(
+            summary.PRODUCTION_HISTORY, result.done.history_rows
+        )
     return result

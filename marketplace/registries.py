@@ -68,8 +68,10 @@ class SourceRegistries:
         value = os.environ.get(variable)
         key = f"workspace {name}: signing.private_key_env"
         if not value:
-            raise MarketplaceError(f"{key}: the environment variable {variable} is not set "
-                                   "(it holds the PEM of the EC private key its exports are signed with)")
+            raise MarketplaceError(
+                f"{key}: the environment variable {variable} is not set "
+                "(it holds the PEM of the EC private key its exports are signed with)"
+            )
         try:
             check_private_key(value)
         except ValueError as exc:
@@ -131,8 +133,12 @@ class MarketplaceRegistry:
     def client(self) -> MlflowClient:
         configure_http(self.config.client.timeout_seconds, self.config.client.max_retries)
         ensure_profile("the marketplace", self.tracking_uri, self.databricks)
-        authenticate(self.tracking_uri, username_env=self.settings.username_env,
-                     password_env=self.settings.password_env, token_env=self.settings.token_env)
+        authenticate(
+            self.tracking_uri,
+            username_env=self.settings.username_env,
+            password_env=self.settings.password_env,
+            token_env=self.settings.token_env,
+        )
         return make_client(self.tracking_uri, self.registry_uri)
 
     @property
@@ -147,7 +153,9 @@ class MarketplaceRegistry:
     @property
     def marker(self) -> Marker:
         """How production is marked here: an alias, and the Production stage except on Unity Catalog."""
-        return Marker(self.alias, has_aliases=self.has_aliases, has_stages=not self.is_unity_catalog)
+        return Marker(
+            self.alias, has_aliases=self.has_aliases, has_stages=not self.is_unity_catalog
+        )
 
     @cached_property
     def grants(self):
@@ -167,7 +175,9 @@ class MarketplaceRegistry:
         return WorkspaceClient(profile=self.tracking_uri.removeprefix("databricks://"))
 
     def model_name(self, workspace: str, model: str) -> str:
-        return render_name(self.settings.name_template, workspace, model, unity_catalog=self.is_unity_catalog)
+        return render_name(
+            self.settings.name_template, workspace, model, unity_catalog=self.is_unity_catalog
+        )
 
     def experiment_name(self, marketplace_name: str) -> str:
         return shorten(f"{self.settings.experiment_prefix.rstrip('/')}/{marketplace_name}")

@@ -97,7 +97,9 @@ def redact_uri(uri: str) -> str:
 
 
 # In abfss://container@account... the part before '@' is a container name, not user info.
-_URL_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])(?!(?:abfss?|az|wasbs?)://)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@")
+_URL_USERINFO = re.compile(
+    r"(?<![A-Za-z0-9+.-])(?!(?:abfss?|az|wasbs?)://)(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]*@"
+)
 
 
 def redact_text(text: str) -> str:
@@ -124,7 +126,11 @@ class _SharedUris:
         with self._changed:
             while True:
                 top = self._levels[-1] if self._levels else None
-                if top is not None and top["uris"] == uris and (len(self._levels) == 1 or set(self._threads) <= {me}):
+                if (
+                    top is not None
+                    and top["uris"] == uris
+                    and (len(self._levels) == 1 or set(self._threads) <= {me})
+                ):
                     level = top
                     break
                 if set(self._threads) <= {me}:
@@ -153,8 +159,11 @@ def _swap_uris(uris: tuple[str, str]) -> tuple:
     from mlflow.tracking import _model_registry, _tracking_service
 
     # MLflow's own module state (set_*_uri(None) also clears the variable), then the variables.
-    saved = (_tracking_service.utils._tracking_uri, _model_registry.utils._registry_uri,
-             {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
+    saved = (
+        _tracking_service.utils._tracking_uri,
+        _model_registry.utils._registry_uri,
+        {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")},
+    )
     mlflow.set_tracking_uri(uris[0])
     mlflow.set_registry_uri(uris[1])
     return saved
@@ -239,11 +248,11 @@ class Selection:
 
 
 def _ms_to_datetime(ms: int | None) -> dt.datetime:
-    return dt.datetime.fromtimestamp((ms or 0) / 1000, tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp((ms or 0) / 1000, tz=dt.UTC)
 
 
 def is_curated(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    matches = lambda patterns: any(fnmatch.fnmatchcase(name, p) for p in patterns)  # noqa: E731
+    matches = lambda patterns: any(fnmatch.fnmatchcase(name, p) for p in patterns)
     return matches(include) and not matches(exclude)
 
 
@@ -283,8 +292,12 @@ def is_ready(version: ModelVersion) -> bool:
 def choose_production(candidates, registered_by: dt.datetime | None = None) -> ModelVersion | None:
     """The production version among a model's versions in the production stage: the newest one
     that is READY (registered by `registered_by`, if given). The one rule, for the assets and the sensor."""
-    eligible = [v for v in candidates if is_ready(v)
-                and (registered_by is None or _ms_to_datetime(v.creation_timestamp) <= registered_by)]
+    eligible = [
+        v
+        for v in candidates
+        if is_ready(v)
+        and (registered_by is None or _ms_to_datetime(v.creation_timestamp) <= registered_by)
+    ]
     return max(eligible, key=lambda v: int(v.version), default=None)
 
 
@@ -313,8 +326,10 @@ def newest_production_version(
     the versions where its newest version in `stage` is the answer."""
     if alias is not None:
         version = aliased_version(client, name, alias)
-        if version is None or (registered_by is not None
-                               and _ms_to_datetime(version.creation_timestamp) > registered_by):
+        if version is None or (
+            registered_by is not None
+            and _ms_to_datetime(version.creation_timestamp) > registered_by
+        ):
             return None
         return version
     assert stage is not None
@@ -327,7 +342,9 @@ def newest_production_version(
         if chosen is not None:
             return chosen
         # Not READY, or registered later: an older version in the stage may be the answer.
-    return choose_production([v for v in versions_of(client, name) if in_stage(v, stage)], registered_by)
+    return choose_production(
+        [v for v in versions_of(client, name) if in_stage(v, stage)], registered_by
+    )
 
 
 def select_production_versions(
@@ -349,7 +366,12 @@ def select_production_versions(
             skipped[name] = "not curated (include/exclude)"
             continue
         version = newest_production_version(
-            client, name, stage=stage, alias=alias, registered_by=registered_by, searched_model=models[name]
+            client,
+            name,
+            stage=stage,
+            alias=alias,
+            registered_by=registered_by,
+            searched_model=models[name],
         )
         if version is None:
             skipped[name] = f"no version in {selector}" + (
@@ -377,7 +399,9 @@ def marker_description(day: dt.date, old_description: str | None) -> str:
 
 def is_marked(version: ModelVersion) -> bool:
     """The version carries the export marker and tag (False where its search result leaves tags out)."""
-    return (version.description or "").startswith(MARKER_PREFIX) and EXPORTED_ON_TAG in searched(version, "tags")
+    return (version.description or "").startswith(MARKER_PREFIX) and EXPORTED_ON_TAG in searched(
+        version, "tags"
+    )
 
 
 def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -> bool:
@@ -385,7 +409,9 @@ def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -
     current = client.get_model_version(name, str(version))
     changed = False
     if not (current.description or "").startswith(MARKER_PREFIX):
-        client.update_model_version(name, str(version), description=marker_description(day, current.description))
+        client.update_model_version(
+            name, str(version), description=marker_description(day, current.description)
+        )
         changed = True
     if EXPORTED_ON_TAG not in (current.tags or {}):
         client.set_model_version_tag(name, str(version), EXPORTED_ON_TAG, day.isoformat())
@@ -396,8 +422,10 @@ def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -
 def files_at(artifact_location: str, tracking_uri: str):
     """The artifact store of a run or logged model whose location is known, as MlflowClient
     finds it after reading the run or model for that location."""
-    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(artifact_location, tracking_uri),
-                                   tracking_uri=tracking_uri)
+    return get_artifact_repository(
+        add_databricks_profile_info_to_artifact_uri(artifact_location, tracking_uri),
+        tracking_uri=tracking_uri,
+    )
 
 
 def artifact_listing(artifact_uri: str) -> dict[str, int | None]:
@@ -406,7 +434,11 @@ def artifact_listing(artifact_uri: str) -> dict[str, int | None]:
     (a `models:/` URI resolves against them)."""
     local = local_folder(artifact_uri)
     if local is not None:
-        return {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+        return {
+            p.relative_to(local).as_posix(): p.stat().st_size
+            for p in local.rglob("*")
+            if p.is_file()
+        }
     repo = get_artifact_repository(artifact_uri)
     sizes, pending = {}, [None]
     while pending:
@@ -422,13 +454,17 @@ def local_folder(artifact_uri: str) -> Path | None:
     """The folder an artifact location names when it is on this machine's filesystem (a registry
     whose artifact store clients write to directly), else None: read there, not downloaded."""
     parsed = urlparse(artifact_uri)
-    if parsed.scheme not in ("", "file") or (parsed.scheme == "file" and parsed.netloc not in ("", "localhost")):
+    if parsed.scheme not in ("", "file") or (
+        parsed.scheme == "file" and parsed.netloc not in ("", "localhost")
+    ):
         return None
     path = Path(url2pathname(parsed.path) if parsed.scheme == "file" else artifact_uri)
     return path if path.is_absolute() and path.is_dir() else None
 
 
-def model_version_url(tracking_uri: str, name: str, version: int | str, host: str | None = None) -> str:
+def model_version_url(
+    tracking_uri: str, name: str, version: int | str, host: str | None = None
+) -> str:
     """The version's page in the MLflow UI (`host` for a databricks:// URI, which is a profile)."""
     base = (host or redact_uri(tracking_uri)).rstrip("/")
     if not base.startswith("http"):

@@ -154,7 +154,9 @@ class ScanReport:
     @classmethod
     def of_record(cls, findings: Iterable[Mapping[str, Any]]) -> ScanReport:
         """The findings a quarantine record kept, to weigh them again under today's policy."""
-        return cls(findings=tuple(Finding.from_dict(f) for f in findings), files_scanned=0, seconds=0.0)
+        return cls(
+            findings=tuple(Finding.from_dict(f) for f in findings), files_scanned=0, seconds=0.0
+        )
 
     def allowed(self, policy: ScanPolicy) -> tuple[Finding, ...]:
         """Findings that would block but for policy's allowlist."""
@@ -253,8 +255,21 @@ def _looks_like_pickle(head: bytes) -> bool:
 
 # Formats that are never pickles and that their loaders never unpickle, whatever their first
 # bytes (a safetensors header length of 0x0380 reads like a protocol 3 pickle's start).
-_NOT_PICKLES = frozenset({".safetensors", ".onnx", ".gguf", ".json", ".yaml", ".yml", ".txt", ".md", ".csv",
-                          ".parquet", ".py"})
+_NOT_PICKLES = frozenset(
+    {
+        ".safetensors",
+        ".onnx",
+        ".gguf",
+        ".json",
+        ".yaml",
+        ".yml",
+        ".txt",
+        ".md",
+        ".csv",
+        ".parquet",
+        ".py",
+    }
+)
 
 
 def _needs_pickle_rescan(file: Path) -> bool:
@@ -282,8 +297,21 @@ def _pickle_can_start(file: Path) -> bool:
 
 
 # The opcodes through which a pickle reaches code: import a global, or call or build with one.
-_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD",
-                           "EXT1", "EXT2", "EXT4"})
+_CODE_OPCODES = frozenset(
+    {
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "INST",
+        "OBJ",
+        "REDUCE",
+        "NEWOBJ",
+        "NEWOBJ_EX",
+        "BUILD",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+    }
+)
 
 
 def _breaks_before_any_code(file: Path) -> bool:
@@ -318,7 +346,9 @@ def _modelscan(root: Path, settings: dict[str, Any]) -> tuple[list[Finding], set
     scanner = ModelScan(settings=settings)
     scanner.scan(root)  # the API alone: the CLI's report is what prints to stdout
     findings = [_issue_finding(issue, root) for issue in scanner.issues.all_issues]
-    findings += [_error_finding(error, root) for error in scanner.errors if not _raw_bytes(error, root)]
+    findings += [
+        _error_finding(error, root) for error in scanner.errors if not _raw_bytes(error, root)
+    ]
     findings += [f for s in scanner.skipped if (f := _skip_finding(s, root)) is not None]
     return findings, set(scanner.scanned)
 

@@ -43,12 +43,26 @@ S3_SCHEMES = ("s3",)
 AZURE_SCHEMES = ("az", "abfs", "abfss")
 # object_store's HTTP client settings: passed to obstore as client options (in its store config
 # they make it panic), to delta-rs as they are.
-CLIENT_KEYS = frozenset({
-    "allow_http", "allow_invalid_certificates", "connect_timeout", "default_content_type", "http1_only",
-    "http2_only", "http2_keep_alive_interval", "http2_keep_alive_timeout", "http2_keep_alive_while_idle",
-    "pool_idle_timeout", "pool_max_idle_per_host", "proxy_url", "proxy_ca_certificate", "proxy_excludes",
-    "timeout", "user_agent",
-})
+CLIENT_KEYS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "http1_only",
+        "http2_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "timeout",
+        "user_agent",
+    }
+)
 _BOOLEAN = {"true": True, "false": False}
 
 log = logging.getLogger(__name__)
@@ -121,7 +135,7 @@ class Storage(ABC):
         if location == root:
             return ""
         if location.startswith(root + "/"):
-            return location[len(root) + 1:].strip("/")
+            return location[len(root) + 1 :].strip("/")
         return None
 
     @abstractmethod
@@ -291,7 +305,9 @@ class ObjectStorage(Storage):
 
     is_local = False
 
-    def __init__(self, root: str, options: Mapping[str, str] | None = None, *, lease_seconds: float = 60):
+    def __init__(
+        self, root: str, options: Mapping[str, str] | None = None, *, lease_seconds: float = 60
+    ):
         from obstore.store import from_url
 
         self.root = root.rstrip("/")
@@ -313,7 +329,9 @@ class ObjectStorage(Storage):
         try:
             yield
         except BaseError as exc:
-            raise StorageError(f"external storage {self.root}: {what}: {type(exc).__name__}: {brief(exc)}") from None
+            raise StorageError(
+                f"external storage {self.root}: {what}: {type(exc).__name__}: {brief(exc)}"
+            ) from None
 
     def read(self, key: str) -> bytes | None:
         import obstore
@@ -351,8 +369,10 @@ class ObjectStorage(Storage):
         return self.head(key) is not None
 
     def list(self, prefix: str) -> dict[str, Entry]:
-        return {relative: Entry(int(item["size"]), item["last_modified"].timestamp())
-                for relative, item in self._listing(prefix)}
+        return {
+            relative: Entry(int(item["size"]), item["last_modified"].timestamp())
+            for relative, item in self._listing(prefix)
+        }
 
     def _listing(self, prefix: str) -> list[tuple[str, dict]]:
         """Every object under `prefix`: its key relative to `prefix`, and obstore's metadata."""
@@ -360,8 +380,11 @@ class ObjectStorage(Storage):
 
         base = prefix.strip("/")
         with self._errors(f"listing {prefix or '/'}"):
-            return [(item["path"][len(base) + 1:] if base else item["path"], item)
-                    for batch in obstore.list(self._store, f"{base}/" if base else None) for item in batch]
+            return [
+                (item["path"][len(base) + 1 :] if base else item["path"], item)
+                for batch in obstore.list(self._store, f"{base}/" if base else None)
+                for item in batch
+            ]
 
     def delete(self, keys: Iterable[str]) -> None:
         import obstore
@@ -370,7 +393,7 @@ class ObjectStorage(Storage):
         keys = list(keys)
         with self._errors("deleting"):
             for start in range(0, len(keys), 1000):
-                batch = keys[start:start + 1000]
+                batch = keys[start : start + 1000]
                 try:
                     obstore.delete(self._store, batch)
                 except (NotFoundError, FileNotFoundError):
@@ -403,14 +426,25 @@ class ObjectStorage(Storage):
             with open(target, "wb") as handle:
                 handle.truncate(size)
             ranged = size > RANGE_BYTES
-            tasks += [_Part(item["path"], target, start, min(start + RANGE_BYTES, size), ranged, item.get("e_tag"))
-                      for start in (range(0, size, RANGE_BYTES) if ranged else [0])]
+            tasks += [
+                _Part(
+                    item["path"],
+                    target,
+                    start,
+                    min(start + RANGE_BYTES, size),
+                    ranged,
+                    item.get("e_tag"),
+                )
+                for start in (range(0, size, RANGE_BYTES) if ranged else [0])
+            ]
 
         def fetch(part: _Part) -> None:
             options: dict = {"if_match": part.etag} if part.etag else {}
             if part.ranged:
                 options["range"] = (part.start, part.end)
-            where = f"downloading {part.key}" + (f" (bytes {part.start}-{part.end - 1})" if part.ranged else "")
+            where = f"downloading {part.key}" + (
+                f" (bytes {part.start}-{part.end - 1})" if part.ranged else ""
+            )
             offset = part.start
             with self._errors(where), open(part.target, "r+b") as handle:
                 handle.seek(offset)
@@ -418,8 +452,10 @@ class ObjectStorage(Storage):
                     handle.write(chunk)
                     offset += len(chunk)
             if offset != part.end:
-                raise StorageError(f"external storage {self.root}: {where}: got {offset - part.start} bytes, "
-                                   f"not the {part.end - part.start} listed")
+                raise StorageError(
+                    f"external storage {self.root}: {where}: got {offset - part.start} bytes, "
+                    f"not the {part.end - part.start} listed"
+                )
 
         with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="download") as pool:
             list(pool.map(fetch, tasks))
@@ -446,7 +482,11 @@ class ObjectStorage(Storage):
         # The old commit file goes first: from then on nothing counts what is at `key`.
         self.delete([_join(key, commit_file)])
         self.delete_prefix(key)
-        files = [p for p in staging.rglob("*") if p.is_file() and p.relative_to(staging).as_posix() != commit_file]
+        files = [
+            p
+            for p in staging.rglob("*")
+            if p.is_file() and p.relative_to(staging).as_posix() != commit_file
+        ]
 
         def upload(path: Path) -> None:
             target = _join(key, path.relative_to(staging).as_posix())
@@ -460,8 +500,12 @@ class ObjectStorage(Storage):
             obstore.put(self._store, _join(key, commit_file), staging / commit_file)
 
     def lock(self, name: str, timeout_seconds: float) -> contextlib.AbstractContextManager:
-        return LeaseLock(self, _join(LOCKS_DIR, f"{name}{LOCK_SUFFIX}"), lease_seconds=self.lease_seconds,
-                         timeout_seconds=timeout_seconds)
+        return LeaseLock(
+            self,
+            _join(LOCKS_DIR, f"{name}{LOCK_SUFFIX}"),
+            lease_seconds=self.lease_seconds,
+            timeout_seconds=timeout_seconds,
+        )
 
 
 class LeaseLock:
@@ -471,7 +515,9 @@ class LeaseLock:
     of exactly that version (two waiters cannot both win), timed on its own clock, not the
     holder's."""
 
-    def __init__(self, storage: ObjectStorage, key: str, *, lease_seconds: float, timeout_seconds: float):
+    def __init__(
+        self, storage: ObjectStorage, key: str, *, lease_seconds: float, timeout_seconds: float
+    ):
         self.storage = storage
         self.key = key
         self.lease_seconds = lease_seconds
@@ -484,7 +530,9 @@ class LeaseLock:
         self.lost = False
 
     def _payload(self) -> bytes:
-        return json.dumps({"owner": self.owner, "renewed_at": time.time(), "lease_seconds": self.lease_seconds}).encode()
+        return json.dumps(
+            {"owner": self.owner, "renewed_at": time.time(), "lease_seconds": self.lease_seconds}
+        ).encode()
 
     def acquire(self) -> None:
         from obstore.exceptions import AlreadyExistsError, PreconditionError
@@ -505,16 +553,22 @@ class LeaseLock:
                         seen = (etag, time.monotonic())
                     elif time.monotonic() - seen[1] > self.lease_seconds:
                         try:  # its holder stopped renewing: take it over, if no one else has
-                            self._etag = self.storage.put(self.key, self._payload(), {"e_tag": etag})
+                            self._etag = self.storage.put(
+                                self.key, self._payload(), {"e_tag": etag}
+                            )
                             break
                         except (PreconditionError, AlreadyExistsError):
                             seen = None
             if time.monotonic() >= deadline:
-                raise LockTimeout(f"{self.storage.location(self.key)}: still held after {self.timeout_seconds:.0f} s")
+                raise LockTimeout(
+                    f"{self.storage.location(self.key)}: still held after {self.timeout_seconds:.0f} s"
+                )
             time.sleep(min(1.0, self.lease_seconds / 10))
         self._renewed_at = time.monotonic()
         self._stop.clear()
-        self._heartbeat = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
+        self._heartbeat = threading.Thread(
+            target=self._renew, name=f"lease {self.key}", daemon=True
+        )
         self._heartbeat.start()
 
     def _renew(self) -> None:
@@ -538,11 +592,15 @@ class LeaseLock:
         lease, after which a waiter may take it) writes nothing more."""
         where = self.storage.location(self.key)
         if self.lost:
-            raise LockLost(f"lost the lock {where}: another process took it over; stopped before writing")
+            raise LockLost(
+                f"lost the lock {where}: another process took it over; stopped before writing"
+            )
         unrenewed = time.monotonic() - self._renewed_at
         if unrenewed > self.lease_seconds:
-            raise LockLost(f"lost the lock {where}: not renewed for {unrenewed:.0f} s, longer than its "
-                           f"{self.lease_seconds:.0f} s lease, so another process may hold it; stopped before writing")
+            raise LockLost(
+                f"lost the lock {where}: not renewed for {unrenewed:.0f} s, longer than its "
+                f"{self.lease_seconds:.0f} s lease, so another process may hold it; stopped before writing"
+            )
 
     def release(self) -> None:
         self._stop.set()

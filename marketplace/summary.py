@@ -28,7 +28,12 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     CATALOG: ("marketplace_name",),
 }
 
-_TYPES = {"string": pa.string(), "bigint": pa.int64(), "date": pa.date32(), "timestamp": pa.timestamp("us", tz="UTC")}
+_TYPES = {
+    "string": pa.string(),
+    "bigint": pa.int64(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
 
 
 def _schema(ddl: str) -> pa.Schema:
@@ -36,7 +41,9 @@ def _schema(ddl: str) -> pa.Schema:
     fields = []
     for column in ddl.split(","):
         name, kind, *rest = column.split()
-        fields.append(pa.field(name, _TYPES[kind], nullable=[w.lower() for w in rest] != ["not", "null"]))
+        fields.append(
+            pa.field(name, _TYPES[kind], nullable=[w.lower() for w in rest] != ["not", "null"])
+        )
     return pa.schema(fields)
 
 
@@ -76,14 +83,22 @@ def _retrying(action, *, what: str):
         try:
             return action()
         except (CommitFailedError, DeltaError) as exc:
-            transient = isinstance(exc, CommitFailedError) or "conflict" in str(exc).lower() or "already exists" in str(exc).lower()
+            transient = (
+                isinstance(exc, CommitFailedError)
+                or "conflict" in str(exc).lower()
+                or "already exists" in str(exc).lower()
+            )
             if not transient or attempt == MAX_COMMIT_ATTEMPTS:
-                raise RuntimeError(f"{what}: commit failed after {attempt} attempt(s): {exc}") from exc
+                raise RuntimeError(
+                    f"{what}: commit failed after {attempt} attempt(s): {exc}"
+                ) from exc
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 
-def ensure_table(uri: str, name: str, storage_options: Mapping[str, str] | None = None) -> DeltaTable:
+def ensure_table(
+    uri: str, name: str, storage_options: Mapping[str, str] | None = None
+) -> DeltaTable:
     """Open the table, creating it with its schema if it does not exist yet (safe under races)."""
     options = dict(storage_options or {})
 
@@ -91,7 +106,9 @@ def ensure_table(uri: str, name: str, storage_options: Mapping[str, str] | None 
         try:
             table = DeltaTable(uri, storage_options=options)
         except TableNotFoundError:
-            return DeltaTable.create(uri, SCHEMAS[name], mode="ignore", name=name, storage_options=options)
+            return DeltaTable.create(
+                uri, SCHEMAS[name], mode="ignore", name=name, storage_options=options
+            )
         # A table written by an older release gains the columns added since (nullable, empty).
         present = {f.name for f in table.schema().fields}
         missing = [f for f in SCHEMAS[name] if f.name not in present]
@@ -138,8 +155,14 @@ def merge_rows(
     return _retrying(merge, what=f"merging into {uri}")
 
 
-def upsert_rows(uri: str, name: str, rows: Sequence[Mapping], storage_options: Mapping[str, str] | None = None,
-                *, times: Sequence[str] = ("first_synced_at", "updated_at")) -> dict[str, int]:
+def upsert_rows(
+    uri: str,
+    name: str,
+    rows: Sequence[Mapping],
+    storage_options: Mapping[str, str] | None = None,
+    *,
+    times: Sequence[str] = ("first_synced_at", "updated_at"),
+) -> dict[str, int]:
     """Insert new keys; update a row only where a column other than `times` differs, keeping its
     first `times` column (when it was first written). Returns the rows inserted and updated."""
     key = TABLE_KEYS[name]
@@ -155,14 +178,20 @@ def upsert_rows(uri: str, name: str, rows: Sequence[Mapping], storage_options: M
     def merge() -> dict[str, int]:
         target = ensure_table(uri, name, storage_options)
         metrics = (
-            target.merge(source, predicate=" AND ".join(f"t.{c} = s.{c}" for c in key), source_alias="s",
-                         target_alias="t")
+            target.merge(
+                source,
+                predicate=" AND ".join(f"t.{c} = s.{c}" for c in key),
+                source_alias="s",
+                target_alias="t",
+            )
             .when_matched_update(updates=updates, predicate=changed)
             .when_not_matched_insert_all()
             .execute()
         )
-        return {"inserted": int(metrics.get("num_target_rows_inserted", 0)),
-                "updated": int(metrics.get("num_target_rows_updated", 0))}
+        return {
+            "inserted": int(metrics.get("num_target_rows_inserted", 0)),
+            "updated": int(metrics.get("num_target_rows_updated", 0)),
+        }
 
     return _retrying(merge, what=f"merging into {uri}")
 
@@ -188,8 +217,10 @@ def read_rows(
     # strings: MERGE writes string columns as Parquet string_view, which pyarrow's scan filter
     # cannot compare with the table's string type as they are.
     files = table.to_pyarrow_dataset(file_pruning_predicate=[("workspace", "=", workspace)])
-    return files.to_table(columns=list(columns) if columns else None,
-                          filter=pc.field("workspace").cast(pa.string()) == workspace).to_pylist()
+    return files.to_table(
+        columns=list(columns) if columns else None,
+        filter=pc.field("workspace").cast(pa.string()) == workspace,
+    ).to_pylist()
 
 
 def row_count(uri: str, storage_options: Mapping[str, str] | None = None) -> int:

@@ -42,14 +42,22 @@ class Decision:
 def pending_changes(production: Mapping[str, int], recorded: Mapping[str, Recorded]) -> list[str]:
     """What the marketplace must still do for a workspace: `model@version` for each production
     version it does not point at, `model@retired` for each model it serves that has none now."""
-    pending = [f"{model}@{version}" for model, version in production.items()
-               if (state := recorded.get(model)) is None or state.source_version != version]
-    pending += [f"{model}@retired" for model, state in recorded.items()
-                if state.source_version is not None and model not in production]
+    pending = [
+        f"{model}@{version}"
+        for model, version in production.items()
+        if (state := recorded.get(model)) is None or state.source_version != version
+    ]
+    pending += [
+        f"{model}@retired"
+        for model, state in recorded.items()
+        if state.source_version is not None and model not in production
+    ]
     return sorted(pending)
 
 
-def run_key(workspace: str, day: dt.date, pending: list[str], epoch: str, generation: int, attempt: int) -> str:
+def run_key(
+    workspace: str, day: dt.date, pending: list[str], epoch: str, generation: int, attempt: int
+) -> str:
     digest = hashlib.sha256("\n".join(pending).encode()).hexdigest()[:12]
     return f"{workspace}:{day.isoformat()}:{digest}:{epoch}.{generation}:{attempt}"
 
@@ -58,8 +66,18 @@ def new_epoch() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def decide(workspace: str, entry: Mapping | None, pending: list[str], *, day: dt.date, now: float, epoch: str,
-           evented: bool, run_state: str | None, backoff_seconds: int) -> Decision:
+def decide(
+    workspace: str,
+    entry: Mapping | None,
+    pending: list[str],
+    *,
+    day: dt.date,
+    now: float,
+    epoch: str,
+    evented: bool,
+    run_state: str | None,
+    backoff_seconds: int,
+) -> Decision:
     """The workspace's next cursor entry, and whether to ask for a run.
 
     `evented`: a webhook event for the workspace arrived since the last tick. `run_state`: where
@@ -100,13 +118,13 @@ def waiting_note(workspace: str, entry: Mapping, run_state: str | None) -> str:
     if run_state is None and "retry_at" not in entry:
         return f"{workspace}: run {entry['run_key']} already requested"
     if "retry_at" in entry:
-        when = dt.datetime.fromtimestamp(entry["retry_at"], dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(entry["retry_at"], dt.UTC)
         return f"{workspace}: last run did not sync; retrying after {when:%H:%M:%S} UTC"
     return f"{workspace}: last run did not sync"
 
 
 def _retry_at(attempt: int, now: float, backoff_seconds: int) -> float:
-    return now + min(backoff_seconds * 2 ** attempt, MAX_BACKOFF_SECONDS)
+    return now + min(backoff_seconds * 2**attempt, MAX_BACKOFF_SECONDS)
 
 
 def due_again(entry: dict, run_state: str | None, now: float) -> bool:
@@ -122,11 +140,25 @@ def due_again(entry: dict, run_state: str | None, now: float) -> bool:
     return now >= entry["retry_at"]
 
 
-def _ask(workspace: str, pending: list[str], day: dt.date, now: float, epoch: str, generation: int, attempt: int,
-         why: str) -> Decision:
+def _ask(
+    workspace: str,
+    pending: list[str],
+    day: dt.date,
+    now: float,
+    epoch: str,
+    generation: int,
+    attempt: int,
+    why: str,
+) -> Decision:
     key = run_key(workspace, day, pending, epoch, generation, attempt)
-    entry = {"generation": generation, "pending": pending, "day": day.isoformat(), "attempt": attempt,
-             "run_key": key, "requested_at": now}
+    entry = {
+        "generation": generation,
+        "pending": pending,
+        "day": day.isoformat(),
+        "attempt": attempt,
+        "run_key": key,
+        "requested_at": now,
+    }
     return Decision(entry, Ask(key, attempt, why))
 
 

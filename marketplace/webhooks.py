@@ -24,15 +24,23 @@ from marketplace.errors import MarketplaceError
 MAX_BODY_BYTES = 64 * 1024
 MAX_AGE_SECONDS = 300
 WEBHOOK_NAME = "marketplace-sync"
-MLFLOW_EVENTS = ("model_version_alias.created", "model_version_alias.deleted", "model_version_tag.set",
-                 "model_version.created")
+MLFLOW_EVENTS = (
+    "model_version_alias.created",
+    "model_version_alias.deleted",
+    "model_version_tag.set",
+    "model_version.created",
+)
 MLFLOW_SIGNATURE = "X-MLflow-Signature"
 MLFLOW_DELIVERY_ID = "X-MLflow-Delivery-Id"
 MLFLOW_TIMESTAMP = "X-MLflow-Timestamp"
 DATABRICKS_SIGNATURE = "X-Databricks-Signature"
 # Databricks' workspace registry signs the body alone and sends no delivery id.
-DATABRICKS_EVENTS = ("MODEL_VERSION_CREATED", "MODEL_VERSION_TRANSITIONED_STAGE", "MODEL_VERSION_TAG_SET",
-                     "REGISTERED_MODEL_CREATED")
+DATABRICKS_EVENTS = (
+    "MODEL_VERSION_CREATED",
+    "MODEL_VERSION_TRANSITIONED_STAGE",
+    "MODEL_VERSION_TAG_SET",
+    "REGISTERED_MODEL_CREATED",
+)
 
 
 class Rejected(MarketplaceError):
@@ -76,8 +84,11 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 def _fresh(sent_at: float, now: float) -> None:
     if abs(now - sent_at) > MAX_AGE_SECONDS:
-        raise Rejected(400, f"timestamp {sent_at:.0f} is {now - sent_at:+.0f} s from now (at most "
-                            f"{MAX_AGE_SECONDS} s either way)")
+        raise Rejected(
+            400,
+            f"timestamp {sent_at:.0f} is {now - sent_at:+.0f} s from now (at most "
+            f"{MAX_AGE_SECONDS} s either way)",
+        )
 
 
 def _json(body: bytes) -> dict:
@@ -100,17 +111,23 @@ def _text(value: object, key: str, *, required: bool = True) -> str | None:
     return value
 
 
-def verify_mlflow(workspace: str, secret: str, headers: Mapping[str, str], body: bytes,
-                  now: float | None = None) -> SourceEvent:
+def verify_mlflow(
+    workspace: str, secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> SourceEvent:
     """An MLflow 3 delivery: `v1,base64(HMAC-SHA256(secret, "<delivery id>.<timestamp>.<body>"))`."""
     now = time.time() if now is None else now
     signature = _header(headers, MLFLOW_SIGNATURE)
     delivery_id = _header(headers, MLFLOW_DELIVERY_ID)
     timestamp = _header(headers, MLFLOW_TIMESTAMP)
     if not signature or not delivery_id or not timestamp:
-        raise Rejected(401, f"unsigned: {MLFLOW_SIGNATURE}, {MLFLOW_DELIVERY_ID} and {MLFLOW_TIMESTAMP} are required")
+        raise Rejected(
+            401,
+            f"unsigned: {MLFLOW_SIGNATURE}, {MLFLOW_DELIVERY_ID} and {MLFLOW_TIMESTAMP} are required",
+        )
     version, _, given = signature.partition(",")
-    expected = base64.b64encode(_digest(secret, f"{delivery_id}.{timestamp}.".encode() + body)).decode()
+    expected = base64.b64encode(
+        _digest(secret, f"{delivery_id}.{timestamp}.".encode() + body)
+    ).decode()
     if version != "v1" or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Rejected(401, "the signature does not match this workspace's secret")
     if not (timestamp.isascii() and timestamp.isdigit()):  # "²".isdigit(), but float("²") raises
@@ -124,14 +141,21 @@ def verify_mlflow(workspace: str, secret: str, headers: Mapping[str, str], body:
         raise Rejected(400, "data: expected an object")
     event = f"{_text(payload.get('entity'), 'entity')}.{_text(payload.get('action'), 'action')}"
     return SourceEvent(
-        workspace=workspace, sender="mlflow", delivery_id=delivery_id, event=event,
-        model=_text(data.get("name"), "data.name"), version=_text(data.get("version"), "data.version", required=False),
-        alias=_text(data.get("alias"), "data.alias", required=False), stage=None, sent_at=float(timestamp),
+        workspace=workspace,
+        sender="mlflow",
+        delivery_id=delivery_id,
+        event=event,
+        model=_text(data.get("name"), "data.name"),
+        version=_text(data.get("version"), "data.version", required=False),
+        alias=_text(data.get("alias"), "data.alias", required=False),
+        stage=None,
+        sent_at=float(timestamp),
     )
 
 
-def verify_databricks(workspace: str, secret: str, headers: Mapping[str, str], body: bytes,
-                      now: float | None = None) -> SourceEvent:
+def verify_databricks(
+    workspace: str, secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None
+) -> SourceEvent:
     """A Databricks workspace-registry delivery: `X-Databricks-Signature` is the hex HMAC-SHA256 of
     the body; the body's `event_timestamp` (ms) dates it, and its digest identifies it."""
     now = time.time() if now is None else now
@@ -146,17 +170,28 @@ def verify_databricks(workspace: str, secret: str, headers: Mapping[str, str], b
         raise Rejected(400, "event_timestamp: expected milliseconds since the epoch")
     _fresh(stamp / 1000, now)
     return SourceEvent(
-        workspace=workspace, sender="databricks", delivery_id="sha256:" + hashlib.sha256(body).hexdigest(),
-        event=_text(payload.get("event"), "event"), model=_text(payload.get("model_name"), "model_name"),
-        version=_text(payload.get("version"), "version", required=False), alias=None,
-        stage=_text(payload.get("to_stage"), "to_stage", required=False), sent_at=stamp / 1000,
+        workspace=workspace,
+        sender="databricks",
+        delivery_id="sha256:" + hashlib.sha256(body).hexdigest(),
+        event=_text(payload.get("event"), "event"),
+        model=_text(payload.get("model_name"), "model_name"),
+        version=_text(payload.get("version"), "version", required=False),
+        alias=None,
+        stage=_text(payload.get("to_stage"), "to_stage", required=False),
+        sent_at=stamp / 1000,
     )
 
 
 def sign_mlflow(secret: str, delivery_id: str, timestamp: int, body: bytes) -> dict[str, str]:
     """The headers MLflow sends with `body` (for the receiver's own tests and the stand-in)."""
-    signature = base64.b64encode(_digest(secret, f"{delivery_id}.{timestamp}.".encode() + body)).decode()
-    return {MLFLOW_SIGNATURE: f"v1,{signature}", MLFLOW_DELIVERY_ID: delivery_id, MLFLOW_TIMESTAMP: str(timestamp)}
+    signature = base64.b64encode(
+        _digest(secret, f"{delivery_id}.{timestamp}.".encode() + body)
+    ).decode()
+    return {
+        MLFLOW_SIGNATURE: f"v1,{signature}",
+        MLFLOW_DELIVERY_ID: delivery_id,
+        MLFLOW_TIMESTAMP: str(timestamp),
+    }
 
 
 def sign_databricks(secret: str, body: bytes) -> dict[str, str]:

@@ -64,11 +64,11 @@ SYNC_DOWNSTREAM = (
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _end_of(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
 def build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -88,7 +88,10 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     downstream = {**common, "automation_condition": SYNC_DOWNSTREAM}
     # Dagster's policy sees the newest materialization of any partition; per-workspace
     # freshness is the todays_partitions_synced_by_deadline check.
-    daily = {**downstream, "freshness_policy": dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26))}
+    daily = {
+        **downstream,
+        "freshness_policy": dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=26)),
+    }
 
     @dg.asset(key=PRODUCTION_MODELS, kinds={"mlflow"}, **common)
     def production_models(
@@ -103,8 +106,11 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
 
         def scan(day: dt.date, name: str) -> None:
             workspace = workspaces.get(name)
-            with registry_errors(f"workspace {name}", workspace.tracking_uri,
-                                 consequence="nothing is retired while it cannot be read"):
+            with registry_errors(
+                f"workspace {name}",
+                workspace.tracking_uri,
+                consequence="nothing is retired while it cannot be read",
+            ):
                 selection = select_production_versions(
                     workspaces.client(name),
                     stage=workspace.production.stage,
@@ -116,18 +122,34 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             before = external_storage.newest_production(name)
             if moved(before, selection.versions):
                 sandbox.begin()  # a version to load later in this run, likely: its imports start now, on a core
-            external_storage.write_snapshot(Snapshot(
-                workspace=name, date=day, taken_at=_utc_now().isoformat(), models_seen=selection.models_seen,
-                versions=tuple(selection.versions), skipped=selection.skipped,
-            ))
-            context.log.info(f"{name} on {day}: {len(selection.versions)} production version(s) among "
-                             f"{selection.models_seen} model(s)")
+            external_storage.write_snapshot(
+                Snapshot(
+                    workspace=name,
+                    date=day,
+                    taken_at=_utc_now().isoformat(),
+                    models_seen=selection.models_seen,
+                    versions=tuple(selection.versions),
+                    skipped=selection.skipped,
+                )
+            )
+            context.log.info(
+                f"{name} on {day}: {len(selection.versions)} production version(s) among "
+                f"{selection.models_seen} model(s)"
+            )
             report.count("models_seen", selection.models_seen)
             report.count("production_versions", len(selection.versions))
             report.count("models_skipped", len(selection.skipped))
             skipped[f"{day}|{name}" if report.several else ""] = selection.skipped
-            report.rows += [[f"{day}|{name}", version_link(workspace, v.model_name, v.version), v.version,
-                             v.selected_by, f"{v.created_at:%Y-%m-%d %H:%M}"] for v in selection.versions]
+            report.rows += [
+                [
+                    f"{day}|{name}",
+                    version_link(workspace, v.model_name, v.version),
+                    v.version,
+                    v.selected_by,
+                    f"{v.created_at:%Y-%m-%d %H:%M}",
+                ]
+                for v in selection.versions
+            ]
 
         report.run(scan)
         return report.result(skipped=dg.MetadataValue.json(skipped.get("", skipped)))
@@ -141,8 +163,15 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     ) -> dg.MaterializeResult:
         """Export folders in external storage: each production version, once, with its manifest."""
         report = Report(context, "exports", ["model", "version", "files", "bytes", "path"])
-        report.zero("exported", "already_exported", "exports_replaced", "skipped", "failed", "markers_written",
-                    "bytes_exported")
+        report.zero(
+            "exported",
+            "already_exported",
+            "exports_replaced",
+            "skipped",
+            "failed",
+            "markers_written",
+            "bytes_exported",
+        )
         skipped: dict[str, str] = {}
 
         def export(day: dt.date, name: str) -> None:
@@ -159,12 +188,22 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 elif outcome.status == "exported":
                     sandbox.begin()  # its imports overlap this run's waits on the registries: the load check comes
                     report.count("bytes_exported", outcome.size_bytes)
-                    report.rows.append([f"{day}|{name}", outcome.model_name, outcome.version, outcome.files,
-                                        outcome.size_bytes, outcome.location])
+                    report.rows.append(
+                        [
+                            f"{day}|{name}",
+                            outcome.model_name,
+                            outcome.version,
+                            outcome.files,
+                            outcome.size_bytes,
+                            outcome.location,
+                        ]
+                    )
 
         report.run(export)
-        return report.result(engines=sorted({workspaces.get(n).export.engine for _, n in report.partitions}),
-                             skipped_versions=dg.MetadataValue.json(skipped))
+        return report.result(
+            engines=sorted({workspaces.get(n).export.engine for _, n in report.partitions}),
+            skipped_versions=dg.MetadataValue.json(skipped),
+        )
 
     @dg.asset(key=EXPORT_SUMMARY, deps=[EXPORTS], kinds={"delta"}, **daily)
     def export_summary(
@@ -191,10 +230,14 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         key=IMPORTS,
         deps=[EXPORT_SUMMARY],
         kinds={"mlflow"},
-        check_specs=[dg.AssetCheckSpec(
-            IMPORT_LOADS_CHECK, asset=IMPORTS, blocking=True,
-            description="Each imported model loads with mlflow.pyfunc and predicts as its export does.",
-        )],
+        check_specs=[
+            dg.AssetCheckSpec(
+                IMPORT_LOADS_CHECK,
+                asset=IMPORTS,
+                blocking=True,
+                description="Each imported model loads with mlflow.pyfunc and predicts as its export does.",
+            )
+        ],
         **downstream,
     )
     def imports(
@@ -206,7 +249,9 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
     ):
         """Marketplace model versions: each verified export imported once, tagged with its source."""
         report = Report(context, "imports", ["source", "marketplace model", "version"])
-        report.zero("imported", "already_imported", "skipped", "quarantined", "failed", "files_scanned")
+        report.zero(
+            "imported", "already_imported", "skipped", "quarantined", "failed", "files_scanned"
+        )
         listed: dict[str, dict] = {"skipped": {}, "quarantined": {}, "warnings": {}}
         policy = marketplace.scan_policy
         scan_seconds = 0.0
@@ -217,11 +262,23 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         def import_partition(day: dt.date, name: str) -> None:
             nonlocal scan_seconds
             versions = external_storage.read_snapshot(name, day).versions
-            recorded = {(r["workspace"], r["model_name"], r["version"]): r
-                        for r in external_storage.read_rows(summary.EXPORT_SUMMARY, workspace=name)}
-            for outcome in import_versions(client, marketplace=marketplace, storage=external_storage,
-                                           sources=workspaces, workspace=name, versions=versions, recorded=recorded,
-                                           copies=copies, day=day, log=context.log, importing=sandbox.begin):
+            recorded = {
+                (r["workspace"], r["model_name"], r["version"]): r
+                for r in external_storage.read_rows(summary.EXPORT_SUMMARY, workspace=name)
+            }
+            for outcome in import_versions(
+                client,
+                marketplace=marketplace,
+                storage=external_storage,
+                sources=workspaces,
+                workspace=name,
+                versions=versions,
+                recorded=recorded,
+                copies=copies,
+                day=day,
+                log=context.log,
+                importing=sandbox.begin,
+            ):
                 report.count(outcome.status)
                 report.count("files_scanned", outcome.files_scanned)
                 scan_seconds += outcome.scan_seconds
@@ -235,11 +292,27 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     if outcome.findings:
                         listed["warnings"][outcome.label] = outcome.findings
                     new = outcome.status == "imported"
-                    newest.append(Checked(outcome.marketplace_name, outcome.version, outcome.export_location, new,
-                                          outcome.source, outcome.checksum))
+                    newest.append(
+                        Checked(
+                            outcome.marketplace_name,
+                            outcome.version,
+                            outcome.export_location,
+                            new,
+                            outcome.source,
+                            outcome.checksum,
+                        )
+                    )
                     if new:
-                        report.rows.append([f"{day}|{name}", outcome.label, version_link(
-                            marketplace, outcome.marketplace_name, outcome.version.version), outcome.version.version])
+                        report.rows.append(
+                            [
+                                f"{day}|{name}",
+                                outcome.label,
+                                version_link(
+                                    marketplace, outcome.marketplace_name, outcome.version.version
+                                ),
+                                outcome.version.version,
+                            ]
+                        )
 
         # Exports in an object store are downloaded to verify and import them, kept for the load check.
         with contextlib.ExitStack() as stack:
@@ -251,15 +324,36 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                 scan_findings_not_blocking=dg.MetadataValue.json(listed["warnings"]),
                 scan_seconds=round(scan_seconds, 3),
                 scan_policy=f"{policy.mode}, blocking at {policy.block_severity} and above"
-                + (f", {len(policy.allow_globals)} allowed global(s)" if policy.allow_globals else ""),
+                + (
+                    f", {len(policy.allow_globals)} allowed global(s)"
+                    if policy.allow_globals
+                    else ""
+                ),
             )
             with registry_time() as spent:
-                results = verify_loads(client, marketplace.tracking_uri, marketplace.registry_uri, newest, copies,
-                                       policy, sandbox, hashed=copies.hashed, max_workers=marketplace.max_workers)
+                results = verify_loads(
+                    client,
+                    marketplace.tracking_uri,
+                    marketplace.registry_uri,
+                    newest,
+                    copies,
+                    policy,
+                    sandbox,
+                    hashed=copies.hashed,
+                    max_workers=marketplace.max_workers,
+                )
                 with explained():
-                    blocked = quarantine_blocked(client, external_storage, newest, results,
-                                                 dt.datetime.now(dt.timezone.utc).date(), context.log)
-            yield load_check_result(IMPORT_LOADS_CHECK, results, spent, sandbox_mode(sandbox.settings, results), blocked)
+                    blocked = quarantine_blocked(
+                        client,
+                        external_storage,
+                        newest,
+                        results,
+                        dt.datetime.now(dt.UTC).date(),
+                        context.log,
+                    )
+            yield load_check_result(
+                IMPORT_LOADS_CHECK, results, spent, sandbox_mode(sandbox.settings, results), blocked
+            )
 
     @dg.asset(key=IMPORT_SUMMARY, deps=[IMPORTS], kinds={"delta"}, **daily)
     def import_summary(
@@ -276,15 +370,21 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         def collect(day: dt.date, name: str) -> None:
             versions = external_storage.read_snapshot(name, day).versions
             names = {v.model_name: marketplace.model_name(name, v.model_name) for v in versions}
-            with registry_errors(f"the marketplace (syncing workspace {name})", marketplace.tracking_uri):
+            with registry_errors(
+                f"the marketplace (syncing workspace {name})", marketplace.tracking_uri
+            ):
                 known = marketplace_versions_of(client, list(names.values()))
             for version in versions:
                 mp_name = names[version.model_name]
-                found = known.get(mp_name, {}).get(SourceKey(name, version.model_name, version.version))
+                found = known.get(mp_name, {}).get(
+                    SourceKey(name, version.model_name, version.version)
+                )
                 if found is None:
                     missing.append(f"{name}/{version.model_name} v{version.version}")
                 else:
-                    rows.append(import_row(name, version.model_name, version.version, mp_name, found, day))
+                    rows.append(
+                        import_row(name, version.model_name, version.version, mp_name, found, day)
+                    )
 
         report.run(collect)
         with explained():
@@ -292,8 +392,10 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             report.count("rows_for_partitions", len(rows))
             if missing:
                 context.log.warning(f"not in the marketplace yet: {', '.join(missing)}")
-            return report.result(not_imported=dg.MetadataValue.json(missing),
-                                 **table_metadata(external_storage, summary.IMPORT_SUMMARY))
+            return report.result(
+                not_imported=dg.MetadataValue.json(missing),
+                **table_metadata(external_storage, summary.IMPORT_SUMMARY),
+            )
 
     @dg.asset(key=REGISTRATION, deps=[IMPORT_SUMMARY], kinds={"mlflow"}, **daily)
     def registered_models(
@@ -306,7 +408,13 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         """Marketplace registered models: production marker, status, provenance and history, following
         what each source has in production now (promotions, rollbacks, retirements, restorations)."""
         report = Report(context, "models", ["marketplace model", "version", "change", "source"])
-        report.zero("models_registered", "registry_changes", *CHANGES, "history_rows_inserted", "held_by_gate")
+        report.zero(
+            "models_registered",
+            "registry_changes",
+            *CHANGES,
+            "history_rows_inserted",
+            "held_by_gate",
+        )
         with explained():
             client = marketplace.client()
         withheld: dict[str, str] = {}
@@ -314,8 +422,16 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
         read_at: dict[str, str] = {}
 
         def register(day: dt.date, name: str) -> None:
-            done = register_partition(client, marketplace=marketplace, storage=external_storage, sources=workspaces,
-                                      workspace=name, day=day, run_id=context.run.run_id, sandbox=sandbox)
+            done = register_partition(
+                client,
+                marketplace=marketplace,
+                storage=external_storage,
+                sources=workspaces,
+                workspace=name,
+                day=day,
+                run_id=context.run.run_id,
+                sandbox=sandbox,
+            )
             if done.withheld:
                 # A past date's backfill imports what it saw; only the newest snapshot moves production.
                 withheld[f"{day}|{name}"] = done.withheld
@@ -326,10 +442,15 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
             for outcome in done.done.outcomes:
                 label = f"{name}/{outcome.model_name}"
                 if outcome.error:
-                    report.fail(f"{label} ({outcome.marketplace_name})", f"not registered: {outcome.error}")
+                    report.fail(
+                        f"{label} ({outcome.marketplace_name})", f"not registered: {outcome.error}"
+                    )
                     continue
                 if outcome.grant_error:
-                    report.fail(f"{label} ({outcome.marketplace_name})", f"grant not applied: {outcome.grant_error}")
+                    report.fail(
+                        f"{label} ({outcome.marketplace_name})",
+                        f"grant not applied: {outcome.grant_error}",
+                    )
                 if outcome.held:
                     report.count("held_by_gate")
                 if outcome.waiting:
@@ -341,15 +462,19 @@ def _build_sync_assets(partitions_def: dg.PartitionsDefinition) -> list[dg.Asset
                     report.count("models_registered")
                 if outcome.change is not None or outcome.target is not None:
                     version = outcome.target.version if outcome.target is not None else None
-                    report.rows.append([
-                        f"{day}|{name}",
-                        version_link(marketplace, outcome.marketplace_name, version) if version
-                        else outcome.marketplace_name,
-                        version or "—",
-                        outcome.change.kind if outcome.change else "unchanged",
-                        f"{label} v{production[outcome.model_name]}" if outcome.model_name in production
-                        else f"{label} (no production version)",
-                    ])
+                    report.rows.append(
+                        [
+                            f"{day}|{name}",
+                            version_link(marketplace, outcome.marketplace_name, version)
+                            if version
+                            else outcome.marketplace_name,
+                            version or "—",
+                            outcome.change.kind if outcome.change else "unchanged",
+                            f"{label} v{production[outcome.model_name]}"
+                            if outcome.model_name in production
+                            else f"{label} (no production version)",
+                        ]
+                    )
 
         report.run(register)
         with explained():
@@ -372,8 +497,13 @@ CATALOG_REFRESH = (
 ).with_label("after any sync")
 
 
-@dg.asset(key=CATALOG, deps=[REGISTRATION], group_name=CATALOG_GROUP, kinds={"delta", "mlflow", "html"},
-          automation_condition=CATALOG_REFRESH)
+@dg.asset(
+    key=CATALOG,
+    deps=[REGISTRATION],
+    group_name=CATALOG_GROUP,
+    kinds={"delta", "mlflow", "html"},
+    automation_condition=CATALOG_REFRESH,
+)
 def catalog(
     context: dg.AssetExecutionContext,
     external_storage: ExternalStorageResource,
@@ -385,18 +515,25 @@ def catalog(
     searchable page of every model card that opens from disk."""
     with explained(), registry_time() as spent:
         with external_storage.lock("catalog"):
-            built = build_catalog(marketplace.client(), marketplace=marketplace, storage=external_storage,
-                                  sources=workspaces)
-        context.log.info(f"catalog: {len(built.rows)} model(s), {built.inserted} new, {built.updated} changed; "
-                         f"page at {built.page_location}")
-        return dg.MaterializeResult(metadata={
-            "models": len(built.rows),
-            "rows_inserted": built.inserted,
-            "rows_updated": built.updated,
-            "page": dg.MetadataValue.path(built.page_location),
-            "page_bytes": built.page_bytes,
-            "marketplace": catalog_table(built, marketplace),
-            **spent.metadata(),
-            **table_metadata(external_storage, summary.CATALOG),
-        })
-
+            built = build_catalog(
+                marketplace.client(),
+                marketplace=marketplace,
+                storage=external_storage,
+                sources=workspaces,
+            )
+        context.log.info(
+            f"catalog: {len(built.rows)} model(s), {built.inserted} new, {built.updated} changed; "
+            f"page at {built.page_location}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "models": len(built.rows),
+                "rows_inserted": built.inserted,
+                "rows_updated": built.updated,
+                "page": dg.MetadataValue.path(built.page_location),
+                "page_bytes": built.page_bytes,
+                "marketplace": catalog_table(built, marketplace),
+                **spent.metadata(),
+                **table_metadata(external_storage, summary.CATALOG),
+            }
+        )

@@ -36,8 +36,17 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     # Hashing or listing every export, reading every workspace, and the per-workspace freshness
     # audit run on their own schedules, not in each partition's sync.
     sync_job = build_marketplace_sync_job(
-        [checks[name] for name in (EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS, PARTITIONS_FRESH, MARKETPLACE_MATCHES_SOURCES,
-                                   EXPORTS_SIGNED_AND_CLEAN, SOURCE_WEBHOOKS_REGISTERED)]
+        [
+            checks[name]
+            for name in (
+                EXPORTS_MATCH_MANIFESTS,
+                NO_STRAY_EXPORTS,
+                PARTITIONS_FRESH,
+                MARKETPLACE_MATCHES_SOURCES,
+                EXPORTS_SIGNED_AND_CLEAN,
+                SOURCE_WEBHOOKS_REGISTERED,
+            )
+        ]
     )
     audit_job = build_checks_job(
         "marketplace_checks_job",
@@ -45,7 +54,9 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
         "Every table-wide check: unique rows, manifests, reconciliation, the marketplace against its sources.",
     )
     freshness_job = build_checks_job(
-        "marketplace_freshness_job", [checks[PARTITIONS_FRESH]], "Is each workspace's partition synced by its deadline?"
+        "marketplace_freshness_job",
+        [checks[PARTITIONS_FRESH]],
+        "Is each workspace's partition synced by its deadline?",
     )
     housekeeping = config.housekeeping
     maintenance_job = build_maintenance_job(housekeeping)
@@ -66,15 +77,24 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
         schedules=[
             build_daily_marketplace_schedule(config, sync_job),
             build_cron_schedule(
-                "marketplace_freshness_schedule", freshness_job, config.freshness.check_cron,
-                config.freshness.default_status, "Checks that each workspace's partition is synced by its deadline.",
+                "marketplace_freshness_schedule",
+                freshness_job,
+                config.freshness.check_cron,
+                config.freshness.default_status,
+                "Checks that each workspace's partition is synced by its deadline.",
             ),
             build_cron_schedule(
-                "marketplace_checks_schedule", audit_job, config.checks.cron, config.checks.default_status,
+                "marketplace_checks_schedule",
+                audit_job,
+                config.checks.cron,
+                config.checks.default_status,
                 "Runs every table-wide check, including a full hash of every export.",
             ),
             build_cron_schedule(
-                "marketplace_maintenance_schedule", maintenance_job, housekeeping.cron, housekeeping.default_status,
+                "marketplace_maintenance_schedule",
+                maintenance_job,
+                housekeeping.cron,
+                housekeeping.default_status,
                 "Compacts and vacuums the summary tables and removes old export debris.",
             ),
         ],

@@ -27,29 +27,46 @@ ENTRY_POINT = "marketplace-export"
 JOB_ENVIRONMENT_KEY = "marketplace"
 
 
-def job_extras(workspaces, name: str, external_storage, versions: Sequence[ProductionVersion], day: dt.date,
-               *, inside_workspace: bool) -> dict:
+def job_extras(
+    workspaces,
+    name: str,
+    external_storage,
+    versions: Sequence[ProductionVersion],
+    day: dt.date,
+    *,
+    inside_workspace: bool,
+) -> dict:
     """What the export job needs, without a secret: credentials are named by their variables."""
     workspace = workspaces.get(name)
     tracking_uri, registry_uri = workspace.tracking_uri, workspace.registry_uri
     if inside_workspace:
         # A job inside the workspace reaches its own registry with the job's identity.
         tracking_uri = "databricks"
-        registry_uri = "databricks-uc" if (workspace.registry_uri or "").startswith("databricks-uc") else "databricks"
+        registry_uri = (
+            "databricks-uc"
+            if (workspace.registry_uri or "").startswith("databricks-uc")
+            else "databricks"
+        )
     return {
         "workspace": name,
         "tracking_uri": tracking_uri,
         "registry_uri": registry_uri,
-        "storage": dict(zip(("root", "options", "options_env"),
-                            (external_storage.root, *external_storage.settings.options()))),
+        "storage": dict(
+            zip(
+                ("root", "options", "options_env"),
+                (external_storage.root, *external_storage.settings.options()),
+            )
+        ),
         "signing_key_env": external_storage.signing_key_env,
         "private_key_env": workspace.signing.private_key_env,
         "versions": [v.to_dict() for v in versions],
         "day": day.isoformat(),
         "source_marker": workspaces.source_marker,
-        "client": {"timeout_seconds": workspaces.config.client.timeout_seconds,
-                   "max_retries": workspaces.config.client.max_retries,
-                   "max_workers": workspaces.config.client.max_workers},
+        "client": {
+            "timeout_seconds": workspaces.config.client.timeout_seconds,
+            "max_retries": workspaces.config.client.max_retries,
+            "max_workers": workspaces.config.client.max_workers,
+        },
     }
 
 
@@ -60,20 +77,35 @@ def databricks_task(name: str, engine: ExportEngineConfig) -> tuple[Any, dict]:
     transport = "volumes" if engine.volume_path else "dbfs"
     task: dict[str, Any] = {
         "task_key": f"marketplace_export_{name}".replace("-", "_"),
-        "python_wheel_task": {"package_name": PACKAGE, "entry_point": ENTRY_POINT,
-                              "parameters": ["--transport", transport]},
+        "python_wheel_task": {
+            "package_name": PACKAGE,
+            "entry_point": ENTRY_POINT,
+            "parameters": ["--transport", transport],
+        },
         "timeout_seconds": engine.timeout_seconds,
     }
-    submit: dict[str, Any] = {"run_name": f"marketplace export: {name}", "timeout_seconds": engine.timeout_seconds}
+    submit: dict[str, Any] = {
+        "run_name": f"marketplace export: {name}",
+        "timeout_seconds": engine.timeout_seconds,
+    }
     if engine.serverless:
         task["environment_key"] = JOB_ENVIRONMENT_KEY
-        submit["environments"] = [jobs.JobEnvironment.from_dict({
-            "environment_key": JOB_ENVIRONMENT_KEY,
-            "spec": {"environment_version": engine.environment_version,
-                     "dependencies": [engine.wheel, *engine.libraries]},
-        })]
+        submit["environments"] = [
+            jobs.JobEnvironment.from_dict(
+                {
+                    "environment_key": JOB_ENVIRONMENT_KEY,
+                    "spec": {
+                        "environment_version": engine.environment_version,
+                        "dependencies": [engine.wheel, *engine.libraries],
+                    },
+                }
+            )
+        ]
     else:
-        task["libraries"] = [{"whl": engine.wheel}, *({"pypi": {"package": p}} for p in engine.libraries)]
+        task["libraries"] = [
+            {"whl": engine.wheel},
+            *({"pypi": {"package": p}} for p in engine.libraries),
+        ]
         if engine.existing_cluster_id:
             task["existing_cluster_id"] = engine.existing_cluster_id
         else:
@@ -89,7 +121,9 @@ def _idempotency_token(context: dg.AssetExecutionContext, name: str, day: dt.dat
     return hashlib.sha256(seed.encode()).hexdigest()[:64]
 
 
-def _run_databricks_job(context, workspaces, name: str, engine: ExportEngineConfig, extras: dict, day: dt.date):
+def _run_databricks_job(
+    context, workspaces, name: str, engine: ExportEngineConfig, extras: dict, day: dt.date
+):
     from dagster_databricks.pipes import (
         PipesDatabricksClient,
         PipesDatabricksServerlessClient,
@@ -101,14 +135,20 @@ def _run_databricks_job(context, workspaces, name: str, engine: ExportEngineConf
     task, submit = databricks_task(name, engine)
     submit["idempotency_token"] = _idempotency_token(context, name, day)
     if engine.serverless:
-        pipes = PipesDatabricksServerlessClient(client, engine.volume_path,
-                                                poll_interval_seconds=engine.poll_interval_seconds)
+        pipes = PipesDatabricksServerlessClient(
+            client, engine.volume_path, poll_interval_seconds=engine.poll_interval_seconds
+        )
     elif engine.volume_path:
         pipes = PipesDatabricksClient(
             client,
-            context_injector=PipesUnityCatalogVolumesContextInjector(client=client, volume_path=engine.volume_path),
-            message_reader=PipesUnityCatalogVolumesMessageReader(client=client, volume_path=engine.volume_path,
-                                                                 interval=min(10.0, engine.poll_interval_seconds)),
+            context_injector=PipesUnityCatalogVolumesContextInjector(
+                client=client, volume_path=engine.volume_path
+            ),
+            message_reader=PipesUnityCatalogVolumesMessageReader(
+                client=client,
+                volume_path=engine.volume_path,
+                interval=min(10.0, engine.poll_interval_seconds),
+            ),
             poll_interval_seconds=engine.poll_interval_seconds,
         )
     else:
@@ -116,8 +156,14 @@ def _run_databricks_job(context, workspaces, name: str, engine: ExportEngineConf
     return pipes.run(context=context, extras=extras, task=task, submit_args=submit)
 
 
-def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, external_storage,
-                versions: Sequence[ProductionVersion], day: dt.date) -> list[Outcome]:
+def run_exports(
+    context: dg.AssetExecutionContext,
+    workspaces,
+    name: str,
+    external_storage,
+    versions: Sequence[ProductionVersion],
+    day: dt.date,
+) -> list[Outcome]:
     """Export `versions` of workspace `name` with its engine; one outcome per version."""
     workspace = workspaces.get(name)
     engine = workspace.export
@@ -139,16 +185,25 @@ def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, extern
             max_workers=workspaces.max_workers,
         )
     external_storage.storage  # noqa: B018 - fail here, naming a missing storage variable, not in the job
-    extras = job_extras(workspaces, name, external_storage, versions, day,
-                        inside_workspace=engine.engine == "databricks")
+    extras = job_extras(
+        workspaces,
+        name,
+        external_storage,
+        versions,
+        day,
+        inside_workspace=engine.engine == "databricks",
+    )
     if engine.engine == "databricks":
         # {{secrets/scope/key}} -> scope/key: what a job without the variables reads through dbutils.
-        extras["secret_references"] = {n: r[len("{{secrets/"):-2] for n, r in engine.env.items()}
+        extras["secret_references"] = {n: r[len("{{secrets/") : -2] for n, r in engine.env.items()}
     try:
         if engine.engine == "subprocess":
             workspaces.client(name)  # a Databricks workspace's profile, which the process inherits
             invocation = dg.PipesSubprocessClient().run(
-                context=context, extras=extras, command=[sys.executable, "-m", "marketplace.pipes_export"])
+                context=context,
+                extras=extras,
+                command=[sys.executable, "-m", "marketplace.pipes_export"],
+            )
         else:
             invocation = _run_databricks_job(context, workspaces, name, engine, extras, day)
     except MarketplaceError:
@@ -163,9 +218,11 @@ def run_exports(context: dg.AssetExecutionContext, workspaces, name: str, extern
         if isinstance(message, dict)
         for o in message.get(OUTCOMES_MESSAGE, [])
     }
-    return [reported.get((v.model_name, v.version))
-            or _from_storage(external_storage, name, v, "the export job reported nothing for it")
-            for v in versions]
+    return [
+        reported.get((v.model_name, v.version))
+        or _from_storage(external_storage, name, v, "the export job reported nothing for it")
+        for v in versions
+    ]
 
 
 def _from_storage(external_storage, name: str, version: ProductionVersion, error: str) -> Outcome:
@@ -173,5 +230,7 @@ def _from_storage(external_storage, name: str, version: ProductionVersion, error
     (the job got that far), else failed with the job's error."""
     record = external_storage.existing_export(name, version.model_name, version.version)
     if record is not None:
-        return Outcome(version.model_name, version.version, "already_exported", location=record.location)
+        return Outcome(
+            version.model_name, version.version, "already_exported", location=record.location
+        )
     return Outcome(version.model_name, version.version, "failed", detail=error)

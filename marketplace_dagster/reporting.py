@@ -58,7 +58,11 @@ class Report:
 
     def result(self, **extra) -> dg.MaterializeResult:
         metadata = {
-            **({"partitions": len(self.partitions)} if self.several else {"workspace": self.partitions[0][1]}),
+            **(
+                {"partitions": len(self.partitions)}
+                if self.several
+                else {"workspace": self.partitions[0][1]}
+            ),
             **self.counts,
             **self.registry.metadata(),
             **extra,
@@ -83,10 +87,14 @@ def markdown_table(header: list[str], rows: list[list]) -> dg.MetadataValue:
 
 
 def table_metadata(external_storage: ExternalStorage, table: str) -> dict:
-    schema = dg.TableSchema(columns=[
-        dg.TableColumn(f.name, str(f.type), constraints=dg.TableColumnConstraints(nullable=f.nullable))
-        for f in summary.SCHEMAS[table]
-    ])
+    schema = dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                f.name, str(f.type), constraints=dg.TableColumnConstraints(nullable=f.nullable)
+            )
+            for f in summary.SCHEMAS[table]
+        ]
+    )
     return {
         "dagster/row_count": external_storage.row_count(table),
         "table_uri": dg.MetadataValue.path(external_storage.table_uri(table)),
@@ -105,24 +113,35 @@ def sandbox_mode(settings, results: dict) -> str:
     if all(r.unchanged for r in results.values()):
         return "none loaded"
     if settings.mode == "process":
-        return "process: filesystem and network shared with the run (security.sandbox.mode: process)"
+        return (
+            "process: filesystem and network shared with the run (security.sandbox.mode: process)"
+        )
     return "namespaces: no network, read-only model, private scratch"
 
 
-def load_check_result(check_name: str, results: dict, spent: RegistryTime, sandbox: str = "",
-                      quarantined: dict[str, list[str]] | None = None) -> dg.AssetCheckResult:
+def load_check_result(
+    check_name: str,
+    results: dict,
+    spent: RegistryTime,
+    sandbox: str = "",
+    quarantined: dict[str, list[str]] | None = None,
+) -> dg.AssetCheckResult:
     """The load check's verdict over `loading.verify_loads` results. A model the sandbox blocked
     is quarantined (`quarantined`: label -> what it tried) and does not fail the check: the
     partition's other models go on, as with a scan finding."""
     quarantined = quarantined or {}
     unchanged = sum(1 for r in results.values() if r.unchanged)
-    failed = {k: r.detail for k, r in results.items()
-              if k not in quarantined and (not r.loaded or r.matches_export is False)}
+    failed = {
+        k: r.detail
+        for k, r in results.items()
+        if k not in quarantined and (not r.loaded or r.matches_export is False)
+    }
     unpredicted = {k: r.detail for k, r in results.items() if r.loaded and not r.predicted}
     passing = f"{len(results) - len(quarantined)} model(s) load and predict"
     if quarantined:
         passing += "; quarantined by the sandbox: " + "; ".join(
-            f"{k}: {', '.join(v)}" for k, v in quarantined.items())
+            f"{k}: {', '.join(v)}" for k, v in quarantined.items()
+        )
     return dg.AssetCheckResult(
         check_name=check_name,
         passed=not failed,
@@ -145,8 +164,16 @@ def load_check_result(check_name: str, results: dict, spent: RegistryTime, sandb
 
 def catalog_table(built, marketplace) -> dg.MetadataValue:
     """The whole marketplace as a table: model (linked to its MLflow page), source, status, version, updated."""
-    rows = [[version_link(marketplace, r["marketplace_name"], r["marketplace_version"]) if r["marketplace_version"]
-             else r["marketplace_name"],
-             f"{r['workspace']}/{r['model_name']} v{r['source_version'] or '—'}", r["status"],
-             r["marketplace_version"] or "—", f"{r['updated_at']:%Y-%m-%d %H:%M}"] for r in built.rows]
+    rows = [
+        [
+            version_link(marketplace, r["marketplace_name"], r["marketplace_version"])
+            if r["marketplace_version"]
+            else r["marketplace_name"],
+            f"{r['workspace']}/{r['model_name']} v{r['source_version'] or '—'}",
+            r["status"],
+            r["marketplace_version"] or "—",
+            f"{r['updated_at']:%Y-%m-%d %H:%M}",
+        ]
+        for r in built.rows
+    ]
     return markdown_table(["model", "source", "status", "version", "updated (UTC)"], rows)

@@ -35,7 +35,9 @@ def sandbox_resource(settings: SandboxSettings) -> dg.ResourceDefinition:
     """The run's sandbox: made when the run starts (started only when a step begins it), closed
     when the run ends, so no warm process outlives its run."""
 
-    @dg.resource(description="Where every model of a source is loaded: one warm sandboxed process per run.")
+    @dg.resource(
+        description="Where every model of a source is loaded: one warm sandboxed process per run."
+    )
     def sandbox(_) -> Iterator[Sandbox]:
         with Sandbox(settings) as box:
             yield box

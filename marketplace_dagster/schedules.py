@@ -1,6 +1,5 @@
 """Schedules: the seed's daily sync (the safety net), the audits and the housekeeping."""
 
-
 import dagster as dg
 
 from marketplace.config import MarketplaceConfig
@@ -11,9 +10,7 @@ def _status(value: str) -> dg.DefaultScheduleStatus:
     return dg.DefaultScheduleStatus(value.upper())
 
 
-def build_daily_marketplace_schedule(
-    config: MarketplaceConfig, job
-) -> dg.ScheduleDefinition:
+def build_daily_marketplace_schedule(config: MarketplaceConfig, job) -> dg.ScheduleDefinition:
     workspaces = [w.name for w in config.workspaces]
 
     @dg.schedule(
@@ -38,7 +35,9 @@ def build_daily_marketplace_schedule(
     return daily_marketplace_schedule
 
 
-def build_cron_schedule(name: str, job, cron: str, status: str, description: str) -> dg.ScheduleDefinition:
+def build_cron_schedule(
+    name: str, job, cron: str, status: str, description: str
+) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name=name,
         job=job,

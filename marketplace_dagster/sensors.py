@@ -8,7 +8,6 @@ deliveries lost on the way. What to ask for, and under which run key, is decided
 marketplace.sync_requests.
 """
 
-
 import datetime as dt
 import json
 import time
@@ -56,19 +55,28 @@ EVENT_PAGE = 1000
 
 def _recorded(storage: Storage) -> dict[str, dict[str, Recorded]]:
     """Per workspace, each model's production state as the marketplace recorded it (production_history)."""
-    rows = summary.read_rows(storage.location(summary.PRODUCTION_HISTORY), storage.delta_options(),
-                             columns=["workspace", "model_name", "sequence", "source_version"])
+    rows = summary.read_rows(
+        storage.location(summary.PRODUCTION_HISTORY),
+        storage.delta_options(),
+        columns=["workspace", "model_name", "sequence", "source_version"],
+    )
     by_workspace: dict[str, list[dict]] = {}
     for row in rows:
         by_workspace.setdefault(row["workspace"], []).append(row)
-    return {workspace: recorded_states(found, by="model_name") for workspace, found in by_workspace.items()}
+    return {
+        workspace: recorded_states(found, by="model_name")
+        for workspace, found in by_workspace.items()
+    }
 
 
 def _quarantined(storage: Storage, workspace: str, change: str, policy: ScanPolicy) -> bool:
     """A version the scan blocked is not asked for again until its export (or the policy) changes."""
     model, _, version = change.rpartition("@")
-    return version.isdigit() and quarantine_of(
-        storage, skip_record_key(workspace, model, int(version)), policy=policy) is not None
+    return (
+        version.isdigit()
+        and quarantine_of(storage, skip_record_key(workspace, model, int(version)), policy=policy)
+        is not None
+    )
 
 
 Holds = set[tuple[str, str, int]]
@@ -97,18 +105,21 @@ def _held(holds: set[tuple[str, str, int]], workspace: str, change: str) -> bool
     return version.isdigit() and (workspace, model, int(version)) in holds
 
 
-
 def _read_cursor(raw: str | None) -> dict:
     """The cursor: `{"epoch", "events_after", "polled_at", "workspaces": {name: entry}}`. A cursor
     of the earlier shape (entries alone) keeps its entries."""
     cursor = json.loads(raw) if raw else {}
     if "workspaces" not in cursor:
-        cursor = {"workspaces": {name: {"generation": 0, **entry} for name, entry in cursor.items()}}
+        cursor = {
+            "workspaces": {name: {"generation": 0, **entry} for name, entry in cursor.items()}
+        }
     cursor.setdefault("epoch", new_epoch())
     return cursor
 
 
-def _new_events(instance: dg.DagsterInstance, after: int | None) -> tuple[dict[str, int], int | None]:
+def _new_events(
+    instance: dg.DagsterInstance, after: int | None
+) -> tuple[dict[str, int], int | None]:
     """Per workspace, how many webhook events were recorded after storage id `after`; and the
     storage id to read after next time. With no cursor yet, only where the log ends now."""
     if after is None:
@@ -117,8 +128,10 @@ def _new_events(instance: dg.DagsterInstance, after: int | None) -> tuple[dict[s
     counts: dict[str, int] = {}
     for _ in range(10):  # at most 10,000 events a tick; the rest wait for the next
         records = instance.fetch_observations(
-            dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS, after_storage_id=after), limit=EVENT_PAGE,
-            ascending=True).records
+            dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS, after_storage_id=after),
+            limit=EVENT_PAGE,
+            ascending=True,
+        ).records
         for record in records:
             after = record.storage_id
             observation = record.asset_observation
@@ -157,28 +170,47 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
     def production_version_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         started = time.monotonic()
         now = time.time()
-        today = dt.datetime.now(dt.timezone.utc).date()
+        today = dt.datetime.now(dt.UTC).date()
         cursor = _read_cursor(context.cursor)
         entries: dict[str, dict] = {k: v for k, v in cursor["workspaces"].items() if k in by_name}
         events, cursor["events_after"] = _new_events(context.instance, cursor.get("events_after"))
         full = poll_due(cursor.get("polled_at"), now, settings.minimum_interval_seconds)
-        states = {name: _run_state(context.instance, entry) for name, entry in entries.items() if entry.get("pending")}
-        targets = set(by_name) if full else {name for name in events if name in by_name} | {
-            name for name, entry in entries.items()
-            if due_again(entry, states.get(name), now)}
+        states = {
+            name: _run_state(context.instance, entry)
+            for name, entry in entries.items()
+            if entry.get("pending")
+        }
+        targets = (
+            set(by_name)
+            if full
+            else {name for name in events if name in by_name}
+            | {name for name, entry in entries.items() if due_again(entry, states.get(name), now)}
+        )
         if not targets:
             cursor["workspaces"] = entries
-            waiting = "; ".join(waiting_note(name, entry, states.get(name)) for name, entry in sorted(entries.items())
-                                if entry.get("pending"))
-            down = "; ".join(f"{name} unreachable ({error})" for name, error in sorted(cursor.get("unreachable", {}).items()))
+            waiting = "; ".join(
+                waiting_note(name, entry, states.get(name))
+                for name, entry in sorted(entries.items())
+                if entry.get("pending")
+            )
+            down = "; ".join(
+                f"{name} unreachable ({error})"
+                for name, error in sorted(cursor.get("unreachable", {}).items())
+            )
             return dg.SensorResult(
                 skip_reason=dg.SkipReason(
                     f"nothing new: no webhook event; every workspace polled again within "
-                    f"{settings.minimum_interval_seconds} s" + "".join(f"; {part}" for part in (waiting, down) if part)),
-                cursor=json.dumps(cursor, sort_keys=True))
+                    f"{settings.minimum_interval_seconds} s"
+                    + "".join(f"; {part}" for part in (waiting, down) if part)
+                ),
+                cursor=json.dumps(cursor, sort_keys=True),
+            )
         configure_http(settings.request_timeout_seconds, 0)
-        polled = poll_workspaces([by_name[n] for n in sorted(targets)], max_workers=settings.max_workers,
-                                 deadline_seconds=TICK_BUDGET_SECONDS)
+        polled = poll_workspaces(
+            [by_name[n] for n in sorted(targets)],
+            max_workers=settings.max_workers,
+            deadline_seconds=TICK_BUDGET_SECONDS,
+        )
         if full:
             cursor["polled_at"] = now
         storage = configured_storage(config)
@@ -193,14 +225,24 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
                 context.log.warning(f"workspace {name} unreachable: {result.error}")
                 continue  # keep its cursor entry: an outage is not progress
             pending = [
-                change for change in pending_changes(result.production, recorded.get(name, {}))
-                if not _quarantined(storage, name, change, policy) and not _held(holds, name, change)
+                change
+                for change in pending_changes(result.production, recorded.get(name, {}))
+                if not _quarantined(storage, name, change, policy)
+                and not _held(holds, name, change)
             ]
             # An approval is news even where the same change was asked for before (a new run key).
             pending = [f"{c} (approved)" if _held(released, name, c) else c for c in pending]
-            decision = decide(name, entries.get(name), pending, day=today, now=now, epoch=cursor["epoch"],
-                              evented=name in events, run_state=states.get(name),
-                              backoff_seconds=settings.retry_backoff_seconds)
+            decision = decide(
+                name,
+                entries.get(name),
+                pending,
+                day=today,
+                now=now,
+                epoch=cursor["epoch"],
+                evented=name in events,
+                run_state=states.get(name),
+                backoff_seconds=settings.retry_backoff_seconds,
+            )
             if decision.entry.get("pending") or decision.entry.get("generation"):
                 entries[name] = decision.entry
             else:
@@ -210,14 +252,24 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
             if decision.ask is None:
                 continue
             trigger = "webhook" if name in events else "poll"
-            requests.append(dg.RunRequest(
-                run_key=decision.ask.run_key,
-                partition_key=partition_key(today, name),
-                tags={PENDING_TAG: ", ".join(pending)[:1000], "marketplace/attempt": str(decision.ask.attempt),
-                      WORKSPACE_TAG: name, TRIGGER_TAG: trigger},
-            ))
+            requests.append(
+                dg.RunRequest(
+                    run_key=decision.ask.run_key,
+                    partition_key=partition_key(today, name),
+                    tags={
+                        PENDING_TAG: ", ".join(pending)[:1000],
+                        "marketplace/attempt": str(decision.ask.attempt),
+                        WORKSPACE_TAG: name,
+                        TRIGGER_TAG: trigger,
+                    },
+                )
+            )
         cursor["workspaces"] = entries
-        down = {} if full else {k: v for k, v in cursor.get("unreachable", {}).items() if k not in targets}
+        down = (
+            {}
+            if full
+            else {k: v for k, v in cursor.get("unreachable", {}).items() if k not in targets}
+        )
         cursor["unreachable"] = {**down, **unreachable}
         elapsed = time.monotonic() - started
         context.log.info(

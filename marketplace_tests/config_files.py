@@ -14,7 +14,11 @@ MINIMAL = {
     "external_storage": {"uri": "external"},
     "marketplace": {"tracking_uri": "http://127.0.0.1:5000"},
     "workspaces": [
-        {"name": "dev01", "tracking_uri": "http://127.0.0.1:5001", "production": {"stage": "Production"}},
+        {
+            "name": "dev01",
+            "tracking_uri": "http://127.0.0.1:5001",
+            "production": {"stage": "Production"},
+        },
     ],
 }
 
@@ -24,12 +28,18 @@ def minimal() -> dict:
 
 
 def second_workspace(name: str = "dev02") -> dict:
-    return {"name": name, "tracking_uri": "http://127.0.0.1:5002", "production": {"alias": "champion"}}
+    return {
+        "name": name,
+        "tracking_uri": "http://127.0.0.1:5002",
+        "production": {"alias": "champion"},
+    }
 
 
 def write_yaml(tmp_path: Path, data, name: str = "marketplace.yaml") -> Path:
     path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    path.write_text(
+        data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False), encoding="utf-8"
+    )
     return path
 
 

@@ -30,7 +30,7 @@ from marketplace_dagster.keys import CATALOG
 from marketplace_dagster.partitions import build_marketplace_partitions_def, partition_key
 from marketplace_dagster.resources import build_resources
 
-TODAY = dt.datetime.now(dt.timezone.utc).date()
+TODAY = dt.datetime.now(dt.UTC).date()
 
 
 @pytest.fixture(scope="session")
@@ -96,14 +96,24 @@ def register_version(
     client = MlflowClient(tracking_uri)
     with process_tracking_uri(tracking_uri):
         # Experiment names are limited to 500 characters; model names are not.
-        mlflow.set_experiment(f"/tests/{model_name}" if len(model_name) < 400 else f"/tests/{uuid.uuid4().hex}")
+        mlflow.set_experiment(
+            f"/tests/{model_name}" if len(model_name) < 400 else f"/tests/{uuid.uuid4().hex}"
+        )
         literal = filter_literal(model_name)
-        count = len(client.search_model_versions(f"name={literal}")) if client.search_registered_models(
-            filter_string=f"name={literal}") else 0
+        count = (
+            len(client.search_model_versions(f"name={literal}"))
+            if client.search_registered_models(filter_string=f"name={literal}")
+            else 0
+        )
         model, example = _fit(kind, count + 1)
         with mlflow.start_run():
-            info = mlflow.sklearn.log_model(model, name="model", input_example=example, registered_model_name=model_name,
-                                            pip_requirements=sklearn_requirements())
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                input_example=example,
+                registered_model_name=model_name,
+                pip_requirements=sklearn_requirements(),
+            )
     version = str(info.registered_model_version)
     if description is not None:
         client.update_model_version(model_name, version, description=description)
@@ -128,13 +138,17 @@ class Deployment:
     def defs(self) -> dg.Definitions:
         return build_definitions(self.config)
 
-    def sync(self, workspace: str, day: dt.date = TODAY, *, selection=None, raise_on_error: bool = False):
+    def sync(
+        self, workspace: str, day: dt.date = TODAY, *, selection=None, raise_on_error: bool = False
+    ):
         """Run the whole chain (or `selection`) for one partition; returns the execution result."""
         defs = self.defs
         key = partition_key(day, workspace)
         if selection is None:
             job = defs.resolve_job_def("marketplace_sync_job")
-            return job.execute_in_process(partition_key=key, instance=self.instance, raise_on_error=raise_on_error)
+            return job.execute_in_process(
+                partition_key=key, instance=self.instance, raise_on_error=raise_on_error
+            )
         return dg.materialize(
             build_sync_assets(build_marketplace_partitions_def(self.config)),
             selection=selection,
@@ -146,7 +160,9 @@ class Deployment:
 
     def refresh_catalog(self, *, raise_on_error: bool = True):
         """Materialize marketplace/catalog, as the automation sensor does after a sync."""
-        job = self.defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={CATALOG})
+        job = self.defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection={CATALOG}
+        )
         return job.execute_in_process(instance=self.instance, raise_on_error=raise_on_error)
 
 
@@ -158,7 +174,9 @@ def pytest_collection_modifyitems(items):
     """The `servers` tier: every test that starts MLflow servers, emulators or the benchmark's;
     `make test-fast` runs the rest (`-m "not servers"`)."""
     for item in items:
-        if {"servers", "emulators"} & set(getattr(item, "fixturenames", ())) or "test_benchmarks" in item.nodeid:
+        if {"servers", "emulators"} & set(
+            getattr(item, "fixturenames", ())
+        ) or "test_benchmarks" in item.nodeid:
             item.add_marker(pytest.mark.servers)
 
 
@@ -237,7 +255,9 @@ def _no_config_env(monkeypatch):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # The pipeline sets MLflow's HTTP bounds process-wide; monkeypatch puts them back after.
     for name in ("TIMEOUT", "MAX_RETRIES", "BACKOFF_FACTOR", "BACKOFF_JITTER"):
-        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{name}", os.environ.get(f"MLFLOW_HTTP_REQUEST_{name}", ""))
+        monkeypatch.setenv(
+            f"MLFLOW_HTTP_REQUEST_{name}", os.environ.get(f"MLFLOW_HTTP_REQUEST_{name}", "")
+        )
         monkeypatch.delenv(f"MLFLOW_HTTP_REQUEST_{name}")
 
 
@@ -269,12 +289,15 @@ def cloud(request, emulators, uid, monkeypatch):
     emulator.make_space(space)
     for name, value in emulator.credentials(CLOUD_KEYS).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata look-ups off loopback
+    monkeypatch.setenv(
+        "AWS_EC2_METADATA_DISABLED", "true"
+    )  # no instance-metadata look-ups off loopback
     return emulator, emulator.storage_config(space, "marketplace", CLOUD_KEYS)
 
 
-def assert_predicts_like_source(source_tracking_uri: str, source_model: str, market_tracking_uri: str,
-                                market_model: str) -> None:
+def assert_predicts_like_source(
+    source_tracking_uri: str, source_model: str, market_tracking_uri: str, market_model: str
+) -> None:
     """The marketplace copy loads by its alias and predicts exactly as the source (diabetes models)."""
     import numpy as np
     from sklearn import datasets
@@ -287,7 +310,9 @@ def assert_predicts_like_source(source_tracking_uri: str, source_model: str, mar
     np.testing.assert_array_equal(copy.predict(features), source.predict(features))
 
 
-def materialize_in_processes(deployment: Deployment, workspaces, tmp_path: Path, day: dt.date = TODAY) -> None:
+def materialize_in_processes(
+    deployment: Deployment, workspaces, tmp_path: Path, day: dt.date = TODAY
+) -> None:
     """Sync today's partition of each workspace at once, one `dagster asset materialize` process
     each, on one persistent instance; each must succeed."""
     import subprocess
@@ -303,11 +328,25 @@ def materialize_in_processes(deployment: Deployment, workspaces, tmp_path: Path,
     processes = []
     for w, log in zip(workspaces, logs):
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
-            processes.append(subprocess.Popen(
-                [str(DAGSTER), "asset", "materialize", "-m", "marketplace_dagster.definitions", "--select", "*",
-                 "--partition", f"{day.isoformat()}|{w}"],
-                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-            ))
+            processes.append(
+                subprocess.Popen(
+                    [
+                        str(DAGSTER),
+                        "asset",
+                        "materialize",
+                        "-m",
+                        "marketplace_dagster.definitions",
+                        "--select",
+                        "*",
+                        "--partition",
+                        f"{day.isoformat()}|{w}",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     for process, log in zip(processes, logs):
         process.wait(timeout=600)
         assert process.returncode == 0, log.read_text(errors="replace")[-3000:]

@@ -37,7 +37,13 @@ DAY_1 = dt.date(2026, 11, 2)
 
 def workspace(name: str, uri: str, production: dict, uid: str, **curation) -> dict:
     """A workspace entry of the configuration, scoped to this test's models."""
-    return {"name": name, "tracking_uri": uri, "production": production, "include": [f"{uid}_*"], **curation}
+    return {
+        "name": name,
+        "tracking_uri": uri,
+        "production": production,
+        "include": [f"{uid}_*"],
+        **curation,
+    }
 
 
 def promote(uri: str, model: str, version: int | str, production: dict) -> None:
@@ -49,7 +55,9 @@ def promote(uri: str, model: str, version: int | str, production: dict) -> None:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
-        client.transition_model_version_stage(model, str(version), "Production", archive_existing_versions=True)
+        client.transition_model_version_stage(
+            model, str(version), "Production", archive_existing_versions=True
+        )
 
 
 def versions_of(market: MlflowClient, mp: str) -> list:
@@ -58,14 +66,19 @@ def versions_of(market: MlflowClient, mp: str) -> list:
 
 def copy_of(market: MlflowClient, mp: str, source_version: int) -> str:
     """The marketplace version imported from `source_version` (exactly one)."""
-    (found,) = [v.version for v in versions_of(market, mp) if v.tags.get(TAG_SOURCE_VERSION) == str(source_version)]
+    (found,) = [
+        v.version
+        for v in versions_of(market, mp)
+        if v.tags.get(TAG_SOURCE_VERSION) == str(source_version)
+    ]
     return found
 
 
 def check_evaluations(deployment) -> dict[str, dg.AssetCheckEvaluation]:
     """Run the checks job in process; its evaluations by check name."""
     result = deployment.defs.resolve_job_def(CHECKS_JOB).execute_in_process(
-        instance=deployment.instance, raise_on_error=False)
+        instance=deployment.instance, raise_on_error=False
+    )
     assert result.success, step_failure_message(result)  # a failing check does not fail the run
     found = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert found[MATCHES_SOURCES].asset_key == keys.REGISTRATION
@@ -102,12 +115,29 @@ class Cli:
     def launch(self, workspace_name: str, day: dt.date = TODAY) -> Launched:
         self.launched += 1
         log = self.folder / f"run-{self.launched}.log"
-        env = {**os.environ, "MARKETPLACE_CONFIG": str(self.deployment.path), "DAGSTER_HOME": str(self.home)}
+        env = {
+            **os.environ,
+            "MARKETPLACE_CONFIG": str(self.deployment.path),
+            "DAGSTER_HOME": str(self.home),
+        }
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             process = subprocess.Popen(
-                [str(DAGSTER), "job", "execute", "-m", "marketplace_dagster.definitions", "-j", "marketplace_sync_job",
-                 "--tags", json.dumps(partition_tags(day, workspace_name))],
-                cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    str(DAGSTER),
+                    "job",
+                    "execute",
+                    "-m",
+                    "marketplace_dagster.definitions",
+                    "-j",
+                    "marketplace_sync_job",
+                    "--tags",
+                    json.dumps(partition_tags(day, workspace_name)),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return Launched(process, log)
 
@@ -133,7 +163,9 @@ def sensor_tick(deployment, cursor: str | None = None):
     return result, result.cursor
 
 
-def export_row(workspace: str, model_name: str, version: int, day: dt.date = DAY_1, **overrides) -> dict:
+def export_row(
+    workspace: str, model_name: str, version: int, day: dt.date = DAY_1, **overrides
+) -> dict:
     row = {
         "workspace": workspace,
         "model_name": model_name,
@@ -141,7 +173,7 @@ def export_row(workspace: str, model_name: str, version: int, day: dt.date = DAY
         "run_id": f"run-{workspace}-{model_name}-{version}",
         "source": f"models:/{model_name}/{version}",
         "export_date": day,
-        "exported_at": dt.datetime.combine(day, dt.time(3, 4, 5, 123456), tzinfo=dt.timezone.utc),
+        "exported_at": dt.datetime.combine(day, dt.time(3, 4, 5, 123456), tzinfo=dt.UTC),
         "export_path": f"/exports/{workspace}/{model_name}/{version}",
         "checksum": f"{version:064x}",
         "size_bytes": 1000 + version,
@@ -151,7 +183,9 @@ def export_row(workspace: str, model_name: str, version: int, day: dt.date = DAY
     return row
 
 
-def model_signing_verify(folder: Path, public_key: Path, *, git_files: bool = True) -> subprocess.CompletedProcess:
+def model_signing_verify(
+    folder: Path, public_key: Path, *, git_files: bool = True
+) -> subprocess.CompletedProcess:
     command = [
         str(MODEL_SIGNING), "verify", "key", "--signature", str(folder / SIGNATURE_NAME),
         "--public_key", str(public_key), *(["--no-ignore-git-paths"] if git_files else []), str(folder),

@@ -33,12 +33,20 @@ class RelayHandler(BaseHTTPRequestHandler):
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def forward(self, upstream: str, body: bytes, *, drop: tuple[str, ...] = ()) -> requests.Response | None:
+    def forward(
+        self, upstream: str, body: bytes, *, drop: tuple[str, ...] = ()
+    ) -> requests.Response | None:
         """The upstream's answer to this request (without the headers in `drop`); None when the
         server is down or does not answer."""
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", *drop)}
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("host", "content-length", *drop)
+        }
         try:
-            return requests.request(self.command, upstream + self.path, data=body, headers=headers, timeout=60)
+            return requests.request(
+                self.command, upstream + self.path, data=body, headers=headers, timeout=60
+            )
         except requests.RequestException:
             return None
 
@@ -98,7 +106,9 @@ class Hold:
     path: str
     after_upstream: bool = False
     lose_answer: bool = False
-    abandoned: bool = False  # set with `release` once the client is gone: the request goes no further
+    abandoned: bool = (
+        False  # set with `release` once the client is gone: the request goes no further
+    )
     taken: bool = False
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -112,7 +122,14 @@ class FaultProxy(LoopbackServer):
     with fail_first=None, none with 0), and applies `holds`. A request the upstream cannot take
     (the server is down) loses its connection, as it would without the proxy."""
 
-    def __init__(self, upstream: str, *, fail_first: int | None = 0, status: int = 503, holds: list[Hold] = ()):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        fail_first: int | None = 0,
+        status: int = 503,
+        holds: list[Hold] = (),
+    ):
         self.upstream = upstream.rstrip("/")
         self.fail_first = fail_first
         self.status = status
@@ -151,7 +168,10 @@ class FaultProxy(LoopbackServer):
             def serve(self) -> None:
                 body = self.body()
                 if proxy._should_fail():
-                    self.answer(proxy.status, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"})
+                    self.answer(
+                        proxy.status,
+                        {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"},
+                    )
                     return
                 hold = proxy._hold_for(self.command, self.path)
                 if hold is not None and not hold.after_upstream:

@@ -70,7 +70,9 @@ def start_authenticated(server: AuthenticatedServer) -> None:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_AUTH_CONFIG_PATH", str(server.auth_config))
         env.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", server.admin_password)
-        env.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16))  # the auth app's CSRF key
+        env.setenv(
+            "MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(16)
+        )  # the auth app's CSRF key
         local_servers.start(server)
 
 

@@ -47,16 +47,32 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
 ):
     a, b = f"a{uid}", f"b{uid}"
     old = register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    _backdate(servers["ws_a"], f"{uid}_m", old, dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    _backdate(
+        servers["ws_a"], f"{uid}_m", old, dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    )
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")  # v2, registered today
     register_version(servers["ws_b"].uri, f"{uid}_n", alias="champion", kind="diabetes")
     stopped = {"default_status": "stopped"}
     deployment = deploy(
         [
-            {"name": a, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"]},
-            {"name": b, "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"}, "include": [f"{uid}_*"]},
+            {
+                "name": a,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            },
+            {
+                "name": b,
+                "tracking_uri": servers["ws_b"].uri,
+                "production": {"alias": "champion"},
+                "include": [f"{uid}_*"],
+            },
         ],
-        automation=stopped, schedule=stopped, freshness=stopped, checks=stopped, housekeeping=stopped,
+        automation=stopped,
+        schedule=stopped,
+        freshness=stopped,
+        checks=stopped,
+        housekeeping=stopped,
     )
     days = [TODAY - dt.timedelta(days=2), TODAY - dt.timedelta(days=1), TODAY]
     partitions = [f"{day.isoformat()}|{w}" for day in days for w in (a, b)]
@@ -69,7 +85,9 @@ def test_backfill_runs_one_run_per_partition_is_idempotent_and_never_moves_the_a
 
     exports = table_rows(deployment, "export_summary")
     # A past date syncs the versions that are production now and were registered by its end.
-    assert sorted((r["workspace"], r["version"]) for r in exports) == sorted([(a, 1), (a, 2), (b, 1)])
+    assert sorted((r["workspace"], r["version"]) for r in exports) == sorted(
+        [(a, 1), (a, 2), (b, 1)]
+    )
     dates = {(r["workspace"], r["version"]): r["export_date"] for r in exports}
     # v1 was production by the end of both past dates; whichever run got there first exported it.
     assert dates[(a, 1)] in days[:2] and dates[(a, 2)] == TODAY and dates[(b, 1)] == TODAY
@@ -98,12 +116,16 @@ def _by_partition(status: dict) -> dict[str, str]:
     for run in status["runs"]:
         tags = {t["key"]: t["value"] for t in run["tags"]}
         partition = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start")
-        assert partition and partition == tags.get("dagster/asset_partition_range_end", partition), tags
+        assert partition and partition == tags.get(
+            "dagster/asset_partition_range_end", partition
+        ), tags
         ended[partition] = run["status"]
     return ended
 
 
-def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(servers, deploy, uid, dagster_dev):
+def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
+    servers, deploy, uid, dagster_dev
+):
     """Three workspaces over two dates, the third's registry down: the other two sync; once it is
     back, the same backfill launched again syncs it too."""
     names = [f"a{uid}", f"b{uid}", f"c{uid}"]
@@ -112,12 +134,24 @@ def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
     stopped = {"default_status": "stopped"}
     with FaultProxy(servers["ws_a"].uri, fail_first=None) as down:  # every request answered 503
         workspaces = [
-            {"name": name, "tracking_uri": down.uri if name == names[2] else servers["ws_a"].uri,
-             "production": {"stage": "Production"}, "include": [f"{uid}_{name}_*"]}
+            {
+                "name": name,
+                "tracking_uri": down.uri if name == names[2] else servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_{name}_*"],
+            }
             for name in names
         ]
-        deployment = deploy(workspaces, automation=stopped, schedule=stopped, freshness=stopped, checks=stopped,
-                            housekeeping=stopped, sensor=stopped, marketplace={"name_template": "{workspace}.{model}"})
+        deployment = deploy(
+            workspaces,
+            automation=stopped,
+            schedule=stopped,
+            freshness=stopped,
+            checks=stopped,
+            housekeeping=stopped,
+            sensor=stopped,
+            marketplace={"name_template": "{workspace}.{model}"},
+        )
         days = [TODAY - dt.timedelta(days=1), TODAY]
         partitions = [f"{day.isoformat()}|{w}" for day in days for w in names]
         dev = dagster_dev(deployment.path)
@@ -125,19 +159,29 @@ def test_a_workspace_that_is_down_fails_alone_and_a_backfill_again_completes_it(
         first = dev.backfill(partitions, [k.path for k in keys.CHAIN])
         ended = _by_partition(first)
         assert {p: s for p, s in ended.items() if p.endswith(names[2])} == {
-            f"{day.isoformat()}|{names[2]}": "FAILURE" for day in days}
+            f"{day.isoformat()}|{names[2]}": "FAILURE" for day in days
+        }
         assert {s for p, s in ended.items() if not p.endswith(names[2])} == {"SUCCESS"}
         assert len(ended) == len(partitions)
         imported = table_rows(deployment, "import_summary")
         assert sorted(r["workspace"] for r in imported) == names[:2]
         market = MlflowClient(servers["marketplace"].uri)
         for name in names[:2]:
-            assert market.get_model_version_by_alias(f"{name}.{uid}_{name}_m", "production").version == "1"
-        assert market.search_registered_models(filter_string=f"name='{names[2]}.{uid}_{names[2]}_m'") == []
+            assert (
+                market.get_model_version_by_alias(f"{name}.{uid}_{name}_m", "production").version
+                == "1"
+            )
+        assert (
+            market.search_registered_models(filter_string=f"name='{names[2]}.{uid}_{names[2]}_m'")
+            == []
+        )
 
         down.fail_first = 0  # the registry is back
         again = dev.backfill(partitions, [k.path for k in keys.CHAIN])
         assert set(_by_partition(again).values()) == {"SUCCESS"}
     imported = table_rows(deployment, "import_summary")
     assert sorted(r["workspace"] for r in imported) == names
-    assert market.get_model_version_by_alias(f"{names[2]}.{uid}_{names[2]}_m", "production").version == "1"
+    assert (
+        market.get_model_version_by_alias(f"{names[2]}.{uid}_{names[2]}_m", "production").version
+        == "1"
+    )

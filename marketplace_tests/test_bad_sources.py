@@ -29,23 +29,36 @@ def _version_without_run(tracking_uri: str, name: str, where: Path) -> str:
         client.log_model_artifacts(logged.model_id, str(where))
         client.finalize_logged_model(logged.model_id, "READY")
         client.create_registered_model(name)
-        version = client.create_model_version(name, source=f"models:/{logged.model_id}", model_id=logged.model_id).version
+        version = client.create_model_version(
+            name, source=f"models:/{logged.model_id}", model_id=logged.model_id
+        ).version
     client.transition_model_version_stage(name, version, "Production")
     return version
 
 
-def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest_synced(servers, deploy, uid):
+def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest_synced(
+    servers, deploy, uid
+):
     ws = servers["ws_a"].uri
     client = MlflowClient(ws)
     register_version(ws, f"{uid}_ok", stage="Production")
     register_version(ws, f"{uid}_deleted_run", stage="Production")
     client.delete_run(client.get_model_version(f"{uid}_deleted_run", "1").run_id)
     register_version(ws, f"{uid}_no_files", stage="Production")
-    logged = client.get_logged_model(client.get_model_version(f"{uid}_no_files", "1").source.split("models:/")[1])
+    logged = client.get_logged_model(
+        client.get_model_version(f"{uid}_no_files", "1").source.split("models:/")[1]
+    )
     shutil.rmtree(urlparse(logged.artifact_location).path)
     _version_without_run(ws, f"{uid}_no_run", Path(servers["ws_a"].root) / f"{uid}-loose")
     deployment = deploy(
-        [{"name": "bad", "tracking_uri": ws, "production": {"stage": "Production"}, "include": [f"{uid}_*"]}]
+        [
+            {
+                "name": "bad",
+                "tracking_uri": ws,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ]
     )
 
     result = deployment.sync("bad")
@@ -55,7 +68,10 @@ def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest
     assert (exports["exported"], exports["skipped"], exports["failed"]) == (1, 3, 0)
     reasons = exports["skipped_versions"]
     assert "was deleted" in reasons[f"bad/{uid}_deleted_run v1"]
-    assert "files of its logged model" in reasons[f"bad/{uid}_no_files v1"] and "missing" in reasons[f"bad/{uid}_no_files v1"]
+    assert (
+        "files of its logged model" in reasons[f"bad/{uid}_no_files v1"]
+        and "missing" in reasons[f"bad/{uid}_no_files v1"]
+    )
     assert "has no run" in reasons[f"bad/{uid}_no_run v1"]
     imports = materializations(result, keys.IMPORTS)
     assert (imports["imported"], imports["skipped"], imports["failed"]) == (1, 3, 0)
@@ -65,12 +81,21 @@ def test_versions_that_cannot_be_exported_are_skipped_with_a_reason_and_the_rest
     for broken in ("deleted_run", "no_files", "no_run"):
         assert market.search_registered_models(filter_string=f"name='bad.{uid}_{broken}'") == []
         assert not export_dir(deployment.config.storage_root, "bad", f"{uid}_{broken}", 1).exists()
-        assert "marketplace.exported_on" not in client.get_model_version(f"{uid}_{broken}", "1").tags
+        assert (
+            "marketplace.exported_on" not in client.get_model_version(f"{uid}_{broken}", "1").tags
+        )
     # The reason is recorded where the UI shows it: the sync check names each skipped version.
-    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
-              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    checks = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
     synced = checks["production_versions_synced"]
-    assert not synced.passed and "was deleted" in synced.description and "has no run" in synced.description
+    assert (
+        not synced.passed
+        and "was deleted" in synced.description
+        and "has no run" in synced.description
+    )
 
     recorded = skip_record_path(deployment.config.storage_root, "bad", f"{uid}_deleted_run", 1)
     assert "was deleted" in json.loads(recorded.read_text())["reason"]

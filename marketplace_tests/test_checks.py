@@ -24,7 +24,9 @@ FRESHNESS_JOB = "marketplace_freshness_job"
 
 def run_checks(deployment, job: str = CHECKS_JOB) -> dict[str, dg.AssetCheckEvaluation]:
     """Execute a checks job in process; its evaluations by check name."""
-    result = deployment.defs.resolve_job_def(job).execute_in_process(instance=deployment.instance, raise_on_error=False)
+    result = deployment.defs.resolve_job_def(job).execute_in_process(
+        instance=deployment.instance, raise_on_error=False
+    )
     # A failing non-blocking check does not fail the run; anything else would be a broken check.
     assert result.success, step_failure_message(result)
     return evaluations(result)
@@ -48,8 +50,14 @@ def synced(servers, deploy, uid):
     ws, model = f"a{uid}", f"{uid}_iris"
     register_version(servers["ws_a"].uri, model, stage="Production")
     deployment = deploy(
-        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}]
+        [
+            {
+                "name": ws,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ]
     )
     result = deployment.sync(ws)
     assert result.success, step_failure_message(result)
@@ -60,28 +68,51 @@ def test_every_check_passes_on_a_synced_marketplace(synced):
     deployment, ws, model = synced
     found = run_checks(deployment)
     assert set(found) == {
-        keys.EXPORT_SUMMARY_UNIQUE, keys.IMPORT_SUMMARY_UNIQUE, keys.EXPORTS_MATCH_MANIFESTS,
-        keys.PRODUCTION_VERSIONS_SYNCED, keys.MARKETPLACE_MATCHES_SOURCES, keys.NO_STRAY_EXPORTS,
-        keys.EXPORTS_SIGNED_AND_CLEAN, keys.GATE_PASSED, keys.APPROVALS_PENDING, keys.SOURCE_WEBHOOKS_REGISTERED,
+        keys.EXPORT_SUMMARY_UNIQUE,
+        keys.IMPORT_SUMMARY_UNIQUE,
+        keys.EXPORTS_MATCH_MANIFESTS,
+        keys.PRODUCTION_VERSIONS_SYNCED,
+        keys.MARKETPLACE_MATCHES_SOURCES,
+        keys.NO_STRAY_EXPORTS,
+        keys.EXPORTS_SIGNED_AND_CLEAN,
+        keys.GATE_PASSED,
+        keys.APPROVALS_PENDING,
+        keys.SOURCE_WEBHOOKS_REGISTERED,
     }
     assert {name: e.passed for name, e in found.items()} == dict.fromkeys(found, True)
-    hooks = meta(found[keys.SOURCE_WEBHOOKS_REGISTERED])  # no webhook configured: polled, nothing to warn of
+    hooks = meta(
+        found[keys.SOURCE_WEBHOOKS_REGISTERED]
+    )  # no webhook configured: polled, nothing to warn of
     assert (hooks["workspaces_with_webhook"], hooks["polling_only"]) == (0, 1)
     for name in (keys.EXPORT_SUMMARY_UNIQUE, keys.IMPORT_SUMMARY_UNIQUE):
         assert meta(found[name]) == {"rows": 1, "keys": 1, "duplicated_keys": 0}
     exported = table_rows(deployment, summary.EXPORT_SUMMARY)
     assert meta(found[keys.EXPORTS_MATCH_MANIFESTS]) == {
-        "exports_checked": 1, "exports_failing": 0, "bytes_verified": exported[0]["size_bytes"],
+        "exports_checked": 1,
+        "exports_failing": 0,
+        "bytes_verified": exported[0]["size_bytes"],
     }
     assert found[keys.EXPORTS_MATCH_MANIFESTS].description == "1 export(s) verified"
     assert meta(found[keys.PRODUCTION_VERSIONS_SYNCED]) == {
-        "production_versions_seen": 1, "exported": 1, "imported": 1, "missing_exports": 0, "missing_imports": 0,
+        "production_versions_seen": 1,
+        "exported": 1,
+        "imported": 1,
+        "missing_exports": 0,
+        "missing_imports": 0,
     }
     clean = meta(found[keys.EXPORTS_SIGNED_AND_CLEAN])
-    assert (clean["exports_checked"], clean["unsigned"], clean["with_blocking_findings"]) == (1, 0, 0)
+    assert (clean["exports_checked"], clean["unsigned"], clean["with_blocking_findings"]) == (
+        1,
+        0,
+        0,
+    )
     assert clean["files_scanned"] >= 1  # the model's skops file, opened as a zip of .npy members
     matches = meta(found[keys.MARKETPLACE_MATCHES_SOURCES])
-    assert (matches["workspaces_compared"], matches["models_compared"], matches["models_differing"]) == (1, 1, 0)
+    assert (
+        matches["workspaces_compared"],
+        matches["models_compared"],
+        matches["models_differing"],
+    ) == (1, 1, 0)
     assert matches["registry_requests"] >= 1 and matches["registry_seconds"] > 0
 
 
@@ -95,7 +126,11 @@ def test_duplicate_rows_fail_the_unique_key_checks(synced):
         write_deltalake(uri, DeltaTable(uri).to_pyarrow_table().slice(0, 1), mode="append")
         found = run_checks(deployment)
         assert {name for name, e in found.items() if not e.passed} == failing
-        broken = found[keys.EXPORT_SUMMARY_UNIQUE if table == summary.EXPORT_SUMMARY else keys.IMPORT_SUMMARY_UNIQUE]
+        broken = found[
+            keys.EXPORT_SUMMARY_UNIQUE
+            if table == summary.EXPORT_SUMMARY
+            else keys.IMPORT_SUMMARY_UNIQUE
+        ]
         assert broken.description == f"duplicate rows in {table}: {ws}/{model} v1 (2 rows)"
         assert meta(broken) == {"rows": 2, "keys": 1, "duplicated_keys": 1}
         assert broken.severity == dg.AssetCheckSeverity.ERROR
@@ -104,7 +139,11 @@ def test_duplicate_rows_fail_the_unique_key_checks(synced):
 def test_changed_or_unmanifested_export_fails_exports_match_manifests(synced):
     deployment, ws, model = synced
     path = export_dir(deployment.config.storage_root, ws, model, 1)
-    target = next(p for p in path.rglob("*") if p.is_file() and p.name.startswith("model.") and p.suffix != ".json")
+    target = next(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.name.startswith("model.") and p.suffix != ".json"
+    )
     original = target.read_bytes()
     target.write_bytes(original[::-1])  # same size, different bytes: only a hash sees it
 
@@ -112,7 +151,10 @@ def test_changed_or_unmanifested_export_fails_exports_match_manifests(synced):
     failing = found[keys.EXPORTS_MATCH_MANIFESTS]
     assert not failing.passed
     assert failing.description.startswith(f"{ws}/{model} v1: ")
-    assert "does not match its manifest" in failing.description and f"changed: {target.relative_to(path)}" in failing.description
+    assert (
+        "does not match its manifest" in failing.description
+        and f"changed: {target.relative_to(path)}" in failing.description
+    )
     assert meta(failing)["exports_failing"] == 1
     assert found[keys.EXPORT_SUMMARY_UNIQUE].passed  # only the broken thing is reported
 
@@ -122,7 +164,10 @@ def test_changed_or_unmanifested_export_fails_exports_match_manifests(synced):
     (path / MANIFEST_NAME).unlink()
     failing = run_checks(deployment)[keys.EXPORTS_MATCH_MANIFESTS]
     assert not failing.passed
-    assert failing.description.startswith(f"{ws}/{model} v1: ") and f"no {MANIFEST_NAME}" in failing.description
+    assert (
+        failing.description.startswith(f"{ws}/{model} v1: ")
+        and f"no {MANIFEST_NAME}" in failing.description
+    )
 
 
 def test_missing_import_is_reported_until_a_newer_import_supersedes_it(synced, servers):
@@ -135,7 +180,11 @@ def test_missing_import_is_reported_until_a_newer_import_supersedes_it(synced, s
     assert not failing.passed
     assert failing.description == f"exported but not imported: {ws}/{model} v1"
     assert meta(failing) == {
-        "production_versions_seen": 1, "exported": 1, "imported": 0, "missing_exports": 0, "missing_imports": 1,
+        "production_versions_seen": 1,
+        "exported": 1,
+        "imported": 0,
+        "missing_exports": 0,
+        "missing_imports": 1,
     }
 
     # v2 becomes production and is synced: v1, exported but never imported again, is superseded.
@@ -145,7 +194,11 @@ def test_missing_import_is_reported_until_a_newer_import_supersedes_it(synced, s
     superseded = run_checks(deployment)[keys.PRODUCTION_VERSIONS_SYNCED]
     assert superseded.passed, superseded.description
     assert meta(superseded) == {
-        "production_versions_seen": 1, "exported": 2, "imported": 1, "missing_exports": 0, "missing_imports": 0,
+        "production_versions_seen": 1,
+        "exported": 2,
+        "imported": 1,
+        "missing_exports": 0,
+        "missing_imports": 0,
     }
 
 
@@ -167,7 +220,9 @@ def test_production_version_not_exported_is_reported(synced, servers):
     assert run_checks(deployment)[keys.PRODUCTION_VERSIONS_SYNCED].passed
 
 
-def test_marker_moved_by_hand_fails_the_reconciliation_until_the_next_sync_puts_it_back(synced, servers):
+def test_marker_moved_by_hand_fails_the_reconciliation_until_the_next_sync_puts_it_back(
+    synced, servers
+):
     deployment, ws, model = synced
     register_version(servers["ws_a"].uri, model, stage="Production")  # v2
     assert deployment.sync(ws).success
@@ -179,13 +234,18 @@ def test_marker_moved_by_hand_fails_the_reconciliation_until_the_next_sync_puts_
     failed = run_checks(deployment)[keys.MARKETPLACE_MATCHES_SOURCES]
     assert not failed.passed
     assert failed.severity == dg.AssetCheckSeverity.ERROR and failed.blocking is False
-    assert failed.description == f"differ: {ws}/{model}: source production v2, marketplace @production is the copy of v1"
+    assert (
+        failed.description
+        == f"differ: {ws}/{model}: source production v2, marketplace @production is the copy of v1"
+    )
     assert (meta(failed)["models_compared"], meta(failed)["models_differing"]) == (1, 1)
 
     again = deployment.sync(ws)
     assert again.success, step_failure_message(again)
     assert market.get_model_version_by_alias(name, "production").version == "2"
-    assert materializations(again, keys.REGISTRATION)["rolled_back"] == 0  # put back, not a change of the source
+    assert (
+        materializations(again, keys.REGISTRATION)["rolled_back"] == 0
+    )  # put back, not a change of the source
     assert run_checks(deployment)[keys.MARKETPLACE_MATCHES_SOURCES].passed
 
 
@@ -193,7 +253,9 @@ def _artifact_dir(client: MlflowClient, name: str, version: str) -> Path:
     """Where the marketplace server keeps a model version's files (a local folder: --no-serve-artifacts)."""
     location = client.get_model_version(name, version).source
     if location.startswith("models:/"):  # MLflow 3: the version points at a logged model
-        location = client.get_logged_model(location.removeprefix("models:/").split("/")[0]).artifact_location
+        location = client.get_logged_model(
+            location.removeprefix("models:/").split("/")[0]
+        ).artifact_location
     return Path(location.removeprefix("file://"))
 
 
@@ -202,7 +264,9 @@ def test_marketplace_copy_that_no_longer_loads_blocks_the_rest_of_the_chain(sync
     name = f"{ws}.{model}"
     market = MlflowClient(servers["marketplace"].uri)
     files = _artifact_dir(market, name, "1")
-    assert files.is_relative_to(servers["marketplace"].artifact_root) and (files / "MLmodel").exists()
+    assert (
+        files.is_relative_to(servers["marketplace"].artifact_root) and (files / "MLmodel").exists()
+    )
     shutil.rmtree(files)
     files.mkdir()
     (files / "MLmodel").write_text("not: [a model")
@@ -219,7 +283,9 @@ def test_marketplace_copy_that_no_longer_loads_blocks_the_rest_of_the_chain(sync
     assert {e.step_key for e in result.all_events if e.is_step_failure} == {"marketplace__imports"}
     assert "DagsterAssetCheckFailedError" in step_failure_message(result)
     downstream = {"external_storage__import_summary", "marketplace__registered_models"}
-    assert downstream <= {node.name for node in deployment.defs.resolve_job_def("marketplace_sync_job").graph.nodes}
+    assert downstream <= {
+        node.name for node in deployment.defs.resolve_job_def("marketplace_sync_job").graph.nodes
+    }
     assert not downstream & {e.step_key for e in result.all_events if e.is_step_start}
     materialized = {e.asset_key for e in result.get_asset_materialization_events()}
     assert materialized == {keys.PRODUCTION_MODELS, keys.EXPORTS, keys.EXPORT_SUMMARY, keys.IMPORTS}
@@ -230,10 +296,18 @@ def test_freshness_check_names_each_workspace_not_synced_by_the_deadline(servers
     register_version(servers["ws_a"].uri, f"{uid}_iris", stage="Production")
     deployment = deploy(
         [
-            {"name": ws_a, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-             "include": [f"{uid}_*"]},
-            {"name": ws_b, "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"},
-             "include": [f"{uid}_*"]},
+            {
+                "name": ws_a,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            },
+            {
+                "name": ws_b,
+                "tracking_uri": servers["ws_b"].uri,
+                "production": {"alias": "champion"},
+                "include": [f"{uid}_*"],
+            },
         ],
         freshness={"deadline": "00:00"},  # today's partitions are due all day
     )
@@ -264,14 +338,20 @@ def test_load_check_reloads_only_new_or_changed_copies(synced, servers):
     assert result.success, step_failure_message(result)
     unchanged = evaluations(result)[keys.IMPORT_LOADS_CHECK]
     assert unchanged.passed
-    assert (meta(unchanged)["models_loaded"], meta(unchanged)["models_unchanged_since_verified"]) == (0, 1)
+    assert (
+        meta(unchanged)["models_loaded"],
+        meta(unchanged)["models_unchanged_since_verified"],
+    ) == (0, 1)
 
     # A file added to the copy changes its listing: the check loads it again (and it still passes).
     (_artifact_dir(market, name, "1") / "notes.txt").write_text("added after the import")
     result = deployment.sync(ws)
     assert result.success, step_failure_message(result)
     reloaded = evaluations(result)[keys.IMPORT_LOADS_CHECK]
-    assert (meta(reloaded)["models_loaded"], meta(reloaded)["models_unchanged_since_verified"]) == (1, 0)
+    assert (meta(reloaded)["models_loaded"], meta(reloaded)["models_unchanged_since_verified"]) == (
+        1,
+        0,
+    )
     assert "predicts the same as its export" in meta(reloaded)["details"][f"{name} v1"]
     assert market.get_model_version(name, "1").tags[loading.TAG_VERIFIED] != verified
 
@@ -279,8 +359,12 @@ def test_load_check_reloads_only_new_or_changed_copies(synced, servers):
 def test_export_folders_the_marketplace_did_not_write_are_ignored_and_reported(synced, servers):
     deployment, ws, model = synced
     ours = export_dir(deployment.config.storage_root, ws, model, 1)
-    ghost = export_dir(deployment.config.storage_root, "ghost", model, 1)  # not a configured workspace
-    unrecorded = export_dir(deployment.config.storage_root, ws, model, 7)  # a version no partition exported
+    ghost = export_dir(
+        deployment.config.storage_root, "ghost", model, 1
+    )  # not a configured workspace
+    unrecorded = export_dir(
+        deployment.config.storage_root, ws, model, 7
+    )  # a version no partition exported
     for folder in (ghost, unrecorded):
         shutil.copytree(ours, folder)
 

@@ -15,8 +15,12 @@ def test_concurrent_partition_runs_keep_every_row(servers, deploy, uid, tmp_path
         register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
     deployment = deploy(
         [
-            {"name": w, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-             "include": [f"{uid}_{w}_*"]}
+            {
+                "name": w,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_{w}_*"],
+            }
             for w in WORKSPACES
         ],
         marketplace={"name_template": uid + "-{workspace}.{model}"},
@@ -30,4 +34,6 @@ def test_concurrent_partition_runs_keep_every_row(servers, deploy, uid, tmp_path
         ], table
     market = MlflowClient(servers["marketplace"].uri)
     for w in WORKSPACES:
-        assert market.get_model_version_by_alias(f"{uid}-{w}.{uid}_{w}_m", "production").version == "1"
+        assert (
+            market.get_model_version_by_alias(f"{uid}-{w}.{uid}_{w}_m", "production").version == "1"
+        )

@@ -163,7 +163,9 @@ def test_duplicate_workspace_name_names_the_second_entry(tmp_path):
     assert "'dev01'" in str(error)
 
 
-@pytest.mark.parametrize("uri", ["localhost:5000", "ftp://x", "http://", "127.0.0.1:5001", "http://:5001"])
+@pytest.mark.parametrize(
+    "uri", ["localhost:5000", "ftp://x", "http://", "127.0.0.1:5001", "http://:5001"]
+)
 def test_invalid_workspace_tracking_uri_is_refused(tmp_path, uri):
     data = minimal()
     data["workspaces"][0]["tracking_uri"] = uri
@@ -309,7 +311,9 @@ def test_name_template_without_workspace_is_allowed_with_one_workspace(tmp_path)
 
 def test_start_date_in_the_future_is_refused(tmp_path):
     data = minimal()
-    data["start_date"] = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=30)).isoformat()
+    data["start_date"] = (
+        dt.datetime.now(dt.UTC).date() + dt.timedelta(days=30)
+    ).isoformat()
 
     error, path = load_error(tmp_path, data)
 
@@ -481,7 +485,9 @@ def test_load_config_without_argument_or_variable_loads_the_packaged_default(mon
     assert config.storage_root == str((tmp_path / ".marketplace" / "external").resolve())
     # The repository's marketplace.yaml is a link to it that keeps resolving against the repository.
     assert REPOSITORY_CONFIG.resolve() == PACKAGED_CONFIG
-    assert load_config(REPOSITORY_CONFIG).storage_root == str(REPOSITORY_CONFIG.parent / ".marketplace" / "external")
+    assert load_config(REPOSITORY_CONFIG).storage_root == str(
+        REPOSITORY_CONFIG.parent / ".marketplace" / "external"
+    )
     assert [w.name for w in config.workspaces] == ["dev01", "dev02", "dev03"]
     assert config.workspace("dev02").production.alias == "champion"
     assert config.workspace("dev03").exclude == ["scratch_*"]
@@ -519,8 +525,15 @@ def test_workspace_lookup_of_an_unknown_name_raises_key_error(tmp_path):
 
 
 # Found by the fuzzing in test_config_fuzz.py: crons croniter accepts but Dagster cannot schedule.
-@pytest.mark.parametrize("section, key", [("schedule", "cron"), ("checks", "cron"), ("housekeeping", "cron"),
-                                          ("freshness", "check_cron")])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("schedule", "cron"),
+        ("checks", "cron"),
+        ("housekeeping", "cron"),
+        ("freshness", "check_cron"),
+    ],
+)
 @pytest.mark.parametrize("cron", ["0 2 * * * *", "0 2 30 2 *", "not a cron", "61 * * * *"])
 def test_cron_dagster_cannot_schedule_is_refused(tmp_path, section, key, cron):
     data = minimal()

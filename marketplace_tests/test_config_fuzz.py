@@ -17,11 +17,24 @@ BASE = {
     "start_date": "2026-10-01",
     "source_marker": True,
     "external_storage": {"uri": "external"},
-    "marketplace": {"tracking_uri": "http://127.0.0.1:5000", "name_template": "{workspace}.{model}", "alias": "production"},
+    "marketplace": {
+        "tracking_uri": "http://127.0.0.1:5000",
+        "name_template": "{workspace}.{model}",
+        "alias": "production",
+    },
     "workspaces": [
-        {"name": "dev01", "tracking_uri": "http://127.0.0.1:5001", "production": {"stage": "Production"},
-         "include": ["*"], "exclude": []},
-        {"name": "dev02", "tracking_uri": "http://127.0.0.1:5002", "production": {"alias": "champion"}},
+        {
+            "name": "dev01",
+            "tracking_uri": "http://127.0.0.1:5001",
+            "production": {"stage": "Production"},
+            "include": ["*"],
+            "exclude": [],
+        },
+        {
+            "name": "dev02",
+            "tracking_uri": "http://127.0.0.1:5002",
+            "production": {"alias": "champion"},
+        },
     ],
     "client": {"timeout_seconds": 15, "max_retries": 2, "max_workers": 4},
     "sensor": {"minimum_interval_seconds": 60, "default_status": "stopped", "max_workers": 16},
@@ -29,7 +42,11 @@ BASE = {
     "freshness": {"deadline": "06:00", "check_cron": "0 * * * *"},
     "checks": {"cron": "0 5 * * *"},
     "automation": {"default_status": "running"},
-    "housekeeping": {"cron": "0 4 * * 0", "debris_retention_hours": 24, "vacuum_retention_hours": 168},
+    "housekeeping": {
+        "cron": "0 4 * * 0",
+        "debris_retention_hours": 24,
+        "vacuum_retention_hours": 168,
+    },
 }
 
 # Every key path of BASE (lists by index), so mutations hit real keys as well as made-up ones.
@@ -50,19 +67,46 @@ def _collect(node, prefix: tuple = ()) -> None:
 _collect(BASE)
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
-    st.sampled_from(["", " ", "dev01", "Dev 01", "../x", "{workspace}", "{model}", "{x}", "{", "0 2 * * *",
-                     "61 * * * *", "http://", "s3://bucket/x", "file:///tmp/x", "2026-02-30", "25:00", "*"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "dev01",
+            "Dev 01",
+            "../x",
+            "{workspace}",
+            "{model}",
+            "{x}",
+            "{",
+            "0 2 * * *",
+            "61 * * * *",
+            "http://",
+            "s3://bucket/x",
+            "file:///tmp/x",
+            "2026-02-30",
+            "25:00",
+            "*",
+        ]
+    ),
 )
 values = st.recursive(
-    scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 mutation = st.one_of(
     st.tuples(st.just("set"), st.sampled_from(PATHS), values),
     st.tuples(st.just("delete"), st.sampled_from(PATHS), st.none()),
-    st.tuples(st.just("add"), st.sampled_from([(), *PATHS]), st.tuples(st.text(max_size=12), values)),
+    st.tuples(
+        st.just("add"), st.sampled_from([(), *PATHS]), st.tuples(st.text(max_size=12), values)
+    ),
 )
 
 

@@ -29,33 +29,65 @@ from .databricks_standin import DatabricksStandIn
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
 
-def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(servers, deploy, uid, monkeypatch):
+def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
+    servers, deploy, uid, monkeypatch
+):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     monkeypatch.setenv("DEV01_TOKEN", "dapi-dev01-secret")
     monkeypatch.setenv("MARKET_SP_SECRET", "sp-market-secret")
     monkeypatch.setenv("DATABRICKS_TOKEN", "a-global-token-that-would-win")  # cleared by the run
-    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret") as source, \
-            DatabricksStandIn(servers["marketplace"].uri, auth="oauth-m2m", client_id="market-sp",
-                              client_secret="sp-market-secret") as market:
+    with (
+        DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret") as source,
+        DatabricksStandIn(
+            servers["marketplace"].uri,
+            auth="oauth-m2m",
+            client_id="market-sp",
+            client_secret="sp-market-secret",
+        ) as market,
+    ):
         deployment = deploy(
-            [{"name": "dev01", "databricks": {"host": source.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
-              "production": {"stage": "Production"}, "include": [f"{uid}_*"]}],
-            marketplace={"tracking_uri": None, "databricks": {"host": market.host, "auth": "oauth-m2m", "client_id": "market-sp",
-                                        "secret_env": "MARKET_SP_SECRET"}},
+            [
+                {
+                    "name": "dev01",
+                    "databricks": {"host": source.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                }
+            ],
+            marketplace={
+                "tracking_uri": None,
+                "databricks": {
+                    "host": market.host,
+                    "auth": "oauth-m2m",
+                    "client_id": "market-sp",
+                    "secret_env": "MARKET_SP_SECRET",
+                },
+            },
         )
         result = deployment.sync("dev01")
-        promoted = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
+        promoted = MlflowClient(servers["marketplace"].uri).search_model_versions(
+            f"name='dev01.{uid}_m'"
+        )
         # Retired in the source: on a stages-only registry the copy leaves Production for Archived.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            MlflowClient(servers["ws_a"].uri).transition_model_version_stage(f"{uid}_m", "1", "Archived")
+            MlflowClient(servers["ws_a"].uri).transition_model_version_stage(
+                f"{uid}_m", "1", "Archived"
+            )
         retired = deployment.sync("dev01")
     assert result.success, step_failure_message(result)
     assert retired.success, step_failure_message(retired)
     assert materializations(retired, keys.REGISTRATION)["retired"] == 1
-    (archived,) = MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='dev01.{uid}_m'")
+    (archived,) = MlflowClient(servers["marketplace"].uri).search_model_versions(
+        f"name='dev01.{uid}_m'"
+    )
     assert archived.current_stage == "Archived"
-    assert MlflowClient(servers["marketplace"].uri).get_registered_model(f"dev01.{uid}_m").tags["marketplace.status"] == "retired"
+    assert (
+        MlflowClient(servers["marketplace"].uri)
+        .get_registered_model(f"dev01.{uid}_m")
+        .tags["marketplace.status"]
+        == "retired"
+    )
     assert source.api_calls > 0 and market.api_calls > 0
     # mlflow-export-import probes once per process whether it talks to Databricks, with a client
     # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (docs/databricks.md).
@@ -72,62 +104,151 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
     assert "dapi-dev01-secret" not in events and "sp-market-secret" not in events
 
 
-BASE = {"external_storage": {"uri": "x"}, "workspaces": [
-    {"name": "dev01", "tracking_uri": "http://127.0.0.1:5001", "production": {"stage": "Production"}}]}
+BASE = {
+    "external_storage": {"uri": "x"},
+    "workspaces": [
+        {
+            "name": "dev01",
+            "tracking_uri": "http://127.0.0.1:5001",
+            "production": {"stage": "Production"},
+        }
+    ],
+}
 
 
 def _config(marketplace: dict, workspaces: list | None = None):
-    return parse_config({**BASE, "marketplace": marketplace, **({"workspaces": workspaces} if workspaces else {})},
-                        "marketplace.yaml")
+    return parse_config(
+        {**BASE, "marketplace": marketplace, **({"workspaces": workspaces} if workspaces else {})},
+        "marketplace.yaml",
+    )
 
 
 def _dbx(**extra) -> dict:
-    return {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "TOKEN_VAR", **extra}
+    return {
+        "host": "https://adb-1.2.azuredatabricks.net",
+        "auth": "pat",
+        "secret_env": "TOKEN_VAR",
+        **extra,
+    }
 
 
 def test_databricks_blocks_become_profile_uris():
     config = _config(
-        {"databricks": _dbx(auth="oauth-m2m", client_id="sp", unity_catalog=True),
-         "name_template": "marketplace.{workspace}.{model}"},
-        [{"name": "dev01", "databricks": _dbx(unity_catalog=True), "production": {"alias": "champion"}},
-         {"name": "dev02", "databricks": _dbx(auth="azure-client-secret", azure_client_id="a", azure_tenant_id="t"),
-          "production": {"stage": "Production"}}],
+        {
+            "databricks": _dbx(auth="oauth-m2m", client_id="sp", unity_catalog=True),
+            "name_template": "marketplace.{workspace}.{model}",
+        },
+        [
+            {
+                "name": "dev01",
+                "databricks": _dbx(unity_catalog=True),
+                "production": {"alias": "champion"},
+            },
+            {
+                "name": "dev02",
+                "databricks": _dbx(
+                    auth="azure-client-secret", azure_client_id="a", azure_tenant_id="t"
+                ),
+                "production": {"stage": "Production"},
+            },
+        ],
     )
     assert (config.marketplace.tracking_uri, config.marketplace.registry_uri) == (
-        "databricks://marketplace-registry", "databricks-uc://marketplace-registry")
+        "databricks://marketplace-registry",
+        "databricks-uc://marketplace-registry",
+    )
     assert config.workspaces[0].registry_uri == "databricks-uc://marketplace-ws-dev01"
-    assert config.workspaces[1].tracking_uri == config.workspaces[1].registry_uri == "databricks://marketplace-ws-dev02"
+    assert (
+        config.workspaces[1].tracking_uri
+        == config.workspaces[1].registry_uri
+        == "databricks://marketplace-ws-dev02"
+    )
 
 
 @pytest.mark.parametrize(
     "marketplace, workspaces, key, says",
     [
-        ({"databricks": _dbx(unity_catalog=True)}, None, "marketplace.name_template", "three levels"),
-        ({"databricks": _dbx(unity_catalog=True), "name_template": "cat.{model}.{workspace}"}, None,
-         "marketplace.name_template", "last (model) level"),
-        ({"databricks": _dbx(unity_catalog=True), "name_template": "my cat.{workspace}.{model}"}, None,
-         "marketplace.name_template", "three levels"),
+        (
+            {"databricks": _dbx(unity_catalog=True)},
+            None,
+            "marketplace.name_template",
+            "three levels",
+        ),
+        (
+            {"databricks": _dbx(unity_catalog=True), "name_template": "cat.{model}.{workspace}"},
+            None,
+            "marketplace.name_template",
+            "last (model) level",
+        ),
+        (
+            {"databricks": _dbx(unity_catalog=True), "name_template": "my cat.{workspace}.{model}"},
+            None,
+            "marketplace.name_template",
+            "three levels",
+        ),
         ({"databricks": _dbx(auth="oauth-m2m")}, None, "marketplace", "needs client_id"),
-        ({"databricks": _dbx(auth="azure-client-secret", azure_client_id="a")}, None, "marketplace",
-         "needs azure_tenant_id"),
+        (
+            {"databricks": _dbx(auth="azure-client-secret", azure_client_id="a")},
+            None,
+            "marketplace",
+            "needs azure_tenant_id",
+        ),
         ({"databricks": _dbx(client_id="x")}, None, "marketplace", "not used with auth 'pat'"),
-        ({"databricks": _dbx(secret_env="not a name")}, None, "marketplace.databricks.secret_env", "pattern"),
-        ({"databricks": _dbx(host="adb-1.azuredatabricks.net")}, None, "marketplace.databricks.host",
-         "workspace URL"),
-        ({"databricks": _dbx(host="https://user:pw@adb-1.azuredatabricks.net")}, None,
-         "marketplace.databricks.host", "must not carry credentials"),
-        ({"databricks": _dbx(host="http://adb-1.azuredatabricks.net")}, None, "marketplace.databricks.host",
-         "clear text"),
-        ({"databricks": _dbx(secret_env="DATABRICKS_TOKEN")}, None, "marketplace.databricks.secret_env",
-         "a variable of its own"),
+        (
+            {"databricks": _dbx(secret_env="not a name")},
+            None,
+            "marketplace.databricks.secret_env",
+            "pattern",
+        ),
+        (
+            {"databricks": _dbx(host="adb-1.azuredatabricks.net")},
+            None,
+            "marketplace.databricks.host",
+            "workspace URL",
+        ),
+        (
+            {"databricks": _dbx(host="https://user:pw@adb-1.azuredatabricks.net")},
+            None,
+            "marketplace.databricks.host",
+            "must not carry credentials",
+        ),
+        (
+            {"databricks": _dbx(host="http://adb-1.azuredatabricks.net")},
+            None,
+            "marketplace.databricks.host",
+            "clear text",
+        ),
+        (
+            {"databricks": _dbx(secret_env="DATABRICKS_TOKEN")},
+            None,
+            "marketplace.databricks.secret_env",
+            "a variable of its own",
+        ),
         ({"tracking_uri": "http://x:1", "databricks": _dbx()}, None, "marketplace", "not both"),
-        ({"name_template": "{workspace}.{model}"}, None, "marketplace.tracking_uri", "or give a databricks block"),
-        ({"tracking_uri": "http://x:1"},
-         [{"name": "dev01", "databricks": _dbx(unity_catalog=True), "production": {"stage": "Production"}}],
-         "workspaces[0] (dev01)", "no stages"),
-        ({"tracking_uri": "http://x:1"},
-         [{"name": "dev01", "databricks": _dbx(), "production": {"alias": "champion"}}],
-         "workspaces[0] (dev01)", "refuses aliases"),
+        (
+            {"name_template": "{workspace}.{model}"},
+            None,
+            "marketplace.tracking_uri",
+            "or give a databricks block",
+        ),
+        (
+            {"tracking_uri": "http://x:1"},
+            [
+                {
+                    "name": "dev01",
+                    "databricks": _dbx(unity_catalog=True),
+                    "production": {"stage": "Production"},
+                }
+            ],
+            "workspaces[0] (dev01)",
+            "no stages",
+        ),
+        (
+            {"tracking_uri": "http://x:1"},
+            [{"name": "dev01", "databricks": _dbx(), "production": {"alias": "champion"}}],
+            "workspaces[0] (dev01)",
+            "refuses aliases",
+        ),
     ],
 )
 def test_wrong_databricks_settings_name_the_key(marketplace, workspaces, key, says):
@@ -138,7 +259,13 @@ def test_wrong_databricks_settings_name_the_key(marketplace, workspaces, key, sa
 
 def _settings(monkeypatch, tmp_path, **extra) -> DatabricksConnection:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    fields = {"host": "https://adb-1.net", "auth": "oauth-m2m", "client_id": "sp", "secret_env": "DEV01_SECRET", **extra}
+    fields = {
+        "host": "https://adb-1.net",
+        "auth": "oauth-m2m",
+        "client_id": "sp",
+        "secret_env": "DEV01_SECRET",
+        **extra,
+    }
     return DatabricksConnection(**fields)
 
 
@@ -151,11 +278,17 @@ def test_profile_file_is_private_and_holds_each_workspace_credentials(monkeypatc
     monkeypatch.setenv("DATABRICKS_HOST", "https://somewhere-else")
     monkeypatch.setenv("DEV02_TOKEN", "dapi-dev02")
     databricks.ensure_profile("workspace dev01", "databricks://marketplace-ws-dev01", settings)
-    databricks.ensure_profile("workspace dev02", "databricks://marketplace-ws-dev02",
-                              settings.model_copy(update={"auth": "pat", "client_id": None, "secret_env": "DEV02_TOKEN"}))
+    databricks.ensure_profile(
+        "workspace dev02",
+        "databricks://marketplace-ws-dev02",
+        settings.model_copy(update={"auth": "pat", "client_id": None, "secret_env": "DEV02_TOKEN"}),
+    )
     path = Path(os.environ[databricks.CONFIG_FILE_ENV])
     assert path.is_relative_to(tmp_path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert (
+        stat.S_IMODE(path.stat().st_mode) == 0o600
+        and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    )
     text = path.read_text()
     assert "[marketplace-ws-dev01]" in text and "auth_type = oauth-m2m" in text
     assert "client_secret = s3cr3t-dev01" in text and "client_id = sp" in text
@@ -163,15 +296,29 @@ def test_profile_file_is_private_and_holds_each_workspace_credentials(monkeypatc
     assert "DATABRICKS_HOST" not in os.environ  # it would override every profile's host
 
 
-def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(monkeypatch, tmp_path, deploy):
+def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(
+    monkeypatch, tmp_path, deploy
+):
     monkeypatch.delenv("DEV01_SECRET", raising=False)
     with pytest.raises(databricks.DatabricksCredentialError) as raised:
-        databricks.ensure_profile("workspace dev01", "databricks://marketplace-ws-dev01", _settings(monkeypatch, tmp_path))
+        databricks.ensure_profile(
+            "workspace dev01", "databricks://marketplace-ws-dev01", _settings(monkeypatch, tmp_path)
+        )
     assert str(raised.value).startswith("workspace dev01: the environment variable DEV01_SECRET")
 
-    deployment = deploy([{"name": "dev01", "databricks": {"host": "https://adb-1.net", "auth": "pat",
-                                                          "secret_env": "DEV01_SECRET"},
-                          "production": {"stage": "Production"}}])
+    deployment = deploy(
+        [
+            {
+                "name": "dev01",
+                "databricks": {
+                    "host": "https://adb-1.net",
+                    "auth": "pat",
+                    "secret_env": "DEV01_SECRET",
+                },
+                "production": {"stage": "Production"},
+            }
+        ]
+    )
     result = deployment.sync("dev01")
     assert not result.success
     assert "workspace dev01: the environment variable DEV01_SECRET" in step_failure_message(result)
@@ -179,15 +326,22 @@ def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(m
 
 def test_unity_catalog_names_are_valid_distinct_and_traceable():
     template = "marketplace.{workspace}.{model}"
-    assert render_name(template, "dev01", "churn_model", unity_catalog=True) == "marketplace.dev01.churn_model"
-    odd = [render_name(template, "dev01", name, unity_catalog=True)
-           for name in ("Churn Model", "churn model", "churn.model", "Ünïcode", "L" * 300)]
+    assert (
+        render_name(template, "dev01", "churn_model", unity_catalog=True)
+        == "marketplace.dev01.churn_model"
+    )
+    odd = [
+        render_name(template, "dev01", name, unity_catalog=True)
+        for name in ("Churn Model", "churn model", "churn.model", "Ünïcode", "L" * 300)
+    ]
     for name in odd:
         catalog, schema, model = name.split(".")
         assert len(model) <= UC_NAME_LIMIT and model == model.lower()
         assert all(c.isalnum() and c.isascii() or c in "_-" for c in model), name
     assert len(set(odd)) == len(odd)  # cleaned names never meet: each keeps a hash of its original
-    assert render_name(template, "dev01", "churn model", unity_catalog=True).startswith("marketplace.dev01.churn_model_")
+    assert render_name(template, "dev01", "churn model", unity_catalog=True).startswith(
+        "marketplace.dev01.churn_model_"
+    )
 
 
 class _UnityCatalogSearchResult:
@@ -205,4 +359,6 @@ class _UnityCatalogSearchResult:
 def test_unity_catalog_search_results_without_tags_or_aliases_are_read_again():
     assert searched(_UnityCatalogSearchResult(), "tags") == {}
     assert searched(_UnityCatalogSearchResult(), "aliases") == {}
-    assert searched(ModelVersion("m", "1", 0, tags=[ModelVersionTag("k", "v")]), "tags") == {"k": "v"}
+    assert searched(ModelVersion("m", "1", 0, tags=[ModelVersionTag("k", "v")]), "tags") == {
+        "k": "v"
+    }

@@ -29,10 +29,18 @@ from .support import table_rows
 
 WHEEL = "/Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl"
 VOLUME = "/Volumes/main/marketplace/pipes"
-SECRET_ENV = {CLOUD_KEYS["id"]: "{{secrets/marketplace/s3-key-id}}",
-              CLOUD_KEYS["secret"]: "{{secrets/marketplace/s3-secret}}"}
+SECRET_ENV = {
+    CLOUD_KEYS["id"]: "{{secrets/marketplace/s3-key-id}}",
+    CLOUD_KEYS["secret"]: "{{secrets/marketplace/s3-secret}}",
+}
 COMPUTE = {
-    "new_cluster": {"new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 0}},
+    "new_cluster": {
+        "new_cluster": {
+            "spark_version": "15.4.x-scala2.12",
+            "node_type_id": "i3.xlarge",
+            "num_workers": 0,
+        }
+    },
     "serverless": {"serverless": True},
 }
 
@@ -53,23 +61,53 @@ def s3_storage(emulators, uid, monkeypatch) -> dict:
 
 
 @pytest.mark.parametrize("compute", sorted(COMPUTE))
-def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, deploy, uid, s3_storage, tmp_path):
+def test_the_export_runs_as_a_databricks_job_and_reports_back(
+    compute, servers, deploy, uid, s3_storage, tmp_path
+):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production", description="before")
     secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET}
-    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
-                           volumes_root=tmp_path / "workspace", secrets_store=secrets_store,
-                           cluster_env={"AWS_EC2_METADATA_DISABLED": "true"}) as workspace:
-        export = {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "env": SECRET_ENV,
-                  "poll_interval_seconds": 0.2, **COMPUTE[compute]}
+    with DatabricksStandIn(
+        servers["ws_a"].uri,
+        auth="pat",
+        token="dapi-dev01-secret",
+        volumes_root=tmp_path / "workspace",
+        secrets_store=secrets_store,
+        cluster_env={"AWS_EC2_METADATA_DISABLED": "true"},
+    ) as workspace:
+        export = {
+            "engine": "databricks",
+            "wheel": WHEEL,
+            "volume_path": VOLUME,
+            "env": SECRET_ENV,
+            "poll_interval_seconds": 0.2,
+            **COMPUTE[compute],
+        }
         deployment = deploy(
-            [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
-              "production": {"stage": "Production"}, "include": [f"{uid}_*"], "export": export}],
+            [
+                {
+                    "name": "dev01",
+                    "databricks": {
+                        "host": workspace.host,
+                        "auth": "pat",
+                        "secret_env": "DEV01_TOKEN",
+                    },
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                    "export": export,
+                }
+            ],
             external_storage=s3_storage,
             marketplace={"name_template": uid + ".{workspace}.{model}"},
         )
         result = deployment.sync("dev01")
-        assert result.success, step_failure_message(result) + "\n" + "\n".join(
-            run["log"].read_text(errors="replace")[-3000:] for run in workspace.jobs.runs.values())
+        assert result.success, (
+            step_failure_message(result)
+            + "\n"
+            + "\n".join(
+                run["log"].read_text(errors="replace")[-3000:]
+                for run in workspace.jobs.runs.values()
+            )
+        )
 
     exported = materializations(result, keys.EXPORTS)
     assert exported["engines"] == ["databricks"]
@@ -103,35 +141,80 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(compute, servers, 
     storage = configured_storage(deployment.config)
     (row,) = table_rows(deployment, "export_summary")
     version = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_m", "1")
-    assert (row["workspace"], row["model_name"], row["version"], row["run_id"]) == ("dev01", f"{uid}_m", 1, version.run_id)
-    assert row["export_path"] == storage.location(export_key("dev01", f"{uid}_m", 1)) and row["file_count"] > 3
+    assert (row["workspace"], row["model_name"], row["version"], row["run_id"]) == (
+        "dev01",
+        f"{uid}_m",
+        1,
+        version.run_id,
+    )
+    assert (
+        row["export_path"] == storage.location(export_key("dev01", f"{uid}_m", 1))
+        and row["file_count"] > 3
+    )
     assert version.description.startswith("Exported Already On ")  # the job wrote the marker
     assert materializations(result, keys.IMPORTS)["imported"] == 1
 
 
-def test_the_job_signs_the_export_with_a_key_read_from_a_secret(servers, deploy, uid, s3_storage, tmp_path, monkeypatch):
+def test_the_job_signs_the_export_with_a_key_read_from_a_secret(
+    servers, deploy, uid, s3_storage, tmp_path, monkeypatch
+):
     private, public = generate_key_pair()
     (tmp_path / "dev01.pub.pem").write_text(public)
-    monkeypatch.delenv("DEV01_SIGNING_KEY", raising=False)  # only the workspace's secret scope holds it
+    monkeypatch.delenv(
+        "DEV01_SIGNING_KEY", raising=False
+    )  # only the workspace's secret scope holds it
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET,
-                     "marketplace/dev01-signing-key": private}
-    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
-                           volumes_root=tmp_path / "workspace", secrets_store=secrets_store,
-                           cluster_env={"AWS_EC2_METADATA_DISABLED": "true"}) as workspace:
-        export = {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "poll_interval_seconds": 0.2,
-                  "serverless": True,
-                  "env": {**SECRET_ENV, "DEV01_SIGNING_KEY": "{{secrets/marketplace/dev01-signing-key}}"}}
+    secrets_store = {
+        "marketplace/s3-key-id": S3_KEY_ID,
+        "marketplace/s3-secret": S3_SECRET,
+        "marketplace/dev01-signing-key": private,
+    }
+    with DatabricksStandIn(
+        servers["ws_a"].uri,
+        auth="pat",
+        token="dapi-dev01-secret",
+        volumes_root=tmp_path / "workspace",
+        secrets_store=secrets_store,
+        cluster_env={"AWS_EC2_METADATA_DISABLED": "true"},
+    ) as workspace:
+        export = {
+            "engine": "databricks",
+            "wheel": WHEEL,
+            "volume_path": VOLUME,
+            "poll_interval_seconds": 0.2,
+            "serverless": True,
+            "env": {**SECRET_ENV, "DEV01_SIGNING_KEY": "{{secrets/marketplace/dev01-signing-key}}"},
+        }
         deployment = deploy(
-            [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
-              "production": {"stage": "Production"}, "include": [f"{uid}_*"], "export": export,
-              "signing": {"private_key_env": "DEV01_SIGNING_KEY", "public_key": "dev01.pub.pem"}}],
+            [
+                {
+                    "name": "dev01",
+                    "databricks": {
+                        "host": workspace.host,
+                        "auth": "pat",
+                        "secret_env": "DEV01_TOKEN",
+                    },
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                    "export": export,
+                    "signing": {
+                        "private_key_env": "DEV01_SIGNING_KEY",
+                        "public_key": "dev01.pub.pem",
+                    },
+                }
+            ],
             external_storage=s3_storage,
             marketplace={"name_template": uid + ".{workspace}.{model}"},
         )
         result = deployment.sync("dev01")
-        assert result.success, step_failure_message(result) + "\n" + "\n".join(
-            run["log"].read_text(errors="replace")[-3000:] for run in workspace.jobs.runs.values())
+        assert result.success, (
+            step_failure_message(result)
+            + "\n"
+            + "\n".join(
+                run["log"].read_text(errors="replace")[-3000:]
+                for run in workspace.jobs.runs.values()
+            )
+        )
 
     # Serverless: the job read the key through the secrets API itself; the spec holds only its reference.
     assert "marketplace/dev01-signing-key" in workspace.jobs.secrets_read
@@ -140,20 +223,45 @@ def test_the_job_signs_the_export_with_a_key_read_from_a_secret(servers, deploy,
     with storage.local_tree(export_key("dev01", f"{uid}_m", 1)) as local:
         verify_export_signature(local, public)
     assert materializations(result, keys.IMPORTS)["imported"] == 1
-    assert MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"{uid}.dev01.{uid}_m", "production")
+    assert MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(
+        f"{uid}.dev01.{uid}_m", "production"
+    )
 
 
-def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, uid, s3_storage, tmp_path):
+def test_a_job_that_fails_fails_the_partition_with_its_state(
+    servers, deploy, uid, s3_storage, tmp_path
+):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     # The workspace's secret scope lacks the storage secret: the serverless job cannot read it.
-    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi-dev01-secret",
-                           volumes_root=tmp_path / "workspace", secrets_store={"marketplace/s3-key-id": S3_KEY_ID},
-                           cluster_env={"AWS_EC2_METADATA_DISABLED": "true"}) as workspace:
+    with DatabricksStandIn(
+        servers["ws_a"].uri,
+        auth="pat",
+        token="dapi-dev01-secret",
+        volumes_root=tmp_path / "workspace",
+        secrets_store={"marketplace/s3-key-id": S3_KEY_ID},
+        cluster_env={"AWS_EC2_METADATA_DISABLED": "true"},
+    ) as workspace:
         deployment = deploy(
-            [{"name": "dev01", "databricks": {"host": workspace.host, "auth": "pat", "secret_env": "DEV01_TOKEN"},
-              "production": {"stage": "Production"}, "include": [f"{uid}_*"],
-              "export": {"engine": "databricks", "wheel": WHEEL, "volume_path": VOLUME, "env": SECRET_ENV,
-                         "poll_interval_seconds": 0.2, "serverless": True}}],
+            [
+                {
+                    "name": "dev01",
+                    "databricks": {
+                        "host": workspace.host,
+                        "auth": "pat",
+                        "secret_env": "DEV01_TOKEN",
+                    },
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                    "export": {
+                        "engine": "databricks",
+                        "wheel": WHEEL,
+                        "volume_path": VOLUME,
+                        "env": SECRET_ENV,
+                        "poll_interval_seconds": 0.2,
+                        "serverless": True,
+                    },
+                }
+            ],
             external_storage=s3_storage,
         )
         result = deployment.sync("dev01")
@@ -161,39 +269,76 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(servers, deploy, ui
         job_log = run["log"].read_text(errors="replace")
     assert not result.success
     message = step_failure_message(result)
-    assert f"workspace dev01 (databricks://marketplace-ws-dev01) {uid}_m v1: the export job failed" in message
+    assert (
+        f"workspace dev01 (databricks://marketplace-ws-dev01) {uid}_m v1: the export job failed"
+        in message
+    )
     assert "the task exited with 1" in message
     assert "no such secret" in job_log or "RESOURCE_DOES_NOT_EXIST" in job_log
     assert table_rows(deployment, "export_summary") == []
 
 
 def test_job_specs_for_each_kind_of_compute():
-    existing, _ = databricks_task("dev-01", ExportEngineConfig(engine="databricks", wheel=WHEEL, existing_cluster_id="0101-abc",
-                                                         libraries=["scikit-learn==1.5.2"]))
-    assert existing.task_key == "marketplace_export_dev_01" and existing.existing_cluster_id == "0101-abc"
-    assert [lib.as_dict() for lib in existing.libraries] == [{"whl": WHEEL}, {"pypi": {"package": "scikit-learn==1.5.2"}}]
+    existing, _ = databricks_task(
+        "dev-01",
+        ExportEngineConfig(
+            engine="databricks",
+            wheel=WHEEL,
+            existing_cluster_id="0101-abc",
+            libraries=["scikit-learn==1.5.2"],
+        ),
+    )
+    assert (
+        existing.task_key == "marketplace_export_dev_01"
+        and existing.existing_cluster_id == "0101-abc"
+    )
+    assert [lib.as_dict() for lib in existing.libraries] == [
+        {"whl": WHEEL},
+        {"pypi": {"package": "scikit-learn==1.5.2"}},
+    ]
     assert existing.python_wheel_task.parameters == ["--transport", "dbfs"]  # no volume: DBFS
-    cluster, submit = databricks_task("dev01", ExportEngineConfig(
-        engine="databricks", wheel=WHEEL, new_cluster={"spark_version": "15.4.x", "spark_env_vars": {"A": "1"}},
-        env={"B": "{{secrets/s/k}}"}, volume_path=VOLUME, timeout_seconds=600))
+    cluster, submit = databricks_task(
+        "dev01",
+        ExportEngineConfig(
+            engine="databricks",
+            wheel=WHEEL,
+            new_cluster={"spark_version": "15.4.x", "spark_env_vars": {"A": "1"}},
+            env={"B": "{{secrets/s/k}}"},
+            volume_path=VOLUME,
+            timeout_seconds=600,
+        ),
+    )
     assert cluster.new_cluster.spark_env_vars == {"A": "1", "B": "{{secrets/s/k}}"}
     assert submit["timeout_seconds"] == 600 and cluster.timeout_seconds == 600
 
 
 BASE = {"marketplace": {"tracking_uri": "http://127.0.0.1:5000"}}
 DBX = {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "DEV01_TOKEN"}
-S3_STORAGE = {"uri": "s3://bucket-a/mp", "s3": {"region": "eu-west-1", "access_key_id_env": "K_ID",
-                                                "secret_access_key_env": "K_SECRET"}}
+S3_STORAGE = {
+    "uri": "s3://bucket-a/mp",
+    "s3": {"region": "eu-west-1", "access_key_id_env": "K_ID", "secret_access_key_env": "K_SECRET"},
+}
 
 
 def _config(export: dict, *, storage=S3_STORAGE, connection=DBX):
-    workspace = {"name": "dev01", "production": {"stage": "Production"}, "export": export,
-                 **({"databricks": connection} if connection else {"tracking_uri": "http://127.0.0.1:5001"})}
-    return parse_config({**BASE, "external_storage": storage, "workspaces": [workspace]}, "deploy.yaml")
+    workspace = {
+        "name": "dev01",
+        "production": {"stage": "Production"},
+        "export": export,
+        **({"databricks": connection} if connection else {"tracking_uri": "http://127.0.0.1:5001"}),
+    }
+    return parse_config(
+        {**BASE, "external_storage": storage, "workspaces": [workspace]}, "deploy.yaml"
+    )
 
 
-GOOD = {"engine": "databricks", "wheel": WHEEL, "serverless": True, "volume_path": VOLUME,
-        "env": {"K_ID": "{{secrets/mp/id}}", "K_SECRET": "{{secrets/mp/secret}}"}}
+GOOD = {
+    "engine": "databricks",
+    "wheel": WHEEL,
+    "serverless": True,
+    "volume_path": VOLUME,
+    "env": {"K_ID": "{{secrets/mp/id}}", "K_SECRET": "{{secrets/mp/secret}}"},
+}
 
 
 def test_a_complete_databricks_engine_configuration_loads():
@@ -201,37 +346,93 @@ def test_a_complete_databricks_engine_configuration_loads():
     assert engine.engine == "databricks" and engine.serverless and engine.volume_path == VOLUME
 
 
-@pytest.mark.parametrize("change, storage, connection, key, says", [
-    ({"wheel": None}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "needs wheel"),
-    ({"serverless": False}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "exactly one of"),
-    ({"existing_cluster_id": "0101"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "exactly one of"),
-    ({"volume_path": None}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "set volume_path"),
-    ({"volume_path": "/tmp/pipes"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.volume_path", "volume path"),
-    ({"env": {"K_ID": "AKIA-plain-value", "K_SECRET": "{{secrets/mp/secret}}"}}, S3_STORAGE, DBX,
-     "workspaces[0] (dev01).export.env", "secret reference"),
-    ({"env": {"K_ID": "{{secrets/mp/id}}"}}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.env", "K_SECRET"),
-    ({}, {"uri": "external"}, DBX, "workspaces[0] (dev01).export.engine", "cannot write to a local folder"),
-    ({}, S3_STORAGE, None, "workspaces[0] (dev01)", "give the workspace a databricks block"),
-    ({"engine": "subprocess"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "only for engine: databricks"),
-    ({"serverless": False, "new_cluster": {"num_workers": 1}}, S3_STORAGE, DBX, "workspaces[0] (dev01).export",
-     "spark_version"),
-    ({"engine": "spark"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.engine", "in_process"),
-])
+@pytest.mark.parametrize(
+    "change, storage, connection, key, says",
+    [
+        ({"wheel": None}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "needs wheel"),
+        ({"serverless": False}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "exactly one of"),
+        (
+            {"existing_cluster_id": "0101"},
+            S3_STORAGE,
+            DBX,
+            "workspaces[0] (dev01).export",
+            "exactly one of",
+        ),
+        ({"volume_path": None}, S3_STORAGE, DBX, "workspaces[0] (dev01).export", "set volume_path"),
+        (
+            {"volume_path": "/tmp/pipes"},
+            S3_STORAGE,
+            DBX,
+            "workspaces[0] (dev01).export.volume_path",
+            "volume path",
+        ),
+        (
+            {"env": {"K_ID": "AKIA-plain-value", "K_SECRET": "{{secrets/mp/secret}}"}},
+            S3_STORAGE,
+            DBX,
+            "workspaces[0] (dev01).export.env",
+            "secret reference",
+        ),
+        (
+            {"env": {"K_ID": "{{secrets/mp/id}}"}},
+            S3_STORAGE,
+            DBX,
+            "workspaces[0] (dev01).export.env",
+            "K_SECRET",
+        ),
+        (
+            {},
+            {"uri": "external"},
+            DBX,
+            "workspaces[0] (dev01).export.engine",
+            "cannot write to a local folder",
+        ),
+        ({}, S3_STORAGE, None, "workspaces[0] (dev01)", "give the workspace a databricks block"),
+        (
+            {"engine": "subprocess"},
+            S3_STORAGE,
+            DBX,
+            "workspaces[0] (dev01).export",
+            "only for engine: databricks",
+        ),
+        (
+            {"serverless": False, "new_cluster": {"num_workers": 1}},
+            S3_STORAGE,
+            DBX,
+            "workspaces[0] (dev01).export",
+            "spark_version",
+        ),
+        ({"engine": "spark"}, S3_STORAGE, DBX, "workspaces[0] (dev01).export.engine", "in_process"),
+    ],
+)
 def test_wrong_export_engine_settings_name_the_key(change, storage, connection, key, says):
     with pytest.raises(ConfigError) as raised:
         _config({**GOOD, **change}, storage=storage, connection=connection)
     assert raised.value.key == key and says in str(raised.value), str(raised.value)
 
 
-def test_a_missing_job_variable_in_the_dagster_process_fails_before_submitting(deploy, servers, uid, monkeypatch,
-                                                                                tmp_path):
+def test_a_missing_job_variable_in_the_dagster_process_fails_before_submitting(
+    deploy, servers, uid, monkeypatch, tmp_path
+):
     """The run reads the storage credentials itself first: a missing one fails naming it, no job starts."""
     monkeypatch.setenv("DEV01_TOKEN", "dapi")
     monkeypatch.delenv("K_SECRET", raising=False)
     monkeypatch.setenv("K_ID", "x")
-    with DatabricksStandIn(servers["ws_a"].uri, auth="pat", token="dapi", volumes_root=tmp_path) as ws:
-        deployment = deploy([{"name": "dev01", "databricks": {**DBX, "host": ws.host}, "production": {"stage": "Production"},
-                              "include": [f"{uid}_*"], "export": GOOD}], external_storage=S3_STORAGE)
+    with DatabricksStandIn(
+        servers["ws_a"].uri, auth="pat", token="dapi", volumes_root=tmp_path
+    ) as ws:
+        deployment = deploy(
+            [
+                {
+                    "name": "dev01",
+                    "databricks": {**DBX, "host": ws.host},
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                    "export": GOOD,
+                }
+            ],
+            external_storage=S3_STORAGE,
+        )
         result = deployment.sync("dev01", selection=[keys.EXPORTS])
     assert not result.success
     assert "K_SECRET" in step_failure_message(result)

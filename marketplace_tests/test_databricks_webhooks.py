@@ -45,20 +45,40 @@ def source(servers, monkeypatch):
 
 
 def _workspace(standin: DatabricksStandIn, uid: str, **databricks_extra) -> dict:
-    selector = {"alias": "champion"} if databricks_extra.get("unity_catalog") else {"stage": "Production"}
-    return {"name": "dev01", "databricks": {"host": standin.host, "auth": "pat", "secret_env": "DEV01_TOKEN",
-                                            **databricks_extra},
-            "production": selector, "include": [f"{uid}_*"], "webhook": {"secret_env": "DEV01_HOOK_SECRET"}}
+    selector = (
+        {"alias": "champion"} if databricks_extra.get("unity_catalog") else {"stage": "Production"}
+    )
+    return {
+        "name": "dev01",
+        "databricks": {
+            "host": standin.host,
+            "auth": "pat",
+            "secret_env": "DEV01_TOKEN",
+            **databricks_extra,
+        },
+        "production": selector,
+        "include": [f"{uid}_*"],
+        "webhook": {"secret_env": "DEV01_HOOK_SECRET"},
+    }
 
 
 def _ours(standin: DatabricksStandIn) -> list[dict]:
-    return [hook for hook in standin.webhooks.hooks.values() if hook.get("description", "").startswith(WEBHOOK_NAME)]
+    return [
+        hook
+        for hook in standin.webhooks.hooks.values()
+        if hook.get("description", "").startswith(WEBHOOK_NAME)
+    ]
 
 
 def _call(standin: DatabricksStandIn, method: str, path: str, payload: dict) -> dict:
     """The workspace's REST API, as a workspace admin calls it by hand."""
-    answer = requests.request(method, f"{standin.host}{path}", json=payload,
-                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    answer = requests.request(
+        method,
+        f"{standin.host}{path}",
+        json=payload,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     assert answer.ok, answer.text
     return answer.json()
 
@@ -66,7 +86,9 @@ def _call(standin: DatabricksStandIn, method: str, path: str, payload: dict) -> 
 @contextlib.contextmanager
 def _receiver(app, port: int):
     """The real receiver, served by uvicorn on `port` in a thread, as `marketplace-webhooks` serves it."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True, name="receiver")
     thread.start()
     deadline = time.monotonic() + 30
@@ -82,20 +104,39 @@ def _receiver(app, port: int):
 
 def _promote(standin: DatabricksStandIn, model: str, version: str) -> None:
     """The source team moves a version to Production through the workspace's REST API."""
-    _call(standin, "POST", RegistryWebhooks.TRANSITION,
-          {"name": model, "version": version, "stage": "Production", "archive_existing_versions": False})
+    _call(
+        standin,
+        "POST",
+        RegistryWebhooks.TRANSITION,
+        {
+            "name": model,
+            "version": version,
+            "stage": "Production",
+            "archive_existing_versions": False,
+        },
+    )
 
 
 def _observations(instance: dg.DagsterInstance) -> list[dict]:
-    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS), limit=100).records
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS), limit=100
+    ).records
     return [{k: v.value for k, v in r.asset_observation.metadata.items()} for r in records]
 
 
 def test_registering_creates_one_marketplace_webhook_and_a_second_run_updates_it_in_place(
-        source, deploy, uid, monkeypatch):
-    someone_elses = _call(source, "POST", HOOKS + "create", {
-        "events": ["MODEL_VERSION_CREATED"], "description": "Slack notifications",
-        "http_url_spec": {"url": "https://hooks.slack.example/abc", "secret": "theirs"}})["webhook"]
+    source, deploy, uid, monkeypatch
+):
+    someone_elses = _call(
+        source,
+        "POST",
+        HOOKS + "create",
+        {
+            "events": ["MODEL_VERSION_CREATED"],
+            "description": "Slack notifications",
+            "http_url_spec": {"url": "https://hooks.slack.example/abc", "secret": "theirs"},
+        },
+    )["webhook"]
     deployment = deploy([_workspace(source, uid)], webhooks={"url": "https://hooks.example.com"})
     config = deployment.config
 
@@ -104,13 +145,20 @@ def test_registering_creates_one_marketplace_webhook_and_a_second_run_updates_it
     assert (first.action, first.registered) == ("created", True), first.detail
     (hook,) = _ours(source)
     assert hook["id"] == first.webhook_id and hook["description"] == DESCRIPTION
-    assert hook["http_url_spec"] == {"url": "https://hooks.example.com/databricks/dev01", "secret": HOOK_SECRET}
+    assert hook["http_url_spec"] == {
+        "url": "https://hooks.example.com/databricks/dev01",
+        "secret": HOOK_SECRET,
+    }
     assert set(hook["events"]) == set(DATABRICKS_EVENTS) and hook["status"] == "ACTIVE"
     assert "model_name" not in hook  # registry-wide: every model, and every new one
 
     # A second marketplace raced this one and made its own; then the secret is rotated.
-    duplicate = _call(source, "POST", HOOKS + "create", {**{k: hook[k] for k in ("events", "description", "http_url_spec")},
-                                                 "status": "DISABLED"})["webhook"]
+    duplicate = _call(
+        source,
+        "POST",
+        HOOKS + "create",
+        {**{k: hook[k] for k in ("events", "description", "http_url_spec")}, "status": "DISABLED"},
+    )["webhook"]
     monkeypatch.setenv("DEV01_HOOK_SECRET", "hook-secret-two")
     (second,) = register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
 
@@ -118,7 +166,9 @@ def test_registering_creates_one_marketplace_webhook_and_a_second_run_updates_it
     (hook,) = _ours(source)
     assert hook["id"] == first.webhook_id and duplicate["id"] not in source.webhooks.hooks
     assert hook["http_url_spec"]["secret"] == "hook-secret-two" and hook["status"] == "ACTIVE"
-    assert source.webhooks.hooks[someone_elses["id"]]["http_url_spec"]["secret"] == "theirs"  # left alone
+    assert (
+        source.webhooks.hooks[someone_elses["id"]]["http_url_spec"]["secret"] == "theirs"
+    )  # left alone
     assert len(source.webhooks.hooks) == 2
     assert source.refused == []
 
@@ -132,14 +182,29 @@ def test_inspect_reports_missing_registered_and_wrong(source, deploy, uid):
 
     (created,) = register_webhooks([workspace], base_url, os.environ)
     registered = inspect_webhook(workspace, base_url)
-    assert (registered.action, registered.webhook_id, registered.detail) == ("registered", created.webhook_id, "")
+    assert (registered.action, registered.webhook_id, registered.detail) == (
+        "registered",
+        created.webhook_id,
+        "",
+    )
 
     # Someone disables it by hand and drops an event; the receiver moves elsewhere.
-    _call(source, "PATCH", HOOKS + "update", {"id": created.webhook_id, "status": "DISABLED",
-                                      "events": ["MODEL_VERSION_CREATED", "MODEL_VERSION_TAG_SET"]})
+    _call(
+        source,
+        "PATCH",
+        HOOKS + "update",
+        {
+            "id": created.webhook_id,
+            "status": "DISABLED",
+            "events": ["MODEL_VERSION_CREATED", "MODEL_VERSION_TAG_SET"],
+        },
+    )
     wrong = inspect_webhook(workspace, "https://hooks.elsewhere.example.com")
     assert (wrong.action, wrong.webhook_id) == ("wrong", created.webhook_id)
-    assert "it calls https://hooks.example.com/databricks/dev01, not https://hooks.elsewhere.example.com/" in wrong.detail
+    assert (
+        "it calls https://hooks.example.com/databricks/dev01, not https://hooks.elsewhere.example.com/"
+        in wrong.detail
+    )
     assert "it misses MODEL_VERSION_TRANSITIONED_STAGE, REGISTERED_MODEL_CREATED" in wrong.detail
     assert "it is DISABLED" in wrong.detail
 
@@ -168,17 +233,24 @@ def test_a_stage_transition_is_delivered_signed_verified_and_recorded(source, de
     assert delivery["url"] == f"http://127.0.0.1:{port}/databricks/dev01"
     assert delivery["payload"]["from_stage"] == "None"
     (recorded,) = _observations(deployment.instance)
-    assert recorded["event"] == "MODEL_VERSION_TRANSITIONED_STAGE" and recorded["sender"] == "databricks"
+    assert (
+        recorded["event"] == "MODEL_VERSION_TRANSITIONED_STAGE"
+        and recorded["sender"] == "databricks"
+    )
     assert (recorded["model"], recorded["version"], recorded["stage"]) == (model, "1", "Production")
     assert recorded["workspace"] == "dev01"
 
 
-def test_a_delivery_signed_with_another_secret_is_refused_and_nothing_is_recorded(source, deploy, uid):
+def test_a_delivery_signed_with_another_secret_is_refused_and_nothing_is_recorded(
+    source, deploy, uid
+):
     model, port, deployment = _registered(source, deploy, uid)
     config = deployment.config
 
     # The receiver holds a secret the workspace's webhook was not given.
-    with _receiver(build_app(config, deployment.instance, environ={"DEV01_HOOK_SECRET": "not-the-one"}), port):
+    with _receiver(
+        build_app(config, deployment.instance, environ={"DEV01_HOOK_SECRET": "not-the-one"}), port
+    ):
         _promote(source, model, "1")
         (delivery,) = source.webhooks.wait_for_deliveries(1)
 
@@ -197,32 +269,55 @@ def test_a_new_version_created_through_the_workspace_is_delivered(source, deploy
 
     with _receiver(build_app(config, deployment.instance, environ=os.environ), port):
         # A second version of the same logged model (MLflow 3 names it in the source: models:/<model id>).
-        _call(source, "POST", RegistryWebhooks.VERSION_CREATED, {"name": model, "source": first.source,
-              "run_id": first.run_id, "model_id": first.source.removeprefix("models:/")})
+        _call(
+            source,
+            "POST",
+            RegistryWebhooks.VERSION_CREATED,
+            {
+                "name": model,
+                "source": first.source,
+                "run_id": first.run_id,
+                "model_id": first.source.removeprefix("models:/"),
+            },
+        )
         (delivery,) = source.webhooks.wait_for_deliveries(1)
 
     assert delivery["status"] == 200, delivery
     (recorded,) = _observations(deployment.instance)
-    assert (recorded["event"], recorded["model"], recorded["version"]) == ("MODEL_VERSION_CREATED", model, "2")
+    assert (recorded["event"], recorded["model"], recorded["version"]) == (
+        "MODEL_VERSION_CREATED",
+        model,
+        "2",
+    )
 
 
 def test_a_unity_catalog_workspace_is_reported_unsupported_without_a_call(source, deploy, uid):
-    deployment = deploy([_workspace(source, uid, unity_catalog=True)], webhooks={"url": "https://hooks.example.com"})
+    deployment = deploy(
+        [_workspace(source, uid, unity_catalog=True)], webhooks={"url": "https://hooks.example.com"}
+    )
     workspace, base_url = deployment.config.workspaces[0], deployment.config.webhooks.base_url
 
-    states = [*register_webhooks([workspace], base_url, os.environ), inspect_webhook(workspace, base_url)]
+    states = [
+        *register_webhooks([workspace], base_url, os.environ),
+        inspect_webhook(workspace, base_url),
+    ]
 
     assert [s.action for s in states] == ["unsupported", "unsupported"]
     assert all("Unity Catalog has no registry webhooks" in s.detail for s in states)
     assert source.api_calls == 0 and source.webhooks.hooks == {}
 
 
-def test_a_workspace_that_refuses_the_credentials_is_reported_failed_not_raised(source, deploy, uid, monkeypatch):
+def test_a_workspace_that_refuses_the_credentials_is_reported_failed_not_raised(
+    source, deploy, uid, monkeypatch
+):
     monkeypatch.setenv("DEV01_TOKEN", "dapi-a-revoked-token")
     deployment = deploy([_workspace(source, uid)], webhooks={"url": "https://hooks.example.com"})
     workspace, base_url = deployment.config.workspaces[0], deployment.config.webhooks.base_url
 
-    states = [*register_webhooks([workspace], base_url, os.environ), inspect_webhook(workspace, base_url)]
+    states = [
+        *register_webhooks([workspace], base_url, os.environ),
+        inspect_webhook(workspace, base_url),
+    ]
 
     assert [s.action for s in states] == ["failed", "failed"]
     assert all("invalid credentials" in s.detail for s in states), [s.detail for s in states]

@@ -55,26 +55,45 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
         "source_webhooks_registered",
     }
     assert {j.name for j in definitions.resolve_all_job_defs()} >= {
-        "marketplace_sync_job", "marketplace_checks_job", "marketplace_freshness_job", "marketplace_maintenance_job",
+        "marketplace_sync_job",
+        "marketplace_checks_job",
+        "marketplace_freshness_job",
+        "marketplace_maintenance_job",
     }
     sync_checks = {k.name for k in job.asset_layer.asset_graph.asset_check_keys}
-    assert keys.EXPORTS_MATCH_MANIFESTS not in sync_checks and keys.IMPORT_LOADS_CHECK in sync_checks
+    assert (
+        keys.EXPORTS_MATCH_MANIFESTS not in sync_checks and keys.IMPORT_LOADS_CHECK in sync_checks
+    )
     assert {"gate_passed", "approvals_pending"} <= sync_checks  # each sync says what the gate holds
-    assert keys.MARKETPLACE_MATCHES_SOURCES not in sync_checks and keys.EXPORTS_SIGNED_AND_CLEAN not in sync_checks  # it reads every workspace: the checks job's
+    assert (
+        keys.MARKETPLACE_MATCHES_SOURCES not in sync_checks
+        and keys.EXPORTS_SIGNED_AND_CLEAN not in sync_checks
+    )  # it reads every workspace: the checks job's
     assert "source_webhooks_registered" not in sync_checks  # it reads every source too
 
     sensor = definitions.resolve_sensor_def("production_version_sensor")
-    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING  # the embedded default turns it on
+    assert (
+        sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    )  # the embedded default turns it on
     # Evaluated on every loop of the daemon (5 s) for webhook events; every workspace polled every 20 s.
     assert sensor.minimum_interval_seconds < 5
     assert "every workspace polled every 20 s" in sensor.description
-    assert definitions.resolve_sensor_def("marketplace_automation_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert (
+        definitions.resolve_sensor_def("marketplace_automation_sensor").default_status
+        == dg.DefaultSensorStatus.RUNNING
+    )
     schedule = definitions.resolve_schedule_def("daily_marketplace_schedule")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "UTC")
-    for name in ("marketplace_freshness_schedule", "marketplace_checks_schedule", "marketplace_maintenance_schedule"):
+    for name in (
+        "marketplace_freshness_schedule",
+        "marketplace_checks_schedule",
+        "marketplace_maintenance_schedule",
+    ):
         definitions.resolve_schedule_def(name)
     for key in chain:
-        assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(max_partitions_per_run=1)
+        assert graph.get(key).backfill_policy == dg.BackfillPolicy.multi_run(
+            max_partitions_per_run=1
+        )
     for key in chain[1:]:
         assert graph.get(key).automation_condition is not None
     for key in (keys.EXPORT_SUMMARY, keys.IMPORT_SUMMARY, keys.REGISTRATION):
@@ -96,7 +115,11 @@ def test_configuration_is_read_when_definitions_load_not_at_import(tmp_path):
     missing = tmp_path / "nowhere.yaml"
     env = {**os.environ, "MARKETPLACE_CONFIG": str(missing)}
     imported = subprocess.run(
-        [sys.executable, "-c", "import marketplace_dagster.definitions"], env=env, capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-c", "import marketplace_dagster.definitions"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert imported.returncode == 0, imported.stderr
 
@@ -116,7 +139,11 @@ def test_dagster_validates_the_workspace_file(tmp_path):
     env["DAGSTER_HOME"] = str(tmp_path)
     result = subprocess.run(
         [str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -124,18 +151,35 @@ def test_dagster_validates_the_workspace_file(tmp_path):
 def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     deployment = deploy(
-        [{"name": "cli", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}],
+        [
+            {
+                "name": "cli",
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ],
         marketplace={"name_template": "cli-{workspace}.{model}"},
     )
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
-    command = [str(DAGSTER), "asset", "materialize", "-m", "marketplace_dagster.definitions", "--select", "*",
-               "--partition", f"{TODAY.isoformat()}|cli"]
+    command = [
+        str(DAGSTER),
+        "asset",
+        "materialize",
+        "-m",
+        "marketplace_dagster.definitions",
+        "--select",
+        "*",
+        "--partition",
+        f"{TODAY.isoformat()}|cli",
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    version = MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(f"cli-cli.{uid}_m", "production")
+    version = MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(
+        f"cli-cli.{uid}_m", "production"
+    )
     assert version.tags[TAG_SOURCE_VERSION] == "1"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         records = instance.fetch_materializations(keys.REGISTRATION, limit=5).records
@@ -145,12 +189,17 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
 def test_embedded_instance_dequeues_within_a_second_and_keeps_what_a_user_set(tmp_path):
     from harness.local_dagster import ensure_instance
 
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: true\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n")
+    (tmp_path / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: true\nconcurrency:\n  runs:\n    max_concurrent_runs: 3\n"
+    )
     ensure_instance(tmp_path)
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:
         assert instance.run_coordinator.dequeue_interval_seconds == 1
         settings = yaml.safe_load((tmp_path / "dagster.yaml").read_text())
-        assert settings["telemetry"] == {"enabled": True} and settings["concurrency"]["runs"]["max_concurrent_runs"] == 3
+        assert (
+            settings["telemetry"] == {"enabled": True}
+            and settings["concurrency"]["runs"]["max_concurrent_runs"] == 3
+        )
     finally:
         instance.dispose()

@@ -37,7 +37,9 @@ def test_verification_catches_an_export_missing_model_files(servers, uid, tmp_pa
     client = MlflowClient(uri)
     raw = tmp_path / "raw"
     with process_tracking_uri(uri):
-        ok, _ = export_model(f"{uid}_m", str(raw), versions=[str(version.version)], mlflow_client=client)
+        ok, _ = export_model(
+            f"{uid}_m", str(raw), versions=[str(version.version)], mlflow_client=client
+        )
     assert ok is True
     _verify_contents(raw, client, version)  # complete: passes
 
@@ -55,7 +57,12 @@ def test_export_version_writes_a_verifying_manifest(servers, uid, tmp_path):
     register_version(uri, f"{uid}_m", stage="Production")
     version = _production(uri, uid)
     record = export_version(
-        MlflowClient(uri), uri, storage=tmp_path, workspace="w", version=version, export_date=dt.date(2026, 11, 2)
+        MlflowClient(uri),
+        uri,
+        storage=tmp_path,
+        workspace="w",
+        version=version,
+        export_date=dt.date(2026, 11, 2),
     )
     assert record.path == export_dir(tmp_path, "w", f"{uid}_m", version.version)
     manifest = verify_export(record.path)
@@ -71,8 +78,14 @@ def test_failed_export_leaves_nothing_behind(servers, uid, tmp_path):
     version = _production(uri, uid)
     missing = type(version)(**{**version.__dict__, "version": 99})
     with pytest.raises(ExportError, match="99"):
-        export_version(MlflowClient(uri), uri, storage=tmp_path, workspace="w", version=missing,
-                       export_date=dt.date(2026, 11, 2))
+        export_version(
+            MlflowClient(uri),
+            uri,
+            storage=tmp_path,
+            workspace="w",
+            version=missing,
+            export_date=dt.date(2026, 11, 2),
+        )
     folder = export_dir(tmp_path, "w", f"{uid}_m", 99)
     assert not folder.exists()
     assert list(folder.parent.iterdir()) == []  # no staging folder either
@@ -80,7 +93,16 @@ def test_failed_export_leaves_nothing_behind(servers, uid, tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["plain", "with space", " leading", "back\\slash", "ünïcödé", "dots.in.name", "x" * 1000, "%41"],
+    [
+        "plain",
+        "with space",
+        " leading",
+        "back\\slash",
+        "ünïcödé",
+        "dots.in.name",
+        "x" * 1000,
+        "%41",
+    ],
 )
 def test_model_names_become_one_safe_distinct_folder(name, tmp_path):
     component = path_component(name)
@@ -104,9 +126,17 @@ def test_a_quarantine_holds_while_its_findings_block_under_the_policy_of_the_day
 
     storage = LocalStorage(tmp_path)
     key = skip_record_key("dev01", "fraud", 2)
-    finding = Finding("python_model.pkl", "posix.system", "critical", "Use of unsafe operator 'system'")
-    record_quarantine(storage, key, checksum="c1", findings=[finding.to_dict()], reason="quarantined: ...",
-                      day=dt.date(2026, 12, 1))
+    finding = Finding(
+        "python_model.pkl", "posix.system", "critical", "Use of unsafe operator 'system'"
+    )
+    record_quarantine(
+        storage,
+        key,
+        checksum="c1",
+        findings=[finding.to_dict()],
+        reason="quarantined: ...",
+        day=dt.date(2026, 12, 1),
+    )
 
     assert quarantine_of(storage, key)["findings"] == [finding.to_dict()]
     assert quarantine_of(storage, key, "c1", ScanPolicy()) is not None
@@ -115,5 +145,10 @@ def test_a_quarantine_holds_while_its_findings_block_under_the_policy_of_the_day
     assert quarantine_of(storage, key, "c1", ScanPolicy(allow_globals=("posix.system",))) is None
     assert quarantine_of(storage, key, "c1", ScanPolicy(mode="warn")) is None
     assert quarantine_of(storage, key, "c1", ScanPolicy(mode="off")) is None
-    storage.write(key, '{"reason": "quarantined", "quarantined": true, "checksum": "c1", "findings": [{"x": 1}]}')
-    assert quarantine_of(storage, key, "c1", ScanPolicy()) is None  # not a record we wrote: scan again
+    storage.write(
+        key,
+        '{"reason": "quarantined", "quarantined": true, "checksum": "c1", "findings": [{"x": 1}]}',
+    )
+    assert (
+        quarantine_of(storage, key, "c1", ScanPolicy()) is None
+    )  # not a record we wrote: scan again

@@ -17,8 +17,14 @@ def test_transient_server_errors_are_retried_and_the_sync_completes(servers, dep
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     with FaultProxy(servers["ws_a"].uri, fail_first=2, status=503) as proxy:
         deployment = deploy(
-            [{"name": "flaky", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
-              "include": [f"{uid}_*"]}],
+            [
+                {
+                    "name": "flaky",
+                    "tracking_uri": proxy.uri,
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                }
+            ],
             client={"timeout_seconds": 5, "max_retries": 3},
         )
         result = deployment.sync("flaky")
@@ -32,8 +38,14 @@ def test_persistent_server_errors_fail_the_partition_clearly_within_bounds(serve
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     with FaultProxy(servers["ws_a"].uri, fail_first=None, status=500) as proxy:
         deployment = deploy(
-            [{"name": "broken", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
-              "include": [f"{uid}_*"]}],
+            [
+                {
+                    "name": "broken",
+                    "tracking_uri": proxy.uri,
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                }
+            ],
             client={"timeout_seconds": 5, "max_retries": 1},
         )
         result = deployment.sync("broken")
@@ -42,8 +54,12 @@ def test_persistent_server_errors_fail_the_partition_clearly_within_bounds(serve
     assert "broken" in message and proxy.uri in message and "500" in message
     # client.max_retries=1: the first request and one retry, not the library's default seven.
     assert proxy.failed == 2
-    assert MlflowClient(servers["marketplace"].uri).search_registered_models(
-        filter_string=f"name='broken.{uid}_m'") == []
+    assert (
+        MlflowClient(servers["marketplace"].uri).search_registered_models(
+            filter_string=f"name='broken.{uid}_m'"
+        )
+        == []
+    )
 
 
 def test_a_request_that_times_out_is_retried_and_the_sync_completes(servers, deploy, uid):
@@ -51,8 +67,14 @@ def test_a_request_that_times_out_is_retried_and_the_sync_completes(servers, dep
     hold = Hold("GET", "/registered-models/search")  # no answer until the client has given up on it
     with FaultProxy(servers["ws_a"].uri, holds=[hold]) as proxy:
         deployment = deploy(
-            [{"name": "slow", "tracking_uri": proxy.uri, "production": {"stage": "Production"},
-              "include": [f"{uid}_*"]}],
+            [
+                {
+                    "name": "slow",
+                    "tracking_uri": proxy.uri,
+                    "production": {"stage": "Production"},
+                    "include": [f"{uid}_*"],
+                }
+            ],
             client={"timeout_seconds": 2, "max_retries": 2},
         )
 
@@ -71,6 +93,8 @@ def test_a_request_that_times_out_is_retried_and_the_sync_completes(servers, dep
         result = deployment.sync("slow")
         releaser.join(timeout=5)
     searches = [path for _, path in proxy.requests if "/registered-models/search" in path]
-    assert hold.reached.is_set() and len(searches) >= 2  # the held request timed out and was sent again
+    assert (
+        hold.reached.is_set() and len(searches) >= 2
+    )  # the held request timed out and was sent again
     assert result.success, step_failure_message(result)
     assert MlflowClient(servers["marketplace"].uri).get_model_version(f"slow.{uid}_m", "1")

@@ -16,8 +16,13 @@ ALIAS = "marketplace.definitions"
 
 def _loaded_after(code: str) -> set[str]:
     """The top-level packages a fresh interpreter has imported after running `code`."""
-    probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    probe = (
+        code
+        + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -28,7 +33,9 @@ def test_every_domain_module_imports_without_dagster():
     assert len(modules) > 20  # the whole domain, not an empty glob
     loaded = _loaded_after("\n".join(f"import {m}" for m in ["marketplace", *modules]))
     assert "marketplace" in loaded
-    assert not {name for name in loaded if name.startswith("dagster") and name != "dagster_pipes"}, loaded
+    assert not {
+        name for name in loaded if name.startswith("dagster") and name != "dagster_pipes"
+    }, loaded
     assert "marketplace_dagster" not in loaded
 
 
@@ -38,10 +45,18 @@ def test_no_domain_module_names_dagster_in_its_imports():
         if path.stem == "definitions":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            offenders += [f"{path.name}: {n}" for n in names
-                          if n.split(".")[0] in ("dagster", "dagster_databricks", "marketplace_dagster")]
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] in ("dagster", "dagster_databricks", "marketplace_dagster")
+            ]
     assert offenders == []
 
 
@@ -53,16 +68,25 @@ def test_the_export_job_entry_point_imports_only_the_domain_and_dagster_pipes():
 
 def test_the_package_without_extras_installs_no_dagster_orchestrator():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    base = [d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower() for d in project["dependencies"]]
+    base = [
+        d.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()
+        for d in project["dependencies"]
+    ]
     assert "dagster-pipes" in base
     assert not [d for d in base if d.startswith("dagster") and d != "dagster-pipes"], base
     assert {"dagster", "dagster-webserver", "dagster-databricks"} <= {
-        d.split(">")[0].split("<")[0].strip() for d in project["optional-dependencies"]["dagster"]}
+        d.split(">")[0].split("<")[0].strip() for d in project["optional-dependencies"]["dagster"]
+    }
 
 
 def test_the_import_contracts_hold():
     # pyproject.toml's [tool.importlinter]: no Dagster in the domain, and its layers import only downward.
-    done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "2 kept, 0 broken" in done.stdout, done.stdout[-2000:]

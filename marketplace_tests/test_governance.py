@@ -21,8 +21,10 @@ from .driving import Cli
 from .support import poll_all_next, table_rows
 
 ALIAS = "production"
-THRESHOLDS = {"roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
-              "accuracy_score": {"threshold": 0.6, "greater_is_better": True}}
+THRESHOLDS = {
+    "roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
+    "accuracy_score": {"threshold": 0.6, "greater_is_better": True},
+}
 
 
 def fraud_frame(rows: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -33,8 +35,15 @@ def fraud_frame(rows: int = 2000, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def register_classifier(uri: str, name: str, quality: str, *, signature: bool = True, owner: str | None = "fraud-team",
-                        stage: str = "Production") -> str:
+def register_classifier(
+    uri: str,
+    name: str,
+    quality: str,
+    *,
+    signature: bool = True,
+    owner: str | None = "fraud-team",
+    stage: str = "Production",
+) -> str:
     """A logistic regression over f0..f3: `good` sees f0 only, `better` f0 and f1, `bad` learned
     from shuffled labels. Registered as a new version in `stage`."""
     import mlflow
@@ -52,9 +61,13 @@ def register_classifier(uri: str, name: str, quality: str, *, signature: bool = 
     with process_tracking_uri(uri):
         mlflow.set_experiment(f"/tests/{name}")
         with mlflow.start_run():
-            info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
-                                            input_example=features.head(3) if signature else None,
-                                            pip_requirements=sklearn_requirements())
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                registered_model_name=name,
+                input_example=features.head(3) if signature else None,
+                pip_requirements=sklearn_requirements(),
+            )
     version = str(info.registered_model_version)
     client.update_registered_model(name, description="Scores card transactions for fraud.")
     if owner:
@@ -71,21 +84,36 @@ def gated(servers, deploy, uid, tmp_path):
     fraud_frame(rows=10_000, seed=7).to_parquet(reference)
 
     def make(**gate_settings):
-        workspace = {"name": f"g{uid}", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-                     "include": [f"{uid}_*"]}
+        workspace = {
+            "name": f"g{uid}",
+            "tracking_uri": servers["ws_a"].uri,
+            "production": {"stage": "Production"},
+            "include": [f"{uid}_*"],
+        }
         return deploy([workspace], gate=gate_settings)
 
     return make
 
 
-def evaluation(uid: str, thresholds: dict = THRESHOLDS, data: str = "evaluation/fraud.parquet") -> list[dict]:
-    return [{"models": [f"g{uid}.{uid}_fraud*"], "data": data, "targets": "label", "model_type": "classifier",
-             "thresholds": thresholds}]
+def evaluation(
+    uid: str, thresholds: dict = THRESHOLDS, data: str = "evaluation/fraud.parquet"
+) -> list[dict]:
+    return [
+        {
+            "models": [f"g{uid}.{uid}_fraud*"],
+            "data": data,
+            "targets": "label",
+            "model_type": "classifier",
+            "thresholds": thresholds,
+        }
+    ]
 
 
 def changes(deployment, name: str) -> list[str]:
-    rows = sorted((r for r in table_rows(deployment, "production_history") if r["marketplace_name"] == name),
-                  key=lambda r: r["sequence"])
+    rows = sorted(
+        (r for r in table_rows(deployment, "production_history") if r["marketplace_name"] == name),
+        key=lambda r: r["sequence"],
+    )
     return [r["change"] for r in rows]
 
 
@@ -94,7 +122,8 @@ def aliased(client: MlflowClient, name: str) -> str | None:
 
 
 def test_a_worse_version_is_held_with_reasons_and_a_better_one_is_promoted_through_the_cli(
-        servers, gated, uid, tmp_path):
+    servers, gated, uid, tmp_path
+):
     source, market = servers["ws_a"].uri, MlflowClient(servers["marketplace"].uri)
     name, model = f"g{uid}.{uid}_fraud", f"{uid}_fraud"
     deployment = gated(require=["signature", "owner"], evaluation=evaluation(uid))
@@ -114,9 +143,16 @@ def test_a_worse_version_is_held_with_reasons_and_a_better_one_is_promoted_throu
     held = market.get_model_version(name, "2")
     assert held.tags[gate.TAG_GATE] == "failed" and held.tags[gate.TAG_HELD] == "true"
     reasons = held.tags[gate.TAG_GATE_REASONS]
-    assert "roc_auc" in reasons and "baseline model roc_auc" in reasons and "candidate model roc_auc" in reasons
+    assert (
+        "roc_auc" in reasons
+        and "baseline model roc_auc" in reasons
+        and "candidate model roc_auc" in reasons
+    )
     assert market.get_run(held.run_id).data.metrics["roc_auc"] < 0.6
-    assert metadata["held_by_gate"] == 1 and "failed the gate" in metadata["waiting"][f"g{uid}/{model}"]
+    assert (
+        metadata["held_by_gate"] == 1
+        and "failed the gate" in metadata["waiting"][f"g{uid}/{model}"]
+    )
     card = market.get_registered_model(name).description
     assert "Held by the promotion gate" in card and "source version 2" in card and "roc_auc" in card
     assert changes(deployment, name) == ["promoted"]
@@ -130,11 +166,15 @@ def test_a_worse_version_is_held_with_reasons_and_a_better_one_is_promoted_throu
     assert aliased(market, name) == "3"
     promoted = market.get_model_version(name, "3")
     assert promoted.tags[gate.TAG_GATE] == "passed"
-    assert gate.TAG_HELD not in market.get_model_version(name, "2").tags  # no longer its source's production
+    assert (
+        gate.TAG_HELD not in market.get_model_version(name, "2").tags
+    )  # no longer its source's production
     assert changes(deployment, name) == ["promoted", "promoted"]
 
 
-def test_a_version_without_a_required_signature_is_held_and_the_catalog_says_so(servers, gated, uid):
+def test_a_version_without_a_required_signature_is_held_and_the_catalog_says_so(
+    servers, gated, uid
+):
     market = MlflowClient(servers["marketplace"].uri)
     name, model = f"g{uid}.{uid}_nosig", f"{uid}_nosig"
     deployment = gated(require=["signature"])
@@ -143,7 +183,10 @@ def test_a_version_without_a_required_signature_is_held_and_the_catalog_says_so(
     assert result.success, step_failure_message(result)
     assert aliased(market, name) is None
     version = market.get_model_version(name, "1")  # imported all the same
-    assert version.tags[gate.TAG_GATE] == "failed" and "signature" in version.tags[gate.TAG_GATE_REASONS]
+    assert (
+        version.tags[gate.TAG_GATE] == "failed"
+        and "signature" in version.tags[gate.TAG_GATE_REASONS]
+    )
     card = market.get_registered_model(name).description
     assert "not in production yet" in card and "signature" in card
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -166,7 +209,9 @@ def test_manual_approval_waits_for_a_reviewer_and_the_sensor_runs_the_move(serve
     def tick():
         nonlocal cursor
         # An approval is seen by the next full poll of every workspace (webhooks come from sources).
-        result = sensor(dg.build_sensor_context(instance=deployment.instance, cursor=poll_all_next(cursor)))
+        result = sensor(
+            dg.build_sensor_context(instance=deployment.instance, cursor=poll_all_next(cursor))
+        )
         cursor = result.cursor
         return [r.tags["marketplace/pending_versions"] for r in result.run_requests]
 
@@ -176,16 +221,24 @@ def test_manual_approval_waits_for_a_reviewer_and_the_sensor_runs_the_move(serve
     assert result.success, step_failure_message(result)
     assert aliased(market, name) is None
     version = market.get_model_version(name, "1")
-    assert version.tags[gate.TAG_APPROVAL] == "pending" and gate.TAG_APPROVAL_REQUESTED_AT in version.tags
+    assert (
+        version.tags[gate.TAG_APPROVAL] == "pending"
+        and gate.TAG_APPROVAL_REQUESTED_AT in version.tags
+    )
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not checks["approvals_pending"].passed and f"{name} v1" in checks["approvals_pending"].description
+    assert (
+        not checks["approvals_pending"].passed
+        and f"{name} v1" in checks["approvals_pending"].description
+    )
     assert "waiting" in checks["approvals_pending"].description
     assert tick() == []  # held: not asked for again
 
     market.set_model_version_tag(name, "1", gate.TAG_APPROVAL, "approved")
     assert tick() == []  # an approval must say who approved
     assert deployment.sync(ws).success and aliased(market, name) is None
-    assert f"approved without {gate.TAG_APPROVED_BY}" in market.get_registered_model(name).description
+    assert (
+        f"approved without {gate.TAG_APPROVED_BY}" in market.get_registered_model(name).description
+    )
     market.set_model_version_tag(name, "1", gate.TAG_APPROVED_BY, "ann@example.com")
     assert tick() == [f"{model}@1 (approved)"]
     result = deployment.sync(ws)
@@ -218,15 +271,21 @@ def test_reference_data_that_does_not_exist_fails_the_partition_naming_the_key(s
     assert "gate.evaluation[0].data" in message and "evaluation/missing.parquet" in message
     # Imported all the same; nothing moved.
     assert materializations(result, keys.IMPORTS)["imported"] == 1
-    assert MlflowClient(servers["marketplace"].uri).get_registered_model(
-        f"g{uid}.{uid}_fraud").aliases.get(ALIAS) is None
+    assert (
+        MlflowClient(servers["marketplace"].uri)
+        .get_registered_model(f"g{uid}.{uid}_fraud")
+        .aliases.get(ALIAS)
+        is None
+    )
 
 
 def test_reference_data_as_a_delta_table_is_read(servers, gated, uid, tmp_path, monkeypatch):
     from deltalake import write_deltalake
     from mlflow.tracking import fluent
 
-    write_deltalake(str(tmp_path / "external" / "evaluation" / "fraud_delta"), fraud_frame(rows=3000, seed=9))
+    write_deltalake(
+        str(tmp_path / "external" / "evaluation" / "fraud_delta"), fraud_frame(rows=3000, seed=9)
+    )
     deployment = gated(evaluation=evaluation(uid, data="evaluation/fraud_delta"))
     register_classifier(servers["ws_a"].uri, f"{uid}_fraud", "good")
     # The process has another experiment active (as after any mlflow.set_experiment): MLflow would

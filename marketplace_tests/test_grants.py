@@ -46,28 +46,47 @@ UNUSED_URI = "http://127.0.0.1:9"
 WORKSPACES = [{"name": "dev01", "tracking_uri": UNUSED_URI, "production": {"stage": "Production"}}]
 ROLE = "fraud-analysts"
 MARKET_USER = "marketplace"
-PASSWORDS = {name: secrets.token_urlsafe(12) for name in (MARKET_USER, "alice", "bob", "carol", "dana", "erin")}
+PASSWORDS = {
+    name: secrets.token_urlsafe(12)
+    for name in (MARKET_USER, "alice", "bob", "carol", "dana", "erin")
+}
 
 
 def _config(grants: list[dict], **marketplace):
-    raw = {"external_storage": {"uri": "x"}, "workspaces": WORKSPACES,
-           "marketplace": {"tracking_uri": UNUSED_URI, "grants": grants, **marketplace}}
+    raw = {
+        "external_storage": {"uri": "x"},
+        "workspaces": WORKSPACES,
+        "marketplace": {"tracking_uri": UNUSED_URI, "grants": grants, **marketplace},
+    }
     return parse_config(raw, "marketplace.yaml")
 
 
 def _grant(principal: str, kind: str, permission: str, *models: str) -> dict:
-    return {"principal": principal, "kind": kind, "permission": permission, "models": list(models) or ["*"]}
+    return {
+        "principal": principal,
+        "kind": kind,
+        "permission": permission,
+        "models": list(models) or ["*"],
+    }
 
 
 # The fast tier: no servers.
 
 
 def test_wanted_matches_marketplace_names_with_case_sensitive_globs():
-    settings = _config([_grant(ROLE, "role", "read", "dev01.*"), _grant("alice", "user", "EDIT", "*.churn", "x.y"),
-                        _grant("bob", "user", "READ", "DEV01.*")]).marketplace
+    settings = _config(
+        [
+            _grant(ROLE, "role", "read", "dev01.*"),
+            _grant("alice", "user", "EDIT", "*.churn", "x.y"),
+            _grant("bob", "user", "READ", "DEV01.*"),
+        ]
+    ).marketplace
     grants = Grants(settings, UNUSED_URI)
     assert grants.wanted("dev01.fraud") == [Grant("role", ROLE, "READ")]
-    assert grants.wanted("dev01.churn") == [Grant("role", ROLE, "READ"), Grant("user", "alice", "EDIT")]
+    assert grants.wanted("dev01.churn") == [
+        Grant("role", ROLE, "READ"),
+        Grant("user", "alice", "EDIT"),
+    ]
     assert grants.wanted("dev02.churn") == [Grant("user", "alice", "EDIT")]
     assert grants.wanted("DEV01.fraud") == [Grant("user", "bob", "READ")]
     assert grants.wanted("dev010fraud") == []  # '.' is literal, not any character
@@ -75,36 +94,86 @@ def test_wanted_matches_marketplace_names_with_case_sensitive_globs():
 
 
 def test_wanted_keeps_one_grant_per_principal_the_strongest():
-    settings = _config([_grant("alice", "user", "MANAGE", "dev01.*"), _grant("alice", "user", "READ"),
-                        _grant("alice", "role", "EDIT")]).marketplace
-    assert Grants(settings, UNUSED_URI).wanted("dev01.m") == [Grant("role", "alice", "EDIT"),
-                                                              Grant("user", "alice", "MANAGE")]
-    assert Grants(settings, UNUSED_URI).wanted("dev02.m") == [Grant("role", "alice", "EDIT"),
-                                                              Grant("user", "alice", "READ")]
+    settings = _config(
+        [
+            _grant("alice", "user", "MANAGE", "dev01.*"),
+            _grant("alice", "user", "READ"),
+            _grant("alice", "role", "EDIT"),
+        ]
+    ).marketplace
+    assert Grants(settings, UNUSED_URI).wanted("dev01.m") == [
+        Grant("role", "alice", "EDIT"),
+        Grant("user", "alice", "MANAGE"),
+    ]
+    assert Grants(settings, UNUSED_URI).wanted("dev02.m") == [
+        Grant("role", "alice", "EDIT"),
+        Grant("user", "alice", "READ"),
+    ]
 
 
-A_READ, A_EDIT, B_READ = Grant("user", "a", "READ"), Grant("user", "a", "EDIT"), Grant("role", "b", "READ")
+A_READ, A_EDIT, B_READ = (
+    Grant("user", "a", "READ"),
+    Grant("user", "a", "EDIT"),
+    Grant("role", "b", "READ"),
+)
 
 
 @pytest.mark.parametrize(
     "wanted, recorded, existing, grant, revoke, record",
     [
         pytest.param([A_READ], [], {}, [A_READ], [], {A_READ}, id="new"),
-        pytest.param([A_READ], [A_READ], {A_READ.holder: {"READ"}}, [], [], {A_READ}, id="already-ours"),
+        pytest.param(
+            [A_READ], [A_READ], {A_READ.holder: {"READ"}}, [], [], {A_READ}, id="already-ours"
+        ),
         pytest.param([A_READ], [], {A_READ.holder: {"READ"}}, [], [], set(), id="hand-made-same"),
-        pytest.param([A_EDIT], [], {A_READ.holder: {"READ"}}, [], [], set(), id="hand-made-other-not-updated"),
-        pytest.param([A_READ], [A_READ], {}, [A_READ], [], {A_READ}, id="ours-removed-by-hand-made-again"),
-        pytest.param([], [A_READ, B_READ], {A_READ.holder: {"READ"}, B_READ.holder: {"READ"}}, [], [B_READ, A_READ],
-                     set(), id="no-longer-configured"),
-        pytest.param([], [A_READ], {A_READ.holder: {"EDIT"}}, [], [], set(), id="ours-changed-by-hand-is-theirs"),
+        pytest.param(
+            [A_EDIT], [], {A_READ.holder: {"READ"}}, [], [], set(), id="hand-made-other-not-updated"
+        ),
+        pytest.param(
+            [A_READ], [A_READ], {}, [A_READ], [], {A_READ}, id="ours-removed-by-hand-made-again"
+        ),
+        pytest.param(
+            [],
+            [A_READ, B_READ],
+            {A_READ.holder: {"READ"}, B_READ.holder: {"READ"}},
+            [],
+            [B_READ, A_READ],
+            set(),
+            id="no-longer-configured",
+        ),
+        pytest.param(
+            [],
+            [A_READ],
+            {A_READ.holder: {"EDIT"}},
+            [],
+            [],
+            set(),
+            id="ours-changed-by-hand-is-theirs",
+        ),
         pytest.param([], [A_READ], {}, [], [], set(), id="ours-gone-forgotten"),
-        pytest.param([A_EDIT], [A_READ], {A_READ.holder: {"READ"}}, [A_EDIT], [A_READ], {A_EDIT},
-                     id="configured-permission-changed"),
-        pytest.param([A_READ, B_READ], [B_READ], {B_READ.holder: {"READ"}, A_READ.holder: {"MANAGE"}}, [], [],
-                     {B_READ}, id="mixed"),
+        pytest.param(
+            [A_EDIT],
+            [A_READ],
+            {A_READ.holder: {"READ"}},
+            [A_EDIT],
+            [A_READ],
+            {A_EDIT},
+            id="configured-permission-changed",
+        ),
+        pytest.param(
+            [A_READ, B_READ],
+            [B_READ],
+            {B_READ.holder: {"READ"}, A_READ.holder: {"MANAGE"}},
+            [],
+            [],
+            {B_READ},
+            id="mixed",
+        ),
     ],
 )
-def test_plan_grants_what_is_missing_and_revokes_only_its_own(wanted, recorded, existing, grant, revoke, record):
+def test_plan_grants_what_is_missing_and_revokes_only_its_own(
+    wanted, recorded, existing, grant, revoke, record
+):
     steps = plan(wanted, recorded, existing)
     assert (list(steps.grant), list(steps.revoke), set(steps.record)) == (grant, revoke, record)
 
@@ -116,7 +185,9 @@ def test_the_record_reads_back_and_what_it_cannot_read_is_not_ours():
     assert recorded_grants({TAG_GRANTS: value}) == grants
     assert recorded_grants({}) == set()
     assert recorded_grants({TAG_GRANTS: "not json"}) == set()
-    assert recorded_grants({TAG_GRANTS: json.dumps(["garbage", 3, "user:bob:READ"])}) == {Grant("user", "bob", "READ")}
+    assert recorded_grants({TAG_GRANTS: json.dumps(["garbage", 3, "user:bob:READ"])}) == {
+        Grant("user", "bob", "READ")
+    }
 
 
 def test_nothing_configured_and_nothing_recorded_calls_no_registry():
@@ -126,14 +197,20 @@ def test_nothing_configured_and_nothing_recorded_calls_no_registry():
 def test_an_unset_credentials_variable_names_the_key_and_the_variable(monkeypatch):
     monkeypatch.delenv("MARKETPLACE_MLFLOW_USER", raising=False)
     monkeypatch.setenv("MARKETPLACE_MLFLOW_PASSWORD", "set")
-    config = _config([_grant("alice", "user", "READ")], username_env="MARKETPLACE_MLFLOW_USER",
-                     password_env="MARKETPLACE_MLFLOW_PASSWORD")
-    for attempt in (lambda: Grants(config.marketplace, UNUSED_URI).apply(None, "dev01.m", {}),
-                    lambda: MarketplaceRegistry(config).client()):
+    config = _config(
+        [_grant("alice", "user", "READ")],
+        username_env="MARKETPLACE_MLFLOW_USER",
+        password_env="MARKETPLACE_MLFLOW_PASSWORD",
+    )
+    for attempt in (
+        lambda: Grants(config.marketplace, UNUSED_URI).apply(None, "dev01.m", {}),
+        lambda: MarketplaceRegistry(config).client(),
+    ):
         with pytest.raises(MarketplaceError) as raised:
             attempt()
         assert str(raised.value).startswith(
-            "marketplace.username_env: the environment variable MARKETPLACE_MLFLOW_USER is not set"), str(raised.value)
+            "marketplace.username_env: the environment variable MARKETPLACE_MLFLOW_USER is not set"
+        ), str(raised.value)
 
 
 # An OSS MLflow server with authentication.
@@ -154,7 +231,9 @@ def as_user(username: str, password: str):
 def auth_server(tmp_path_factory):
     """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's grants."""
     root = tmp_path_factory.mktemp("auth-server")
-    server = AuthenticatedServer("auth", root, local_servers.free_port(), admin_password=secrets.token_urlsafe(16))
+    server = AuthenticatedServer(
+        "auth", root, local_servers.free_port(), admin_password=secrets.token_urlsafe(16)
+    )
     start_authenticated(server)
     try:
         with as_user("admin", server.admin_password):
@@ -185,8 +264,12 @@ def marketplace(auth_server, monkeypatch):
     with FaultProxy(auth_server.uri) as proxy:
 
         def make(grants: list[dict]):
-            config = _config(grants, tracking_uri=proxy.uri, username_env="MARKETPLACE_MLFLOW_USER",
-                             password_env="MARKETPLACE_MLFLOW_PASSWORD")
+            config = _config(
+                grants,
+                tracking_uri=proxy.uri,
+                username_env="MARKETPLACE_MLFLOW_USER",
+                password_env="MARKETPLACE_MLFLOW_PASSWORD",
+            )
             registry = MarketplaceRegistry(config)
             return Grants(config.marketplace, registry.tracking_uri), registry.client(), proxy
 
@@ -224,8 +307,13 @@ def load_as(server: AuthenticatedServer, name: str, users: list[str]) -> dict:
     """Each user's attempt to load version 1 of `name`, in a process of its own: the number of
     predictions, or the error."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    done = subprocess.run([sys.executable, "-c", LOAD, name, json.dumps({u: PASSWORDS[u] for u in users})],
-                          env={**env, "MLFLOW_TRACKING_URI": server.uri}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD, name, json.dumps({u: PASSWORDS[u] for u in users})],
+        env={**env, "MLFLOW_TRACKING_URI": server.uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -240,7 +328,9 @@ def _tags(client: MlflowClient, name: str) -> dict:
 
 
 @pytest.mark.servers
-def test_a_user_grant_lets_that_user_read_and_load_the_model_and_nobody_else(auth_server, marketplace, uid):
+def test_a_user_grant_lets_that_user_read_and_load_the_model_and_nobody_else(
+    auth_server, marketplace, uid
+):
     name = f"dev01.{uid}_fraud"
     with as_user("admin", auth_server.admin_password):
         register_version(auth_server.uri, name)
@@ -259,8 +349,9 @@ def test_a_user_grant_lets_that_user_read_and_load_the_model_and_nobody_else(aut
 def test_a_role_grant_reaches_the_users_assigned_to_the_role(auth_server, marketplace, uid):
     name = f"dev01.{uid}_churn"
     _create(auth_server, name)
-    grants, client, _ = marketplace([_grant(ROLE, "role", "READ", "dev01.*"),
-                                     _grant("alice", "user", "READ", "dev02.*")])
+    grants, client, _ = marketplace(
+        [_grant(ROLE, "role", "READ", "dev01.*"), _grant("alice", "user", "READ", "dev02.*")]
+    )
     assert reads(auth_server, "dana", name) == 403
 
     assert grants.apply(client, name, _tags(client, name)) == 1
@@ -269,10 +360,14 @@ def test_a_role_grant_reaches_the_users_assigned_to_the_role(auth_server, market
 
 
 @pytest.mark.servers
-def test_a_second_apply_with_nothing_changed_makes_no_change_and_writes_nothing(auth_server, marketplace, uid):
+def test_a_second_apply_with_nothing_changed_makes_no_change_and_writes_nothing(
+    auth_server, marketplace, uid
+):
     name = f"dev01.{uid}_again"
     _create(auth_server, name)
-    grants, client, proxy = marketplace([_grant(ROLE, "role", "EDIT"), _grant("alice", "user", "READ")])
+    grants, client, proxy = marketplace(
+        [_grant(ROLE, "role", "EDIT"), _grant("alice", "user", "READ")]
+    )
     assert grants.apply(client, name, _tags(client, name)) == 2
     tags = _tags(client, name)
     before = len(proxy.requests)
@@ -284,38 +379,63 @@ def test_a_second_apply_with_nothing_changed_makes_no_change_and_writes_nothing(
 
 
 @pytest.mark.servers
-def test_a_principal_that_does_not_exist_fails_naming_it_and_the_others_are_granted(auth_server, marketplace, uid):
+def test_a_principal_that_does_not_exist_fails_naming_it_and_the_others_are_granted(
+    auth_server, marketplace, uid
+):
     name = f"dev01.{uid}_ghost"
     _create(auth_server, name)
-    grants, client, _ = marketplace([_grant("ghost", "user", "READ"), _grant("no-such-role", "role", "EDIT"),
-                                     _grant("alice", "user", "READ")])
+    grants, client, _ = marketplace(
+        [
+            _grant("ghost", "user", "READ"),
+            _grant("no-such-role", "role", "EDIT"),
+            _grant("alice", "user", "READ"),
+        ]
+    )
     with pytest.raises(GrantError) as raised:
         grants.apply(client, name, _tags(client, name))
     message = str(raised.value)
-    assert name in message and "user 'ghost' does not exist" in message and "role 'no-such-role'" in message, message
+    assert (
+        name in message
+        and "user 'ghost' does not exist" in message
+        and "role 'no-such-role'" in message
+    ), message
     assert reads(auth_server, "alice", name) == 200
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == ["user:alice:READ"]
 
 
 @pytest.mark.servers
-def test_a_grant_removed_from_the_configuration_revokes_only_what_the_sync_created(auth_server, marketplace, uid):
+def test_a_grant_removed_from_the_configuration_revokes_only_what_the_sync_created(
+    auth_server, marketplace, uid
+):
     name = f"dev01.{uid}_revoke"
     _create(auth_server, name)
     with as_admin(auth_server) as admin:  # made by hand, before the sync
         admin.grant_user_permission("carol", "registered_model", name, "READ")
         admin.grant_user_permission("bob", "registered_model", name, "EDIT")
-    everyone = [_grant("alice", "user", "READ"), _grant(ROLE, "role", "READ"), _grant("carol", "user", "READ"),
-                _grant("bob", "user", "READ")]
+    everyone = [
+        _grant("alice", "user", "READ"),
+        _grant(ROLE, "role", "READ"),
+        _grant("carol", "user", "READ"),
+        _grant("bob", "user", "READ"),
+    ]
     grants, client, _ = marketplace(everyone)
     assert grants.apply(client, name, _tags(client, name)) == 2  # carol and bob already hold theirs
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"role:{ROLE}:READ", "user:alice:READ"]
 
     grants, client, _ = marketplace([_grant(ROLE, "role", "EDIT")])
-    assert grants.apply(client, name, _tags(client, name)) == 3  # alice revoked; the role's READ becomes EDIT
+    assert (
+        grants.apply(client, name, _tags(client, name)) == 3
+    )  # alice revoked; the role's READ becomes EDIT
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"role:{ROLE}:EDIT"]
-    assert [reads(auth_server, user, name) for user in ("alice", "carol", "dana")] == [403, 200, 200]
+    assert [reads(auth_server, user, name) for user in ("alice", "carol", "dana")] == [
+        403,
+        200,
+        200,
+    ]
     with as_admin(auth_server) as admin:
-        assert admin.get_user_permission("bob", "registered_model", name).permission == "EDIT"  # not made READ
+        assert (
+            admin.get_user_permission("bob", "registered_model", name).permission == "EDIT"
+        )  # not made READ
 
     grants, client, _ = marketplace([])
     assert grants.apply(client, name, _tags(client, name)) == 1
@@ -343,15 +463,26 @@ class _HeaderRecorder(LoopbackServer):
 def test_the_marketplace_credentials_go_to_its_origin_only(auth_server, marketplace, uid):
     grants, client, _ = marketplace([_grant("alice", "user", "READ")])
     name = f"dev01.{uid}_origin"
-    client.create_registered_model(name)  # as the marketplace: its registry requests are authenticated
-    assert grants.apply(client, name, {}) == 1  # and so are its permission calls (the basic-auth app client)
+    client.create_registered_model(
+        name
+    )  # as the marketplace: its registry requests are authenticated
+    assert (
+        grants.apply(client, name, {}) == 1
+    )  # and so are its permission calls (the basic-auth app client)
     with as_admin(auth_server) as admin:
-        assert admin.get_user_permission(MARKET_USER, "registered_model", name).permission == "MANAGE"  # its creator
+        assert (
+            admin.get_user_permission(MARKET_USER, "registered_model", name).permission == "MANAGE"
+        )  # its creator
     with _HeaderRecorder() as other:
         MlflowClient(other.uri).search_registered_models()
     assert other.authorizations and set(other.authorizations) == {None}
     # Without them, the server refuses.
-    assert requests.get(f"{auth_server.uri}/api/2.0/mlflow/registered-models/search", timeout=10).status_code == 401
+    assert (
+        requests.get(
+            f"{auth_server.uri}/api/2.0/mlflow/registered-models/search", timeout=10
+        ).status_code
+        == 401
+    )
 
 
 # The Databricks workspace registry and Unity Catalog, against the stand-in only.
@@ -360,7 +491,9 @@ def test_the_marketplace_credentials_go_to_its_origin_only(auth_server, marketpl
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory):
     """The plain MLflow server behind the stand-in."""
-    server = local_servers.LocalServer("upstream", tmp_path_factory.mktemp("upstream"), local_servers.free_port())
+    server = local_servers.LocalServer(
+        "upstream", tmp_path_factory.mktemp("upstream"), local_servers.free_port()
+    )
     local_servers.start(server)
     yield server
     local_servers.stop(server)
@@ -379,9 +512,17 @@ def standin(upstream, monkeypatch):
 
 def _databricks(standin: DatabricksStandIn, grants: list[dict], *, unity_catalog: bool = False):
     extra = {"name_template": "marketplace.{workspace}.{model}"} if unity_catalog else {}
-    config = _config(grants, tracking_uri=None, databricks={"host": standin.host, "auth": "pat",
-                                                             "secret_env": "MARKET_TOKEN",
-                                                             "unity_catalog": unity_catalog}, **extra)
+    config = _config(
+        grants,
+        tracking_uri=None,
+        databricks={
+            "host": standin.host,
+            "auth": "pat",
+            "secret_env": "MARKET_TOKEN",
+            "unity_catalog": unity_catalog,
+        },
+        **extra,
+    )
     return Grants(config.marketplace, config.marketplace.tracking_uri), MarketplaceRegistry(config)
 
 
@@ -391,25 +532,39 @@ def test_databricks_workspace_registry_grants_and_revokes_only_its_own(standin, 
     MlflowClient(upstream.uri).create_registered_model(name)
     acl = standin.permissions.acl(name)
     acl[("group_name", "auditors")] = "CAN_READ"  # made by hand
-    configured = [_grant(ROLE, "group", "READ"), _grant("alice@example.com", "user", "EDIT"),
-                  _grant("app-0001", "service_principal", "MANAGE"), _grant("auditors", "group", "MANAGE")]
+    configured = [
+        _grant(ROLE, "group", "READ"),
+        _grant("alice@example.com", "user", "EDIT"),
+        _grant("app-0001", "service_principal", "MANAGE"),
+        _grant("auditors", "group", "MANAGE"),
+    ]
     _, registry = _databricks(standin, configured)
     grants, client = registry.grants, registry.client()  # as registration gets them
 
     assert grants.apply(client, name, _tags(client, name)) == 3
-    assert acl == {("user_name", TOKEN_OWNER): "CAN_MANAGE", ("group_name", "auditors"): "CAN_READ",
-                   ("group_name", ROLE): "CAN_READ", ("user_name", "alice@example.com"): "CAN_EDIT",
-                   ("service_principal_name", "app-0001"): "CAN_MANAGE"}
+    assert acl == {
+        ("user_name", TOKEN_OWNER): "CAN_MANAGE",
+        ("group_name", "auditors"): "CAN_READ",
+        ("group_name", ROLE): "CAN_READ",
+        ("user_name", "alice@example.com"): "CAN_EDIT",
+        ("service_principal_name", "app-0001"): "CAN_MANAGE",
+    }
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [
-        f"group:{ROLE}:READ", "service_principal:app-0001:MANAGE", "user:alice@example.com:EDIT"]
+        f"group:{ROLE}:READ",
+        "service_principal:app-0001:MANAGE",
+        "user:alice@example.com:EDIT",
+    ]
     writes = len(standin.permissions.writes)
     assert grants.apply(client, name, _tags(client, name)) == 0
     assert len(standin.permissions.writes) == writes
 
     grants = _databricks(standin, [_grant(ROLE, "group", "READ")])[1].grants
     assert grants.apply(client, name, _tags(client, name)) == 2
-    assert acl == {("user_name", TOKEN_OWNER): "CAN_MANAGE", ("group_name", "auditors"): "CAN_READ",
-                   ("group_name", ROLE): "CAN_READ"}
+    assert acl == {
+        ("user_name", TOKEN_OWNER): "CAN_MANAGE",
+        ("group_name", "auditors"): "CAN_READ",
+        ("group_name", ROLE): "CAN_READ",
+    }
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:READ"]
 
 
@@ -418,11 +573,15 @@ def test_databricks_workspace_registry_principal_that_does_not_exist(standin, up
     name = f"dev01.{uid}_ghost"
     MlflowClient(upstream.uri).create_registered_model(name)
     standin.permissions.unknown.add("ghosts")
-    grants, registry = _databricks(standin, [_grant("ghosts", "group", "READ"), _grant(ROLE, "group", "READ")])
+    grants, registry = _databricks(
+        standin, [_grant("ghosts", "group", "READ"), _grant(ROLE, "group", "READ")]
+    )
     client = registry.client()
     with pytest.raises(GrantError) as raised:
         grants.apply(client, name, _tags(client, name))
-    assert name in str(raised.value) and "group 'ghosts' does not exist" in str(raised.value), str(raised.value)
+    assert name in str(raised.value) and "group 'ghosts' does not exist" in str(raised.value), str(
+        raised.value
+    )
     assert standin.permissions.acl(name)[("group_name", ROLE)] == "CAN_READ"
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:READ"]
 
@@ -435,23 +594,37 @@ def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream
     client.create_registered_model(name)
     held = standin.permissions.uc_grants(name)
     held.update({"auditors": {"EXECUTE"}, ROLE: {"APPLY_TAG"}})  # made by hand
-    configured = [_grant(ROLE, "group", "EXECUTE"), _grant("app-0001", "service_principal", "EXECUTE"),
-                  _grant("auditors", "group", "EXECUTE")]
+    configured = [
+        _grant(ROLE, "group", "EXECUTE"),
+        _grant("app-0001", "service_principal", "EXECUTE"),
+        _grant("auditors", "group", "EXECUTE"),
+    ]
     grants, _ = _databricks(standin, configured, unity_catalog=True)
 
     assert grants.apply(client, name, _tags(client, name)) == 2
-    assert held == {"auditors": {"EXECUTE"}, ROLE: {"APPLY_TAG", "EXECUTE"}, "app-0001": {"EXECUTE"}}
-    assert json.loads(_tags(client, name)[TAG_GRANTS]) == [f"group:{ROLE}:EXECUTE",
-                                                            "service_principal:app-0001:EXECUTE"]
+    assert held == {
+        "auditors": {"EXECUTE"},
+        ROLE: {"APPLY_TAG", "EXECUTE"},
+        "app-0001": {"EXECUTE"},
+    }
+    assert json.loads(_tags(client, name)[TAG_GRANTS]) == [
+        f"group:{ROLE}:EXECUTE",
+        "service_principal:app-0001:EXECUTE",
+    ]
     writes = len(standin.permissions.writes)
     assert grants.apply(client, name, _tags(client, name)) == 0
     assert len(standin.permissions.writes) == writes
 
     standin.permissions.unknown.add("ghosts")
-    grants, _ = _databricks(standin, [_grant("app-0001", "service_principal", "EXECUTE"),
-                                      _grant("ghosts", "group", "EXECUTE")], unity_catalog=True)
+    grants, _ = _databricks(
+        standin,
+        [_grant("app-0001", "service_principal", "EXECUTE"), _grant("ghosts", "group", "EXECUTE")],
+        unity_catalog=True,
+    )
     with pytest.raises(GrantError) as raised:
-        grants.apply(client, name, _tags(client, name))  # the group's EXECUTE is revoked all the same
+        grants.apply(
+            client, name, _tags(client, name)
+        )  # the group's EXECUTE is revoked all the same
     assert "group 'ghosts' does not exist in Unity Catalog" in str(raised.value), str(raised.value)
     assert held == {"auditors": {"EXECUTE"}, ROLE: {"APPLY_TAG"}, "app-0001": {"EXECUTE"}}
     assert json.loads(_tags(client, name)[TAG_GRANTS]) == ["service_principal:app-0001:EXECUTE"]
@@ -459,7 +632,8 @@ def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream
 
 @pytest.mark.servers
 def test_a_sync_into_an_authenticated_marketplace_grants_each_model_and_a_missing_principal_fails_only_its_model(
-        auth_server, servers, tmp_path, uid, monkeypatch):
+    auth_server, servers, tmp_path, uid, monkeypatch
+):
     """The whole chain into an authenticated marketplace: the sync logs in with the configured
     variables, registers every model, and grants as configured; a grant to nobody fails the
     registration step naming the principal, and the other model is registered and granted."""
@@ -475,11 +649,22 @@ def test_a_sync_into_an_authenticated_marketplace_grants_each_model_and_a_missin
     deployments = _deployments(tmp_path, auth_server.uri)
     deploy = next(deployments)
     deployment = deploy(
-        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}],
-        marketplace={"username_env": "MARKETPLACE_MLFLOW_USER", "password_env": "MARKETPLACE_MLFLOW_PASSWORD",
-                     "grants": [_grant("alice", "user", "READ", f"{ws}.*"),
-                                _grant("nobody-here", "user", "READ", f"{ws}.{uid}_churn")]},
+        [
+            {
+                "name": ws,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ],
+        marketplace={
+            "username_env": "MARKETPLACE_MLFLOW_USER",
+            "password_env": "MARKETPLACE_MLFLOW_PASSWORD",
+            "grants": [
+                _grant("alice", "user", "READ", f"{ws}.*"),
+                _grant("nobody-here", "user", "READ", f"{ws}.{uid}_churn"),
+            ],
+        },
     )
     result = deployment.sync(ws)
     assert not result.success
@@ -489,12 +674,17 @@ def test_a_sync_into_an_authenticated_marketplace_grants_each_model_and_a_missin
     with as_user("admin", auth_server.admin_password):
         admin = MlflowClient(auth_server.uri)
         assert admin.get_registered_model(fraud).aliases["production"] == "1"
-        assert admin.get_registered_model(churn).aliases["production"] == "1"  # registered; its grant failed
+        assert (
+            admin.get_registered_model(churn).aliases["production"] == "1"
+        )  # registered; its grant failed
         assert json.loads(admin.get_registered_model(fraud).tags[TAG_GRANTS]) == ["user:alice:READ"]
     assert (reads(auth_server, "alice", fraud), reads(auth_server, "bob", fraud)) == (200, 403)
     assert load_as(auth_server, fraud, ["alice"])["alice"] == 3
-    history = [r for r in ExternalStorage.of(deployment.config).read_rows("production_history")
-               if r["workspace"] == ws]
+    history = [
+        r
+        for r in ExternalStorage.of(deployment.config).read_rows("production_history")
+        if r["workspace"] == ws
+    ]
     assert len(history) == 2  # both promotions recorded, the grant failure notwithstanding
     with contextlib.suppress(StopIteration):
         next(deployments)

@@ -50,7 +50,7 @@ def _export_row(version: int) -> dict:
         "run_id": f"run{version}",
         "source": f"models:/m-{version}",
         "export_date": dt.date(2026, 11, 20),
-        "exported_at": dt.datetime(2026, 11, 20, 2, version, tzinfo=dt.timezone.utc),
+        "exported_at": dt.datetime(2026, 11, 20, 2, version, tzinfo=dt.UTC),
         "export_path": f"/exports/ws/m/{version}",
         "checksum": f"{version:064x}",
         "size_bytes": 100 * version,
@@ -61,13 +61,17 @@ def _export_row(version: int) -> dict:
 def test_remove_debris_removes_old_debris_and_nothing_else(tmp_path):
     root = tmp_path / "storage"
     model = root / "exports" / "ws1" / "model_a"
-    valid = _folder(model / "1", {MANIFEST_NAME: "{}", "model.json": "{}", "m-1/artifacts/MLmodel": "x"})
+    valid = _folder(
+        model / "1", {MANIFEST_NAME: "{}", "model.json": "{}", "m-1/artifacts/MLmodel": "x"}
+    )
     old_staging = _folder(model / ".staging-2-abcd1234", {"model.json": "{}", "run/run.json": "{"})
     # A dangling link: stat raises FileNotFoundError on it, as on a file that vanishes mid-scan.
     (old_staging / "run" / "artifacts").symlink_to(tmp_path / "gone")
     old_unfinished = _folder(model / "3", {"m-3/artifacts/model.skops": "half"})
     young_unfinished = _folder(model / "4", {"model.json": "{}"})
-    young_staging = _folder(root / "exports" / "ws2" / "model_b" / ".staging-1-ffff0000", {"model.json": "{}"})
+    young_staging = _folder(
+        root / "exports" / "ws2" / "model_b" / ".staging-1-ffff0000", {"model.json": "{}"}
+    )
     # The folder itself is old but a file in it was written a minute ago: an export in progress.
     touched = _folder(model / "5", {"old.json": "{}", "fresh/just-written": "x"})
     not_a_version = _folder(model / "notes", {"readme.txt": "kept by a person"})
@@ -91,9 +95,15 @@ def test_remove_debris_removes_old_debris_and_nothing_else(tmp_path):
     )
     assert not old_staging.exists() and not old_unfinished.exists() and not old_tmp.exists()
     assert report.kept_young == 3  # 4, the young staging folder, and 5 (a file inside is young)
-    assert young_unfinished.exists() and young_staging.exists() and (touched / "fresh" / "just-written").exists()
+    assert (
+        young_unfinished.exists()
+        and young_staging.exists()
+        and (touched / "fresh" / "just-written").exists()
+    )
     assert young_tmp.exists() and snapshot.exists()
-    assert (valid / MANIFEST_NAME).exists() and (valid / "m-1" / "artifacts" / "MLmodel").read_text() == "x"
+    assert (valid / MANIFEST_NAME).exists() and (
+        valid / "m-1" / "artifacts" / "MLmodel"
+    ).read_text() == "x"
     assert (not_a_version / "readme.txt").exists()
 
     # A retention of zero hours takes the young debris too, and still never a valid export.
@@ -147,7 +157,9 @@ def test_maintain_table_compacts_then_vacuums_replaced_files(tmp_path):
 
 
 def test_maintain_table_reports_a_missing_table(tmp_path):
-    done = maintain_table(str(tmp_path / "import_summary"), summary.IMPORT_SUMMARY, retention_hours=0)
+    done = maintain_table(
+        str(tmp_path / "import_summary"), summary.IMPORT_SUMMARY, retention_hours=0
+    )
     assert done.exists is False and done.files_compacted == 0 and done.files_vacuumed == 0
     assert not (tmp_path / "import_summary").exists()
 
@@ -156,8 +168,14 @@ def test_maintenance_job_removes_debris_and_keeps_exports_and_rows(servers, depl
     ws = f"a{uid}"
     register_version(servers["ws_a"].uri, f"{uid}_iris", stage="Production")
     deployment = deploy(
-        [{"name": ws, "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}],
+        [
+            {
+                "name": ws,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ],
         housekeeping={"debris_retention_hours": 12, "vacuum_retention_hours": 0},
     )
     synced = deployment.sync(ws)
@@ -176,7 +194,9 @@ def test_maintenance_job_removes_debris_and_keeps_exports_and_rows(servers, depl
     old_staging = _folder(export.parent / ".staging-2-0badf00d", {"model.json": "{"})
     old_unfinished = _folder(export.parent / "2", {"half.bin": "x"})
     young_unfinished = _folder(export.parent / "3", {"half.bin": "x"})
-    old_tmp = _folder(root / "production_models" / ws, {f"{TODAY}.tmp-999": "{"}) / f"{TODAY}.tmp-999"
+    old_tmp = (
+        _folder(root / "production_models" / ws, {f"{TODAY}.tmp-999": "{"}) / f"{TODAY}.tmp-999"
+    )
     for path in (old_staging, old_unfinished, old_tmp):
         _age(path, 18 * 3600)  # past the configured 12 hours, within the default 24
     _age(young_unfinished, 3600)
@@ -190,9 +210,9 @@ def test_maintenance_job_removes_debris_and_keeps_exports_and_rows(servers, depl
     verify_export(export, expected_checksum=rows[summary.EXPORT_SUMMARY][0]["checksum"])
     assert (root / "production_models" / ws / f"{TODAY}.json").exists()
     assert table_rows(deployment, summary.IMPORT_SUMMARY) == rows[summary.IMPORT_SUMMARY]
-    assert sorted(r["model_name"] for r in table_rows(deployment, summary.EXPORT_SUMMARY)) == sorted(
-        [f"{uid}_iris", f"{uid}_other"]
-    )
+    assert sorted(
+        r["model_name"] for r in table_rows(deployment, summary.EXPORT_SUMMARY)
+    ) == sorted([f"{uid}_iris", f"{uid}_other"])
     # Compacted and, with the configured retention of 0 hours, vacuumed from disk.
     after = _parquet_files(tables[summary.EXPORT_SUMMARY])
     assert len(DeltaTable(tables[summary.EXPORT_SUMMARY]).file_uris()) == 1
@@ -200,8 +220,9 @@ def test_maintenance_job_removes_debris_and_keeps_exports_and_rows(servers, depl
     assert not export_files_before & after
 
     observed = {
-        event.event_specific_data.asset_observation.asset_key.path[-1]:
-            {k: v.value for k, v in event.event_specific_data.asset_observation.metadata.items()}
+        event.event_specific_data.asset_observation.asset_key.path[-1]: {
+            k: v.value for k, v in event.event_specific_data.asset_observation.metadata.items()
+        }
         for event in result.all_events
         if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION
     }

@@ -70,14 +70,18 @@ def retire_in_source(uri: str, model: str, production: dict) -> None:
 def backdate(server, model: str, version: str, when: dt.datetime) -> None:
     """Give a source version a past registration time, so a past date's snapshot can see it."""
     with sqlite3.connect(server.root / "mlflow.db") as db:
-        db.execute("UPDATE model_versions SET creation_time = ? WHERE name = ? AND version = ?",
-                   (int(when.timestamp() * 1000), model, int(version)))
+        db.execute(
+            "UPDATE model_versions SET creation_time = ? WHERE name = ? AND version = ?",
+            (int(when.timestamp() * 1000), model, int(version)),
+        )
 
 
 def history(deployment, marketplace_name: str) -> list[dict]:
     """The production_history rows of one marketplace model, in sequence order."""
     rows = table_rows(deployment, HISTORY)
-    return sorted((r for r in rows if r["marketplace_name"] == marketplace_name), key=lambda r: r["sequence"])
+    return sorted(
+        (r for r in rows if r["marketplace_name"] == marketplace_name), key=lambda r: r["sequence"]
+    )
 
 
 def changes(rows: list[dict]) -> list[tuple]:
@@ -88,15 +92,20 @@ def _utc(value) -> dt.datetime:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     assert value.utcoffset() in (None, dt.timedelta(0)), f"{value} is not UTC"
-    return value.replace(tzinfo=dt.timezone.utc)
+    return value.replace(tzinfo=dt.UTC)
 
 
-def assert_history_well_formed(rows: list[dict], market: MlflowClient, workspace_name: str, model: str,
-                               mp: str) -> None:
+def assert_history_well_formed(
+    rows: list[dict], market: MlflowClient, workspace_name: str, model: str, mp: str
+) -> None:
     """Sequence 1, 2, 3...; each row names its model and the copy it moved the alias to."""
     assert [r["sequence"] for r in rows] == list(range(1, len(rows) + 1))
     for row in rows:
-        assert (row["workspace"], row["model_name"], row["marketplace_name"]) == (workspace_name, model, mp)
+        assert (row["workspace"], row["model_name"], row["marketplace_name"]) == (
+            workspace_name,
+            model,
+            mp,
+        )
         assert row["change"] in CHANGES
         assert isinstance(row["run_id"], str) and row["run_id"]
         if row["change"] == "retired":
@@ -113,11 +122,15 @@ def assert_serves(market: MlflowClient, mp: str, source_version: int) -> dt.date
     is active and says which source version it serves. Returns its status change time."""
     aliased = market.get_model_version_by_alias(mp, ALIAS)
     assert aliased.tags[TAG_SOURCE_VERSION] == str(source_version)
-    assert {v.version for v in versions_of(market, mp) if v.current_stage == "Production"} == {aliased.version}
+    assert {v.version for v in versions_of(market, mp) if v.current_stage == "Production"} == {
+        aliased.version
+    }
     registered = market.get_registered_model(mp)
     assert registered.tags[STATUS] == "active"
-    assert f"is marketplace version {aliased.version}, the copy of source version {source_version}." in (
-        registered.description)  # the model card's status line
+    assert (
+        f"is marketplace version {aliased.version}, the copy of source version {source_version}."
+        in (registered.description)
+    )  # the model card's status line
     return _utc(registered.tags[STATUS_CHANGED_AT])
 
 
@@ -127,7 +140,9 @@ def assert_retired(market: MlflowClient, mp: str, was_serving: int) -> dt.dateti
     with pytest.raises(MlflowException):
         market.get_model_version_by_alias(mp, ALIAS)
     assert [v.version for v in versions_of(market, mp) if v.current_stage == "Production"] == []
-    assert market.get_model_version(mp, copy_of(market, mp, was_serving)).current_stage == "Archived"
+    assert (
+        market.get_model_version(mp, copy_of(market, mp, was_serving)).current_stage == "Archived"
+    )
     registered = market.get_registered_model(mp)
     assert registered.tags[STATUS] == "retired"
     assert "retired" in registered.description.lower()
@@ -175,8 +190,12 @@ def test_alias_follows_the_source_through_promotion_rollback_retirement_and_rest
         assert len(versions_of(market, mp)) == len({c[1] for c in expected if c[1] is not None})
         if serving is None:
             return assert_retired(market, mp, was_serving=change[2])
-        assert_predicts_like_source(source, f"models:/{model}/{serving}", servers["marketplace"].uri,
-                                    f"models:/{mp}@{ALIAS}")
+        assert_predicts_like_source(
+            source,
+            f"models:/{model}/{serving}",
+            servers["marketplace"].uri,
+            f"models:/{mp}@{ALIAS}",
+        )
         return assert_serves(market, mp, serving)
 
     register_version(source, model, kind="diabetes")
@@ -201,10 +220,15 @@ def test_alias_follows_the_source_through_promotion_rollback_retirement_and_rest
 
     MlflowClient(source).delete_registered_model(model)
     assert sync_and_check(("retired", None, 2), None, only("retired")) > restored_at
-    assert sorted(v.tags[TAG_SOURCE_VERSION] for v in versions_of(market, mp)) == ["1", "2"]  # nothing deleted
+    assert sorted(v.tags[TAG_SOURCE_VERSION] for v in versions_of(market, mp)) == [
+        "1",
+        "2",
+    ]  # nothing deleted
 
 
-def test_rollback_to_a_version_never_imported_imports_it_and_moves_the_alias_back(servers, deploy, uid):
+def test_rollback_to_a_version_never_imported_imports_it_and_moves_the_alias_back(
+    servers, deploy, uid
+):
     source = servers["ws_b"].uri
     ws, model = f"b{uid}", f"{uid}_diabetes"
     mp = f"{ws}.{model}"
@@ -227,7 +251,9 @@ def test_rollback_to_a_version_never_imported_imports_it_and_moves_the_alias_bac
     assert rows[-1]["marketplace_version"] == int(copy_of(market, mp, 1))
     assert len(versions_of(market, mp)) == 2
     assert_serves(market, mp, 1)
-    assert_predicts_like_source(source, f"models:/{model}/1", servers["marketplace"].uri, f"models:/{mp}@{ALIAS}")
+    assert_predicts_like_source(
+        source, f"models:/{model}/1", servers["marketplace"].uri, f"models:/{mp}@{ALIAS}"
+    )
 
 
 def test_rollback_while_the_source_is_unreachable_changes_nothing_and_warns(servers, deploy, uid):
@@ -298,7 +324,7 @@ def test_past_date_sync_after_a_rollback_imports_but_never_moves_the_alias(serve
     market = MlflowClient(servers["marketplace"].uri)
     register_version(source, model, kind="diabetes")
     # v1 was registered before the past date, so that date's snapshot can see it.
-    backdate(servers["ws_a"], model, "1", dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+    backdate(servers["ws_a"], model, "1", dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
     register_version(source, model, kind="diabetes")
     promote(source, model, 2, STAGE)
     deployment = deploy([workspace(ws, source, STAGE, uid)])
@@ -319,7 +345,9 @@ def test_past_date_sync_after_a_rollback_imports_but_never_moves_the_alias(serve
     assert changes(history(deployment, mp)) == [("promoted", 2, None), ("rolled_back", 1, 2)]
     assert len(versions_of(market, mp)) == 2
     assert_serves(market, mp, 1)
-    assert_predicts_like_source(source, f"models:/{model}/1", servers["marketplace"].uri, f"models:/{mp}@{ALIAS}")
+    assert_predicts_like_source(
+        source, f"models:/{model}/1", servers["marketplace"].uri, f"models:/{mp}@{ALIAS}"
+    )
 
 
 def test_a_model_excluded_by_curation_is_retired_and_restored_when_put_back(servers, deploy, uid):
@@ -355,7 +383,9 @@ def test_a_model_excluded_by_curation_is_retired_and_restored_when_put_back(serv
     assert changes(history(curated, keep)) == [("promoted", 1, None)]
 
 
-def test_reconciliation_check_passes_in_sync_and_names_a_model_rolled_back_since(servers, deploy, uid):
+def test_reconciliation_check_passes_in_sync_and_names_a_model_rolled_back_since(
+    servers, deploy, uid
+):
     source = servers["ws_a"].uri
     ws, model = f"a{uid}", f"{uid}_iris"
     deployment = synced_at_v2(deploy, source, ws, model, uid)
@@ -376,7 +406,9 @@ def test_reconciliation_check_passes_in_sync_and_names_a_model_rolled_back_since
     assert after.passed, after.description
 
 
-def test_a_re_sync_that_finds_nothing_new_adds_no_history_and_touches_no_model(servers, deploy, uid):
+def test_a_re_sync_that_finds_nothing_new_adds_no_history_and_touches_no_model(
+    servers, deploy, uid
+):
     source = servers["ws_b"].uri
     ws, model = f"b{uid}", f"{uid}_iris"
     mp = f"{ws}.{model}"

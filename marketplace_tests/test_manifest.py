@@ -67,7 +67,10 @@ def test_build_manifest_records_every_file_with_hash_and_size(tmp_path):
 
     assert set(manifest.files) == set(FILES)
     for relative, content in FILES.items():
-        assert manifest.files[relative] == {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+        assert manifest.files[relative] == {
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "size": len(content),
+        }
     assert manifest.size_bytes == sum(len(content) for content in FILES.values())
     assert (manifest.workspace, manifest.model_name, manifest.version) == ("dev01", "churn", 3)
 
@@ -234,7 +237,13 @@ def test_unreadable_manifest_is_refused(tmp_path, content):
 
 @pytest.mark.parametrize(
     "files",
-    [["model.pkl"], {"model.pkl": {}}, {"model.pkl": {"sha256": "ab"}}, {"model.pkl": {"size": 1}}, {"model.pkl": None}],
+    [
+        ["model.pkl"],
+        {"model.pkl": {}},
+        {"model.pkl": {"sha256": "ab"}},
+        {"model.pkl": {"size": 1}},
+        {"model.pkl": None},
+    ],
 )
 def test_manifest_with_malformed_file_entries_is_refused(tmp_path, files):
     make_export(tmp_path)

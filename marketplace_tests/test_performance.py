@@ -113,11 +113,17 @@ def test_one_workspaces_rows_are_read_with_a_predicate_and_counted_from_the_log(
     uri = str(tmp_path / EXPORT_SUMMARY)
     assert read_rows(uri, workspace="a") == [] and row_count(uri) == 0
     merge_rows(uri, EXPORT_SUMMARY, [export_row("a", "m1", 1), export_row("b", "m1", 1)])
-    merge_rows(uri, EXPORT_SUMMARY, [export_row("it's", "m2", 3), export_row("a", "m3", 2, dt.date(2026, 11, 3))])
+    merge_rows(
+        uri,
+        EXPORT_SUMMARY,
+        [export_row("it's", "m2", 3), export_row("a", "m3", 2, dt.date(2026, 11, 3))],
+    )
     rows = read_rows(uri, workspace="a")
     assert sorted((r["model_name"], r["version"]) for r in rows) == [("m1", 1), ("m3", 2)]
     assert isinstance(rows[0]["export_date"], dt.date)
-    assert [r["model_name"] for r in read_rows(uri, workspace="it's", columns=["model_name"])] == ["m2"]
+    assert [r["model_name"] for r in read_rows(uri, workspace="it's", columns=["model_name"])] == [
+        "m2"
+    ]
     assert read_rows(uri, workspace="c") == [] and read_rows(uri, workspace="a' OR '1'='1") == []
     assert row_count(uri) == 4 == len(read_rows(uri))
 
@@ -127,8 +133,12 @@ def test_only_a_folder_on_this_machine_is_read_in_place(tmp_path):
     assert local_folder(tmp_path.as_uri()) == tmp_path
     assert local_folder(str(tmp_path / "missing")) is None
     assert local_folder("relative/path") is None
-    for remote in ("s3://bucket/models/m-1/artifacts", "mlflow-artifacts:/1/models/m-1/artifacts",
-                   "http://host/artifacts", "file://otherhost/models"):
+    for remote in (
+        "s3://bucket/models/m-1/artifacts",
+        "mlflow-artifacts:/1/models/m-1/artifacts",
+        "http://host/artifacts",
+        "file://otherhost/models",
+    ):
         assert local_folder(remote) is None
 
 
@@ -141,8 +151,10 @@ def test_a_copy_hashed_at_import_is_compared_by_size_and_any_other_by_hash(tmp_p
     (copy / "weights.bin").write_bytes(b"b" * 100)  # same size, other bytes
     import hashlib
 
-    reference = {"MLmodel": {"sha256": "x", "size": 1},
-                 "weights.bin": {"sha256": hashlib.sha256(b"a" * 100).hexdigest(), "size": 100}}
+    reference = {
+        "MLmodel": {"sha256": "x", "size": 1},
+        "weights.bin": {"sha256": hashlib.sha256(b"a" * 100).hexdigest(), "size": 100},
+    }
     assert not _identical_to_export(copy, export, reference)
     assert _identical_to_export(copy, export, reference, hashed_at_import=True)
     (copy / "weights.bin").write_bytes(b"a" * 99)
@@ -179,7 +191,11 @@ def test_the_import_looks_an_experiment_up_once_per_step(sqlite_client):
     experiments: dict = {}
     first = mlflow_utils.set_experiment(_ImportClient(counted, experiments), None, "/marketplace/m")
     again = mlflow_utils.set_experiment(_ImportClient(counted, experiments), None, "/marketplace/m")
-    assert first.experiment_id == again.experiment_id == sqlite_client.get_experiment_by_name("/marketplace/m").experiment_id
+    assert (
+        first.experiment_id
+        == again.experiment_id
+        == sqlite_client.get_experiment_by_name("/marketplace/m").experiment_id
+    )
     assert counted.calls["create_experiment"] == 1 and counted.calls["get_experiment_by_name"] == 0
     # A step that knows nothing yet takes the library's own path (its create fails with a REST
     # error, and it looks the experiment up): the syncs against servers cover it.
@@ -201,7 +217,10 @@ def test_a_run_is_terminated_once_per_status_and_read_again_after_any_other_call
     client.set_terminated(run_id, "FINISHED")
     assert counted.calls["set_terminated"] == 1
     client.set_terminated(run_id, "FAILED")
-    assert counted.calls["set_terminated"] == 2 and sqlite_client.get_run(run_id).info.status == "FAILED"
+    assert (
+        counted.calls["set_terminated"] == 2
+        and sqlite_client.get_run(run_id).info.status == "FAILED"
+    )
 
     assert client.get_run(run_id) is client.get_run(run_id)  # twice in a row: one read
     assert counted.calls["get_run"] == 1
@@ -215,19 +234,31 @@ def test_a_run_is_terminated_once_per_status_and_read_again_after_any_other_call
 
 def test_a_version_whose_search_result_carries_marker_and_tag_is_marked():
     marker = marker_description(dt.date(2026, 12, 3), "old")
-    version = ModelVersion("m", "1", 0, description=marker, tags=[ModelVersionTag(EXPORTED_ON_TAG, "2026-12-03")])
+    version = ModelVersion(
+        "m", "1", 0, description=marker, tags=[ModelVersionTag(EXPORTED_ON_TAG, "2026-12-03")]
+    )
     assert is_marked(version)
     assert not is_marked(ModelVersion("m", "1", 0, description=marker))  # tags left out: read it
-    assert not is_marked(ModelVersion("m", "1", 0, description="old", tags=[ModelVersionTag(EXPORTED_ON_TAG, "x")]))
+    assert not is_marked(
+        ModelVersion("m", "1", 0, description="old", tags=[ModelVersionTag(EXPORTED_ON_TAG, "x")])
+    )
     # A snapshot written before the field existed reads as not marked (the marker is checked).
-    old = {"model_name": "m", "version": 1, "run_id": "r", "source": "s",
-           "created_at": "2026-12-03T00:00:00+00:00", "selected_by": "stage Production"}
+    old = {
+        "model_name": "m",
+        "version": 1,
+        "run_id": "r",
+        "source": "s",
+        "created_at": "2026-12-03T00:00:00+00:00",
+        "selected_by": "stage Production",
+    }
     assert ProductionVersion.from_dict(old).marked is False
 
 
 def test_a_run_process_imports_no_signing_library_until_it_signs_or_verifies():
-    code = ("import sys, marketplace_dagster.definitions; "
-            "print(sorted(m for m in ('model_signing', 'sigstore') if m in sys.modules))")
+    code = (
+        "import sys, marketplace_dagster.definitions; "
+        "print(sorted(m for m in ('model_signing', 'sigstore') if m in sys.modules))"
+    )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]", found.stdout
 
@@ -247,10 +278,14 @@ def test_an_export_reads_each_source_object_once_and_passes_everything_else_thro
         source.get_run("no-such-run")
 
 
-def test_the_import_uploads_to_the_run_and_logged_model_it_created_without_reading_them_again(sqlite_client, tmp_path):
+def test_the_import_uploads_to_the_run_and_logged_model_it_created_without_reading_them_again(
+    sqlite_client, tmp_path
+):
     counted = _Counting(sqlite_client)
     client = _ImportClient(counted, {})
-    experiment = sqlite_client.create_experiment("e", artifact_location=(tmp_path / "store").as_uri())
+    experiment = sqlite_client.create_experiment(
+        "e", artifact_location=(tmp_path / "store").as_uri()
+    )
     created = client.create_logged_model(experiment_id=experiment, name="model")
     files = tmp_path / "files"
     (files / "sub").mkdir(parents=True)
@@ -258,7 +293,9 @@ def test_the_import_uploads_to_the_run_and_logged_model_it_created_without_readi
     (files / "sub" / "weights.bin").write_bytes(b"w" * 10)
     client.log_model_artifacts(created.model_id, str(files))
     (files / "MLmodel").write_text("flavors: {python_function: {}}\n")
-    client.log_model_artifact(created.model_id, str(files / "MLmodel"))  # as the library's MLmodel fix
+    client.log_model_artifact(
+        created.model_id, str(files / "MLmodel")
+    )  # as the library's MLmodel fix
     assert counted.calls["get_logged_model"] == counted.calls["log_model_artifacts"] == 0
     stored = local_folder(sqlite_client.get_logged_model(created.model_id).artifact_location)
     assert (stored / "sub" / "weights.bin").read_bytes() == b"w" * 10
@@ -270,8 +307,16 @@ def test_the_import_uploads_to_the_run_and_logged_model_it_created_without_readi
     client.log_artifacts(run.info.run_id, str(files))
     client.log_artifact(run.info.run_id, str(files / "MLmodel"), "sub")
     assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == ["MLmodel", "sub"]
-    assert counted.calls["get_run"] == counted.calls["log_artifacts"] == counted.calls["list_artifacts"] == 0
-    assert sorted(f.path for f in sqlite_client.list_artifacts(run.info.run_id, "sub")) == ["sub/MLmodel", "sub/weights.bin"]
+    assert (
+        counted.calls["get_run"]
+        == counted.calls["log_artifacts"]
+        == counted.calls["list_artifacts"]
+        == 0
+    )
+    assert sorted(f.path for f in sqlite_client.list_artifacts(run.info.run_id, "sub")) == [
+        "sub/MLmodel",
+        "sub/weights.bin",
+    ]
     client.list_artifacts(run.info.run_id, "sub")  # below the root: MLflow's own path
     assert counted.calls["list_artifacts"] == 1
 
@@ -295,16 +340,20 @@ def test_the_version_the_import_just_created_is_not_read_again(sqlite_client):
 
 
 def test_the_name_check_says_whether_the_marketplace_model_exists(sqlite_client):
-    assert check_name_owner(sqlite_client, "ws.m", "ws", "m") is False  # then no version to search for
+    assert (
+        check_name_owner(sqlite_client, "ws.m", "ws", "m") is False
+    )  # then no version to search for
     sqlite_client.create_registered_model("ws.m")
     assert check_name_owner(sqlite_client, "ws.m", "ws", "m") is True
 
 
 def test_the_databricks_probes_of_each_request_fail_at_once_where_databricks_is_absent():
-    code = ("import sys; from marketplace.registry import make_client; make_client('http://127.0.0.1:1'); "
-            "from mlflow.utils import databricks_utils as d; "
-            "print(sys.modules['dbruntime'], d.is_in_databricks_notebook(), d.is_in_databricks_job(), "
-            "'json' in sys.modules and sys.modules['json'] is not None)")
+    code = (
+        "import sys; from marketplace.registry import make_client; make_client('http://127.0.0.1:1'); "
+        "from mlflow.utils import databricks_utils as d; "
+        "print(sys.modules['dbruntime'], d.is_in_databricks_notebook(), d.is_in_databricks_job(), "
+        "'json' in sys.modules and sys.modules['json'] is not None)"
+    )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.split() == ["None", "False", "False", "True"], found.stdout + found.stderr
 
@@ -312,7 +361,9 @@ def test_the_databricks_probes_of_each_request_fail_at_once_where_databricks_is_
 def test_an_export_lists_the_runs_top_folder_without_reading_the_run_again(sqlite_client, tmp_path):
     counted = _Counting(sqlite_client)
     source = _ReadOnce(counted)
-    experiment = sqlite_client.create_experiment("e", artifact_location=(tmp_path / "store").as_uri())
+    experiment = sqlite_client.create_experiment(
+        "e", artifact_location=(tmp_path / "store").as_uri()
+    )
     run_id = sqlite_client.create_run(experiment).info.run_id
     files = tmp_path / "files"
     (files / "model").mkdir(parents=True)
@@ -321,9 +372,13 @@ def test_an_export_lists_the_runs_top_folder_without_reading_the_run_again(sqlit
     sqlite_client.log_artifacts(run_id, str(files))
     source.get_run(run_id)  # as our check does first
     listed = source.list_artifacts(run_id)
-    assert [(f.path, f.is_dir) for f in listed] == [(f.path, f.is_dir) for f in sqlite_client.list_artifacts(run_id)]
+    assert [(f.path, f.is_dir) for f in listed] == [
+        (f.path, f.is_dir) for f in sqlite_client.list_artifacts(run_id)
+    ]
     assert counted.calls["get_run"] == 1 and counted.calls["list_artifacts"] == 0
-    assert [f.path for f in source.list_artifacts(run_id, "model")] == ["model/MLmodel"]  # below it: MLflow's path
+    assert [f.path for f in source.list_artifacts(run_id, "model")] == [
+        "model/MLmodel"
+    ]  # below it: MLflow's path
     assert counted.calls["list_artifacts"] == 1
 
 
@@ -332,13 +387,19 @@ class _Doubles(mlflow.pyfunc.PythonModel):
         return model_input * 2
 
 
-def test_mlflows_environment_warnings_are_logged_only_for_a_model_that_fails_here(sqlite_client, tmp_path):
+def test_mlflows_environment_warnings_are_logged_only_for_a_model_that_fails_here(
+    sqlite_client, tmp_path
+):
     import pandas as pd
 
     folder = tmp_path / "model"
     with by_value(_Doubles):
-        mlflow.pyfunc.save_model(folder, python_model=_Doubles(), input_example=pd.DataFrame({"x": [1.0]}),
-                                 pip_requirements=["surely-absent-distribution==9.9"])
+        mlflow.pyfunc.save_model(
+            folder,
+            python_model=_Doubles(),
+            input_example=pd.DataFrame({"x": [1.0]}),
+            pip_requirements=["surely-absent-distribution==9.9"],
+        )
     logged = []
     handler = logging.Handler()
     handler.emit = lambda record: logged.append(record.getMessage())
@@ -347,10 +408,14 @@ def test_mlflows_environment_warnings_are_logged_only_for_a_model_that_fails_her
     try:
         uri = sqlite_client.tracking_uri
         with Sandbox(SandboxSettings(mode="process")) as sandbox:
-            passed = load_and_predict(uri, "models:/m/1", None, location=str(folder), sandbox=sandbox)
+            passed = load_and_predict(
+                uri, "models:/m/1", None, location=str(folder), sandbox=sandbox
+            )
             assert (passed.loaded, passed.predicted) == (True, True) and logged == [], passed.detail
             (folder / "python_model.pkl").write_bytes(b"not a pickle")
-            failed = load_and_predict(uri, "models:/m/1", None, location=str(folder), sandbox=sandbox)
+            failed = load_and_predict(
+                uri, "models:/m/1", None, location=str(folder), sandbox=sandbox
+            )
     finally:
         logger.removeHandler(handler)
     assert not failed.loaded and "does not load" in failed.detail

@@ -40,14 +40,26 @@ def two_workspaces(servers, deploy, uid):
     register_version(b, f"{uid}_diabetes", alias="champion", kind="diabetes")
     deployment = deploy(
         [
-            {"name": f"a{uid}", "tracking_uri": a, "production": {"stage": "Production"}, "include": [f"{uid}_*"]},
-            {"name": f"b{uid}", "tracking_uri": b, "production": {"alias": "champion"}, "include": [f"{uid}_*"]},
+            {
+                "name": f"a{uid}",
+                "tracking_uri": a,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            },
+            {
+                "name": f"b{uid}",
+                "tracking_uri": b,
+                "production": {"alias": "champion"},
+                "include": [f"{uid}_*"],
+            },
         ]
     )
     return deployment, f"a{uid}", f"b{uid}"
 
 
-def test_sync_exports_imports_and_registers_the_newest_production_version(two_workspaces, servers, uid):
+def test_sync_exports_imports_and_registers_the_newest_production_version(
+    two_workspaces, servers, uid
+):
     deployment, ws_a, ws_b = two_workspaces
     result = deployment.sync(ws_a)
     assert result.success, step_failure_message(result)
@@ -61,7 +73,9 @@ def test_sync_exports_imports_and_registers_the_newest_production_version(two_wo
 
     source = MlflowClient(servers["ws_a"].uri)
     marked = source.get_model_version(f"{uid}_iris", "2")
-    assert marked.description == f"{MARKER_PREFIX}{TODAY.isoformat()}, old description: the good one"
+    assert (
+        marked.description == f"{MARKER_PREFIX}{TODAY.isoformat()}, old description: the good one"
+    )
     assert marked.tags["marketplace.exported_on"] == TODAY.isoformat()
     assert source.get_model_version(f"{uid}_iris", "1").description == "first try"
 
@@ -80,11 +94,15 @@ def test_sync_exports_imports_and_registers_the_newest_production_version(two_wo
     assert market.search_registered_models(filter_string=f"name='{ws_a}.{uid}_draft'") == []
 
     exports = table_rows(deployment, "export_summary")
-    assert [(r["workspace"], r["model_name"], r["version"]) for r in exports] == [(ws_a, f"{uid}_iris", 2)]
+    assert [(r["workspace"], r["model_name"], r["version"]) for r in exports] == [
+        (ws_a, f"{uid}_iris", 2)
+    ]
     assert exports[0]["export_date"] == TODAY and exports[0]["size_bytes"] > 0
     assert exports[0]["checksum"] == production.tags[TAG_CHECKSUM]
     imports = table_rows(deployment, "import_summary")
-    assert [(r["marketplace_model"], r["marketplace_version"]) for r in imports] == [(name, int(production.version))]
+    assert [(r["marketplace_model"], r["marketplace_version"]) for r in imports] == [
+        (name, int(production.version))
+    ]
 
 
 def test_marketplace_model_predicts_the_same_as_its_source(two_workspaces, servers, uid):
@@ -94,8 +112,12 @@ def test_marketplace_model_predicts_the_same_as_its_source(two_workspaces, serve
     check = result.get_asset_check_evaluations()
     assert [c.passed for c in check if c.check_name == keys.IMPORT_LOADS_CHECK] == [True]
 
-    assert_predicts_like_source(servers["ws_b"].uri, f"models:/{uid}_diabetes@champion",
-                                servers["marketplace"].uri, f"models:/{ws_b}.{uid}_diabetes@production")
+    assert_predicts_like_source(
+        servers["ws_b"].uri,
+        f"models:/{uid}_diabetes@champion",
+        servers["marketplace"].uri,
+        f"models:/{ws_b}.{uid}_diabetes@production",
+    )
 
 
 def test_second_run_changes_nothing(two_workspaces, servers, uid):
@@ -109,7 +131,14 @@ def test_second_run_changes_nothing(two_workspaces, servers, uid):
     assert (path / MANIFEST_NAME).stat().st_mtime_ns == manifest_mtime
     after = MlflowClient(servers["ws_a"].uri).get_model_version(f"{uid}_iris", "2")
     assert after.description == source.description  # the marker is written once
-    assert len(MlflowClient(servers["marketplace"].uri).search_model_versions(f"name='{ws_a}.{uid}_iris'")) == 1
+    assert (
+        len(
+            MlflowClient(servers["marketplace"].uri).search_model_versions(
+                f"name='{ws_a}.{uid}_iris'"
+            )
+        )
+        == 1
+    )
     assert len(table_rows(deployment, "export_summary")) == 1
     assert len(table_rows(deployment, "import_summary")) == 1
 
@@ -136,7 +165,11 @@ def test_corrupted_export_is_refused_at_import(two_workspaces, servers, uid):
     upto_summary = [keys.PRODUCTION_MODELS, keys.EXPORTS, keys.EXPORT_SUMMARY]
     assert deployment.sync(ws_a, selection=upto_summary).success
     path = export_dir(deployment.config.storage_root, ws_a, f"{uid}_iris", 2)
-    target = next(p for p in path.rglob("*") if p.is_file() and p.name.startswith("model.") and p.suffix != ".json")
+    target = next(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.name.startswith("model.") and p.suffix != ".json"
+    )
     target.write_bytes(target.read_bytes()[::-1])  # same size, different bytes
 
     result = deployment.sync(ws_a)
@@ -164,8 +197,12 @@ def test_unreachable_workspace_fails_fast_naming_it_and_others_succeed(servers, 
     deployment = deploy(
         [
             {"name": "down", "tracking_uri": dead, "production": {"stage": "Production"}},
-            {"name": f"a{uid}", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-             "include": [f"{uid}_*"]},
+            {
+                "name": f"a{uid}",
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            },
         ]
     )
     started = time.monotonic()
@@ -211,14 +248,22 @@ def test_bulk_read_of_marketplace_versions_matches_reading_each_model(servers, u
     from marketplace.provenance import SourceKey
 
     market = MlflowClient(servers["marketplace"].uri)
-    seed = market.get_model_version(f"{uid}_seed", register_version(servers["marketplace"].uri, f"{uid}_seed"))
+    seed = market.get_model_version(
+        f"{uid}_seed", register_version(servers["marketplace"].uri, f"{uid}_seed")
+    )
     names = [f"{uid}.plain", f"{uid}.o'quote", f'{uid}.d"quote', f"{uid}.space name", f"{uid}.ünï"]
     for i, name in enumerate(names):
         market.create_registered_model(name)
         for version in (1, 2):
-            market.create_model_version(name, seed.source, tags=SourceKey("ws", f"m{i}", version).tags(),
-                                        model_id=seed.source.removeprefix("models:/"))
-        market.create_model_version(name, seed.source, model_id=seed.source.removeprefix("models:/"))  # no source tags: not an import
+            market.create_model_version(
+                name,
+                seed.source,
+                tags=SourceKey("ws", f"m{i}", version).tags(),
+                model_id=seed.source.removeprefix("models:/"),
+            )
+        market.create_model_version(
+            name, seed.source, model_id=seed.source.removeprefix("models:/")
+        )  # no source tags: not an import
     absent = f"{uid}.never_registered"
 
     one_by_one = {name: marketplace_versions(market, name) for name in [*names, absent]}
@@ -234,15 +279,26 @@ def test_bulk_read_of_marketplace_versions_matches_reading_each_model(servers, u
 def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_prov", stage="Production")
     deployment = deploy(
-        [{"name": "prov", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}]
+        [
+            {
+                "name": "prov",
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ]
     )
     result = deployment.sync("prov", selection=keys.CHAIN[:4])  # up to the import, no registration
     assert result.success, step_failure_message(result)
     created = MlflowClient(servers["marketplace"].uri).get_registered_model(f"prov.{uid}_prov")
-    assert created.tags[TAG_SOURCE_WORKSPACE] == "prov" and created.tags[TAG_SOURCE_MODEL] == f"{uid}_prov"
+    assert (
+        created.tags[TAG_SOURCE_WORKSPACE] == "prov"
+        and created.tags[TAG_SOURCE_MODEL] == f"{uid}_prov"
+    )
     assert created.tags["marketplace.latest_source_version"] == "1"
-    assert created.description.startswith(f"Marketplace copy of model '{uid}_prov' from workspace 'prov'")
+    assert created.description.startswith(
+        f"Marketplace copy of model '{uid}_prov' from workspace 'prov'"
+    )
     # Registration then promotes it: the alias, the stage, its status (active, since when) and its model card.
     result = deployment.sync("prov")
     assert result.success, step_failure_message(result)
@@ -258,11 +314,25 @@ def test_every_kind_of_tampering_is_refused_at_import_saying_what_differs(server
     kinds = ("changed", "added", "removed", "manifest_deleted", "manifest_edited")
     for kind in kinds:
         register_version(servers["ws_a"].uri, f"{uid}_{kind}", stage="Production")
-    deployment = deploy([{"name": "tamper", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-                          "include": [f"{uid}_*"]}])
+    deployment = deploy(
+        [
+            {
+                "name": "tamper",
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ]
+    )
     assert deployment.sync("tamper", selection=keys.CHAIN[:3]).success
-    folder = {kind: export_dir(deployment.config.storage_root, "tamper", f"{uid}_{kind}", 1) for kind in kinds}
-    pickled = {kind: next(p for p in folder[kind].rglob("model.*") if p.suffix != ".json") for kind in kinds}
+    folder = {
+        kind: export_dir(deployment.config.storage_root, "tamper", f"{uid}_{kind}", 1)
+        for kind in kinds
+    }
+    pickled = {
+        kind: next(p for p in folder[kind].rglob("model.*") if p.suffix != ".json")
+        for kind in kinds
+    }
     pickled["changed"].write_bytes(pickled["changed"].read_bytes()[::-1])
     (pickled["added"].parent / "planted.py").write_text("import os\n")
     pickled["removed"].unlink()
@@ -277,7 +347,8 @@ def test_every_kind_of_tampering_is_refused_at_import_saying_what_differs(server
     failures = _failures(result)
     says = {
         "changed": f"(changed: {pickled['changed'].relative_to(folder['changed']).as_posix()})",
-        "added": "(added: " + (pickled["added"].parent / "planted.py").relative_to(folder["added"]).as_posix(),
+        "added": "(added: "
+        + (pickled["added"].parent / "planted.py").relative_to(folder["added"]).as_posix(),
         "removed": f"(missing: {pickled['removed'].relative_to(folder['removed']).as_posix()})",
         "manifest_deleted": "no manifest.json",
         "manifest_edited": "checksum",

@@ -47,8 +47,13 @@ WEBHOOK_LATENCY_BOUND = 60
 CHANGE_TIMEOUT = 120
 BURST = 50
 BURST_RUN_BOUND = 6
-IN_FLIGHT = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING}
+IN_FLIGHT = {
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+}
 
 
 @dataclass(frozen=True, eq=False)  # a key by identity: its production selector is a dict
@@ -90,8 +95,11 @@ class Live:
         self.receiver.wait_until_up()
         config = load_config(self.config_path)
         workspace = next(w for w in config.workspaces if w.name == self.hooked.name)
-        wait_for(lambda: inspect_webhook(workspace, config.webhooks.base_url).registered, 60,
-                 lambda: f"{WEBHOOK_NAME} not registered on {self.hooked.server}:\n{self.logs()}")
+        wait_for(
+            lambda: inspect_webhook(workspace, config.webhooks.base_url).registered,
+            60,
+            lambda: f"{WEBHOOK_NAME} not registered on {self.hooked.server}:\n{self.logs()}",
+        )
         # The source re-reads its webhook list every second (local_servers.webhook_env).
         time.sleep(1.5)
 
@@ -121,17 +129,23 @@ class Live:
     def production(self, workspace: Workspace) -> str | None:
         """The source version the marketplace's @production is the copy of; None without one."""
         try:
-            return self.market.get_model_version_by_alias(workspace.marketplace_name, ALIAS).tags.get(
-                TAG_SOURCE_VERSION)
+            return self.market.get_model_version_by_alias(
+                workspace.marketplace_name, ALIAS
+            ).tags.get(TAG_SOURCE_VERSION)
         except MlflowException:
             return None
 
     def source_production(self, workspace: Workspace) -> str:
         client = self.source(workspace)
         if "alias" in workspace.production:
-            return client.get_model_version_by_alias(workspace.model, workspace.production["alias"]).version
-        (version,) = [v.version for v in client.search_model_versions(f"name='{workspace.model}'")
-                      if v.current_stage == "Production"]
+            return client.get_model_version_by_alias(
+                workspace.model, workspace.production["alias"]
+            ).version
+        (version,) = [
+            v.version
+            for v in client.search_model_versions(f"name='{workspace.model}'")
+            if v.current_stage == "Production"
+        ]
         return version
 
     def runs(self, workspace: Workspace) -> list:
@@ -139,7 +153,10 @@ class Live:
         instance = dg.DagsterInstance.from_config(str(self.home))
         try:
             records = instance.get_run_records(
-                filters=dg.RunsFilter(job_name="marketplace_sync_job", tags={WORKSPACE_TAG: workspace.name}))
+                filters=dg.RunsFilter(
+                    job_name="marketplace_sync_job", tags={WORKSPACE_TAG: workspace.name}
+                )
+            )
         finally:
             instance.dispose()
         return sorted(records, key=lambda r: r.create_timestamp)
@@ -150,31 +167,50 @@ class Live:
         instance = dg.DagsterInstance.from_config(str(self.home))
         try:
             records = instance.fetch_observations(
-                dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS, after_timestamp=after), limit=10_000).records
+                dg.AssetRecordsFilter(asset_key=PRODUCTION_MODELS, after_timestamp=after),
+                limit=10_000,
+            ).records
         finally:
             instance.dispose()
         found = []
         for record in records:
             metadata = {k: v.value for k, v in record.asset_observation.metadata.items()}
-            if DELIVERY_ID in metadata and metadata.get("workspace") == workspace.name and (
-                    metadata.get("model") == workspace.model):
+            if (
+                DELIVERY_ID in metadata
+                and metadata.get("workspace") == workspace.name
+                and (metadata.get("model") == workspace.model)
+            ):
                 found.append((record.timestamp, metadata))
         return found
 
-    def alias_deliveries(self, workspace: Workspace, after: float, version: str | None = None,
-                         before: float | None = None) -> list[float]:
+    def alias_deliveries(
+        self,
+        workspace: Workspace,
+        after: float,
+        version: str | None = None,
+        before: float | None = None,
+    ) -> list[float]:
         """When each delivery of the alias moving (to `version`) in [after, before) was recorded."""
-        return [at for at, event in self.deliveries(workspace, after)
-                if event["event"] == "model_version_alias.created" and at < (before or float("inf"))
-                and version in (None, event.get("version"))]
+        return [
+            at
+            for at, event in self.deliveries(workspace, after)
+            if event["event"] == "model_version_alias.created"
+            and at < (before or float("inf"))
+            and version in (None, event.get("version"))
+        ]
 
     def ticks(self, limit: int = 10) -> list:
         """The sensor's newest ticks, newest first."""
         instance = dg.DagsterInstance.from_config(str(self.home))
         try:
             states = [s for s in instance.all_instigator_state() if s.instigator_name == SENSOR]
-            return [tick for state in states
-                    for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=limit)]
+            return [
+                tick
+                for state in states
+                for tick in instance.get_ticks(
+                    state.instigator_origin_id, state.selector_id, limit=limit
+                )
+            ]
         finally:
             instance.dispose()
 
@@ -190,10 +226,14 @@ class Live:
             if path.exists():
                 parts.append(f"--- {name}\n" + path.read_text(errors="replace")[-4000:])
         try:
-            parts.append("--- sensor ticks\n" + "\n".join(
-                f"{dt.datetime.fromtimestamp(t.timestamp):%H:%M:%S} {t.status.value} {t.run_ids} "
-                f"{t.skip_reason or ''} {t.error.message[:300] if t.error else ''}"
-                for t in sorted(self.ticks(8), key=lambda t: t.timestamp)))
+            parts.append(
+                "--- sensor ticks\n"
+                + "\n".join(
+                    f"{dt.datetime.fromtimestamp(t.timestamp):%H:%M:%S} {t.status.value} {t.run_ids} "
+                    f"{t.skip_reason or ''} {t.error.message[:300] if t.error else ''}"
+                    for t in sorted(self.ticks(8), key=lambda t: t.timestamp)
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - diagnostics only
             parts.append(f"--- sensor ticks not read: {exc}")
         return "\n".join(parts)
@@ -204,8 +244,12 @@ class Live:
         promote(self.servers[workspace.server].uri, workspace.model, version, workspace.production)
         return at
 
-    def wait_served(self, wanted: dict[Workspace, str], since: float, timeout: float = CHANGE_TIMEOUT,
-                    ) -> dict[Workspace, float]:
+    def wait_served(
+        self,
+        wanted: dict[Workspace, str],
+        since: float,
+        timeout: float = CHANGE_TIMEOUT,
+    ) -> dict[Workspace, float]:
         """Wait until the marketplace serves each workspace's wanted source version; the seconds from
         `since` (wall clock) to when each was first seen served."""
         seen: dict[Workspace, float] = {}
@@ -217,38 +261,63 @@ class Live:
             if len(seen) == len(wanted):
                 break
             if time.monotonic() > deadline:
-                missing = {w.name: (v, self.production(w)) for w, v in wanted.items() if w not in seen}
-                raise AssertionError(f"not served within {timeout:.0f} s (workspace: (wanted, serving)): "
-                                     f"{missing}\n{self.logs()}")
+                missing = {
+                    w.name: (v, self.production(w)) for w, v in wanted.items() if w not in seen
+                }
+                raise AssertionError(
+                    f"not served within {timeout:.0f} s (workspace: (wanted, serving)): "
+                    f"{missing}\n{self.logs()}"
+                )
             time.sleep(0.5)
         return seen
 
     def wait_idle(self, timeout: float = 120) -> None:
         """Until no sync run is queued or running (so `dagster dev` can stop without taking one down)."""
+
         def idle() -> bool:
-            return not any(r.dagster_run.status in IN_FLIGHT for w in (self.hooked, self.polled) for r in self.runs(w))
+            return not any(
+                r.dagster_run.status in IN_FLIGHT
+                for w in (self.hooked, self.polled)
+                for r in self.runs(w)
+            )
 
-        wait_for(idle, timeout, lambda: f"sync runs still in flight after {timeout:.0f} s\n{self.logs()}")
+        wait_for(
+            idle, timeout, lambda: f"sync runs still in flight after {timeout:.0f} s\n{self.logs()}"
+        )
 
-    def serving_run(self, workspace: Workspace, version: str, after: float, before: float | None = None):
+    def serving_run(
+        self, workspace: Workspace, version: str, after: float, before: float | None = None
+    ):
         """The one successful run created in [after, before) that was asked to sync `version`."""
         wanted = f"{workspace.model}@{version}"
 
         def matching() -> list:
-            return [r for r in self.runs(workspace)
-                    if after <= r.create_timestamp.timestamp() < (before or float("inf"))
-                    and wanted in r.dagster_run.tags.get(PENDING_TAG, "").split(", ")]
+            return [
+                r
+                for r in self.runs(workspace)
+                if after <= r.create_timestamp.timestamp() < (before or float("inf"))
+                and wanted in r.dagster_run.tags.get(PENDING_TAG, "").split(", ")
+            ]
 
         def finished() -> bool:
-            return bool(matching()) and not any(r.dagster_run.status in IN_FLIGHT for r in matching())
+            return bool(matching()) and not any(
+                r.dagster_run.status in IN_FLIGHT for r in matching()
+            )
 
-        wait_for(finished, 120, lambda: f"no finished run for {wanted} after {after}:\n{self.logs()}")
+        wait_for(
+            finished, 120, lambda: f"no finished run for {wanted} after {after}:\n{self.logs()}"
+        )
         succeeded = [r for r in matching() if r.dagster_run.status == dg.DagsterRunStatus.SUCCESS]
-        assert len(succeeded) == 1, (wanted, [(r.dagster_run.run_id, r.dagster_run.status) for r in matching()])
+        assert len(succeeded) == 1, (
+            wanted,
+            [(r.dagster_run.run_id, r.dagster_run.status) for r in matching()],
+        )
         return succeeded[0]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, why: Callable[[], str], every: float = 0.5) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, why: Callable[[], str], every: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -280,20 +349,39 @@ def live(servers, tmp_path_factory):
         "marketplace": {"tracking_uri": servers["marketplace"].uri},
         "client": {"timeout_seconds": 5, "max_retries": 0},
         "workspaces": [
-            {"name": hooked.name, "tracking_uri": servers[hooked.server].uri, "production": hooked.production,
-             "include": [f"{uid}_*"], "webhook": {"secret_env": SECRET_ENV}},
-            {"name": polled.name, "tracking_uri": servers[polled.server].uri, "production": polled.production,
-             "include": [f"{uid}_*"]},
+            {
+                "name": hooked.name,
+                "tracking_uri": servers[hooked.server].uri,
+                "production": hooked.production,
+                "include": [f"{uid}_*"],
+                "webhook": {"secret_env": SECRET_ENV},
+            },
+            {
+                "name": polled.name,
+                "tracking_uri": servers[polled.server].uri,
+                "production": polled.production,
+                "include": [f"{uid}_*"],
+            },
         ],
-        "sensor": {"minimum_interval_seconds": POLL_SECONDS, "default_status": "running", "retry_backoff_seconds": 0},
+        "sensor": {
+            "minimum_interval_seconds": POLL_SECONDS,
+            "default_status": "running",
+            "retry_backoff_seconds": 0,
+        },
         "webhooks": {"listen": listen},
-        "automation": stopped, "schedule": stopped, "freshness": stopped, "checks": stopped, "housekeeping": stopped,
+        "automation": stopped,
+        "schedule": stopped,
+        "freshness": stopped,
+        "checks": stopped,
+        "housekeeping": stopped,
     }
     home = folder / "dagster_home"
     ensure_instance(home)
     # The receiver and the daemon both create the instance's storage on first use; racing first uses collide.
     dg.DagsterInstance.from_config(str(home)).dispose()
-    system = Live(folder / "marketplace.yaml", raw, home, f"http://{listen}", hooked, polled, servers)
+    system = Live(
+        folder / "marketplace.yaml", raw, home, f"http://{listen}", hooked, polled, servers
+    )
     system.write_config()
     with pytest.MonkeyPatch.context() as env:
         # The receiver verifies with it and the daemon's processes inherit it: from the environment only.
@@ -340,11 +428,15 @@ class Consumer:
         self.server.server_close()
 
 
-def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_consumers_hear_the_rollback(live):
+def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_consumers_hear_the_rollback(
+    live,
+):
     hooked, polled = live.hooked, live.polled
     consumer = Consumer()
     market = live.market
-    subscription = market.create_webhook(f"{hooked.name}-consumer", consumer.url, ["model_version_alias.created"])
+    subscription = market.create_webhook(
+        f"{hooked.name}-consumer", consumer.url, ["model_version_alias.created"]
+    )
     try:
         changes: dict[Workspace, list[tuple[str, float]]] = {hooked: [], polled: []}
         latencies: dict[Workspace, list[float]] = {hooked: [], polled: []}
@@ -356,15 +448,28 @@ def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_co
                 latencies[workspace].append(served[workspace] - (at[workspace] - min(at.values())))
             # The next change starts from a quiet system: its latency and its run are its own.
             live.wait_idle()
-        live.latencies.update({f"{hooked.name} (alias, webhook)": latencies[hooked],
-                               f"{polled.name} (stage, poll)": latencies[polled]})
-        assert all(seconds < WEBHOOK_LATENCY_BOUND for seconds in latencies[hooked]), latencies[hooked]
+        live.latencies.update(
+            {
+                f"{hooked.name} (alias, webhook)": latencies[hooked],
+                f"{polled.name} (stage, poll)": latencies[polled],
+            }
+        )
+        assert all(seconds < WEBHOOK_LATENCY_BOUND for seconds in latencies[hooked]), latencies[
+            hooked
+        ]
 
         # Each change asked for and got a successful run of its own, under a key of its own.
-        windows = {w: [(version, at, following) for (version, at), following in zip(made, [a for _, a in made[1:]] + [None])]
-                   for w, made in changes.items()}  # each change, and when the next one came
-        runs = {w: [live.serving_run(w, version, at, before) for version, at, before in found]
-                for w, found in windows.items()}
+        windows = {
+            w: [
+                (version, at, following)
+                for (version, at), following in zip(made, [a for _, a in made[1:]] + [None])
+            ]
+            for w, made in changes.items()
+        }  # each change, and when the next one came
+        runs = {
+            w: [live.serving_run(w, version, at, before) for version, at, before in found]
+            for w, found in windows.items()
+        }
         keys = [r.dagster_run.tags["dagster/run_key"] for found in runs.values() for r in found]
         assert len(set(keys)) == 8, keys
         assert {r.dagster_run.tags[TRIGGER_TAG] for r in runs[polled]} == {"poll"}
@@ -383,12 +488,20 @@ def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_co
         rolled_back_to = {w: copy_of(market, w.marketplace_name, 1) for w in (hooked, polled)}
 
         def heard() -> bool:
-            return all(any(e["data"].get("name") == w.marketplace_name and str(e["data"].get("version")) == copy
-                           and e["data"].get("alias") == ALIAS for e in consumer.received)
-                       for w, copy in rolled_back_to.items())
+            return all(
+                any(
+                    e["data"].get("name") == w.marketplace_name
+                    and str(e["data"].get("version")) == copy
+                    and e["data"].get("alias") == ALIAS
+                    for e in consumer.received
+                )
+                for w, copy in rolled_back_to.items()
+            )
 
         wait_for(heard, 30, lambda: f"consumer heard {consumer.received}")
-        assert {e["entity"] + "." + e["action"] for e in consumer.received} == {"model_version_alias.created"}
+        assert {e["entity"] + "." + e["action"] for e in consumer.received} == {
+            "model_version_alias.created"
+        }
     finally:
         market.delete_webhook(subscription.webhook_id)
         consumer.close()
@@ -422,8 +535,11 @@ def test_events_alone_serve_a_change_made_while_the_daemon_was_down_and_bound_a_
     target = other(live.source_production(hooked))
     at = live.change(hooked, target)
     # Recorded with no daemon running: the event waits in the instance.
-    wait_for(lambda: live.alias_deliveries(hooked, at, target), 30,
-             lambda: f"no delivery recorded for v{target}\n{live.logs()}")
+    wait_for(
+        lambda: live.alias_deliveries(hooked, at, target),
+        30,
+        lambda: f"no delivery recorded for v{target}\n{live.logs()}",
+    )
     assert live.production(hooked) != target
     live.start_dev()
     served = live.wait_served({hooked: target}, at, timeout=CHANGE_TIMEOUT + 60)
@@ -437,7 +553,9 @@ def test_events_alone_serve_a_change_made_while_the_daemon_was_down_and_bound_a_
     burst_at = time.time()
     source = live.source(hooked)
     for i in range(BURST):
-        source.set_registered_model_alias(hooked.model, CHAMPION["alias"], final if i % 2 else start)
+        source.set_registered_model_alias(
+            hooked.model, CHAMPION["alias"], final if i % 2 else start
+        )
     burst_seconds = time.time() - burst_at
     assert live.source_production(hooked) == final
     served = live.wait_served({hooked: final}, burst_at, timeout=CHANGE_TIMEOUT + 30)
@@ -454,9 +572,13 @@ def test_events_alone_serve_a_change_made_while_the_daemon_was_down_and_bound_a_
     wait_for(settled, 120, lambda: f"the burst's runs did not settle\n{live.logs()}")
     burst_runs = [r for r in live.runs(hooked) if r.create_timestamp.timestamp() >= burst_at]
     delivered = live.alias_deliveries(hooked, burst_at)
-    print(f"burst of {BURST} events in {burst_seconds:.1f} s: {len(delivered)} delivered, {len(burst_runs)} run(s) "
-          f"{[(r.dagster_run.status.value, r.dagster_run.tags.get(PENDING_TAG)) for r in burst_runs]}")
+    print(
+        f"burst of {BURST} events in {burst_seconds:.1f} s: {len(delivered)} delivered, {len(burst_runs)} run(s) "
+        f"{[(r.dagster_run.status.value, r.dagster_run.tags.get(PENDING_TAG)) for r in burst_runs]}"
+    )
     assert len(delivered) == BURST
-    assert 1 <= len(burst_runs) <= BURST_RUN_BOUND, [r.dagster_run.tags.get(PENDING_TAG) for r in burst_runs]
+    assert 1 <= len(burst_runs) <= BURST_RUN_BOUND, [
+        r.dagster_run.tags.get(PENDING_TAG) for r in burst_runs
+    ]
     assert burst_runs[-1].dagster_run.status == dg.DagsterRunStatus.SUCCESS
     assert live.production(hooked) == final

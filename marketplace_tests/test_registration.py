@@ -55,12 +55,22 @@ def test_decision_table(desired, recorded, aliased, expected):
 
 
 def _row(name, sequence, version, model="m", workspace="w"):
-    return {"marketplace_name": name, "model_name": model, "workspace": workspace, "sequence": sequence,
-            "source_version": version}
+    return {
+        "marketplace_name": name,
+        "model_name": model,
+        "workspace": workspace,
+        "sequence": sequence,
+        "source_version": version,
+    }
 
 
 def test_recorded_state_is_the_last_row_by_sequence_whatever_the_read_order():
-    rows = [_row("w.m", 3, None), _row("w.m", 1, 1), _row("w.m", 2, 2), _row("w.n", 1, 7, model="n")]
+    rows = [
+        _row("w.m", 3, None),
+        _row("w.m", 1, 1),
+        _row("w.m", 2, 2),
+        _row("w.n", 1, 7, model="n"),
+    ]
     states = recorded_states(rows)
     assert states["w.m"] == Recorded(3, None, 2)
     assert states["w.n"] == Recorded(1, 7, 7)
@@ -76,14 +86,26 @@ def test_pending_changes_name_every_divergence_and_nothing_else():
         "retired": Recorded(2, None, 3),
     }
     production = {"same": 4, "rolled": 3, "new": 1, "retired": 3}
-    assert pending_changes(production, recorded) == ["gone@retired", "new@1", "retired@3", "rolled@3"]
-    assert pending_changes({"same": 4}, {"same": Recorded(1, 4, 4), "retired": Recorded(2, None, 3)}) == []
+    assert pending_changes(production, recorded) == [
+        "gone@retired",
+        "new@1",
+        "retired@3",
+        "rolled@3",
+    ]
+    assert (
+        pending_changes({"same": 4}, {"same": Recorded(1, 4, 4), "retired": Recorded(2, None, 3)})
+        == []
+    )
 
 
 def test_divergences_say_how_each_model_differs():
     marker = Marker("production", has_aliases=True, has_stages=True)
-    found = divergences("dev01", {"fraud": 1, "new": 3, "ok": 2},
-                        {"fraud": 2, "new": None, "ok": 2, "old": 4, "gone": None}, marker)
+    found = divergences(
+        "dev01",
+        {"fraud": 1, "new": 3, "ok": 2},
+        {"fraud": 2, "new": None, "ok": 2, "old": 4, "gone": None},
+        marker,
+    )
     assert found == [
         "dev01/fraud: source production v1, marketplace @production is the copy of v2",
         "dev01/new: source production v3, marketplace has no @production",
@@ -91,13 +113,20 @@ def test_divergences_say_how_each_model_differs():
     ]
     stages = Marker("production", has_aliases=False, has_stages=True)
     assert divergences("w", {"m": 1}, {"m": 2}, stages) == [
-        "w/m: source production v1, marketplace Production version is the copy of v2"]
+        "w/m: source production v1, marketplace Production version is the copy of v2"
+    ]
 
 
 def test_description_says_where_production_points_or_since_when_retired():
     marker = Marker("production", has_aliases=True, has_stages=True)
     active = description("dev01", "fraud", 3, marker, "http://h")
-    assert "@production is source version 3" in active and "'fraud'" in active and "'dev01'" in active
-    retired = description("dev01", "fraud", None, marker, "http://h", retired_since="2026-12-01T10:00:00+00:00")
+    assert (
+        "@production is source version 3" in active and "'fraud'" in active and "'dev01'" in active
+    )
+    retired = description(
+        "dev01", "fraud", None, marker, "http://h", retired_since="2026-12-01T10:00:00+00:00"
+    )
     assert "Retired since 2026-12-01T10:00:00+00:00" in retired and "no @production" in retired
-    assert "Production version" in description("dev01", "fraud", None, Marker("x", False, True), "h", retired_since="t")
+    assert "Production version" in description(
+        "dev01", "fraud", None, Marker("x", False, True), "h", retired_since="t"
+    )

@@ -40,8 +40,26 @@ MODES = ["namespaces", "process"]
 BUILDING = "MARKETPLACE_BUILDING_PAYLOAD"
 EXAMPLE = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
 SANDBOX_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "DO_NOT_TRACK"}
-SANDBOX_ROOT = {"bin", "dev", "etc", "lib", "lib32", "lib64", "models", "proc", "sandbox", "sbin", "scratch", "tmp", "usr"}
-SET_INSIDE = {"PWD", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}  # bwrap's --chdir; scikit-learn's import
+SANDBOX_ROOT = {
+    "bin",
+    "dev",
+    "etc",
+    "lib",
+    "lib32",
+    "lib64",
+    "models",
+    "proc",
+    "sandbox",
+    "sbin",
+    "scratch",
+    "tmp",
+    "usr",
+}
+SET_INSIDE = {
+    "PWD",
+    "KMP_DUPLICATE_LIB_OK",
+    "KMP_INIT_AT_FORK",
+}  # bwrap's --chdir; scikit-learn's import
 
 
 def in_sandbox() -> bool:
@@ -86,6 +104,7 @@ def _rebuild(target: str):
 
 
 # --- attacks (pickled by value with the Payload that carries them)
+
 
 def write_file(path: str):
     with open(path, "w") as f:
@@ -152,17 +171,22 @@ def report_view(folders: list[str]):
 
 # --- building models
 
+
 def save_payload(folder: Path, model: mlflow.pyfunc.PythonModel) -> Path:
     """Save `model` by value, its payload quiet while MLflow runs it on the host to save it."""
     with pytest.MonkeyPatch.context() as env, by_value(Payload):
         env.setenv(BUILDING, "1")
-        mlflow.pyfunc.save_model(folder, python_model=model, input_example=EXAMPLE, pip_requirements=["mlflow"])
+        mlflow.pyfunc.save_model(
+            folder, python_model=model, input_example=EXAMPLE, pip_requirements=["mlflow"]
+        )
     return folder
 
 
 def save_regression(folder: Path, slope: float) -> Path:
     fitted = LinearRegression().fit(EXAMPLE, EXAMPLE["x"] * slope + 1.0)
-    mlflow.sklearn.save_model(fitted, str(folder), input_example=EXAMPLE, pip_requirements=["scikit-learn"])
+    mlflow.sklearn.save_model(
+        fitted, str(folder), input_example=EXAMPLE, pip_requirements=["scikit-learn"]
+    )
     return folder
 
 
@@ -181,7 +205,9 @@ def save_from_code(folder: Path, code: str) -> Path:
     source.write_text(f"import os\nimport mlflow\n{code}\n{ECHO}")
     with pytest.MonkeyPatch.context() as env:
         env.setenv(BUILDING, "1")
-        mlflow.pyfunc.save_model(folder, python_model=str(source), input_example=EXAMPLE, pip_requirements=["mlflow"])
+        mlflow.pyfunc.save_model(
+            folder, python_model=str(source), input_example=EXAMPLE, pip_requirements=["mlflow"]
+        )
     return folder
 
 
@@ -192,10 +218,13 @@ def digest_on_host(folder: Path) -> str:
 def assert_blocked(result: SandboxResult, event: str, *named: str) -> None:
     """Denied, and the record names `event` with `named` in its arguments."""
     assert result.blocked and result.status == "denied", result
-    assert any(d.startswith(event + "(") and all(t in d for t in named) for d in result.denied), result.denied
+    assert any(d.startswith(event + "(") and all(t in d for t in named) for d in result.denied), (
+        result.denied
+    )
 
 
 # --- fixtures
+
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory) -> Path:
@@ -228,9 +257,11 @@ def canary(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sandboxes(canary):
     """A sandbox per mode, and one per mode with tight limits, started after the canary is set."""
-    boxes = {(mode, limits): Sandbox(SandboxSettings(mode=mode, **limits_kw))
-             for mode in MODES for limits, limits_kw in
-             ((False, {}), (True, {"timeout_seconds": 3, "memory_mb": 1536}))}
+    boxes = {
+        (mode, limits): Sandbox(SandboxSettings(mode=mode, **limits_kw))
+        for mode in MODES
+        for limits, limits_kw in ((False, {}), (True, {"timeout_seconds": 3, "memory_mb": 1536}))
+    }
     for box in boxes.values():
         box.begin()  # all four at once: each start imports MLflow, pandas and scikit-learn
     try:
@@ -258,9 +289,12 @@ def limited(sandboxes, mode) -> Sandbox:
 
 # --- payloads stopped
 
+
 def test_a_model_writing_a_host_file_is_blocked(box, models, host, mode):
     target = host / f"written-{mode}"
-    model = save_payload(models / f"write-{mode}", Payload(functools.partial(write_file, str(target))))
+    model = save_payload(
+        models / f"write-{mode}", Payload(functools.partial(write_file, str(target)))
+    )
     result = box.load_and_predict(model)
     assert_blocked(result, "open", str(target))
     assert not target.exists()
@@ -268,8 +302,12 @@ def test_a_model_writing_a_host_file_is_blocked(box, models, host, mode):
 
 def test_a_model_sees_no_canary_secret(box, models, canary, mode):
     value, secret = canary
-    model = save_payload(models / f"canary-{mode}",
-                         Payload(functools.partial(read_canary, "MARKETPLACE_CANARY_SECRET", str(secret)), "predict"))
+    model = save_payload(
+        models / f"canary-{mode}",
+        Payload(
+            functools.partial(read_canary, "MARKETPLACE_CANARY_SECRET", str(secret)), "predict"
+        ),
+    )
     result = box.load_and_predict(model)
     # Process mode shares the filesystem (its documented limit); neither mode passes the environment.
     file_seen = value if mode == "process" else ""
@@ -312,13 +350,17 @@ def test_a_fork_bomb_is_blocked_and_returns(box, models, mode):
 
 def test_a_model_allocating_past_the_memory_limit_is_stopped(limited, models, regression, mode):
     # 2 GiB: within the default 4096 MB, past this sandbox's 1536 MB.
-    model = save_payload(models / f"memory-{mode}", Payload(functools.partial(allocate, 2 * 1024**3)))
+    model = save_payload(
+        models / f"memory-{mode}", Payload(functools.partial(allocate, 2 * 1024**3))
+    )
     result = limited.load_and_predict(model)
     assert result.status == "memory" and result.blocked, result
     assert limited.load_and_predict(regression).status == "ok"
 
 
-def test_a_model_sleeping_past_the_time_limit_is_stopped_and_the_next_loads(limited, models, regression, mode):
+def test_a_model_sleeping_past_the_time_limit_is_stopped_and_the_next_loads(
+    limited, models, regression, mode
+):
     model = save_payload(models / f"sleep-{mode}", Payload(functools.partial(sleep, 60)))
     started = time.monotonic()
     result = limited.load_and_predict(model)
@@ -346,17 +388,23 @@ def test_a_models_from_code_file_with_a_payload_is_blocked(box, models, host, mo
 
 
 @pytest.mark.parametrize("evasion", ["libc_system", "open_by_dir_fd"])
-def test_a_payload_the_audit_hook_misses_still_cannot_touch_the_host(box, models, host, mode, evasion, request):
+def test_a_payload_the_audit_hook_misses_still_cannot_touch_the_host(
+    box, models, host, mode, evasion, request
+):
     """The namespaces are the boundary; the audit hook only defence in depth and a record."""
     target = host / f"{evasion}-{mode}"
-    attack = (functools.partial(libc_system, str(target)) if evasion == "libc_system"
-              else functools.partial(open_by_dir_fd, str(host), target.name))
+    attack = (
+        functools.partial(libc_system, str(target))
+        if evasion == "libc_system"
+        else functools.partial(open_by_dir_fd, str(host), target.name)
+    )
     result = box.load_and_predict(save_payload(models / f"{evasion}-{mode}", Payload(attack)))
     assert result.status in ("error", "denied") and result.error, result  # it ran, and failed
     assert not target.exists(), result
 
 
 # --- clean models
+
 
 def test_clean_models_load_and_predict_alike_in_both_modes(sandboxes, models, regression):
     doubles = save_payload(models / "doubles", Doubles())
@@ -367,7 +415,12 @@ def test_clean_models_load_and_predict_alike_in_both_modes(sandboxes, models, re
         box = sandboxes[(mode, False)]
         for folder in (regression, doubles, other, regression):
             result = box.load_and_predict(folder)
-            assert (result.status, result.loaded, result.predicted, result.denied) == ("ok", True, True, ()), result
+            assert (result.status, result.loaded, result.predicted, result.denied) == (
+                "ok",
+                True,
+                True,
+                (),
+            ), result
             assert result.digest == expected[folder], (mode, folder.name)
 
 
@@ -387,10 +440,18 @@ def test_evaluate_returns_metrics(box, regression):
 
 # --- what the namespaces show
 
+
 def test_namespaces_show_no_home_project_or_secret(sandboxes, models, canary):
     _, secret = canary
     project = Path(__file__).resolve().parents[1]
-    folders = ["/", str(Path.home()), str(project), str(project / ".marketplace"), str(secret.parent), "/tmp"]
+    folders = [
+        "/",
+        str(Path.home()),
+        str(project),
+        str(project / ".marketplace"),
+        str(secret.parent),
+        "/tmp",
+    ]
     model = save_payload(models / "view", Payload(functools.partial(report_view, folders)))
     result = sandboxes[("namespaces", False)].load_and_predict(model)
     assert result.status == "error" and result.error.startswith("RuntimeError: "), result
@@ -398,13 +459,22 @@ def test_namespaces_show_no_home_project_or_secret(sandboxes, models, canary):
     roots = boundary.interpreter_roots()
     for folder, entries in seen["folders"].items():
         # Of the host only the system folders and the way to the interpreter and its site-packages show.
-        visible = [e for e in entries or () if (folder == "/" and e in SANDBOX_ROOT)
-                   or any(_leads_to(os.path.join(folder, e), root) for root in roots)]
+        visible = [
+            e
+            for e in entries or ()
+            if (folder == "/" and e in SANDBOX_ROOT)
+            or any(_leads_to(os.path.join(folder, e), root) for root in roots)
+        ]
         assert entries is None or entries == visible, (folder, entries)
     assert "home" not in seen["folders"]["/"] and "opt" not in seen["folders"]["/"]
-    assert seen["folders"][str(project / ".marketplace")] is None and seen["folders"][str(secret.parent)] is None
+    assert (
+        seen["folders"][str(project / ".marketplace")] is None
+        and seen["folders"][str(secret.parent)] is None
+    )
     # /tmp is the sandbox's own, empty but for the way to an interpreter that lives under it.
-    assert seen["folders"]["/tmp"] == sorted({Path(r).parts[2] for r in roots if r.startswith("/tmp/")})
+    assert seen["folders"]["/tmp"] == sorted(
+        {Path(r).parts[2] for r in roots if r.startswith("/tmp/")}
+    )
     assert [line.split(":")[0] for line in seen["passwd"].splitlines()] == ["sandbox"]
     # None of this process's variables (the canary's among them) but those the sandbox sets itself.
     assert not set(seen["environ"]) & (set(os.environ) - SANDBOX_ENV - SET_INSIDE), seen["environ"]
@@ -418,7 +488,9 @@ def test_an_interpreter_under_tmp_stays_visible(monkeypatch, models):
     (venv / "marker").write_text("here")
     roots = boundary.interpreter_roots()
     monkeypatch.setattr(boundary, "interpreter_roots", lambda: [*roots, str(venv)])
-    model = save_payload(models / "tmp-view", Payload(functools.partial(report_view, [str(venv), "/tmp"])))
+    model = save_payload(
+        models / "tmp-view", Payload(functools.partial(report_view, [str(venv), "/tmp"]))
+    )
     with Sandbox(SandboxSettings(mode="namespaces")) as box:
         result = box.load_and_predict(model)
     shutil.rmtree(venv)
@@ -434,27 +506,39 @@ def _leads_to(path: str, root: str) -> bool:
 def test_namespaces_mode_without_bubblewrap_is_unavailable(monkeypatch, regression):
     monkeypatch.setattr(boundary, "bwrap_executable", lambda: None)
     settings = SandboxSettings(mode="namespaces")
-    with pytest.raises(SandboxUnavailable, match=r"security\.sandbox\.mode"), Sandbox(settings) as box:
+    with (
+        pytest.raises(SandboxUnavailable, match=r"security\.sandbox\.mode"),
+        Sandbox(settings) as box,
+    ):
         box.load_and_predict(regression)
 
 
 def test_the_warm_process_names_the_ufuncs_skops_would_find_first():
     # In a fresh interpreter, as the warm process meets them: MLflow loaded, then the one-pass
     # naming, which must agree with skops's own scan (imported after, so it finds them named).
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import warm, mlflow.pyfunc, numpy as np, scipy.special; "
-            "ufuncs = {id(o): o for m in (np, scipy.special) for a in dir(m) "
-            "          if isinstance(o := getattr(m, a), np.ufunc) and getattr(o, '__module__', None) is None}; "
-            "named = warm.name_ufuncs(); import skops.io; from skops.io._utils import whichmodule; "
-            "print(len(ufuncs), named, sum(o.__module__ == whichmodule(o, o.__name__) for o in ufuncs.values()))")
-    found = subprocess.run([sys.executable, "-c", code, str(boundary.INSIDE)], capture_output=True, text=True,
-                           check=True)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import warm, mlflow.pyfunc, numpy as np, scipy.special; "
+        "ufuncs = {id(o): o for m in (np, scipy.special) for a in dir(m) "
+        "          if isinstance(o := getattr(m, a), np.ufunc) and getattr(o, '__module__', None) is None}; "
+        "named = warm.name_ufuncs(); import skops.io; from skops.io._utils import whichmodule; "
+        "print(len(ufuncs), named, sum(o.__module__ == whichmodule(o, o.__name__) for o in ufuncs.values()))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code, str(boundary.INSIDE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     count, named, agreeing = map(int, found.stdout.split())
     assert count > 100 and named == count == agreeing, found.stdout + found.stderr
 
 
 def test_a_run_begins_its_sandbox_only_when_production_moved():
     def at(**versions):
-        return [ProductionVersion(m, v, "run", "models:/x", dt.datetime(2026, 12, 7), "stage") for m, v in versions.items()]
+        return [
+            ProductionVersion(m, v, "run", "models:/x", dt.datetime(2026, 12, 7), "stage")
+            for m, v in versions.items()
+        ]
 
     assert moved(None, at(a=1))  # the first snapshot: everything is new
     assert not moved(None, [])

@@ -31,7 +31,9 @@ from .driving import ALIAS, STAGE, promote, versions_of, workspace
 from .support import by_value
 
 pytestmark = pytest.mark.servers
-BUILDING = "MARKETPLACE_BUILDING_PAYLOAD"  # MLflow predicts while saving: payloads fire only elsewhere
+BUILDING = (
+    "MARKETPLACE_BUILDING_PAYLOAD"  # MLflow predicts while saving: payloads fire only elsewhere
+)
 CANARY_ENV = "MARKETPLACE_CANARY_SECRET"
 
 
@@ -84,8 +86,13 @@ def log_payload(uri: str, model: str, python_model, uid: str) -> str:
     with process_tracking_uri(uri), by_value(type(python_model)):
         mlflow.set_experiment(f"/tests/{model}")
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=python_model, registered_model_name=model,
-                                           input_example=pd.DataFrame({"x": [1.0, 2.0]}), pip_requirements=["mlflow"])
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=python_model,
+                registered_model_name=model,
+                input_example=pd.DataFrame({"x": [1.0, 2.0]}),
+                pip_requirements=["mlflow"],
+            )
     promote(uri, model, info.registered_model_version, STAGE)
     return str(info.registered_model_version)
 
@@ -100,18 +107,25 @@ def log_code_payload(uri: str, model: str, target: Path, folder: Path) -> str:
         "class Echo(mlflow.pyfunc.PythonModel):\n"
         "    def predict(self, context, model_input, params=None):\n"
         "        return model_input\n"
-        "mlflow.models.set_model(Echo())\n")
+        "mlflow.models.set_model(Echo())\n"
+    )
     with process_tracking_uri(uri):
         mlflow.set_experiment(f"/tests/{model}")
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name=model,
-                                           input_example=pd.DataFrame({"x": [1.0]}), pip_requirements=["mlflow"])
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(code),
+                registered_model_name=model,
+                input_example=pd.DataFrame({"x": [1.0]}),
+                pip_requirements=["mlflow"],
+            )
     promote(uri, model, info.registered_model_version, STAGE)
     return str(info.registered_model_version)
 
 
 def test_payloads_are_blocked_in_the_sandbox_quarantined_and_named_while_the_clean_model_syncs(
-        servers, deploy, uid, tmp_path, monkeypatch):
+    servers, deploy, uid, tmp_path, monkeypatch
+):
     source, market = servers["ws_a"].uri, MlflowClient(servers["marketplace"].uri)
     ws = f"sb{uid}"
     canary = f"canary-{secrets.token_hex(8)}"
@@ -134,9 +148,14 @@ def test_payloads_are_blocked_in_the_sandbox_quarantined_and_named_while_the_cle
 
     assert not any(marker.exists() for marker in markers.values()), "a payload ran on the host"
     assert market.get_model_version_by_alias(f"{ws}.{uid}_clean", ALIAS).version == "1"
-    assert market.get_model_version_by_alias(f"{ws}.{uid}_canary", ALIAS).version == "1"  # it only read
-    (check,) = [e for e in result.get_asset_check_evaluations()
-                if e.check_name == "newest_import_loads_and_predicts"]
+    assert (
+        market.get_model_version_by_alias(f"{ws}.{uid}_canary", ALIAS).version == "1"
+    )  # it only read
+    (check,) = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "newest_import_loads_and_predicts"
+    ]
     assert check.passed, check.description
     assert check.metadata["sandbox"].value.startswith("namespaces")
     quarantined = check.metadata["quarantined_by_sandbox"].value
@@ -149,7 +168,9 @@ def test_payloads_are_blocked_in_the_sandbox_quarantined_and_named_while_the_cle
         assert version.tags[TAG_QUARANTINED_VERSION] == "1"
         (events,) = [v for k, v in quarantined.items() if k.startswith(mp)]
         assert any(e.startswith(event) and str(markers[name]) in e for e in events), events
-        record = json.loads(skip_record_path(deployment.config.storage_root, ws, f"{uid}_{name}", 1).read_text())
+        record = json.loads(
+            skip_record_path(deployment.config.storage_root, ws, f"{uid}_{name}", 1).read_text()
+        )
         assert record["quarantined"] and record["blocked_by"] == "sandbox"
         assert any(f["operator"].startswith(event) for f in record["findings"]), record
 
@@ -158,7 +179,9 @@ def test_payloads_are_blocked_in_the_sandbox_quarantined_and_named_while_the_cle
     assert canary not in logs
     for mp in (f"{ws}.{uid}_canary", f"{ws}.{uid}_clean"):
         for version in versions_of(market, mp):
-            assert canary not in json.dumps(version.tags) and canary not in (version.description or "")
+            assert canary not in json.dumps(version.tags) and canary not in (
+                version.description or ""
+            )
     for path in Path(deployment.config.storage_root).rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
@@ -170,28 +193,56 @@ def served_like_the_source(servers, source_model: str, mp: str, folder: Path) ->
     """Consumers are unaffected: `mlflow models serve` of the marketplace's @production answers
     as the source's version predicts (the test's own clean model, loaded here to know the answer)."""
     with process_tracking_uri(servers["ws_a"].uri):
-        local = mlflow.artifacts.download_artifacts(f"models:/{source_model}/1", dst_path=str(folder / "src"))
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/{source_model}/1", dst_path=str(folder / "src")
+        )
     example = Model.load(os.path.join(local, "MLmodel")).load_input_example(local)
     expected = mlflow.pyfunc.load_model(local).predict(example)
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": servers["marketplace"].uri,  # and uvicorn of this venv on PATH
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": servers["marketplace"].uri,  # and uvicorn of this venv on PATH
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     with open(folder / "serve.log", "wb") as log:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{mp}@{ALIAS}",
-                                   "-p", str(port), "-h", "127.0.0.1", "--env-manager", "local"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                f"models:/{mp}@{ALIAS}",
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "--env-manager",
+                "local",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         body = json.dumps({"dataframe_split": example.to_dict(orient="split")}).encode()
         deadline = time.monotonic() + 120
         while True:
             try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/invocations",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
                 with urllib.request.urlopen(request, timeout=10) as response:
                     answered = json.loads(response.read())["predictions"]
                 break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (folder / "serve.log").read_text()
+                assert server.poll() is None and time.monotonic() < deadline, (
+                    folder / "serve.log"
+                ).read_text()
                 time.sleep(1)
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -138,8 +138,9 @@ def test_severity_threshold(folder):
 
 def test_builtins_getattr_indirection_is_flagged(folder):
     # getattr(os, "system"): the classic way around a list of banned callables.
-    payload = _raw_pickle(_global("builtins", "getattr"), _global("os", "getcwd"), _text("x"),
-                          _call(2))
+    payload = _raw_pickle(
+        _global("builtins", "getattr"), _global("os", "getcwd"), _text("x"), _call(2)
+    )
     _write(folder, "model.pkl", payload)
 
     report = scan_folder(folder)
@@ -169,8 +170,12 @@ def _save_skops(path: Path) -> None:
 def _save_cloudpickle(path: Path) -> None:
     import mlflow.sklearn
 
-    mlflow.sklearn.save_model(_sklearn_model(), path, serialization_format="cloudpickle",
-                              pip_requirements=sklearn_requirements())
+    mlflow.sklearn.save_model(
+        _sklearn_model(),
+        path,
+        serialization_format="cloudpickle",
+        pip_requirements=sklearn_requirements(),
+    )
 
 
 def _save_python_model(path: Path) -> None:
@@ -357,15 +362,23 @@ def _cloudpickled_function(marker: Path) -> bytes:
 
 def _import_module_and_methodcaller(marker: Path) -> bytes:
     # _operator.methodcaller("mkdir", marker)(importlib.import_module("os"))
-    return _raw_pickle(_global("_operator", "methodcaller"), _text("mkdir"), _text(str(marker)),
-                       _call(2), _global("importlib", "import_module"), _text("os"), _call(1),
-                       _call(1))
+    return _raw_pickle(
+        _global("_operator", "methodcaller"),
+        _text("mkdir"),
+        _text(str(marker)),
+        _call(2),
+        _global("importlib", "import_module"),
+        _text("os"),
+        _call(1),
+        _call(1),
+    )
 
 
 def _pydoc_locate(marker: Path) -> bytes:
     # pydoc.locate("os.mkdir")(marker)
-    return _raw_pickle(_global("pydoc", "locate"), _text("os.mkdir"), _call(1),
-                       _text(str(marker)), _call(1))
+    return _raw_pickle(
+        _global("pydoc", "locate"), _text("os.mkdir"), _call(1), _text(str(marker)), _call(1)
+    )
 
 
 def test_denylist_gap_code_rebuilt_by_cloudpickle(folder, marker):
@@ -442,8 +455,12 @@ def test_policy_is_validated():
     assert SEVERITIES == ("low", "medium", "high", "critical")
     assert SCAN_MODES == ("block", "warn", "off")
     assert ScanPolicy(allow_globals=["posix.system"]).allow_globals == ("posix.system",)
-    for bad in ({"mode": "audit"}, {"block_severity": "severe"},
-                {"allow_globals": "posix.system"}, {"allow_globals": ("system",)}):
+    for bad in (
+        {"mode": "audit"},
+        {"block_severity": "severe"},
+        {"allow_globals": "posix.system"},
+        {"allow_globals": ("system",)},
+    ):
         with pytest.raises(ValueError):
             ScanPolicy(**bad)
 
@@ -482,7 +499,11 @@ def test_raw_weights_that_no_unpickler_can_start_on_are_not_findings(folder):
     _write(folder, "weights-00002.bin", b"c\xfb\x12" + bytes(range(256)) * 64)
     _write(folder, "weights-00003.bin", b"N\xfb\x12" + bytes(range(256)) * 64)
     # A safetensors header 896 bytes long: its first bytes read like a protocol 3 pickle's PROTO.
-    _write(folder, "model.safetensors", (896).to_bytes(8, "little") + b"{" + b" " * 894 + b"}" + bytes(64))
+    _write(
+        folder,
+        "model.safetensors",
+        (896).to_bytes(8, "little") + b"{" + b" " * 894 + b"}" + bytes(64),
+    )
 
     report = scan_folder(folder)
 

@@ -24,15 +24,25 @@ def _with_credentials(uri: str) -> str:
     return uri.replace("http://", f"http://canary-user:{CANARY}@")
 
 
-def test_canary_secrets_appear_in_no_log_metadata_tag_row_or_file(servers, deploy, uid, monkeypatch):
+def test_canary_secrets_appear_in_no_log_metadata_tag_row_or_file(
+    servers, deploy, uid, monkeypatch
+):
     monkeypatch.setenv("MARKETPLACE_CANARY_KEY", KEY_CANARY)
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     deployment = deploy(
         [
-            {"name": "reach", "tracking_uri": _with_credentials(servers["ws_a"].uri),
-             "production": {"stage": "Production"}, "include": [f"{uid}_*"]},
-            {"name": "gone", "tracking_uri": _with_credentials(f"http://127.0.0.1:{free_port()}"),
-             "production": {"stage": "Production"}, "include": [f"{uid}_*"]},
+            {
+                "name": "reach",
+                "tracking_uri": _with_credentials(servers["ws_a"].uri),
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            },
+            {
+                "name": "gone",
+                "tracking_uri": _with_credentials(f"http://127.0.0.1:{free_port()}"),
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            },
         ],
         external_storage={"uri": "external", "signing_key_env": "MARKETPLACE_CANARY_KEY"},
         sensor={"default_status": "running"},
@@ -43,7 +53,9 @@ def test_canary_secrets_appear_in_no_log_metadata_tag_row_or_file(servers, deplo
     assert synced.success
     failed = deployment.sync("gone")
     assert not failed.success
-    gone_uri = deployment.config.workspace("gone").tracking_uri.replace(f"canary-user:{CANARY}@", "")
+    gone_uri = deployment.config.workspace("gone").tracking_uri.replace(
+        f"canary-user:{CANARY}@", ""
+    )
     assert gone_uri in step_failure_message(failed)  # names the workspace's URI, without the secret
     checks = deployment.defs.resolve_job_def("marketplace_checks_job").execute_in_process(
         instance=deployment.instance, raise_on_error=False
@@ -69,21 +81,35 @@ def test_canary_secrets_appear_in_no_log_metadata_tag_row_or_file(servers, deplo
             outputs.append(repr((model.name, model.description, model.tags)))
             for version in client.search_model_versions(f"name='{model.name}'"):
                 outputs.append(repr((version.description, version.tags, version.source)))
-    files = [p for p in Path(deployment.config.storage_root).rglob("*") if p.is_file() and p.stat().st_size < 10**6]
+    files = [
+        p
+        for p in Path(deployment.config.storage_root).rglob("*")
+        if p.is_file() and p.stat().st_size < 10**6
+    ]
     assert files
     outputs.extend(p.read_text(errors="replace") for p in files)
 
-    leaks = [text[max(0, text.find(s) - 200): text.find(s) + 50] for text in outputs for s in (CANARY, KEY_CANARY)
-             if s in text]
+    leaks = [
+        text[max(0, text.find(s) - 200) : text.find(s) + 50]
+        for text in outputs
+        for s in (CANARY, KEY_CANARY)
+        if s in text
+    ]
     assert not leaks, leaks
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("request to http://user:pw@host:5000/api failed", "request to http://host:5000/api failed"),
-    ("https://token@adb-1.azuredatabricks.net/x", "https://adb-1.azuredatabricks.net/x"),
-    ("two: http://a:b@h1/ and https://c@h2", "two: http://h1/ and https://h2"),
-    ("no URL, user@example.com", "no URL, user@example.com"),
-    ("s3://bucket/key@version", "s3://bucket/key@version"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "request to http://user:pw@host:5000/api failed",
+            "request to http://host:5000/api failed",
+        ),
+        ("https://token@adb-1.azuredatabricks.net/x", "https://adb-1.azuredatabricks.net/x"),
+        ("two: http://a:b@h1/ and https://c@h2", "two: http://h1/ and https://h2"),
+        ("no URL, user@example.com", "no URL, user@example.com"),
+        ("s3://bucket/key@version", "s3://bucket/key@version"),
+    ],
+)
 def test_redact_text_removes_user_info_from_every_url(text, expected):
     assert redact_text(text) == expected

@@ -27,7 +27,11 @@ def keys(tmp_path):
 
 def test_scanning_blocks_at_high_by_default_and_signatures_are_optional(tmp_path):
     config = load_config(write_yaml(tmp_path, minimal()))
-    assert (config.security.scan, config.security.block_severity, config.security.allow_globals) == ("block", "high", [])
+    assert (
+        config.security.scan,
+        config.security.block_severity,
+        config.security.allow_globals,
+    ) == ("block", "high", [])
     assert config.require_signatures is False
     assert config.public_key("dev01") is None
     marketplace = build_resources(config)["marketplace"]
@@ -36,7 +40,10 @@ def test_scanning_blocks_at_high_by_default_and_signatures_are_optional(tmp_path
 
 def test_a_public_key_file_relative_to_the_configuration_turns_signatures_on(tmp_path, keys):
     data = minimal()
-    data["workspaces"][0]["signing"] = {"private_key_env": "DEV01_SIGNING_KEY", "public_key": "keys/dev01.pub.pem"}
+    data["workspaces"][0]["signing"] = {
+        "private_key_env": "DEV01_SIGNING_KEY",
+        "public_key": "keys/dev01.pub.pem",
+    }
     config = load_config(write_yaml(tmp_path, data))
     assert config.require_signatures is True
     assert config.public_key("dev01") == keys[1]
@@ -55,9 +62,17 @@ def test_an_inline_public_key_is_accepted(tmp_path, keys):
     ("security", "key", "says"),
     [
         ({"scan": "strict"}, "security.scan", "'block', 'warn' or 'off'"),
-        ({"block_severity": "severe"}, "security.block_severity", "'low', 'medium', 'high' or 'critical'"),
+        (
+            {"block_severity": "severe"},
+            "security.block_severity",
+            "'low', 'medium', 'high' or 'critical'",
+        ),
         ({"allow_globals": ["system"]}, "security.allow_globals", "not a global as module.name"),
-        ({"allow_globals": ["(unscannable)"]}, "security.allow_globals", "not a global as module.name"),
+        (
+            {"allow_globals": ["(unscannable)"]},
+            "security.allow_globals",
+            "not a global as module.name",
+        ),
         ({"scanner": "x"}, "security.scanner", "unknown key"),
     ],
 )
@@ -73,7 +88,9 @@ def test_severity_is_read_in_any_case(tmp_path):
     data = minimal()
     data["security"] = {"block_severity": "CRITICAL", "allow_globals": ["posix.system"]}
     config = load_config(write_yaml(tmp_path, data))
-    assert config.security.block_severity == "critical" and config.security.allow_globals == ["posix.system"]
+    assert config.security.block_severity == "critical" and config.security.allow_globals == [
+        "posix.system"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +98,10 @@ def test_severity_is_read_in_any_case(tmp_path):
     [
         ("keys/missing.pem", "does not exist"),
         ("keys/not-a-key.pem", "is not a PEM EC public key"),
-        ("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "is not a PEM EC public key"),
+        (
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            "is not a PEM EC public key",
+        ),
     ],
 )
 def test_a_public_key_that_is_missing_or_not_a_key_names_the_key(tmp_path, keys, public_key, says):
@@ -142,29 +162,52 @@ def test_a_databricks_export_job_must_get_the_signing_key_from_a_secret(tmp_path
     data["external_storage"] = {"uri": "s3://bucket/market"}
     data["workspaces"][0] = {
         "name": "dev01",
-        "databricks": {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "DEV01_TOKEN"},
+        "databricks": {
+            "host": "https://adb-1.2.azuredatabricks.net",
+            "auth": "pat",
+            "secret_env": "DEV01_TOKEN",
+        },
         "production": {"stage": "Production"},
-        "export": {"engine": "databricks", "wheel": "/Volumes/main/m/w/m.whl", "new_cluster": {"spark_version": "15.4"}},
+        "export": {
+            "engine": "databricks",
+            "wheel": "/Volumes/main/m/w/m.whl",
+            "new_cluster": {"spark_version": "15.4"},
+        },
         "signing": {"private_key_env": "DEV01_SIGNING_KEY", "public_key": "keys/dev01.pub.pem"},
     }
     error, path = load_error(tmp_path, data)
     assert_names(error, path, "workspaces[0] (dev01).export.env")
     assert "DEV01_SIGNING_KEY (signing.private_key_env)" in str(error)
 
-    data["workspaces"][0]["export"]["env"] = {"DEV01_SIGNING_KEY": "{{secrets/marketplace/dev01-signing-key}}"}
-    assert load_config(write_yaml(tmp_path, data)).workspace("dev01").signing.private_key_env == "DEV01_SIGNING_KEY"
+    data["workspaces"][0]["export"]["env"] = {
+        "DEV01_SIGNING_KEY": "{{secrets/marketplace/dev01-signing-key}}"
+    }
+    assert (
+        load_config(write_yaml(tmp_path, data)).workspace("dev01").signing.private_key_env
+        == "DEV01_SIGNING_KEY"
+    )
 
 
-def test_a_missing_or_wrong_private_key_fails_where_the_export_runs_naming_the_key(tmp_path, keys, monkeypatch):
+def test_a_missing_or_wrong_private_key_fails_where_the_export_runs_naming_the_key(
+    tmp_path, keys, monkeypatch
+):
     data = minimal()
-    data["workspaces"][0]["signing"] = {"private_key_env": "DEV01_SIGNING_KEY", "public_key": "keys/dev01.pub.pem"}
+    data["workspaces"][0]["signing"] = {
+        "private_key_env": "DEV01_SIGNING_KEY",
+        "public_key": "keys/dev01.pub.pem",
+    }
     workspaces = build_resources(load_config(write_yaml(tmp_path, data)))["workspaces"]
     monkeypatch.delenv("DEV01_SIGNING_KEY", raising=False)
-    with pytest.raises(MarketplaceError, match=r"workspace dev01: signing.private_key_env: the environment variable "
-                                         r"DEV01_SIGNING_KEY is not set"):
+    with pytest.raises(
+        MarketplaceError,
+        match=r"workspace dev01: signing.private_key_env: the environment variable "
+        r"DEV01_SIGNING_KEY is not set",
+    ):
         workspaces.private_key("dev01")
     monkeypatch.setenv("DEV01_SIGNING_KEY", keys[1])  # the public key by mistake
-    with pytest.raises(MarketplaceError, match="DEV01_SIGNING_KEY: .*public key, not a PEM EC private key"):
+    with pytest.raises(
+        MarketplaceError, match="DEV01_SIGNING_KEY: .*public key, not a PEM EC private key"
+    ):
         workspaces.private_key("dev01")
     monkeypatch.setenv("DEV01_SIGNING_KEY", keys[0])
     assert workspaces.private_key("dev01") == keys[0]
@@ -173,19 +216,26 @@ def test_a_missing_or_wrong_private_key_fails_where_the_export_runs_naming_the_k
 def test_models_load_in_namespaces_with_limits_by_default(tmp_path):
     config = load_config(write_yaml(tmp_path, minimal()))
     settings = build_resources(config)["marketplace"].sandbox_settings
-    assert (settings.mode, settings.timeout_seconds, settings.memory_mb) == ("namespaces", 300.0, 4096)
+    assert (settings.mode, settings.timeout_seconds, settings.memory_mb) == (
+        "namespaces",
+        300.0,
+        4096,
+    )
     data = minimal()
     data["security"] = {"sandbox": {"mode": "process", "timeout_seconds": 30, "memory_mb": 1024}}
     settings = load_config(write_yaml(tmp_path, data)).security.sandbox.settings()
     assert (settings.mode, settings.timeout_seconds, settings.memory_mb) == ("process", 30.0, 1024)
 
 
-@pytest.mark.parametrize(("sandbox", "key"), [
-    ({"mode": "docker"}, "security.sandbox.mode"),
-    ({"timeout_seconds": 0}, "security.sandbox.timeout_seconds"),
-    ({"memory_mb": 64}, "security.sandbox.memory_mb"),
-    ({"network": True}, "security.sandbox.network"),
-])
+@pytest.mark.parametrize(
+    ("sandbox", "key"),
+    [
+        ({"mode": "docker"}, "security.sandbox.mode"),
+        ({"timeout_seconds": 0}, "security.sandbox.timeout_seconds"),
+        ({"memory_mb": 64}, "security.sandbox.memory_mb"),
+        ({"network": True}, "security.sandbox.network"),
+    ],
+)
 def test_a_wrong_sandbox_setting_is_named_by_its_key(tmp_path, sandbox, key):
     data = minimal()
     data["security"] = {"sandbox": sandbox}

@@ -14,7 +14,13 @@ from .driving import sensor_tick
 
 
 def _workspace(name, uri, uid, **extra):
-    return {"name": name, "tracking_uri": uri, "production": {"stage": "Production"}, "include": [f"{uid}_*"], **extra}
+    return {
+        "name": name,
+        "tracking_uri": uri,
+        "production": {"stage": "Production"},
+        "include": [f"{uid}_*"],
+        **extra,
+    }
 
 
 def test_new_production_version_yields_exactly_one_request_then_none(servers, deploy, uid):
@@ -53,8 +59,16 @@ def test_rollback_retirement_and_restoration_each_get_a_request(servers, deploy,
     source = MlflowClient(servers["ws_b"].uri)
     register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")
     register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")  # v2
-    deployment = deploy([{"name": f"s{uid}", "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"},
-                          "include": [f"{uid}_*"]}])
+    deployment = deploy(
+        [
+            {
+                "name": f"s{uid}",
+                "tracking_uri": servers["ws_b"].uri,
+                "production": {"alias": "champion"},
+                "include": [f"{uid}_*"],
+            }
+        ]
+    )
     assert deployment.sync(f"s{uid}").success
 
     def pending() -> list[str]:
@@ -62,7 +76,9 @@ def test_rollback_retirement_and_restoration_each_get_a_request(servers, deploy,
         return [r.tags["marketplace/pending_versions"] for r in tick.run_requests]
 
     assert pending() == []
-    source.set_registered_model_alias(f"{uid}_m", "champion", "1")  # rolled back to a version never imported
+    source.set_registered_model_alias(
+        f"{uid}_m", "champion", "1"
+    )  # rolled back to a version never imported
     assert pending() == [f"{uid}_m@1"]
     assert deployment.sync(f"s{uid}").success
     assert pending() == []
@@ -77,8 +93,14 @@ def test_rollback_retirement_and_restoration_each_get_a_request(servers, deploy,
 def test_alias_workspace_is_polled_by_alias(servers, deploy, uid):
     register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")
     deployment = deploy(
-        [{"name": f"s{uid}", "tracking_uri": servers["ws_b"].uri, "production": {"alias": "champion"},
-          "include": [f"{uid}_*"]}]
+        [
+            {
+                "name": f"s{uid}",
+                "tracking_uri": servers["ws_b"].uri,
+                "production": {"alias": "champion"},
+                "include": [f"{uid}_*"],
+            }
+        ]
     )
     tick, _ = sensor_tick(deployment)
     assert [r.tags["marketplace/pending_versions"] for r in tick.run_requests] == [f"{uid}_m@1"]
@@ -97,12 +119,17 @@ def test_unreachable_workspace_is_reported_and_others_are_requested(servers, dep
 
     # With nothing else to do, the skip reason names the unreachable workspace and its URI.
     tick, _ = sensor_tick(deployment, cursor)
-    assert "down unreachable" in tick.skip_reason.skip_message and dead in tick.skip_reason.skip_message
+    assert (
+        "down unreachable" in tick.skip_reason.skip_message
+        and dead in tick.skip_reason.skip_message
+    )
 
 
 def test_failed_run_is_requested_again_with_a_new_run_key(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    deployment = deploy([_workspace(f"s{uid}", servers["ws_a"].uri, uid)], sensor={"retry_backoff_seconds": 0})
+    deployment = deploy(
+        [_workspace(f"s{uid}", servers["ws_a"].uri, uid)], sensor={"retry_backoff_seconds": 0}
+    )
     first, cursor = sensor_tick(deployment)
     (request,) = first.run_requests
 
@@ -125,11 +152,15 @@ def test_failed_run_is_requested_again_with_a_new_run_key(servers, deploy, uid):
 
 def test_backoff_delays_the_retry_of_a_failed_run(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
-    deployment = deploy([_workspace(f"s{uid}", servers["ws_a"].uri, uid)], sensor={"retry_backoff_seconds": 3600})
+    deployment = deploy(
+        [_workspace(f"s{uid}", servers["ws_a"].uri, uid)], sensor={"retry_backoff_seconds": 3600}
+    )
     first, cursor = sensor_tick(deployment)
     (request,) = first.run_requests
     job = deployment.defs.resolve_job_def("marketplace_sync_job")
-    run = deployment.instance.create_run_for_job(job_def=job, tags={"dagster/run_key": request.run_key})
+    run = deployment.instance.create_run_for_job(
+        job_def=job, tags={"dagster/run_key": request.run_key}
+    )
     deployment.instance.report_run_failed(run)
     later, _ = sensor_tick(deployment, cursor)
     assert later.run_requests == []

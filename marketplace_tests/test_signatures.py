@@ -99,7 +99,10 @@ def test_an_edited_manifest_fails(tmp_path, keys):
     ("tamper", "expected"),
     [
         (lambda f: (f / "artifacts/MLmodel").write_bytes(b"evil"), "changed: artifacts/MLmodel"),
-        (lambda f: (f / "artifacts/extra.py").write_bytes(b"import os"), "added: artifacts/extra.py"),
+        (
+            lambda f: (f / "artifacts/extra.py").write_bytes(b"import os"),
+            "added: artifacts/extra.py",
+        ),
         (lambda f: (f / "model.pkl").unlink(), "missing: model.pkl"),
         (lambda f: (f / ".gitignore").write_bytes(b"*"), "added: .gitignore"),
     ],
@@ -150,7 +153,9 @@ def test_a_signature_copied_onto_other_files_fails(tmp_path, keys):
     shutil.copy(a / SIGNATURE_NAME, b / SIGNATURE_NAME)
     # Under B's key (what B's exports are checked with), and under A's key (the files are not A's).
     assert _refusal(b, keys["ws_b"][1]) == f"{b}: {WRONG_KEY}"
-    assert _refusal(b, keys["ws_a"][1]) == f"{b}: {FILES_DIFFER} (changed: manifest.json, model.pkl)"
+    assert (
+        _refusal(b, keys["ws_a"][1]) == f"{b}: {FILES_DIFFER} (changed: manifest.json, model.pkl)"
+    )
 
 
 def test_files_that_cannot_be_hashed_fail_saying_so(tmp_path, keys):
@@ -215,7 +220,9 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def test_the_private_key_file_is_0600_and_gone_after_signing(tmp_path, keys, private_tmp, monkeypatch):
+def test_the_private_key_file_is_0600_and_gone_after_signing(
+    tmp_path, keys, private_tmp, monkeypatch
+):
     seen = []
     load = signing.Config.use_elliptic_key_signer
 
@@ -297,7 +304,10 @@ def test_read_public_key_from_a_missing_file(tmp_path):
     [
         (b"hello", "is not a PEM EC public key"),
         (b"\x00\xff\x10", "is not a PEM EC public key"),
-        (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "is not a PEM EC public key"),
+        (
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            "is not a PEM EC public key",
+        ),
         ("private", "is not a PEM EC public key (it is a private key; configure the public one)"),
         ("rsa", f"is not a PEM EC public key: it is RSA; {EC_ONLY}"),
         ("p224", f"is on curve secp224r1; {EC_ONLY}"),
@@ -357,7 +367,9 @@ def test_check_private_key_refuses(keys, pem, says):
 def test_the_model_signing_cli_verifies_an_export(tmp_path, keys):
     private, public = keys["ws_a"]
     # A .gitignore too: the standard CLI skips git files unless told not to.
-    folder = _export(tmp_path, "a", {"model.pkl": b"w", "artifacts/MLmodel": b"m", ".gitignore": b"*"})
+    folder = _export(
+        tmp_path, "a", {"model.pkl": b"w", "artifacts/MLmodel": b"m", ".gitignore": b"*"}
+    )
     sign_export(folder, private)
     (tmp_path / "ws_a.pub").write_text(public)
     (tmp_path / "ws_b.pub").write_text(keys["ws_b"][1])

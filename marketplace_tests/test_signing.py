@@ -24,8 +24,14 @@ def signed(servers, deploy, uid, monkeypatch):
     for model in ("a", "b"):
         register_version(servers["ws_a"].uri, f"{uid}_{model}", stage="Production")
     return deploy(
-        [{"name": "signed", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}],
+        [
+            {
+                "name": "signed",
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ],
         external_storage={"uri": "external", "signing_key_env": KEY_ENV},
     )
 
@@ -62,7 +68,9 @@ def test_planted_or_replayed_export_is_refused_at_import(signed, uid, servers):
     assert f"signed/{uid}_b v1" in message and "signature does not verify" in message
     market = MlflowClient(servers["marketplace"].uri)
     assert market.search_model_versions(f"name='signed.{uid}_b'") == []
-    assert market.get_model_version(f"signed.{uid}_a", "1")  # the rest of the partition still synced
+    assert market.get_model_version(
+        f"signed.{uid}_a", "1"
+    )  # the rest of the partition still synced
 
 
 def test_unsigned_export_is_refused_when_a_key_is_configured(signed, uid, servers):
@@ -85,7 +93,10 @@ def test_missing_signing_key_variable_fails_naming_it(signed, monkeypatch):
     result = signed.sync("signed")
     assert not result.success
     message = step_failure_message(result)
-    assert f"external_storage.signing_key_env: the environment variable {KEY_ENV} is not set" in message
+    assert (
+        f"external_storage.signing_key_env: the environment variable {KEY_ENV} is not set"
+        in message
+    )
     assert "s3cret" not in message
 
 
@@ -93,18 +104,30 @@ def test_export_copied_into_another_versions_place_is_replaced_not_counted(serve
     for model in ("a", "b"):
         register_version(servers["ws_a"].uri, f"{uid}_{model}", stage="Production")
     deployment = deploy(
-        [{"name": "signed", "tracking_uri": servers["ws_a"].uri, "production": {"stage": "Production"},
-          "include": [f"{uid}_*"]}]
+        [
+            {
+                "name": "signed",
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ]
     )
     result = deployment.sync("signed", selection=keys.CHAIN[:2])
     assert result.success, step_failure_message(result)
     planted = _export(deployment, uid, "b")
     shutil.rmtree(planted)
-    shutil.copytree(_export(deployment, uid, "a"), planted)  # a's export, manifest and all, in b's place
+    shutil.copytree(
+        _export(deployment, uid, "a"), planted
+    )  # a's export, manifest and all, in b's place
 
     result = deployment.sync("signed", selection=keys.CHAIN[:2])
     assert result.success, step_failure_message(result)
     exported = materializations(result, keys.EXPORTS)
-    assert (exported["exports_replaced"], exported["exported"], exported["already_exported"]) == (1, 1, 1)
+    assert (exported["exports_replaced"], exported["exported"], exported["already_exported"]) == (
+        1,
+        1,
+        1,
+    )
     manifest, _ = read_manifest(planted)
     assert manifest.identity == ("signed", f"{uid}_b", 1)

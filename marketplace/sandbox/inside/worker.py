@@ -19,7 +19,9 @@ import time
 import audit
 import warm
 
-sys.dont_write_bytecode = True  # importing a model's code writes nothing beside it (its folder is read-only)
+sys.dont_write_bytecode = (
+    True  # importing a model's code writes nothing beside it (its folder is read-only)
+)
 GUARD = audit.install()  # before anything of a model is read; armed only in each child
 
 
@@ -31,7 +33,9 @@ def main() -> None:
     parser.add_argument("--max-processes", type=int, default=64)
     parser.add_argument("--library", action="append", default=[])
     options = parser.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "true")  # MLflow's telemetry: no network, and nothing to report
+    os.environ.setdefault(
+        "DO_NOT_TRACK", "true"
+    )  # MLflow's telemetry: no network, and nothing to report
     seconds = warm.import_libraries()
     reply({"ready": True, "warm_seconds": round(seconds, 3), "pid": os.getpid()})
     for line in sys.stdin:
@@ -65,7 +69,9 @@ def serve(request: dict, options) -> dict:
     output, events, timed_out = _collect(pid, result_read, events_read, options.timeout)
     _, status = os.waitpid(pid, 0)
     shutil.rmtree(scratch, ignore_errors=True)
-    denied = [json.loads(line) for line in events.decode(errors="replace").splitlines() if line.strip()]
+    denied = [
+        json.loads(line) for line in events.decode(errors="replace").splitlines() if line.strip()
+    ]
     try:
         result = json.loads(output.decode()) if output else None
     except ValueError:
@@ -73,7 +79,10 @@ def serve(request: dict, options) -> dict:
     if not isinstance(result, dict):
         result = {"status": "died", "error": _death(status)}
     if timed_out:
-        result = {"status": "timeout", "error": f"still running after the time limit of {options.timeout:g} s"}
+        result = {
+            "status": "timeout",
+            "error": f"still running after the time limit of {options.timeout:g} s",
+        }
     result.setdefault("denied", denied)
     result["denied"] = result["denied"] or denied
     result["id"] = request["id"]
@@ -124,7 +133,9 @@ def _death(status: int) -> str:
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         return f"the load process died of signal {number} ({signal.Signals(number).name})"
-    return f"the load process exited with status {os.waitstatus_to_exitcode(status)} without a result"
+    return (
+        f"the load process exited with status {os.waitstatus_to_exitcode(status)} without a result"
+    )
 
 
 def _child(request: dict, options, scratch: str, result_fd: int, events_fd: int) -> None:
@@ -147,7 +158,10 @@ def _child(request: dict, options, scratch: str, result_fd: int, events_fd: int)
         audit.close_unaudited()
         result = tasks.run(request, scratch)
     except MemoryError:
-        result = {"status": "memory", "error": f"allocated past the memory limit of {options.memory_mb} MB"}
+        result = {
+            "status": "memory",
+            "error": f"allocated past the memory limit of {options.memory_mb} MB",
+        }
     except BaseException as exc:  # noqa: BLE001 - whatever the model raised is its result
         result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
     if GUARD.denied:
@@ -157,7 +171,7 @@ def _child(request: dict, options, scratch: str, result_fd: int, events_fd: int)
     try:
         data = json.dumps(result, default=str).encode()
         while data:
-            data = data[os.write(result_fd, data):]
+            data = data[os.write(result_fd, data) :]
     except BaseException:  # noqa: BLE001
         code = 3
     os._exit(code)
