@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-rollback dev test test-fast stop bench wheel screenshots
+.PHONY: install demo demo-rollback dev lint test test-fast stop bench wheel screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,14 +53,20 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m harness.demo webhooks
 	$(PY) -m harness.demo dev
 
-## make test: the whole test suite (starts its own MLflow servers, an S3 and an Azure Storage emulator on free ports).
-test: install $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m pytest
+## make lint: ruff's rules and formatting over the whole tree (part of test and test-fast).
+lint: install
+	$(PY) -m ruff check --quiet .
+	$(PY) -m ruff format --check --quiet .
 
-## make test-fast: the tests that start no server (configuration, decisions, layout, manifests,
-## scanning, signatures, schedules): a couple of minutes, for every change.
-test-fast: install $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m pytest -m "not servers and not browser"
+## make test: the whole suite on two workers, each with its own MLflow servers, S3 and Azure Storage
+## emulators on free ports; the longest files start first (marketplace_tests/conftest.py).
+test: lint $(NODE_STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+
+## make test-fast: marketplace_tests/unit, the tests that start no server, process or browser
+## (configuration, decisions, layout, manifests, scanning, signatures, schedules): under two minutes.
+test-fast: lint $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m pytest marketplace_tests/unit
 
 ## make screenshots: the README's pictures of the catalog page and a model card, from the running demo
 ## (after make demo; needs Debian's chromium).
