@@ -1,4 +1,5 @@
-"""Materializing an upstream asset carries the chain down, for any date, never past a failed gate."""
+"""Materializing an upstream asset carries the chain down, for any date, never past a failed
+gate."""
 
 from __future__ import annotations
 

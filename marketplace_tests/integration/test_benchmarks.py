@@ -59,7 +59,8 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
         second["warm_worker_seconds"] == ""
         and results["small_sync_warm_worker_ratio"] == first["warm_worker_ratio"]
     )
-    # Sampled during the sync: the machine's busy cores, and how long the marketplace server was saturated.
+    # Sampled during the sync: the machine's busy cores, and how long the marketplace server was
+    # saturated.
     assert all(
         0 < r["busy_cores"] <= results["machine"]["cores"] + 0.5
         and 0 <= r["marketplace_saturated_share"] <= 1

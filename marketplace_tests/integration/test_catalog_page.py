@@ -84,7 +84,9 @@ def page(tmp_path):
             marketplace_name="ws09.hostile",
             model_name="hostile",
             status="active",
-            description='<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">',
+            description=(
+                '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+            ),
             owner="<b>mallory</b>",
             source_tags={"<i>tag</i>": "x"},
         )
@@ -172,8 +174,9 @@ def test_a_keystroke_filters_200_models_in_under_100_ms(page):
     timings = page.evaluate("""() => {
         const input = document.getElementById("q");
         const times = [];
-        for (const text of ["p", "pr", "pre", "pred", "predi", "predic", "predict", "predicts", "predicts ",
-                            "predicts p", "predicts pa", "predicts par", "predicts parc", "predicts parcels"]) {
+        for (const text of ["p", "pr", "pre", "pred", "predi", "predic", "predict", "predicts",
+                            "predicts ", "predicts p", "predicts pa", "predicts par",
+                            "predicts parc", "predicts parcels"]) {
             const started = performance.now();
             input.value = text;
             input.dispatchEvent(new Event("input"));
@@ -183,7 +186,8 @@ def test_a_keystroke_filters_200_models_in_under_100_ms(page):
         return times;
     }""")
     print(
-        f"per keystroke over 200 models: max {max(timings):.1f} ms, mean {sum(timings) / len(timings):.1f} ms"
+        f"per keystroke over 200 models: max {max(timings):.1f} ms, "
+        f"mean {sum(timings) / len(timings):.1f} ms"
     )
     assert max(timings) < 100, timings
     assert len(_visible(page)) == 19  # 20 of the 200 describe parcels; one of them was made hostile

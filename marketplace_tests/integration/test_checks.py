@@ -1,4 +1,5 @@
-"""The asset checks: they pass on a synced marketplace and fail, saying what is wrong, when it is broken."""
+"""The asset checks: they pass on a synced marketplace and fail, saying what is wrong, when it is
+broken."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def synced(servers, deploy, uid):
 
 
 def test_every_check_passes_on_a_synced_marketplace(synced):
-    deployment, ws, model = synced
+    deployment, _ws, _model = synced
     found = run_checks(deployment)
     assert set(found) == {
         keys.EXPORT_SUMMARY_UNIQUE,
@@ -250,7 +251,8 @@ def test_marker_moved_by_hand_fails_the_reconciliation_until_the_next_sync_puts_
 
 
 def _artifact_dir(client: MlflowClient, name: str, version: str) -> Path:
-    """Where the marketplace server keeps a model version's files (a local folder: --no-serve-artifacts)."""
+    """Where the marketplace server keeps a model version's files (a local folder:
+    --no-serve-artifacts)."""
     location = client.get_model_version(name, version).source
     if location.startswith("models:/"):  # MLflow 3: the version points at a logged model
         location = client.get_logged_model(

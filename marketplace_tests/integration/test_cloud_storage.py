@@ -248,7 +248,7 @@ def test_a_missing_storage_credential_fails_naming_its_variable(synced_pair, mon
 
 
 def _object_storage(cloud, lease_seconds: float) -> ObjectStorage:
-    emulator, storage_config = cloud
+    _emulator, storage_config = cloud
     from marketplace.config import ExternalStorageConfig
     from marketplace.external import resolve_options
 

@@ -51,7 +51,8 @@ GET_LOGGED_MODEL = "/logged-models/"
 def _home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    # Dagster creates its SQLite storage on first use, and racing first uses collide: create it once.
+    # Dagster creates its SQLite storage on first use, and racing first uses collide: create it
+    # once.
     dg.DagsterInstance.from_config(str(home)).dispose()
     return home
 
@@ -394,6 +395,7 @@ def _mount_small_filesystem(path: Path, size: str) -> bool:
         ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
         capture_output=True,
         text=True,
+        check=False,
     )
     return done.returncode == 0
 
@@ -402,11 +404,12 @@ def test_external_storage_out_of_space_mid_export(servers, deploy, uid, record_p
     ws = servers["ws_a"]
     client = MlflowClient(ws.uri)
     version = register_version(ws.uri, f"{uid}_big", stage="Production")
-    with process_tracking_uri(
-        ws.uri
-    ):  # 3 MB of run artifacts, more than the exports' filesystem holds
-        with mlflow.start_run(run_id=client.get_model_version(f"{uid}_big", version).run_id):
-            mlflow.log_text("x" * 3_000_000, "data/big.txt")
+    # 3 MB of run artifacts, more than the exports' filesystem holds
+    with (
+        process_tracking_uri(ws.uri),
+        mlflow.start_run(run_id=client.get_model_version(f"{uid}_big", version).run_id),
+    ):
+        mlflow.log_text("x" * 3_000_000, "data/big.txt")
     deployment = deploy(
         [
             {

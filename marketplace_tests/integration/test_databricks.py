@@ -84,8 +84,9 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
         == "retired"
     )
     assert source.api_calls > 0 and market.api_calls > 0
-    # mlflow-export-import probes once per process whether it talks to Databricks, with a client
-    # of its own that knows only tokens from ~/.databrickscfg; that probe is refused (docs/databricks.md).
+    # mlflow-export-import probes once per process whether it talks to Databricks, with a client of
+    # its own that knows only tokens from ~/.databrickscfg; that probe is refused
+    # (docs/databricks.md).
     assert set(source.refused + market.refused) <= {"/api/2.0/clusters/list-node-types"}
     # The Databricks workspace registry has stages only (MLflow refuses aliases there).
     version = materializations(result, keys.REGISTRATION)

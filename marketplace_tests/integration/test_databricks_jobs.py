@@ -48,7 +48,8 @@ pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
 @pytest.fixture
 def s3_storage(emulators, uid, monkeypatch) -> dict:
-    """A bucket of the test's own, its credentials and the workspace token in the Dagster process."""
+    """A bucket of the test's own, its credentials and the workspace token in the Dagster
+    process."""
     s3 = emulators["s3"]
     s3.make_space(f"{uid}-dbx")
     for name, value in s3.credentials(CLOUD_KEYS).items():
@@ -214,7 +215,8 @@ def test_the_job_signs_the_export_with_a_key_read_from_a_secret(
             )
         )
 
-    # Serverless: the job read the key through the secrets API itself; the spec holds only its reference.
+    # Serverless: the job read the key through the secrets API itself; the spec holds only its
+    # reference.
     assert "marketplace/dev01-signing-key" in workspace.jobs.secrets_read
     assert private not in json.dumps(workspace.jobs.submitted)
     storage = configured_storage(deployment.config)
@@ -295,7 +297,8 @@ GOOD = {
 def test_a_missing_job_variable_in_the_dagster_process_fails_before_submitting(
     deploy, servers, uid, monkeypatch, tmp_path
 ):
-    """The run reads the storage credentials itself first: a missing one fails naming it, no job starts."""
+    """The run reads the storage credentials itself first: a missing one fails naming it, no job
+    starts."""
     monkeypatch.setenv("DEV01_TOKEN", "dapi")
     monkeypatch.delenv("K_SECRET", raising=False)
     monkeypatch.setenv("K_ID", "x")

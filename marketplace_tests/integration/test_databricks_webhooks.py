@@ -84,7 +84,8 @@ def _call(standin: DatabricksStandIn, method: str, path: str, payload: dict) -> 
 
 @contextlib.contextmanager
 def _receiver(app, port: int):
-    """The real receiver, served by uvicorn on `port` in a thread, as `marketplace-webhooks` serves it."""
+    """The real receiver, served by uvicorn on `port` in a thread, as `marketplace-webhooks` serves
+    it."""
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     )
@@ -267,7 +268,8 @@ def test_a_new_version_created_through_the_workspace_is_delivered(source, deploy
     register_webhooks(config.workspaces, config.webhooks.base_url, os.environ)
 
     with _receiver(build_app(config, deployment.instance, environ=os.environ), port):
-        # A second version of the same logged model (MLflow 3 names it in the source: models:/<model id>).
+        # A second version of the same logged model (MLflow 3 names it in the source:
+        # models:/<model id>).
         _call(
             source,
             "POST",

@@ -42,7 +42,9 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
         "--partition",
         f"{TODAY.isoformat()}|cli",
     ]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     version = MlflowClient(servers["marketplace"].uri).get_model_version_by_alias(
         f"cli-cli.{uid}_m", "production"

@@ -1,4 +1,5 @@
-"""Faults caused for real: server errors and timeouts from a workspace's registry, retried or failed clearly."""
+"""Faults caused for real: server errors and timeouts from a workspace's registry, retried or failed
+clearly."""
 
 from __future__ import annotations
 

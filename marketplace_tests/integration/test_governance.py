@@ -78,7 +78,8 @@ def register_classifier(
 
 @pytest.fixture
 def gated(servers, deploy, uid, tmp_path):
-    """A deployment of one stage workspace whose models go through `gate` (given as keyword arguments)."""
+    """A deployment of one stage workspace whose models go through `gate` (given as keyword
+    arguments)."""
     reference = tmp_path / "external" / "evaluation" / "fraud.parquet"
     reference.parent.mkdir(parents=True)
     fraud_frame(rows=10_000, seed=7).to_parquet(reference)

@@ -92,7 +92,8 @@ def as_user(username: str, password: str):
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
-    """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's grants."""
+    """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's
+    grants."""
     root = tmp_path_factory.mktemp("auth-server")
     server = AuthenticatedServer(
         "auth", root, local_servers.free_port(), admin_password=secrets.token_urlsafe(16)
@@ -176,6 +177,7 @@ def load_as(server: AuthenticatedServer, name: str, users: list[str]) -> dict:
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -307,7 +309,8 @@ def test_a_grant_removed_from_the_configuration_revokes_only_what_the_sync_creat
 
 
 class _HeaderRecorder(LoopbackServer):
-    """Any other server: answers every request with an empty JSON object, noting its Authorization."""
+    """Any other server: answers every request with an empty JSON object, noting its
+    Authorization."""
 
     def __init__(self):
         self.authorizations: list[str | None] = []
@@ -452,7 +455,8 @@ def test_databricks_workspace_registry_principal_that_does_not_exist(standin, up
 @pytest.mark.servers
 def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream, uid):
     name = f"marketplace.dev01.{uid}_fraud"
-    # The stand-in does not serve Unity Catalog's registry API: the model and its tags live upstream.
+    # The stand-in does not serve Unity Catalog's registry API: the model and its tags live
+    # upstream.
     client = MlflowClient(upstream.uri)
     client.create_registered_model(name)
     held = standin.permissions.uc_grants(name)
@@ -494,7 +498,7 @@ def test_unity_catalog_grants_execute_and_revokes_only_its_own(standin, upstream
 
 
 @pytest.mark.servers
-def test_a_sync_into_an_authenticated_marketplace_grants_each_model_and_a_missing_principal_fails_only_its_model(
+def test_a_sync_into_an_authenticated_marketplace_grants_each_model_and_a_missing_principal_fails_only_its_model(  # noqa: E501 - the test's name alone is longer than a line
     auth_server, servers, tmp_path, uid, monkeypatch
 ):
     """The whole chain into an authenticated marketplace: the sync logs in with the configured

@@ -1,4 +1,5 @@
-"""Housekeeping of external storage: debris removal, table compaction and vacuum, the maintenance job."""
+"""Housekeeping of external storage: debris removal, table compaction and vacuum, the maintenance
+job."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def two_workspaces(servers, deploy, uid):
 def test_sync_exports_imports_and_registers_the_newest_production_version(
     two_workspaces, servers, uid
 ):
-    deployment, ws_a, ws_b = two_workspaces
+    deployment, ws_a, _ws_b = two_workspaces
     result = deployment.sync(ws_a)
     assert result.success, step_failure_message(result)
 
@@ -297,7 +297,8 @@ def test_new_marketplace_model_is_created_with_its_provenance(servers, deploy, u
     assert created.description.startswith(
         f"Marketplace copy of model '{uid}_prov' from workspace 'prov'"
     )
-    # Registration then promotes it: the alias, the stage, its status (active, since when) and its model card.
+    # Registration then promotes it: the alias, the stage, its status (active, since when) and its
+    # model card.
     result = deployment.sync("prov")
     assert result.success, step_failure_message(result)
     registration = materializations(result, keys.REGISTRATION)

@@ -108,7 +108,8 @@ def _tree(deployment, row):
 def test_the_pipes_export_marks_the_source_and_reports_skips_and_failures(
     servers, deploy, uid, cloud
 ):
-    """On cloud storage, with the marker; a version whose run was deleted is skipped with its reason."""
+    """On cloud storage, with the marker; a version whose run was deleted is skipped with its
+    reason."""
     _, storage_config = cloud
     register_version(servers["ws_a"].uri, f"{uid}_good", stage="Production", description="fine")
     register_version(servers["ws_a"].uri, f"{uid}_orphan", stage="Production")

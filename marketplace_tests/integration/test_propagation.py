@@ -229,8 +229,9 @@ class Live:
             parts.append(
                 "--- sensor ticks\n"
                 + "\n".join(
-                    f"{dt.datetime.fromtimestamp(t.timestamp):%H:%M:%S} {t.status.value} {t.run_ids} "
-                    f"{t.skip_reason or ''} {t.error.message[:300] if t.error else ''}"
+                    f"{dt.datetime.fromtimestamp(t.timestamp):%H:%M:%S} {t.status.value} "
+                    f"{t.run_ids} {t.skip_reason or ''} "
+                    f"{t.error.message[:300] if t.error else ''}"
                     for t in sorted(self.ticks(8), key=lambda t: t.timestamp)
                 )
             )
@@ -239,7 +240,8 @@ class Live:
         return "\n".join(parts)
 
     def change(self, workspace: Workspace, version: str) -> float:
-        """Make `version` the source's production version; returns when (wall clock) the call was made."""
+        """Make `version` the source's production version; returns when (wall clock) the call was
+        made."""
         at = time.time()
         promote(self.servers[workspace.server].uri, workspace.model, version, workspace.production)
         return at
@@ -250,8 +252,8 @@ class Live:
         since: float,
         timeout: float = CHANGE_TIMEOUT,
     ) -> dict[Workspace, float]:
-        """Wait until the marketplace serves each workspace's wanted source version; the seconds from
-        `since` (wall clock) to when each was first seen served."""
+        """Wait until the marketplace serves each workspace's wanted source version; the seconds
+        from `since` (wall clock) to when each was first seen served."""
         seen: dict[Workspace, float] = {}
         deadline = time.monotonic() + timeout
         while len(seen) < len(wanted):
@@ -272,7 +274,8 @@ class Live:
         return seen
 
     def wait_idle(self, timeout: float = 120) -> None:
-        """Until no sync run is queued or running (so `dagster dev` can stop without taking one down)."""
+        """Until no sync run is queued or running (so `dagster dev` can stop without taking one
+        down)."""
 
         def idle() -> bool:
             return not any(
@@ -377,14 +380,16 @@ def live(servers, tmp_path_factory):
     }
     home = folder / "dagster_home"
     ensure_instance(home)
-    # The receiver and the daemon both create the instance's storage on first use; racing first uses collide.
+    # The receiver and the daemon both create the instance's storage on first use; racing first uses
+    # collide.
     dg.DagsterInstance.from_config(str(home)).dispose()
     system = Live(
         folder / "marketplace.yaml", raw, home, f"http://{listen}", hooked, polled, servers
     )
     system.write_config()
     with pytest.MonkeyPatch.context() as env:
-        # The receiver verifies with it and the daemon's processes inherit it: from the environment only.
+        # The receiver verifies with it and the daemon's processes inherit it: from the environment
+        # only.
         env.setenv(SECRET_ENV, secrets.token_hex(24))
         try:
             system.start_dev(wait=False)  # it loads for half a minute: start the receiver meanwhile
@@ -428,7 +433,7 @@ class Consumer:
         self.server.server_close()
 
 
-def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_consumers_hear_the_rollback(
+def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_consumers_hear_the_rollback(  # noqa: E501 - the test's name alone is longer than a line
     live,
 ):
     hooked, polled = live.hooked, live.polled
@@ -473,8 +478,9 @@ def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_co
         keys = [r.dagster_run.tags["dagster/run_key"] for found in runs.values() for r in found]
         assert len(set(keys)) == 8, keys
         assert {r.dagster_run.tags[TRIGGER_TAG] for r in runs[polled]} == {"poll"}
-        # Each alias change was delivered; where its delivery was recorded before the tick that asked
-        # for its run began, that tick read it (a full poll may see the change before it is delivered).
+        # Each alias change was delivered; where its delivery was recorded before the tick that
+        # asked for its run began, that tick read it (a full poll may see the change before it is
+        # delivered).
         triggers = []
         for (version, at, before), run in zip(windows[hooked], runs[hooked]):
             recorded = live.alias_deliveries(hooked, at, version, before)
@@ -484,7 +490,8 @@ def test_every_promotion_and_rollback_in_one_day_is_served_by_its_own_run_and_co
                 assert triggers[-1] == "webhook", (version, recorded, live.requested_at(run))
         print(f"alias changes triggered by: {triggers}")
 
-        # The marketplace's own alias webhook told the consumer of each rollback (to the copy of v1).
+        # The marketplace's own alias webhook told the consumer of each rollback (to the copy of
+        # v1).
         rolled_back_to = {w: copy_of(market, w.marketplace_name, 1) for w in (hooked, polled)}
 
         def heard() -> bool:
@@ -573,7 +580,8 @@ def test_events_alone_serve_a_change_made_while_the_daemon_was_down_and_bound_a_
     burst_runs = [r for r in live.runs(hooked) if r.create_timestamp.timestamp() >= burst_at]
     delivered = live.alias_deliveries(hooked, burst_at)
     print(
-        f"burst of {BURST} events in {burst_seconds:.1f} s: {len(delivered)} delivered, {len(burst_runs)} run(s) "
+        f"burst of {BURST} events in {burst_seconds:.1f} s: {len(delivered)} delivered, "
+        f"{len(burst_runs)} run(s) "
         f"{[(r.dagster_run.status.value, r.dagster_run.tags.get(PENDING_TAG)) for r in burst_runs]}"
     )
     assert len(delivered) == BURST

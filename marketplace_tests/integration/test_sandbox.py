@@ -68,7 +68,8 @@ def in_sandbox() -> bool:
 
 
 class Payload(mlflow.pyfunc.PythonModel):
-    """Runs `attack` while loading (`at="load"`) or predicting (`at="predict"`), only in the sandbox."""
+    """Runs `attack` while loading (`at="load"`) or predicting (`at="predict"`), only in the
+    sandbox."""
 
     def __init__(self, attack, at: str = "load"):
         self.attack, self.at = attack, at
@@ -160,7 +161,8 @@ def read_canary(name: str, path: str) -> pd.DataFrame:
 
 
 def report_view(folders: list[str]):
-    """Raises what it sees: the error text is the one thing of a failed load that reaches the host."""
+    """Raises what it sees: the error text is the one thing of a failed load that reaches the
+    host."""
     seen = {
         "folders": {f: sorted(os.listdir(f)) if os.path.isdir(f) else None for f in folders},
         "passwd": Path("/etc/passwd").read_text(),
@@ -309,7 +311,8 @@ def test_a_model_sees_no_canary_secret(box, models, canary, mode):
         ),
     )
     result = box.load_and_predict(model)
-    # Process mode shares the filesystem (its documented limit); neither mode passes the environment.
+    # Process mode shares the filesystem (its documented limit); neither mode passes the
+    # environment.
     file_seen = value if mode == "process" else ""
     assert (result.status, result.predicted) == ("ok", True), result
     assert result.digest == tasks.digest(pd.DataFrame({"env": [""], "file": [file_seen]}))
@@ -458,7 +461,8 @@ def test_namespaces_show_no_home_project_or_secret(sandboxes, models, canary):
     seen = json.loads(result.error.removeprefix("RuntimeError: "))
     roots = boundary.interpreter_roots()
     for folder, entries in seen["folders"].items():
-        # Of the host only the system folders and the way to the interpreter and its site-packages show.
+        # Of the host only the system folders and the way to the interpreter and its site-packages
+        # show.
         visible = [
             e
             for e in entries or ()
@@ -517,11 +521,14 @@ def test_the_warm_process_names_the_ufuncs_skops_would_find_first():
     # In a fresh interpreter, as the warm process meets them: MLflow loaded, then the one-pass
     # naming, which must agree with skops's own scan (imported after, so it finds them named).
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import warm, mlflow.pyfunc, numpy as np, scipy.special; "
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import warm, mlflow.pyfunc, numpy as np, scipy.special; "
         "ufuncs = {id(o): o for m in (np, scipy.special) for a in dir(m) "
-        "          if isinstance(o := getattr(m, a), np.ufunc) and getattr(o, '__module__', None) is None}; "
+        "          if isinstance(o := getattr(m, a), np.ufunc) "
+        "and getattr(o, '__module__', None) is None}; "
         "named = warm.name_ufuncs(); import skops.io; from skops.io._utils import whichmodule; "
-        "print(len(ufuncs), named, sum(o.__module__ == whichmodule(o, o.__name__) for o in ufuncs.values()))"
+        "print(len(ufuncs), named, "
+        "sum(o.__module__ == whichmodule(o, o.__name__) for o in ufuncs.values()))"
     )
     found = subprocess.run(
         [sys.executable, "-c", code, str(boundary.INSIDE)],

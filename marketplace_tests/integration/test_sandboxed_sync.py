@@ -51,7 +51,8 @@ class WritesHostFile(mlflow.pyfunc.PythonModel):
 
 
 class RebuildRunsCode(mlflow.pyfunc.PythonModel):
-    """Its unpickling runs a command, naming only cloudpickle's rebuilders (modelscan sees nothing)."""
+    """Its unpickling runs a command, naming only cloudpickle's rebuilders (modelscan sees
+    nothing)."""
 
     def __init__(self, target: str):
         self.target = target
@@ -190,8 +191,8 @@ def test_payloads_are_blocked_in_the_sandbox_quarantined_and_named_while_the_cle
 
 
 def served_like_the_source(servers, source_model: str, mp: str, folder: Path) -> None:
-    """Consumers are unaffected: `mlflow models serve` of the marketplace's @production answers
-    as the source's version predicts (the test's own clean model, loaded here to know the answer)."""
+    """Consumers are unaffected: `mlflow models serve` of the marketplace's @production answers as
+    the source's version predicts (the test's own clean model, loaded here to know the answer)."""
     with process_tracking_uri(servers["ws_a"].uri):
         local = mlflow.artifacts.download_artifacts(
             f"models:/{source_model}/1", dst_path=str(folder / "src")

@@ -1,4 +1,5 @@
-"""The seed's selection rules against a real registry: which version is production, and the marker."""
+"""The seed's selection rules against a real registry: which version is production, and the
+marker."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def test_marker_uses_the_seeds_exact_words_once(servers, uid):
 
 
 def test_the_sensor_polls_with_the_same_rule_as_the_assets(servers, uid):
-    """Whatever the registry holds, the sensor's cheap poll and the production_models asset agree."""
+    """Whatever the registry holds, the sensor's cheap poll and the production_models asset
+    agree."""
     from marketplace.config import WorkspaceConfig
     from marketplace.polling import poll_workspaces
 

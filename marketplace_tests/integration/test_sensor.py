@@ -55,7 +55,8 @@ def test_synced_workspace_is_skipped_with_a_reason(servers, deploy, uid):
 
 
 def test_rollback_retirement_and_restoration_each_get_a_request(servers, deploy, uid):
-    """The sensor compares each source with where the marketplace points, not with what it imported."""
+    """The sensor compares each source with where the marketplace points, not with what it
+    imported."""
     source = MlflowClient(servers["ws_b"].uri)
     register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")
     register_version(servers["ws_b"].uri, f"{uid}_m", alias="champion")  # v2

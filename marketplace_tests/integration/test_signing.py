@@ -89,7 +89,8 @@ def test_unsigned_export_is_refused_when_a_key_is_configured(signed, uid, server
 
 def test_missing_signing_key_variable_fails_naming_it(signed, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
-    # Read when the export needs it: the partition fails, naming the variable, and nothing is exported.
+    # Read when the export needs it: the partition fails, naming the variable, and nothing is
+    # exported.
     result = signed.sync("signed")
     assert not result.success
     message = step_failure_message(result)

@@ -60,14 +60,17 @@ START_TIMEOUT = 60
 
 
 def _merge_worker(uri: str, index: int, barrier, results) -> None:
-    """One writer process: wait for all the others, then merge its own rows into the shared table."""
+    """One writer process: wait for all the others, then merge its own rows into the shared
+    table."""
     workspace = f"ws{index:02d}"
     rows = [export_row(workspace, "model", version) for version in range(1, ROWS_PER_PROCESS + 1)]
     try:
         barrier.wait(timeout=START_TIMEOUT)
         inserted = merge_rows(uri, EXPORT_SUMMARY, rows)
         results.put((index, "ok", inserted))
-    except BaseException:  # report everything to the parent, which asserts
+    # Report everything to the parent, which asserts: even a Rust panic in deltalake (pyo3's
+    # PanicException is a BaseException), which would otherwise leave the parent waiting.
+    except BaseException:  # noqa: BLE001
         results.put((index, "error", traceback.format_exc()))
 
 
@@ -137,7 +140,7 @@ def _ensure_worker(uri: str, index: int, barrier, results) -> None:
         barrier.wait(timeout=START_TIMEOUT)
         table = ensure_table(uri, IMPORT_SUMMARY)
         results.put((index, "ok", table.version()))
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - as in _merge_worker: the parent hears of any failure
         results.put((index, "error", traceback.format_exc()))
 
 

@@ -102,7 +102,7 @@ def signing(key_env: str, public_key: str) -> dict:
 def rewrite_consistently(folder: Path) -> str:
     """Change a file of the export and rebuild manifest.json to match, so that only the signature
     can tell; returns the changed file's path in the export."""
-    target = sorted(folder.rglob("requirements.txt"))[0]
+    target = min(folder.rglob("requirements.txt"))
     target.write_text(target.read_text() + "evil-package==6.6.6\n")
     manifest, _ = read_manifest(folder)
     identity = {k: v for k, v in vars(manifest).items() if k not in ("files", "signature")}

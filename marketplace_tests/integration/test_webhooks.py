@@ -92,7 +92,8 @@ def instance():
 
 @pytest.fixture
 def start(config, instance) -> Callable[..., TestClient]:
-    """Start a receiver on the shared instance (again, for a restart), with the workspace's secret set."""
+    """Start a receiver on the shared instance (again, for a restart), with the workspace's secret
+    set."""
 
     def start(environ: dict[str, str] | None = None) -> TestClient:
         environ = {SECRET_ENV: SECRET} if environ is None else environ

@@ -1,4 +1,5 @@
-"""Configuration files for tests: a minimal valid one, and how to check the error a wrong one raises."""
+"""Configuration files for tests: a minimal valid one, and how to check the error a wrong one
+raises."""
 
 from __future__ import annotations
 

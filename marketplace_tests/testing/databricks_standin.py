@@ -52,7 +52,8 @@ ARTIFACT_ENDPOINTS = (
 
 
 class DatabricksStandIn(LoopbackServer):
-    """`auth` is "pat" (expects `token`) or "oauth-m2m" (expects `client_id` and `client_secret`)."""
+    """`auth` is "pat" (expects `token`) or "oauth-m2m" (expects `client_id` and
+    `client_secret`)."""
 
     def __init__(
         self,
@@ -98,7 +99,8 @@ class DatabricksStandIn(LoopbackServer):
         return token == self.expected["token"] if self.auth == "pat" else token in self.issued
 
     def _issue(self, headers, body: bytes) -> str | None:
-        """An access token for a client-credentials grant with the right id and secret, else None."""
+        """An access token for a client-credentials grant with the right id and secret, else
+        None."""
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         client_id, client_secret = form.get("client_id"), form.get("client_secret")
         basic = headers.get("Authorization", "")
@@ -315,7 +317,8 @@ class JobRunner:
         return 200, local.read_bytes()
 
     def _volume_paths(self, encoded: str) -> str:
-        """Pipes parameters name /Volumes paths; on this machine the job finds them under volumes_root."""
+        """Pipes parameters name /Volumes paths; on this machine the job finds them under
+        volumes_root."""
         params = decode_param(encoded)
         if isinstance(params.get("path"), str) and params["path"].startswith("/Volumes/"):
             params["path"] = str(self.local(params["path"]))
@@ -477,7 +480,8 @@ class RegistryPermissions:
                     return 400, {
                         "error_code": "INVALID_PARAMETER_VALUE",
                         "message": (
-                            f"Permission {entry.get('permission_level')} is not valid for registered models"
+                            f"Permission {entry.get('permission_level')} "
+                            "is not valid for registered models"
                         ),
                     }
                 entries[(field, entry[field])] = entry["permission_level"]
@@ -512,7 +516,9 @@ class RegistryPermissions:
         if securable.upper() != "FUNCTION" or not self._exists(full_name):
             return 404, {
                 "error_code": "RESOURCE_DOES_NOT_EXIST",
-                "message": f"{securable} '{full_name}' does not exist (a registered model is a FUNCTION).",
+                "message": (
+                    f"{securable} '{full_name}' does not exist (a registered model is a FUNCTION)."
+                ),
             }
         grants = self.uc_grants(full_name)
         if method == "PATCH":
@@ -529,7 +535,7 @@ class RegistryPermissions:
                 if stray:
                     return 400, {
                         "error_code": "INVALID_PARAMETER_VALUE",
-                        "message": f"Privilege {sorted(stray)[0]} is not applicable to this entity",
+                        "message": f"Privilege {min(stray)} is not applicable to this entity",
                     }
             for change in changes:
                 held = grants.setdefault(change["principal"], set())
@@ -771,7 +777,8 @@ class RegistryWebhooks:
                 {
                     "version": number,
                     "tags": [tag],
-                    "text": f"set version tag(s) '{tag['key']}' => '{tag['value']}' for registered model '{name}' "
+                    "text": f"set version tag(s) '{tag['key']}' => '{tag['value']}' "
+                    f"for registered model '{name}' "
                     f"version {number}.",
                 },
             )

@@ -1,4 +1,5 @@
-"""A test's deployment (configuration file, loaded config, Dagster instance) and reading its runs."""
+"""A test's deployment (configuration file, loaded config, Dagster instance) and reading its
+runs."""
 
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ def materialize_in_processes(
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    # Dagster creates its SQLite storage on first use, and racing first uses collide: create it once.
+    # Dagster creates its SQLite storage on first use, and racing first uses collide: create it
+    # once.
     dg.DagsterInstance.from_config(str(home)).dispose()
     env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
     logs = [tmp_path / f"{w}.log" for w in workspaces]

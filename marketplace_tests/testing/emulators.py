@@ -41,7 +41,8 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path) -
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"{what} exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}"
+                f"{what} exited with {process.returncode}: "
+                f"{log.read_text(errors='replace')[-2000:]}"
             )
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:

@@ -75,7 +75,8 @@ class RelayHandler(BaseHTTPRequestHandler):
 
 
 class LoopbackServer:
-    """A threaded HTTP server on a free loopback port, serving `handler` while in its `with` block."""
+    """A threaded HTTP server on a free loopback port, serving `handler` while in its `with`
+    block."""
 
     def __init__(self, handler: type[RelayHandler]):
         self.port = free_port()

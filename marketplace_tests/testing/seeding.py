@@ -39,7 +39,8 @@ def register_version(
     kind: str = "iris",
     description: str | None = None,
 ) -> str:
-    """Log a small scikit-learn model, register it as a new version, promote it; returns the version."""
+    """Log a small scikit-learn model, register it as a new version, promote it; returns the
+    version."""
     client = MlflowClient(tracking_uri)
     with process_tracking_uri(tracking_uri):
         # Experiment names are limited to 500 characters; model names are not.
@@ -76,7 +77,8 @@ def register_version(
 def assert_predicts_like_source(
     source_tracking_uri: str, source_model: str, market_tracking_uri: str, market_model: str
 ) -> None:
-    """The marketplace copy loads by its alias and predicts exactly as the source (diabetes models)."""
+    """The marketplace copy loads by its alias and predicts exactly as the source (diabetes
+    models)."""
     import numpy as np
     from sklearn import datasets
 

@@ -89,7 +89,8 @@ def poll_all_next(cursor: str | None) -> str | None:
 
 @contextlib.contextmanager
 def by_value(*objects) -> Iterator[None]:
-    """Pickle the modules of `objects` by value while saving a model: a sandbox sees no test module."""
+    """Pickle the modules of `objects` by value while saving a model: a sandbox sees no test
+    module."""
     modules = {sys.modules[o.__module__] for o in objects}
     for module in modules:
         cloudpickle.register_pickle_by_value(module)

@@ -45,23 +45,23 @@ def _card(**overrides) -> ModelCard:
         size_bytes=11814,
         exported_at="2026-12-01T08:00:00+00:00",
     )
-    fields = dict(
-        marketplace_name="dev01.iris",
-        workspace="dev01",
-        model_name="iris",
-        status=STATUS_ACTIVE,
-        status_since="2026-11-30T10:00:00+00:00",
-        source_version=2,
-        marketplace_version=3,
-        marker=ALIAS,
-        facts=facts,
-        checksum="ab" * 32,
-        import_date="2026-12-01",
-        signer="workspace dev01's key",
-        source_url="http://127.0.0.1:5001/#/models/iris/versions/2",
-        marketplace_url="http://127.0.0.1:5000/#/models/dev01.iris/versions/3",
-        history=(HistoryEntry(NOW, "promoted", 2, 3),),
-    )
+    fields = {
+        "marketplace_name": "dev01.iris",
+        "workspace": "dev01",
+        "model_name": "iris",
+        "status": STATUS_ACTIVE,
+        "status_since": "2026-11-30T10:00:00+00:00",
+        "source_version": 2,
+        "marketplace_version": 3,
+        "marker": ALIAS,
+        "facts": facts,
+        "checksum": "ab" * 32,
+        "import_date": "2026-12-01",
+        "signer": "workspace dev01's key",
+        "source_url": "http://127.0.0.1:5001/#/models/iris/versions/2",
+        "marketplace_url": "http://127.0.0.1:5000/#/models/dev01.iris/versions/3",
+        "history": (HistoryEntry(NOW, "promoted", 2, 3),),
+    }
     return ModelCard(**{**fields, **overrides})
 
 
@@ -164,7 +164,9 @@ def test_export_facts_come_from_the_exports_small_files(tmp_path):
             {
                 "mlflow": {
                     "registered_model": {
-                        "description": "Exported Already On 2026-11-01, old description: Iris species.",
+                        "description": (
+                            "Exported Already On 2026-11-01, old description: Iris species."
+                        ),
                         "tags": [{"key": "owner", "value": "flora"}],
                         "versions": [
                             {"version": "2", "description": "v2 notes"},

@@ -381,7 +381,7 @@ def test_several_errors_are_all_reported_and_the_first_is_the_key(tmp_path):
     data["marketplace"]["alias"] = "latest"
     data["workspaces"][0]["tracking_uri"] = "ftp://x"
 
-    error, path = load_error(tmp_path, data)
+    error, _path = load_error(tmp_path, data)
 
     assert error.key == "marketplace.alias"
     assert "marketplace.alias:" in str(error)

@@ -1,4 +1,5 @@
-"""Configuration fuzzed: whatever the file holds, loading it either works or names the file and key."""
+"""Configuration fuzzed: whatever the file holds, loading it either works or names the file and
+key."""
 
 from __future__ import annotations
 

@@ -224,7 +224,7 @@ def test_unity_catalog_names_are_valid_distinct_and_traceable():
         for name in ("Churn Model", "churn model", "churn.model", "Ünïcode", "L" * 300)
     ]
     for name in odd:
-        catalog, schema, model = name.split(".")
+        _catalog, _schema, model = name.split(".")
         assert len(model) <= UC_NAME_LIMIT and model == model.lower()
         assert all(c.isalnum() and c.isascii() or c in "_-" for c in model), name
     assert len(set(odd)) == len(odd)  # cleaned names never meet: each keeps a hash of its original
@@ -240,7 +240,9 @@ class _UnityCatalogSearchResult:
 
     @property
     def tags(self):
-        raise Exception("UC Model Versions gathered through search_model_versions do not have tags")
+        raise Exception(  # noqa: TRY002 - mirrors MLflow, which raises a bare Exception here
+            "UC Model Versions gathered through search_model_versions do not have tags"
+        )
 
     aliases = tags
 

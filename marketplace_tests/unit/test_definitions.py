@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     graph = definitions.resolve_asset_graph()
     chain = keys.CHAIN
     assert set(graph.get_all_asset_keys()) == {*chain, keys.CATALOG}
-    for upstream, downstream in zip(chain, chain[1:]):
+    for upstream, downstream in itertools.pairwise(chain):
         assert graph.get(downstream).parent_keys == {upstream}
     # The catalog: the whole marketplace, unpartitioned, after registration, not in the sync job.
     catalog = graph.get(keys.CATALOG)
@@ -72,7 +73,8 @@ def test_project_defines_the_chain_the_job_and_the_partitions():
     assert (
         sensor.default_status == dg.DefaultSensorStatus.RUNNING
     )  # the embedded default turns it on
-    # Evaluated on every loop of the daemon (5 s) for webhook events; every workspace polled every 20 s.
+    # Evaluated on every loop of the daemon (5 s) for webhook events; every workspace polled every
+    # 20 s.
     assert sensor.minimum_interval_seconds < 5
     assert "every workspace polled every 20 s" in sensor.description
     assert (
@@ -101,7 +103,8 @@ def test_sensor_is_stopped_unless_configured(tmp_path):
     path = tmp_path / "m.yaml"
     path.write_text(
         "external_storage: {uri: x}\nmarketplace: {tracking_uri: 'http://127.0.0.1:1'}\n"
-        "workspaces: [{name: w, tracking_uri: 'http://127.0.0.1:2', production: {stage: Production}}]\n"
+        "workspaces: [{name: w, tracking_uri: 'http://127.0.0.1:2', "
+        "production: {stage: Production}}]\n"
     )
     sensor = build_definitions(load_config(path)).resolve_sensor_def("production_version_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
@@ -117,6 +120,7 @@ def test_configuration_is_read_when_definitions_load_not_at_import(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
+        check=False,
     )
     assert imported.returncode == 0, imported.stderr
 
@@ -141,6 +145,7 @@ def test_dagster_validates_the_workspace_file(tmp_path):
         text=True,
         timeout=300,
         env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

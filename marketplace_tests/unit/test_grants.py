@@ -220,7 +220,8 @@ def as_user(username: str, password: str):
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
-    """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's grants."""
+    """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's
+    grants."""
     root = tmp_path_factory.mktemp("auth-server")
     server = AuthenticatedServer(
         "auth", root, local_servers.free_port(), admin_password=secrets.token_urlsafe(16)

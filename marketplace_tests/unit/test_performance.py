@@ -349,7 +349,8 @@ def test_the_name_check_says_whether_the_marketplace_model_exists(sqlite_client)
 
 def test_the_databricks_probes_of_each_request_fail_at_once_where_databricks_is_absent():
     code = (
-        "import sys; from marketplace.registry import make_client; make_client('http://127.0.0.1:1'); "
+        "import sys; from marketplace.registry import make_client; "
+        "make_client('http://127.0.0.1:1'); "
         "from mlflow.utils import databricks_utils as d; "
         "print(sys.modules['dbruntime'], d.is_in_databricks_notebook(), d.is_in_databricks_job(), "
         "'json' in sys.modules and sys.modules['json'] is not None)"

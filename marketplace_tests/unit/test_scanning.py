@@ -492,7 +492,8 @@ def test_module_imports_no_dagster():
 
 def test_raw_weights_that_no_unpickler_can_start_on_are_not_findings(folder):
     """Sharded weights in .bin files (raw tensors, not PyTorch pickles) and safetensors: unpickling
-    them fails at the first byte, before anything runs, so they are neither pickles nor unscannable."""
+    them fails at the first byte, before anything runs, so they are neither pickles nor
+    unscannable."""
     _write(folder, "weights-00001.bin", bytes([0x1E, 0x00]) + bytes(range(256)) * 64)
     # Raw float64s whose first bytes are valid opcodes (GLOBAL, NONE) that garbage follows.
     _write(folder, "weights-00002.bin", b"c\xfb\x12" + bytes(range(256)) * 64)

@@ -36,7 +36,8 @@ def test_daily_schedule_requests_one_run_per_workspace_for_the_scheduled_day(con
     context = dg.build_schedule_context(
         instance=deployment.instance,
         scheduled_execution_time=dt.datetime(2026, 11, 20, 2, 0, tzinfo=UTC),
-        repository_def=defs.get_repository_def(),  # resolves each request against the job's partitions
+        # resolves each request against the job's partitions
+        repository_def=defs.get_repository_def(),
     )
     data = schedule.evaluate_tick(context)
     requests = list(data.run_requests or [])
@@ -50,7 +51,8 @@ def test_daily_schedule_requests_one_run_per_workspace_for_the_scheduled_day(con
     assert len({r.run_key for r in requests}) == len(names)
     assert all(r.tags["marketplace/trigger"] == "daily_marketplace_schedule" for r in requests)
 
-    # Every requested partition is one the sync job can run (resolution tagged each request with it).
+    # Every requested partition is one the sync job can run (resolution tagged each request with
+    # it).
     job = defs.resolve_job_def("marketplace_sync_job")
     assert {str(r.partition_key) for r in requests} <= set(job.partitions_def.get_partition_keys())
     assert sorted(r.tags["dagster/partition"] for r in requests) == sorted(

@@ -145,7 +145,7 @@ def test_required_signatures_without_any_key_are_refused(tmp_path):
 def test_private_key_env_must_be_a_variable_name(tmp_path, variable):
     data = minimal()
     data["workspaces"][0]["signing"] = {"private_key_env": variable}
-    error, path = load_error(tmp_path, data)
+    error, _path = load_error(tmp_path, data)
     assert error.key == "workspaces[0] (dev01).signing.private_key_env"
 
 

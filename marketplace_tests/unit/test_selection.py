@@ -1,4 +1,5 @@
-"""The seed's selection rules against a real registry: which version is production, and the marker."""
+"""The seed's selection rules against a real registry: which version is production, and the
+marker."""
 
 from __future__ import annotations
 
