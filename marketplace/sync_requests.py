@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 
-from marketplace.registration import Recorded
+from marketplace.gate import Held, releasable
+from marketplace.polling import PollResult
+from marketplace.registration import Recorded, recorded_states
 
 # A requested run that never showed up (its launch refused, say) is asked for again after this.
 LOST_REQUEST_SECONDS = 900
@@ -165,3 +168,198 @@ def _ask(
 def poll_due(polled_at: float | None, now: float, interval_seconds: int) -> bool:
     """Is the full poll of every workspace due? (Events trigger polls of their workspaces only.)"""
     return polled_at is None or now - polled_at >= interval_seconds
+
+
+# One tick of the sensor, as plain data: the cursor it leaves, the runs it asks for, or why none.
+#
+# The cursor: `{"epoch", "events_after", "polled_at", "unreachable": {name: error},
+# "workspaces": {name: entry}}`, each entry as decide() leaves it.
+
+Holds = set[tuple[str, str, int]]  # (workspace, model, source version)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A run to ask for: one workspace's partition of `day`, under the run key that names its change."""
+
+    workspace: str
+    run_key: str
+    attempt: int
+    pending: list[str]
+    trigger: str  # "webhook" (an event named the workspace) or "poll"
+
+
+@dataclass(frozen=True)
+class Tick:
+    cursor: dict
+    requests: list[Request] = field(default_factory=list)
+    skip_reason: str | None = None  # set when nothing is asked for
+
+
+def read_cursor(raw: str | None) -> dict:
+    """The cursor a tick starts from. A cursor of the earlier shape (entries alone) keeps its
+    entries; a new cursor gets an epoch of its own."""
+    cursor = json.loads(raw) if raw else {}
+    if "workspaces" not in cursor:
+        cursor = {
+            "workspaces": {name: {"generation": 0, **entry} for name, entry in cursor.items()}
+        }
+    cursor.setdefault("epoch", new_epoch())
+    return cursor
+
+
+def write_cursor(cursor: Mapping) -> str:
+    return json.dumps(cursor, sort_keys=True)
+
+
+def live_entries(cursor: Mapping, configured: Collection[str]) -> dict[str, dict]:
+    """The cursor's entries of workspaces still configured (a removed workspace's entry is dropped)."""
+    return {k: v for k, v in cursor.get("workspaces", {}).items() if k in configured}
+
+
+def poll_targets(
+    configured: Collection[str],
+    entries: Mapping[str, dict],
+    events: Mapping[str, int],
+    run_states: Mapping[str, str | None],
+    *,
+    full: bool,
+    now: float,
+) -> set[str]:
+    """The workspaces to poll this tick: every one on a full poll; otherwise those a webhook event
+    named, and those with work outstanding that are due again (see due_again)."""
+    if full:
+        return set(configured)
+    return {name for name in events if name in configured} | {
+        name for name, entry in entries.items() if due_again(entry, run_states.get(name), now)
+    }
+
+
+def idle_tick(
+    cursor: Mapping,
+    entries: dict[str, dict],
+    run_states: Mapping[str, str | None],
+    interval_seconds: int,
+) -> Tick:
+    """A tick with nothing to poll: the cursor keeps its entries, and says why, with what waits."""
+    waiting = "; ".join(
+        waiting_note(name, entry, run_states.get(name))
+        for name, entry in sorted(entries.items())
+        if entry.get("pending")
+    )
+    down = "; ".join(
+        f"{name} unreachable ({error})"
+        for name, error in sorted(cursor.get("unreachable", {}).items())
+    )
+    return Tick(
+        {**cursor, "workspaces": entries},
+        skip_reason=f"nothing new: no webhook event; every workspace polled again within "
+        f"{interval_seconds} s" + "".join(f"; {part}" for part in (waiting, down) if part),
+    )
+
+
+def plan_tick(
+    cursor: Mapping,
+    entries: Mapping[str, dict],
+    polled: Mapping[str, PollResult],
+    recorded: Mapping[str, Mapping[str, Recorded]],
+    *,
+    events: Mapping[str, int],
+    run_states: Mapping[str, str | None],
+    held: Holds,
+    released: Holds,
+    quarantined: Callable[[str, str], bool],
+    full: bool,
+    day: dt.date,
+    now: float,
+    backoff_seconds: int,
+) -> Tick:
+    """The runs to ask for after polling the workspaces in `polled` (this tick's targets).
+
+    A pending change the scan quarantined (`quarantined(workspace, change)`) or the gate holds is
+    not asked for; one the gate would now release is marked `(approved)`, news under a new key. An
+    unreachable workspace keeps its entry (an outage is not progress) and is reported until a poll
+    reaches it; a full poll forgets the others' old outages."""
+    entries = dict(entries)
+    requests, notes, unreachable = [], [], {}
+    for name in sorted(polled):
+        result = polled[name]
+        if result.error:
+            unreachable[name] = result.error
+            continue
+        pending = [
+            change
+            for change in pending_changes(result.production, recorded.get(name, {}))
+            if not quarantined(name, change) and not is_held(held, name, change)
+        ]
+        # An approval is news even where the same change was asked for before (a new run key).
+        pending = [f"{c} (approved)" if is_held(released, name, c) else c for c in pending]
+        decision = decide(
+            name,
+            entries.get(name),
+            pending,
+            day=day,
+            now=now,
+            epoch=cursor["epoch"],
+            evented=name in events,
+            run_state=run_states.get(name),
+            backoff_seconds=backoff_seconds,
+        )
+        if decision.entry.get("pending") or decision.entry.get("generation"):
+            entries[name] = decision.entry
+        else:
+            entries.pop(name, None)
+        if decision.note:
+            notes.append(decision.note)
+        if decision.ask is not None:
+            trigger = "webhook" if name in events else "poll"
+            requests.append(
+                Request(name, decision.ask.run_key, decision.ask.attempt, pending, trigger)
+            )
+    earlier = cursor.get("unreachable", {})
+    down = {} if full else {k: v for k, v in earlier.items() if k not in polled}
+    new_cursor = {
+        **cursor,
+        **({"polled_at": now} if full else {}),
+        "workspaces": entries,
+        "unreachable": {**down, **unreachable},
+    }
+    if requests:
+        return Tick(new_cursor, requests)
+    reasons = notes + [f"{name} unreachable ({error})" for name, error in unreachable.items()]
+    why = "; ".join(reasons) if reasons else f"all {len(polled)} workspace(s) in sync"
+    return Tick(new_cursor, skip_reason=f"nothing new: {why}")
+
+
+def change_version(change: str) -> tuple[str, int] | None:
+    """(model, source version) of a pending `model@version`; None for `model@retired`."""
+    model, _, version = change.rpartition("@")
+    return (model, int(version)) if version.isdigit() else None
+
+
+def is_held(holds: Holds, workspace: str, change: str) -> bool:
+    found = change_version(change)
+    return found is not None and (workspace, *found) in holds
+
+
+def split_holds(holds: Iterable[Held], approval_of: Callable[[str], str]) -> tuple[Holds, Holds]:
+    """The versions the promotion gate holds, as (workspace, model, source version): those it would
+    still hold, and those it would now release (a new approval). `approval_of(workspace)` is its
+    gate's approval setting."""
+    held: Holds = set()
+    released: Holds = set()
+    for h in holds:
+        free = releasable(h.tags, approval_of(h.workspace))
+        (released if free else held).add((h.workspace, h.model_name, h.source_version))
+    return held, released
+
+
+def recorded_by_workspace(rows: Iterable[Mapping]) -> dict[str, dict[str, Recorded]]:
+    """Per workspace, each model's production state as production_history recorded it."""
+    by_workspace: dict[str, list[Mapping]] = {}
+    for row in rows:
+        by_workspace.setdefault(row["workspace"], []).append(row)
+    return {
+        workspace: recorded_states(found, by="model_name")
+        for workspace, found in by_workspace.items()
+    }

@@ -7,13 +7,11 @@ import gc
 import dagster as dg
 
 from marketplace.config import MarketplaceConfig, load_config
-from marketplace_dagster.assets import build_sync_assets, catalog
+from marketplace_dagster.assets.catalog import catalog
+from marketplace_dagster.assets.housekeeping import build_maintenance_job
+from marketplace_dagster.assets.sync import build_sync_assets
 from marketplace_dagster.checks import build_checks
-from marketplace_dagster.jobs import (
-    build_checks_job,
-    build_maintenance_job,
-    build_marketplace_sync_job,
-)
+from marketplace_dagster.jobs import build_checks_job, build_marketplace_sync_job
 from marketplace_dagster.keys import (
     CATALOG_GROUP,
     EXPORTS_MATCH_MANIFESTS,

@@ -108,6 +108,30 @@ def version_link(registry, name: str, version) -> str:
     return f"[{name}]({model_version_url(registry.tracking_uri, name, version, host)})"
 
 
+def registration_row(day: dt.date, workspace: str, outcome, production: dict, marketplace) -> list:
+    """One row of the registration table: the marketplace model, its version, the change, the source."""
+    label = f"{workspace}/{outcome.model_name}"
+    version = outcome.target.version if outcome.target is not None else None
+    return [
+        f"{day}|{workspace}",
+        version_link(marketplace, outcome.marketplace_name, version)
+        if version
+        else outcome.marketplace_name,
+        version or "—",
+        outcome.change.kind if outcome.change else "unchanged",
+        f"{label} v{production[outcome.model_name]}"
+        if outcome.model_name in production
+        else f"{label} (no production version)",
+    ]
+
+
+def scan_policy_note(policy) -> str:
+    """How imports scan, as the imports asset shows it."""
+    return f"{policy.mode}, blocking at {policy.block_severity} and above" + (
+        f", {len(policy.allow_globals)} allowed global(s)" if policy.allow_globals else ""
+    )
+
+
 def sandbox_mode(settings, results: dict) -> str:
     """How the models this check loaded were isolated (none loaded: the sandbox never started)."""
     if all(r.unchanged for r in results.values()):

@@ -13,7 +13,7 @@ import yaml
 
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace_dagster import keys
-from marketplace_dagster.assets import build_sync_assets
+from marketplace_dagster.assets.sync import build_sync_assets
 from marketplace_dagster.definitions import build_definitions
 from marketplace_dagster.keys import CATALOG
 from marketplace_dagster.partitions import build_marketplace_partitions_def, partition_key
