@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from marketplace.registration import Recorded
+from marketplace.lifecycle import Recorded
 
 # A requested run that never showed up (its launch refused, say) is asked for again after this.
 LOST_REQUEST_SECONDS = 900

@@ -14,13 +14,15 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.catalog import build_catalog
-from marketplace.exports import LocalCopies, export_row
+from marketplace.export_records import LocalCopies, export_row
 from marketplace.external import Snapshot, moved
-from marketplace.imports import import_row, import_versions, marketplace_versions_of
+from marketplace.imports import import_row, import_versions
+from marketplace.lifecycle import CHANGES
 from marketplace.loading import Checked, verify_loads
+from marketplace.marketplace_versions import marketplace_versions_of
 from marketplace.provenance import SourceKey
 from marketplace.quarantine import quarantine_blocked
-from marketplace.registration import CHANGES, register_partition
+from marketplace.registration import register_partition
 from marketplace.registry import redact_uri, registry_errors, select_production_versions
 from marketplace.telemetry import registry_time
 from marketplace_dagster.engines import run_exports

@@ -13,11 +13,12 @@ import dagster as dg
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.gate import FAILED, PENDING, age, configured_holds
-from marketplace.imports import marketplace_versions_of
 from marketplace.layout import EXPORTS_DIR, export_folder_of_file
+from marketplace.lifecycle import divergences
 from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
+from marketplace.marketplace_versions import marketplace_versions_of
 from marketplace.polling import poll_workspaces
-from marketplace.registration import divergences, marketplace_production
+from marketplace.production_marker import marketplace_production
 from marketplace.registry import configure_http
 from marketplace.scanning import scan_folder
 from marketplace.signatures import SignatureError, verify_export_signature

@@ -16,13 +16,13 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
-from marketplace.exports import quarantine_of
+from marketplace.export_records import quarantine_of
 from marketplace.external import configured_storage
 from marketplace.gate import configured_holds, releasable
 from marketplace.gate import is_active as gate_active
 from marketplace.layout import skip_record_key
+from marketplace.lifecycle import Recorded, recorded_states
 from marketplace.polling import poll_workspaces
-from marketplace.registration import Recorded, recorded_states
 from marketplace.registries import MarketplaceRegistry
 from marketplace.registry import configure_http
 from marketplace.scanning import ScanPolicy

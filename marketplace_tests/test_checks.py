@@ -11,7 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
 from marketplace import loading, summary
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME
 from marketplace_dagster import keys
 

@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow_export_import.model.export_model import export_model
 
-from marketplace.exports import ExportError, _verify_contents, export_dir, export_version
+from marketplace.export_records import export_dir
+from marketplace.exports import ExportError, _verify_contents, export_version
 from marketplace.layout import path_component
 from marketplace.manifest import MANIFEST_NAME, verify_export
 from marketplace.registry import process_tracking_uri, select_production_versions
@@ -119,7 +120,7 @@ def test_long_names_differing_only_at_the_end_do_not_collide():
 
 
 def test_a_quarantine_holds_while_its_findings_block_under_the_policy_of_the_day(tmp_path):
-    from marketplace.exports import quarantine_of, record_quarantine
+    from marketplace.export_records import quarantine_of, record_quarantine
     from marketplace.layout import skip_record_key
     from marketplace.scanning import Finding, ScanPolicy
     from marketplace.storage import LocalStorage

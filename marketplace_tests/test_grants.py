@@ -26,15 +26,8 @@ from marketplace import credentials, databricks
 from marketplace.config import parse_config
 from marketplace.errors import MarketplaceError
 from marketplace.external import ExternalStorage
-from marketplace.grants import (
-    TAG_GRANTS,
-    Grant,
-    GrantError,
-    Grants,
-    plan,
-    record_value,
-    recorded_grants,
-)
+from marketplace.grant_plan import TAG_GRANTS, Grant, plan, record_value, recorded_grants
+from marketplace.grants import GrantError, Grants
 from marketplace.registries import MarketplaceRegistry
 
 from .conftest import register_version

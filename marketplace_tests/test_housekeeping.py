@@ -11,7 +11,7 @@ import dagster as dg
 from deltalake import DeltaTable
 
 from marketplace import summary
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.housekeeping import maintain_table, remove_debris
 from marketplace.manifest import MANIFEST_NAME, verify_export
 
