@@ -24,13 +24,13 @@ from marketplace.catalog import build_catalog
 from marketplace.config import load_config
 from marketplace.external import ExternalStorage
 from marketplace.manifest import build_manifest, write_manifest
+from marketplace.production_marker import STATUS_ACTIVE, TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.provenance import (
     TAG_CHECKSUM,
     TAG_PRODUCTION_SOURCE_VERSION,
     SourceKey,
     provenance_tags,
 )
-from marketplace.registration import STATUS_ACTIVE, TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registries import MarketplaceRegistry, SourceRegistries
 
 NOW = dt.datetime.now(dt.UTC)

@@ -395,8 +395,8 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
 
     from marketplace.external import configured_storage
     from marketplace.layout import CATALOG_PAGE
+    from marketplace.production_marker import TAG_STATUS, TAG_STATUS_CHANGED_AT
     from marketplace.provenance import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
-    from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
     from marketplace.summary import CATALOG, PRODUCTION_HISTORY, TABLES, read_rows
 
     client = MlflowClient(tracking_uri=config.marketplace.tracking_uri)

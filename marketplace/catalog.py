@@ -23,9 +23,9 @@ from marketplace.cards import (
 )
 from marketplace.catalog_page import render_page
 from marketplace.gate import TAG_HELD, configured_holds, held_note
-from marketplace.imports import marketplace_versions_of
+from marketplace.marketplace_versions import marketplace_versions_of
+from marketplace.production_marker import TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.provenance import TAG_PRODUCTION_SOURCE_VERSION
-from marketplace.registration import TAG_STATUS, TAG_STATUS_CHANGED_AT
 from marketplace.registry import PAGE_SIZE, registry_errors, searched
 
 if TYPE_CHECKING:

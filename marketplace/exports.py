@@ -1,4 +1,7 @@
-"""Exporting one model version with mlflow-export-import into external storage, atomically."""
+"""Exporting production versions with mlflow-export-import into external storage: one version
+exported, verified, its manifest written last and published atomically (`export_version`), and
+a partition's versions each under its export lock (`export_versions`). What is recorded about an
+export is `export_records`."""
 
 from __future__ import annotations
 
@@ -19,23 +22,15 @@ from mlflow.exceptions import MlflowException
 from mlflow_export_import.model.export_model import export_model
 
 from marketplace.errors import MarketplaceError
-from marketplace.layout import (
-    export_key,
-    lock_name,
-    skip_record_key,
-    staging_prefix,
+from marketplace.export_records import (
+    ExportRecord,
+    clear_skip_record,
+    existing_export,
+    inspect_export,
+    record_skip,
 )
-from marketplace.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ManifestError,
-    Tree,
-    as_tree,
-    build_manifest,
-    check_export,
-    verify_export,
-    write_manifest,
-)
+from marketplace.layout import export_key, lock_name, skip_record_key, staging_prefix
+from marketplace.manifest import MANIFEST_NAME, Tree, build_manifest, write_manifest
 from marketplace.pool import OneAtATime, in_pool
 from marketplace.registry import (
     ProductionVersion,
@@ -45,7 +40,6 @@ from marketplace.registry import (
     process_tracking_uri,
     redact_text,
 )
-from marketplace.scanning import ScanPolicy, ScanReport
 from marketplace.signatures import sign_export
 from marketplace.storage import LocalStorage, LockTimeout, Storage, StorageError
 
@@ -69,188 +63,15 @@ class SourceProblem(ExportError):
     skipped, with this reason recorded, until it changes; the rest of its partition syncs."""
 
 
-def export_dir(storage_root: str | Path, workspace: str, model_name: str, version: int) -> Path:
-    """The export folder of a version in local external storage."""
-    return Path(storage_root) / export_key(workspace, model_name, version)
-
-
-def _storage(storage: Storage | str | Path) -> Storage:
-    return storage if isinstance(storage, Storage) else LocalStorage(storage)
-
-
-def remove_staging(
-    storage: Storage | str | Path, workspace: str, model_name: str, version: int
-) -> int:
+def remove_staging(storage: Storage, workspace: str, model_name: str, version: int) -> int:
     """Remove the version's staging folders on this machine. Only for a caller holding the
     version's export lock: then no export of it is in progress, and any staging folder is a dead
     run's debris."""
-    area = _storage(storage).staging_area(export_key(workspace, model_name, version))
+    area = storage.staging_area(export_key(workspace, model_name, version))
     found = list(area.glob(f"{staging_prefix(version)}*"))
     for debris in found:
         shutil.rmtree(debris, ignore_errors=True)
     return len(found)
-
-
-def skip_record_path(
-    storage_root: str | Path, workspace: str, model_name: str, version: int
-) -> Path:
-    return Path(storage_root) / skip_record_key(workspace, model_name, version)
-
-
-def record_skip(storage: Storage, key: str, reason: str, day: dt.date) -> None:
-    storage.write(key, json.dumps({"reason": reason, "date": day.isoformat()}, ensure_ascii=False))
-
-
-def skip_reason(storage: Storage, key: str) -> str | None:
-    return (read_skip_record(storage, key) or {}).get("reason")
-
-
-def read_skip_record(storage: Storage, key: str) -> dict | None:
-    try:
-        record = json.loads(storage.read(key) or b"")
-    except (ValueError, TypeError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("reason"), str) else None
-
-
-def record_quarantine(
-    storage: Storage,
-    key: str,
-    *,
-    checksum: str,
-    findings: list[dict],
-    reason: str,
-    day: dt.date,
-    blocked_by: str = "scan",
-) -> None:
-    """Why an exported version never reaches production: its scan found what blocks it, or the
-    sandbox stopped what it did while loading (`blocked_by`). Kept while the export stays the same
-    (its manifest checksum); a new export of the version is scanned and loaded again."""
-    storage.write(
-        key,
-        json.dumps(
-            {
-                "reason": reason,
-                "date": day.isoformat(),
-                "quarantined": True,
-                "blocked_by": blocked_by,
-                "checksum": checksum,
-                "findings": findings,
-            },
-            ensure_ascii=False,
-        ),
-    )
-
-
-def quarantine_of(
-    storage: Storage, key: str, checksum: str | None = None, policy: ScanPolicy | None = None
-) -> dict | None:
-    """The version's quarantine record (of the export with `checksum`, if given), if any, and, given
-    `policy`, only while its findings still block under it (an allowlist or a lower severity since)."""
-    record = read_skip_record(storage, key)
-    if not record or not record.get("quarantined"):
-        return None
-    if checksum is not None and record.get("checksum") != checksum:
-        return None
-    if (
-        policy is not None and record.get("blocked_by") != "sandbox"
-    ):  # what a model did is not a policy
-        try:
-            if not ScanReport.of_record(record.get("findings") or []).blocking(policy):
-                return None
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return None  # not a record we wrote: scan the export again
-    return record
-
-
-def clear_skip_record(storage: Storage, key: str, *, keep_quarantine: bool) -> None:
-    """An export exists: the record of why it was skipped goes; a quarantine stays while the export
-    it is about does (a new export is scanned again)."""
-    if keep_quarantine and quarantine_of(storage, key) is not None:
-        return
-    storage.delete([key])
-
-
-@dataclass(frozen=True)
-class ExportRecord:
-    """A verified export: what it is, where (a local path or an object store URI), and its
-    manifest's checksum."""
-
-    location: str
-    manifest: Manifest
-    checksum: str
-
-    @property
-    def path(self) -> Path:
-        """The export folder, in local external storage."""
-        return Path(self.location)
-
-
-def inspect_export(
-    root: Path | Tree,
-    *,
-    identity: tuple[str, str, int] | None = None,
-    signing_key: str | None = None,
-) -> tuple[ExportRecord | None, str | None]:
-    """The export at `root` if its manifest is there, sizes match and (given) it is of `identity`
-    and signed with `signing_key`; else None and why a manifest there does not count (no reason
-    when there is no manifest: nothing, or debris of an interrupted export)."""
-    tree = as_tree(root)
-    if not tree.storage.exists(tree.file(MANIFEST_NAME)):
-        return None, None
-    try:
-        manifest, checksum = check_export(
-            tree, full=False, identity=identity, signing_key=signing_key
-        )
-    except ManifestError as exc:
-        return None, str(exc)
-    return ExportRecord(location=tree.where, manifest=manifest, checksum=checksum), None
-
-
-def existing_export(
-    root: Path | Tree,
-    *,
-    identity: tuple[str, str, int] | None = None,
-    signing_key: str | None = None,
-) -> ExportRecord | None:
-    return inspect_export(root, identity=identity, signing_key=signing_key)[0]
-
-
-class LocalCopies:
-    """Recorded exports as local folders, for as long as `stack` is open: a local storage's own
-    folders, or copies downloaded from an object store (once each)."""
-
-    def __init__(self, storage: Storage, stack: contextlib.ExitStack):
-        self.storage = storage
-        self.stack = stack
-        self._paths: dict[str, Path] = {}
-        self._lock = threading.Lock()  # the stack is shared by the import pool's threads
-        self.hashed: set[str] = set()  # locations hashed against their manifests by `verified`
-
-    def __call__(self, location: str) -> Path:
-        if self.storage.is_local:
-            return Path(location)
-        if location not in self._paths:
-            key = self.storage.key_of(location)
-            if key is None:
-                raise ManifestError(f"{location} is not in external storage {self.storage.root}")
-            tree = self.storage.local_tree(key)
-            local = tree.__enter__()
-            with self._lock:
-                self.stack.push(tree.__exit__)
-            self._paths[location] = local
-        return self._paths[location]
-
-    def verified(self, location: str, **checks) -> Path:
-        """The local folder of the export at `location`, hashed file by file against its manifest
-        (`verify_export` checks); what is imported is exactly what was verified."""
-        local = self(location)
-        try:
-            verify_export(local, **checks)
-        except ManifestError as exc:
-            raise ManifestError(str(exc).replace(str(local), location)) from None
-        self.hashed.add(location)
-        return local
 
 
 class _ReadOnce:
@@ -408,7 +229,7 @@ def export_version(
     staging folder; publishing is the commit point (a rename into place in a local folder; on an
     object store, every file uploaded and the manifest last). The caller holds the export lock.
     """
-    storage = _storage(storage)
+    storage = storage if isinstance(storage, Storage) else LocalStorage(storage)
     client = _ReadOnce(client)
     _check_source(client, version)
     key = export_key(workspace, version.model_name, version.version)
@@ -493,6 +314,18 @@ class Outcome:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ExportSettings:
+    """What exporting one workspace's versions reads from the configuration."""
+
+    workspace: str
+    tracking_uri: str  # the workspace's
+    registry_uri: str | None
+    signing_key: str | None  # the manifests' HMAC key (deprecated)
+    private_key: str | None  # the workspace's PEM its exports are signed with
+    source_marker: bool  # mark each exported version in its workspace (the seed's marker)
+
+
 def export_versions(
     client: MlflowClient,
     *,
@@ -516,6 +349,9 @@ def export_versions(
     whole export, in the Dagster process or in a job.
     """
     log = OneAtATime(log)
+    settings = ExportSettings(
+        workspace, tracking_uri, registry_uri, signing_key, private_key, source_marker
+    )
 
     def one(version: ProductionVersion) -> Outcome:
         outcome = Outcome(version.model_name, version.version, "failed")
@@ -525,21 +361,7 @@ def export_versions(
                 EXPORT_LOCK_SECONDS,
             ) as held:
                 try:
-                    _export_one(
-                        client,
-                        tracking_uri,
-                        registry_uri,
-                        storage,
-                        workspace,
-                        version,
-                        day,
-                        signing_key,
-                        source_marker,
-                        outcome,
-                        log,
-                        private_key,
-                        held.check,
-                    )
+                    _export_one(client, settings, storage, version, day, outcome, log, held.check)
                 except SourceProblem as exc:
                     # The version itself is at fault: skip it, say why, and sync the others.
                     outcome.status, outcome.detail = "skipped", redact_text(str(exc))
@@ -559,20 +381,16 @@ def export_versions(
 
 
 def _export_one(
-    client,
-    tracking_uri,
-    registry_uri,
-    storage,
-    workspace,
-    version,
-    day,
-    signing_key,
-    source_marker,
+    client: MlflowClient,
+    settings: ExportSettings,
+    storage: Storage,
+    version: ProductionVersion,
+    day: dt.date,
     outcome: Outcome,
     log,
-    private_key: str | None,
     still_held: Callable[[], None],
 ) -> None:
+    workspace = settings.workspace
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
     # Signatures are checked at import, which refuses a planted export saying why (docs/pipeline.md).
@@ -593,14 +411,14 @@ def _export_one(
             )
         record = export_version(
             client,
-            tracking_uri,
+            settings.tracking_uri,
             storage=storage,
             workspace=workspace,
             version=version,
             export_date=day,
-            signing_key=signing_key,
-            registry_uri=registry_uri,
-            private_key=private_key,
+            signing_key=settings.signing_key,
+            registry_uri=settings.registry_uri,
+            private_key=settings.private_key,
             still_held=still_held,
         )
         outcome.status = "exported"
@@ -614,24 +432,6 @@ def _export_one(
         keep_quarantine=outcome.status == "already_exported",
     )
     # Marked only once the export verifies; a re-run writes a marker a crash left out.
-    if source_marker and not version.marked:
+    if settings.source_marker and not version.marked:
         ran_on = dt.datetime.fromisoformat(record.manifest.exported_at).date()
         outcome.marker_written = mark_exported(client, version.model_name, version.version, ran_on)
-
-
-def export_row(workspace: str, record: ExportRecord) -> dict:
-    """The export summary's row of an exported version."""
-    manifest = record.manifest
-    return {
-        "workspace": workspace,
-        "model_name": manifest.model_name,
-        "version": manifest.version,
-        "run_id": manifest.run_id,
-        "source": manifest.source,
-        "export_date": dt.date.fromisoformat(manifest.export_date),
-        "exported_at": dt.datetime.fromisoformat(manifest.exported_at),
-        "export_path": record.location,
-        "checksum": record.checksum,
-        "size_bytes": manifest.size_bytes,
-        "file_count": len(manifest.files),
-    }

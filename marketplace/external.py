@@ -17,14 +17,14 @@ from functools import cached_property
 from marketplace import layout, summary
 from marketplace.config import ExternalStorageConfig, MarketplaceConfig
 from marketplace.errors import MarketplaceError
-from marketplace.exports import (
-    EXPORT_LOCK_SECONDS,
+from marketplace.export_records import (
     ExportRecord,
     inspect_export,
     quarantine_of,
     record_quarantine,
     skip_reason,
 )
+from marketplace.exports import EXPORT_LOCK_SECONDS
 from marketplace.manifest import ManifestError, Tree
 from marketplace.registry import ProductionVersion, redact_uri
 from marketplace.scanning import ScanPolicy

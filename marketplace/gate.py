@@ -185,8 +185,7 @@ def releasable(tags: Mapping[str, str], approval: str) -> bool:
     if tags.get(TAG_GATE) != PASSED:
         return False
     return (
-        approval != "manual"
-        or admit(Verdict(True), approval, tags, dt.datetime.now(dt.UTC)).move
+        approval != "manual" or admit(Verdict(True), approval, tags, dt.datetime.now(dt.UTC)).move
     )
 
 

@@ -1,123 +1,37 @@
-"""Access grants on marketplace models: the configured permissions, made on every registration,
-and only the sync's own ever taken away.
-
-What the sync created on a model is recorded in the model's tag `marketplace.grants`; a
-permission somebody else made is never changed, recorded or removed. Which grants to make and
-which to revoke is `plan`, a plain function; the registries' own permission APIs sit at the
-edges: an OSS MLflow server started with `--app-name basic-auth` (users and roles), the
+"""Access grants on marketplace models, applied: the configured permissions made on every
+registration and only the sync's own ever taken away, through the registries' own permission
+APIs: an OSS MLflow server started with `--app-name basic-auth` (users and roles), the
 Databricks workspace registry (its permissions API) and Unity Catalog (its grants API).
+
+Which grants to make and which to revoke is `grant_plan.plan`, a plain function.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from marketplace.config import PERMISSIONS, MarketplaceRegistryConfig
 from marketplace.credentials import authenticate
 from marketplace.errors import MarketplaceError
+from marketplace.grant_plan import (
+    TAG_GRANTS,
+    Grant,
+    Holder,
+    plan,
+    record_value,
+    recorded_grants,
+    wanted_grants,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-TAG_GRANTS = "marketplace.grants"
-
-Holder = tuple[str, str]  # (kind, principal)
-
 
 class GrantError(MarketplaceError):
     """A configured grant the registry cannot hold on a model: its principal does not exist."""
-
-
-@dataclass(frozen=True, order=True)
-class Grant:
-    """One principal's permission on one marketplace model."""
-
-    kind: str  # user | role | group | service_principal
-    principal: str
-    permission: str  # READ | EDIT | MANAGE | EXECUTE
-
-    @property
-    def holder(self) -> Holder:
-        return (self.kind, self.principal)
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.principal}:{self.permission}"
-
-    @classmethod
-    def parse(cls, text: str) -> Grant | None:
-        """The grant a `marketplace.grants` entry names (a principal may hold ':'); None if malformed."""
-        kind, _, rest = text.partition(":")
-        principal, _, permission = rest.rpartition(":")
-        if not (kind and principal and permission):
-            return None
-        return cls(kind, principal, permission)
-
-    def describe(self) -> str:
-        return f"{self.permission} for {self.kind.replace('_', ' ')} {self.principal!r}"
-
-
-def wanted_grants(settings: MarketplaceRegistryConfig, name: str) -> list[Grant]:
-    """The configured grants whose patterns match marketplace model `name` (case-sensitive globs),
-    one per principal: where several match, the strongest permission."""
-    ranks = PERMISSIONS[settings.kind]
-    strongest: dict[Holder, str] = {}
-    for rule in settings.grants:
-        if not any(fnmatchcase(name, pattern) for pattern in rule.models):
-            continue
-        holder = (rule.kind, rule.principal)
-        held = strongest.get(holder)
-        if held is None or ranks.index(rule.permission) > ranks.index(held):
-            strongest[holder] = rule.permission
-    return sorted(
-        Grant(kind, principal, permission) for (kind, principal), permission in strongest.items()
-    )
-
-
-class Plan(NamedTuple):
-    grant: tuple[Grant, ...]  # to make, after the revocations
-    revoke: tuple[Grant, ...]  # the sync's own, no longer configured
-    record: frozenset[Grant]  # what the sync will have created once both are done
-
-
-def plan(
-    wanted: Iterable[Grant], recorded: Iterable[Grant], existing: Mapping[Holder, Iterable[str]]
-) -> Plan:
-    """What to change on one model.
-
-    `existing` holds, per principal, the permissions it holds directly on the model now. A
-    recorded grant is the sync's own only while the registry still holds it as recorded; one
-    changed or removed by somebody else is theirs and is forgotten. A principal already holding
-    a permission that is not the sync's is left alone (never updated, never recorded).
-    """
-    wanted = set(wanted)
-    ours = {g for g in recorded if g.permission in set(existing.get(g.holder, ()))}
-    revoke = ours - wanted
-    freed = {g.holder for g in revoke}
-    grant = {g for g in wanted - ours if not set(existing.get(g.holder, ())) or g.holder in freed}
-    return Plan(tuple(sorted(grant)), tuple(sorted(revoke)), frozenset((ours & wanted) | grant))
-
-
-def recorded_grants(tags: Mapping[str, str]) -> frozenset[Grant]:
-    """What the sync created on a model, from its tag; an entry it cannot read is not its own."""
-    try:
-        entries = json.loads(tags.get(TAG_GRANTS) or "[]")
-    except ValueError:
-        return frozenset()
-    if not isinstance(entries, list):
-        return frozenset()
-    return frozenset(
-        g for g in (Grant.parse(e) for e in entries if isinstance(e, str)) if g is not None
-    )
-
-
-def record_value(grants: Iterable[Grant]) -> str:
-    return json.dumps(sorted(str(g) for g in grants))
 
 
 def _record(
@@ -163,7 +77,7 @@ class Grants:
         self._lock = threading.Lock()
 
     def wanted(self, name: str) -> list[Grant]:
-        return wanted_grants(self.settings, name)
+        return wanted_grants(self.settings.grants, PERMISSIONS[self.settings.kind], name)
 
     def apply(self, client: MlflowClient, name: str, model_tags: Mapping[str, str]) -> int:
         """Make the registry hold every wanted grant on model `name` and revoke the sync's own that

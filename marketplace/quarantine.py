@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from marketplace.external import ExternalStorage
 from marketplace.loading import Checked, LoadResult
-from marketplace.registration import TAG_QUARANTINED_VERSION
+from marketplace.production_marker import TAG_QUARANTINED_VERSION
 from marketplace.registry import REGISTRY_ERRORS
 
 SANDBOX_FINDING = "denied while the model loaded or predicted in the sandbox"

@@ -18,8 +18,9 @@ from marketplace.config import MarketplaceConfig
 from marketplace.external import ExternalStorage
 from marketplace.gate import Held, configured_holds
 from marketplace.imports import marketplace_versions_of
+from marketplace.lifecycle import divergences
 from marketplace.polling import PollResult, poll_workspaces
-from marketplace.registration import divergences, marketplace_production
+from marketplace.production_marker import marketplace_production
 from marketplace.registries import MarketplaceRegistry
 from marketplace.registry import configure_http
 from marketplace.telemetry import RegistryTime, registry_time

@@ -1,38 +1,48 @@
-"""Where each marketplace model's production marker points: decided from what its source has in
-production now and what the marketplace recorded, then applied to the registry.
+"""Registration: each marketplace model's production marker made to follow what its source has
+in production now, and each move recorded in production_history.
 
-The decision (`decide`) is a plain function of plain data; `register_workspace` reads the
-registry, applies each decision and returns the history rows to record. No Dagster here: the
-same code runs in a Databricks job.
+What moves where is `lifecycle.decide`; the registry edits for one model are in
+`production_marker`. `register_workspace` applies both to a workspace's models (with the gate,
+the cards and the grants); `register_partition` is the step of one (date, workspace) partition.
+No Dagster here: the same code runs in a Databricks job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
 from marketplace import summary
 from marketplace.cards import STATUS_HELD, Cards, HistoryEntry
 from marketplace.errors import MarketplaceError
 from marketplace.gate import TAG_HELD, GateKeeper, held_note
-from marketplace.imports import marketplace_versions_of
-from marketplace.provenance import (
-    TAG_PRODUCTION_SOURCE_VERSION,
-    TAG_SOURCE_RUN_ID,
-    Marker,
-    SourceKey,
-    description,
-    provenance_tags,
+from marketplace.lifecycle import (
+    Change,
+    Recorded,
+    RegistrationRun,
+    Wanted,
+    decide,
+    history_row,
+    recorded_states,
+    served_versions,
 )
+from marketplace.marketplace_versions import marketplace_versions_of
+from marketplace.production_marker import (
+    CardMaker,
+    Target,
+    apply_target,
+    mark_quarantined,
+    production_version,
+    registered_model,
+)
+from marketplace.provenance import Marker, SourceKey
 from marketplace.registry import redact_uri, registry_errors
 from marketplace.sandbox import Sandbox
 from marketplace.storage import LockLost
@@ -40,95 +50,16 @@ from marketplace.storage import LockLost
 if TYPE_CHECKING:
     from marketplace.external import ExternalStorage, Snapshot
     from marketplace.registries import MarketplaceRegistry, SourceRegistries
-
-PROMOTED = "promoted"
-ROLLED_BACK = "rolled_back"
-RETIRED = "retired"
-RESTORED = "restored"
-CHANGES = (PROMOTED, ROLLED_BACK, RETIRED, RESTORED)
-
-STATUS_ACTIVE = "active"
-STATUS_RETIRED = "retired"
-TAG_STATUS = "marketplace.status"
-TAG_STATUS_CHANGED_AT = "marketplace.status_changed_at"
-# The source's production version that the scan blocked, while production stays on the last safe copy.
-TAG_QUARANTINED_VERSION = "marketplace.quarantined_version"
-
-PRODUCTION_STAGE = "Production"
-ARCHIVED_STAGE = "Archived"
+    from marketplace.scanning import ScanPolicy
 
 
 @dataclass(frozen=True)
-class Recorded:
-    """A marketplace model's production state as the history last recorded it."""
+class RegistrationSettings:
+    """What registering one workspace's models reads from the configuration."""
 
-    sequence: int
-    source_version: int | None  # None: retired
-    last_active_version: int | None  # the version production pointed at before a retirement
-
-
-@dataclass(frozen=True)
-class Change:
-    """One move of a model's production marker, as a history row records it."""
-
-    kind: str
-    source_version: int | None
-    previous_source_version: int | None
-
-
-def decide(
-    desired: int | None, recorded: Recorded | None, aliased: int | None = None
-) -> Change | None:
-    """The change that takes a model from its recorded production state to `desired` (the
-    source's production version now, None when it has none), or None when there is nothing to record.
-
-    `aliased` is the source version the marketplace marker points at, used only for a model with
-    no history yet (synced before the history existed): its first row starts from there.
-    """
-    if recorded is None:
-        current, was_retired, last = aliased, False, aliased
-    else:
-        current, was_retired, last = (
-            recorded.source_version,
-            recorded.source_version is None,
-            recorded.last_active_version,
-        )
-    if desired is None:
-        return Change(RETIRED, None, current) if current is not None else None
-    if was_retired:
-        return Change(RESTORED, desired, last)
-    if current is None:
-        return Change(PROMOTED, desired, None)
-    if recorded is None and current == desired:
-        return Change(PROMOTED, desired, None)  # the first row of a model the history has not seen
-    if desired == current:
-        return None
-    return Change(PROMOTED if desired > current else ROLLED_BACK, desired, current)
-
-
-def recorded_states(rows: Iterable[Mapping], by: str = "marketplace_name") -> dict[str, Recorded]:
-    """Each model's last recorded state, from its production_history rows, keyed by column `by`."""
-    by_model: dict[str, list[Mapping]] = {}
-    for row in rows:
-        by_model.setdefault(row[by], []).append(row)
-    states = {}
-    for name, history in by_model.items():
-        history.sort(key=lambda r: r["sequence"])
-        active = [r["source_version"] for r in history if r["source_version"] is not None]
-        last = history[-1]
-        states[name] = Recorded(
-            last["sequence"], last["source_version"], active[-1] if active else None
-        )
-    return states
-
-
-@dataclass(frozen=True)
-class Wanted:
-    """One model of a workspace and the source version it has in production now (None: none)."""
-
-    model_name: str
-    marketplace_name: str
-    source_version: int | None
+    marker: Marker
+    source_uri: str  # the workspace's tracking URI, redacted: the models' provenance
+    max_workers: int = 4
 
 
 @dataclass
@@ -152,120 +83,11 @@ class WorkspaceRegistration:
     history_rows: list[dict] = field(default_factory=list)
 
 
-def _production_version(model, versions: Iterable[ModelVersion], marker: Marker) -> str | None:
-    """The marketplace version production points at now."""
-    if marker.has_aliases:
-        aliased = (getattr(model, "aliases", None) or {}).get(marker.alias)
-        return str(aliased) if aliased is not None else None
-    in_stage = [v.version for v in versions if v.current_stage == PRODUCTION_STAGE]
-    return max(in_stage, key=int) if in_stage else None
-
-
-def _apply(
-    client: MlflowClient,
-    marker: Marker,
-    name: str,
-    model,
-    versions: Mapping[SourceKey, ModelVersion],
-    workspace: str,
-    model_name: str,
-    target: tuple[SourceKey, ModelVersion] | None,
-    source_uri: str,
-    now: dt.datetime,
-    card: CardMaker | None = None,
-) -> int:
-    """Bring the registry to `target` (None: retired): marker, stage, status, provenance and its
-    description (the model card, given `card`). Changes made."""
-    changes = 0
-    tags = model.tags or {}
-    if marker.has_aliases:
-        aliased = (getattr(model, "aliases", None) or {}).get(marker.alias)
-        if target is not None and str(aliased) != str(target[1].version):
-            client.set_registered_model_alias(name, marker.alias, target[1].version)
-            changes += 1
-        elif target is None and aliased is not None:
-            client.delete_registered_model_alias(name, marker.alias)
-            changes += 1
-    if marker.has_stages:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated, still served
-            if target is not None and target[1].current_stage != PRODUCTION_STAGE:
-                client.transition_model_version_stage(
-                    name, target[1].version, PRODUCTION_STAGE, archive_existing_versions=True
-                )
-                changes += 1
-            elif target is None:
-                for version in versions.values():
-                    if version.current_stage == PRODUCTION_STAGE:
-                        client.transition_model_version_stage(name, version.version, ARCHIVED_STAGE)
-                        changes += 1
-    status = STATUS_ACTIVE if target is not None else STATUS_RETIRED
-    wanted_tags = {**provenance_tags(workspace, model_name, source_uri), TAG_STATUS: status}
-    if target is not None:
-        wanted_tags[TAG_PRODUCTION_SOURCE_VERSION] = str(target[0].version)
-    if tags.get(TAG_STATUS) != status or TAG_STATUS_CHANGED_AT not in tags:
-        wanted_tags[TAG_STATUS_CHANGED_AT] = now.isoformat(timespec="seconds")
-    since = wanted_tags.get(TAG_STATUS_CHANGED_AT, tags.get(TAG_STATUS_CHANGED_AT))
-    for tag, value in wanted_tags.items():
-        if tags.get(tag) != value:
-            client.set_registered_model_tag(name, tag, value)
-            changes += 1
-    text = card(status, since) if card is not None else None
-    if text is None:
-        text = description(
-            workspace,
-            model_name,
-            target[0].version if target else None,
-            marker,
-            source_uri,
-            retired_since=since,
-        )
-    if model.description != text:
-        client.update_registered_model(name, description=text)
-        changes += 1
-    if TAG_QUARANTINED_VERSION in tags:
-        client.delete_registered_model_tag(name, TAG_QUARANTINED_VERSION)
-        changes += 1
-    if target is not None:
-        key, version = target
-        version_tags = {
-            **key.tags(),
-            TAG_SOURCE_RUN_ID: (version.tags or {}).get(TAG_SOURCE_RUN_ID, ""),
-        }
-        for tag, value in version_tags.items():
-            if value and (version.tags or {}).get(tag) != value:
-                client.set_model_version_tag(name, version.version, tag, value)
-                changes += 1
-    return changes
-
-
-def _mark_quarantined(client: MlflowClient, name: str, version: int) -> int:
-    """Tag a marketplace model whose source production version is quarantined. Changes made."""
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if not _not_found(exc):
-            raise
-        return 0  # never in the marketplace: nothing to tag
-    if (model.tags or {}).get(TAG_QUARANTINED_VERSION) == str(version):
-        return 0
-    client.set_registered_model_tag(name, TAG_QUARANTINED_VERSION, str(version))
-    return 1
-
-
-def _not_found(exc: MlflowException) -> bool:
-    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
-
-
-# (status, status since) -> the card's markdown, or None for the plain description.
-CardMaker = Callable[[str, str], "str | None"]
-
-
 class CardSource(Protocol):
     def maker(
         self,
         item: Wanted,
-        shown: tuple[SourceKey, ModelVersion] | None,
+        shown: Target | None,
         change: HistoryEntry | None,
         held: str = "",
     ) -> CardMaker | None:
@@ -282,12 +104,12 @@ def _gated(
     client: MlflowClient,
     gate: GateKeeper,
     item: Wanted,
-    target: tuple[SourceKey, ModelVersion],
+    target: Target,
     versions: Mapping[SourceKey, ModelVersion],
     current: str | None,
     served: set[int],
     now: dt.datetime,
-) -> tuple[tuple[SourceKey, ModelVersion] | None, str | None, int]:
+) -> tuple[Target | None, str | None, int]:
     """Where production goes once the gate has judged `target`: (target or the version production
     stays on, what holds the target or None, registry changes). A version production points at
     already, or served before (a rollback to it), is not judged again."""
@@ -321,7 +143,9 @@ def _release_holds(
     return changes
 
 
-def _last_active(versions: Mapping[SourceKey, ModelVersion], recorded: Recorded | None):
+def _last_active(
+    versions: Mapping[SourceKey, ModelVersion], recorded: Recorded | None
+) -> Target | None:
     """A retired model's card shows the version production last pointed at (else its newest)."""
     if not versions:
         return None
@@ -334,17 +158,12 @@ def _last_active(versions: Mapping[SourceKey, ModelVersion], recorded: Recorded 
 
 def register_workspace(
     client: MlflowClient,
-    marker: Marker,
-    workspace: str,
+    run: RegistrationRun,
+    settings: RegistrationSettings,
     wanted: list[Wanted],
     known: Mapping[str, Mapping[SourceKey, ModelVersion]],
     recorded: Mapping[str, Recorded],
     *,
-    source_uri: str,
-    run_id: str,
-    snapshot_date: dt.date,
-    max_workers: int = 4,
-    now: dt.datetime | None = None,
     quarantined: Mapping[str, int] | None = None,
     cards: CardSource | None = None,
     gate: GateKeeper | None = None,
@@ -359,10 +178,11 @@ def register_workspace(
     version is `quarantined` (model name -> version the scan blocked) says so in a tag. Under a
     `gate`, a version production does not point at yet (and never did: `served`, the source
     versions each model's history records) moves only once the gate admits it. The caller holds
-    the workspace's registration lock and writes the rows after this returns: a crash in between leaves the history behind the registry, and the next run records the change
-    again (the decision compares with the history, the application with the registry).
+    the workspace's registration lock and writes the rows after this returns: a crash in between
+    leaves the history behind the registry, and the next run records the change again (the
+    decision compares with the history, the application with the registry).
     """
-    now = now or dt.datetime.now(dt.UTC)
+    workspace, now = run.workspace, run.changed_at
 
     def one(item: Wanted) -> Outcome:
         outcome = Outcome(item.marketplace_name, item.model_name)
@@ -380,7 +200,7 @@ def register_workspace(
                     f"source production v{item.source_version} is quarantined ({why}); "
                     "production stays on the last safe copy"
                 )
-                outcome.registry_changes = _mark_quarantined(
+                outcome.registry_changes = mark_quarantined(
                     client, item.marketplace_name, item.source_version
                 )
                 return outcome
@@ -392,13 +212,10 @@ def register_workspace(
             target = (key, versions[key])
         elif not versions and item.marketplace_name not in recorded:
             return outcome  # never in the marketplace: nothing to retire
-        try:
-            model = client.get_registered_model(item.marketplace_name)
-        except MlflowException as exc:
-            if not _not_found(exc):
-                raise
+        model = registered_model(client, item.marketplace_name)
+        if model is None:
             return outcome  # deleted from the marketplace by hand: nothing to point
-        current = _production_version(model, versions.values(), marker)
+        current = production_version(model, versions.values(), settings.marker)
         outcome.registry_changes += _release_holds(
             client, item.marketplace_name, versions, item.source_version
         )
@@ -452,18 +269,17 @@ def register_workspace(
                 )
             )
             card = cards.maker(item, shown, entry, outcome.held or "")
-        outcome.registry_changes += _apply(
+        outcome.registry_changes += apply_target(
             client,
-            marker,
-            item.marketplace_name,
+            settings.marker,
+            item,
             model,
             versions,
-            workspace,
-            item.model_name,
             target,
-            source_uri,
-            now,
-            card,
+            workspace=workspace,
+            source_uri=settings.source_uri,
+            now=now,
+            card=card,
         )
         if grants is not None:
             try:
@@ -483,93 +299,22 @@ def register_workspace(
             )
 
     # Models are independent: their registry calls overlap (each one waits on a round trip).
-    with ThreadPoolExecutor(max(1, max_workers), thread_name_prefix="register") as pool:
+    with ThreadPoolExecutor(max(1, settings.max_workers), thread_name_prefix="register") as pool:
         outcomes = list(pool.map(guarded, wanted))
     result = WorkspaceRegistration(outcomes=outcomes)
-    for outcome in outcomes:
+    for item, outcome in zip(wanted, outcomes, strict=True):
         if outcome.change is None or outcome.error:
             continue
-        previous = recorded.get(outcome.marketplace_name)
         result.history_rows.append(
-            {
-                "workspace": workspace,
-                "model_name": outcome.model_name,
-                "marketplace_name": outcome.marketplace_name,
-                "sequence": (previous.sequence if previous else 0) + 1,
-                "change": outcome.change.kind,
-                "source_version": outcome.change.source_version,
-                "previous_source_version": outcome.change.previous_source_version,
-                "marketplace_version": int(outcome.target.version)
-                if outcome.target is not None
-                else None,
-                "changed_at": now,
-                "run_id": run_id,
-                "snapshot_date": snapshot_date,
-            }
+            history_row(
+                run,
+                item,
+                outcome.change,
+                recorded.get(outcome.marketplace_name),
+                int(outcome.target.version) if outcome.target is not None else None,
+            )
         )
     return result
-
-
-def marketplace_production(
-    client: MlflowClient,
-    marker: Marker,
-    names: Iterable[str],
-    known: Mapping[str, Mapping[SourceKey, ModelVersion]],
-) -> dict[str, int | None]:
-    """For each marketplace model, the source version whose copy its production marker points at
-    (None: no marker, or no such model)."""
-    found: dict[str, int | None] = {}
-    for name in names:
-        versions = known.get(name, {})
-        try:
-            model = client.get_registered_model(name)
-        except MlflowException as exc:
-            if not _not_found(exc):
-                raise
-            found[name] = None
-            continue
-        current = _production_version(model, versions.values(), marker)
-        found[name] = (
-            next((k.version for k, v in versions.items() if str(v.version) == current), None)
-            if current is not None
-            else None
-        )
-    return found
-
-
-def divergences(
-    workspace: str,
-    source: Mapping[str, int],
-    marketplace: Mapping[str, int | None],
-    marker: Marker,
-    held: Mapping[str, int] | None = None,
-) -> list[str]:
-    """How a workspace's marketplace models differ from its production versions now.
-
-    `source` maps each curated model with a production version to it; `marketplace` maps each
-    model the marketplace holds (or should) to the source version its production marker points at;
-    `held`, each model to the source version the promotion gate holds (not a difference).
-    """
-    mark = f"@{marker.alias}" if marker.has_aliases else "Production version"
-    found = []
-    for model in sorted(source.keys() | marketplace.keys()):
-        wanted, current = source.get(model), marketplace.get(model)
-        if wanted == current or (wanted is not None and (held or {}).get(model) == wanted):
-            continue
-        if wanted is None:
-            found.append(
-                f"{workspace}/{model}: no production version in the source, "
-                f"marketplace {mark} is the copy of v{current}"
-            )
-        elif current is None:
-            found.append(
-                f"{workspace}/{model}: source production v{wanted}, marketplace has no {mark}"
-            )
-        else:
-            found.append(
-                f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy of v{current}"
-            )
-    return found
 
 
 @dataclass
@@ -582,14 +327,29 @@ class PartitionRegistration:
     history_rows_inserted: int = 0
 
 
-def _quarantined(storage, marketplace, known, workspace: str, wanted: Wanted) -> bool:
+@dataclass(frozen=True)
+class _PartitionSettings:
+    """What registering one partition reads from the configuration, besides the gate and cards."""
+
+    workspace: str
+    registration: RegistrationSettings
+    marketplace_uri: str  # named in the registry's errors
+    marketplace_name: Callable[[str], str]  # a source model's name in the marketplace
+    scan_policy: ScanPolicy | None
+
+
+def _quarantined(
+    external: ExternalStorage,
+    policy: ScanPolicy | None,
+    known: Mapping[str, Mapping[SourceKey, ModelVersion]],
+    workspace: str,
+    wanted: Wanted,
+) -> bool:
     """Whether the wanted source version is quarantined: by its scan (then it was never imported),
     or by the sandbox (imported, then blocked while it loaded)."""
     if wanted.source_version is None:
         return False
-    record = storage.quarantine(
-        workspace, wanted.model_name, wanted.source_version, policy=marketplace.scan_policy
-    )
+    record = external.quarantine(workspace, wanted.model_name, wanted.source_version, policy=policy)
     if record is None:
         return False
     imported = SourceKey(workspace, wanted.model_name, wanted.source_version) in known.get(
@@ -615,16 +375,17 @@ def register_partition(
     newest = storage.newest_snapshot_date(workspace)
     if newest is not None and newest > day:
         return PartitionRegistration(withheld=f"production follows the newer snapshot of {newest}")
-    snapshot = storage.read_snapshot(workspace, day)
-    imported = {
-        r["model_name"]
-        for r in storage.read_rows(
-            summary.IMPORT_SUMMARY, workspace=workspace, columns=["workspace", "model_name"]
-        )
-    }
-    result = PartitionRegistration(snapshot=snapshot)
-    # One registration of a workspace at a time: the history read, the registry changes and the
-    # rows written from them must not interleave with another run's.
+    settings = _PartitionSettings(
+        workspace,
+        RegistrationSettings(
+            marketplace.marker,
+            redact_uri(sources.get(workspace).tracking_uri),
+            marketplace.max_workers,
+        ),
+        marketplace.tracking_uri,
+        lambda model: marketplace.model_name(workspace, model),
+        marketplace.scan_policy,
+    )
     gate = GateKeeper(
         marketplace.config,
         workspace,
@@ -634,76 +395,77 @@ def register_partition(
         policy=marketplace.scan_policy,
         sandbox=sandbox,
     )
-    with contextlib.closing(gate):  # its sandbox, if an evaluation started one
-        return _register(
-            client,
-            marketplace,
-            storage,
-            sources,
-            workspace,
-            day,
-            run_id,
-            snapshot,
-            imported,
-            result,
-            gate,
+
+    def cards(history: list[dict]) -> Cards:
+        return Cards(
+            storage=storage,
+            marketplace=marketplace,
+            sources=sources,
+            workspace=workspace,
+            history_rows=history,
         )
+
+    with contextlib.closing(gate):  # its sandbox, if an evaluation started one
+        return _register(client, storage, settings, day, run_id, gate, cards, marketplace.grants)
 
 
 def _register(
-    client, marketplace, storage, sources, workspace, day, run_id, snapshot, imported, result, gate
+    client: MlflowClient,
+    external: ExternalStorage,
+    settings: _PartitionSettings,
+    day: dt.date,
+    run_id: str,
+    gate: GateKeeper,
+    cards: Callable[[list[dict]], Cards],
+    grants: GrantSource,
 ) -> PartitionRegistration:
+    workspace = settings.workspace
+    snapshot = external.read_snapshot(workspace, day)
+    imported = {
+        r["model_name"]
+        for r in external.read_rows(
+            summary.IMPORT_SUMMARY, workspace=workspace, columns=["workspace", "model_name"]
+        )
+    }
+    result = PartitionRegistration(snapshot=snapshot)
     production = snapshot.production
     if gate.active:
         gate.check_ready()  # a missing reference data set fails the partition before anything moves
-    with storage.lock("register", workspace) as held:
-        history = storage.read_rows(summary.PRODUCTION_HISTORY, workspace=workspace)
-        served: dict[str, set[int]] = {}
-        for row in history:
-            if row["source_version"] is not None:
-                served.setdefault(row["marketplace_name"], set()).add(row["source_version"])
+    # One registration of a workspace at a time: the history read, the registry changes and the
+    # rows written from them must not interleave with another run's.
+    with external.lock("register", workspace) as held:
+        history = external.read_rows(summary.PRODUCTION_HISTORY, workspace=workspace)
         wanted = [
-            Wanted(model, marketplace.model_name(workspace, model), production.get(model))
+            Wanted(model, settings.marketplace_name(model), production.get(model))
             for model in sorted(production.keys() | imported | {r["model_name"] for r in history})
         ]
         with registry_errors(
-            f"the marketplace (registering workspace {workspace})", marketplace.tracking_uri
+            f"the marketplace (registering workspace {workspace})", settings.marketplace_uri
         ):
             known = marketplace_versions_of(client, [w.marketplace_name for w in wanted])
             quarantined = {
                 w.model_name: w.source_version
                 for w in wanted
-                if _quarantined(storage, marketplace, known, workspace, w)
+                if _quarantined(external, settings.scan_policy, known, workspace, w)
             }
-            cards = Cards(
-                storage=storage,
-                marketplace=marketplace,
-                sources=sources,
-                workspace=workspace,
-                history_rows=history,
-            )
             result.done = register_workspace(
                 client,
-                marketplace.marker,
-                workspace,
+                RegistrationRun(workspace, run_id, day, dt.datetime.now(dt.UTC)),
+                settings.registration,
                 wanted,
                 known,
                 recorded_states(history),
-                source_uri=redact_uri(sources.get(workspace).tracking_uri),
-                run_id=run_id,
-                snapshot_date=day,
-                max_workers=marketplace.max_workers,
                 quarantined=quarantined,
-                cards=cards,
+                cards=cards(history),
                 gate=gate if gate.active else None,
-                served=served,
-                grants=marketplace.grants,
+                served=served_versions(history),
+                grants=grants,
             )
         try:
             held.check()  # the registry moved; the rows that record it are written only while held
         except LockLost as exc:
             raise LockLost(f"workspace {workspace}: history not recorded: {exc}") from None
-        result.history_rows_inserted = storage.merge_rows(
+        result.history_rows_inserted = external.merge_rows(
             summary.PRODUCTION_HISTORY, result.done.history_rows
         )
     return result

@@ -16,7 +16,7 @@ import dagster as dg
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
-from marketplace.exports import quarantine_of
+from marketplace.export_records import quarantine_of
 from marketplace.external import configured_storage
 from marketplace.gate import configured_holds
 from marketplace.gate import is_active as gate_active

@@ -13,12 +13,13 @@ import datetime as dt
 import dagster as dg
 
 from marketplace import summary
-from marketplace.exports import LocalCopies, export_row
+from marketplace.export_records import LocalCopies, export_row
 from marketplace.imports import import_row, import_versions, marketplace_versions_of
+from marketplace.lifecycle import CHANGES
 from marketplace.loading import Checked, verify_loads
 from marketplace.provenance import SourceKey
 from marketplace.quarantine import quarantine_blocked
-from marketplace.registration import CHANGES, register_partition
+from marketplace.registration import register_partition
 from marketplace.registry import redact_uri, registry_errors
 from marketplace.snapshots import take_snapshot
 from marketplace.telemetry import registry_time

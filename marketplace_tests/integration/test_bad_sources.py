@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow import MlflowClient
 
-from marketplace.exports import export_dir, skip_record_path
+from marketplace.export_records import export_dir, skip_record_path
 from marketplace.registry import process_tracking_uri
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message

@@ -12,7 +12,7 @@ from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
 from marketplace import loading, summary
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import TODAY, materializations, step_failure_message

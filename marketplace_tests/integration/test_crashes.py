@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import local_servers
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.layout import STAGING_PREFIX
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.provenance import (

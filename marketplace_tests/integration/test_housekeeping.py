@@ -11,7 +11,7 @@ import dagster as dg
 from deltalake import DeltaTable
 
 from marketplace import summary
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.manifest import verify_export
 from marketplace_tests.testing.deployments import TODAY, step_failure_message
 from marketplace_tests.testing.seeding import register_version

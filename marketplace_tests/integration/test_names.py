@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.naming import MAX_NAME_LENGTH
 from marketplace.provenance import TAG_SOURCE_MODEL
 from marketplace_dagster import keys

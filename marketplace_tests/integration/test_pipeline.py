@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.provenance import (
     TAG_CHECKSUM,
@@ -242,7 +242,7 @@ def test_a_name_a_prompt_holds_is_refused(two_workspaces, servers, uid):
 
 
 def test_bulk_read_of_marketplace_versions_matches_reading_each_model(servers, uid):
-    from marketplace.imports import marketplace_versions, marketplace_versions_of
+    from marketplace.marketplace_versions import marketplace_versions, marketplace_versions_of
     from marketplace.provenance import SourceKey
 
     market = MlflowClient(servers["marketplace"].uri)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
-from marketplace.exports import export_dir
+from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME, read_manifest
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message

@@ -24,10 +24,10 @@ import pytest
 from mlflow import MlflowClient
 
 from marketplace import imports, scanning
-from marketplace.exports import export_dir, skip_record_path
+from marketplace.export_records import export_dir, skip_record_path
 from marketplace.manifest import SIGNATURE_NAME, build_manifest, read_manifest, write_manifest
+from marketplace.production_marker import TAG_QUARANTINED_VERSION
 from marketplace.provenance import TAG_SOURCE_VERSION
-from marketplace.registration import TAG_QUARANTINED_VERSION
 from marketplace.registry import process_tracking_uri
 from marketplace.signatures import generate_key_pair, sign_export
 from marketplace_dagster import keys

@@ -37,7 +37,7 @@ def test_long_names_differing_only_at_the_end_do_not_collide():
 
 
 def test_a_quarantine_holds_while_its_findings_block_under_the_policy_of_the_day(tmp_path):
-    from marketplace.exports import quarantine_of, record_quarantine
+    from marketplace.export_records import quarantine_of, record_quarantine
     from marketplace.layout import skip_record_key
     from marketplace.scanning import Finding, ScanPolicy
     from marketplace.storage import LocalStorage

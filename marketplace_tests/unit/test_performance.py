@@ -23,7 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow_export_import.common import mlflow_utils
 
 from marketplace.exports import _ReadOnce
-from marketplace.imports import _ImportClient, check_name_owner
+from marketplace.import_upload import _ImportClient
+from marketplace.imports import check_name_owner
 from marketplace.loading import _identical_to_export, load_and_predict
 from marketplace.pool import in_pool
 from marketplace.registry import (

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketplace.provenance import Marker, description
-from marketplace.registration import (
+from marketplace.lifecycle import (
     PROMOTED,
     RESTORED,
     RETIRED,
@@ -17,6 +16,7 @@ from marketplace.registration import (
     divergences,
     recorded_states,
 )
+from marketplace.provenance import Marker, description
 from marketplace.sync_requests import pending_changes
 
 ACTIVE_2 = Recorded(sequence=2, source_version=2, last_active_version=2)
