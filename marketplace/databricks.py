@@ -2,9 +2,10 @@
 
 MLflow reads Databricks credentials only from the process environment or a `.databrickscfg`
 profile (`databricks://<profile>`), so several workspaces with their own service principals need
-a profile each. The file is written when a client is first needed (so definitions load without
-secrets), into a private folder, mode 0600, and never logged; secrets come from the environment
-variables the configuration names.
+a profile each: a registry the configuration gives by a `databricks` block is reached at its
+profile's URIs (`registry_uris`). The file is written when a client is first needed (so
+definitions load without secrets), into a private folder, mode 0600, and never logged; secrets
+come from the environment variables the configuration names.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import TypeVar
 
-from marketplace.config import SDK_ENV, DatabricksConnection
+from marketplace.config import DatabricksConnection, MarketplaceRegistryConfig, WorkspaceConfig
+from marketplace.config.connections import SDK_ENV
 from marketplace.errors import MarketplaceError
 
 CONFIG_FILE_ENV = "DATABRICKS_CONFIG_FILE"
+# A workspace's settings or the marketplace's: both name their registry the same way.
+Settings = TypeVar("Settings", WorkspaceConfig, MarketplaceRegistryConfig)
 SECRET_KEY = {
     "pat": "token",
     "oauth-m2m": "client_secret",
@@ -30,6 +35,33 @@ SECRET_KEY = {
 }
 
 log = logging.getLogger(__name__)
+
+
+def profile_name(owner: str | None) -> str:
+    """The profile of a workspace (or of the marketplace, `owner` None) in the run's config file."""
+    # No ':' (MLflow reads databricks://scope:prefix as a secret scope); workspace names have none.
+    return "marketplace-registry" if owner is None else f"marketplace-ws-{owner}"
+
+
+def registry_uris(settings: Settings) -> tuple[str, str | None]:
+    """The MLflow tracking and registry URIs of a workspace's (or the marketplace's) settings: those
+    the file gives, or for a `databricks` block, its profile's."""
+    if settings.databricks is None:
+        return settings.tracking_uri, settings.registry_uri
+    profile = profile_name(settings.name if isinstance(settings, WorkspaceConfig) else None)
+    registry = "databricks-uc" if settings.databricks.unity_catalog else "databricks"
+    return f"databricks://{profile}", f"{registry}://{profile}"
+
+
+def addressed(settings: Settings) -> Settings:
+    """The settings with the URIs their registry is reached at (`registry_uris`)."""
+    tracking_uri, registry_uri = registry_uris(settings)
+    return settings.model_copy(update={"tracking_uri": tracking_uri, "registry_uri": registry_uri})
+
+
+def profile_of(tracking_uri: str) -> str:
+    """The profile a `databricks://<profile>` URI names (for the Databricks SDK's own client)."""
+    return tracking_uri.removeprefix("databricks://")
 
 
 class DatabricksCredentialError(MarketplaceError, RuntimeError):
@@ -117,4 +149,4 @@ def ensure_profile(owner: str, tracking_uri: str, settings: DatabricksConnection
     """Make the `databricks://<profile>` URIs of a workspace (or of the marketplace, `owner` naming
     it in messages) work in this process; a no-op without a `databricks` block."""
     if settings is not None:
-        _profiles.ensure(owner, tracking_uri.removeprefix("databricks://"), settings)
+        _profiles.ensure(owner, profile_of(tracking_uri), settings)

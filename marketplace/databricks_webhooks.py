@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from marketplace.databricks import ensure_profile
+from marketplace.databricks import ensure_profile, profile_of, registry_uris
 from marketplace.webhooks import DATABRICKS_EVENTS, WEBHOOK_NAME, WebhookState
 
 DESCRIPTION = (
@@ -29,10 +29,9 @@ def _registry(workspace):
     environment, through the run's private profile file)."""
     from databricks.sdk import WorkspaceClient
 
-    ensure_profile(f"workspace {workspace.name}", workspace.tracking_uri, workspace.databricks)
-    return WorkspaceClient(
-        profile=workspace.tracking_uri.removeprefix("databricks://")
-    ).model_registry
+    tracking_uri, _ = registry_uris(workspace)
+    ensure_profile(f"workspace {workspace.name}", tracking_uri, workspace.databricks)
+    return WorkspaceClient(profile=profile_of(tracking_uri)).model_registry
 
 
 def _url(hook) -> str | None:

@@ -28,7 +28,8 @@ from marketplace.exports import EXPORT_LOCK_SECONDS
 from marketplace.manifest import ManifestError, Tree
 from marketplace.registry import ProductionVersion, redact_uri
 from marketplace.scanning import ScanPolicy
-from marketplace.storage import Storage, open_storage
+from marketplace.storage import Storage
+from marketplace.storage_options import object_store_options, open_storage
 
 
 class MissingSnapshot(MarketplaceError):
@@ -113,7 +114,8 @@ class ExternalStorage:
 
     @cached_property
     def storage(self) -> Storage:
-        return open_storage(self.root, resolve_options(self.root, *self.settings.options()))
+        options, options_env = object_store_options(self.settings)
+        return open_storage(self.root, resolve_options(self.root, options, options_env))
 
     @property
     def signing_key_env(self) -> str | None:

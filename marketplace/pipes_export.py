@@ -79,7 +79,7 @@ def export_from_extras(pipes: PipesContext) -> list[dict]:
     """Do the export the extras describe; the outcome of each version, as dicts."""
     from marketplace.exports import export_versions
     from marketplace.registry import ProductionVersion, configure_http, make_client
-    from marketplace.storage import open_storage
+    from marketplace.storage_options import open_storage
 
     extras = pipes.extras
     references = extras.get("secret_references", {})

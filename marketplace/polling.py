@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from marketplace.config import WorkspaceConfig
-from marketplace.databricks import ensure_profile
+from marketplace.databricks import addressed, ensure_profile
 from marketplace.registry import (
     PAGE_SIZE,
     aliased_version,
@@ -82,7 +82,7 @@ def poll_workspaces(
     targets: Iterable[WorkspaceConfig], *, max_workers: int, deadline_seconds: float
 ) -> dict[str, PollResult]:
     """Poll all workspaces at once with a bounded pool; those not done by the deadline time out."""
-    targets = list(targets)
+    targets = [addressed(target) for target in targets]
     results: dict[str, PollResult] = {}
     pool = ThreadPoolExecutor(
         max_workers=max(1, min(max_workers, len(targets) or 1)), thread_name_prefix="poll"

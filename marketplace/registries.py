@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from marketplace.config import MarketplaceConfig, MarketplaceRegistryConfig, WorkspaceConfig
 from marketplace.credentials import authenticate
-from marketplace.databricks import ensure_profile
+from marketplace.databricks import addressed, ensure_profile, profile_of
 from marketplace.errors import MarketplaceError
 from marketplace.naming import render_name, shorten
 from marketplace.provenance import Marker
@@ -37,10 +37,8 @@ class SourceRegistries:
         return [w.name for w in self.config.workspaces]
 
     def get(self, name: str) -> WorkspaceConfig:
-        for workspace in self.config.workspaces:
-            if workspace.name == name:
-                return workspace
-        raise MarketplaceError(f"workspace {name!r} is not configured; configured: {self.names}")
+        """The workspace's settings, with the URIs its registry is reached at."""
+        return addressed(self.config.workspace(name))
 
     def client(self, name: str) -> MlflowClient:
         configure_http(self.config.client.timeout_seconds, self.config.client.max_retries)
@@ -54,7 +52,15 @@ class SourceRegistries:
 
     @cached_property
     def _public_keys(self) -> dict[str, str | None]:
-        return {w.name: self.config.public_key(w.name) for w in self.config.workspaces}
+        from marketplace.signatures import read_public_key  # cryptography: only where keys are
+
+        base = self.config.base_dir
+        return {
+            w.name: None
+            if w.signing.public_key is None
+            else read_public_key(w.signing.public_key, base)
+            for w in self.config.workspaces
+        }
 
     def private_key(self, name: str) -> str | None:
         """The PEM the workspace's exports are signed with, read from its variable now."""
@@ -86,7 +92,7 @@ class SourceRegistries:
         if workspace.databricks is None:
             raise MarketplaceError(f"workspace {name} is not a Databricks workspace")
         ensure_profile(f"workspace {name}", workspace.tracking_uri, workspace.databricks)
-        return WorkspaceClient(profile=workspace.tracking_uri.removeprefix("databricks://"))
+        return WorkspaceClient(profile=profile_of(workspace.tracking_uri))
 
 
 class MarketplaceRegistry:
@@ -94,7 +100,8 @@ class MarketplaceRegistry:
 
     def __init__(self, config: MarketplaceConfig):
         self.config = config
-        self.settings: MarketplaceRegistryConfig = config.marketplace
+        # With the URIs the marketplace is reached at.
+        self.settings: MarketplaceRegistryConfig = addressed(config.marketplace)
 
     @property
     def tracking_uri(self) -> str:
@@ -123,7 +130,9 @@ class MarketplaceRegistry:
     @property
     def scan_policy(self):
         """Every export is scanned before anything loads it (`security` in the configuration)."""
-        return self.config.security.policy()
+        from marketplace.scanning import scan_policy  # modelscan: only where scanning happens
+
+        return scan_policy(self.config.security)
 
     @property
     def sandbox_settings(self):
@@ -172,7 +181,7 @@ class MarketplaceRegistry:
         if self.databricks is None:
             raise MarketplaceError("the marketplace is not a Databricks workspace")
         ensure_profile("the marketplace", self.tracking_uri, self.databricks)
-        return WorkspaceClient(profile=self.tracking_uri.removeprefix("databricks://"))
+        return WorkspaceClient(profile=profile_of(self.tracking_uri))
 
     def model_name(self, workspace: str, model: str) -> str:
         return render_name(

@@ -100,6 +100,13 @@ class ScanPolicy:
         object.__setattr__(self, "allow_globals", allowed)
 
 
+def scan_policy(security: Any, mode: str | None = None) -> ScanPolicy:
+    """The policy of the configuration's `security` section (scanning sits below the
+    configuration, so it reads the section's fields without naming its type); in `mode`, if
+    given: an audit weighs findings as `block` would."""
+    return ScanPolicy(mode or security.scan, security.block_severity, tuple(security.allow_globals))
+
+
 @dataclass(frozen=True)
 class Finding:
     """One unsafe global (or unscannable file) in a scanned folder."""

@@ -21,6 +21,7 @@ from marketplace.errors import MarketplaceError
 from marketplace.exports import Outcome, export_versions
 from marketplace.pipes_export import OUTCOMES_MESSAGE
 from marketplace.registry import ProductionVersion, redact_text
+from marketplace.storage_options import object_store_options
 
 PACKAGE = "marketplace"
 ENTRY_POINT = "marketplace-export"
@@ -54,7 +55,7 @@ def job_extras(
         "storage": dict(
             zip(
                 ("root", "options", "options_env"),
-                (external_storage.root, *external_storage.settings.options()),
+                (external_storage.root, *object_store_options(external_storage.settings)),
             )
         ),
         "signing_key_env": external_storage.signing_key_env,

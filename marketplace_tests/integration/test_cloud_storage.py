@@ -18,8 +18,9 @@ from marketplace import summary
 from marketplace.external import configured_storage
 from marketplace.layout import export_key, lock_name
 from marketplace.manifest import MANIFEST_NAME
+from marketplace.object_storage import ObjectStorage
 from marketplace.provenance import TAG_CHECKSUM, TAG_SOURCE_VERSION
-from marketplace.storage import LockLost, LockTimeout, ObjectStorage
+from marketplace.storage import LockLost, LockTimeout
 from marketplace_dagster import keys
 from marketplace_dagster.keys import EXPORTS_MATCH_MANIFESTS, NO_STRAY_EXPORTS
 from marketplace_tests.testing.deployments import (
@@ -251,11 +252,12 @@ def _object_storage(cloud, lease_seconds: float) -> ObjectStorage:
     _emulator, storage_config = cloud
     from marketplace.config import ExternalStorageConfig
     from marketplace.external import resolve_options
+    from marketplace.storage_options import object_store_options
 
     settings = ExternalStorageConfig.model_validate(storage_config)
     return ObjectStorage(
         settings.uri,
-        resolve_options(settings.uri, *settings.options()),
+        resolve_options(settings.uri, *object_store_options(settings)),
         lease_seconds=lease_seconds,
     )
 
@@ -351,8 +353,8 @@ def test_an_export_whose_lock_was_lost_publishes_nothing(cloud, servers, uid, mo
     import logging
 
     from marketplace.exports import export_versions
+    from marketplace.leases import LeaseLock
     from marketplace.registry import make_client, select_production_versions
-    from marketplace.storage import LeaseLock
 
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     storage = _object_storage(cloud, lease_seconds=30)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from marketplace import config as config_module
 from marketplace.config import CONFIG_ENV_VAR, ConfigError, load_config, parse_config
+from marketplace.config.deployment import DEFAULT_CONFIG_PATH
 from marketplace_tests.testing.config_files import (
     assert_names,
     load_error,
@@ -40,7 +40,7 @@ def test_minimal_file_loads_with_defaults(tmp_path):
     assert workspace.exclude == []
     assert workspace.production.stage == "Production"
     assert workspace.production.alias is None
-    assert workspace.effective_registry_uri == "http://127.0.0.1:5001"
+    assert (workspace.tracking_uri, workspace.registry_uri) == ("http://127.0.0.1:5001", None)
     assert config.path == path.resolve()
 
 
@@ -204,7 +204,7 @@ def test_valid_tracking_uris_are_accepted_and_trailing_slash_dropped(tmp_path):
     config = load_config(write_yaml(tmp_path, data))
 
     assert config.workspaces[0].tracking_uri == "https://dbc-123.cloud.databricks.com"
-    assert config.marketplace.effective_registry_uri == "http://127.0.0.1:5010"
+    assert config.marketplace.registry_uri == "http://127.0.0.1:5010"
 
 
 @pytest.mark.parametrize("name", ["Dev01", "dev 01", "a|b", "", "x" * 65, "dév01", "dev/01"])
@@ -478,7 +478,7 @@ def test_load_config_without_argument_or_variable_loads_the_packaged_default(mon
 
     config = load_config()
 
-    assert config.path == config_module.DEFAULT_CONFIG_PATH == PACKAGED_CONFIG
+    assert config.path == DEFAULT_CONFIG_PATH == PACKAGED_CONFIG
     # Its relative paths resolve against the working directory, never inside the package.
     assert config.storage_root == str((tmp_path / ".marketplace" / "external").resolve())
     # The repository's marketplace.yaml is a link to it that keeps resolving against the repository.

@@ -16,6 +16,7 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 from marketplace import databricks
 from marketplace.config import ConfigError, DatabricksConnection, parse_config
 from marketplace.naming import UC_NAME_LIMIT, render_name
+from marketplace.registries import SourceRegistries
 from marketplace.registry import searched
 
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
@@ -70,16 +71,19 @@ def test_databricks_blocks_become_profile_uris():
             },
         ],
     )
-    assert (config.marketplace.tracking_uri, config.marketplace.registry_uri) == (
+    assert databricks.registry_uris(config.marketplace) == (
         "databricks://marketplace-registry",
         "databricks-uc://marketplace-registry",
     )
-    assert config.workspaces[0].registry_uri == "databricks-uc://marketplace-ws-dev01"
     assert (
-        config.workspaces[1].tracking_uri
-        == config.workspaces[1].registry_uri
-        == "databricks://marketplace-ws-dev02"
+        databricks.registry_uris(config.workspaces[0])[1] == "databricks-uc://marketplace-ws-dev01"
     )
+    assert (
+        databricks.registry_uris(config.workspaces[1]) == ("databricks://marketplace-ws-dev02",) * 2
+    )
+    # The configuration keeps what the file says; the registry access reaches the profile's URIs.
+    assert config.workspaces[1].tracking_uri is None
+    assert SourceRegistries(config).get("dev02").tracking_uri == "databricks://marketplace-ws-dev02"
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ import pytest
 import yaml
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
-from marketplace import gate
-from marketplace.config import REQUIREMENTS, ConfigError, EvaluationRule, GateConfig, load_config
+from marketplace import evaluation, gate
+from marketplace.config import ConfigError, EvaluationRule, GateConfig, load_config
+from marketplace.config.gate import REQUIREMENTS
 from marketplace.export_facts import ExportFacts
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
@@ -145,8 +146,11 @@ def test_mlflow_validation_compares_with_the_baseline_and_names_both_values():
         roc_auc={"min_relative_change": 0.0, "greater_is_better": True},
         accuracy_score={"threshold": 0.8, "greater_is_better": True},
     )
-    assert gate.compare(check, {"roc_auc": 0.91, "accuracy_score": 0.85}, {"roc_auc": 0.90}) == []
-    reasons = gate.compare(
+    assert (
+        evaluation.compare(check, {"roc_auc": 0.91, "accuracy_score": 0.85}, {"roc_auc": 0.90})
+        == []
+    )
+    reasons = evaluation.compare(
         check, {"roc_auc": 0.70, "accuracy_score": 0.75}, {"roc_auc": 0.90, "accuracy_score": 0.9}
     )
     assert len(reasons) == 2
@@ -159,12 +163,12 @@ def test_without_a_baseline_only_absolute_thresholds_apply():
         roc_auc={"min_relative_change": 0.0, "greater_is_better": True},
         accuracy_score={"threshold": 0.8, "min_absolute_change": 0.01, "greater_is_better": True},
     )
-    assert gate.compare(check, {"roc_auc": 0.1, "accuracy_score": 0.85}, None) == []
-    assert len(gate.compare(check, {"roc_auc": 0.1, "accuracy_score": 0.5}, None)) == 1
+    assert evaluation.compare(check, {"roc_auc": 0.1, "accuracy_score": 0.85}, None) == []
+    assert len(evaluation.compare(check, {"roc_auc": 0.1, "accuracy_score": 0.5}, None)) == 1
 
 
 def test_a_metric_the_evaluation_did_not_produce_fails_naming_it():
-    reasons = gate.compare(
+    reasons = evaluation.compare(
         rule(f1_macro={"threshold": 0.5, "greater_is_better": True}), {"roc_auc": 0.9}, None
     )
     assert len(reasons) == 1 and "f1_macro" in reasons[0] and "missing" in reasons[0]
@@ -286,7 +290,7 @@ def test_the_example_of_the_docs_loads_and_a_workspace_replaces_only_the_keys_it
     assert first.approval == "none" and second.approval == "manual"
     assert first.require == second.require == ["signature", "description", "owner"]
     assert second.evaluation == first.evaluation and len(first.evaluation) == 1
-    threshold = first.evaluation[0].thresholds["roc_auc"].metric_threshold()
+    threshold = evaluation.metric_threshold(first.evaluation[0].thresholds["roc_auc"])
     assert threshold.min_relative_change == 0.0 and threshold.greater_is_better is True
     # An empty list set by a workspace replaces the global one: no requirement there.
     workspaces[1]["gate"] = {"require": []}

@@ -6,6 +6,7 @@ import pytest
 
 from marketplace.config import load_config
 from marketplace.errors import MarketplaceError
+from marketplace.registries import SourceRegistries
 from marketplace.signatures import generate_key_pair
 from marketplace_dagster.resources import build_resources
 from marketplace_tests.testing.config_files import (
@@ -33,7 +34,7 @@ def test_scanning_blocks_at_high_by_default_and_signatures_are_optional(tmp_path
         config.security.allow_globals,
     ) == ("block", "high", [])
     assert config.require_signatures is False
-    assert config.public_key("dev01") is None
+    assert SourceRegistries(config).public_key("dev01") is None
     marketplace = build_resources(config)["marketplace"]
     assert marketplace.scan_policy.mode == "block" and marketplace.require_signatures is False
 
@@ -46,7 +47,7 @@ def test_a_public_key_file_relative_to_the_configuration_turns_signatures_on(tmp
     }
     config = load_config(write_yaml(tmp_path, data))
     assert config.require_signatures is True
-    assert config.public_key("dev01") == keys[1]
+    assert SourceRegistries(config).public_key("dev01") == keys[1]
     workspaces = build_resources(config)["workspaces"]
     assert workspaces.get("dev01").signing.private_key_env == "DEV01_SIGNING_KEY"
     assert workspaces.public_key("dev01") == keys[1]
@@ -55,7 +56,8 @@ def test_a_public_key_file_relative_to_the_configuration_turns_signatures_on(tmp
 def test_an_inline_public_key_is_accepted(tmp_path, keys):
     data = minimal()
     data["workspaces"][0]["signing"] = {"public_key": keys[1]}
-    assert load_config(write_yaml(tmp_path, data)).public_key("dev01").strip() == keys[1].strip()
+    config = load_config(write_yaml(tmp_path, data))
+    assert SourceRegistries(config).public_key("dev01").strip() == keys[1].strip()
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,8 @@ def test_required_signatures_need_every_workspace_to_have_a_public_key(tmp_path,
 
     data["marketplace"]["require_signatures"] = False
     config = load_config(write_yaml(tmp_path, data))
-    assert config.require_signatures is False and config.public_key("dev02") is None
+    assert config.require_signatures is False
+    assert SourceRegistries(config).public_key("dev02") is None
 
 
 def test_required_signatures_without_any_key_are_refused(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 from marketplace.config import ConfigError, parse_config
 from marketplace.errors import MarketplaceError
 from marketplace.external import configured_storage
-from marketplace.storage import ObjectStorage, split_options
+from marketplace.object_storage import ObjectStorage, split_options
+from marketplace.storage_options import object_store_options
 from marketplace_dagster.resources import build_resources
 
 BASE = {
@@ -42,7 +43,7 @@ def test_s3_settings_become_object_store_options_with_credentials_by_variable(mo
         }
     )
     assert config.storage_root == "s3://acme-ml-marketplace/prod"
-    plain, secret = config.external_storage.options()
+    plain, secret = object_store_options(config.external_storage)
     assert plain == {
         "aws_region": "eu-west-1",
         "aws_endpoint": "http://127.0.0.1:9000",
@@ -56,7 +57,7 @@ def test_s3_settings_become_object_store_options_with_credentials_by_variable(mo
         "aws_session_token": "MP_TOKEN",
     }
     resource = build_resources(config)["external_storage"]
-    assert resource.settings.options() == (plain, secret)  # names only, no value
+    assert object_store_options(resource.settings) == (plain, secret)  # names only, no value
     for name, value in (("MP_KEY_ID", "id"), ("MP_SECRET", "s3cret"), ("MP_TOKEN", "tok")):
         monkeypatch.setenv(name, value)
     storage = configured_storage(config)
@@ -82,7 +83,7 @@ def test_azure_account_comes_from_the_uri_and_emulator_flags_are_kept():
             },
         }
     )
-    plain, secret = config.external_storage.options()
+    plain, secret = object_store_options(config.external_storage)
     assert plain == {
         "azure_storage_account_name": "acmemlstorage",
         "azure_storage_client_id": "0c1d",
@@ -96,7 +97,7 @@ def test_azure_account_comes_from_the_uri_and_emulator_flags_are_kept():
             "storage_options_env": {"azure_storage_account_key": "AZ_KEY"},
         }
     )
-    assert emulated.external_storage.options() == (
+    assert object_store_options(emulated.external_storage) == (
         {"azure_storage_use_emulator": "true", "azure_allow_http": "true"},
         {"azure_storage_account_key": "AZ_KEY"},
     )
@@ -283,7 +284,7 @@ def test_wrong_storage_settings_name_the_key(storage, key, says):
     "size", [0, 1, 5 * 1024**2, 49 * 1024**3, 50 * 1024**3, 51 * 1024**3, 1024**4, 5 * 1024**4]
 )
 def test_multipart_parts_stay_within_what_object_stores_take(size):
-    from marketplace.storage import MAX_PARTS, MIN_PART_BYTES, part_bytes
+    from marketplace.object_storage import MAX_PARTS, MIN_PART_BYTES, part_bytes
 
     part = part_bytes(size)
     assert part >= MIN_PART_BYTES and part % (1024 * 1024) == 0
