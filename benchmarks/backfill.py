@@ -6,12 +6,15 @@ workspaces spread round robin over the demo's source servers, into a marketplace
 external storage of its own (the demo's marketplace is left alone). Each attempt starts its own
 `dagster dev` (webserver and daemon) with a temporary DAGSTER_HOME, whose run queue allows
 `--max-concurrent-runs` runs at once (Dagster's default is 10).
+
+`make bench` runs the same through `bench_backfill`, on servers and models of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +22,10 @@ from pathlib import Path
 import yaml
 
 from benchmarks.demo_workspaces import demo_workspaces
+from benchmarks.environment import TODAY, Bench, write_config
 from harness.local_dagster import DagsterDev
 from harness.local_servers import LocalServer, free_port, start, stop
+from harness.seeding import model_names, seed_production
 from marketplace.config import load_config
 from marketplace_dagster.keys import CHAIN
 
@@ -76,6 +81,54 @@ def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
             dev.stop()
             if market is not None:
                 stop(market)
+
+
+def bench_backfill(bench: Bench, days: int, folder: Path) -> dict:
+    """`make bench`'s backfill: days x 3 workspaces of its own, launched through GraphQL and run by
+    the daemon."""
+    servers = [bench.server(f"bf_src{k}") for k in range(3)]
+    market = bench.server("bf_market")
+    bench.start_all(servers + [market])
+    for server in servers:
+        seed_production(server.uri, model_names(2))
+    stopped = {"default_status": "stopped"}
+    config = write_config(
+        folder / "backfill.yaml",
+        folder / "bf_storage",
+        market,
+        [
+            {"name": f"bf{k}", "tracking_uri": s.uri, "production": {"stage": "Production"}}
+            for k, s in enumerate(servers)
+        ],
+        schedule=stopped,
+        freshness=stopped,
+        checks=stopped,
+        housekeeping=stopped,
+        automation=stopped,
+    )
+    dates = [TODAY - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
+    partitions = [f"{d.isoformat()}|bf{k}" for d in dates for k in range(3)]
+    dev = DagsterDev(config, folder / "bf_home", cwd=folder)
+    try:
+        dev.wait_until_loaded()
+        started = time.perf_counter()
+        status = dev.backfill(partitions, [k.path for k in CHAIN])
+        wall = time.perf_counter() - started
+    finally:
+        dev.stop()
+    row = {
+        "days": days,
+        "workspaces": 3,
+        "partitions": len(partitions),
+        "wall_seconds": round(wall, 1),
+        "runs": len(status["runs"]),
+        "status": status["status"],
+    }
+    print(
+        f"  backfill {days} x 3: {wall:.0f} s, {row['runs']} runs", file=sys.__stdout__, flush=True
+    )
+    bench.stop_all()
+    return row
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.local_servers import LocalServer, free_port, start, stop
+from harness.seeding import log_model
 from marketplace import layout, summary
 from marketplace.catalog import build_catalog
 from marketplace.config import load_config
@@ -159,19 +160,15 @@ def seed_marketplace(folder: Path, market: LocalServer, workspaces: int, models:
     return config
 
 
-def _logged_model_source(market: LocalServer) -> str:
-    import mlflow
+def _logged_model_source(market: LocalServer) -> tuple[str, str]:
+    """The URI and id of one logged model every version of the marketplace points at."""
     from sklearn.linear_model import LogisticRegression
 
-    from marketplace.registry import process_tracking_uri
-
-    with process_tracking_uri(market.uri), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mlflow.set_experiment("/bench-catalog")
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                LogisticRegression().fit([[0], [1]], [0, 1]), name="model"
-            )
+        info = log_model(
+            market.uri, LogisticRegression().fit([[0], [1]], [0, 1]), experiment="/bench-catalog"
+        )
     return info.model_uri, info.model_id
 
 

@@ -19,11 +19,11 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.local_servers import LocalServer, free_port, start, stop
+from harness.seeding import log_model
 from marketplace.config import load_config
 from marketplace.export_facts import ExportFacts
 from marketplace.external import ExternalStorage
 from marketplace.gate import GateKeeper
-from marketplace.registry import process_tracking_uri
 
 THRESHOLDS = {
     "roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
@@ -39,23 +39,23 @@ def _frame(rows: int, seed: int) -> pd.DataFrame:
 
 
 def _register(uri: str, name: str, count: int) -> list:
-    import mlflow
+    """`count` versions of `name`, classifiers of the reference data's labels."""
     from sklearn.linear_model import LogisticRegression
 
     train = _frame(2000, 1)
     features = train.drop(columns="label")
     versions = []
-    with process_tracking_uri(uri):
-        mlflow.set_experiment(f"/bench/{name}")
-        for n in range(count):
-            model = LogisticRegression(C=1.0 / (n + 1)).fit(features, train["label"])
-            with mlflow.start_run():
-                info = mlflow.sklearn.log_model(
-                    model, name="model", registered_model_name=name, input_example=features.head(3)
-                )
-            versions.append(
-                MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
-            )
+    for n in range(count):
+        info = log_model(
+            uri,
+            LogisticRegression(C=1.0 / (n + 1)).fit(features, train["label"]),
+            experiment=f"/bench/{name}",
+            example=features.head(3),
+            registered_model_name=name,
+        )
+        versions.append(
+            MlflowClient(uri).get_model_version(name, str(info.registered_model_version))
+        )
     return versions
 
 

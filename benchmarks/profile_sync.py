@@ -27,7 +27,8 @@ import dagster as dg
 import requests
 import requests.adapters
 
-from benchmarks.run import Bench, _model_names, seed, write_config
+from benchmarks.environment import Bench, write_config
+from harness.seeding import model_names, seed_production
 from marketplace.config import load_config
 from marketplace_dagster.definitions import build_definitions
 from marketplace_dagster.partitions import partition_key
@@ -119,7 +120,7 @@ def profile(
     try:
         market, source = bench.server("market"), bench.server("ws")
         bench.start_all([market, source])
-        seed(source, _model_names(models))
+        seed_production(source.uri, model_names(models))
         config = load_config(
             write_config(
                 folder / "marketplace.yaml",

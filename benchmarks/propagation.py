@@ -22,9 +22,10 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from benchmarks.run import Bench, seed, write_config
+from benchmarks.environment import Bench, write_config
 from harness.local_dagster import DagsterDev, WebhookReceiver
 from harness.local_servers import free_port
+from harness.seeding import seed_production
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace.polling import poll_workspaces
 from marketplace.provenance import TAG_SOURCE_VERSION
@@ -102,7 +103,7 @@ def bench_propagation(bench: Bench, changes: int, folder: Path, *, rng_seed: int
         )
         running.callback(receiver.stop)
         # Seeded while dagster dev loads: a full poll after it finds version 1 of each.
-        seed(source, list(MODEL.values()))
+        seed_production(source.uri, list(MODEL.values()))
         MlflowClient(source.uri).set_registered_model_alias(MODEL[ALIAS], SOURCE_ALIAS, "1")
         receiver.wait_until_up()
         dev.wait_until_loaded()

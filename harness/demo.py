@@ -91,25 +91,6 @@ def down(config: MarketplaceConfig) -> None:
         say(f"  {server.name:<12} {'stopped' if stop(server) else 'was not running'}")
 
 
-def _train(dataset: str, seed: int):
-    from sklearn import datasets
-    from sklearn.linear_model import LinearRegression, LogisticRegression
-
-    if dataset == "iris":
-        x, y = datasets.load_iris(return_X_y=True, as_frame=True)
-        model = LogisticRegression(max_iter=500, C=1.0 / seed)
-    elif dataset == "wine":
-        x, y = datasets.load_wine(return_X_y=True, as_frame=True)
-        model = LogisticRegression(max_iter=5000, C=0.5 / seed)
-    else:
-        x, y = datasets.load_diabetes(return_X_y=True, as_frame=True)
-        model = LinearRegression()
-    fitted = model.fit(x, y)
-    return fitted, x.head(5), {"training_score": fitted.score(x, y)}
-
-
-# workspace -> [(model, dataset, [what to do with each version])]; a version is promoted by the
-# workspace's own production setting ("prod"), archived ("archived") or left alone ("none").
 # What each demo model predicts and who owns it, as its registered model says (its card shows it).
 DEMO_DESCRIPTIONS = {
     "iris_classifier": (
@@ -137,6 +118,9 @@ DEMO_DESCRIPTIONS = {
     ),
 }
 
+# workspace -> [(model, kind of harness.seeding.fit, [what to do with each version])]; a version
+# is promoted by the workspace's own production setting ("prod"), archived ("archived") or left
+# alone ("none").
 DEMO_MODELS = {
     "dev01": [
         ("iris_classifier", "iris", ["archived", "prod"]),
@@ -152,58 +136,44 @@ DEMO_MODELS = {
 
 def seed_workspace(tracking_uri: str, production, models) -> list[str]:
     """Register the demo models in one workspace; existing models are left as they are."""
-    import mlflow
-    import sklearn
     from mlflow import MlflowClient
 
-    from marketplace.registry import process_tracking_uri
+    from harness.seeding import dataset, fit, log_model, sklearn_requirements
 
     client = MlflowClient(tracking_uri=tracking_uri)
     created = []
-    for model_name, dataset, plan in models:
+    for model_name, kind, plan in models:
         if client.search_registered_models(filter_string=f"name='{model_name}'"):
             continue
-        with process_tracking_uri(tracking_uri):
-            mlflow.set_experiment(f"/demo/{model_name}")
-            for index, action in enumerate(plan, start=1):
-                fitted, example, metrics = _train(dataset, index)
-                with mlflow.start_run(run_name=f"{model_name}-v{index}"):
-                    mlflow.log_params(
-                        {
-                            "dataset": dataset,
-                            "estimator": type(fitted).__name__,
-                            **{
-                                k: v
-                                for k, v in fitted.get_params().items()
-                                if k in ("C", "max_iter")
-                            },
-                        }
-                    )
-                    mlflow.log_metrics(metrics)
-                    # Requirements given: inferring them loads the model in a subprocess, seconds each.
-                    info = mlflow.sklearn.log_model(
-                        fitted,
-                        name="model",
-                        input_example=example,
-                        registered_model_name=model_name,
-                        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
-                    )
-                version = info.registered_model_version
-                if index == 1:
-                    about, owner = DEMO_DESCRIPTIONS[model_name]
-                    client.update_registered_model(model_name, description=about)
-                    client.set_registered_model_tag(model_name, "owner", owner)
-                client.update_model_version(
-                    model_name, version, description=f"Demo {dataset} model, version {index}."
-                )
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", FutureWarning)
-                    if action == "archived":
-                        client.transition_model_version_stage(model_name, version, "Archived")
-                    elif action == "prod" and production.stage:
-                        client.transition_model_version_stage(model_name, version, production.stage)
-                    elif action == "prod":
-                        client.set_registered_model_alias(model_name, production.alias, version)
+        for index, action in enumerate(plan, start=1):
+            fitted, example = fit(kind, index)
+            params = {k: v for k, v in fitted.get_params().items() if k in ("C", "max_iter")}
+            version = log_model(
+                tracking_uri,
+                fitted,
+                experiment=f"/demo/{model_name}",
+                example=example,
+                registered_model_name=model_name,
+                requirements=sklearn_requirements(),
+                run_name=f"{model_name}-v{index}",
+                params={"dataset": kind, "estimator": type(fitted).__name__, **params},
+                metrics={"training_score": fitted.score(*dataset(kind))},
+            ).registered_model_version
+            if index == 1:
+                about, owner = DEMO_DESCRIPTIONS[model_name]
+                client.update_registered_model(model_name, description=about)
+                client.set_registered_model_tag(model_name, "owner", owner)
+            client.update_model_version(
+                model_name, version, description=f"Demo {kind} model, version {index}."
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                if action == "archived":
+                    client.transition_model_version_stage(model_name, version, "Archived")
+                elif action == "prod" and production.stage:
+                    client.transition_model_version_stage(model_name, version, production.stage)
+                elif action == "prod":
+                    client.set_registered_model_alias(model_name, production.alias, version)
         created.append(model_name)
     return created
 

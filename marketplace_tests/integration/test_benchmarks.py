@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +21,21 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     committed = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
     terminal, errors = tmp_path / "terminal.txt", tmp_path / "errors.txt"
     with terminal.open("w") as out, errors.open("w") as err:
+        # A session of its own: on a timeout everything it started goes with it (see _kill_tree).
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
         try:
-            returncode = subprocess.run(
-                [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=err,
-                text=True,
-                timeout=2400,
-                check=False,
-            ).returncode
+            returncode = process.wait(timeout=2400)
         except subprocess.TimeoutExpired:
             pytest.fail(f"not done in 2400 s; its progress:\n{terminal.read_text()[-3000:]}")
+        finally:
+            if process.poll() is None:
+                _kill_tree(process)
     done = subprocess.CompletedProcess([], returncode, terminal.read_text(), errors.read_text())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     # One progress line per item on the terminal; MLflow's and Dagster's logs in a file.
@@ -130,3 +135,51 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert "scaling_workspaces.png" in report and "verified-copy floor" in report
     after = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
     assert after == committed
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """Kill the benchmark's process group and every process it started: its MLflow servers,
+    `dagster dev` and the webhook receiver each run in a session (and group) of their own, so
+    the benchmark's group alone does not reach them. Stopped first, so that none starts more."""
+    os.killpg(process.pid, signal.SIGSTOP)
+    tree = _descendants(process.pid)
+    ours = os.getpgrp()
+    groups = {process.pid} | {g for g in map(_group, tree) if g not in (None, ours)}
+    for group in groups:
+        _signal(os.killpg, group)
+    for pid in tree:
+        _signal(os.kill, pid)
+    process.wait()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _signal(send, target: int) -> None:
+    try:
+        send(target, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
