@@ -142,3 +142,19 @@ def own_databricks_profiles(monkeypatch):
     monkeypatch.setattr(databricks, "_profiles", databricks._Profiles())
     monkeypatch.setenv(databricks.CONFIG_FILE_ENV, "put back after the test")
     monkeypatch.delenv(databricks.CONFIG_FILE_ENV)
+
+
+# A model folder and the file a payload would create, for the scanning tests
+# (unit/test_scanning_*.py).
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    path = tmp_path / "model"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    return tmp_path / "payload-ran"

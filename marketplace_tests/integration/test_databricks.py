@@ -17,7 +17,7 @@ from marketplace import databricks
 from marketplace.config import DatabricksConnection
 from marketplace.provenance import TAG_SOURCE_MODEL
 from marketplace_dagster import keys
-from marketplace_tests.testing.databricks_standin import DatabricksStandIn
+from marketplace_tests.testing.databricks import DatabricksStandIn
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 from marketplace_tests.testing.seeding import register_version
 

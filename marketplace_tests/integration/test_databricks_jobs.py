@@ -19,7 +19,7 @@ from marketplace.external import configured_storage
 from marketplace.layout import export_key
 from marketplace.signatures import generate_key_pair, verify_export_signature
 from marketplace_dagster import keys
-from marketplace_tests.testing.databricks_standin import DatabricksStandIn
+from marketplace_tests.testing.databricks import DatabricksStandIn
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 from marketplace_tests.testing.emulators import CLOUD_KEYS, S3_KEY_ID, S3_SECRET
 from marketplace_tests.testing.seeding import register_version

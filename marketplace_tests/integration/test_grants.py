@@ -32,7 +32,7 @@ from marketplace.grants import (
     Grants,
 )
 from marketplace.registries import MarketplaceRegistry
-from marketplace_tests.testing.databricks_standin import TOKEN_OWNER, DatabricksStandIn
+from marketplace_tests.testing.databricks import TOKEN_OWNER, DatabricksStandIn
 from marketplace_tests.testing.deployments import deployments, step_failure_message
 from marketplace_tests.testing.faults import FaultProxy, LoopbackServer, RelayHandler
 from marketplace_tests.testing.seeding import register_version

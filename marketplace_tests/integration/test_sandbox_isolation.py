@@ -1,229 +1,57 @@
 """The sandbox a source's model loads in: payloads that try to leave it are stopped and named,
-and clean models load, predict and evaluate alike in both modes."""
+clean models load, predict and evaluate alike in both modes, and the namespaces show nothing of the
+host's home, project or secrets."""
 
 from __future__ import annotations
 
-import ctypes
-import datetime as dt
 import functools
 import json
 import os
 import secrets
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.linear_model import LinearRegression
 
-from marketplace.external import moved
-from marketplace.registry import ProductionVersion
 from marketplace.sandbox import (
     Sandbox,
-    SandboxResult,
     SandboxSettings,
     SandboxUnavailable,
     boundary,
 )
 from marketplace.sandbox.inside import tasks
-from marketplace_tests.testing.support import by_value
-
-MODES = ["namespaces", "process"]
-BUILDING = "MARKETPLACE_BUILDING_PAYLOAD"
-EXAMPLE = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
-SANDBOX_ENV = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "DO_NOT_TRACK"}
-SANDBOX_ROOT = {
-    "bin",
-    "dev",
-    "etc",
-    "lib",
-    "lib32",
-    "lib64",
-    "models",
-    "proc",
-    "sandbox",
-    "sbin",
-    "scratch",
-    "tmp",
-    "usr",
-}
-SET_INSIDE = {
-    "PWD",
-    "KMP_DUPLICATE_LIB_OK",
-    "KMP_INIT_AT_FORK",
-}  # bwrap's --chdir; scikit-learn's import
-
-
-def in_sandbox() -> bool:
-    """False while MLflow runs a payload on the host to save it (the sandbox's env is scrubbed)."""
-    return os.environ.get(BUILDING) != "1"
-
-
-class Payload(mlflow.pyfunc.PythonModel):
-    """Runs `attack` while loading (`at="load"`) or predicting (`at="predict"`), only in the
-    sandbox."""
-
-    def __init__(self, attack, at: str = "load"):
-        self.attack, self.at = attack, at
-
-    def load_context(self, context):
-        if self.at == "load" and in_sandbox():
-            self.attack()
-
-    def predict(self, context, model_input, params=None):
-        if self.at == "predict" and in_sandbox():
-            return self.attack()
-        return model_input
-
-
-class Doubles(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return model_input * 2
-
-
-class RebuildsWithPayload:
-    """Unpickling it calls `_rebuild`: code that runs while the model's pickle is read."""
-
-    def __init__(self, target: str):
-        self.target = target
-
-    def __reduce__(self):
-        return _rebuild, (self.target,)
-
-
-def _rebuild(target: str):
-    if in_sandbox():
-        os.system(f"touch {target}")
-
-
-# --- attacks (pickled by value with the Payload that carries them)
-
-
-def write_file(path: str):
-    with open(path, "w") as f:
-        f.write("escaped")
-
-
-def spawn(path: str):
-    subprocess.run(["touch", path], check=False)
-
-
-def connect(port: int):
-    with socket.socket() as s:
-        s.settimeout(2)
-        s.connect(("127.0.0.1", port))
-
-
-def fork_many(attempts: int = 10_000):
-    for _ in range(attempts):
-        try:
-            pid = os.fork()
-        except OSError:
-            continue
-        if pid == 0:  # were one to get through, it would end at once instead of forking on
-            os._exit(0)
-
-
-def libc_system(path: str):
-    """os.system's work through ctypes: libc is mapped already, so dlopen by its name is allowed."""
-    code = ctypes.CDLL("libc.so.6").system(f"touch {path}".encode())
-    raise RuntimeError(f"libc system() returned {code}")
-
-
-def open_by_dir_fd(folder: str, name: str):
-    """The open audit event carries the relative name only, not the folder's descriptor."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    os.close(os.open(name, os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-
-
-def allocate(size: int):
-    return bytearray(size)
-
-
-def sleep(seconds: float):
-    time.sleep(seconds)
-
-
-def read_canary(name: str, path: str) -> pd.DataFrame:
-    try:
-        found = Path(path).read_text()
-    except OSError:
-        found = ""
-    return pd.DataFrame({"env": [os.environ.get(name, "")], "file": [found]})
-
-
-def report_view(folders: list[str]):
-    """Raises what it sees: the error text is the one thing of a failed load that reaches the
-    host."""
-    seen = {
-        "folders": {f: sorted(os.listdir(f)) if os.path.isdir(f) else None for f in folders},
-        "passwd": Path("/etc/passwd").read_text(),
-        "environ": dict(os.environ),
-    }
-    raise RuntimeError(json.dumps(seen))
-
-
-# --- building models
-
-
-def save_payload(folder: Path, model: mlflow.pyfunc.PythonModel) -> Path:
-    """Save `model` by value, its payload quiet while MLflow runs it on the host to save it."""
-    with pytest.MonkeyPatch.context() as env, by_value(Payload):
-        env.setenv(BUILDING, "1")
-        mlflow.pyfunc.save_model(
-            folder, python_model=model, input_example=EXAMPLE, pip_requirements=["mlflow"]
-        )
-    return folder
-
-
-def save_regression(folder: Path, slope: float) -> Path:
-    fitted = LinearRegression().fit(EXAMPLE, EXAMPLE["x"] * slope + 1.0)
-    mlflow.sklearn.save_model(
-        fitted, str(folder), input_example=EXAMPLE, pip_requirements=["scikit-learn"]
-    )
-    return folder
-
-
-ECHO = """
-class Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input, params=None):
-        return model_input
-
-mlflow.models.set_model(Echo())
-"""
-
-
-def save_from_code(folder: Path, code: str) -> Path:
-    """A models-from-code model: loading it runs its own file, `code` then an echo model."""
-    source = folder.with_suffix(".py")
-    source.write_text(f"import os\nimport mlflow\n{code}\n{ECHO}")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(BUILDING, "1")
-        mlflow.pyfunc.save_model(
-            folder, python_model=str(source), input_example=EXAMPLE, pip_requirements=["mlflow"]
-        )
-    return folder
-
-
-def digest_on_host(folder: Path) -> str:
-    return tasks.digest(mlflow.pyfunc.load_model(str(folder)).predict(EXAMPLE))
-
-
-def assert_blocked(result: SandboxResult, event: str, *named: str) -> None:
-    """Denied, and the record names `event` with `named` in its arguments."""
-    assert result.blocked and result.status == "denied", result
-    assert any(d.startswith(event + "(") and all(t in d for t in named) for d in result.denied), (
-        result.denied
-    )
-
+from marketplace_tests.testing.sandbox_models import (
+    BUILDING,
+    EXAMPLE,
+    MODES,
+    SANDBOX_ENV,
+    SANDBOX_ROOT,
+    SET_INSIDE,
+    Doubles,
+    Payload,
+    RebuildsWithPayload,
+    allocate,
+    assert_blocked,
+    connect,
+    digest_on_host,
+    fork_many,
+    libc_system,
+    open_by_dir_fd,
+    read_canary,
+    report_view,
+    save_from_code,
+    save_payload,
+    save_regression,
+    sleep,
+    spawn,
+    write_file,
+)
 
 # --- fixtures
 
@@ -515,41 +343,3 @@ def test_namespaces_mode_without_bubblewrap_is_unavailable(monkeypatch, regressi
         Sandbox(settings) as box,
     ):
         box.load_and_predict(regression)
-
-
-def test_the_warm_process_names_the_ufuncs_skops_would_find_first():
-    # In a fresh interpreter, as the warm process meets them: MLflow loaded, then the one-pass
-    # naming, which must agree with skops's own scan (imported after, so it finds them named).
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import warm, mlflow.pyfunc, numpy as np, scipy.special; "
-        "ufuncs = {id(o): o for m in (np, scipy.special) for a in dir(m) "
-        "          if isinstance(o := getattr(m, a), np.ufunc) "
-        "and getattr(o, '__module__', None) is None}; "
-        "named = warm.name_ufuncs(); import skops.io; from skops.io._utils import whichmodule; "
-        "print(len(ufuncs), named, "
-        "sum(o.__module__ == whichmodule(o, o.__name__) for o in ufuncs.values()))"
-    )
-    found = subprocess.run(
-        [sys.executable, "-c", code, str(boundary.INSIDE)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    count, named, agreeing = map(int, found.stdout.split())
-    assert count > 100 and named == count == agreeing, found.stdout + found.stderr
-
-
-def test_a_run_begins_its_sandbox_only_when_production_moved():
-    def at(**versions):
-        return [
-            ProductionVersion(m, v, "run", "models:/x", dt.datetime(2026, 12, 7), "stage")
-            for m, v in versions.items()
-        ]
-
-    assert moved(None, at(a=1))  # the first snapshot: everything is new
-    assert not moved(None, [])
-    assert not moved({"a": 1, "b": 2}, at(a=1, b=2))  # the idle cycle starts nothing
-    assert not moved({"a": 1, "b": 2}, at(a=1))  # a retirement loads nothing
-    assert moved({"a": 1}, at(a=2)) and moved({"a": 2}, at(a=1))  # promotion, rollback
-    assert moved({"a": 1}, at(a=1, b=1))  # a new model
