@@ -7,9 +7,9 @@ import datetime as dt
 
 import dagster as dg
 
+from harness.seeding import register_version
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import TODAY, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 
 
 def _requested(result, key: dg.AssetKey) -> set[str]:

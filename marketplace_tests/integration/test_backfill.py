@@ -10,11 +10,11 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.local_dagster import DagsterDev
+from harness.seeding import register_version
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import TODAY
 from marketplace_tests.testing.faults import FaultProxy
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 

@@ -10,11 +10,11 @@ from urllib.parse import urlparse
 import mlflow
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace.export_records import export_dir, skip_record_path
 from marketplace.registry import process_tracking_uri
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 
 
 def _version_without_run(tracking_uri: str, name: str, where: Path) -> str:

@@ -4,12 +4,12 @@ model, one catalog row per model, the page beside the tables, and nothing rewrit
 import mlflow
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace import summary
 from marketplace.external import ExternalStorage
 from marketplace.layout import CATALOG_PAGE
 from marketplace.registry import process_tracking_uri
 from marketplace_tests.testing.deployments import step_failure_message
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 

@@ -11,13 +11,13 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace import loading, summary
 from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import TODAY, materializations, step_failure_message
 from marketplace_tests.testing.driving import CHECKS_JOB
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 FRESHNESS_JOB = "marketplace_freshness_job"

@@ -14,6 +14,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace import summary
 from marketplace.external import configured_storage
 from marketplace.layout import export_key, lock_name
@@ -31,8 +32,7 @@ from marketplace_tests.testing.deployments import (
     step_failure_message,
 )
 from marketplace_tests.testing.emulators import CLOUD_KEYS
-from marketplace_tests.testing.seeding import assert_predicts_like_source, register_version
-from marketplace_tests.testing.support import table_rows
+from marketplace_tests.testing.support import assert_predicts_like_source, table_rows
 
 
 @pytest.fixture

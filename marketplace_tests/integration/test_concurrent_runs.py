@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace_tests.testing.deployments import materialize_in_processes
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 WORKSPACES = ("c1", "c2", "c3", "c4")  # the issue asks for at least 4 concurrent runs

@@ -25,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import local_servers
+from harness.seeding import register_version
 from marketplace.export_records import export_dir
 from marketplace.layout import STAGING_PREFIX
 from marketplace.manifest import MANIFEST_NAME
@@ -40,7 +41,6 @@ from marketplace_dagster.partitions import partition_tags
 from marketplace_dagster.resources import build_resources
 from marketplace_tests.testing.deployments import TODAY, materializations, step_failure_message
 from marketplace_tests.testing.faults import FaultProxy, Hold
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import DAGSTER, ROOT, table_rows
 
 SYNC_JOB = "marketplace_sync_job"

@@ -13,13 +13,13 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace import databricks
 from marketplace.config import DatabricksConnection
 from marketplace.provenance import TAG_SOURCE_MODEL
 from marketplace_dagster import keys
 from marketplace_tests.testing.databricks import DatabricksStandIn
 from marketplace_tests.testing.deployments import materializations, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 

@@ -15,6 +15,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace.external import configured_storage
 from marketplace.layout import export_key
 from marketplace.signatures import generate_key_pair, verify_export_signature
@@ -22,7 +23,6 @@ from marketplace_dagster import keys
 from marketplace_tests.testing.databricks import DatabricksStandIn
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 from marketplace_tests.testing.emulators import CLOUD_KEYS, S3_KEY_ID, S3_SECRET
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 WHEEL = "/Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl"

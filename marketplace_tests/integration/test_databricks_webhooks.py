@@ -18,13 +18,13 @@ import uvicorn
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace.databricks_webhooks import DESCRIPTION
 from marketplace.source_webhooks import inspect_webhook, register_webhooks
 from marketplace.webhooks import DATABRICKS_EVENTS, WEBHOOK_NAME
 from marketplace_dagster.keys import PRODUCTION_MODELS
 from marketplace_dagster.webhooks import build_app
 from marketplace_tests.testing.databricks import DatabricksStandIn, RegistryWebhooks
-from marketplace_tests.testing.seeding import register_version
 
 TOKEN = "dapi-dev01-secret"
 HOOK_SECRET = "hook-secret-one"

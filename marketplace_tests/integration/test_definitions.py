@@ -8,10 +8,10 @@ import subprocess
 import dagster as dg
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import TODAY
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import DAGSTER, ROOT
 
 

@@ -10,11 +10,11 @@ import pytest
 from mlflow import MlflowClient
 from mlflow_export_import.model.export_model import export_model
 
+from harness.seeding import register_version
 from marketplace.export_records import export_dir
 from marketplace.exports import ExportError, _verify_contents, export_version
 from marketplace.manifest import MANIFEST_NAME, verify_export
 from marketplace.registry import process_tracking_uri, select_production_versions
-from marketplace_tests.testing.seeding import register_version
 
 
 def _production(uri: str, uid: str):

@@ -8,10 +8,10 @@ import time
 
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 from marketplace_tests.testing.faults import FaultProxy, Hold
-from marketplace_tests.testing.seeding import register_version
 
 
 def test_transient_server_errors_are_retried_and_the_sync_completes(servers, deploy, uid):

@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import log_model, sklearn_requirements
 from marketplace import gate
-from marketplace.registry import process_tracking_uri
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 from marketplace_tests.testing.driving import Cli
-from marketplace_tests.testing.seeding import sklearn_requirements
 from marketplace_tests.testing.support import poll_all_next, table_rows
 
 ALIAS = "production"
@@ -46,7 +45,6 @@ def register_classifier(
 ) -> str:
     """A logistic regression over f0..f3: `good` sees f0 only, `better` f0 and f1, `bad` learned
     from shuffled labels. Registered as a new version in `stage`."""
-    import mlflow
     from sklearn.linear_model import LogisticRegression
 
     train = fraud_frame(seed=1)
@@ -58,16 +56,14 @@ def register_classifier(
         labels = labels.sample(frac=1.0, random_state=3).reset_index(drop=True)
     model = LogisticRegression().fit(features, labels)
     client = MlflowClient(uri)
-    with process_tracking_uri(uri):
-        mlflow.set_experiment(f"/tests/{name}")
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                registered_model_name=name,
-                input_example=features.head(3) if signature else None,
-                pip_requirements=sklearn_requirements(),
-            )
+    info = log_model(
+        uri,
+        model,
+        experiment=f"/tests/{name}",
+        example=features.head(3) if signature else None,
+        registered_model_name=name,
+        requirements=sklearn_requirements(),
+    )
     version = str(info.registered_model_version)
     client.update_registered_model(name, description="Scores card transactions for fraud.")
     if owner:

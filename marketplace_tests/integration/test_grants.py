@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
 from harness import local_servers
+from harness.seeding import register_version
 from marketplace import credentials, databricks
 from marketplace.config import parse_config
 from marketplace.external import ExternalStorage
@@ -35,7 +36,6 @@ from marketplace.registries import MarketplaceRegistry
 from marketplace_tests.testing.databricks import TOKEN_OWNER, DatabricksStandIn
 from marketplace_tests.testing.deployments import deployments, step_failure_message
 from marketplace_tests.testing.faults import FaultProxy, LoopbackServer, RelayHandler
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import AuthenticatedServer, start_authenticated
 
 UNUSED_URI = "http://127.0.0.1:9"

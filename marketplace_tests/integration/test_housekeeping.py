@@ -10,11 +10,11 @@ from pathlib import Path
 import dagster as dg
 from deltalake import DeltaTable
 
+from harness.seeding import register_version
 from marketplace import summary
 from marketplace.export_records import export_dir
 from marketplace.manifest import verify_export
 from marketplace_tests.testing.deployments import TODAY, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 DAY = 24 * 3600

@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from harness.seeding import register_version
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import (
@@ -40,8 +41,7 @@ from marketplace_tests.testing.driving import (
     workspace,
 )
 from marketplace_tests.testing.faults import FaultProxy
-from marketplace_tests.testing.seeding import assert_predicts_like_source, register_version
-from marketplace_tests.testing.support import table_rows
+from marketplace_tests.testing.support import assert_predicts_like_source, table_rows
 
 HISTORY = "production_history"
 CHANGES = ("promoted", "rolled_back", "retired", "restored")

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace.export_records import export_dir
 from marketplace.naming import MAX_NAME_LENGTH
 from marketplace.provenance import TAG_SOURCE_MODEL
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 
 ODD = [
     "with space",

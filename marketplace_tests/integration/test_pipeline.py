@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME
 from marketplace.provenance import (
@@ -24,8 +25,7 @@ from marketplace_tests.testing.deployments import (
     materializations,
     step_failure_message,
 )
-from marketplace_tests.testing.seeding import assert_predicts_like_source, register_version
-from marketplace_tests.testing.support import table_rows
+from marketplace_tests.testing.support import assert_predicts_like_source, table_rows
 
 
 @pytest.fixture

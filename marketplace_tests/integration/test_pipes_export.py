@@ -9,13 +9,13 @@ from __future__ import annotations
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace.external import configured_storage
 from marketplace.layout import export_key
 from marketplace.manifest import read_manifest
 from marketplace.registry import MARKER_PREFIX
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import TODAY, materializations, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 SAME_COLUMNS = (

@@ -19,6 +19,7 @@ import pytest
 
 from harness.local_dagster import ensure_instance
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace.webhooks import WEBHOOK_NAME
 from marketplace_dagster.sensors import PENDING_TAG, TRIGGER_TAG
 from marketplace_tests.testing.deployments import TODAY
@@ -37,7 +38,6 @@ from marketplace_tests.testing.propagation import (
     other,
     wait_for,
 )
-from marketplace_tests.testing.seeding import register_version
 
 
 @pytest.fixture(scope="module")

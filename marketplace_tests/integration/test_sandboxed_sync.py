@@ -22,12 +22,12 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace.export_records import skip_record_path
 from marketplace.production_marker import TAG_QUARANTINED_VERSION
 from marketplace.registry import process_tracking_uri
 from marketplace_tests.testing.deployments import step_failure_message
 from marketplace_tests.testing.driving import ALIAS, STAGE, promote, versions_of, workspace
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import by_value
 
 pytestmark = pytest.mark.servers

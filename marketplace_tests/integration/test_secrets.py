@@ -9,9 +9,9 @@ from dagster._serdes import serialize_value
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace import summary
 from marketplace_tests.testing.deployments import step_failure_message
-from marketplace_tests.testing.seeding import register_version
 from marketplace_tests.testing.support import table_rows
 
 CANARY = "CANARY-7f3a9c-do-not-leak"

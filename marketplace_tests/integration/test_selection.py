@@ -8,12 +8,12 @@ import time
 
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace.registry import (
     MARKER_PREFIX,
     mark_exported,
     select_production_versions,
 )
-from marketplace_tests.testing.seeding import register_version
 
 
 class _CountingClient(MlflowClient):

@@ -7,10 +7,10 @@ import json
 from mlflow import MlflowClient
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace_dagster.partitions import partition_key
 from marketplace_tests.testing.deployments import TODAY, step_failure_message
 from marketplace_tests.testing.driving import sensor_tick
-from marketplace_tests.testing.seeding import register_version
 
 
 def _workspace(name, uri, uid, **extra):

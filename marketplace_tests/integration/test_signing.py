@@ -8,11 +8,11 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace.export_records import export_dir
 from marketplace.manifest import MANIFEST_NAME, read_manifest
 from marketplace_dagster import keys
 from marketplace_tests.testing.deployments import materializations, step_failure_message
-from marketplace_tests.testing.seeding import register_version
 
 KEY_ENV = "MARKETPLACE_TEST_SIGNING_KEY"
 

@@ -23,6 +23,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from harness.seeding import register_version
 from marketplace import imports, scanning
 from marketplace.export_records import export_dir, skip_record_path
 from marketplace.manifest import SIGNATURE_NAME, build_manifest, read_manifest, write_manifest
@@ -45,7 +46,6 @@ from marketplace_tests.testing.driving import (
     versions_of,
     workspace,
 )
-from marketplace_tests.testing.seeding import register_version
 
 NOT_SIGNED = "it is not signed (no model.sig)"
 WRONG_KEY = "its signature was not made with the key configured for it"

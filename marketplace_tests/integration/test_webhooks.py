@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from starlette.testclient import TestClient
 
 from harness.local_servers import free_port
+from harness.seeding import register_version
 from marketplace.config import MarketplaceConfig, parse_config
 from marketplace.webhooks import (
     MLFLOW_EVENTS,
@@ -27,7 +28,6 @@ from marketplace_dagster import webhooks as receiver_module
 from marketplace_dagster.keys import PRODUCTION_MODELS
 from marketplace_dagster.webhooks import build_app
 from marketplace_tests.testing.deployments import UNUSED_URI
-from marketplace_tests.testing.seeding import register_version
 
 SECRET_ENV = "MARKETPLACE_TEST_WEBHOOK_SECRET"
 SECRET = "a-secret-only-tests-know"

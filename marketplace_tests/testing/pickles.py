@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from marketplace_tests.testing.seeding import sklearn_requirements
+from harness.seeding import sklearn_requirements
 
 SYSTEM = "Use of unsafe operator 'system' from module 'posix'"
 TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Protocol
 
 import cloudpickle
+import mlflow
 import pytest
 
 from harness import local_servers
 from marketplace import summary
 from marketplace.config import MarketplaceConfig
 from marketplace.external import ExternalStorage
+from marketplace.registry import process_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGSTER = Path(sys.executable).parent / "dagster"  # the CLI of this interpreter's environment
@@ -99,3 +101,19 @@ def by_value(*objects) -> Iterator[None]:
     finally:
         for module in modules:
             cloudpickle.unregister_pickle_by_value(module)
+
+
+def assert_predicts_like_source(
+    source_tracking_uri: str, source_model: str, market_tracking_uri: str, market_model: str
+) -> None:
+    """The marketplace copy loads by its alias and predicts exactly as the source (diabetes
+    models)."""
+    import numpy as np
+    from sklearn import datasets
+
+    features = datasets.load_diabetes(return_X_y=True, as_frame=True)[0].tail(20)
+    with process_tracking_uri(source_tracking_uri):
+        source = mlflow.pyfunc.load_model(source_model)
+    with process_tracking_uri(market_tracking_uri):
+        copy = mlflow.pyfunc.load_model(market_model)
+    np.testing.assert_array_equal(copy.predict(features), source.predict(features))
