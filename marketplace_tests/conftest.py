@@ -61,7 +61,7 @@ LONGEST_FIRST = (
     "test_propagation.py",
     "test_governance.py",
     "test_crashes.py",
-    "test_cloud_storage.py",
+    "test_cloud_storage_pipeline.py",
     "test_concurrent_runs.py",
 )
 

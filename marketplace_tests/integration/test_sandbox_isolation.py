@@ -53,8 +53,6 @@ from marketplace_tests.testing.sandbox_models import (
     write_file,
 )
 
-# --- fixtures
-
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory) -> Path:
@@ -115,9 +113,6 @@ def box(sandboxes, mode) -> Sandbox:
 def limited(sandboxes, mode) -> Sandbox:
     """3 s and 1536 MB a model."""
     return sandboxes[(mode, True)]
-
-
-# --- payloads stopped
 
 
 def test_a_model_writing_a_host_file_is_blocked(box, models, host, mode):
@@ -234,9 +229,6 @@ def test_a_payload_the_audit_hook_misses_still_cannot_touch_the_host(
     assert not target.exists(), result
 
 
-# --- clean models
-
-
 def test_clean_models_load_and_predict_alike_in_both_modes(sandboxes, models, regression):
     doubles = save_payload(models / "doubles", Doubles())
     other = save_regression(models / "other-regression", slope=3.0)
@@ -267,9 +259,6 @@ def test_evaluate_returns_metrics(box, regression):
     assert (result.status, result.denied) == ("ok", ()), result
     assert {"mean_squared_error", "r2_score"} <= set(result.metrics), result.metrics
     assert all(np.isfinite(v) for v in result.metrics.values())
-
-
-# --- what the namespaces show
 
 
 def test_namespaces_show_no_home_project_or_secret(sandboxes, models, canary):

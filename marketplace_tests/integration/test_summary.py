@@ -43,20 +43,12 @@ def keys(rows) -> Counter:
     return Counter(tuple(row[column] for column in KEY_COLUMNS) for row in rows)
 
 
-# --- first write and types -------------------------------------------------------------------
-
-
-# --- partitions one after another ------------------------------------------------------------
-
-
-# --- re-runs ---------------------------------------------------------------------------------
-
-
-# --- concurrent writers ----------------------------------------------------------------------
-
 PROCESSES = 8
 ROWS_PER_PROCESS = 3
-START_TIMEOUT = 60
+# Generous: eight processes importing deltalake at once on a loaded 2-core machine (make test runs
+# two workers) can take a minute to reach the barrier; the race itself is what is tested.
+START_TIMEOUT = 180
+RESULT_TIMEOUT = 300
 
 
 def _merge_worker(uri: str, index: int, barrier, results) -> None:
@@ -85,7 +77,7 @@ def _run_concurrent_writers(uri: str) -> list[tuple]:
     for process in processes:
         process.start()
     try:
-        outcomes = [results.get(timeout=120) for _ in processes]
+        outcomes = [results.get(timeout=RESULT_TIMEOUT) for _ in processes]
     finally:
         for process in processes:
             process.join(timeout=30)
@@ -156,7 +148,7 @@ def test_concurrent_ensure_table_on_a_new_path_all_succeed(tmp_path):
     for process in processes:
         process.start()
     try:
-        outcomes = [results.get(timeout=120) for _ in processes]
+        outcomes = [results.get(timeout=RESULT_TIMEOUT) for _ in processes]
     finally:
         for process in processes:
             process.join(timeout=30)
@@ -170,6 +162,3 @@ def test_concurrent_ensure_table_on_a_new_path_all_succeed(tmp_path):
     assert data.schema.names == SCHEMAS[IMPORT_SUMMARY].names
     # The table is usable afterwards.
     assert merge_rows(uri, IMPORT_SUMMARY, [import_row("dev01", "churn", 1)]) == 1
-
-
-# --- read_rows -------------------------------------------------------------------------------

@@ -185,6 +185,22 @@ def serve_s3(port: int) -> None:
     make_server("127.0.0.1", port, serialized, threaded=True).serve_forever()
 
 
+def object_storage(cloud, lease_seconds: float):
+    """The `cloud` fixture's storage as an ObjectStorage with leases of `lease_seconds`."""
+    _emulator, storage_config = cloud
+    from marketplace.config import ExternalStorageConfig
+    from marketplace.external import resolve_options
+    from marketplace.object_storage import ObjectStorage
+    from marketplace.storage_options import object_store_options
+
+    settings = ExternalStorageConfig.model_validate(storage_config)
+    return ObjectStorage(
+        settings.uri,
+        resolve_options(settings.uri, *object_store_options(settings)),
+        lease_seconds=lease_seconds,
+    )
+
+
 if __name__ == "__main__":
     os.environ.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "true")
     if sys.argv[1] == "s3":

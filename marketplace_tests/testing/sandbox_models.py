@@ -91,9 +91,6 @@ def _rebuild(target: str):
         os.system(f"touch {target}")
 
 
-# --- attacks (pickled by value with the Payload that carries them)
-
-
 def write_file(path: str):
     with open(path, "w") as f:
         f.write("escaped")
@@ -156,9 +153,6 @@ def report_view(folders: list[str]):
         "environ": dict(os.environ),
     }
     raise RuntimeError(json.dumps(seen))
-
-
-# --- building models
 
 
 def save_payload(folder: Path, model: mlflow.pyfunc.PythonModel) -> Path:

@@ -239,8 +239,6 @@ def test_only_an_approved_version_with_its_approver_is_releasable():
     )
 
 
-# --- configuration ---------------------------------------------------------------------------
-
 BASE = {
     "external_storage": {"uri": "external"},
     "marketplace": {"tracking_uri": "http://127.0.0.1:5000"},

@@ -57,9 +57,6 @@ def flip_one_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-# --- building, writing and reading -----------------------------------------------------------
-
-
 def test_build_manifest_records_every_file_with_hash_and_size(tmp_path):
     make_files(tmp_path, FILES)
 
@@ -100,9 +97,6 @@ def test_the_manifest_does_not_list_itself(tmp_path):
 
     assert MANIFEST_NAME not in rebuilt.files
     assert set(rebuilt.files) == set(FILES)
-
-
-# --- verification ----------------------------------------------------------------------------
 
 
 def test_fresh_export_verifies(tmp_path):

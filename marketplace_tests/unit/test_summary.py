@@ -49,9 +49,6 @@ def normalise(rows) -> list[tuple]:
     return sorted(tuple(sorted(row.items())) for row in rows)
 
 
-# --- first write and types -------------------------------------------------------------------
-
-
 def test_first_write_creates_table_and_inserts_all_rows(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     rows = [
@@ -120,9 +117,6 @@ def test_merging_no_rows_creates_the_table_and_inserts_nothing(tmp_path):
     assert table_rows(uri) == []
 
 
-# --- partitions one after another ------------------------------------------------------------
-
-
 def test_partitions_written_one_after_another_lose_no_row(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     a_day1 = [export_row("dev01", "churn", 1), export_row("dev01", "fraud", 1)]
@@ -145,9 +139,6 @@ def test_partitions_written_one_after_another_lose_no_row(tmp_path):
     assert per_workspace == {"dev01": 3, "dev02": 3}
     per_date = Counter((row["workspace"], row["export_date"]) for row in stored)
     assert per_date == {("dev01", DAY_1): 2, ("dev02", DAY_1): 3, ("dev01", DAY_2): 1}
-
-
-# --- re-runs ---------------------------------------------------------------------------------
 
 
 def test_rerun_with_the_same_rows_inserts_nothing_and_leaves_rows_unchanged(tmp_path):
@@ -228,12 +219,6 @@ def test_same_model_and_version_in_two_workspaces_are_two_rows(tmp_path):
         == 2
     )
     assert len(table_rows(uri)) == 2
-
-
-# --- concurrent writers ----------------------------------------------------------------------
-
-
-# --- read_rows -------------------------------------------------------------------------------
 
 
 def test_read_rows_on_a_missing_table_is_empty(tmp_path):
