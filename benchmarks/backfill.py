@@ -61,7 +61,8 @@ def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
         home = folder / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").write_text(
-            f"telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: {max_concurrent_runs}\n"
+            "telemetry:\n  enabled: false\nconcurrency:\n  runs:\n    max_concurrent_runs: "
+            f"{max_concurrent_runs}\n"
         )
         dev = DagsterDev(config.path, home, cwd=config.base_dir)
         try:
@@ -72,9 +73,10 @@ def main(days: int, workspaces: int | None, max_concurrent_runs: int) -> None:
                 elapsed = time.perf_counter() - started
                 statuses = sorted({r["status"] for r in status["runs"]})
                 print(
-                    f"{attempt}: {len(dates)} days x {len(config.workspaces)} workspaces = {len(partitions)} partitions, "
-                    f"at most {max_concurrent_runs} runs at once: {elapsed:.0f} s wall, {len(status['runs'])} runs "
-                    f"({', '.join(statuses)}), backfill {status['status']}",
+                    f"{attempt}: {len(dates)} days x {len(config.workspaces)} workspaces = "
+                    f"{len(partitions)} partitions, at most {max_concurrent_runs} runs at once: "
+                    f"{elapsed:.0f} s wall, {len(status['runs'])} runs ({', '.join(statuses)}), "
+                    f"backfill {status['status']}",
                     flush=True,
                 )
         finally:

@@ -57,7 +57,9 @@ def _export(root: Path, workspace: str, model: str, n: int) -> str:
                 "mlflow": {
                     "registered_model": {
                         "name": model,
-                        "description": f"Predicts {model.split('_')[0]} for the {workspace} team, model {n}.",
+                        "description": (
+                            f"Predicts {model.split('_')[0]} for the {workspace} team, model {n}."
+                        ),
                         "tags": [{"key": "owner", "value": f"team-{n % 7}"}],
                         "versions": [{"version": "1", "description": "v1"}],
                     }
@@ -184,7 +186,8 @@ def keystroke_ms(page_path: Path) -> float | None:
         return max(
             page.evaluate("""() => {
             const input = document.getElementById("q"), times = [];
-            for (const text of ["p", "pr", "pre", "pred", "predi", "predic", "predict", "predicts", "predicts f"]) {
+            for (const text of ["p", "pr", "pre", "pred", "predi", "predic", "predict", "predicts",
+                                "predicts f"]) {
                 const started = performance.now();
                 input.value = text; input.dispatchEvent(new Event("input"));
                 document.body.getBoundingClientRect();

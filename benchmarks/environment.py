@@ -76,7 +76,8 @@ def dagster_home(folder: Path) -> Path:
 def fresh_marketplace(
     bench: Bench, name: str, folder: Path, workspaces: list[dict], **extra
 ) -> tuple[LocalServer, Path, Path]:
-    """A fresh marketplace server, started, with its configuration (the same sources) and Dagster home."""
+    """A fresh marketplace server, started, with its configuration (the same sources) and Dagster
+    home."""
     market = bench.server(name)
     bench.start_all([market])
     config = write_config(

@@ -7,6 +7,7 @@ on the reference data, logged to their runs, and MLflow's validation of the thre
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import tempfile
@@ -106,7 +107,7 @@ def bench_gate(folder: Path, rows: int, versions: int) -> dict:
         )
         keeper.check_ready()
         seconds, verdicts = [], []
-        for baseline, candidate in zip(registered, registered[1:]):
+        for baseline, candidate in itertools.pairwise(registered):
             started = time.perf_counter()
             verdict = keeper.judge(
                 "bench.gated", "gated", int(candidate.version), candidate, baseline

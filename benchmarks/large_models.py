@@ -54,8 +54,8 @@ def verified_copy_floor(files: list[Path], out_dir: Path, back_dir: Path) -> flo
 
 def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path, files: int = 1) -> dict:
     """Items 4 and 5: one model with large artifact files (`files` of them, as sharded weights),
-    against the OS copying the same bytes (raw copy: `cp` out and back, `sync`) and the verified-copy
-    floor (the same, and SHA-256 once on each side)."""
+    against the OS copying the same bytes (raw copy: `cp` out and back, `sync`) and the
+    verified-copy floor (the same, and SHA-256 once on each side)."""
     tag = f"big{files}"
     source, market = bench.server(f"{tag}_src"), bench.server(f"{tag}_market")
     bench.start_all([source, market])
@@ -100,8 +100,8 @@ def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path, files: int
         "page_cache_dropped": cold(),
     }
     print(
-        f"  {mb:.0f} MB in {files} file(s): raw copy {raw_seconds:.1f} s, floor {floor_seconds:.1f} s, "
-        f"marketplace {wall:.1f} s, peak {row['peak_rss_mb']} MB",
+        f"  {mb:.0f} MB in {files} file(s): raw copy {raw_seconds:.1f} s, floor "
+        f"{floor_seconds:.1f} s, marketplace {wall:.1f} s, peak {row['peak_rss_mb']} MB",
         file=sys.__stdout__,
         flush=True,
     )
@@ -110,7 +110,8 @@ def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path, files: int
 
 
 def _raw_copy(files: list[Path], out_dir: Path, back_dir: Path) -> float:
-    """`cp` of the files out to external storage and back into the marketplace's artifact root, `sync`."""
+    """`cp` of the files out to external storage and back into the marketplace's artifact root,
+    `sync`."""
     out_dir.mkdir(parents=True)
     back_dir.mkdir(parents=True)
     cold()

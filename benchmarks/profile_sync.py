@@ -52,7 +52,7 @@ AREAS = [  # first match wins: a path fragment, and the area it counts for
 
 
 def area_of(filename: str) -> str:
-    if filename.startswith("~") or filename.startswith("<"):
+    if filename.startswith(("~", "<")):
         return "builtins (C calls, sleeps, waits)"
     return next((area for fragment, area in AREAS if fragment in filename), "other Python")
 
@@ -70,9 +70,10 @@ def _caller() -> str:
     frame = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename
-        if "/marketplace/" in name or "/marketplace_dagster/" in name:
-            if "telemetry.py" not in name:
-                return f"{Path(name).stem}.{frame.f_code.co_name}"
+        if (
+            "/marketplace/" in name or "/marketplace_dagster/" in name
+        ) and "telemetry.py" not in name:
+            return f"{Path(name).stem}.{frame.f_code.co_name}"
         frame = frame.f_back
     return "?"
 

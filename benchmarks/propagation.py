@@ -59,7 +59,8 @@ def bench_propagation(bench: Bench, changes: int, folder: Path, *, rng_seed: int
     bench.start_all([source, market])
     listen = f"127.0.0.1:{free_port()}"
     stopped = {"default_status": "stopped"}
-    # The sensor running at its default poll interval; everything else that could start a run, stopped.
+    # The sensor running at its default poll interval; everything else that could start a run,
+    # stopped.
     config_path = write_config(
         folder / "propagation.yaml",
         folder / "prop_storage",
@@ -112,14 +113,16 @@ def bench_propagation(bench: Bench, changes: int, folder: Path, *, rng_seed: int
         for mode in (ALIAS, STAGE):
             watch.until_served(mode, "1", began, FIRST_SYNC_WITHIN_SECONDS)
         print(
-            f"  servers, dagster dev, the receiver and the first sync: {time.monotonic() - began:.0f} s",
+            "  servers, dagster dev, the receiver and the first sync: "
+            f"{time.monotonic() - began:.0f} s",
             file=sys.__stdout__,
             flush=True,
         )
         rng = random.Random(rng_seed)
         result = {"poll_interval_seconds": config.sensor.minimum_interval_seconds}
         for mode in (ALIAS, STAGE):
-            # What starts a sync: the daemon's next loop for a webhook event, the next full poll otherwise.
+            # What starts a sync: the daemon's next loop for a webhook event, the next full poll
+            # otherwise.
             period = (
                 DAEMON_LOOP_SECONDS if mode == ALIAS else config.sensor.minimum_interval_seconds
             )
@@ -150,7 +153,8 @@ def _measure(
     not_served = 0
     for i in range(changes):
         kind = KINDS[i % 2]
-        # A promotion is of a version registered before the change, as a team registers then promotes.
+        # A promotion is of a version registered before the change, as a team registers then
+        # promotes.
         target = _new_version(source, MODEL[mode]) if kind == "promotion" else "1"
         time.sleep(rng.uniform(0, period))
         started = time.monotonic()
@@ -179,7 +183,8 @@ def _percentiles(seconds: list[float]) -> dict:
 
 def _new_version(source: MlflowClient, model: str) -> str:
     first = source.get_model_version(model, "1")
-    # Read over REST, a version carries no model_id; its source (models:/<id>) names the logged model.
+    # Read over REST, a version carries no model_id; its source (models:/<id>) names the logged
+    # model.
     model_id = first.model_id or first.source.removeprefix("models:/")
     return source.create_model_version(
         model, first.source, run_id=first.run_id, model_id=model_id
@@ -198,7 +203,8 @@ def _make_production(source: MlflowClient, mode: str, version: str) -> None:
 
 
 class _Watch:
-    """Reads the marketplace's @production of a workspace's model until it is a given source version."""
+    """Reads the marketplace's @production of a workspace's model until it is a given source
+    version."""
 
     def __init__(self, config: MarketplaceConfig, dev: DagsterDev, receiver: WebhookReceiver):
         registry = MarketplaceRegistry(config)

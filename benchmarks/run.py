@@ -126,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sizes": sizes,
         "notes": {
-            "workspaces": f"Up to {max(sizes['spread'])} workspaces share 3 tracking servers here (round robin), "
-            f"each workspace owning {sizes['models_per_workspace']} model(s) of its server."
+            "workspaces": (
+                f"Up to {max(sizes['spread'])} workspaces share 3 tracking servers here (round "
+                f"robin), each workspace owning {sizes['models_per_workspace']} model(s) of its "
+                "server."
+            )
         },
     }
     log = args.out / "bench.log"
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             fifty = [r for r in results["sync_vs_bare"] if r["models_per_workspace"] == 50]
             results["sync_ratio"] = (fifty or results["sync_vs_bare"][-1:])[0]["ratio"]
-            # Not a target: what the smallest sync would take with a warm run worker (see the report).
+            # Not a target: what the smallest sync would take with a warm run worker (see the
+            # report).
             results["small_sync_warm_worker_ratio"] = results["sync_vs_bare"][0][
                 "warm_worker_ratio"
             ]

@@ -8,6 +8,7 @@ import resource
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 from harness.local_servers import LocalServer, _pid
 
@@ -116,7 +117,7 @@ class BusySampler:
             self.samples.append(((now_market - market) / span, (now_machine - machine) / span))
             market, machine, at = now_market, now_machine, now
 
-    def __enter__(self) -> BusySampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

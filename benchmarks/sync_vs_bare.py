@@ -69,7 +69,8 @@ def _sync_pair(
     warm: bool = False,
     suffix: str = "",
 ) -> dict:
-    """One bare sync and one marketplace sync of `workspaces` x `count` fresh models, and the idle cycle."""
+    """One bare sync and one marketplace sync of `workspaces` x `count` fresh models, and the idle
+    cycle."""
     from mlflow_export_import.bulk.export_models import export_models
     from mlflow_export_import.bulk.import_models import import_models
 
@@ -133,10 +134,11 @@ def _sync_pair(
     our_versions = len(MlflowClient(our_market.uri).search_model_versions(max_results=10000))
     if (bare_versions, our_versions) != (count * workspaces,) * 2:
         raise RuntimeError(
-            f"expected {count * workspaces} versions each, bare {bare_versions}, ours {our_versions}"
+            f"expected {count * workspaces} versions each, bare {bare_versions}, ours "
+            f"{our_versions}"
         )
     scan = scan_exports(folder / f"storage{tag}")
-    idle_wall, idle_runs = materialize_partitions(config, home, partitions, parallel=workspaces)
+    idle_wall, _idle_runs = materialize_partitions(config, home, partitions, parallel=workspaces)
     pooled = dict.fromkeys(POOL_KEYS, "")
     if pool:
         # The same sync with the default pool (client.max_workers 4) into another fresh marketplace.

@@ -41,7 +41,8 @@ def targets(results: dict) -> list[dict]:
     catalog = results["catalog"]
     return [
         target(
-            f"sync_ratio ({largest_sync['workspaces']} x {largest_sync['models_per_workspace']}, marketplace / bare) <= 0.8",
+            f"sync_ratio ({largest_sync['workspaces']} x {largest_sync['models_per_workspace']}, "
+            "marketplace / bare) <= 0.8",
             results["sync_ratio"],
             results["sync_ratio"] <= 0.8,
         ),
@@ -52,7 +53,8 @@ def targets(results: dict) -> list[dict]:
             "small_sync_ratio",
         ),
         target(
-            f"{big['artifact_mb']} MB model in {big['files']} files: marketplace time / verified-copy floor <= 2.0",
+            f"{big['artifact_mb']} MB model in {big['files']} files: marketplace time / "
+            "verified-copy floor <= 2.0",
             big["floor_ratio"],
             big["floor_ratio"] <= 2.0,
             "large_model_floor_ratio",
@@ -64,13 +66,15 @@ def targets(results: dict) -> list[dict]:
             "large_artifact_throughput_ratio",
         ),
         target(
-            f"peak RSS of any run process (syncs, {one_gib['artifact_mb']} MB, {big['artifact_mb']} MB) < 300 MB",
+            f"peak RSS of any run process (syncs, {one_gib['artifact_mb']} MB, "
+            f"{big['artifact_mb']} MB) < 300 MB",
             peak,
             peak < 300,
             "peak_rss_mb",
         ),
         target(
-            f"{big['artifact_mb']} MB model: peak RSS of every process < 300 MB (run process and MLflow servers)",
+            f"{big['artifact_mb']} MB model: peak RSS of every process < 300 MB (run process and "
+            "MLflow servers)",
             big["peak_rss_mb"],
             big["peak_rss_mb"] < 300,
             "large_model_peak_rss_mb",
@@ -88,8 +92,8 @@ def targets(results: dict) -> list[dict]:
             "idle_registry_seconds_large",
         ),
         target(
-            f"step seconds per model flat within 20 % from {min(by_size)} to {max(by_size)} models per workspace "
-            "(largest / smallest)",
+            f"step seconds per model flat within 20 % from {min(by_size)} to {max(by_size)} models "
+            "per workspace (largest / smallest)",
             flat,
             flat <= 1.2,
             "per_model_cost_spread",

@@ -48,7 +48,7 @@ def bench_workspaces(
         )
         home = dagster_home(folder / f"idle{count}")
         partitions = [f"{TODAY.isoformat()}|{w['name']}" for w in workspaces]
-        sync_wall, sync_runs = materialize_partitions(
+        sync_wall, _sync_runs = materialize_partitions(
             config, home, partitions, parallel=2
         )  # first: sync everything
         wall, runs = materialize_partitions(
@@ -78,7 +78,8 @@ def bench_workspaces(
             }
         )
         print(
-            f"  {count} workspaces: sync {sync_wall:.1f} s, idle cycle {wall:.1f} s; tick {tick:.2f} s",
+            f"  {count} workspaces: sync {sync_wall:.1f} s, idle cycle {wall:.1f} s; tick "
+            f"{tick:.2f} s",
             file=sys.__stdout__,
             flush=True,
         )

@@ -22,7 +22,8 @@ from harness.local_servers import LocalServer, start, stop
 from marketplace.config import MarketplaceConfig, load_config
 
 STATE_DIR_ENV = "MARKETPLACE_STATE_DIR"
-# Where the demo's own lines go while Dagster's, MLflow's and the export library's logs go to a file.
+# Where the demo's own lines go while Dagster's, MLflow's and the export library's logs go to a
+# file.
 _terminal = None
 
 
@@ -82,7 +83,8 @@ def up(config: MarketplaceConfig) -> None:
         started = list(pool.map(start, servers))
     for server, process in zip(servers, started):
         say(
-            f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  (log: {server.log_path})"
+            f"  {server.name:<12} {server.uri}  {'started' if process else 'already running'}  "
+            f"(log: {server.log_path})"
         )
 
 
@@ -94,8 +96,10 @@ def down(config: MarketplaceConfig) -> None:
 # What each demo model predicts and who owns it, as its registered model says (its card shows it).
 DEMO_DESCRIPTIONS = {
     "iris_classifier": (
-        "Predicts the species of an iris flower (setosa, versicolor, virginica) from its sepal and "
-        "petal measurements in centimetres.",
+        (
+            "Predicts the species of an iris flower (setosa, versicolor, virginica) from its "
+            "sepal and petal measurements in centimetres."
+        ),
         "flora-team",
     ),
     "churn_model": (
@@ -103,13 +107,17 @@ DEMO_DESCRIPTIONS = {
         "growth-ml",
     ),
     "diabetes_regressor": (
-        "Predicts a quantitative measure of diabetes progression one year after baseline, from "
-        "age, sex, BMI, blood pressure and six blood serum measurements.",
+        (
+            "Predicts a quantitative measure of diabetes progression one year after baseline, "
+            "from age, sex, BMI, blood pressure and six blood serum measurements."
+        ),
         "health-ml",
     ),
     "wine_classifier": (
-        "Predicts which of three cultivars a wine comes from, from 13 results of its chemical "
-        "analysis.",
+        (
+            "Predicts which of three cultivars a wine comes from, from 13 results of its chemical "
+            "analysis."
+        ),
         "cellar-analytics",
     ),
     "scratch_experiment": (
@@ -185,7 +193,8 @@ def seed(config: MarketplaceConfig) -> None:
             continue
         created = seed_workspace(workspace.tracking_uri, workspace.production, models)
         say(
-            f"  {workspace.name:<12} {'seeded ' + ', '.join(created) if created else 'demo models already there'}"
+            f"  {workspace.name:<12} "
+            f"{'seeded ' + ', '.join(created) if created else 'demo models already there'}"
         )
 
 
@@ -240,8 +249,9 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
         if result.success and materialized:
             metadata = materialized[0].metadata
             say(
-                f"  catalog: ok  {metadata['models'].value} model(s), {metadata['rows_updated'].value} changed, "
-                f"{metadata['rows_inserted'].value} new  (run {result.run_id[:8]})"
+                f"  catalog: ok  {metadata['models'].value} model(s), "
+                f"{metadata['rows_updated'].value} changed, {metadata['rows_inserted'].value} new  "
+                f"(run {result.run_id[:8]})"
             )
         else:
             say(f"  catalog: FAILED  (run {result.run_id[:8]})")
@@ -250,7 +260,8 @@ def sync(config: MarketplaceConfig, only: str | None = None) -> int:
 
 
 def webhooks(config: MarketplaceConfig) -> int:
-    """Create or update each workspace's `marketplace-sync` webhook (what the receiver does at start)."""
+    """Create or update each workspace's `marketplace-sync` webhook (what the receiver does at
+    start)."""
     from marketplace.registry import configure_http
     from marketplace.source_webhooks import register_webhooks
 
@@ -291,7 +302,7 @@ def dev(config: MarketplaceConfig) -> int:
     process = subprocess.Popen(
         [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
         start_new_session=True,
-        preexec_fn=default_interrupt,
+        preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
     )
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
@@ -321,7 +332,8 @@ def rollback(config: MarketplaceConfig) -> int:
     workspace = next((w for w in config.workspaces if w.name == ROLLBACK_WORKSPACE), None)
     if workspace is None or workspace.production.stage is None:
         say(
-            f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by stage"
+            f"  the demo rollback needs workspace {ROLLBACK_WORKSPACE} selecting production by "
+            "stage"
         )
         return 1
     client = MlflowClient(tracking_uri=workspace.tracking_uri)
@@ -338,8 +350,9 @@ def rollback(config: MarketplaceConfig) -> int:
             ROLLBACK_MODEL, str(target), stage, archive_existing_versions=True
         )
     say(
-        f"\n{'Rolled back' if target < now else 'Rolled forward'}: {ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} "
-        f"v{target} is in {stage} now (v{now} archived). Syncing {ROLLBACK_WORKSPACE}:"
+        f"\n{'Rolled back' if target < now else 'Rolled forward'}: "
+        f"{ROLLBACK_WORKSPACE}/{ROLLBACK_MODEL} v{target} is in {stage} now (v{now} archived). "
+        f"Syncing {ROLLBACK_WORKSPACE}:"
     )
     failures = sync(config, only=ROLLBACK_WORKSPACE)
     say("\nAfter:")
@@ -383,9 +396,15 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
         status = (model.tags or {}).get(TAG_STATUS, "active")
         if status != "active":
             where = f"{status} since {(model.tags or {}).get(TAG_STATUS_CHANGED_AT, '?')[:19]}"
-            source = f"from {(model.tags or {}).get(TAG_SOURCE_WORKSPACE)}/{(model.tags or {}).get(TAG_SOURCE_MODEL)}"
+            source = (
+                f"from {(model.tags or {}).get(TAG_SOURCE_WORKSPACE)}/"
+                f"{(model.tags or {}).get(TAG_SOURCE_MODEL)}"
+            )
         else:
-            source = f"the copy of {tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} v{tags.get(TAG_SOURCE_VERSION)}"
+            source = (
+                f"the copy of {tags.get(TAG_SOURCE_WORKSPACE)}/{tags.get(TAG_SOURCE_MODEL)} "
+                f"v{tags.get(TAG_SOURCE_VERSION)}"
+            )
         say(f"  {model.name:<32} {len(versions)} version(s), {where:<18} {source}")
         if status == "active":
             say(f"      load it: mlflow.pyfunc.load_model('models:/{model.name}@{alias}')")
@@ -398,15 +417,18 @@ def summary(config: MarketplaceConfig, history: bool = False) -> None:
         rows = read_rows(storage.location(PRODUCTION_HISTORY), storage.delta_options())
         say("\nProduction history (newest last):")
         for row in sorted(rows, key=lambda r: r["changed_at"]):
+            previous = row["previous_source_version"]
             say(
-                f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} {row['change']:<12} "
-                f"source v{row['source_version'] if row['source_version'] is not None else '-'} "
-                f"(was v{row['previous_source_version'] if row['previous_source_version'] is not None else '-'})"
+                f"  {row['changed_at']:%Y-%m-%d %H:%M:%S}  {row['marketplace_name']:<28} "
+                f"{row['change']:<12} source "
+                f"v{row['source_version'] if row['source_version'] is not None else '-'} (was "
+                f"v{previous if previous is not None else '-'})"
             )
         return
     say("\nUIs:")
     say(
-        f"  catalog page:       {storage.location(CATALOG_PAGE)} (open it in a browser; it needs no network)"
+        f"  catalog page:       {storage.location(CATALOG_PAGE)} (open it in a browser; it needs "
+        "no network)"
     )
     say(f"  marketplace MLflow: {config.marketplace.tracking_uri}")
     for workspace in config.workspaces:

@@ -1,4 +1,5 @@
-"""A real `dagster dev` (webserver and daemon) driven through its GraphQL API, for tests and benchmarks."""
+"""A real `dagster dev` (webserver and daemon) driven through its GraphQL API, for tests and
+benchmarks."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def ensure_instance(home: Path, extra: dict | None = None) -> Path:
 
 
 class WebhookReceiver:
-    """`marketplace-webhooks` for one configuration and instance, its output in `home/webhooks.log`."""
+    """`marketplace-webhooks` for one configuration and instance, its output in
+    `home/webhooks.log`."""
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class WebhookReceiver:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=default_interrupt,
+                preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
             )
 
     def wait_until_up(self, timeout: float = 60) -> None:
@@ -112,7 +114,8 @@ class WebhookReceiver:
 
 def default_interrupt() -> None:
     """For a child's preexec_fn: SIGINT as a terminal gives it. A shell's background job (CI, a
-    detached `make dev`) inherits it ignored, and stop_group's SIGINT would then wait out its 30 s."""
+    detached `make dev`) inherits it ignored, and stop_group's SIGINT would then wait out its
+    30 s."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
@@ -156,7 +159,7 @@ class DagsterDev:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=default_interrupt,
+                preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
             )
 
     def query(self, query: str, variables: dict | None = None) -> dict:
@@ -218,7 +221,8 @@ class DagsterDev:
         )
 
     def stop(self) -> None:
-        """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then kill."""
+        """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then
+        kill."""
         stop_group(self.process)
 
 

@@ -1,8 +1,8 @@
 """Local `mlflow server` processes for the embedded default and the tests.
 
-Flags found to work on this kind of machine: a SQLite backend, a local artifact root that clients write to
-directly (`--no-serve-artifacts`, which mlflow-export-import's import needs), one worker and no
-job runner (a default server costs 2 GB and 10 s; trimmed, about 550 MB and 6 s).
+Flags found to work on this kind of machine: a SQLite backend, a local artifact root that clients
+write to directly (`--no-serve-artifacts`, which mlflow-export-import's import needs), one worker
+and no job runner (a default server costs 2 GB and 10 s; trimmed, about 550 MB and 6 s).
 """
 
 from __future__ import annotations
@@ -129,14 +129,16 @@ def start(server: LocalServer, *, wait_seconds: float = 120) -> subprocess.Popen
         if process.poll() is not None:
             tail = server.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(
-                f"mlflow server {server.name} on port {server.port} exited; log {server.log_path}:\n{tail}"
+                f"mlflow server {server.name} on port {server.port} exited; log "
+                f"{server.log_path}:\n{tail}"
             )
         if is_healthy(server.uri):
             return process
         time.sleep(0.25)
     stop(server)
     raise TimeoutError(
-        f"mlflow server {server.name} did not answer on {server.uri} within {wait_seconds:.0f} s; see {server.log_path}"
+        f"mlflow server {server.name} did not answer on {server.uri} within {wait_seconds:.0f} s; "
+        f"see {server.log_path}"
     )
 
 

@@ -90,7 +90,8 @@ def register_version(
     kind: str = "iris",
     description: str | None = None,
 ) -> str:
-    """Log a small scikit-learn model, register it as a new version, promote it; returns the version."""
+    """Log a small scikit-learn model, register it as a new version, promote it; returns the
+    version."""
     client = MlflowClient(tracking_uri)
     literal = filter_literal(model_name)
     count = (

@@ -257,7 +257,10 @@ def webhooks_verdict(
         description=(
             f"polled every {interval} s instead: {listing(bad)}"
             if bad
-            else f"{len(states)} workspace(s) push changes; {len(polling_only)} polled every {interval} s"
+            else (
+                f"{len(states)} workspace(s) push changes; {len(polling_only)} polled every "
+                f"{interval} s"
+            )
         ),
         metadata={
             "workspaces_with_webhook": len(states),

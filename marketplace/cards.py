@@ -122,15 +122,15 @@ def render_card(card: ModelCard) -> str:
     out = [f"# {_md(card.marketplace_name)}", ""]
     if card.status == STATUS_ACTIVE:
         out.append(
-            f"**Status:** active — {card.marker.describe()} is marketplace version {card.marketplace_version}, "
-            f"the copy of source version {card.source_version}."
+            f"**Status:** active — {card.marker.describe()} is marketplace version "
+            f"{card.marketplace_version}, the copy of source version {card.source_version}."
         )
     elif card.status == STATUS_HELD:
         out.append("**Status:** not in production yet: the promotion gate holds its first version.")
     else:
         out.append(
-            f"**Status:** retired since {_when(card.status_since)}: the workspace has no production version "
-            "of it any more. Its versions are kept."
+            f"**Status:** retired since {_when(card.status_since)}: the workspace has no "
+            "production version of it any more. Its versions are kept."
         )
     out.append("")
     if card.held:

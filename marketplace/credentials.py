@@ -66,7 +66,8 @@ def authenticate(
     if token_env:
         header = f"Bearer {_read('marketplace.token_env', token_env)}"
     else:
-        pair = f"{_read('marketplace.username_env', username_env)}:{_read('marketplace.password_env', password_env)}"
+        username = _read("marketplace.username_env", username_env)
+        pair = f"{username}:{_read('marketplace.password_env', password_env)}"
         header = "Basic " + base64.b64encode(pair.encode()).decode()
     current = os.environ.get(AUTH_ENV)
     if current not in (None, "", PROVIDER_NAME):

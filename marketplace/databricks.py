@@ -73,8 +73,8 @@ def profile_section(owner: str, settings: DatabricksConnection) -> dict[str, str
     secret = os.environ.get(settings.secret_env)
     if not secret:
         raise DatabricksCredentialError(
-            f"{owner}: the environment variable {settings.secret_env} "
-            f"(databricks.secret_env, holding its {SECRET_KEY[settings.auth].replace('_', ' ')}) is not set"
+            f"{owner}: the environment variable {settings.secret_env} (databricks.secret_env, "
+            f"holding its {SECRET_KEY[settings.auth].replace('_', ' ')}) is not set"
         )
     section = {"host": settings.host, "auth_type": settings.auth, SECRET_KEY[settings.auth]: secret}
     for key in ("client_id", "azure_client_id", "azure_tenant_id"):
@@ -108,7 +108,8 @@ class _Profiles:
             return path
 
     def remove(self) -> None:
-        """Delete the file now (atexit does too, but not for a process that leaves with os._exit)."""
+        """Delete the file now (atexit does too, but not for a process that leaves with
+        os._exit)."""
         with self._lock:
             if self._folder is not None:
                 shutil.rmtree(self._folder, ignore_errors=True)

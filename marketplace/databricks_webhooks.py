@@ -47,7 +47,8 @@ def _ours(hook, url: str) -> bool:
 
 
 def _replaceable(hook) -> bool:
-    """An update changes neither a webhook's scope nor its kind: only a registry-wide HTTP one is kept."""
+    """An update changes neither a webhook's scope nor its kind: only a registry-wide HTTP one is
+    kept."""
     return hook.model_name is None and hook.http_url_spec is not None and hook.job_spec is None
 
 
@@ -79,8 +80,8 @@ def _failed(workspace: str, exc: Exception, secret: str | None = None) -> Webhoo
     detail = f"{type(exc).__name__}: {text[:300]}"
     if isinstance(exc, PermissionDenied):
         detail += (
-            " (a registry-wide webhook needs a workspace admin: grant it, or set webhook.manage: false "
-            "and create the webhook by hand, docs/databricks.md)"
+            " (a registry-wide webhook needs a workspace admin: grant it, or set webhook.manage: "
+            "false and create the webhook by hand, docs/databricks.md)"
         )
     return WebhookState(workspace, "failed", detail=detail)
 

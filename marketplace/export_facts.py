@@ -22,7 +22,8 @@ _MARKER = re.compile(re.escape(MARKER_PREFIX) + r"\d{4}-\d{2}-\d{2}, old descrip
 
 
 def parse_yaml(text: str | bytes):
-    """YAML (an MLmodel) read safely, with LibYAML's loader where PyYAML has it: a tenth of the time."""
+    """YAML (an MLmodel) read safely, with LibYAML's loader where PyYAML has it: a tenth of the
+    time."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 

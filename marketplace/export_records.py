@@ -85,7 +85,8 @@ def quarantine_of(
     storage: Storage, key: str, checksum: str | None = None, policy: ScanPolicy | None = None
 ) -> dict | None:
     """The version's quarantine record (of the export with `checksum`, if given), if any, and, given
-    `policy`, only while its findings still block under it (an allowlist or a lower severity since)."""
+    `policy`, only while its findings still block under it (an allowlist or a lower severity
+    since)."""
     record = read_skip_record(storage, key)
     if not record or not record.get("quarantined"):
         return None

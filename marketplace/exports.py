@@ -99,7 +99,8 @@ class _ReadOnce:
         return read
 
     def list_artifacts(self, run_id: str, path: str | None = None):
-        # MlflowClient reads the run again to list its top folder; below it, it resolves runs:/ URIs.
+        # MlflowClient reads the run again to list its top folder; below it, it resolves runs:/
+        # URIs.
         if path:
             return self._client.list_artifacts(run_id, path)
         return files_at(
@@ -144,7 +145,8 @@ def _verify_contents(staging: Path, client: MlflowClient, version: ProductionVer
     if versions != [str(version.version)]:
         failed = json.loads(model_json.read_text()).get("info", {}).get("failed_versions")
         raise ExportError(
-            f"version {version.version} missing from the export (exported {versions}; failures: {failed})"
+            f"version {version.version} missing from the export (exported {versions}; failures: "
+            f"{failed})"
         )
     run_dir = staging / version.run_id
     if not (run_dir / "run.json").exists():
@@ -393,7 +395,8 @@ def _export_one(
     workspace = settings.workspace
     key = export_key(workspace, version.model_name, version.version)
     identity = (workspace, version.model_name, version.version)
-    # Signatures are checked at import, which refuses a planted export saying why (docs/pipeline.md).
+    # Signatures are checked at import, which refuses a planted export saying why
+    # (docs/pipeline.md).
     record, problem = inspect_export(Tree(storage, key), identity=identity)
     if record is None:
         if problem:
@@ -407,7 +410,8 @@ def _export_one(
         )
         if outcome.staging_removed:
             log.info(
-                f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging folder(s) a dead run left"
+                f"{workspace}: {outcome.label}: removed {outcome.staging_removed} staging "
+                "folder(s) a dead run left"
             )
         record = export_version(
             client,

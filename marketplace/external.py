@@ -38,7 +38,8 @@ class MissingSnapshot(MarketplaceError):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A workspace's production versions as read on one day (`production_models/<ws>/<date>.json`)."""
+    """A workspace's production versions as read on one day
+    (`production_models/<ws>/<date>.json`)."""
 
     workspace: str
     date: dt.date
@@ -123,7 +124,8 @@ class ExternalStorage:
 
     @property
     def signing_key(self) -> str | None:
-        """The HMAC manifest key, read from its variable now (deprecated: see signing.public_key)."""
+        """The HMAC manifest key, read from its variable now (deprecated: see
+        signing.public_key)."""
         variable = self.settings.signing_key_env
         if variable is None:
             return None
@@ -150,7 +152,8 @@ class ExternalStorage:
         self, workspace: str, model: str, version: int
     ) -> tuple[ExportRecord | None, str | None]:
         """The export of exactly this version, if complete (sizes checked; imports hash it and
-        check its signature, and refuse it saying why), else None and why a manifest there does not count."""
+        check its signature, and refuse it saying why), else None and why a manifest there does
+        not count."""
         return inspect_export(
             self.export_tree(workspace, model, version), identity=(workspace, model, version)
         )
@@ -191,13 +194,15 @@ class ExternalStorage:
         data = self.storage.read(key)
         if data is None:
             raise MissingSnapshot(
-                f"no production-model snapshot for {workspace} on {day} at {self.storage.location(key)}: "
-                "materialize the production_models asset for this partition first"
+                f"no production-model snapshot for {workspace} on {day} at "
+                f"{self.storage.location(key)}: materialize the production_models asset for this "
+                "partition first"
             )
         return Snapshot.from_json(data)
 
     def newest_production(self, workspace: str) -> dict[str, int] | None:
-        """Each model's production version in the workspace's newest snapshot (None: no snapshot)."""
+        """Each model's production version in the workspace's newest snapshot (None: no
+        snapshot)."""
         day = self.newest_snapshot_date(workspace)
         try:
             return self.read_snapshot(workspace, day).production if day is not None else None

@@ -54,7 +54,8 @@ TAG_APPROVAL = (
 )
 TAG_APPROVED_BY = "marketplace.approved_by"  # who approved: required with approved
 TAG_APPROVAL_REQUESTED_AT = "marketplace.approval_requested_at"
-# On every version the gate holds while it is its source's production version: the sensor's one search.
+# On every version the gate holds while it is its source's production version: the sensor's one
+# search.
 TAG_HELD = "marketplace.held"
 
 PASSED, FAILED = "passed", "failed"
@@ -221,7 +222,8 @@ class GateKeeper:
         self.data = ReferenceData(storage)
         self.tracking_uri, self.registry_uri, self.policy = tracking_uri, registry_uri, policy
         # (model_name, source_version) -> ExportFacts; by default read from the version's export,
-        # raising if it cannot be read (that fails the model's registration this run, never its verdict).
+        # raising if it cannot be read (that fails the model's registration this run, never its
+        # verdict).
         self.facts = facts or (
             lambda model, version: export_facts(storage.storage, workspace, model, version)[0]
         )
@@ -327,7 +329,8 @@ class GateKeeper:
         baseline: ModelVersion | None,
         now: dt.datetime,
     ) -> tuple[Admission, dict[str, str], int]:
-        """Whether `candidate` may become production: (admission, its tags now, registry changes)."""
+        """Whether `candidate` may become production: (admission, its tags now, registry
+        changes)."""
         tags = dict(candidate.tags or {})
         digest = rules_digest(self.gate, marketplace_name)
         verdict = recorded_verdict(tags, digest)
@@ -381,7 +384,10 @@ class Held:
 
     @property
     def label(self) -> str:
-        return f"{self.marketplace_name} v{self.version} ({self.workspace}/{self.model_name} v{self.source_version})"
+        return (
+            f"{self.marketplace_name} v{self.version} ({self.workspace}/{self.model_name} "
+            f"v{self.source_version})"
+        )
 
 
 def holds_of(versions: Sequence[ModelVersion]) -> list[Held]:

@@ -45,7 +45,8 @@ class Grant:
 
     @classmethod
     def parse(cls, text: str) -> Grant | None:
-        """The grant a `marketplace.grants` entry names (a principal may hold ':'); None if malformed."""
+        """The grant a `marketplace.grants` entry names (a principal may hold ':'); None if
+        malformed."""
         kind, _, rest = text.partition(":")
         principal, _, permission = rest.rpartition(":")
         if not (kind and principal and permission):

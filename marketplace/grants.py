@@ -265,8 +265,9 @@ class MlflowAccess:
         except RestException as exc:
             if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
                 raise MarketplaceError(
-                    "marketplace.grants: the marketplace's MLflow user may not manage permissions (it needs "
-                    f"to be an admin of its server, marketplace.username_env): {exc.message}"
+                    "marketplace.grants: the marketplace's MLflow user may not manage permissions "
+                    "(it needs to be an admin of its server, marketplace.username_env): "
+                    f"{exc.message}"
                 ) from None
             raise
 
@@ -302,7 +303,8 @@ class WorkspaceAccess:
             model_id = self._w.model_registry.get_model(name).registered_model_databricks.id
             if not _ID.fullmatch(str(model_id or "")):
                 raise MarketplaceError(
-                    f"marketplace model {name!r}: the workspace answered no usable id ({model_id!r})"
+                    f"marketplace model {name!r}: the workspace answered no usable id "
+                    f"({model_id!r})"
                 )
             self._ids[name] = model_id
         return self._ids[name]
@@ -348,7 +350,8 @@ class WorkspaceAccess:
             raise
 
     def revoke(self, name: str, grant: Grant) -> None:
-        # `update` only adds or raises a level; the ACL without this entry is set whole, read just before.
+        # `update` only adds or raises a level; the ACL without this entry is set whole, read just
+        # before.
         level = WORKSPACE_LEVELS[grant.permission]
         remaining = [
             _request(holder, held)

@@ -80,7 +80,8 @@ def _newest_mtime(path: Path) -> float | None:
 
 
 def remove_debris(storage: Storage | str | Path, retention_hours: float) -> DebrisReport:
-    """Delete staging folders and manifest-less exports last touched more than `retention_hours` ago.
+    """Delete staging folders and manifest-less exports last touched more than `retention_hours`
+    ago.
 
     Young debris may belong to an export in progress, so it stays.
     """

@@ -204,8 +204,8 @@ def import_export(
     version_dict["current_stage"] = "None"
     original = version_dict.get("description") or ""
     version_dict["description"] = (
-        f"Imported from workspace '{source.workspace}', model '{source.model_name}', version {source.version}."
-        + (f"\n\nSource description: {original}" if original else "")
+        f"Imported from workspace '{source.workspace}', model '{source.model_name}', version "
+        f"{source.version}." + (f"\n\nSource description: {original}" if original else "")
     )
     version_dict["tags"] = {
         **(version_dict.get("tags") or {}),

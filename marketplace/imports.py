@@ -287,7 +287,8 @@ def _import_verified(
 def _check_signature(
     local: Path, location: str, workspace: str, public_key: str | None, required: bool
 ) -> None:
-    """The export carries a valid signature of its workspace's key, where signatures are required."""
+    """The export carries a valid signature of its workspace's key, where signatures are
+    required."""
     if public_key is not None:
         try:
             verify_export_signature(local, public_key)

@@ -85,7 +85,8 @@ class LeaseLock:
                             seen = None
             if time.monotonic() >= deadline:
                 raise LockTimeout(
-                    f"{self.storage.location(self.key)}: still held after {self.timeout_seconds:.0f} s"
+                    f"{self.storage.location(self.key)}: still held after "
+                    f"{self.timeout_seconds:.0f} s"
                 )
             time.sleep(min(1.0, self.lease_seconds / 10))
         self._renewed_at = time.monotonic()
@@ -123,7 +124,8 @@ class LeaseLock:
         if unrenewed > self.lease_seconds:
             raise LockLost(
                 f"lost the lock {where}: not renewed for {unrenewed:.0f} s, longer than its "
-                f"{self.lease_seconds:.0f} s lease, so another process may hold it; stopped before writing"
+                f"{self.lease_seconds:.0f} s lease, so another process may hold it; stopped before "
+                "writing"
             )
 
     def release(self) -> None:

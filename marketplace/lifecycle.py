@@ -51,7 +51,8 @@ def decide(
     desired: int | None, recorded: Recorded | None, aliased: int | None = None
 ) -> Change | None:
     """The change that takes a model from its recorded production state to `desired` (the
-    source's production version now, None when it has none), or None when there is nothing to record.
+    source's production version now, None when it has none), or None when there is nothing to
+    record.
 
     `aliased` is the source version the marketplace marker points at, used only for a model with
     no history yet (synced before the history existed): its first row starts from there.
@@ -166,6 +167,7 @@ def divergences(
             )
         else:
             found.append(
-                f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy of v{current}"
+                f"{workspace}/{model}: source production v{wanted}, marketplace {mark} is the copy "
+                f"of v{current}"
             )
     return found

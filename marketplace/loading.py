@@ -49,7 +49,8 @@ class LoadResult:
 
 
 def artifact_fingerprint(tracking_uri: str, model_uri: str, registry_uri: str | None = None) -> str:
-    """SHA-256 of the model's artifact listing (every file's path and size), read without downloading."""
+    """SHA-256 of the model's artifact listing (every file's path and size), read without
+    downloading."""
     with process_tracking_uri(tracking_uri, registry_uri):
         return _fingerprint(artifact_listing(model_uri))
 
@@ -118,7 +119,8 @@ def load_and_predict(
     location: str | None = None,
     hashed_at_import: bool = False,
 ) -> LoadResult:
-    """Load `model_uri` with mlflow.pyfunc in `sandbox`, predict its input example, compare with the export's copy.
+    """Load `model_uri` with mlflow.pyfunc in `sandbox`, predict its input example, compare with the
+    export's copy.
 
     The copy is downloaded here (the sandbox has no network) and handed to the sandbox read-only;
     what comes back is data: loaded, predicted, a digest of the predictions, what was denied.

@@ -104,7 +104,10 @@ class Manifest:
         if not self.signature:
             return "it is not signed, and a signing key is configured"
         if not hmac.compare_digest(self.signed(key).signature, self.signature):
-            return "its signature does not verify (the manifest was changed, or signed with another key)"
+            return (
+                "its signature does not verify (the manifest was changed, or signed with another "
+                "key)"
+            )
         return None
 
 
@@ -129,7 +132,8 @@ def write_manifest(root: Path, manifest: Manifest) -> str:
 
 
 def read_manifest(root: Path | Tree) -> tuple[Manifest, str]:
-    """The manifest of the export at `root` and its checksum; ManifestError if absent or unreadable."""
+    """The manifest of the export at `root` and its checksum; ManifestError if absent or
+    unreadable."""
     tree = as_tree(root)
     data = tree.storage.read(tree.file(MANIFEST_NAME))
     if data is None:
@@ -139,7 +143,7 @@ def read_manifest(root: Path | Tree) -> tuple[Manifest, str]:
         manifest = Manifest(**json.loads(data))
         _check_files(manifest.files)
         if not isinstance(manifest.signature, str):
-            raise ValueError("'signature' is not a string")
+            raise ValueError("'signature' is not a string")  # noqa: TRY004 - bad content, reported as unreadable
     except (ValueError, TypeError) as exc:
         raise ManifestError(f"{path}: unreadable manifest: {exc}") from None
     return manifest, hashlib.sha256(data).hexdigest()
@@ -148,7 +152,7 @@ def read_manifest(root: Path | Tree) -> tuple[Manifest, str]:
 def _check_files(files: object) -> None:
     """Every entry names a file with its sha256 and size, so verification can compare them."""
     if not isinstance(files, dict):
-        raise ValueError("'files' is not a mapping of file names")
+        raise ValueError("'files' is not a mapping of file names")  # noqa: TRY004 - bad content, not a bug
     for relative, entry in files.items():
         if (
             not isinstance(entry, dict)
@@ -156,7 +160,7 @@ def _check_files(files: object) -> None:
             or not isinstance(entry.get("size"), int)
             or isinstance(entry.get("size"), bool)
         ):
-            raise ValueError(f"entry {relative!r} has no sha256 and size")
+            raise ValueError(f"entry {relative!r} has no sha256 and size")  # noqa: TRY004 - bad content
 
 
 def verify_export(root: Path | Tree, **checks) -> Manifest:
@@ -184,8 +188,9 @@ def check_export(
     manifest, checksum = read_manifest(tree)
     if identity is not None and manifest.identity != tuple(identity):
         raise ManifestError(
-            f"{root}: the manifest is of {manifest.workspace}/{manifest.model_name} v{manifest.version}, "
-            f"not {identity[0]}/{identity[1]} v{identity[2]} (an export copied to another model's place)"
+            f"{root}: the manifest is of {manifest.workspace}/{manifest.model_name} "
+            f"v{manifest.version}, not {identity[0]}/{identity[1]} v{identity[2]} (an export "
+            "copied to another model's place)"
         )
     if signing_key:
         problem = manifest.signature_problem(signing_key)
@@ -193,8 +198,8 @@ def check_export(
             raise ManifestError(f"{root}: {problem}")
     if expected_checksum is not None and checksum != expected_checksum:
         raise ManifestError(
-            f"{root}: manifest checksum {checksum[:12]}… differs from the recorded {expected_checksum[:12]}…"
-            " (the manifest was edited or replaced)"
+            f"{root}: manifest checksum {checksum[:12]}… differs from the recorded "
+            f"{expected_checksum[:12]}… (the manifest was edited or replaced)"
         )
     stored = {
         name: entry for name, entry in tree.storage.list(tree.key).items() if name not in NOT_LISTED

@@ -73,7 +73,10 @@ def _poll_one(target: WorkspaceConfig) -> PollResult:
             if not token:
                 break
     except Exception as exc:  # noqa: BLE001 - any failure marks this workspace unreachable, not the tick
-        result.error = f"{redact_uri(target.tracking_uri)}: {type(exc).__name__}: {redact_text(str(exc))[:300]}"
+        result.error = (
+            f"{redact_uri(target.tracking_uri)}: {type(exc).__name__}: "
+            f"{redact_text(str(exc))[:300]}"
+        )
     result.seconds = time.monotonic() - started
     return result
 

@@ -29,7 +29,8 @@ STATUS_ACTIVE = "active"
 STATUS_RETIRED = "retired"
 TAG_STATUS = "marketplace.status"
 TAG_STATUS_CHANGED_AT = "marketplace.status_changed_at"
-# The source's production version that the scan blocked, while production stays on the last safe copy.
+# The source's production version that the scan blocked, while production stays on the last safe
+# copy.
 TAG_QUARANTINED_VERSION = "marketplace.quarantined_version"
 
 PRODUCTION_STAGE = "Production"

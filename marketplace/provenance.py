@@ -1,4 +1,5 @@
-"""Where a marketplace model comes from, as its tags say: the source key of every imported version."""
+"""Where a marketplace model comes from, as its tags say: the source key of every imported
+version."""
 
 from __future__ import annotations
 
@@ -68,9 +69,10 @@ def description(
     head = f"Marketplace copy of model '{model_name}' from workspace '{workspace}' ({source_uri})."
     if source_version is None:
         return (
-            f"{head} Retired since {retired_since}: the workspace has no production version of it any more, "
-            f"so it has no {'@' + marker.alias if marker.has_aliases else 'Production version'}. "
-            "Its versions are kept. Kept in sync by the model marketplace."
+            f"{head} Retired since {retired_since}: the workspace has no production version of it "
+            "any more, so it has no "
+            f"{'@' + marker.alias if marker.has_aliases else 'Production version'}. Its versions "
+            "are kept. Kept in sync by the model marketplace."
         )
     return (
         f"{head} {marker.describe()} is source version {source_version}. "

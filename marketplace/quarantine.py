@@ -19,7 +19,8 @@ SANDBOX_FINDING = "denied while the model loaded or predicted in the sandbox"
 
 
 def sandbox_findings(events: Sequence[str]) -> list[dict[str, str]]:
-    """The sandbox's denied events as quarantine findings (always blocking, whatever the scan policy)."""
+    """The sandbox's denied events as quarantine findings (always blocking, whatever the scan
+    policy)."""
     return [
         {
             "file": "(sandboxed load)",
@@ -64,7 +65,8 @@ def quarantine_blocked(
                 item.name, item.version.version, TAG_QUARANTINED_VERSION, str(item.source.version)
             )
         log.error(
-            f"{item.source.describe()} ({item.label}) quarantined: the sandbox blocked {'; '.join(events)}"
+            f"{item.source.describe()} ({item.label}) quarantined: the sandbox blocked "
+            f"{'; '.join(events)}"
         )
         quarantined[item.label] = events
     return quarantined

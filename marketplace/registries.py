@@ -161,7 +161,8 @@ class MarketplaceRegistry:
 
     @property
     def marker(self) -> Marker:
-        """How production is marked here: an alias, and the Production stage except on Unity Catalog."""
+        """How production is marked here: an alias, and the Production stage except on Unity
+        Catalog."""
         return Marker(
             self.alias, has_aliases=self.has_aliases, has_stages=not self.is_unity_catalog
         )

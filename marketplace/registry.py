@@ -1,4 +1,5 @@
-"""Talking to MLflow registries: clients with sane timeouts, production selection, the seed's marker."""
+"""Talking to MLflow registries: clients with sane timeouts, production selection, the seed's
+marker."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ REGISTRY_ERRORS = (MlflowException, requests.exceptions.RequestException, OSErro
 
 
 class RegistryUnavailable(MarketplaceError, RuntimeError):
-    """A registry that could not be reached or failed: the partition fails, naming it and its URI."""
+    """A registry that could not be reached or failed: the partition fails, naming it and its
+    URI."""
 
 
 @contextlib.contextmanager
@@ -47,8 +49,8 @@ def registry_errors(who: str, uri: str, consequence: str = "") -> Iterator[None]
     except REGISTRY_ERRORS as exc:
         # Not chained: the cause's text quotes the request URL, credentials included.
         raise RegistryUnavailable(
-            f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: {redact_text(str(exc))}"
-            + (f" ({consequence})" if consequence else "")
+            f"{who}: registry at {redact_uri(uri)} failed: {type(exc).__name__}: "
+            f"{redact_text(str(exc))}" + (f" ({consequence})" if consequence else "")
         ) from None
 
 
@@ -291,7 +293,8 @@ def is_ready(version: ModelVersion) -> bool:
 
 def choose_production(candidates, registered_by: dt.datetime | None = None) -> ModelVersion | None:
     """The production version among a model's versions in the production stage: the newest one
-    that is READY (registered by `registered_by`, if given). The one rule, for the assets and the sensor."""
+    that is READY (registered by `registered_by`, if given). The one rule, for the assets and the
+    sensor."""
     eligible = [
         v
         for v in candidates
@@ -303,7 +306,8 @@ def choose_production(candidates, registered_by: dt.datetime | None = None) -> M
 
 def aliased_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version holding `alias`, whatever its status: an alias names production explicitly
-    (a version that cannot be exported fails its export, saying why, instead of retiring the model)."""
+    (a version that cannot be exported fails its export, saying why, instead of retiring the
+    model)."""
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -356,7 +360,8 @@ def select_production_versions(
     exclude: Sequence[str] = (),
     registered_by: dt.datetime | None = None,
 ) -> Selection:
-    """For each curated registered model, its newest production version; models with none skipped."""
+    """For each curated registered model, its newest production version; models with none
+    skipped."""
     models = {model.name: model for model in list_models(client)}
     selector = f"stage {stage}" if stage else f"alias @{alias}"
     versions: list[ProductionVersion] = []
@@ -398,14 +403,16 @@ def marker_description(day: dt.date, old_description: str | None) -> str:
 
 
 def is_marked(version: ModelVersion) -> bool:
-    """The version carries the export marker and tag (False where its search result leaves tags out)."""
+    """The version carries the export marker and tag (False where its search result leaves tags
+    out)."""
     return (version.description or "").startswith(MARKER_PREFIX) and EXPORTED_ON_TAG in searched(
         version, "tags"
     )
 
 
 def mark_exported(client: MlflowClient, name: str, version: int, day: dt.date) -> bool:
-    """Write the seed's description marker and our tag on a source version; False if already marked."""
+    """Write the seed's description marker and our tag on a source version; False if already
+    marked."""
     current = client.get_model_version(name, str(version))
     changed = False
     if not (current.description or "").startswith(MARKER_PREFIX):

@@ -91,7 +91,9 @@ class ScanPolicy:
                 f"block severity {self.block_severity!r} is not one of {', '.join(SEVERITIES)}"
             )
         if isinstance(self.allow_globals, str):
-            raise ValueError("allow_globals is a list of 'module.name' globals, not one string")
+            raise ValueError(  # noqa: TRY004 - a configuration error, reported as such
+                "allow_globals is a list of 'module.name' globals, not one string"
+            )
         allowed = tuple(self.allow_globals)
         for name in allowed:
             # Only real globals: an unscannable file is never allowlisted.
@@ -237,7 +239,8 @@ def _error_finding(error: ErrorBase, root: Path) -> Finding:
 
 
 def _raw_bytes(error: ErrorBase, root: Path) -> bool:
-    """A scanner error about a whole file (not a zip member) that no unpickler could run code from."""
+    """A scanner error about a whole file (not a zip member) that no unpickler could run code
+    from."""
     source = error.to_dict().get("source")
     if not source or ":" in Path(str(source)).name:  # zip members are named "file.zip:member"
         return False
@@ -342,7 +345,7 @@ def _rescan_as_pickle(file: Path, root: Path, settings: dict[str, Any]) -> list[
     try:
         with Model(file) as model:
             results = scan_pickle_bytes(model, settings, multiple_pickles=True)
-    except Exception as error:  # modelscan's parser raises more than its own errors
+    except Exception as error:  # noqa: BLE001 - modelscan's parser raises more than its own errors
         return [_unscannable(relative, f"pickle: {error}")]
     return [_issue_finding(issue, root) for issue in results.issues] + [
         _error_finding(error, root) for error in results.errors

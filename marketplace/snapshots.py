@@ -1,4 +1,5 @@
-"""The first step of a partition: a workspace's production versions on a day, recorded as its snapshot.
+"""The first step of a partition: a workspace's production versions on a day, recorded as its
+snapshot.
 
 Every later step of the partition reads this snapshot, never the registry again, so a re-run of
 any step sees what the first one saw.

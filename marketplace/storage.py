@@ -81,7 +81,8 @@ class Storage(ABC):
     is_local: bool
 
     def location(self, key: str = "") -> str:
-        """The absolute path or URI of `key`, as users see it (and the export summary records it)."""
+        """The absolute path or URI of `key`, as users see it (and the export summary records
+        it)."""
         if not key:
             return self.root
         return str(Path(self.root, key)) if self.is_local else join_keys(self.root, key)
@@ -117,7 +118,8 @@ class Storage(ABC):
 
     @abstractmethod
     def local_tree(self, prefix: str) -> contextlib.AbstractContextManager[Path]:
-        """A local folder holding the files under `prefix`: the folder itself, or a downloaded copy."""
+        """A local folder holding the files under `prefix`: the folder itself, or a downloaded
+        copy."""
 
     @abstractmethod
     def staging_area(self, key: str) -> Path:

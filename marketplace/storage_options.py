@@ -67,7 +67,8 @@ def object_store_options(settings: Any) -> tuple[dict[str, str], dict[str, str]]
 
 
 def open_storage(root: str, options: Mapping[str, str] | None = None) -> Storage:
-    """The storage at `root`: a local folder, or an s3:// / az:// / abfss:// URI with its options."""
+    """The storage at `root`: a local folder, or an s3:// / az:// / abfss:// URI with its
+    options."""
     if backend_of(root) == "local":
         return LocalStorage(root)
     return ObjectStorage(root, options)

@@ -52,25 +52,29 @@ _VERSION_KEY = "workspace string not null, model_name string not null, version b
 
 SCHEMAS: dict[str, pa.Schema] = {
     EXPORT_SUMMARY: _schema(
-        f"{_VERSION_KEY}, run_id string, source string, export_date date not null, exported_at timestamp not null, "
-        "export_path string not null, checksum string not null, size_bytes bigint not null, file_count bigint"
+        f"{_VERSION_KEY}, run_id string, source string, export_date date not null, exported_at "
+        "timestamp not null, export_path string not null, checksum string not null, size_bytes "
+        "bigint not null, file_count bigint"
     ),
     IMPORT_SUMMARY: _schema(
         f"{_VERSION_KEY}, marketplace_model string not null, marketplace_version bigint not null, "
-        "import_date date not null, imported_at timestamp not null, checksum string not null, run_id string"
+        "import_date date not null, imported_at timestamp not null, checksum string not null, "
+        "run_id string"
     ),
     PRODUCTION_HISTORY: _schema(
         "workspace string not null, model_name string not null, marketplace_name string not null, "
-        "sequence bigint not null, change string not null, source_version bigint, previous_source_version bigint, "
-        "marketplace_version bigint, changed_at timestamp not null, run_id string, snapshot_date date"
+        "sequence bigint not null, change string not null, source_version bigint, "
+        "previous_source_version bigint, marketplace_version bigint, changed_at timestamp not "
+        "null, run_id string, snapshot_date date"
     ),
     # signature, metrics and source_tags hold JSON.
     CATALOG: _schema(
         "marketplace_name string not null, workspace string not null, model_name string not null, "
-        "status string not null, source_version bigint, marketplace_version bigint, alias string, description string, "
-        "flavors string, signature string, metrics string, requirements string, size_bytes bigint, checksum string, "
-        "owner string, source_tags string, first_synced_at timestamp not null, updated_at timestamp not null, "
-        "load_uri string, held string"
+        "status string not null, source_version bigint, marketplace_version bigint, alias string, "
+        "description string, flavors string, signature string, metrics string, requirements "
+        "string, size_bytes bigint, checksum string, owner string, source_tags string, "
+        "first_synced_at timestamp not null, updated_at timestamp not null, load_uri string, held "
+        "string"
     ),
 }
 

@@ -180,7 +180,8 @@ Holds = set[tuple[str, str, int]]  # (workspace, model, source version)
 
 @dataclass(frozen=True)
 class Request:
-    """A run to ask for: one workspace's partition of `day`, under the run key that names its change."""
+    """A run to ask for: one workspace's partition of `day`, under the run key that names its
+    change."""
 
     workspace: str
     run_key: str
@@ -213,7 +214,8 @@ def write_cursor(cursor: Mapping) -> str:
 
 
 def live_entries(cursor: Mapping, configured: Collection[str]) -> dict[str, dict]:
-    """The cursor's entries of workspaces still configured (a removed workspace's entry is dropped)."""
+    """The cursor's entries of workspaces still configured (a removed workspace's entry is
+    dropped)."""
     return {k: v for k, v in cursor.get("workspaces", {}).items() if k in configured}
 
 

@@ -114,7 +114,8 @@ def _text(value: object, key: str, *, required: bool = True) -> str | None:
 def verify_mlflow(
     workspace: str, secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None
 ) -> SourceEvent:
-    """An MLflow 3 delivery: `v1,base64(HMAC-SHA256(secret, "<delivery id>.<timestamp>.<body>"))`."""
+    """An MLflow 3 delivery: `v1,base64(HMAC-SHA256(secret, "<delivery
+    id>.<timestamp>.<body>"))`."""
     now = time.time() if now is None else now
     signature = _header(headers, MLFLOW_SIGNATURE)
     delivery_id = _header(headers, MLFLOW_DELIVERY_ID)
@@ -122,7 +123,8 @@ def verify_mlflow(
     if not signature or not delivery_id or not timestamp:
         raise Rejected(
             401,
-            f"unsigned: {MLFLOW_SIGNATURE}, {MLFLOW_DELIVERY_ID} and {MLFLOW_TIMESTAMP} are required",
+            f"unsigned: {MLFLOW_SIGNATURE}, {MLFLOW_DELIVERY_ID} and {MLFLOW_TIMESTAMP} are "
+            "required",
         )
     version, _, given = signature.partition(",")
     expected = base64.b64encode(

@@ -1,4 +1,5 @@
-"""Asset checks over the whole marketplace: tables, manifests, reconciliation with the sources, freshness.
+"""Asset checks over the whole marketplace: tables, manifests, reconciliation with the sources,
+freshness.
 
 Each asks the domain for a verdict (marketplace.audits, marketplace.reconciliation) and shows it.
 They run without a partition, so they can be executed alone from the UI; the load check, which
@@ -98,23 +99,29 @@ def exports_match_manifests(external_storage: ExternalStorageResource) -> dg.Ass
 @dg.asset_check(
     asset=IMPORT_SUMMARY,
     name=PRODUCTION_VERSIONS_SYNCED,
-    description="Every production version seen in the last 30 days' partitions is exported (or superseded "
-    "by a newer export), and every exported version is imported or superseded by a newer import.",
+    description=(
+        "Every production version seen in the last 30 days' partitions is exported (or superseded "
+        "by a newer export), and every exported version is imported or superseded by a newer "
+        "import."
+    ),
 )
 def production_versions_synced(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
     return check_result(audit_summaries(external_storage, dt.datetime.now(dt.UTC).date()))
 
 
 def build_reconciliation_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
-    """The marketplace against every workspace's production versions now, read from the registries."""
+    """The marketplace against every workspace's production versions now, read from the
+    registries."""
 
     @dg.asset_check(
         asset=REGISTRATION,
         name=MARKETPLACE_MATCHES_SOURCES,
         blocking=False,
-        description="For every workspace's curated models, the marketplace's production marker points at the "
-        "copy of the source's production version now (or the promotion gate holds that version), and models "
-        "with none (retired) carry no marker.",
+        description=(
+            "For every workspace's curated models, the marketplace's production marker points at "
+            "the copy of the source's production version now (or the promotion gate holds that "
+            "version), and models with none (retired) carry no marker."
+        ),
     )
     def marketplace_matches_sources(
         external_storage: ExternalStorageResource, marketplace: MarketplaceRegistryResource
@@ -132,8 +139,10 @@ def build_freshness_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition
     @dg.asset_check(
         asset=REGISTRATION,
         name=PARTITIONS_FRESH,
-        description=f"Each workspace's partition for a day is registered by {deadline:%H:%M} UTC that day "
-        "(before the deadline, the previous day's must be).",
+        description=(
+            f"Each workspace's partition for a day is registered by {deadline:%H:%M} UTC that day "
+            "(before the deadline, the previous day's must be)."
+        ),
     )
     def todays_partitions_synced_by_deadline(
         context: dg.AssetCheckExecutionContext,
@@ -157,16 +166,20 @@ def _registered(context: dg.AssetCheckExecutionContext, day: dt.date, workspace:
 
 
 def build_webhooks_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
-    """Is each source that should push changes set up to? A source that cannot (a file store, an older
-    MLflow, Unity Catalog) or whose webhook is missing still syncs, by polling: a warning, not an error."""
+    """Is each source that should push changes set up to? A source that cannot (a file store, an
+    older
+    MLflow, Unity Catalog) or whose webhook is missing still syncs, by polling: a warning, not an
+    error."""
 
     @dg.asset_check(
         asset=PRODUCTION_MODELS,
         name=SOURCE_WEBHOOKS_REGISTERED,
         blocking=False,
-        description="Every workspace with a `webhook` holds an active marketplace-sync webhook to the receiver "
-        f"({config.webhooks.base_url}); the others are polled every "
-        f"{config.sensor.minimum_interval_seconds} s.",
+        description=(
+            "Every workspace with a `webhook` holds an active marketplace-sync webhook to the "
+            f"receiver ({config.webhooks.base_url}); the others are polled every "
+            f"{config.sensor.minimum_interval_seconds} s."
+        ),
     )
     def source_webhooks_registered() -> dg.AssetCheckResult:
         return check_result(audit_webhooks(config))
@@ -216,8 +229,10 @@ def build_signed_and_clean_check(config: MarketplaceConfig) -> dg.AssetChecksDef
         asset=EXPORTS,
         name=EXPORTS_SIGNED_AND_CLEAN,
         blocking=False,
-        description="Every exported version is signed with its workspace's key (where keys are configured) "
-        "and its files hold nothing the scan blocks.",
+        description=(
+            "Every exported version is signed with its workspace's key (where keys are "
+            "configured) and its files hold nothing the scan blocks."
+        ),
     )
     def exports_signed_and_clean(external_storage: ExternalStorageResource) -> dg.AssetCheckResult:
         return check_result(

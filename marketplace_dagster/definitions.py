@@ -1,4 +1,5 @@
-"""The marketplace code location: everything Dagster loads, assembled from the configuration file."""
+"""The marketplace code location: everything Dagster loads, assembled from the configuration
+file."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
     audit_job = build_checks_job(
         "marketplace_checks_job",
         [c for name, c in checks.items() if name != PARTITIONS_FRESH],
-        "Every table-wide check: unique rows, manifests, reconciliation, the marketplace against its sources.",
+        "Every table-wide check: unique rows, manifests, reconciliation, the marketplace against "
+        "its sources.",
     )
     freshness_job = build_checks_job(
         "marketplace_freshness_job",
@@ -68,8 +70,10 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
                 "marketplace_automation_sensor",
                 target=dg.AssetSelection.groups(GROUP, CATALOG_GROUP),
                 default_status=dg.DefaultSensorStatus(config.automation.default_status.upper()),
-                description="Carries a materialization of an upstream asset down the chain, for any date, "
-                "and refreshes the catalog after any sync.",
+                description=(
+                    "Carries a materialization of an upstream asset down the chain, for any date, "
+                    "and refreshes the catalog after any sync."
+                ),
             ),
         ],
         schedules=[
@@ -105,7 +109,8 @@ def build_definitions(config: MarketplaceConfig) -> dg.Definitions:
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    """Read the configuration ($MARKETPLACE_CONFIG or marketplace.yaml) when Dagster loads the code."""
+    """Read the configuration ($MARKETPLACE_CONFIG or marketplace.yaml) when Dagster loads the
+    code."""
     definitions = build_definitions(load_config())
     # What loading made (MLflow, Dagster, pandas: millions of objects) lives as long as the
     # process: the collector need not walk it in every full collection, nor at exit (half a

@@ -195,7 +195,8 @@ def run_exports(
         inside_workspace=engine.engine == "databricks",
     )
     if engine.engine == "databricks":
-        # {{secrets/scope/key}} -> scope/key: what a job without the variables reads through dbutils.
+        # {{secrets/scope/key}} -> scope/key: what a job without the variables reads through
+        # dbutils.
         extras["secret_references"] = {n: r[len("{{secrets/") : -2] for n, r in engine.env.items()}
     try:
         if engine.engine == "subprocess":

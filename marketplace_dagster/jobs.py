@@ -9,8 +9,10 @@ def build_marketplace_sync_job(excluded_checks: list[dg.AssetChecksDefinition]):
     return dg.define_asset_job(
         "marketplace_sync_job",
         selection=dg.AssetSelection.groups(GROUP) - dg.AssetSelection.checks(*excluded_checks),
-        description="Export, record, import and register one workspace's production models for one day "
-        "(a backfill runs one partition per run).",
+        description=(
+            "Export, record, import and register one workspace's production models for one day (a "
+            "backfill runs one partition per run)."
+        ),
     )
 
 

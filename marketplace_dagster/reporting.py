@@ -109,7 +109,8 @@ def version_link(registry, name: str, version) -> str:
 
 
 def registration_row(day: dt.date, workspace: str, outcome, production: dict, marketplace) -> list:
-    """One row of the registration table: the marketplace model, its version, the change, the source."""
+    """One row of the registration table: the marketplace model, its version, the change, the
+    source."""
     label = f"{workspace}/{outcome.model_name}"
     version = outcome.target.version if outcome.target is not None else None
     return [
@@ -187,7 +188,8 @@ def load_check_result(
 
 
 def catalog_table(built, marketplace) -> dg.MetadataValue:
-    """The whole marketplace as a table: model (linked to its MLflow page), source, status, version, updated."""
+    """The whole marketplace as a table: model (linked to its MLflow page), source, status, version,
+    updated."""
     rows = [
         [
             version_link(marketplace, r["marketplace_name"], r["marketplace_version"])

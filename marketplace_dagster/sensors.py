@@ -107,7 +107,8 @@ def _recorded(storage: Storage):
 
 
 def _quarantined(storage: Storage, policy: ScanPolicy, workspace: str, change: str) -> bool:
-    """A version the scan blocked is not asked for again until its export (or the policy) changes."""
+    """A version the scan blocked is not asked for again until its export (or the policy)
+    changes."""
     found = change_version(change)
     return found is not None and (
         quarantine_of(storage, skip_record_key(workspace, *found), policy=policy) is not None
@@ -156,9 +157,12 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
         job=job,
         minimum_interval_seconds=EVENT_TICK_SECONDS,
         default_status=dg.DefaultSensorStatus(settings.default_status.upper()),
-        description="Requests marketplace_sync_job for (today, workspace) when a workspace's production "
-        "versions differ from the marketplace's: a promotion, a rollback, a retirement or a restoration. "
-        f"Webhook events within one tick; every workspace polled every {settings.minimum_interval_seconds} s.",
+        description=(
+            "Requests marketplace_sync_job for (today, workspace) when a workspace's production "
+            "versions differ from the marketplace's: a promotion, a rollback, a retirement or a "
+            "restoration. Webhook events within one tick; every workspace polled every "
+            f"{settings.minimum_interval_seconds} s."
+        ),
     )
     def production_version_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         started = time.monotonic()

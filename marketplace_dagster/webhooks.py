@@ -68,7 +68,8 @@ def record_event(instance: dg.DagsterInstance, event: SourceEvent, day: dt.date)
 
 
 def recent_deliveries(instance: dg.DagsterInstance, now: float) -> list[tuple[str, float]]:
-    """Delivery ids recorded within the freshness window: a restarted receiver still refuses them."""
+    """Delivery ids recorded within the freshness window: a restarted receiver still refuses
+    them."""
     found = []
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(
@@ -201,8 +202,11 @@ def _keep_registered(config: MarketplaceConfig, stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="marketplace-webhooks",
-        description="Receive signed webhook deliveries from the source registries ($MARKETPLACE_CONFIG) and "
-        "record each in the Dagster instance ($DAGSTER_HOME) for production_version_sensor.",
+        description=(
+            "Receive signed webhook deliveries from the source registries ($MARKETPLACE_CONFIG) "
+            "and record each in the Dagster instance ($DAGSTER_HOME) for "
+            "production_version_sensor."
+        ),
     )
     parser.add_argument(
         "command",

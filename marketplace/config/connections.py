@@ -56,8 +56,8 @@ class DatabricksConnection(Strict):
     def _own_variable(cls, value: str) -> str:
         if value in SDK_ENV:
             raise ValueError(
-                f"{value} is read by the Databricks SDK for every workspace (and cleared by the run); "
-                "hold each workspace's secret in a variable of its own, e.g. DEV01_SP_SECRET"
+                f"{value} is read by the Databricks SDK for every workspace (and cleared by the "
+                "run); hold each workspace's secret in a variable of its own, e.g. DEV01_SP_SECRET"
             )
         return value
 

@@ -135,14 +135,14 @@ class MarketplaceConfig(Strict):
                             if self.marketplace.require_signatures
                             else "on because another workspace has a key"
                         )
-                        + " and this workspace's exports could not be verified (give its public key, or set "
-                        "marketplace.require_signatures: false)",
+                        + " and this workspace's exports could not be verified (give its public "
+                        "key, or set marketplace.require_signatures: false)",
                     )
         if len(self.workspaces) > 1 and "{workspace}" not in self.marketplace.name_template:
             raise KeyedError(
                 "marketplace.name_template",
-                f"{self.marketplace.name_template!r} has no {{workspace}}: with several workspaces, "
-                "models of the same name would collide in the marketplace",
+                f"{self.marketplace.name_template!r} has no {{workspace}}: with several "
+                "workspaces, models of the same name would collide in the marketplace",
             )
         return self
 

@@ -80,9 +80,9 @@ def parse_config(raw: Any, path: Path | str) -> MarketplaceConfig:
                 ) from None
     if config.external_storage.signing_key_env:
         warnings.warn(
-            f"{path}: external_storage.signing_key_env (an HMAC shared by every workspace) is deprecated and "
-            "will be removed in the next release: give each workspace signing.private_key_env and "
-            "signing.public_key (OpenSSF model signing) instead",
+            f"{path}: external_storage.signing_key_env (an HMAC shared by every workspace) is "
+            "deprecated and will be removed in the next release: give each workspace "
+            "signing.private_key_env and signing.public_key (OpenSSF model signing) instead",
             FutureWarning,
             stacklevel=2,
         )

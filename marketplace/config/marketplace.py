@@ -62,11 +62,14 @@ class MarketplaceRegistryConfig(Strict):
     name_template: str = "{workspace}.{model}"
     alias: str = "production"
     experiment_prefix: str = "/Shared/marketplace"
-    # Refuse every export without a valid OpenSSF signature (default: whenever any workspace has a public key).
+    # Refuse every export without a valid OpenSSF signature (default: whenever any workspace has a
+    # public key).
     require_signatures: bool | None = None
-    # Permissions the sync applies to matching marketplace models (and records, to revoke only its own).
+    # Permissions the sync applies to matching marketplace models (and records, to revoke only its
+    # own).
     grants: list[GrantConfig] = Field(default_factory=list)
-    # An authenticated OSS MLflow server: the variables holding the sync's credentials (never the values).
+    # An authenticated OSS MLflow server: the variables holding the sync's credentials (never the
+    # values).
     username_env: EnvName | None = None
     password_env: EnvName | None = None
     token_env: EnvName | None = None
@@ -111,9 +114,9 @@ class MarketplaceRegistryConfig(Strict):
             if len(parts) != 3 or not all(re.fullmatch(r"[A-Za-z0-9_-]{1,255}", p) for p in parts):
                 raise KeyedError(
                     "marketplace.name_template",
-                    f"{self.name_template!r} gives {sample!r}: a Unity Catalog model name is three levels, "
-                    "catalog.schema.model (for example 'marketplace.{workspace}.{model}'), each of letters, "
-                    "digits, '_' and '-'",
+                    f"{self.name_template!r} gives {sample!r}: a Unity Catalog model name is three "
+                    "levels, catalog.schema.model (for example "
+                    f"'marketplace.{{workspace}}.{{model}}'), each of letters, digits, '_' and '-'",
                 )
             if "{model}" not in self.name_template.rsplit(".", 1)[-1]:
                 raise KeyedError(

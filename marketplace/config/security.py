@@ -56,7 +56,8 @@ class SecurityConfig(Strict):
 
     def policy(self, mode: str | None = None) -> ScanPolicy:
         """scanning.scan_policy of this section, for marketplace_dagster's sensor and checks and
-        benchmarks/gate.py, which are rewritten elsewhere in issue 30: they call it directly then."""
+        benchmarks/gate.py, which are rewritten elsewhere in issue 30: they call it directly
+        then."""
         from marketplace.scanning import scan_policy  # modelscan: only where scanning happens
 
         return scan_policy(self, mode)

@@ -16,7 +16,8 @@ from marketplace.storage_options import AZURE_HOST, azure_account_of, object_sto
 
 # Option names that hold credentials: only ever read from the environment.
 SECRET_OPTION = re.compile(r"(?i)secret|password|token|sas|(^|_)(access_)?key($|_id$)|credential")
-# delta-rs 1.x commits with conditional puts; these belonged to its old S3 locking and do nothing now.
+# delta-rs 1.x commits with conditional puts; these belonged to its old S3 locking and do nothing
+# now.
 OBSOLETE_OPTIONS = re.compile(
     r"(?i)^(aws_)?(s3_locking_provider|dynamo\w*|s3_allow_unsafe_rename|allow_unsafe_rename)$"
 )
@@ -116,7 +117,8 @@ class AzureStorageConfig(Strict):
             )
         if self.use_emulator and self.endpoint:
             raise ValueError(
-                "use_emulator reads its URL from AZURITE_BLOB_STORAGE_URL; give endpoint or use_emulator"
+                "use_emulator reads its URL from AZURITE_BLOB_STORAGE_URL; give endpoint or "
+                "use_emulator"
             )
         _not_azurite_endpoint(self.endpoint)
         return self
@@ -132,9 +134,9 @@ def _not_azurite_endpoint(endpoint: str | None) -> None:
         and parsed.path.strip("/") == "devstoreaccount1"
     ):
         raise ValueError(
-            f"{endpoint} is Azurite: set use_emulator: true and AZURITE_BLOB_STORAGE_URL="
-            f"{parsed.scheme}://{parsed.netloc} instead (through an endpoint, Delta commits fail there "
-            "after a table's second)"
+            f"{endpoint} is Azurite: set use_emulator: true and "
+            f"AZURITE_BLOB_STORAGE_URL={parsed.scheme}://{parsed.netloc} instead (through an "
+            "endpoint, Delta commits fail there after a table's second)"
         )
 
 
@@ -172,8 +174,9 @@ class ExternalStorageConfig(Strict):
                 raise ValueError(f"{value!r}: {host!r} is not <account>.dfs.core.windows.net")
         elif scheme and len(scheme) > 1 and scheme != "file":
             raise ValueError(
-                f"{value!r}: scheme {parsed.scheme!r} is not supported; use a local folder (relative to the "
-                "configuration file, or absolute), a file:// URI, s3://, abfss:// or az://"
+                f"{value!r}: scheme {parsed.scheme!r} is not supported; use a local folder "
+                "(relative to the configuration file, or absolute), a file:// URI, s3://, "
+                "abfss:// or az://"
             )
         if scheme == "file" and parsed.netloc not in ("", "localhost"):
             # file://data/x would silently mean the folder /x on host "data".
@@ -195,8 +198,8 @@ class ExternalStorageConfig(Strict):
                 raise ValueError(f"{key!r} is not an object_store option name")
             if OBSOLETE_OPTIONS.fullmatch(key):
                 raise ValueError(
-                    f"{key}: delta-rs 1.x commits with conditional writes and ignores this (there is "
-                    "no DynamoDB locking any more); remove it"
+                    f"{key}: delta-rs 1.x commits with conditional writes and ignores this (there "
+                    "is no DynamoDB locking any more); remove it"
                 )
             if info.field_name == "storage_options" and SECRET_OPTION.search(key):
                 raise ValueError(
@@ -236,7 +239,8 @@ class ExternalStorageConfig(Strict):
             if uri_account and settings.account_name and uri_account != settings.account_name:
                 raise KeyedError(
                     "external_storage.azure.account_name",
-                    f"{settings.account_name!r} differs from the account in the uri ({uri_account!r})",
+                    f"{settings.account_name!r} differs from the account in the uri "
+                    f"({uri_account!r})",
                 )
             named = "azure_storage_account_name" in {
                 k.lower() for k in self.storage_options

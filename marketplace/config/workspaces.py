@@ -88,7 +88,8 @@ class ExportEngineConfig(Strict):
     def _volume(cls, value: str | None) -> str | None:
         if value is not None and not VOLUME_PATH.fullmatch(value.rstrip("/")):
             raise ValueError(
-                f"{value!r} is not a Unity Catalog volume path (/Volumes/<catalog>/<schema>/<volume>)"
+                f"{value!r} is not a Unity Catalog volume path "
+                "(/Volumes/<catalog>/<schema>/<volume>)"
             )
         return None if value is None else value.rstrip("/")
 
@@ -121,8 +122,8 @@ class ExportEngineConfig(Strict):
         ]
         if len(computes) != 1:
             raise ValueError(
-                "engine databricks needs exactly one of new_cluster, existing_cluster_id or serverless: true"
-                + (f" (got {', '.join(computes)})" if computes else "")
+                "engine databricks needs exactly one of new_cluster, existing_cluster_id or "
+                "serverless: true" + (f" (got {', '.join(computes)})" if computes else "")
             )
         if self.serverless and not self.volume_path:
             raise ValueError(
@@ -139,14 +140,16 @@ class SigningConfig(Strict):
     """A workspace's OpenSSF model-signing keys: its exporter signs with the private key, the
     marketplace verifies with the public one."""
 
-    # The environment variable holding the PEM of an EC private key, where this workspace's exports run.
+    # The environment variable holding the PEM of an EC private key, where this workspace's exports
+    # run.
     private_key_env: str | None = Field(default=None, pattern=ENV_NAME)
     # The PEM of the matching public key, inline, or a file relative to the configuration file.
     public_key: str | None = None
 
 
 class WebhookConfig(Strict):
-    """A source registry's pushes: the receiver verifies each delivery with the secret in `secret_env`."""
+    """A source registry's pushes: the receiver verifies each delivery with the secret in
+    `secret_env`."""
 
     secret_env: EnvName
     # The marketplace creates or updates its own webhook on the source (MLflow 3 registries).
@@ -190,12 +193,13 @@ class WorkspaceConfig(Strict):
             raise ValueError("Unity Catalog has no stages: select production versions by alias")
         if self.databricks and not self.databricks.unity_catalog and self.production.alias:
             raise ValueError(
-                "MLflow refuses aliases on the Databricks workspace registry: select production versions "
-                "by stage, or set databricks.unity_catalog: true for a Unity Catalog registry"
+                "MLflow refuses aliases on the Databricks workspace registry: select production "
+                "versions by stage, or set databricks.unity_catalog: true for a Unity Catalog "
+                "registry"
             )
         if self.export.engine == "databricks" and self.databricks is None:
             raise ValueError(
-                "export.engine: a Databricks job runs in a Databricks workspace: give the workspace "
-                "a databricks block"
+                "export.engine: a Databricks job runs in a Databricks workspace: give the "
+                "workspace a databricks block"
             )
         return self

@@ -92,7 +92,8 @@ def namespaces_command(
 ) -> list[str]:
     """The warm process inside bubblewrap (`namespaces` mode)."""
     # Not --die-with-parent: its signal follows the thread that started bwrap, and a sandbox may be
-    # begun from a pool thread. The warm process ends when its stdin closes, as the run's process does.
+    # begun from a pool thread. The warm process ends when its stdin closes, as the run's process
+    # does.
     command = [
         bwrap,
         "--unshare-all",

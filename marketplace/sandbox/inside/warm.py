@@ -12,7 +12,8 @@ OPTIONAL = ("sklearn", "mlflow.sklearn", "skops.io", "cloudpickle", "pyarrow.par
 
 
 def import_libraries() -> float:
-    """Import MLflow's pyfunc, pandas and (where installed) scikit-learn and skops; seconds taken."""
+    """Import MLflow's pyfunc, pandas and (where installed) scikit-learn and skops; seconds
+    taken."""
     started = time.monotonic()
     # What libraries would otherwise start a process for: GitPython checking `git version` at
     # import, matplotlib listing fonts with `fc-list` for an interactive backend.
@@ -25,18 +26,19 @@ def import_libraries() -> float:
 
     try:
         name_ufuncs()
-    except Exception:  # noqa: BLE001 - skops then names them itself, slower
+    except Exception:  # noqa: BLE001, S110 - skops then names them itself, slower
         pass
     for optional in OPTIONAL:
         try:
             __import__(optional)
-        except Exception:  # noqa: BLE001 - a missing library is the load's to report
+        except Exception:  # noqa: BLE001, S110 - a missing library is the load's to report
             pass
     return time.monotonic() - started
 
 
 def import_evaluation() -> None:
-    """What MLflow's evaluation imports (2-3 s), once, before the first evaluation forks its child."""
+    """What MLflow's evaluation imports (2-3 s), once, before the first evaluation forks its
+    child."""
     for module in (
         "mlflow.models.evaluation",
         "mlflow.models.evaluation.default_evaluator",
@@ -45,7 +47,7 @@ def import_evaluation() -> None:
     ):
         try:
             __import__(module)
-        except Exception:  # noqa: BLE001 - the evaluation reports what it misses
+        except Exception:  # noqa: BLE001, S110 - the evaluation reports what it misses
             pass
 
 

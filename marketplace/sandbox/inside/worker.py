@@ -91,7 +91,8 @@ def serve(request: dict, options) -> dict:
 
 
 def _collect(pid: int, result_fd: int, events_fd: int, timeout: float) -> tuple[bytes, bytes, bool]:
-    """Read the child's result and events until both close or the time limit passes (then kill it)."""
+    """Read the child's result and events until both close or the time limit passes (then kill
+    it)."""
     deadline = time.monotonic() + timeout
     buffers = {result_fd: bytearray(), events_fd: bytearray()}
     open_fds = set(buffers)
