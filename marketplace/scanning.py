@@ -91,7 +91,8 @@ class ScanPolicy:
                 f"block severity {self.block_severity!r} is not one of {', '.join(SEVERITIES)}"
             )
         if isinstance(self.allow_globals, str):
-            raise ValueError("allow_globals is a list of 'module.name' globals, not one string")
+            # a setting at fault, reported as the other settings are
+            raise ValueError("allow_globals is a list of 'module.name' globals, not one string")  # noqa: TRY004
         allowed = tuple(self.allow_globals)
         for name in allowed:
             # Only real globals: an unscannable file is never allowlisted.
@@ -342,7 +343,7 @@ def _rescan_as_pickle(file: Path, root: Path, settings: dict[str, Any]) -> list[
     try:
         with Model(file) as model:
             results = scan_pickle_bytes(model, settings, multiple_pickles=True)
-    except Exception as error:  # modelscan's parser raises more than its own errors
+    except Exception as error:  # noqa: BLE001 - modelscan's parser raises more than its own errors
         return [_unscannable(relative, f"pickle: {error}")]
     return [_issue_finding(issue, root) for issue in results.issues] + [
         _error_finding(error, root) for error in results.errors

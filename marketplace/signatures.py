@@ -116,7 +116,8 @@ def _check_ec(key: object, what: str, kind: str) -> None:
     if not isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         algorithm = type(key).__name__.lstrip("_").removesuffix("PrivateKey")
         algorithm = algorithm.removesuffix("PublicKey")
-        raise ValueError(f"{what} is not a PEM EC {kind} key: it is {algorithm}; {EC_ONLY}")
+        # a key at fault, reported as every other unusable key is
+        raise ValueError(f"{what} is not a PEM EC {kind} key: it is {algorithm}; {EC_ONLY}")  # noqa: TRY004
     if key.curve.name not in CURVES:
         raise ValueError(f"{what} is on curve {key.curve.name}; {EC_ONLY}")
 
