@@ -1,6 +1,6 @@
 """The `external_storage` section: where exports and the summary tables live (a local folder, an S3
-bucket or an ADLS container), and the object_store options that reach it, credentials only by the
-names of the variables holding them."""
+bucket or an ADLS container) and how to reach it, credentials only by the names of the variables
+holding them. `marketplace.storage_options` turns these settings into object_store options."""
 
 from __future__ import annotations
 

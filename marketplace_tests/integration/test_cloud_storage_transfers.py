@@ -78,11 +78,11 @@ def test_large_files_download_in_ranges_and_an_object_replaced_meanwhile_is_refu
 ):
     import obstore
 
-    from marketplace import storage as storage_module
+    from marketplace import object_storage
     from marketplace.storage import StorageError
 
     storage = _object_storage(cloud, lease_seconds=60)
-    monkeypatch.setattr(storage_module, "RANGE_BYTES", 1024 * 1024)
+    monkeypatch.setattr(object_storage, "RANGE_BYTES", 1024 * 1024)
     staging = tmp_path / "staging"
     (staging / "shards").mkdir(parents=True)
     files = {
