@@ -25,6 +25,7 @@ from marketplace.config import load_config
 from marketplace.export_facts import ExportFacts
 from marketplace.external import ExternalStorage
 from marketplace.gate import GateKeeper
+from marketplace.scanning import scan_policy
 
 THRESHOLDS = {
     "roc_auc": {"min_relative_change": 0.0, "greater_is_better": True},
@@ -102,7 +103,7 @@ def bench_gate(folder: Path, rows: int, versions: int) -> dict:
             ExternalStorage.of(config),
             tracking_uri=market.uri,
             registry_uri=None,
-            policy=config.security.policy(),
+            policy=scan_policy(config.security),
             facts=lambda model, version: ExportFacts(),
         )
         keeper.check_ready()

@@ -27,6 +27,7 @@ from marketplace.audits import (
 from marketplace.config import MarketplaceConfig
 from marketplace.gate import configured_holds
 from marketplace.reconciliation import audit_sources, audit_summaries
+from marketplace.registries import SourceRegistries
 from marketplace.telemetry import registry_time
 from marketplace_dagster.keys import (
     APPROVALS_PENDING,
@@ -223,7 +224,8 @@ def build_gate_checks(
 def build_signed_and_clean_check(config: MarketplaceConfig) -> dg.AssetChecksDefinition:
     """Every recorded export, as an auditor would see it: its OpenSSF signature under its
     workspace's key, and a scan under the configured severity (whatever the scan mode)."""
-    public_keys = {w.name: config.public_key(w.name) for w in config.workspaces}
+    sources = SourceRegistries(config)
+    public_keys = {w.name: sources.public_key(w.name) for w in config.workspaces}
 
     @dg.asset_check(
         asset=EXPORTS,

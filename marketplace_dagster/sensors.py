@@ -24,7 +24,7 @@ from marketplace.layout import skip_record_key
 from marketplace.polling import poll_workspaces
 from marketplace.registries import MarketplaceRegistry
 from marketplace.registry import configure_http
-from marketplace.scanning import ScanPolicy
+from marketplace.scanning import ScanPolicy, scan_policy
 from marketplace.storage import Storage
 from marketplace.sync_requests import FINISHED as RUN_FINISHED
 from marketplace.sync_requests import (
@@ -199,7 +199,7 @@ def build_production_version_sensor(config: MarketplaceConfig, job) -> dg.Sensor
             run_states=states,
             held=held,
             released=released,
-            quarantined=partial(_quarantined, storage, config.security.policy()),
+            quarantined=partial(_quarantined, storage, scan_policy(config.security)),
             full=full,
             day=today,
             now=now,

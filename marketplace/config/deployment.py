@@ -178,14 +178,6 @@ class MarketplaceConfig(Strict):
             return self.marketplace.require_signatures
         return any(w.signing.public_key for w in self.workspaces)
 
-    def public_key(self, workspace: str) -> str | None:
-        """signatures.read_public_key of the workspace's signing.public_key, for
-        marketplace_dagster's checks, which are rewritten elsewhere in issue 30."""
-        from marketplace.signatures import read_public_key  # cryptography: only where keys are
-
-        value = self.workspace(workspace).signing.public_key
-        return None if value is None else read_public_key(value, self.base_dir)
-
     def gate_for(self, workspace: str) -> GateConfig:
         """The workspace's gate: each key it sets replaces the global one's."""
         own = self.workspace(workspace).gate

@@ -4,15 +4,12 @@ a sandbox."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from marketplace.config.base import Strict
 from marketplace.sandbox.settings import SandboxSettings
-
-if TYPE_CHECKING:
-    from marketplace.scanning import ScanPolicy
 
 GLOBAL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
@@ -53,11 +50,3 @@ class SecurityConfig(Strict):
                     f"{name!r} is not a global as module.name (for example 'posix.system')"
                 )
         return value
-
-    def policy(self, mode: str | None = None) -> ScanPolicy:
-        """scanning.scan_policy of this section, for marketplace_dagster's sensor and checks and
-        benchmarks/gate.py, which are rewritten elsewhere in issue 30: they call it directly
-        then."""
-        from marketplace.scanning import scan_policy  # modelscan: only where scanning happens
-
-        return scan_policy(self, mode)
