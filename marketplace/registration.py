@@ -59,7 +59,7 @@ class RegistrationSettings:
 
     marker: Marker
     source_uri: str  # the workspace's tracking URI, redacted: the models' provenance
-    max_workers: int = 4
+    max_workers: int  # models registered at once
 
 
 @dataclass

@@ -3,6 +3,8 @@ state, the sensor's pending list and the reconciliation's wording."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from marketplace.lifecycle import (
@@ -12,9 +14,13 @@ from marketplace.lifecycle import (
     ROLLED_BACK,
     Change,
     Recorded,
+    RegistrationRun,
+    Wanted,
     decide,
     divergences,
+    history_row,
     recorded_states,
+    served_versions,
 )
 from marketplace.provenance import Marker, description
 from marketplace.sync_requests import pending_changes
@@ -76,6 +82,35 @@ def test_recorded_state_is_the_last_row_by_sequence_whatever_the_read_order():
     assert states["w.n"] == Recorded(1, 7, 7)
     assert recorded_states(rows, by="model_name")["n"] == Recorded(1, 7, 7)
     assert recorded_states([]) == {}
+
+
+def test_served_versions_are_every_version_production_pointed_at_never_a_retirement():
+    rows = [_row("w.m", 1, 1), _row("w.m", 2, 3), _row("w.m", 3, None), _row("w.n", 1, 7)]
+    assert served_versions(rows) == {"w.m": {1, 3}, "w.n": {7}}
+    assert served_versions([_row("w.m", 1, None)]) == {}
+
+
+def test_a_history_row_counts_on_from_the_recorded_sequence():
+    run = RegistrationRun(
+        "w", "run-1", dt.date(2026, 1, 2), dt.datetime(2026, 1, 2, 3, tzinfo=dt.UTC)
+    )
+    wanted = Wanted("m", "w.m", 3)
+    row = history_row(run, wanted, Change(PROMOTED, 3, 2), ACTIVE_2, marketplace_version=5)
+    assert row == {
+        "workspace": "w",
+        "model_name": "m",
+        "marketplace_name": "w.m",
+        "sequence": 3,
+        "change": PROMOTED,
+        "source_version": 3,
+        "previous_source_version": 2,
+        "marketplace_version": 5,
+        "changed_at": run.changed_at,
+        "run_id": "run-1",
+        "snapshot_date": run.snapshot_date,
+    }
+    first = history_row(run, wanted, Change(PROMOTED, 3, None), None, marketplace_version=1)
+    assert first["sequence"] == 1
 
 
 def test_pending_changes_name_every_divergence_and_nothing_else():
