@@ -22,7 +22,7 @@ from marketplace.gate import FAILED, PENDING, Held, age
 from marketplace.layout import EXPORTS_DIR, ExportFolder, export_folder_of_file
 from marketplace.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, verify_export
 from marketplace.registry import configure_http
-from marketplace.scanning import scan_folder
+from marketplace.scanning import scan_folder, scan_policy
 from marketplace.signatures import SignatureError, verify_export_signature
 from marketplace.source_webhooks import WebhookState, inspect_webhook
 from marketplace.telemetry import RegistryTime
@@ -145,7 +145,7 @@ def audit_signed_and_clean(
 ) -> Verdict:
     """Every recorded export of a configured workspace, as an auditor sees it: its signature
     under its workspace's key, and a scan under the blocking severity (whatever the scan mode)."""
-    policy = security.policy("block")
+    policy = scan_policy(security, "block")
     rows = [r for r in storage.read_rows(summary.EXPORT_SUMMARY) if r["workspace"] in public_keys]
     found: dict[str, list[str]] = {UNSIGNED: [], MIS_SIGNED: [], "unsafe": []}
     scanned = 0
