@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # Nine items, one through a real daemon waiting on its 20 s poll, every sync starting its sandbox:
-# longer than the suite's 600 s; the run's own timeout below comes first, and shows how far it got.
+# longer than the suite's 1200 s; the run's own timeout below comes first, and shows how far it got.
 @pytest.mark.timeout(3700)
 def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     committed = (ROOT / "BENCHMARKS.md").read_bytes() if (ROOT / "BENCHMARKS.md").exists() else None
