@@ -123,6 +123,23 @@ def step_failure_message(result) -> str:
     return "\n".join(messages)
 
 
+def materialize_command(partition: str) -> list[str]:
+    """`dagster asset materialize` of every asset of the definitions, for one partition."""
+    from .support import DAGSTER
+
+    return [
+        str(DAGSTER),
+        "asset",
+        "materialize",
+        "-m",
+        "marketplace_dagster.definitions",
+        "--select",
+        "*",
+        "--partition",
+        partition,
+    ]
+
+
 def materialize_in_processes(
     deployment: Deployment, workspaces, tmp_path: Path, day: dt.date = TODAY
 ) -> None:
@@ -130,7 +147,7 @@ def materialize_in_processes(
     each, on one persistent instance; each must succeed."""
     import subprocess
 
-    from .support import DAGSTER, ROOT
+    from .support import ROOT
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -144,17 +161,7 @@ def materialize_in_processes(
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             processes.append(
                 subprocess.Popen(
-                    [
-                        str(DAGSTER),
-                        "asset",
-                        "materialize",
-                        "-m",
-                        "marketplace_dagster.definitions",
-                        "--select",
-                        "*",
-                        "--partition",
-                        f"{day.isoformat()}|{w}",
-                    ],
+                    materialize_command(f"{day.isoformat()}|{w}"),
                     cwd=ROOT,
                     env=env,
                     stdout=output,
