@@ -93,6 +93,28 @@ def deployments(tmp_path: Path, marketplace_uri: str):
         instance.dispose()
 
 
+def one_model_each(servers, deploy, uid: str, workspaces, **overrides) -> Deployment:
+    """A deployment of `workspaces` on ws_a, each with a Production model of its own
+    ({uid}_{workspace}_m) registered first, named `{uid}-{workspace}.{model}` in the marketplace."""
+    from harness.seeding import register_version  # imports a model class: only when used
+
+    for workspace in workspaces:
+        register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
+    return deploy(
+        [
+            {
+                "name": w,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_{w}_*"],
+            }
+            for w in workspaces
+        ],
+        marketplace={"name_template": uid + "-{workspace}.{model}"},
+        **overrides,
+    )
+
+
 def materializations(result, asset_key: dg.AssetKey) -> dict:
     """The metadata values of the asset's materialization in `result`."""
     for event in result.get_asset_materialization_events():
