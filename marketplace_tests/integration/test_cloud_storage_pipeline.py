@@ -22,6 +22,7 @@ from marketplace_tests.testing.deployments import (
     assert_nothing_new,
     materializations,
     materialize_in_processes,
+    one_model_each,
     step_failure_message,
 )
 from marketplace_tests.testing.emulators import CLOUD_KEYS
@@ -128,21 +129,7 @@ def test_parallel_partitions_write_the_summary_tables_without_losing_a_row(
 ):
     _, storage_config = cloud
     workspaces = ("p1", "p2", "p3", "p4")
-    for workspace in workspaces:
-        register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
-    deployment = deploy(
-        [
-            {
-                "name": w,
-                "tracking_uri": servers["ws_a"].uri,
-                "production": {"stage": "Production"},
-                "include": [f"{uid}_{w}_*"],
-            }
-            for w in workspaces
-        ],
-        external_storage=storage_config,
-        marketplace={"name_template": uid + "-{workspace}.{model}"},
-    )
+    deployment = one_model_each(servers, deploy, uid, workspaces, external_storage=storage_config)
     materialize_in_processes(deployment, workspaces, tmp_path)
 
     for table in ("export_summary", "import_summary"):

@@ -4,28 +4,14 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from harness.seeding import register_version
-from marketplace_tests.testing.deployments import materialize_in_processes
+from marketplace_tests.testing.deployments import materialize_in_processes, one_model_each
 from marketplace_tests.testing.support import table_rows
 
 WORKSPACES = ("c1", "c2", "c3", "c4")  # the issue asks for at least 4 concurrent runs
 
 
 def test_concurrent_partition_runs_keep_every_row(servers, deploy, uid, tmp_path):
-    for workspace in WORKSPACES:
-        register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
-    deployment = deploy(
-        [
-            {
-                "name": w,
-                "tracking_uri": servers["ws_a"].uri,
-                "production": {"stage": "Production"},
-                "include": [f"{uid}_{w}_*"],
-            }
-            for w in WORKSPACES
-        ],
-        marketplace={"name_template": uid + "-{workspace}.{model}"},
-    )
+    deployment = one_model_each(servers, deploy, uid, WORKSPACES)
     materialize_in_processes(deployment, WORKSPACES, tmp_path)
 
     for table in ("export_summary", "import_summary"):

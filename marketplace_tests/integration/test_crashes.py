@@ -9,7 +9,6 @@ for a sleep.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -37,13 +36,12 @@ from marketplace.provenance import (
 )
 from marketplace.registry import EXPORTED_ON_TAG, process_tracking_uri
 from marketplace_dagster import keys
-from marketplace_dagster.partitions import partition_tags
 from marketplace_dagster.resources import build_resources
 from marketplace_tests.testing.deployments import TODAY, materializations, step_failure_message
+from marketplace_tests.testing.driving import sync_job_command
 from marketplace_tests.testing.faults import FaultProxy, Hold
-from marketplace_tests.testing.support import DAGSTER, ROOT, table_rows
+from marketplace_tests.testing.support import ROOT, table_rows
 
-SYNC_JOB = "marketplace_sync_job"
 CREATE_VERSION = "/model-versions/create"
 GET_LOGGED_MODEL = "/logged-models/"
 
@@ -62,17 +60,7 @@ def _launch(config: Path, home: Path, workspace: str, log: Path) -> subprocess.P
     runs it; its output goes to `log` (a pipe nobody reads could fill and stall it)."""
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [
-                str(DAGSTER),
-                "job",
-                "execute",
-                "-m",
-                "marketplace_dagster.definitions",
-                "-j",
-                SYNC_JOB,
-                "--tags",
-                json.dumps(partition_tags(TODAY, workspace)),
-            ],
+            sync_job_command(TODAY, workspace),
             cwd=ROOT,
             env={**os.environ, "MARKETPLACE_CONFIG": str(config), "DAGSTER_HOME": str(home)},
             stdout=output,

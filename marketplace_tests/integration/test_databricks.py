@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 
 from harness.seeding import register_version
 from marketplace import databricks
-from marketplace.config import DatabricksConnection
 from marketplace.provenance import TAG_SOURCE_MODEL
 from marketplace_dagster import keys
 from marketplace_tests.testing.databricks import DatabricksStandIn
+from marketplace_tests.testing.databricks_settings import connection_settings as _settings
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
@@ -98,18 +98,6 @@ def test_sync_between_databricks_workspaces_each_with_its_own_service_principal(
     # Neither secret shows in any event, log line or metadata value of the run.
     events = "\n".join(dg.serialize_value(event) for event in result.all_events)
     assert "dapi-dev01-secret" not in events and "sp-market-secret" not in events
-
-
-def _settings(monkeypatch, tmp_path, **extra) -> DatabricksConnection:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    fields = {
-        "host": "https://adb-1.net",
-        "auth": "oauth-m2m",
-        "client_id": "sp",
-        "secret_env": "DEV01_SECRET",
-        **extra,
-    }
-    return DatabricksConnection(**fields)
 
 
 def test_missing_secret_variable_names_the_workspace_and_variable_not_a_secret(

@@ -21,12 +21,13 @@ from marketplace.layout import export_key
 from marketplace.signatures import generate_key_pair, verify_export_signature
 from marketplace_dagster import keys
 from marketplace_tests.testing.databricks import DatabricksStandIn
+from marketplace_tests.testing.databricks_settings import PAT_CONNECTION as DBX
+from marketplace_tests.testing.databricks_settings import S3_STORAGE, VOLUME, WHEEL
+from marketplace_tests.testing.databricks_settings import SERVERLESS_EXPORT as GOOD
 from marketplace_tests.testing.deployments import materializations, step_failure_message
 from marketplace_tests.testing.emulators import CLOUD_KEYS, S3_KEY_ID, S3_SECRET
 from marketplace_tests.testing.support import table_rows
 
-WHEEL = "/Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl"
-VOLUME = "/Volumes/main/marketplace/pipes"
 SECRET_ENV = {
     CLOUD_KEYS["id"]: "{{secrets/marketplace/s3-key-id}}",
     CLOUD_KEYS["secret"]: "{{secrets/marketplace/s3-secret}}",
@@ -59,20 +60,50 @@ def s3_storage(emulators, uid, monkeypatch) -> dict:
     return s3.storage_config(f"{uid}-dbx", "marketplace", CLOUD_KEYS)
 
 
-@pytest.mark.parametrize("compute", sorted(COMPUTE))
-def test_the_export_runs_as_a_databricks_job_and_reports_back(
-    compute, servers, deploy, uid, s3_storage, tmp_path
-):
-    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production", description="before")
-    secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET}
-    with DatabricksStandIn(
+def _standin(servers, tmp_path, secrets_store: dict[str, str]) -> DatabricksStandIn:
+    """A workspace in front of ws_a taking the token dapi-dev01-secret, its secret scope holding
+    `secrets_store`, its volumes under the test's workspace/ folder."""
+    return DatabricksStandIn(
         servers["ws_a"].uri,
         auth="pat",
         token="dapi-dev01-secret",
         volumes_root=tmp_path / "workspace",
         secrets_store=secrets_store,
         cluster_env={"AWS_EC2_METADATA_DISABLED": "true"},
-    ) as workspace:
+    )
+
+
+def _workspace(workspace: DatabricksStandIn, uid: str, export: dict, **extra) -> dict:
+    """Workspace dev01 on the stand-in, its token in DEV01_TOKEN, exporting the test's models
+    with `export`."""
+    return {
+        "name": "dev01",
+        "databricks": {**DBX, "host": workspace.host},
+        "production": {"stage": "Production"},
+        "include": [f"{uid}_*"],
+        "export": export,
+        **extra,
+    }
+
+
+def _failure_and_job_logs(result, workspace: DatabricksStandIn) -> str:
+    """The run's step failure and the end of each job's log."""
+    return (
+        step_failure_message(result)
+        + "\n"
+        + "\n".join(
+            run["log"].read_text(errors="replace")[-3000:] for run in workspace.jobs.runs.values()
+        )
+    )
+
+
+@pytest.mark.parametrize("compute", sorted(COMPUTE))
+def test_the_export_runs_as_a_databricks_job_and_reports_back(
+    compute, servers, deploy, uid, s3_storage, tmp_path
+):
+    register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production", description="before")
+    secrets_store = {"marketplace/s3-key-id": S3_KEY_ID, "marketplace/s3-secret": S3_SECRET}
+    with _standin(servers, tmp_path, secrets_store) as workspace:
         export = {
             "engine": "databricks",
             "wheel": WHEEL,
@@ -82,31 +113,12 @@ def test_the_export_runs_as_a_databricks_job_and_reports_back(
             **COMPUTE[compute],
         }
         deployment = deploy(
-            [
-                {
-                    "name": "dev01",
-                    "databricks": {
-                        "host": workspace.host,
-                        "auth": "pat",
-                        "secret_env": "DEV01_TOKEN",
-                    },
-                    "production": {"stage": "Production"},
-                    "include": [f"{uid}_*"],
-                    "export": export,
-                }
-            ],
+            [_workspace(workspace, uid, export)],
             external_storage=s3_storage,
             marketplace={"name_template": uid + ".{workspace}.{model}"},
         )
         result = deployment.sync("dev01")
-        assert result.success, (
-            step_failure_message(result)
-            + "\n"
-            + "\n".join(
-                run["log"].read_text(errors="replace")[-3000:]
-                for run in workspace.jobs.runs.values()
-            )
-        )
+        assert result.success, _failure_and_job_logs(result, workspace)
 
     exported = materializations(result, keys.EXPORTS)
     assert exported["engines"] == ["databricks"]
@@ -168,14 +180,7 @@ def test_the_job_signs_the_export_with_a_key_read_from_a_secret(
         "marketplace/s3-secret": S3_SECRET,
         "marketplace/dev01-signing-key": private,
     }
-    with DatabricksStandIn(
-        servers["ws_a"].uri,
-        auth="pat",
-        token="dapi-dev01-secret",
-        volumes_root=tmp_path / "workspace",
-        secrets_store=secrets_store,
-        cluster_env={"AWS_EC2_METADATA_DISABLED": "true"},
-    ) as workspace:
+    with _standin(servers, tmp_path, secrets_store) as workspace:
         export = {
             "engine": "databricks",
             "wheel": WHEEL,
@@ -186,34 +191,21 @@ def test_the_job_signs_the_export_with_a_key_read_from_a_secret(
         }
         deployment = deploy(
             [
-                {
-                    "name": "dev01",
-                    "databricks": {
-                        "host": workspace.host,
-                        "auth": "pat",
-                        "secret_env": "DEV01_TOKEN",
-                    },
-                    "production": {"stage": "Production"},
-                    "include": [f"{uid}_*"],
-                    "export": export,
-                    "signing": {
+                _workspace(
+                    workspace,
+                    uid,
+                    export,
+                    signing={
                         "private_key_env": "DEV01_SIGNING_KEY",
                         "public_key": "dev01.pub.pem",
                     },
-                }
+                )
             ],
             external_storage=s3_storage,
             marketplace={"name_template": uid + ".{workspace}.{model}"},
         )
         result = deployment.sync("dev01")
-        assert result.success, (
-            step_failure_message(result)
-            + "\n"
-            + "\n".join(
-                run["log"].read_text(errors="replace")[-3000:]
-                for run in workspace.jobs.runs.values()
-            )
-        )
+        assert result.success, _failure_and_job_logs(result, workspace)
 
     # Serverless: the job read the key through the secrets API itself; the spec holds only its
     # reference.
@@ -233,26 +225,13 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(
 ):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     # The workspace's secret scope lacks the storage secret: the serverless job cannot read it.
-    with DatabricksStandIn(
-        servers["ws_a"].uri,
-        auth="pat",
-        token="dapi-dev01-secret",
-        volumes_root=tmp_path / "workspace",
-        secrets_store={"marketplace/s3-key-id": S3_KEY_ID},
-        cluster_env={"AWS_EC2_METADATA_DISABLED": "true"},
-    ) as workspace:
+    with _standin(servers, tmp_path, {"marketplace/s3-key-id": S3_KEY_ID}) as workspace:
         deployment = deploy(
             [
-                {
-                    "name": "dev01",
-                    "databricks": {
-                        "host": workspace.host,
-                        "auth": "pat",
-                        "secret_env": "DEV01_TOKEN",
-                    },
-                    "production": {"stage": "Production"},
-                    "include": [f"{uid}_*"],
-                    "export": {
+                _workspace(
+                    workspace,
+                    uid,
+                    {
                         "engine": "databricks",
                         "wheel": WHEEL,
                         "volume_path": VOLUME,
@@ -260,7 +239,7 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(
                         "poll_interval_seconds": 0.2,
                         "serverless": True,
                     },
-                }
+                )
             ],
             external_storage=s3_storage,
         )
@@ -276,22 +255,6 @@ def test_a_job_that_fails_fails_the_partition_with_its_state(
     assert "the task exited with 1" in message
     assert "no such secret" in job_log or "RESOURCE_DOES_NOT_EXIST" in job_log
     assert table_rows(deployment, "export_summary") == []
-
-
-DBX = {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "DEV01_TOKEN"}
-S3_STORAGE = {
-    "uri": "s3://bucket-a/mp",
-    "s3": {"region": "eu-west-1", "access_key_id_env": "K_ID", "secret_access_key_env": "K_SECRET"},
-}
-
-
-GOOD = {
-    "engine": "databricks",
-    "wheel": WHEEL,
-    "serverless": True,
-    "volume_path": VOLUME,
-    "env": {"K_ID": "{{secrets/mp/id}}", "K_SECRET": "{{secrets/mp/secret}}"},
-}
 
 
 def test_a_missing_job_variable_in_the_dagster_process_fails_before_submitting(

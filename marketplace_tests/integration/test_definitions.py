@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from harness.seeding import register_version
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
-from marketplace_tests.testing.deployments import TODAY
-from marketplace_tests.testing.support import DAGSTER, ROOT
+from marketplace_tests.testing.deployments import TODAY, materialize_command
+from marketplace_tests.testing.support import ROOT
 
 
 def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
@@ -31,17 +31,7 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
-    command = [
-        str(DAGSTER),
-        "asset",
-        "materialize",
-        "-m",
-        "marketplace_dagster.definitions",
-        "--select",
-        "*",
-        "--partition",
-        f"{TODAY.isoformat()}|cli",
-    ]
+    command = materialize_command(f"{TODAY.isoformat()}|cli")
     result = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )

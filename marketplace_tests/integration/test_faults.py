@@ -14,20 +14,26 @@ from marketplace_tests.testing.deployments import materializations, step_failure
 from marketplace_tests.testing.faults import FaultProxy, Hold
 
 
+def _deploy_through(deploy, proxy, name: str, uid: str, **client):
+    """Workspace `name` reached through `proxy`, the test's models only, with `client`'s
+    timeout and retries."""
+    return deploy(
+        [
+            {
+                "name": name,
+                "tracking_uri": proxy.uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_*"],
+            }
+        ],
+        client=client,
+    )
+
+
 def test_transient_server_errors_are_retried_and_the_sync_completes(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     with FaultProxy(servers["ws_a"].uri, fail_first=2, status=503) as proxy:
-        deployment = deploy(
-            [
-                {
-                    "name": "flaky",
-                    "tracking_uri": proxy.uri,
-                    "production": {"stage": "Production"},
-                    "include": [f"{uid}_*"],
-                }
-            ],
-            client={"timeout_seconds": 5, "max_retries": 3},
-        )
+        deployment = _deploy_through(deploy, proxy, "flaky", uid, timeout_seconds=5, max_retries=3)
         result = deployment.sync("flaky")
     assert result.success, step_failure_message(result)
     assert proxy.failed == 2 and proxy.forwarded > 0  # the faults were served, then retried past
@@ -38,17 +44,7 @@ def test_transient_server_errors_are_retried_and_the_sync_completes(servers, dep
 def test_persistent_server_errors_fail_the_partition_clearly_within_bounds(servers, deploy, uid):
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     with FaultProxy(servers["ws_a"].uri, fail_first=None, status=500) as proxy:
-        deployment = deploy(
-            [
-                {
-                    "name": "broken",
-                    "tracking_uri": proxy.uri,
-                    "production": {"stage": "Production"},
-                    "include": [f"{uid}_*"],
-                }
-            ],
-            client={"timeout_seconds": 5, "max_retries": 1},
-        )
+        deployment = _deploy_through(deploy, proxy, "broken", uid, timeout_seconds=5, max_retries=1)
         result = deployment.sync("broken")
     assert not result.success
     message = step_failure_message(result)
@@ -67,17 +63,7 @@ def test_a_request_that_times_out_is_retried_and_the_sync_completes(servers, dep
     register_version(servers["ws_a"].uri, f"{uid}_m", stage="Production")
     hold = Hold("GET", "/registered-models/search")  # no answer until the client has given up on it
     with FaultProxy(servers["ws_a"].uri, holds=[hold]) as proxy:
-        deployment = deploy(
-            [
-                {
-                    "name": "slow",
-                    "tracking_uri": proxy.uri,
-                    "production": {"stage": "Production"},
-                    "include": [f"{uid}_*"],
-                }
-            ],
-            client={"timeout_seconds": 2, "max_retries": 2},
-        )
+        deployment = _deploy_through(deploy, proxy, "slow", uid, timeout_seconds=2, max_retries=2)
 
         def release_after_the_retry() -> None:
             hold.reached.wait(300)

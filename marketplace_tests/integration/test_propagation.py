@@ -30,7 +30,6 @@ from marketplace_tests.testing.propagation import (
     CHANGE_TIMEOUT,
     IN_FLIGHT,
     POLL_SECONDS,
-    SECRET_ENV,
     WEBHOOK_LATENCY_BOUND,
     Consumer,
     Live,
@@ -38,6 +37,7 @@ from marketplace_tests.testing.propagation import (
     other,
     wait_for,
 )
+from marketplace_tests.testing.webhooks import SECRET_ENV
 
 
 @pytest.fixture(scope="module")

@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import multiprocessing
 import traceback
 from collections import Counter
+from collections.abc import Callable
 
 from deltalake import DeltaTable
 
 from marketplace.summary import (
     EXPORT_SUMMARY,
     IMPORT_SUMMARY,
-    KEY_COLUMNS,
     SCHEMAS,
     ensure_table,
     merge_rows,
 )
-from marketplace_tests.testing.driving import DAY_1, export_row
-
-
-def import_row(workspace: str, model_name: str, version: int, day: dt.date = DAY_1) -> dict:
-    return {
-        "workspace": workspace,
-        "model_name": model_name,
-        "version": version,
-        "marketplace_model": f"{workspace}.{model_name}",
-        "marketplace_version": version,
-        "import_date": day,
-        "imported_at": dt.datetime.combine(day, dt.time(6, 0), tzinfo=dt.UTC),
-        "checksum": f"{version:064x}",
-        "run_id": None,
-    }
-
-
-def table_rows(uri: str) -> list[dict]:
-    """The table's rows read straight from Delta, not through read_rows."""
-    return DeltaTable(uri).to_pyarrow_table().to_pylist()
-
-
-def keys(rows) -> Counter:
-    return Counter(tuple(row[column] for column in KEY_COLUMNS) for row in rows)
-
+from marketplace_tests.testing.driving import export_row
+from marketplace_tests.testing.summary_rows import import_row, keys, table_rows
 
 PROCESSES = 8
 ROWS_PER_PROCESS = 3
@@ -66,12 +42,14 @@ def _merge_worker(uri: str, index: int, barrier, results) -> None:
         results.put((index, "error", traceback.format_exc()))
 
 
-def _run_concurrent_writers(uri: str) -> list[tuple]:
+def _race(worker: Callable, uri: str) -> list[tuple]:
+    """Run `worker(uri, index, barrier, results)` in PROCESSES spawned processes at once; their
+    (index, status, detail) outcomes."""
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     results = context.Queue()
     processes = [
-        context.Process(target=_merge_worker, args=(uri, index, barrier, results), daemon=True)
+        context.Process(target=worker, args=(uri, index, barrier, results), daemon=True)
         for index in range(PROCESSES)
     ]
     for process in processes:
@@ -108,7 +86,7 @@ def _assert_every_writer_landed_exactly_once(uri: str, outcomes: list[tuple]) ->
 def test_concurrent_writers_racing_to_create_a_new_table_lose_no_row(tmp_path):
     uri = str(tmp_path / "brand-new" / EXPORT_SUMMARY)
 
-    outcomes = _run_concurrent_writers(uri)
+    outcomes = _race(_merge_worker, uri)
 
     _assert_every_writer_landed_exactly_once(uri, outcomes)
 
@@ -117,7 +95,7 @@ def test_concurrent_writers_into_an_existing_table_lose_no_row(tmp_path):
     uri = str(tmp_path / EXPORT_SUMMARY)
     merge_rows(uri, EXPORT_SUMMARY, [export_row("seed", "model", 1)])
 
-    outcomes = _run_concurrent_writers(uri)
+    outcomes = _race(_merge_worker, uri)
 
     errors = [detail for _, status, detail in outcomes if status != "ok"]
     assert not errors, "\n\n".join(errors)
@@ -138,22 +116,8 @@ def _ensure_worker(uri: str, index: int, barrier, results) -> None:
 
 def test_concurrent_ensure_table_on_a_new_path_all_succeed(tmp_path):
     uri = str(tmp_path / "racing" / IMPORT_SUMMARY)
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(PROCESSES)
-    results = context.Queue()
-    processes = [
-        context.Process(target=_ensure_worker, args=(uri, index, barrier, results), daemon=True)
-        for index in range(PROCESSES)
-    ]
-    for process in processes:
-        process.start()
-    try:
-        outcomes = [results.get(timeout=RESULT_TIMEOUT) for _ in processes]
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+
+    outcomes = _race(_ensure_worker, uri)
 
     errors = [detail for _, status, detail in outcomes if status != "ok"]
     assert not errors, "\n\n".join(errors)

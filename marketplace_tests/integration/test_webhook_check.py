@@ -11,8 +11,7 @@ from marketplace.source_webhooks import register_webhooks
 from marketplace.webhooks import WEBHOOK_NAME
 from marketplace_dagster.keys import PRODUCTION_MODELS, SOURCE_WEBHOOKS_REGISTERED
 from marketplace_tests.testing.deployments import step_failure_message
-
-SECRET_ENV = "MARKETPLACE_TEST_WEBHOOK_SECRET"
+from marketplace_tests.testing.webhooks import SECRET_ENV
 
 
 def _run_check(deployment) -> dg.AssetCheckEvaluation:

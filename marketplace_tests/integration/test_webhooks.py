@@ -5,112 +5,24 @@ and real deliveries from an MLflow server to the webhook the marketplace registe
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Self
 
-import dagster as dg
 import pytest
 import uvicorn
 from mlflow import MlflowClient
-from starlette.testclient import TestClient
 
 from harness.local_servers import free_port
 from harness.seeding import register_version
-from marketplace.config import MarketplaceConfig, parse_config
 from marketplace.webhooks import (
     MLFLOW_EVENTS,
     WEBHOOK_NAME,
 )
 from marketplace_dagster import webhooks as receiver_module
-from marketplace_dagster.keys import PRODUCTION_MODELS
 from marketplace_dagster.webhooks import build_app
-from marketplace_tests.testing.deployments import UNUSED_URI
-
-SECRET_ENV = "MARKETPLACE_TEST_WEBHOOK_SECRET"
-SECRET = "a-secret-only-tests-know"
-HOOKED = "alias_ws"  # a workspace with `webhook:` configured
-POLLED = "polled_ws"  # one without: it is polled only
-NOW = time.time()  # the fast tier's clock: the day cannot change under a test
-LOGGER = "marketplace.webhooks"
-
-
-def document(**sections) -> dict:
-    """A configuration with one workspace that takes webhooks and one that does not."""
-    return {
-        "external_storage": {"uri": "external"},
-        "marketplace": {"tracking_uri": UNUSED_URI},
-        "workspaces": [
-            {
-                "name": HOOKED,
-                "tracking_uri": UNUSED_URI,
-                "production": {"alias": "champion"},
-                "webhook": {"secret_env": SECRET_ENV},
-            },
-            {"name": POLLED, "tracking_uri": UNUSED_URI, "production": {"stage": "Production"}},
-        ],
-        **sections,
-    }
-
-
-def webhook_events(instance: dg.DagsterInstance) -> list[tuple[str, dict]]:
-    """(partition, metadata) of each observation of workspaces/production_models, oldest first."""
-    records = instance.fetch_observations(PRODUCTION_MODELS, limit=10_000, ascending=True).records
-    return [
-        (
-            r.asset_observation.partition,
-            {k: v.value for k, v in r.asset_observation.metadata.items()},
-        )
-        for r in records
-    ]
-
-
-def recorded(instance: dg.DagsterInstance, *delivery_ids: str) -> list[tuple[str, dict]]:
-    """The events of `delivery_ids` (the fast tier's tests share one instance)."""
-    return [
-        (partition, meta)
-        for partition, meta in webhook_events(instance)
-        if meta["delivery_id"] in delivery_ids
-    ]
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> MarketplaceConfig:
-    return parse_config(document(), tmp_path_factory.mktemp("webhooks") / "marketplace.yaml")
-
-
-@pytest.fixture(scope="module")
-def instance():
-    """One ephemeral instance for the fast tier (each costs about 0.4 s): tests tell their
-    deliveries apart by id, and count what a refusal did not add."""
-    instance = dg.DagsterInstance.ephemeral()
-    yield instance
-    instance.dispose()
-
-
-@pytest.fixture
-def start(config, instance) -> Callable[..., TestClient]:
-    """Start a receiver on the shared instance (again, for a restart), with the workspace's secret
-    set."""
-
-    def start(environ: dict[str, str] | None = None) -> TestClient:
-        environ = {SECRET_ENV: SECRET} if environ is None else environ
-        return TestClient(build_app(config, instance, environ=environ, clock=lambda: NOW))
-
-    return start
-
-
-def refusals(caplog, workspace: str, *words: str) -> list[logging.LogRecord]:
-    """The receiver's warnings (or worse) that name `workspace` and each of `words`."""
-    return [
-        r
-        for r in caplog.records
-        if r.name == LOGGER
-        and r.levelno >= logging.WARNING
-        and all(w in r.getMessage() for w in (workspace, *words))
-    ]
+from marketplace_tests.testing.webhooks import SECRET, SECRET_ENV, refusals, webhook_events
 
 
 class Receiver:

@@ -93,6 +93,28 @@ def deployments(tmp_path: Path, marketplace_uri: str):
         instance.dispose()
 
 
+def one_model_each(servers, deploy, uid: str, workspaces, **overrides) -> Deployment:
+    """A deployment of `workspaces` on ws_a, each with a Production model of its own
+    ({uid}_{workspace}_m) registered first, named `{uid}-{workspace}.{model}` in the marketplace."""
+    from harness.seeding import register_version  # imports a model class: only when used
+
+    for workspace in workspaces:
+        register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
+    return deploy(
+        [
+            {
+                "name": w,
+                "tracking_uri": servers["ws_a"].uri,
+                "production": {"stage": "Production"},
+                "include": [f"{uid}_{w}_*"],
+            }
+            for w in workspaces
+        ],
+        marketplace={"name_template": uid + "-{workspace}.{model}"},
+        **overrides,
+    )
+
+
 def materializations(result, asset_key: dg.AssetKey) -> dict:
     """The metadata values of the asset's materialization in `result`."""
     for event in result.get_asset_materialization_events():
@@ -123,6 +145,23 @@ def step_failure_message(result) -> str:
     return "\n".join(messages)
 
 
+def materialize_command(partition: str) -> list[str]:
+    """`dagster asset materialize` of every asset of the definitions, for one partition."""
+    from .support import DAGSTER
+
+    return [
+        str(DAGSTER),
+        "asset",
+        "materialize",
+        "-m",
+        "marketplace_dagster.definitions",
+        "--select",
+        "*",
+        "--partition",
+        partition,
+    ]
+
+
 def materialize_in_processes(
     deployment: Deployment, workspaces, tmp_path: Path, day: dt.date = TODAY
 ) -> None:
@@ -130,7 +169,7 @@ def materialize_in_processes(
     each, on one persistent instance; each must succeed."""
     import subprocess
 
-    from .support import DAGSTER, ROOT
+    from .support import ROOT
 
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -144,17 +183,7 @@ def materialize_in_processes(
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             processes.append(
                 subprocess.Popen(
-                    [
-                        str(DAGSTER),
-                        "asset",
-                        "materialize",
-                        "-m",
-                        "marketplace_dagster.definitions",
-                        "--select",
-                        "*",
-                        "--partition",
-                        f"{day.isoformat()}|{w}",
-                    ],
+                    materialize_command(f"{day.isoformat()}|{w}"),
                     cwd=ROOT,
                     env=env,
                     stdout=output,

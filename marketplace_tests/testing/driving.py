@@ -99,6 +99,22 @@ class Launched:
         assert self.process.returncode == 0, self.log.read_text(errors="replace")[-3000:]
 
 
+def sync_job_command(day: dt.date, workspace: str) -> list[str]:
+    """`dagster job execute` of marketplace_sync_job for partition (day, workspace), as a run worker
+    runs it."""
+    return [
+        str(DAGSTER),
+        "job",
+        "execute",
+        "-m",
+        "marketplace_dagster.definitions",
+        "-j",
+        "marketplace_sync_job",
+        "--tags",
+        json.dumps(partition_tags(day, workspace)),
+    ]
+
+
 class Cli:
     """marketplace_sync_job runs in `dagster job execute` processes, as a run worker runs them,
     on one persistent Dagster instance."""
@@ -123,17 +139,7 @@ class Cli:
         }
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             process = subprocess.Popen(
-                [
-                    str(DAGSTER),
-                    "job",
-                    "execute",
-                    "-m",
-                    "marketplace_dagster.definitions",
-                    "-j",
-                    "marketplace_sync_job",
-                    "--tags",
-                    json.dumps(partition_tags(day, workspace_name)),
-                ],
+                sync_job_command(day, workspace_name),
                 cwd=ROOT,
                 env=env,
                 stdout=output,

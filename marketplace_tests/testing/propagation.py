@@ -28,7 +28,6 @@ from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
 from marketplace_dagster.sensors import PENDING_TAG, WORKSPACE_TAG
 from marketplace_tests.testing.driving import ALIAS, SENSOR, promote
 
-SECRET_ENV = "MARKETPLACE_TEST_WEBHOOK_SECRET"
 POLL_SECONDS = 10
 # Generous for CI on two cores; `make bench` measures the real numbers.
 WEBHOOK_LATENCY_BOUND = 60

@@ -14,10 +14,11 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from marketplace import databricks
-from marketplace.config import ConfigError, DatabricksConnection, parse_config
+from marketplace.config import ConfigError, parse_config
 from marketplace.naming import UC_NAME_LIMIT, render_name
 from marketplace.registries import SourceRegistries
 from marketplace.registry import searched
+from marketplace_tests.testing.databricks_settings import connection_settings as _settings
 
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
@@ -176,18 +177,6 @@ def test_wrong_databricks_settings_name_the_key(marketplace, workspaces, key, sa
     with pytest.raises(ConfigError) as raised:
         _config(marketplace, workspaces)
     assert raised.value.key.startswith(key) and says in str(raised.value), str(raised.value)
-
-
-def _settings(monkeypatch, tmp_path, **extra) -> DatabricksConnection:
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    fields = {
-        "host": "https://adb-1.net",
-        "auth": "oauth-m2m",
-        "client_id": "sp",
-        "secret_env": "DEV01_SECRET",
-        **extra,
-    }
-    return DatabricksConnection(**fields)
 
 
 def test_profile_file_is_private_and_holds_each_workspace_credentials(monkeypatch, tmp_path):

@@ -1,11 +1,6 @@
-"""The export as a Databricks job through PipesDatabricksClient, by configuration alone.
-
-No workspace is reachable here: `DatabricksStandIn` takes the job (Jobs API `runs/submit`, with
-the workspace's own credentials), runs the wheel's entry point as a local process with the
-cluster's environment (secret references resolved, the workspace identity a job has), and serves
-the Unity Catalog volume that carries the Pipes context and messages. The export itself is real:
-a real MLflow server behind the stand-in, real S3 (moto) storage, real Delta tables.
-"""
+"""The export as a Databricks job, without a workspace: the job spec each kind of compute gets, and
+the Databricks export engine's settings (a complete one loads, a wrong one names its key). The job
+itself runs against `DatabricksStandIn` in integration/test_databricks_jobs.py."""
 
 from __future__ import annotations
 
@@ -13,10 +8,9 @@ import pytest
 
 from marketplace.config import ConfigError, ExportEngineConfig, parse_config
 from marketplace_dagster.engines import databricks_task
-
-WHEEL = "/Volumes/main/marketplace/wheels/marketplace-0.1.0-py3-none-any.whl"
-VOLUME = "/Volumes/main/marketplace/pipes"
-
+from marketplace_tests.testing.databricks_settings import PAT_CONNECTION as DBX
+from marketplace_tests.testing.databricks_settings import S3_STORAGE, VOLUME, WHEEL
+from marketplace_tests.testing.databricks_settings import SERVERLESS_EXPORT as GOOD
 
 pytestmark = pytest.mark.usefixtures("own_databricks_profiles")
 
@@ -56,11 +50,6 @@ def test_job_specs_for_each_kind_of_compute():
 
 
 BASE = {"marketplace": {"tracking_uri": "http://127.0.0.1:5000"}}
-DBX = {"host": "https://adb-1.2.azuredatabricks.net", "auth": "pat", "secret_env": "DEV01_TOKEN"}
-S3_STORAGE = {
-    "uri": "s3://bucket-a/mp",
-    "s3": {"region": "eu-west-1", "access_key_id_env": "K_ID", "secret_access_key_env": "K_SECRET"},
-}
 
 
 def _config(export: dict, *, storage=S3_STORAGE, connection=DBX):
@@ -73,15 +62,6 @@ def _config(export: dict, *, storage=S3_STORAGE, connection=DBX):
     return parse_config(
         {**BASE, "external_storage": storage, "workspaces": [workspace]}, "deploy.yaml"
     )
-
-
-GOOD = {
-    "engine": "databricks",
-    "wheel": WHEEL,
-    "serverless": True,
-    "volume_path": VOLUME,
-    "env": {"K_ID": "{{secrets/mp/id}}", "K_SECRET": "{{secrets/mp/secret}}"},
-}
 
 
 def test_a_complete_databricks_engine_configuration_loads():

@@ -1,25 +1,14 @@
 """Access grants on marketplace models: which grants a model wants and what to change, as plain
-data; then each registry's own permissions.
-
-The OSS path runs against a real `mlflow server --app-name basic-auth` whose users get nothing by
-default (NO_PERMISSIONS). The Databricks workspace registry and Unity Catalog paths run only
-against `DatabricksStandIn`, which holds permissions in memory: no workspace is reachable here.
+data. The registries' own permissions are exercised in the integration tier
+(integration/test_grants_basic_auth.py, integration/test_grants_databricks.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import secrets
 
 import pytest
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from mlflow.server import get_app_client
 
-from harness import local_servers
-from marketplace import credentials
-from marketplace.config import parse_config
 from marketplace.errors import MarketplaceError
 from marketplace.grants import (
     TAG_GRANTS,
@@ -30,38 +19,10 @@ from marketplace.grants import (
     recorded_grants,
 )
 from marketplace.registries import MarketplaceRegistry
-from marketplace_tests.testing.faults import FaultProxy
-from marketplace_tests.testing.support import AuthenticatedServer, start_authenticated
-
-UNUSED_URI = "http://127.0.0.1:9"
-WORKSPACES = [{"name": "dev01", "tracking_uri": UNUSED_URI, "production": {"stage": "Production"}}]
-ROLE = "fraud-analysts"
-MARKET_USER = "marketplace"
-PASSWORDS = {
-    name: secrets.token_urlsafe(12)
-    for name in (MARKET_USER, "alice", "bob", "carol", "dana", "erin")
-}
-
-
-def _config(grants: list[dict], **marketplace):
-    raw = {
-        "external_storage": {"uri": "x"},
-        "workspaces": WORKSPACES,
-        "marketplace": {"tracking_uri": UNUSED_URI, "grants": grants, **marketplace},
-    }
-    return parse_config(raw, "marketplace.yaml")
-
-
-def _grant(principal: str, kind: str, permission: str, *models: str) -> dict:
-    return {
-        "principal": principal,
-        "kind": kind,
-        "permission": permission,
-        "models": list(models) or ["*"],
-    }
-
-
-# The fast tier: no servers.
+from marketplace_tests.testing.deployments import UNUSED_URI
+from marketplace_tests.testing.grants import ROLE
+from marketplace_tests.testing.grants import grant as _grant
+from marketplace_tests.testing.grants import grants_config as _config
 
 
 def test_wanted_matches_marketplace_names_with_case_sensitive_globs():
@@ -202,74 +163,3 @@ def test_an_unset_credentials_variable_names_the_key_and_the_variable(monkeypatc
         assert str(raised.value).startswith(
             "marketplace.username_env: the environment variable MARKETPLACE_MLFLOW_USER is not set"
         ), str(raised.value)
-
-
-# An OSS MLflow server with authentication.
-
-
-@contextlib.contextmanager
-def as_user(username: str, password: str):
-    """This process's MLflow calls as `username` (MLflow reads the variables on every request);
-    without the marketplace's own request auth, which would put its credentials back."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MLFLOW_TRACKING_USERNAME", username)
-        env.setenv("MLFLOW_TRACKING_PASSWORD", password)
-        env.delenv(credentials.AUTH_ENV, raising=False)
-        yield
-
-
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
-    """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's
-    grants."""
-    root = tmp_path_factory.mktemp("auth-server")
-    server = AuthenticatedServer(
-        "auth", root, local_servers.free_port(), admin_password=secrets.token_urlsafe(16)
-    )
-    start_authenticated(server)
-    try:
-        with as_user("admin", server.admin_password):
-            auth = get_app_client("basic-auth", tracking_uri=server.uri)
-            for name, password in PASSWORDS.items():
-                auth.create_user(name, password)
-            auth.update_user_admin(MARKET_USER, True)
-            auth.assign_role("dana", auth.create_role("default", ROLE).id)
-        yield server
-    finally:
-        local_servers.stop(server)
-
-
-@pytest.fixture
-def marketplace(auth_server, monkeypatch):
-    """make(grants) -> (Grants, MlflowClient, proxy): the marketplace as configured, reaching its
-    server through a proxy that lists every request; its credentials in their variables."""
-    monkeypatch.setattr(credentials, "_headers", {})
-    monkeypatch.delenv(credentials.AUTH_ENV, raising=False)  # put back (unset) after the test
-    monkeypatch.setenv("MARKETPLACE_MLFLOW_USER", MARKET_USER)
-    monkeypatch.setenv("MARKETPLACE_MLFLOW_PASSWORD", PASSWORDS[MARKET_USER])
-    with FaultProxy(auth_server.uri) as proxy:
-
-        def make(grants: list[dict]):
-            config = _config(
-                grants,
-                tracking_uri=proxy.uri,
-                username_env="MARKETPLACE_MLFLOW_USER",
-                password_env="MARKETPLACE_MLFLOW_PASSWORD",
-            )
-            registry = MarketplaceRegistry(config)
-            return Grants(config.marketplace, registry.tracking_uri), registry.client(), proxy
-
-        yield make
-
-
-def reads(server: AuthenticatedServer, user: str, name: str) -> int:
-    """The HTTP status `user` gets reading registered model `name`."""
-    with as_user(user, PASSWORDS[user]):
-        try:
-            MlflowClient(server.uri).get_registered_model(name)
-        except MlflowException as exc:  # the server answers 403 in plain text
-            return exc.get_http_status_code()
-    return 200
-
-
-# The Databricks workspace registry and Unity Catalog, against the stand-in only.

@@ -4,8 +4,6 @@ job."""
 from __future__ import annotations
 
 import datetime as dt
-import os
-import time
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -13,29 +11,10 @@ from deltalake import DeltaTable
 from marketplace import summary
 from marketplace.housekeeping import maintain_table, remove_debris
 from marketplace.manifest import MANIFEST_NAME
-
-DAY = 24 * 3600
-
-
-def _age(path: Path, seconds: float) -> None:
-    """Set the mtime of `path` and everything under it `seconds` into the past (children first)."""
-    when = time.time() - seconds
-    if path.is_dir():
-        for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            os.utime(child, (when, when), follow_symlinks=False)
-    os.utime(path, (when, when))
-
-
-def _folder(path: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (path / name).write_text(text)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _parquet_files(uri: str) -> set[str]:
-    return {p.name for p in Path(uri).glob("*.parquet")}
+from marketplace_tests.testing.housekeeping import DAY
+from marketplace_tests.testing.housekeeping import age as _age
+from marketplace_tests.testing.housekeeping import folder as _folder
+from marketplace_tests.testing.housekeeping import parquet_files as _parquet_files
 
 
 def _export_row(version: int) -> dict:

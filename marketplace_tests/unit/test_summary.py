@@ -11,38 +11,15 @@ from deltalake import DeltaTable
 from marketplace.summary import (
     EXPORT_SUMMARY,
     IMPORT_SUMMARY,
-    KEY_COLUMNS,
     SCHEMAS,
     ensure_table,
     merge_rows,
     read_rows,
 )
 from marketplace_tests.testing.driving import DAY_1, export_row
+from marketplace_tests.testing.summary_rows import import_row, keys, table_rows
 
 DAY_2 = dt.date(2026, 11, 3)
-
-
-def import_row(workspace: str, model_name: str, version: int, day: dt.date = DAY_1) -> dict:
-    return {
-        "workspace": workspace,
-        "model_name": model_name,
-        "version": version,
-        "marketplace_model": f"{workspace}.{model_name}",
-        "marketplace_version": version,
-        "import_date": day,
-        "imported_at": dt.datetime.combine(day, dt.time(6, 0), tzinfo=dt.UTC),
-        "checksum": f"{version:064x}",
-        "run_id": None,
-    }
-
-
-def table_rows(uri: str) -> list[dict]:
-    """The table's rows read straight from Delta, not through read_rows."""
-    return DeltaTable(uri).to_pyarrow_table().to_pylist()
-
-
-def keys(rows) -> Counter:
-    return Counter(tuple(row[column] for column in KEY_COLUMNS) for row in rows)
 
 
 def normalise(rows) -> list[tuple]:

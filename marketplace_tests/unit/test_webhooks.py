@@ -25,17 +25,14 @@ from marketplace.webhooks import (
     sign_mlflow,
     verify_mlflow,
 )
-from marketplace_dagster.keys import PRODUCTION_MODELS
 from marketplace_dagster.webhooks import build_app
 from marketplace_tests.testing.deployments import UNUSED_URI
+from marketplace_tests.testing.webhooks import LOGGER, SECRET, SECRET_ENV, refusals, webhook_events
 
-SECRET_ENV = "MARKETPLACE_TEST_WEBHOOK_SECRET"
-SECRET = "a-secret-only-tests-know"
 HOOKED = "alias_ws"  # a workspace with `webhook:` configured
 POLLED = "polled_ws"  # one without: it is polled only
 NOW = time.time()  # the fast tier's clock: the day cannot change under a test
 TODAY = dt.datetime.fromtimestamp(NOW, dt.UTC).date()
-LOGGER = "marketplace.webhooks"
 
 
 def document(**sections) -> dict:
@@ -97,18 +94,6 @@ def databricks_delivery(
 ) -> tuple[dict[str, str], bytes]:
     body = stage_transition() if body is None else body
     return sign_databricks(secret, body), body
-
-
-def webhook_events(instance: dg.DagsterInstance) -> list[tuple[str, dict]]:
-    """(partition, metadata) of each observation of workspaces/production_models, oldest first."""
-    records = instance.fetch_observations(PRODUCTION_MODELS, limit=10_000, ascending=True).records
-    return [
-        (
-            r.asset_observation.partition,
-            {k: v.value for k, v in r.asset_observation.metadata.items()},
-        )
-        for r in records
-    ]
 
 
 def recorded(instance: dg.DagsterInstance, *delivery_ids: str) -> list[tuple[str, dict]]:
@@ -274,17 +259,6 @@ REJECTIONS = [
         id="too-large-without-content-length",
     ),
 ]
-
-
-def refusals(caplog, workspace: str, *words: str) -> list[logging.LogRecord]:
-    """The receiver's warnings (or worse) that name `workspace` and each of `words`."""
-    return [
-        r
-        for r in caplog.records
-        if r.name == LOGGER
-        and r.levelno >= logging.WARNING
-        and all(w in r.getMessage() for w in (workspace, *words))
-    ]
 
 
 @pytest.mark.parametrize(("path", "request_", "status"), REJECTIONS)
