@@ -64,16 +64,19 @@ def check_result(verdict: Verdict) -> dg.AssetCheckResult:
     )
 
 
+def _unique_keys(external_storage: ExternalStorageResource, table: str) -> dg.AssetCheckResult:
+    """Both summary tables' key check: only the key columns are read."""
+    rows = external_storage.read_rows(table, columns=list(summary.KEY_COLUMNS))
+    return check_result(unique_keys(rows, table))
+
+
 @dg.asset_check(
     asset=EXPORT_SUMMARY,
     name=EXPORT_SUMMARY_UNIQUE,
     description=f"{summary.EXPORT_SUMMARY} has one row per (workspace, model_name, version).",
 )
 def export_summary_has_unique_keys(external_storage: ExternalStorageResource):
-    table = summary.EXPORT_SUMMARY
-    return check_result(
-        unique_keys(external_storage.read_rows(table, columns=list(summary.KEY_COLUMNS)), table)
-    )
+    return _unique_keys(external_storage, summary.EXPORT_SUMMARY)
 
 
 @dg.asset_check(
@@ -82,10 +85,7 @@ def export_summary_has_unique_keys(external_storage: ExternalStorageResource):
     description=f"{summary.IMPORT_SUMMARY} has one row per (workspace, model_name, version).",
 )
 def import_summary_has_unique_keys(external_storage: ExternalStorageResource):
-    table = summary.IMPORT_SUMMARY
-    return check_result(
-        unique_keys(external_storage.read_rows(table, columns=list(summary.KEY_COLUMNS)), table)
-    )
+    return _unique_keys(external_storage, summary.IMPORT_SUMMARY)
 
 
 @dg.asset_check(
