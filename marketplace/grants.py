@@ -157,14 +157,10 @@ class Grants:
             if self._workspace_client is None:
                 from databricks.sdk import WorkspaceClient
 
-                from marketplace.databricks import ensure_profile
+                from marketplace.databricks import ensure_profile, profile_of
 
-                ensure_profile(
-                    "the marketplace", self.settings.tracking_uri, self.settings.databricks
-                )
-                self._workspace_client = WorkspaceClient(
-                    profile=self.settings.tracking_uri.removeprefix("databricks://")
-                )
+                ensure_profile("the marketplace", self.tracking_uri, self.settings.databricks)
+                self._workspace_client = WorkspaceClient(profile=profile_of(self.tracking_uri))
             return self._workspace_client
 
 

@@ -54,7 +54,8 @@ def _databricks(standin: DatabricksStandIn, grants: list[dict], *, unity_catalog
         },
         **extra,
     )
-    return Grants(config.marketplace, config.marketplace.tracking_uri), MarketplaceRegistry(config)
+    registry = MarketplaceRegistry(config)  # resolves the databricks block to its URIs
+    return Grants(registry.settings, registry.tracking_uri), registry
 
 
 @pytest.mark.servers
