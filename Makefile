@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install demo demo-rollback dev lint test test-fast stop bench wheel screenshots
+.PHONY: install demo demo-rollback dev dev-postgres lint test test-fast stop bench wheel screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m harness.demo webhooks
 	$(PY) -m harness.demo dev
 
+## make dev-postgres: make dev on the production shape: a local PostgreSQL (harness/postgres.py) under the
+## marketplace registry (4 workers) and the Dagster instance (deploy/dagster.yaml, its run queue).
+dev-postgres: install
+	$(PY) -m harness.dev_postgres dev
+
 ## make lint: ruff's rules and formatting over the whole tree (part of test and test-fast).
 lint: install
 	$(PY) -m ruff check --quiet .
@@ -75,7 +80,8 @@ screenshots: install
 
 ## make stop: stop the demo's MLflow servers.
 stop:
-	@if [ -x $(PY) ]; then $(PY) -m harness.demo stop; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m harness.demo stop && $(PY) -m harness.dev_postgres stop; \
+	else echo "nothing to stop"; fi
 
 ## make bench: the benchmark suite (its own servers); writes benchmarks/results.json and BENCHMARKS.md.
 bench: install $(DAGSTER_HOME)/dagster.yaml

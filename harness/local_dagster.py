@@ -37,6 +37,7 @@ query($id: String!) {
   }
 }"""
 
+MODULE = ("-m", "marketplace_dagster.definitions")
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
@@ -132,35 +133,26 @@ def stop_group(process: subprocess.Popen) -> None:
             continue
 
 
-class DagsterDev:
-    """`dagster dev -m marketplace_dagster.definitions` on a free port with its own DAGSTER_HOME."""
+def _spawn(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
+        )
 
-    def __init__(self, config_path: Path, home: Path, cwd: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/graphql"
-        ensure_instance(home)
-        self.log = home / "dagster_dev.log"
-        env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
-        cwd = cwd or Path(config_path).resolve().parent
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(DAGSTER),
-                    "dev",
-                    "-m",
-                    "marketplace_dagster.definitions",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                ],
-                cwd=cwd,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
-            )
+
+class _Webserver:
+    """What the tests and benchmarks ask of a running webserver, through its GraphQL API."""
+
+    port: int
+    url: str
+    log: Path
+    process: subprocess.Popen
 
     def query(self, query: str, variables: dict | None = None) -> dict:
         response = requests.post(
@@ -176,7 +168,7 @@ class DagsterDev:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.process.args[0]} exited:\n{self._tail()}")
             try:
                 data = self.query(
                     "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"
@@ -186,14 +178,9 @@ class DagsterDev:
             except (requests.RequestException, RuntimeError, KeyError):
                 pass
             time.sleep(1)
-        raise TimeoutError(
-            f"dagster dev did not load in {timeout} s:\n{self.log.read_text()[-3000:]}"
-        )
+        raise TimeoutError(f"the webserver did not load in {timeout} s:\n{self._tail()}")
 
-    def backfill(
-        self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 1800
-    ) -> dict:
-        """Launch an asset backfill and wait for it to finish; returns its status and runs."""
+    def launch_backfill(self, partitions: list[str], asset_keys: list[list[str]]) -> str:
         launched = self.query(
             LAUNCH_BACKFILL,
             {
@@ -205,24 +192,100 @@ class DagsterDev:
         )["launchPartitionBackfill"]
         if launched["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"backfill not launched: {launched}")
+        return launched["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> dict:
+        return self.query(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+
+    def wait_for_backfill(self, backfill_id: str, timeout: float = 1800) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = self.query(BACKFILL_STATUS, {"id": launched["backfillId"]})[
-                "partitionBackfillOrError"
-            ]
+            status = self.backfill_status(backfill_id)
             runs_done = all(
                 r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in status["runs"]
             )
             if status["status"] in DONE and runs_done:
                 return status
             time.sleep(2)
-        raise TimeoutError(
-            f"backfill {launched['backfillId']} did not finish:\n{self.log.read_text()[-3000:]}"
+        raise TimeoutError(f"backfill {backfill_id} did not finish:\n{self._tail()}")
+
+    def backfill(
+        self, partitions: list[str], asset_keys: list[list[str]], timeout: float = 1800
+    ) -> dict:
+        """Launch an asset backfill and wait for it to finish; returns its status and runs."""
+        return self.wait_for_backfill(self.launch_backfill(partitions, asset_keys), timeout)
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+class DagsterDev(_Webserver):
+    """`dagster dev -m marketplace_dagster.definitions` on a free port with its own DAGSTER_HOME."""
+
+    def __init__(self, config_path: Path, home: Path, cwd: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/graphql"
+        ensure_instance(home)
+        self.log = home / "dagster_dev.log"
+        self.log.unlink(missing_ok=True)
+        env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+        self.process = _spawn(
+            [str(DAGSTER), "dev", *MODULE, "-h", "127.0.0.1", "-p", str(self.port)],
+            env,
+            cwd or Path(config_path).resolve().parent,
+            self.log,
         )
 
     def stop(self) -> None:
         """Interrupt `dagster dev` as Ctrl-C does (it shuts its webserver and daemon down), then
         kill."""
+        stop_group(self.process)
+
+
+class DagsterServices(_Webserver):
+    """The production shape on one machine: `dagster-webserver` and `dagster-daemon run` as two
+    processes on one instance (`home`, whose dagster.yaml the caller wrote), so the daemon can be
+    killed and started again on its own."""
+
+    def __init__(self, config_path: Path, home: Path, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/graphql"
+        self.log = home / "webserver.log"
+        self.daemon_log = home / "daemon.log"
+        self.cwd = Path(config_path).resolve().parent
+        self.env = {
+            **os.environ,
+            **(env or {}),
+            "MARKETPLACE_CONFIG": str(config_path),
+            "DAGSTER_HOME": str(home),
+        }
+        self.process = _spawn(
+            [str(DAGSTER.parent / "dagster-webserver"), *MODULE]
+            + ["-h", "127.0.0.1", "-p", str(self.port)],
+            self.env,
+            self.cwd,
+            self.log,
+        )
+        self.daemon: subprocess.Popen | None = None
+        self.start_daemon()
+
+    def start_daemon(self) -> None:
+        self.daemon = _spawn(
+            [str(DAGSTER.parent / "dagster-daemon"), "run", *MODULE],
+            self.env,
+            self.cwd,
+            self.daemon_log,
+        )
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon alone, as a lost host would: the runs it launched go on."""
+        if self.daemon is not None:
+            self.daemon.kill()
+            self.daemon.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            stop_group(self.daemon)
         stop_group(self.process)
 
 

@@ -29,6 +29,9 @@ class LocalServer:
     root: Path
     port: int
     host: str = "127.0.0.1"
+    # Another database (a PostgreSQL URL, say) than the SQLite file in `root`, and more workers.
+    backend_store_uri: str | None = None
+    workers: int = 1
 
     @property
     def uri(self) -> str:
@@ -45,12 +48,12 @@ class LocalServer:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}",
             "--default-artifact-root", str(self.artifact_root),
             "--no-serve-artifacts",
             "--host", self.host,
             "--port", str(self.port),
-            "--workers", "1",
+            "--workers", str(self.workers),
         ]  # fmt: skip
 
 

@@ -10,6 +10,10 @@ from marketplace.config import MarketplaceConfig
 
 DATE_DIMENSION = "date"
 WORKSPACE_DIMENSION = "workspace"
+# Every run of one workspace carries it (the sensor, the schedule; a backfill's through the
+# production run queue, run_queue.py); the queue runs one per workspace at a time.
+WORKSPACE_TAG = "marketplace/workspace"
+PARTITION_WORKSPACE_TAG = f"dagster/partition/{WORKSPACE_DIMENSION}"
 
 
 def build_marketplace_partitions_def(config: MarketplaceConfig) -> dg.MultiPartitionsDefinition:
@@ -45,5 +49,6 @@ def partition_tags(day: dt.date, workspace: str) -> dict[str, str]:
     return {
         "dagster/partition": str(key),
         f"dagster/partition/{DATE_DIMENSION}": day.isoformat(),
-        f"dagster/partition/{WORKSPACE_DIMENSION}": workspace,
+        PARTITION_WORKSPACE_TAG: workspace,
+        WORKSPACE_TAG: workspace,
     }

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from marketplace.config import MarketplaceConfig
-from marketplace_dagster.partitions import partition_key
+from marketplace_dagster.partitions import WORKSPACE_TAG, partition_key
 
 
 def _status(value: str) -> dg.DefaultScheduleStatus:
@@ -27,7 +27,10 @@ def build_daily_marketplace_schedule(config: MarketplaceConfig, job) -> dg.Sched
             dg.RunRequest(
                 run_key=f"daily:{day.isoformat()}:{workspace}",
                 partition_key=partition_key(day, workspace),
-                tags={"marketplace/trigger": "daily_marketplace_schedule"},
+                tags={
+                    "marketplace/trigger": "daily_marketplace_schedule",
+                    WORKSPACE_TAG: workspace,
+                },
             )
             for workspace in workspaces
         ]

@@ -43,7 +43,7 @@ from marketplace.sync_requests import (
     write_cursor,
 )
 from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
-from marketplace_dagster.partitions import partition_key
+from marketplace_dagster.partitions import WORKSPACE_TAG, partition_key
 
 # Dagster gives a sensor evaluation 60 s; leave room for the cursor and run requests.
 TICK_BUDGET_SECONDS = 40
@@ -52,7 +52,6 @@ TICK_BUDGET_SECONDS = 40
 # the loop period, every loop evaluates it: webhook events wait at most one loop.
 EVENT_TICK_SECONDS = 1
 PENDING_TAG = "marketplace/pending_versions"
-WORKSPACE_TAG = "marketplace/workspace"
 TRIGGER_TAG = "marketplace/trigger"
 FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 EVENT_PAGE = 1000

@@ -35,6 +35,36 @@ def servers(tmp_path_factory) -> dict[str, local_servers.LocalServer]:
         local_servers.stop(server)
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL server from the machine's binaries (harness/postgres.py); each test
+    makes databases of its own on it."""
+    import shutil
+
+    from harness.postgres import PostgresServer, server_root
+
+    root = server_root(tmp_path_factory.mktemp("postgres") / "server")
+    server = PostgresServer(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_marketplace(tmp_path_factory, postgres):
+    """A marketplace `mlflow server` on PostgreSQL with 4 workers, as registry operators run it."""
+    server = local_servers.LocalServer(
+        "pg-marketplace",
+        tmp_path_factory.mktemp("pg-marketplace"),
+        local_servers.free_port(),
+        backend_store_uri=postgres.create_database("mlflow_marketplace"),
+        workers=4,
+    )
+    local_servers.start(server)
+    yield server
+    local_servers.stop(server)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_state(monkeypatch):
     """No test leaks the process-wide tracking URI (or an active run) into another."""
@@ -66,6 +96,9 @@ LONGEST_FIRST = (
 )
 
 
+SERVER_FIXTURES = {"servers", "emulators", "postgres", "pg_marketplace"}
+
+
 def pytest_collection_modifyitems(items):
     """Everything under `integration/` is the `servers` tier; a unit test asking for a server
     fixture is a mistake caught here, not a slow `make test-fast`."""
@@ -75,7 +108,7 @@ def pytest_collection_modifyitems(items):
         tier = Path(str(item.path)).parent.name
         if tier == "integration":
             item.add_marker(pytest.mark.servers)
-        elif tier == "unit" and {"servers", "emulators"} & set(getattr(item, "fixturenames", ())):
+        elif tier == "unit" and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             raise pytest.UsageError(f"{item.nodeid} starts servers: move it to integration/")
 
 

@@ -49,13 +49,25 @@ def as_user(username: str, password: str):
         yield
 
 
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def auth_server(request, tmp_path_factory):
     """The users above (`marketplace` an admin, `dana` in role fraud-analysts); nobody else's
-    grants."""
+    grants. Every test runs twice: on SQLite, and with the registry and its auth database on
+    PostgreSQL, as an enterprise runs it."""
     root = tmp_path_factory.mktemp("auth-server")
+    databases = {}
+    if request.param == "postgresql":
+        postgres = request.getfixturevalue("postgres")
+        databases = {
+            "backend_store_uri": postgres.create_database("mlflow_auth_registry"),
+            "auth_database_uri": postgres.create_database("mlflow_auth_users"),
+        }
     server = AuthenticatedServer(
-        "auth", root, local_servers.free_port(), admin_password=secrets.token_urlsafe(16)
+        "auth",
+        root,
+        local_servers.free_port(),
+        admin_password=secrets.token_urlsafe(16),
+        **databases,
     )
     start_authenticated(server)
     try:

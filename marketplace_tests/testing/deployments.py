@@ -93,11 +93,14 @@ def deployments(tmp_path: Path, marketplace_uri: str):
         instance.dispose()
 
 
-def one_model_each(servers, deploy, uid: str, workspaces, **overrides) -> Deployment:
+def one_model_each(
+    servers, deploy, uid: str, workspaces, marketplace: dict | None = None, **overrides
+) -> Deployment:
     """A deployment of `workspaces` on ws_a, each with a Production model of its own
     ({uid}_{workspace}_m) registered first, named `{uid}-{workspace}.{model}` in the marketplace."""
     from harness.seeding import register_version  # imports a model class: only when used
 
+    marketplace = marketplace or {}
     for workspace in workspaces:
         register_version(servers["ws_a"].uri, f"{uid}_{workspace}_m", stage="Production")
     return deploy(
@@ -110,7 +113,7 @@ def one_model_each(servers, deploy, uid: str, workspaces, **overrides) -> Deploy
             }
             for w in workspaces
         ],
-        marketplace={"name_template": uid + "-{workspace}.{model}"},
+        marketplace={"name_template": uid + "-{workspace}.{model}", **marketplace},
         **overrides,
     )
 

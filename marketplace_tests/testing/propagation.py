@@ -25,7 +25,8 @@ from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace.source_webhooks import inspect_webhook
 from marketplace.webhooks import WEBHOOK_NAME
 from marketplace_dagster.keys import DELIVERY_ID, PRODUCTION_MODELS
-from marketplace_dagster.sensors import PENDING_TAG, WORKSPACE_TAG
+from marketplace_dagster.partitions import WORKSPACE_TAG
+from marketplace_dagster.sensors import PENDING_TAG
 from marketplace_tests.testing.driving import ALIAS, SENSOR, promote
 
 POLL_SECONDS = 10

@@ -48,6 +48,8 @@ class AuthenticatedServer(local_servers.LocalServer):
     with `default_permission = NO_PERMISSIONS` a user reads only what is granted to them."""
 
     admin_password: str = ""
+    # The users' and permissions' database: a SQLite file in `root` unless given (PostgreSQL).
+    auth_database_uri: str | None = None
 
     @property
     def auth_config(self) -> Path:
@@ -61,10 +63,11 @@ def start_authenticated(server: AuthenticatedServer) -> None:
     """Start `server` with its own auth ini and user database in its folder; its first start
     creates the user `admin` with `server.admin_password` (MLflow ships no default password)."""
     server.root.mkdir(parents=True, exist_ok=True)
+    database = server.auth_database_uri or f"sqlite:///{server.root / 'basic_auth.db'}"
     server.auth_config.write_text(
         "[mlflow]\n"
         "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = sqlite:///{server.root / 'basic_auth.db'}\n"
+        f"database_uri = {database}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
