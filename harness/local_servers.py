@@ -48,7 +48,10 @@ class LocalServer:
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", self.backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}",
+            # A database URL given goes through the environment (MLFLOW_BACKEND_STORE_URI): its
+            # password is then not on the process's command line for every `ps` to read.
+            *([] if self.backend_store_uri else
+              ["--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"]),
             "--default-artifact-root", str(self.artifact_root),
             "--no-serve-artifacts",
             "--host", self.host,
@@ -115,6 +118,8 @@ def start(server: LocalServer, *, wait_seconds: float = 120) -> subprocess.Popen
         return None
     server.artifact_root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **webhook_env(server)}
+    if server.backend_store_uri:
+        env["MLFLOW_BACKEND_STORE_URI"] = server.backend_store_uri
     env.pop("MLFLOW_TRACKING_URI", None)
     with open(server.log_path, "ab") as log:
         process = subprocess.Popen(

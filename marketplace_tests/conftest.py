@@ -86,6 +86,7 @@ def uid() -> str:
 # (`make test`, pytest-xdist by file) finish together instead of one waiting on the smoke benchmark.
 LONGEST_FIRST = (
     "test_benchmarks.py",
+    "test_postgres_instance.py",
     "test_backfill.py",
     "test_lifecycle.py",
     "test_propagation.py",
@@ -93,6 +94,8 @@ LONGEST_FIRST = (
     "test_crashes.py",
     "test_cloud_storage_pipeline.py",
     "test_concurrent_runs.py",
+    "test_grants_basic_auth.py",
+    "test_postgres_registry.py",
 )
 
 

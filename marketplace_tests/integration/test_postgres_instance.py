@@ -12,11 +12,13 @@ from itertools import pairwise
 
 import dagster as dg
 import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START
 from mlflow import MlflowClient
 
 from harness.local_dagster import DagsterServices
 from marketplace_dagster import keys
-from marketplace_dagster.partitions import PARTITION_WORKSPACE_TAG, WORKSPACE_TAG
+from marketplace_dagster.partitions import WORKSPACE_TAG
 from marketplace_dagster.sensors import TRIGGER_TAG
 from marketplace_tests.testing.deployments import TODAY, one_model_each
 from marketplace_tests.testing.support import ROOT
@@ -38,6 +40,15 @@ def production_home(tmp_path, postgres, uid, monkeypatch):
     for name, value in postgres.dagster_env(database).items():
         monkeypatch.setenv(name, value)  # the webserver and daemon inherit them
     return home
+
+
+def _partition(tags: dict[str, str]) -> str | None:
+    """A run's one partition: the sensor's runs name it; a backfill's give it as a range of one."""
+    if "dagster/partition" in tags:
+        return tags["dagster/partition"]
+    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
+    assert start == end, f"a run over several partitions: {tags}"
+    return start
 
 
 def _wait(predicate, timeout: float, what: str, services: DagsterServices) -> None:
@@ -97,15 +108,16 @@ def test_sensor_and_backfill_on_postgres_one_run_per_workspace_through_a_daemon_
     by_workspace = defaultdict(list)
     for record in records:
         run = record.dagster_run
-        workspace = run.tags.get(PARTITION_WORKSPACE_TAG)
-        if workspace is None:  # the catalog's refresh after a sync: no workspace's run
+        partition = _partition(run.tags)
+        if partition is None:  # the catalog's refresh after a sync: no workspace's run
             assert WORKSPACE_TAG not in run.tags, run.tags
             continue
+        workspace = partition.split("|")[1]
         # Every run carries its workspace: the sensor's set it, the backfill's got it in the queue.
         assert run.tags.get(WORKSPACE_TAG) == workspace, run.tags
         by_workspace[workspace].append(record)
         if run.tags.get(BACKFILL_TAG) == backfill:
-            by_partition[run.tags["dagster/partition"]].append(run.status)
+            by_partition[partition].append(run.status)
     # Nothing lost or duplicated: one successful run per partition of the backfill.
     assert sorted(by_partition) == sorted(partitions)
     for partition, statuses in by_partition.items():

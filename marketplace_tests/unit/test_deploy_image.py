@@ -21,6 +21,8 @@ from pydantic import BaseModel
 
 from marketplace.config import MarketplaceConfig
 from marketplace.config.operations import WebhooksConfig
+from marketplace_dagster.partitions import WORKSPACE_TAG
+from marketplace_dagster.run_queue import WorkspaceRunCoordinator
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -33,10 +35,10 @@ DOCS = ROOT / "docs" / "deploy.md"
 
 DEFINITIONS = "marketplace_dagster.definitions"
 SECRET = "marketplace-secrets"
-QUEUE = ("dagsterDaemon", "runCoordinator", "config", "queuedRunCoordinator")
-# The run tags the queue limits (marketplace_dagster/partitions.py): Dagster's per-dimension
-# partition tag, which a backfill's runs carry too, and the marketplace's own.
-WORKSPACE_TAGS = ("dagster/partition/workspace", "marketplace/workspace")
+QUEUE = ("dagsterDaemon", "runCoordinator", "config", "customRunCoordinator")
+# The run tag the queue limits (marketplace_dagster/partitions.py); the coordinator puts it on a
+# backfill's runs, which carry only Dagster's partition-range tags.
+WORKSPACE_TAGS = (WORKSPACE_TAG,)
 # What the chart's templates/configmap-instance.yaml reads of dagsterDaemon.runMonitoring (its
 # schema leaves the section free-form, so a misspelt key there would be dropped silently).
 RUN_MONITORING_KEYS = {
@@ -147,7 +149,7 @@ def test_the_chart_schema_refuses_a_misspelt_launcher_key():
         (("dagster-user-deployments", "deployments", 0, "envSecrets"), "envSecret"),
         (("dagster-user-deployments", "deployments", 0, "dagsterApiGrpcArgs"), "dagsterGrpcArgs"),
         (("postgresql", "postgresqlHost"), "postgresHost"),
-        ((*QUEUE, "tagConcurrencyLimits"), "tagConcurrencyLimit"),
+        ((*QUEUE, "class"), "klass"),
     ],
 )
 def test_the_key_check_names_a_misspelt_key(path, wrong):
@@ -180,15 +182,22 @@ def _deployment(values: dict) -> dict:
 def test_the_queue_runs_one_run_per_workspace():
     daemon = _values()["dagsterDaemon"]
     coordinator = daemon["runCoordinator"]
-    assert coordinator["enabled"] and coordinator["type"] == "QueuedRunCoordinator"
-    queue = coordinator["config"]["queuedRunCoordinator"]
-    limits = {limit["key"]: limit for limit in queue["tagConcurrencyLimits"]}
+    assert coordinator["enabled"] and coordinator["type"] == "CustomRunCoordinator"
+    custom = coordinator["config"]["customRunCoordinator"]
+    assert (custom["module"], custom["class"]) == (
+        WorkspaceRunCoordinator.__module__,
+        WorkspaceRunCoordinator.__name__,
+    )
+    queue = custom["config"]
+    # The config is the queued coordinator's own, in its own (snake_case) keys.
+    WorkspaceRunCoordinator.from_config_value(None, queue)
+    limits = {limit["key"]: limit for limit in queue["tag_concurrency_limits"]}
     for tag in WORKSPACE_TAGS:
-        assert tag in limits, f"no tagConcurrencyLimits entry for {tag}"
+        assert tag in limits, f"no tag_concurrency_limits entry for {tag}"
         assert limits[tag]["limit"] == 1, tag
         assert limits[tag]["value"] == {"applyLimitPerUniqueValue": True}, tag
-    assert queue["maxConcurrentRuns"] >= 1
-    assert queue["dequeueIntervalSeconds"] <= 5
+    assert queue["max_concurrent_runs"] >= 1
+    assert queue["dequeue_interval_seconds"] <= 5
     assert daemon["runRetries"]["enabled"] is True
 
 

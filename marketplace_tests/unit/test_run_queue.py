@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG as RANGE_END
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_START_TAG as RANGE_START
 
 from marketplace_dagster.partitions import PARTITION_WORKSPACE_TAG, WORKSPACE_TAG
 from marketplace_dagster.run_queue import WorkspaceRunCoordinator, workspace_tags
@@ -20,8 +22,18 @@ def test_a_run_of_a_workspace_gets_its_workspace_tag_once():
     assert workspace_tags({PARTITION_WORKSPACE_TAG: "dev01", WORKSPACE_TAG: "dev02"}) == {
         WORKSPACE_TAG: "dev01"
     }
-    assert workspace_tags({"dagster/partition": "2026-12-07"}) == {}  # not a workspace's run
-    assert workspace_tags({}) == {}
+    assert workspace_tags({}) == {}  # the catalog's refresh: no workspace
+
+
+def test_a_backfills_run_gets_the_workspace_of_its_partition_range():
+    # A backfill's runs carry only the range of partitions they materialize.
+    one = {RANGE_START: "2026-12-05|dev01", RANGE_END: "2026-12-05|dev01"}
+    assert workspace_tags(one) == {WORKSPACE_TAG: "dev01"}
+    days = {RANGE_START: "2026-12-01|dev01", RANGE_END: "2026-12-05|dev01"}
+    assert workspace_tags(days) == {WORKSPACE_TAG: "dev01"}
+    # Over two workspaces it is no one workspace's run; a key not ours names none.
+    assert workspace_tags({RANGE_START: "2026-12-05|dev01", RANGE_END: "2026-12-05|dev02"}) == {}
+    assert workspace_tags({RANGE_START: "2026-12-05", RANGE_END: "2026-12-06"}) == {}
 
 
 def test_the_production_instance_file_is_valid_and_queues_one_run_per_workspace(monkeypatch):
@@ -54,7 +66,7 @@ def test_the_production_instance_file_is_valid_and_queues_one_run_per_workspace(
         for limit in limits
         if limit["limit"] == 1 and limit.get("value") == {"applyLimitPerUniqueValue": True}
     }
-    assert {WORKSPACE_TAG, PARTITION_WORKSPACE_TAG} <= per_workspace
+    assert WORKSPACE_TAG in per_workspace
     assert config["run_monitoring"]["enabled"] and config["run_retries"]["enabled"]
     assert config["run_retries"]["max_retries"] >= 1
 
