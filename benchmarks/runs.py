@@ -17,10 +17,8 @@ import dagster as dg
 
 from benchmarks.environment import ROOT
 from benchmarks.sampling import vm_hwm_kb
-from harness.local_dagster import DAGSTER
-from marketplace_dagster.partitions import partition_tags, split_partition_key
-
-SYNC_JOB = "marketplace_sync_job"
+from harness.local_dagster import instance_env, sync_job_command
+from marketplace_dagster.partitions import split_partition_key
 
 
 def materialize_partitions(
@@ -29,23 +27,13 @@ def materialize_partitions(
     """One `dagster job execute` process of marketplace_sync_job per partition (the job the
     sensor and schedule request, in a process of its own as the run launcher starts it),
     `parallel` at a time; returns wall time and per-run timings."""
-    env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+    env = instance_env(config_path, home)
 
     def one(partition: str) -> dict:
         started = time.perf_counter()
         with tempfile.TemporaryFile() as output:
             process = subprocess.Popen(
-                [
-                    str(DAGSTER),
-                    "job",
-                    "execute",
-                    "-m",
-                    "marketplace_dagster.definitions",
-                    "-j",
-                    SYNC_JOB,
-                    "--tags",
-                    json.dumps(partition_tags(*split_partition_key(partition))),
-                ],
+                sync_job_command(*split_partition_key(partition)),
                 env=env,
                 cwd=config_path.parent,
                 stdout=output,
@@ -88,7 +76,7 @@ def materialize_partitions_warm(
     """The same partitions, all at once, each in a process forked from one that has imported
     everything already (benchmarks.warm_worker): the seconds from the first fork to the last
     exit, and the runs' step seconds."""
-    env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
+    env = instance_env(config_path, home)
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.warm_worker", *partitions],
         env=env,

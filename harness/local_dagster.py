@@ -3,6 +3,8 @@ benchmarks."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +68,41 @@ def ensure_instance(home: Path, extra: dict | None = None) -> Path:
     return path
 
 
+def _spawn(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
+        )
+
+
+def instance_env(config_path: Path, home: Path, extra: dict[str, str] | None = None) -> dict:
+    """This process's environment, pointed at a configuration and a Dagster instance."""
+    return {
+        **os.environ,
+        **(extra or {}),
+        "MARKETPLACE_CONFIG": str(config_path),
+        "DAGSTER_HOME": str(home),
+    }
+
+
+def sync_job_command(day: dt.date, workspace: str) -> list[str]:
+    """`dagster job execute` of marketplace_sync_job for partition (day, workspace), as a run
+    worker runs it."""
+    # Dagster is imported only here: the Makefile runs this module to write the instance file.
+    from marketplace_dagster.partitions import partition_tags
+
+    return [str(DAGSTER), "job", "execute", *MODULE, "-j", "marketplace_sync_job"] + [
+        "--tags",
+        json.dumps(partition_tags(day, workspace)),
+    ]
+
+
 class WebhookReceiver:
     """`marketplace-webhooks` for one configuration and instance, its output in
     `home/webhooks.log`."""
@@ -80,22 +117,12 @@ class WebhookReceiver:
     ):
         self.url = listen_url.rstrip("/")
         self.log = home / "webhooks.log"
-        env = {
-            **os.environ,
-            **(env or {}),
-            "MARKETPLACE_CONFIG": str(config_path),
-            "DAGSTER_HOME": str(home),
-        }
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "marketplace_dagster.webhooks"],
-                cwd=cwd or Path(config_path).resolve().parent,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
-            )
+        self.process = _spawn(
+            [sys.executable, "-m", "marketplace_dagster.webhooks"],
+            instance_env(config_path, home, env),
+            cwd or Path(config_path).resolve().parent,
+            self.log,
+        )
 
     def wait_until_up(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -131,19 +158,6 @@ def stop_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _spawn(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as output:
-        return subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=default_interrupt,  # noqa: PLW1509 - only resets SIGINT in the child; deliberate
-        )
 
 
 class _Webserver:
@@ -228,10 +242,9 @@ class DagsterDev(_Webserver):
         ensure_instance(home)
         self.log = home / "dagster_dev.log"
         self.log.unlink(missing_ok=True)
-        env = {**os.environ, "MARKETPLACE_CONFIG": str(config_path), "DAGSTER_HOME": str(home)}
         self.process = _spawn(
             [str(DAGSTER), "dev", *MODULE, "-h", "127.0.0.1", "-p", str(self.port)],
-            env,
+            instance_env(config_path, home),
             cwd or Path(config_path).resolve().parent,
             self.log,
         )
@@ -253,12 +266,7 @@ class DagsterServices(_Webserver):
         self.log = home / "webserver.log"
         self.daemon_log = home / "daemon.log"
         self.cwd = Path(config_path).resolve().parent
-        self.env = {
-            **os.environ,
-            **(env or {}),
-            "MARKETPLACE_CONFIG": str(config_path),
-            "DAGSTER_HOME": str(home),
-        }
+        self.env = instance_env(config_path, home, env)
         self.process = _spawn(
             [str(DAGSTER.parent / "dagster-webserver"), *MODULE]
             + ["-h", "127.0.0.1", "-p", str(self.port)],

@@ -8,6 +8,7 @@ limit nor a filter by workspace would see them without it.
 
 from __future__ import annotations
 
+from dagster import DagsterRun
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -48,7 +49,7 @@ class WorkspaceRunCoordinator(QueuedRunCoordinator):
     """`QueuedRunCoordinator` whose runs all carry `marketplace/workspace` (its config is the
     same)."""
 
-    def submit_run(self, context: SubmitRunContext) -> object:
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
         added = workspace_tags(dict(run.tags))
         if added:

@@ -24,6 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import local_servers
+from harness.local_dagster import instance_env
 from harness.seeding import register_version
 from marketplace.export_records import export_dir
 from marketplace.layout import STAGING_PREFIX
@@ -62,7 +63,7 @@ def _launch(config: Path, home: Path, workspace: str, log: Path) -> subprocess.P
         process = subprocess.Popen(
             sync_job_command(TODAY, workspace),
             cwd=ROOT,
-            env={**os.environ, "MARKETPLACE_CONFIG": str(config), "DAGSTER_HOME": str(home)},
+            env=instance_env(config, home),
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,

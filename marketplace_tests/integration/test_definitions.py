@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import dagster as dg
 from mlflow import MlflowClient
 
+from harness.local_dagster import instance_env
 from harness.seeding import register_version
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
@@ -30,7 +30,7 @@ def test_cli_materializes_one_partition(servers, deploy, uid, tmp_path):
     )
     home = tmp_path / "dagster_home"
     home.mkdir()
-    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
+    env = instance_env(deployment.path, home)
     command = materialize_command(f"{TODAY.isoformat()}|cli")
     result = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False

@@ -4,13 +4,13 @@ runs."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import yaml
 
+from harness.local_dagster import DAGSTER, instance_env
 from marketplace.config import MarketplaceConfig, load_config
 from marketplace_dagster import keys
 from marketplace_dagster.assets.sync import build_sync_assets
@@ -150,8 +150,6 @@ def step_failure_message(result) -> str:
 
 def materialize_command(partition: str) -> list[str]:
     """`dagster asset materialize` of every asset of the definitions, for one partition."""
-    from .support import DAGSTER
-
     return [
         str(DAGSTER),
         "asset",
@@ -179,7 +177,7 @@ def materialize_in_processes(
     # Dagster creates its SQLite storage on first use, and racing first uses collide: create it
     # once.
     dg.DagsterInstance.from_config(str(home)).dispose()
-    env = {**os.environ, "MARKETPLACE_CONFIG": str(deployment.path), "DAGSTER_HOME": str(home)}
+    env = instance_env(deployment.path, home)
     logs = [tmp_path / f"{w}.log" for w in workspaces]
     processes = []
     for w, log in zip(workspaces, logs):

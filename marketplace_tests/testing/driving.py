@@ -4,7 +4,6 @@ versions, runs through the `dagster` CLI, sensor ticks, checks, and rows for the
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import subprocess
@@ -16,13 +15,13 @@ from pathlib import Path
 import dagster as dg
 from mlflow import MlflowClient
 
+from harness.local_dagster import instance_env, sync_job_command
 from marketplace.manifest import SIGNATURE_NAME
 from marketplace.provenance import TAG_SOURCE_VERSION
 from marketplace_dagster import keys
-from marketplace_dagster.partitions import partition_tags
 
 from .deployments import TODAY, step_failure_message
-from .support import DAGSTER, ROOT
+from .support import ROOT
 
 # The two ways a source marks its production version, as its workspace's `production` key says.
 ALIAS = "production"  # the marketplace's alias on the version it serves
@@ -99,22 +98,6 @@ class Launched:
         assert self.process.returncode == 0, self.log.read_text(errors="replace")[-3000:]
 
 
-def sync_job_command(day: dt.date, workspace: str) -> list[str]:
-    """`dagster job execute` of marketplace_sync_job for partition (day, workspace), as a run worker
-    runs it."""
-    return [
-        str(DAGSTER),
-        "job",
-        "execute",
-        "-m",
-        "marketplace_dagster.definitions",
-        "-j",
-        "marketplace_sync_job",
-        "--tags",
-        json.dumps(partition_tags(day, workspace)),
-    ]
-
-
 class Cli:
     """marketplace_sync_job runs in `dagster job execute` processes, as a run worker runs them,
     on one persistent Dagster instance."""
@@ -132,11 +115,7 @@ class Cli:
     def launch(self, workspace_name: str, day: dt.date = TODAY) -> Launched:
         self.launched += 1
         log = self.folder / f"run-{self.launched}.log"
-        env = {
-            **os.environ,
-            "MARKETPLACE_CONFIG": str(self.deployment.path),
-            "DAGSTER_HOME": str(self.home),
-        }
+        env = instance_env(self.deployment.path, self.home)
         with open(log, "wb") as output:  # a pipe read only at the end could fill and stall a run
             process = subprocess.Popen(
                 sync_job_command(day, workspace_name),

@@ -22,7 +22,6 @@ from marketplace.external import ExternalStorage
 from marketplace.registry import process_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
-DAGSTER = Path(sys.executable).parent / "dagster"  # the CLI of this interpreter's environment
 
 
 class HasConfig(Protocol):

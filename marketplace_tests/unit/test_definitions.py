@@ -11,11 +11,12 @@ import dagster as dg
 import pytest
 import yaml
 
+from harness.local_dagster import DAGSTER
 from marketplace.config import ConfigError, load_config
 from marketplace_dagster import keys
 from marketplace_dagster.definitions import build_definitions, defs
 from marketplace_tests.testing.deployments import TODAY
-from marketplace_tests.testing.support import DAGSTER, ROOT
+from marketplace_tests.testing.support import ROOT
 
 
 def test_project_defines_the_chain_the_job_and_the_partitions():
