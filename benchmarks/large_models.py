@@ -94,6 +94,7 @@ def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path, files: int
         "floor_ratio": round(wall / floor_seconds, 3),
         "marketplace_step_seconds": round(runs[0]["step_seconds"], 2),
         "step_floor_ratio": round(runs[0]["step_seconds"] / floor_seconds, 3),
+        "run_peak_rss_mb": runs[0]["peak_rss_mb"],
         "peak_rss_mb": max(peaks.values()),
         "peak_rss_mb_by_process": peaks,
         "scan_seconds": round(scan["seconds"], 3),

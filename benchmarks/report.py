@@ -41,6 +41,9 @@ def render(results: dict, plots: dict[str, str]) -> str:
         repeat_at=sizes["repeat_at"],
         repeats=sizes["repeats"],
         sync_ratio=results["sync_ratio"],
+        sync_ratio_sqlite=results["sync_ratio_sqlite"],
+        sync_vs_bare_postgres=_table(results["sync_vs_bare_postgres"]),
+        schedule_queue=_table(_one(results, "schedule_queue")),
         saturated=BusySampler.SATURATED,
         warm_at=results["sync_vs_bare"][0]["models_per_workspace"],
         sync_vs_bare=_table(results["sync_vs_bare"]),
@@ -76,7 +79,8 @@ def _one(results: dict, key: str) -> list[dict]:
 def _table(rows: list[dict]) -> str:
     if not rows:
         return NOT_MEASURED
-    head = list(rows[0])
+    # A column no row has a value for (the pool's at every other size) is left out.
+    head = [h for h in rows[0] if any(r.get(h) not in ("", None) for r in rows)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(r.get(h, "")) for h in head) + " |" for r in rows]
     return "\n".join(lines)
@@ -142,14 +146,14 @@ def _plots(results: dict, out: Path) -> dict[str, Path]:
 
     def plot(
         name: str,
-        x: list,
-        series: list[tuple[list, str, str]],
+        series: list[tuple[list, list, str, str]],
         xlabel: str,
         ylabel: str,
         title: str,
     ) -> Path:
+        """Each series as (x, y, style, label)."""
         fig, axis = plt.subplots(figsize=(6, 4))
-        for y, style, label in series:
+        for x, y, style, label in series:
             axis.plot(x, y, style, label=label)
         axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
         axis.legend()
@@ -159,14 +163,28 @@ def _plots(results: dict, out: Path) -> dict[str, Path]:
         return out / f"{name}.png"
 
     rows, spread = results["sync_vs_bare"], results["workspaces"]
+    postgres = results["sync_vs_bare_postgres"]
     sizes = [r["models_per_workspace"] for r in rows]
+    versions = [r["versions"] for r in rows]
+    counts = [r["workspaces"] for r in spread]
     return {
         "sync_time": plot(
             "sync_time",
-            [r["versions"] for r in rows],
             [
-                ([r["bare_seconds"] for r in rows], "o-", "bare mlflow-export-import"),
-                ([r["marketplace_seconds"] for r in rows], "s-", "marketplace"),
+                (versions, [r["bare_seconds"] for r in rows], "o-", "bare, SQLite registry"),
+                (versions, [r["marketplace_seconds"] for r in rows], "s-", "marketplace, SQLite"),
+                (
+                    [r["versions"] for r in postgres],
+                    [r["bare_seconds"] for r in postgres],
+                    "o--",
+                    "bare, PostgreSQL registry",
+                ),
+                (
+                    [r["versions"] for r in postgres],
+                    [r["marketplace_seconds"] for r in postgres],
+                    "s--",
+                    "marketplace, PostgreSQL",
+                ),
             ],
             "model versions synced (3 workspaces)",
             "seconds",
@@ -174,28 +192,37 @@ def _plots(results: dict, out: Path) -> dict[str, Path]:
         ),
         "scaling_models": plot(
             "scaling_models",
-            sizes,
             [
-                ([r["seconds_per_version"] for r in rows], "s-", "sync, wall s per version"),
-                ([r["step_seconds_per_version"] for r in rows], "^-", "sync, step s per version"),
-                ([r["cpu_seconds_per_version"] for r in rows], "d-", "sync, CPU s per version"),
+                (sizes, [r["seconds_per_version"] for r in rows], "s-", "sync, wall s per version"),
                 (
+                    sizes,
+                    [r["step_seconds_per_version"] for r in rows],
+                    "^-",
+                    "sync, step s per version",
+                ),
+                (
+                    sizes,
+                    [r["cpu_seconds_per_version"] for r in rows],
+                    "d-",
+                    "sync, CPU s per version",
+                ),
+                (
+                    sizes,
                     [r["idle_seconds"] / r["versions"] for r in rows],
                     "o-",
                     "idle cycle, wall s per version",
                 ),
             ],
-            "models per workspace (3 workspaces)",
+            "models per workspace (3 workspaces, SQLite registry)",
             "seconds per version",
             "Cost per model",
         ),
         "scaling_workspaces": plot(
             "scaling_workspaces",
-            [r["workspaces"] for r in spread],
             [
-                ([r["sync_seconds"] for r in spread], "s-", "sync (wall)"),
-                ([r["idle_seconds"] for r in spread], "o-", "idle cycle (wall)"),
-                ([r["tick_seconds"] for r in results["sensor_tick"]], "^-", "sensor tick"),
+                (counts, [r["sync_seconds"] for r in spread], "s-", "sync (wall)"),
+                (counts, [r["idle_seconds"] for r in spread], "o-", "idle cycle (wall)"),
+                (counts, [r["tick_seconds"] for r in results["sensor_tick"]], "^-", "sensor tick"),
             ],
             "workspaces",
             "seconds",

@@ -25,9 +25,10 @@ from benchmarks.large_models import bench_large_artifact
 from benchmarks.propagation import bench_propagation
 from benchmarks.report import report
 from benchmarks.sandbox import bench_sandbox
+from benchmarks.schedule_queue import bench_schedule_queue
 from benchmarks.sync_vs_bare import bench_sync_vs_bare
 from benchmarks.targets import targets
-from benchmarks.workspaces import bench_workspaces
+from benchmarks.workspaces import bench_workspaces, spread_sources
 
 
 def _log_to(path: Path) -> None:
@@ -79,7 +80,29 @@ class _Progress:
         return item()
 
 
-ITEMS = 9
+ITEMS = 11
+
+
+def headline_ratios(results: dict, size: int) -> dict:
+    """sync_ratio (the PostgreSQL registry's pair at `size` models per workspace, else its
+    largest), its SQLite counterpart, and every size's ratio."""
+
+    def at_size(rows: list[dict]) -> dict:
+        return next((r for r in rows if r["models_per_workspace"] == size), rows[-1])
+
+    postgres, sqlite = results["sync_vs_bare_postgres"], results["sync_vs_bare"]
+    return {
+        "sync_ratio": at_size(postgres)["ratio"],
+        "sync_ratio_sqlite": at_size(sqlite)["ratio"],
+        "sync_ratio_by_size": {
+            f"{r['workspaces']}x{r['models_per_workspace']} {r['registry'].split(',')[0]}": r[
+                "ratio"
+            ]
+            for r in sqlite + postgres
+        },
+        # Not a target: what the smallest sync would take with a warm run worker (see the report).
+        "small_sync_warm_worker_ratio": sqlite[0]["warm_worker_ratio"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     sizes = {
         "workspaces": 3 if not smoke else 2,
+        # Into marketplaces on SQLite (one worker), then on PostgreSQL (POSTGRES_WORKERS).
         "models": [5, 20, 50, 100] if not smoke else [2, 3],
-        # The headline size (sync_ratio) is measured in this many pairs, the median kept.
+        "postgres_models": [50, 100] if not smoke else [2],
+        # The headline size (sync_ratio, on PostgreSQL) is measured in this many pairs, the
+        # median kept.
         "repeat_at": 50 if not smoke else 2,
         "repeats": 3 if not smoke else 2,
         "spread": [3, 10, 30, 65] if not smoke else [2, 3],
@@ -136,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / "bench.log"
     _log_to(log)
     print(
-        f"make bench: {ITEMS} items, about {'40-50 minutes' if not smoke else 'a few minutes'}; "
+        f"make bench: {ITEMS} items, about {'70-90 minutes' if not smoke else 'a few minutes'}; "
         f"MLflow and Dagster logs in {log}",
         flush=True,
     )
@@ -144,7 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
         bench = Bench(Path(tmp))
         try:
-            with step("sync vs the bare export tool, by models per workspace"):
+            with step("sync vs the bare export tool, marketplace registry on PostgreSQL"):
+                results["sync_vs_bare_postgres"] = bench_sync_vs_bare(
+                    bench,
+                    sizes["workspaces"],
+                    sizes["postgres_models"],
+                    Path(tmp),
+                    repeat_at=sizes["repeat_at"],
+                    repeats=sizes["repeats"],
+                    postgres=True,
+                )
+            with step("sync vs the bare export tool, on SQLite, by models per workspace"):
                 results["sync_vs_bare"] = bench_sync_vs_bare(
                     bench,
                     sizes["workspaces"],
@@ -152,23 +188,20 @@ def main(argv: list[str] | None = None) -> int:
                     Path(tmp),
                     pool_at=sizes["models"][1],
                     warm_at=sizes["models"][0],
-                    repeat_at=sizes["repeat_at"],
-                    repeats=sizes["repeats"],
                 )
-            results["sync_ratio_by_size"] = {
-                f"{r['workspaces']}x{r['models_per_workspace']}": r["ratio"]
-                for r in results["sync_vs_bare"]
-            }
-            fifty = [r for r in results["sync_vs_bare"] if r["models_per_workspace"] == 50]
-            results["sync_ratio"] = (fifty or results["sync_vs_bare"][-1:])[0]["ratio"]
-            # Not a target: what the smallest sync would take with a warm run worker (see the
-            # report).
-            results["small_sync_warm_worker_ratio"] = results["sync_vs_bare"][0][
-                "warm_worker_ratio"
-            ]
+            results.update(headline_ratios(results, sizes["repeat_at"]))
             with step("by workspaces: a sync, a cycle with nothing new, a sensor tick"):
+                sources = spread_sources(bench, max(sizes["spread"]), sizes["models_per_workspace"])
                 results["workspaces"], results["sensor_tick"] = bench_workspaces(
-                    bench, sizes["spread"], sizes["models_per_workspace"], Path(tmp)
+                    bench, sources, sizes["spread"], sizes["models_per_workspace"], Path(tmp)
+                )
+            with step("the daily schedule on the production instance (PostgreSQL, run queue)"):
+                results["schedule_queue"] = bench_schedule_queue(
+                    bench,
+                    sources,
+                    max(sizes["spread"]),
+                    sizes["models_per_workspace"],
+                    Path(tmp),
                 )
             with step("a large artifact"):
                 results["large_artifact"] = bench_large_artifact(

@@ -80,6 +80,28 @@ def cpu_seconds(servers: list[LocalServer]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu(data: Path) -> float:
+    """CPU time the PostgreSQL server of cluster `data` has used so far: the postmaster, the
+    backends it has reaped (cutime, cstime) and those still alive."""
+    try:
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(entry.name) == postmaster:
+            ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        elif int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class BusySampler:
     """Once a second while a sync runs: the marketplace server's CPU (cores) and the whole
     machine's busy cores (/proc/stat). It shows which phase of a sync waits on the marketplace
@@ -89,6 +111,8 @@ class BusySampler:
 
     def __init__(self, market: LocalServer, interval: float = 1.0):
         self.market, self.interval = market, interval
+        # Several workers saturate at that much of each core they can have.
+        self.saturated = self.SATURATED * min(market.workers, os.cpu_count() or 1)
         # (marketplace server cores, machine busy cores)
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
@@ -134,7 +158,7 @@ class BusySampler:
                 "busy_cores_while_saturated": "",
                 "busy_cores": "",
             }
-        saturated = [machine for market, machine in self.samples if market >= self.SATURATED]
+        saturated = [machine for market, machine in self.samples if market >= self.saturated]
         return {
             "marketplace_saturated_share": round(len(saturated) / len(self.samples), 2),
             "busy_cores_while_saturated": round(sum(saturated) / len(saturated), 2)

@@ -5,6 +5,7 @@ pool of threads and a warm run worker at one size each."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 
 from benchmarks.environment import TODAY, Bench, dagster_home, fresh_marketplace, write_config
 from benchmarks.runs import materialize_partitions, materialize_partitions_warm, scan_exports
-from benchmarks.sampling import BusySampler, cpu_seconds, own_cpu
+from benchmarks.sampling import BusySampler, cpu_seconds, own_cpu, postgres_cpu
 from harness.seeding import model_names, seed_production
 from marketplace.registry import process_tracking_uri
 
@@ -27,22 +28,18 @@ def bench_sync_vs_bare(
     warm_at: int | None = None,
     repeat_at: int | None = None,
     repeats: int = 1,
+    postgres: bool = False,
 ) -> list[dict]:
     """Item 1: bare mlflow-export-import vs the marketplace, same servers and models, fresh
-    marketplaces; at `repeat_at` models, `repeats` pairs on fresh servers, the median pair kept
-    (this machine's speed drifts from minute to minute: one pair can be 20 % off)."""
+    marketplaces (both on SQLite, or both on PostgreSQL with several workers); at `repeat_at`
+    models, `repeats` pairs on fresh servers, the median pair kept (this machine's speed drifts
+    from minute to minute: one pair can be 20 % off)."""
     rows = []
     for count in models:
-        pairs = [
-            _sync_pair(
-                bench, workspaces, count, folder, pool=count == pool_at, warm=count == warm_at
-            )
-        ]
+        pair = functools.partial(_sync_pair, bench, workspaces, count, folder, postgres=postgres)
+        pairs = [pair(pool=count == pool_at, warm=count == warm_at)]
         if count == repeat_at:
-            pairs += [
-                _sync_pair(bench, workspaces, count, folder, suffix=f"r{k}")
-                for k in range(1, repeats)
-            ]
+            pairs += [pair(suffix=f"r{k}") for k in range(1, repeats)]
         row = sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2]
         rows.append(
             {
@@ -68,15 +65,22 @@ def _sync_pair(
     pool: bool = False,
     warm: bool = False,
     suffix: str = "",
+    postgres: bool = False,
 ) -> dict:
     """One bare sync and one marketplace sync of `workspaces` x `count` fresh models, and the idle
-    cycle."""
+    cycle. The sources are on SQLite; the two marketplaces on PostgreSQL when `postgres`."""
     from mlflow_export_import.bulk.export_models import export_models
     from mlflow_export_import.bulk.import_models import import_models
 
-    tag = f"{count}{suffix}"
+    tag = f"{'pg' if postgres else ''}{count}{suffix}"
     sources = [bench.server(f"src{tag}_{k}") for k in range(workspaces)]
-    bare_market, our_market = bench.server(f"bare{tag}"), bench.server(f"market{tag}")
+    bare_market = bench.server(f"bare{tag}", postgres=postgres)
+    our_market = bench.server(f"market{tag}", postgres=postgres)
+
+    def servers_cpu(servers) -> float:
+        """The servers' CPU so far, and the database server's when the marketplaces use one."""
+        return cpu_seconds(servers) + (postgres_cpu(bench.postgres().data) if postgres else 0.0)
+
     bench.start_all(sources + [bare_market, our_market])
     names = model_names(count)
     for source in sources:
@@ -96,7 +100,7 @@ def _sync_pair(
     partitions = [f"{TODAY.isoformat()}|{n}" for n in ws_names]
 
     out = folder / f"bare{tag}"
-    bare_cpu = -own_cpu() - cpu_seconds(sources + [bare_market])
+    bare_cpu = -own_cpu() - servers_cpu(sources + [bare_market])
     started = time.perf_counter()
     for name, source in zip(ws_names, sources):
         with process_tracking_uri(source.uri):
@@ -117,7 +121,7 @@ def _sync_pair(
                 mlflow_client=MlflowClient(bare_market.uri),
             )
     bare_seconds = time.perf_counter() - started
-    bare_cpu += own_cpu() + cpu_seconds(sources + [bare_market])
+    bare_cpu += own_cpu() + servers_cpu(sources + [bare_market])
     bare_versions = len(MlflowClient(bare_market.uri).search_model_versions(max_results=10000))
 
     config = write_config(
@@ -127,10 +131,10 @@ def _sync_pair(
         ws_config,
     )
     home = dagster_home(folder / f"sync{tag}")
-    servers_before = cpu_seconds(sources + [our_market])
+    servers_before = servers_cpu(sources + [our_market])
     with BusySampler(our_market) as busy:
         wall, runs = materialize_partitions(config, home, partitions, parallel=workspaces)
-    servers_cpu = cpu_seconds(sources + [our_market]) - servers_before
+    our_servers_cpu = servers_cpu(sources + [our_market]) - servers_before
     our_versions = len(MlflowClient(our_market.uri).search_model_versions(max_results=10000))
     if (bare_versions, our_versions) != (count * workspaces,) * 2:
         raise RuntimeError(
@@ -143,14 +147,14 @@ def _sync_pair(
     if pool:
         # The same sync with the default pool (client.max_workers 4) into another fresh marketplace.
         pool_market, pool_config, pool_home = fresh_marketplace(
-            bench, f"pool{count}", folder, ws_config, client={"max_workers": 4}
+            bench, f"pool{tag}", folder, ws_config, postgres=postgres, client={"max_workers": 4}
         )
-        before = cpu_seconds(sources + [pool_market])
+        before = servers_cpu(sources + [pool_market])
         pool_wall, pool_runs = materialize_partitions(
             pool_config, pool_home, partitions, parallel=workspaces
         )
         pool_cpu = (
-            sum(r["cpu_seconds"] for r in pool_runs) + cpu_seconds(sources + [pool_market]) - before
+            sum(r["cpu_seconds"] for r in pool_runs) + servers_cpu(sources + [pool_market]) - before
         )
         pooled = {
             "pool_of_4_seconds": round(pool_wall, 2),
@@ -160,7 +164,7 @@ def _sync_pair(
     if warm:
         # The same sync into another fresh marketplace, each run forked from a warm process.
         warm_market, warm_config, warm_home = fresh_marketplace(
-            bench, f"warm{count}", folder, ws_config
+            bench, f"warm{tag}", folder, ws_config, postgres=postgres
         )
         warm_wall, warm_steps = materialize_partitions_warm(warm_config, warm_home, partitions)
         warm_versions = len(MlflowClient(warm_market.uri).search_model_versions(max_results=10000))
@@ -174,6 +178,7 @@ def _sync_pair(
             "warm_worker_step_seconds_per_version": round(warm_steps / (count * workspaces), 3),
         }
     row = {
+        "registry": f"postgresql, {our_market.workers} workers" if postgres else "sqlite, 1 worker",
         "workspaces": workspaces,
         "models_per_workspace": count,
         "versions": count * workspaces,
@@ -183,16 +188,22 @@ def _sync_pair(
         "seconds_per_version": round(wall / (count * workspaces), 3),
         "bare_cpu_seconds_per_version": round(bare_cpu / (count * workspaces), 3),
         "cpu_seconds_per_version": round(
-            (sum(r["cpu_seconds"] for r in runs) + servers_cpu) / (count * workspaces), 3
+            (sum(r["cpu_seconds"] for r in runs) + our_servers_cpu) / (count * workspaces), 3
         ),
         "server_cpu_share": round(
-            servers_cpu / (sum(r["cpu_seconds"] for r in runs) + servers_cpu), 3
+            our_servers_cpu / (sum(r["cpu_seconds"] for r in runs) + our_servers_cpu), 3
         ),
         **busy.summary(),
         "step_seconds_per_version": round(
             sum(r["step_seconds"] for r in runs) / (count * workspaces), 3
         ),
         "marketplace_step_seconds": round(sum(r["step_seconds"] for r in runs), 2),
+        # The steps' time against the bare tool's: what the work costs without the per-run start.
+        "step_ratio": round(sum(r["step_seconds"] for r in runs) / bare_seconds, 3),
+        # Dagster's part of the wall time: each run process's start and its event writes.
+        "run_overhead_seconds_per_run": round(
+            sum(r["overhead_seconds"] for r in runs) / len(runs), 2
+        ),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "idle_seconds": round(idle_wall, 2),
         **pooled,
@@ -201,7 +212,8 @@ def _sync_pair(
         "scan_share_of_sync": round(scan["seconds"] / wall, 4),
     }
     print(
-        f"  {workspaces} x {count}: bare {bare_seconds:.1f} s, marketplace {wall:.1f} s",
+        f"  {workspaces} x {count} ({row['registry']}): bare {bare_seconds:.1f} s, marketplace "
+        f"{wall:.1f} s, ratio {row['ratio']}, steps / bare {row['step_ratio']}",
         file=sys.__stdout__,
         flush=True,
     )

@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+FLAT_FROM = 20  # models per workspace: below it, a run's fixed cost dominates the per-model cost
+
 
 def targets(results: dict) -> list[dict]:
     """Each target of docs/benchmarks.md with what this run measured; the headline figures also
     go into `results` under their own keys."""
-    by_size = {r["models_per_workspace"]: r for r in results["sync_vs_bare"]}
+    sqlite, postgres = results["sync_vs_bare"], results["sync_vs_bare_postgres"]
+    headline = next(
+        (r for r in postgres if r["models_per_workspace"] == results["sizes"]["repeat_at"]),
+        postgres[-1],
+    )
     spread = {r["workspaces"]: r for r in results["workspaces"]}
     tick = max(results["sensor_tick"], key=lambda r: r["workspaces"])
     one_gib, big = results["large_artifact"], results["large_model"]
-    per_model = [r["step_seconds_per_version"] for r in results["sync_vs_bare"]]
-    flat = round(max(per_model) / min(per_model), 3)
-    peak = max(
-        [
-            one_gib["peak_rss_mb"],
-            big["peak_rss_mb"],
-            *(r["peak_rss_mb"] for r in results["sync_vs_bare"]),
-        ]
+    small = sqlite[0]
+    # Flat from FLAT_FROM models per workspace up (or the largest size, in a smoke run), on each
+    # registry: the worse of the two.
+    flat_from = min(FLAT_FROM, max(r["models_per_workspace"] for r in sqlite + postgres))
+    flat = max(
+        round(max(per) / min(per), 3)
+        for rows in (sqlite, postgres)
+        if (
+            per := [
+                r["step_seconds_per_version"]
+                for r in rows
+                if r["models_per_workspace"] >= flat_from
+            ]
+        )
     )
-    smallest, largest = min(spread), max(k for k in spread if k <= 30)
+    syncs = sqlite + postgres
+    peak = max(
+        [one_gib["run_peak_rss_mb"], big["run_peak_rss_mb"], *(r["peak_rss_mb"] for r in syncs)]
+    )
+    sync_peak = headline["peak_rss_mb"]
+    schedule = results["schedule_queue"]
+    small_spread, large_spread = min(spread), max(k for k in spread if k <= 30)
 
     def target(name: str, measured, met: bool, key: str | None = None) -> dict:
         if key:
@@ -36,67 +54,62 @@ def targets(results: dict) -> list[dict]:
             found["met"],
         )
 
-    largest_sync = by_size.get(50, results["sync_vs_bare"][-1])
-    small = results["sync_vs_bare"][0]
     catalog = results["catalog"]
     return [
         target(
-            f"sync_ratio ({largest_sync['workspaces']} x {largest_sync['models_per_workspace']}, "
-            "marketplace / bare) <= 0.8",
+            f"sync_ratio ({headline['workspaces']} x {headline['models_per_workspace']}, "
+            f"marketplace registry on {headline['registry']}; marketplace / bare) <= 0.6",
             results["sync_ratio"],
-            results["sync_ratio"] <= 0.8,
+            results["sync_ratio"] <= 0.6,
         ),
         target(
-            f"{small['workspaces']} x {small['models_per_workspace']} ratio <= 1.5",
-            small["ratio"],
-            small["ratio"] <= 1.5,
-            "small_sync_ratio",
+            f"{small['workspaces']} x {small['models_per_workspace']}: the steps' time / the bare "
+            "tool's time <= 1.2 (the per-run start reported apart)",
+            small["step_ratio"],
+            small["step_ratio"] <= 1.2,
+            "small_step_ratio",
         ),
         target(
             f"{big['artifact_mb']} MB model in {big['files']} files: marketplace time / "
-            "verified-copy floor <= 2.0",
+            "verified-copy floor <= 1.5",
             big["floor_ratio"],
-            big["floor_ratio"] <= 2.0,
+            big["floor_ratio"] <= 1.5,
             "large_model_floor_ratio",
         ),
         target(
-            f"{one_gib['artifact_mb']} MB model: throughput vs raw copy >= 0.3",
-            one_gib["throughput_ratio"],
-            one_gib["throughput_ratio"] >= 0.3,
-            "large_artifact_throughput_ratio",
-        ),
-        target(
-            f"peak RSS of any run process (syncs, {one_gib['artifact_mb']} MB, "
-            f"{big['artifact_mb']} MB) < 300 MB",
+            f"peak RSS of every run process (syncs on both registries, {one_gib['artifact_mb']} "
+            f"MB, {big['artifact_mb']} MB) < 450 MB",
             peak,
-            peak < 300,
+            peak < 450,
             "peak_rss_mb",
         ),
         target(
-            f"{big['artifact_mb']} MB model: peak RSS of every process < 300 MB (run process and "
-            "MLflow servers)",
-            big["peak_rss_mb"],
-            big["peak_rss_mb"] < 300,
-            "large_model_peak_rss_mb",
+            f"{big['artifact_mb']} MB model: the run process's peak RSS <= the "
+            f"{headline['workspaces']} x {headline['models_per_workspace']} sync's peak "
+            f"({sync_peak} MB) + 10 %",
+            big["run_peak_rss_mb"],
+            big["run_peak_rss_mb"] <= sync_peak * 1.1,
+            "large_model_run_peak_rss_mb",
         ),
         target(
-            f"registry seconds per idle workspace at {smallest} workspaces <= 0.3",
-            spread[smallest]["registry_seconds_per_workspace"],
-            spread[smallest]["registry_seconds_per_workspace"] <= 0.3,
-            "idle_registry_seconds_small",
-        ),
-        target(
-            f"registry seconds per idle workspace at {largest} workspaces <= 0.2",
-            spread[largest]["registry_seconds_per_workspace"],
-            spread[largest]["registry_seconds_per_workspace"] <= 0.2,
-            "idle_registry_seconds_large",
-        ),
-        target(
-            f"step seconds per model flat within 20 % from {min(by_size)} to {max(by_size)} models "
-            "per workspace (largest / smallest)",
+            f"step seconds per model flat within 20 % from {flat_from} to "
+            f"{max(r['models_per_workspace'] for r in syncs)} models per workspace (largest / "
+            "smallest, the worse registry)",
             flat,
             flat <= 1.2,
             "per_model_cost_spread",
+        ),
+        target(
+            f"registry seconds per idle workspace at {small_spread} workspaces <= 0.3",
+            spread[small_spread]["registry_seconds_per_workspace"],
+            spread[small_spread]["registry_seconds_per_workspace"] <= 0.3,
+            "idle_registry_seconds_small",
+        ),
+        target(
+            f"registry seconds per idle workspace at {large_spread} workspaces <= 0.2",
+            spread[large_spread]["registry_seconds_per_workspace"],
+            spread[large_spread]["registry_seconds_per_workspace"] <= 0.2,
+            "idle_registry_seconds_large",
         ),
         target(
             f"tick over {tick['workspaces']} workspaces < 10 s",
@@ -109,11 +122,20 @@ def targets(results: dict) -> list[dict]:
             results["backfill"]["runs"],
             results["backfill"]["runs"] == results["backfill"]["partitions"],
         ),
+        target(
+            f"the daily schedule over {schedule['workspaces']} workspaces on the production "
+            "instance: every run succeeds, never two of one workspace at once (runs of one "
+            "workspace at once)",
+            schedule["most_runs_of_one_workspace_at_once"],
+            schedule["failed_runs"] == 0
+            and schedule["most_runs_of_one_workspace_at_once"] == 1
+            and schedule["runs"] == schedule["workspaces"],
+        ),
         # The scan is part of the sync: it doubles it when it takes half of it.
         target(
-            "scanning does not double the sync time (scan share of the 3 x 50 sync < 0.5)",
-            largest_sync["scan_share_of_sync"],
-            largest_sync["scan_share_of_sync"] < 0.5,
+            "scanning does not double the sync time (scan share of the headline sync < 0.5)",
+            headline["scan_share_of_sync"],
+            headline["scan_share_of_sync"] < 0.5,
         ),
         target(
             f"catalog page of {catalog['models']} models: a keystroke filters in < 100 ms",

@@ -11,38 +11,61 @@ import dagster as dg
 
 from benchmarks.environment import TODAY, Bench, dagster_home, write_config
 from benchmarks.runs import materialize_partitions
+from harness.local_servers import LocalServer, stop
 from harness.seeding import model_names, seed_production
 from marketplace.config import load_config
 from marketplace_dagster.definitions import build_definitions
 
+SOURCES = 3
 
-def bench_workspaces(
-    bench: Bench, counts: list[int], models_per_workspace: int, folder: Path
-) -> tuple[list[dict], list[dict]]:
-    """Items 2 and 3: a sync, then an idle cycle, and a sensor tick over 3..65 workspaces sharing 3
-    servers, each workspace with its own `models_per_workspace` models."""
-    servers = [bench.server(f"idle_src{k}") for k in range(3)]
-    market = bench.server("idle_market")
-    bench.start_all(servers + [market])
-    slots = -(-max(counts) // 3)
-    names = model_names(slots * models_per_workspace)
+
+def spread_sources(bench: Bench, workspaces: int, models_per_workspace: int) -> list[LocalServer]:
+    """SOURCES source servers, started, seeded with enough models for `workspaces` workspaces of
+    `models_per_workspace` models each (see spread_workspaces)."""
+    servers = [bench.server(f"spread_src{k}") for k in range(SOURCES)]
+    bench.start_all(servers)
+    names = model_names(-(-workspaces // SOURCES) * models_per_workspace)
     for server in servers:
         seed_production(server.uri, names)
+    return servers
+
+
+def spread_workspaces(
+    prefix: str, count: int, servers: list[LocalServer], models_per_workspace: int
+) -> list[dict]:
+    """`count` workspaces over the seeded `servers`: workspace i lives on server i % 3 and owns the
+    (i // 3)-th slice of its models, so that 65 workspaces share 3 servers without syncing one
+    model twice."""
+    names = model_names(-(-count // len(servers)) * models_per_workspace)
+    return [
+        {
+            "name": f"{prefix}{i:02d}",
+            "tracking_uri": servers[i % len(servers)].uri,
+            "production": {"stage": "Production"},
+            "include": names[
+                (i // len(servers)) * models_per_workspace : (i // len(servers) + 1)
+                * models_per_workspace
+            ],
+        }
+        for i in range(count)
+    ]
+
+
+def bench_workspaces(
+    bench: Bench,
+    sources: list[LocalServer],
+    counts: list[int],
+    models_per_workspace: int,
+    folder: Path,
+) -> tuple[list[dict], list[dict]]:
+    """Items 2 and 3: a sync, then an idle cycle, and a sensor tick over 3..65 workspaces sharing
+    the seeded `sources` (spread_sources), each workspace with its own `models_per_workspace`
+    models, into one marketplace (stopped at the end; the sources are left running)."""
+    market = bench.server("idle_market")
+    bench.start_all([market])
     cycle_rows, tick_rows = [], []
     for count in counts:
-        # Workspace i lives on server i % 3 and owns the (i // 3)-th slice of its models, so that
-        # 65 workspaces share 3 servers without syncing one model twice.
-        workspaces = [
-            {
-                "name": f"w{count}_{i:02d}",
-                "tracking_uri": servers[i % 3].uri,
-                "production": {"stage": "Production"},
-                "include": names[
-                    (i // 3) * models_per_workspace : (i // 3 + 1) * models_per_workspace
-                ],
-            }
-            for i in range(count)
-        ]
+        workspaces = spread_workspaces(f"w{count}_", count, sources, models_per_workspace)
         config = write_config(
             folder / f"idle{count}.yaml", folder / f"idle_storage{count}", market, workspaces
         )
@@ -83,7 +106,7 @@ def bench_workspaces(
             file=sys.__stdout__,
             flush=True,
         )
-    bench.stop_all()
+    stop(market)
     return cycle_rows, tick_rows
 
 

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-# Nine items, one through a real daemon waiting on its 20 s poll, every sync starting its sandbox:
+# Eleven items, one through a real daemon waiting on its 20 s poll, every sync starting its sandbox:
 # longer than the suite's 1200 s; the run's own timeout below comes first, and shows how far it got.
 @pytest.mark.timeout(3700)
 def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
@@ -40,26 +40,36 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     # One progress line per item on the terminal; MLflow's and Dagster's logs in a file.
     assert (
-        "[1/9] sync vs the bare export tool" in done.stdout and "[9/9] propagation" in done.stdout
+        "[1/11] sync vs the bare export tool" in done.stdout
+        and "[11/11] propagation" in done.stdout
     )
     assert (tmp_path / "bench.log").stat().st_size > 0 and "INFO" not in done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["sync_ratio"] > 0
+    # The headline: the marketplace registry on PostgreSQL with 4 workers, two pairs on fresh
+    # servers, the median kept; the SQLite rows beside it, one pair per size.
+    (headline,) = results["sync_vs_bare_postgres"]
+    assert (headline["registry"], headline["versions"]) == ("postgresql, 4 workers", 4)
+    assert len(headline["ratio_runs"].split()) == 2
+    assert str(headline["ratio"]) in headline["ratio_runs"].split()
+    assert results["sync_ratio"] == headline["ratio"] > 0
     assert [r["versions"] for r in results["sync_vs_bare"]] == [4, 6]
-    assert all(
-        r["idle_seconds"] > 0 and r["step_seconds_per_version"] > 0 for r in results["sync_vs_bare"]
-    )
-    # The headline size ran as two pairs on fresh servers, the median kept; the other size once.
     first, second = results["sync_vs_bare"]
-    assert (
-        len(first["ratio_runs"].split()) == 2 and str(first["ratio"]) in first["ratio_runs"].split()
+    assert results["sync_ratio_sqlite"] == first["ratio"] > 0
+    assert all(r["registry"] == "sqlite, 1 worker" for r in results["sync_vs_bare"])
+    assert all(
+        r["idle_seconds"] > 0
+        and r["step_seconds_per_version"] > 0
+        and r["step_ratio"] > 0
+        and r["run_overhead_seconds_per_run"] > 0
+        for r in results["sync_vs_bare"] + results["sync_vs_bare_postgres"]
     )
-    assert second["ratio_runs"] == str(second["ratio"])
+    assert [r["ratio_runs"] for r in results["sync_vs_bare"]] == [
+        str(first["ratio"]),
+        str(second["ratio"]),
+    ]
     # At the smallest size, the same sync once more, each run forked from a warm process.
     assert first["warm_worker_seconds"] > 0 and first["warm_worker_step_seconds_per_version"] > 0
-    assert (
-        first["warm_worker_ratio"] > 0
-    )  # against its own pair's bare time (this size also repeats here)
+    assert first["warm_worker_ratio"] > 0  # against its own pair's bare time
     assert (
         second["warm_worker_seconds"] == ""
         and results["small_sync_warm_worker_ratio"] == first["warm_worker_ratio"]
@@ -69,19 +79,26 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert all(
         0 < r["busy_cores"] <= results["machine"]["cores"] + 0.5
         and 0 <= r["marketplace_saturated_share"] <= 1
-        for r in results["sync_vs_bare"]
+        for r in results["sync_vs_bare"] + results["sync_vs_bare_postgres"]
     )
     assert [(r["workspaces"], r["models"]) for r in results["workspaces"]] == [(2, 2), (3, 3)]
+    # The daily schedule on deploy/dagster.yaml (PostgreSQL, the run queue), the real daemon.
+    schedule = results["schedule_queue"]
+    assert (schedule["workspaces"], schedule["runs"], schedule["failed_runs"]) == (3, 3, 0)
+    assert schedule["most_runs_of_one_workspace_at_once"] == 1
+    assert 1 <= schedule["most_runs_at_once"] <= 3 and schedule["wall_seconds"] > 0
+    assert 0 <= schedule["queue_wait_p50_seconds"] <= schedule["queue_wait_max_seconds"]
+    assert schedule["process_start_p50_seconds"] > 0
     # The idle cycle's registry time comes from the runs' own step metadata: it must be there.
     assert all(r["registry_seconds_per_workspace"] > 0 for r in results["workspaces"])
     # The large model: four shards, the floor measured in the same run, every process's peak.
     big = results["large_model"]
     assert big["files"] == 4 and big["floor_seconds"] > 0 and big["floor_ratio"] > 0
-    assert big["peak_rss_mb_by_process"]["dagster run process"] > 0
+    assert big["peak_rss_mb_by_process"]["dagster run process"] == big["run_peak_rss_mb"] > 0
     assert any(name.startswith("mlflow server") for name in big["peak_rss_mb_by_process"])
     assert (
         results["large_model_floor_ratio"] == big["floor_ratio"]
-        and results["large_model_peak_rss_mb"] > 0
+        and results["large_model_run_peak_rss_mb"] == big["run_peak_rss_mb"]
     )
     assert results["backfill"]["partitions"] == 6 and results["backfill"]["runs"] >= 1
     assert len(results["targets"]) == 15 and all(
@@ -124,6 +141,7 @@ def test_smoke_sized_benchmark_writes_results_and_report(tmp_path):
     assert (
         "sync_ratio" in report
         and "export_models(" in report
+        and "## The daily schedule on the production instance" in report
         and "## The catalog" in report
         and "## The promotion gate" in report
     )
