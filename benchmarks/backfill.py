@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.demo_workspaces import demo_workspaces
-from benchmarks.environment import TODAY, Bench, write_config
+from benchmarks.environment import Bench, today, write_config
 from harness.local_dagster import DagsterDev
 from harness.local_servers import LocalServer, free_port, start, stop
 from harness.seeding import model_names, seed_production
@@ -108,7 +108,8 @@ def bench_backfill(bench: Bench, days: int, folder: Path) -> dict:
         housekeeping=stopped,
         automation=stopped,
     )
-    dates = [TODAY - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
+    day = today()  # after seeding: a partition does not see versions registered after its day
+    dates = [day - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
     partitions = [f"{d.isoformat()}|bf{k}" for d in dates for k in range(3)]
     dev = DagsterDev(config, folder / "bf_home", cwd=folder)
     try:

@@ -15,7 +15,13 @@ from harness.local_servers import LocalServer, free_port, start, stop
 from harness.postgres import PostgresServer, server_root
 
 ROOT = Path(__file__).resolve().parent.parent
-TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def today() -> dt.date:
+    """The partition day for models seeded until now. Read at each use: a run of the benchmark can
+    cross midnight (UTC), and a day's partition does not see a version registered after it."""
+    return dt.datetime.now(dt.UTC).date()
+
 
 # Runs share this 2-core machine with each other and with every MLflow server: here a pool of
 # threads per run adds CPU (about half as much again per version at 3 runs at once) instead of
@@ -85,7 +91,7 @@ def write_config(
 ) -> Path:
     extra.setdefault("client", BENCH_CLIENT)
     raw = {
-        "start_date": (TODAY - dt.timedelta(days=40)).isoformat(),
+        "start_date": (today() - dt.timedelta(days=40)).isoformat(),
         "external_storage": {"uri": str(storage)},
         "marketplace": {"tracking_uri": marketplace.uri},
         "workspaces": workspaces,

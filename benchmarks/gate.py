@@ -98,12 +98,14 @@ def bench_gate(folder: Path, rows: int, versions: int) -> dict:
         config = load_config(config_path)
         registered = _register(market.uri, "bench.gated", versions + 1)
         keeper = GateKeeper(
-            config,
+            config.gate_for("bench"),
             "bench",
             ExternalStorage.of(config),
+            rules_key=config.gate_key("bench"),
             tracking_uri=market.uri,
             registry_uri=None,
             policy=scan_policy(config.security),
+            sandbox_settings=config.security.sandbox.settings(),
             facts=lambda model, version: ExportFacts(),
         )
         keeper.check_ready()

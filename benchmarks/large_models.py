@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.environment import TODAY, Bench, dagster_home, write_config
+from benchmarks.environment import Bench, dagster_home, today, write_config
 from benchmarks.runs import materialize_partitions, scan_exports
 from benchmarks.sampling import server_peaks
 from harness.seeding import seed_production
@@ -76,7 +76,7 @@ def bench_large_artifact(bench: Bench, size_bytes: int, folder: Path, files: int
     home = dagster_home(folder / tag)
     cold()
     started = time.perf_counter()
-    _, runs = materialize_partitions(config, home, [f"{TODAY.isoformat()}|{tag}"], parallel=1)
+    _, runs = materialize_partitions(config, home, [f"{today().isoformat()}|{tag}"], parallel=1)
     subprocess.run(["sync"], check=True)  # as the copies: until the bytes are on disk
     wall = time.perf_counter() - started
     peaks = {"dagster run process": runs[0]["peak_rss_mb"], **server_peaks([source, market])}

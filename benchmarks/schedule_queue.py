@@ -5,10 +5,13 @@ long runs waited in the queue."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +20,7 @@ from unittest import mock
 import dagster as dg
 
 from benchmarks.environment import ROOT, Bench, write_config
-from benchmarks.workspaces import spread_workspaces
+from benchmarks.workspaces import spread_sources, spread_workspaces
 from harness.local_dagster import DagsterServices
 from harness.local_servers import LocalServer
 from marketplace_dagster.partitions import WORKSPACE_TAG
@@ -176,3 +179,26 @@ def _most_at_once(runs: list[dict]) -> int:
         running += step
         most = max(most, running)
     return most
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.schedule_queue [WORKSPACES]`: this item alone, on its own servers."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workspaces", type=int, nargs="?", default=65)
+    parser.add_argument("--models-per-workspace", type=int, default=3)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            sources = spread_sources(bench, args.workspaces, args.models_per_workspace)
+            row = bench_schedule_queue(
+                bench, sources, args.workspaces, args.models_per_workspace, Path(tmp)
+            )
+        finally:
+            bench.close()
+    print(json.dumps(row, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

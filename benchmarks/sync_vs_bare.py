@@ -5,14 +5,18 @@ pool of threads and a warm run worker at one size each."""
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 
-from benchmarks.environment import TODAY, Bench, dagster_home, fresh_marketplace, write_config
+from benchmarks.environment import Bench, dagster_home, fresh_marketplace, today, write_config
 from benchmarks.runs import materialize_partitions, materialize_partitions_warm, scan_exports
 from benchmarks.sampling import BusySampler, cpu_seconds, own_cpu, postgres_cpu
 from harness.seeding import model_names, seed_production
@@ -97,7 +101,7 @@ def _sync_pair(
         {"name": n, "tracking_uri": s.uri, "production": {"stage": "Production"}}
         for n, s in zip(ws_names, sources)
     ]
-    partitions = [f"{TODAY.isoformat()}|{n}" for n in ws_names]
+    partitions = [f"{today().isoformat()}|{n}" for n in ws_names]  # the day after seeding
 
     out = folder / f"bare{tag}"
     bare_cpu = -own_cpu() - servers_cpu(sources + [bare_market])
@@ -219,3 +223,35 @@ def _sync_pair(
     )
     bench.stop_all()
     return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.sync_vs_bare [--postgres] [--models 50 100] [--repeats 3]`: this item
+    alone, on servers of its own."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres", action="store_true", help="marketplaces on PostgreSQL")
+    parser.add_argument("--workspaces", type=int, default=3)
+    parser.add_argument("--models", type=int, nargs="+", default=[50])
+    parser.add_argument("--repeats", type=int, default=1, help="pairs at the first size")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # as make bench
+    with tempfile.TemporaryDirectory(prefix="marketplace-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        try:
+            rows = bench_sync_vs_bare(
+                bench,
+                args.workspaces,
+                args.models,
+                Path(tmp),
+                repeat_at=args.models[0],
+                repeats=args.repeats,
+                postgres=args.postgres,
+            )
+        finally:
+            bench.close()
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

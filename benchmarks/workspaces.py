@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from benchmarks.environment import TODAY, Bench, dagster_home, write_config
+from benchmarks.environment import Bench, dagster_home, today, write_config
 from benchmarks.runs import materialize_partitions
 from harness.local_servers import LocalServer, stop
 from harness.seeding import model_names, seed_production
@@ -70,7 +70,7 @@ def bench_workspaces(
             folder / f"idle{count}.yaml", folder / f"idle_storage{count}", market, workspaces
         )
         home = dagster_home(folder / f"idle{count}")
-        partitions = [f"{TODAY.isoformat()}|{w['name']}" for w in workspaces]
+        partitions = [f"{today().isoformat()}|{w['name']}" for w in workspaces]
         sync_wall, _sync_runs = materialize_partitions(
             config, home, partitions, parallel=2
         )  # first: sync everything

@@ -13,17 +13,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from marketplace import summary
 from marketplace.config import MarketplaceConfig, SecurityConfig
 from marketplace.external import ExternalStorage
 from marketplace.gate import FAILED, PENDING, Held, age
 from marketplace.layout import EXPORTS_DIR, ExportFolder, export_folder_of_file
-from marketplace.manifest import MANIFEST_NAME, SIGNATURE_NAME, ManifestError, verify_export
+from marketplace.manifest import MANIFEST_NAME, ManifestError, verify_export
 from marketplace.registry import configure_http
 from marketplace.scanning import scan_folder, scan_policy
-from marketplace.signatures import SignatureError, verify_export_signature
+from marketplace.signatures import MIS_SIGNED, UNSIGNED, export_signature_state
 from marketplace.source_webhooks import WebhookState, inspect_webhook
 from marketplace.telemetry import RegistryTime
 
@@ -95,45 +94,6 @@ def manifests_verdict(rows: Sequence[Mapping], problems: Mapping[str, str]) -> V
             "exports_failing": len(problems),
             "bytes_verified": sum(r["size_bytes"] for r in rows),
         },
-    )
-
-
-VERIFIED, UNCHECKED, UNSIGNED, MIS_SIGNED = "verified", "unchecked", "unsigned", "mis-signed"
-
-
-@dataclass(frozen=True)
-class SignatureState:
-    state: str  # VERIFIED, UNCHECKED (no key, none required), UNSIGNED or MIS_SIGNED
-    reason: str = ""
-
-
-def signature_state(
-    workspace: str, *, has_key: bool, required: bool, signed: bool, error: str | None
-) -> SignatureState:
-    """An export's signature under its workspace's key. `signed`: it carries a signature;
-    `error`: why that signature did not verify under the key (None: it did, or no key)."""
-    if has_key:
-        if error is None:
-            return SignatureState(VERIFIED)
-        return SignatureState(MIS_SIGNED if signed else UNSIGNED, error)
-    if required:
-        return SignatureState(UNSIGNED, f"workspace {workspace} has no public key")
-    return SignatureState(UNCHECKED)
-
-
-def export_signature_state(
-    local: Path, location: str, workspace: str, public_key: str | None, required: bool
-) -> SignatureState:
-    """signature_state of the export folder `local`, its messages naming `location`."""
-    error = None
-    if public_key is not None:
-        try:
-            verify_export_signature(local, public_key)
-        except SignatureError as exc:
-            error = str(exc).replace(str(local), location)
-    signed = (local / SIGNATURE_NAME).is_file()
-    return signature_state(
-        workspace, has_key=public_key is not None, required=required, signed=signed, error=error
     )
 
 

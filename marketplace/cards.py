@@ -27,8 +27,8 @@ from marketplace.registry import model_version_url
 from marketplace.storage import StorageError
 
 if TYPE_CHECKING:
-    from marketplace.external import ExternalStorage
     from marketplace.registries import MarketplaceRegistry, SourceRegistries
+    from marketplace.storage import Storage
 
 STATUS_ACTIVE = "active"
 STATUS_RETIRED = "retired"
@@ -291,26 +291,43 @@ def signer_of(workspace: str, public_key: str | None) -> str:
     return f"workspace {workspace}'s key (SHA-256 {hashlib.sha256(der).hexdigest()[:16]})"
 
 
-class Cards:
-    """Model cards for one workspace's marketplace models, from their exports, the registries
-    and production_history (`history_rows`: the workspace's rows)."""
+@dataclass(frozen=True)
+class CardSettings:
+    """What one workspace's cards say of where things are: the source's and the marketplace's
+    registries (for links), the seed's marker, and who signs the workspace's exports."""
 
-    def __init__(
-        self,
-        *,
-        storage: ExternalStorage,
-        marketplace: MarketplaceRegistry,
-        sources: SourceRegistries,
-        workspace: str,
-        history_rows: Sequence[Mapping],
-    ):
-        self.storage, self.marketplace, self.workspace = storage, marketplace, workspace
-        settings = sources.get(workspace)
-        self.source_uri, self.source_host = (
-            settings.tracking_uri,
-            settings.databricks.host if settings.databricks else None,
+    workspace: str
+    source_uri: str
+    source_host: str | None
+    signer: str
+    marketplace_uri: str
+    marketplace_host: str | None
+    marker: Marker
+    unity_catalog: bool
+
+    @classmethod
+    def of(
+        cls, marketplace: MarketplaceRegistry, sources: SourceRegistries, workspace: str
+    ) -> CardSettings:
+        source = sources.get(workspace)
+        return cls(
+            workspace=workspace,
+            source_uri=source.tracking_uri,
+            source_host=source.databricks.host if source.databricks else None,
+            signer=signer_of(workspace, sources.public_key(workspace)),
+            marketplace_uri=marketplace.tracking_uri,
+            marketplace_host=marketplace.databricks.host if marketplace.databricks else None,
+            marker=marketplace.marker,
+            unity_catalog=marketplace.is_unity_catalog,
         )
-        self.signer = signer_of(workspace, sources.public_key(workspace))
+
+
+class Cards:
+    """Model cards for one workspace's marketplace models, from their exports (in `storage`), the
+    registries and production_history (`history_rows`: the workspace's rows)."""
+
+    def __init__(self, settings: CardSettings, storage: Storage, history_rows: Sequence[Mapping]):
+        self.settings, self.storage, self.workspace = settings, storage, settings.workspace
         self.history: dict[str, list[HistoryEntry]] = {}
         for row in sorted(history_rows, key=lambda r: r["sequence"]):
             self.history.setdefault(row["marketplace_name"], []).append(
@@ -330,7 +347,7 @@ class Cards:
             return ExportFacts(), ""
 
     def export_facts(self, model_name: str, version: int) -> tuple[ExportFacts, str]:
-        return export_facts(self.storage.storage, self.workspace, model_name, version)
+        return export_facts(self.storage, self.workspace, model_name, version)
 
     def card(
         self,
@@ -345,8 +362,7 @@ class Cards:
         key, version = shown if shown else (None, None)
         facts, checksum = self.facts(model_name, key.version) if key else (ExportFacts(), "")
         tags = (version.tags or {}) if version is not None else {}
-        m = self.marketplace
-        host = m.databricks.host if m.databricks else None
+        m = self.settings
         return ModelCard(
             marketplace_name=marketplace_name,
             workspace=self.workspace,
@@ -359,18 +375,18 @@ class Cards:
             facts=facts,
             checksum=tags.get(TAG_CHECKSUM, checksum),
             import_date=tags.get(TAG_IMPORT_DATE, ""),
-            signer=self.signer if key else "",
-            source_url=_web(
-                model_version_url(self.source_uri, model_name, key.version, self.source_host)
-            )
+            signer=m.signer if key else "",
+            source_url=_web(model_version_url(m.source_uri, model_name, key.version, m.source_host))
             if key
             else "",
             marketplace_url=_web(
-                model_version_url(m.tracking_uri, marketplace_name, version.version, host)
+                model_version_url(
+                    m.marketplace_uri, marketplace_name, version.version, m.marketplace_host
+                )
             )
             if version is not None
             else "",
-            unity_catalog=m.is_unity_catalog,
+            unity_catalog=m.unity_catalog,
             history=tuple(self.history.get(marketplace_name, [])) + ((extra,) if extra else ()),
             held=held,
         )

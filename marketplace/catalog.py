@@ -18,6 +18,7 @@ from marketplace.cards import (
     STATUS_HELD,
     STATUS_RETIRED,
     Cards,
+    CardSettings,
     ModelCard,
     catalog_row,
 )
@@ -95,11 +96,9 @@ def build_catalog(
         workspace = row["workspace"]
         if workspace not in cards:
             cards[workspace] = Cards(
-                storage=storage,
-                marketplace=marketplace,
-                sources=sources,
-                workspace=workspace,
-                history_rows=[r for r in history if r["workspace"] == workspace],
+                CardSettings.of(marketplace, sources, workspace),
+                storage.storage,
+                [r for r in history if r["workspace"] == workspace],
             )
         tags = searched(model, "tags") or (client.get_registered_model(name).tags or {})
         status = tags.get(TAG_STATUS) or (

@@ -33,7 +33,7 @@ from marketplace.evaluation import (
 from marketplace.export_facts import export_facts
 from marketplace.provenance import TAG_SOURCE_MODEL, TAG_SOURCE_VERSION, TAG_SOURCE_WORKSPACE
 from marketplace.registry import PAGE_SIZE, RegistryUnavailable
-from marketplace.sandbox import Sandbox
+from marketplace.sandbox import Sandbox, SandboxSettings
 from marketplace.scanning import ScanPolicy
 
 if TYPE_CHECKING:
@@ -207,17 +207,21 @@ class GateKeeper:
 
     def __init__(
         self,
-        config: MarketplaceConfig,
+        gate: GateConfig,
         workspace: str,
         storage: ExternalStorage,
         *,
+        rules_key: str,
         tracking_uri: str,
         registry_uri: str | None,
         policy: ScanPolicy | None,
+        sandbox_settings: SandboxSettings,
         facts=None,
         sandbox: Sandbox | None = None,
     ):
-        self.gate = config.gate_for(workspace)
+        """`gate`: the workspace's merged gate (MarketplaceConfig.gate_for); `rules_key`: where
+        its evaluation rules are configured, named in errors (MarketplaceConfig.gate_key)."""
+        self.gate = gate
         self.workspace = workspace
         self.data = ReferenceData(storage)
         self.tracking_uri, self.registry_uri, self.policy = tracking_uri, registry_uri, policy
@@ -227,15 +231,11 @@ class GateKeeper:
         self.facts = facts or (
             lambda model, version: export_facts(storage.storage, workspace, model, version)[0]
         )
-        self.key = (
-            "gate"
-            if config.workspace(workspace).gate.evaluation is None
-            else f"workspaces ({workspace}).gate"
-        )
+        self.key = rules_key
         # Where candidates and baselines are evaluated: the run's sandbox, else one of its own,
         # started at the first evaluation and closed by close().
         self._own_sandbox = sandbox is None
-        self.sandbox = sandbox or Sandbox(config.security.sandbox.settings(), log)
+        self.sandbox = sandbox or Sandbox(sandbox_settings, log)
 
     def close(self) -> None:
         if self._own_sandbox:

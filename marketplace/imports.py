@@ -44,7 +44,12 @@ from marketplace.registry import (
     registry_errors,
 )
 from marketplace.scanning import ScanPolicy, scan_folder
-from marketplace.signatures import SignatureError, verify_export_signature
+from marketplace.signatures import (
+    UNCHECKED,
+    VERIFIED,
+    SignatureError,
+    export_signature_state,
+)
 
 if TYPE_CHECKING:
     from marketplace.export_records import LocalCopies
@@ -289,19 +294,14 @@ def _check_signature(
 ) -> None:
     """The export carries a valid signature of its workspace's key, where signatures are
     required."""
+    state = export_signature_state(local, location, workspace, public_key, required)
+    if state.state in (VERIFIED, UNCHECKED):
+        return
     if public_key is not None:
-        try:
-            verify_export_signature(local, public_key)
-        except SignatureError as exc:
-            raise SignatureError(
-                f"signature refused: {str(exc).replace(str(local), location)} "
-                f"(workspace {workspace}'s key)"
-            ) from None
-    elif required:
-        raise SignatureError(
-            f"signature refused: {location}: workspace {workspace} has no public key, and "
-            "marketplace.require_signatures is on"
-        )
+        raise SignatureError(f"signature refused: {state.reason} (workspace {workspace}'s key)")
+    raise SignatureError(
+        f"signature refused: {location}: {state.reason}, and marketplace.require_signatures is on"
+    )
 
 
 def _import_once(

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from marketplace import summary
-from marketplace.cards import STATUS_HELD, Cards, HistoryEntry
+from marketplace.cards import STATUS_HELD, Cards, CardSettings, HistoryEntry
 from marketplace.errors import MarketplaceError
 from marketplace.gate import TAG_HELD, GateKeeper, held_note
 from marketplace.lifecycle import (
@@ -386,24 +386,23 @@ def register_partition(
         lambda model: marketplace.model_name(workspace, model),
         marketplace.scan_policy,
     )
+    config = marketplace.config
     gate = GateKeeper(
-        marketplace.config,
+        config.gate_for(workspace),
         workspace,
         storage,
+        rules_key=config.gate_key(workspace),
         tracking_uri=marketplace.tracking_uri,
         registry_uri=marketplace.registry_uri,
         policy=marketplace.scan_policy,
+        sandbox_settings=config.security.sandbox.settings(),
         sandbox=sandbox,
     )
 
+    card_settings = CardSettings.of(marketplace, sources, workspace)
+
     def cards(history: list[dict]) -> Cards:
-        return Cards(
-            storage=storage,
-            marketplace=marketplace,
-            sources=sources,
-            workspace=workspace,
-            history_rows=history,
-        )
+        return Cards(card_settings, storage.storage, history)
 
     with contextlib.closing(gate):  # its sandbox, if an evaluation started one
         return _register(client, storage, settings, day, run_id, gate, cards, marketplace.grants)

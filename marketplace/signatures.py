@@ -21,6 +21,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -238,3 +239,44 @@ def _signed_digests(signature: Path) -> dict[str, str]:
     statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
     resources = statement["predicate"]["resources"]
     return {resource["name"]: resource["digest"] for resource in resources}
+
+
+# What an export's signature is under its workspace's key: one decision for the imports step
+# (which refuses) and the audit check (which reports).
+VERIFIED, UNCHECKED, UNSIGNED, MIS_SIGNED = "verified", "unchecked", "unsigned", "mis-signed"
+
+
+@dataclass(frozen=True)
+class SignatureState:
+    state: str  # VERIFIED, UNCHECKED (no key, none required), UNSIGNED or MIS_SIGNED
+    reason: str = ""
+
+
+def signature_state(
+    workspace: str, *, has_key: bool, required: bool, signed: bool, error: str | None
+) -> SignatureState:
+    """An export's signature under its workspace's key. `signed`: it carries a signature;
+    `error`: why that signature did not verify under the key (None: it did, or no key)."""
+    if has_key:
+        if error is None:
+            return SignatureState(VERIFIED)
+        return SignatureState(MIS_SIGNED if signed else UNSIGNED, error)
+    if required:
+        return SignatureState(UNSIGNED, f"workspace {workspace} has no public key")
+    return SignatureState(UNCHECKED)
+
+
+def export_signature_state(
+    local: Path, location: str, workspace: str, public_key: str | None, required: bool
+) -> SignatureState:
+    """signature_state of the export folder `local`, its messages naming `location`."""
+    error = None
+    if public_key is not None:
+        try:
+            verify_export_signature(local, public_key)
+        except SignatureError as exc:
+            error = str(exc).replace(str(local), location)
+    signed = (local / SIGNATURE_NAME).is_file()
+    return signature_state(
+        workspace, has_key=public_key is not None, required=required, signed=signed, error=error
+    )

@@ -191,6 +191,11 @@ class MarketplaceConfig(Strict):
             approval=merged["approval"] or "none",
         )
 
+    def gate_key(self, workspace: str) -> str:
+        """Where the workspace's evaluation rules are configured, as errors name it."""
+        own = self.workspace(workspace).gate
+        return "gate" if own.evaluation is None else f"workspaces ({workspace}).gate"
+
     def workspace(self, name: str) -> WorkspaceConfig:
         """The workspace of that name (every lookup by name comes here)."""
         for workspace in self.workspaces:

@@ -41,7 +41,7 @@ from marketplace_tests.testing.driving import (
     workspace,
 )
 from marketplace_tests.testing.faults import FaultProxy
-from marketplace_tests.testing.support import assert_predicts_like_source, table_rows
+from marketplace_tests.testing.support import ROOT, assert_predicts_like_source, table_rows
 
 HISTORY = "production_history"
 CHANGES = ("promoted", "rolled_back", "retired", "restored")
@@ -167,16 +167,40 @@ def synced_at_v2(deploy, source: str, ws: str, model: str, uid: str):
     return deployment
 
 
-@pytest.mark.parametrize("selected_by", ["stage", "alias"])
+def on_backend(backend: str, request, deploy, workspaces: list[dict], folder) -> Cli:
+    """Runs on SQLite (the suite's marketplace server, a SQLite Dagster instance), or with the
+    marketplace registry (4 workers) and the Dagster instance (deploy/dagster.yaml as shipped) on
+    PostgreSQL."""
+    if backend == "sqlite":
+        return Cli(deploy(workspaces), folder)
+    postgres, market = (
+        request.getfixturevalue("postgres"),
+        request.getfixturevalue("pg_marketplace"),
+    )
+    database = f"dagster_{request.getfixturevalue('uid')}"
+    postgres.create_database(database)
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    for name, value in postgres.dagster_env(database).items():
+        monkeypatch.setenv(name, value)  # the run processes inherit them
+    deployment = deploy(workspaces, marketplace={"tracking_uri": market.uri})
+    return Cli(deployment, folder, instance_file=ROOT / "deploy" / "dagster.yaml")
+
+
+# Lifecycle, history and catalog on PostgreSQL (registry and Dagster) behave as on SQLite.
+@pytest.mark.parametrize(
+    ("selected_by", "backend"),
+    [("stage", "sqlite"), ("alias", "sqlite"), ("alias", "postgresql")],
+)
 def test_alias_follows_the_source_through_promotion_rollback_retirement_and_restore(
-    servers, deploy, uid, tmp_path, selected_by
+    servers, deploy, uid, tmp_path, selected_by, backend, request
 ):
     server, production = SOURCES[selected_by]
     source = servers[server].uri
     ws, model = f"{selected_by}{uid}", f"{uid}_diabetes"
     mp = f"{ws}.{model}"
-    market = MlflowClient(servers["marketplace"].uri)
-    cli = Cli(deploy([workspace(ws, source, production, uid)]), tmp_path)
+    cli = on_backend(backend, request, deploy, [workspace(ws, source, production, uid)], tmp_path)
+    market_uri = cli.deployment.config.marketplace.tracking_uri
+    market = MlflowClient(market_uri)
     expected: list[tuple] = []
 
     def sync_and_check(change: tuple, serving: int | None, counts: dict) -> dt.datetime:
@@ -189,10 +213,7 @@ def test_alias_follows_the_source_through_promotion_rollback_retirement_and_rest
         if serving is None:
             return assert_retired(market, mp, was_serving=change[2])
         assert_predicts_like_source(
-            source,
-            f"models:/{model}/{serving}",
-            servers["marketplace"].uri,
-            f"models:/{mp}@{ALIAS}",
+            source, f"models:/{model}/{serving}", market_uri, f"models:/{mp}@{ALIAS}"
         )
         return assert_serves(market, mp, serving)
 
@@ -222,6 +243,15 @@ def test_alias_follows_the_source_through_promotion_rollback_retirement_and_rest
         "1",
         "2",
     ]  # nothing deleted
+    # The catalog, built on the same instance, shows the model retired, its alias gone.
+    assert cli.refresh_catalog().success
+    (row,) = [r for r in table_rows(cli.deployment, "catalog") if r["marketplace_name"] == mp]
+    assert (row["workspace"], row["model_name"], row["status"], row["alias"]) == (
+        ws,
+        model,
+        "retired",
+        None,
+    )
 
 
 def test_rollback_to_a_version_never_imported_imports_it_and_moves_the_alias_back(

@@ -3,8 +3,10 @@ versions, runs through the `dagster` CLI, sensor ticks, checks, and rows for the
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,11 +104,14 @@ class Cli:
     """marketplace_sync_job runs in `dagster job execute` processes, as a run worker runs them,
     on one persistent Dagster instance."""
 
-    def __init__(self, deployment, folder: Path):
+    def __init__(self, deployment, folder: Path, instance_file: Path | None = None):
+        """`instance_file`: the instance's dagster.yaml (deploy/dagster.yaml, say), else SQLite."""
         self.deployment = deployment
         self.folder = folder
         self.home = folder / "dagster_home"
         self.home.mkdir()
+        if instance_file is not None:
+            shutil.copy(instance_file, self.home / "dagster.yaml")
         # Dagster creates its SQLite storage on first use, and racing first uses collide: create it
         # once.
         dg.DagsterInstance.from_config(str(self.home)).dispose()
@@ -131,6 +136,11 @@ class Cli:
         """One run, which must succeed; the metadata of its registration."""
         self.launch(workspace_name, day).finish()
         return self.newest_metadata(keys.REGISTRATION)
+
+    def refresh_catalog(self):
+        """Materialize marketplace/catalog on this persistent instance."""
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            return dataclasses.replace(self.deployment, instance=instance).refresh_catalog()
 
     def newest_metadata(self, asset_key: dg.AssetKey) -> dict:
         """The metadata of the asset's newest materialization on this persistent instance."""

@@ -6,16 +6,11 @@ from __future__ import annotations
 import datetime as dt
 
 from marketplace.audits import (
-    MIS_SIGNED,
-    UNCHECKED,
-    UNSIGNED,
-    VERIFIED,
     approvals_verdict,
     due_day,
     freshness_verdict,
     gate_verdict,
     manifests_verdict,
-    signature_state,
     signed_and_clean_verdict,
     stray_exports,
     unique_keys,
@@ -23,6 +18,14 @@ from marketplace.audits import (
 )
 from marketplace.gate import Held
 from marketplace.layout import ExportFolder
+from marketplace.signatures import (
+    MIS_SIGNED,
+    UNCHECKED,
+    UNSIGNED,
+    VERIFIED,
+    export_signature_state,
+    signature_state,
+)
 from marketplace.telemetry import RegistryTime
 from marketplace.webhooks import WebhookState
 
@@ -181,8 +184,6 @@ def test_freshness_names_the_stale_workspaces():
 
 
 def test_an_export_folder_without_a_signature_is_unsigned_naming_its_location(tmp_path):
-    from marketplace.audits import export_signature_state
-
     (tmp_path / "model.pkl").write_bytes(b"weights")
     state = export_signature_state(tmp_path, "s3://bucket/exports/a/m/1", "a", "a key", False)
     assert state == export_signature_state(tmp_path, "s3://bucket/exports/a/m/1", "a", "k", True)
@@ -194,8 +195,6 @@ def test_an_export_folder_without_a_signature_is_unsigned_naming_its_location(tm
 def test_an_export_folder_with_a_broken_signature_is_mis_signed(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-
-    from marketplace.audits import export_signature_state
 
     public_key = (
         ec.generate_private_key(ec.SECP256R1())
