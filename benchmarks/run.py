@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / "bench.log"
     _log_to(log)
     print(
-        f"make bench: {ITEMS} items, about {'70-90 minutes' if not smoke else 'a few minutes'}; "
+        f"make bench: {ITEMS} items, about {'60-120 minutes' if not smoke else 'a few minutes'}; "
         f"MLflow and Dagster logs in {log}",
         flush=True,
     )
