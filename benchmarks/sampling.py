@@ -62,21 +62,26 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _processes() -> dict[int, list[str]]:
+    """Every live process's /proc/<pid>/stat fields after its name: [1] ppid, [2] process group,
+    [11] utime, [12] stime, [13] cutime, [14] cstime (in clock ticks)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+    return found
+
+
 def cpu_seconds(servers: list[LocalServer]) -> float:
     """CPU time (user and system) the servers' processes have used so far."""
-    ticks = 0
-    for server in servers:
-        pid = _pid(server)
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if pid is None or os.getpgid(int(entry.name)) != pid:
-                    continue
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, ProcessLookupError, IndexError):
-                continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    groups = {str(pid) for server in servers if (pid := _pid(server)) is not None}
+    ticks = sum(
+        int(fields[11]) + int(fields[12]) for fields in _processes().values() if fields[2] in groups
+    )
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -88,15 +93,9 @@ def postgres_cpu(data: Path) -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(entry.name) == postmaster:
-            ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    for pid, fields in _processes().items():
+        if pid == postmaster:
+            ticks += sum(int(v) for v in fields[11:15])
         elif int(fields[1]) == postmaster:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
